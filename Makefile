@@ -1,0 +1,30 @@
+# The two commands of the README. Everything else (the venv, the packages) they make themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,service]'
+	touch $(STAMP)
+
+## demo: train the digits CNN, convert it to full int8, verify the file on the interpreter
+demo: $(STAMP)
+	$(PY) scripts/train_digits.py -o build/digits_cnn.keras
+	$(VENV)/bin/tfquant convert build/digits_cnn.keras --calib data/digits_train.npz \
+		--eval data/digits_test.npz --max-drop 0.01 --strict -o build/demo/digits_int8.tflite --overwrite
+
+## test: the whole suite (real TensorFlow, real interpreter); pytest's "no tests" (exit 5) fails too
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## bench: tfquant against the plain TensorFlow flow, written to bench/results.{json,md}
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,64 @@
+"""Shared fixtures: the shipped digits data and small seeded models trained once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfquant import zoo
+from tfquant._keras import keras
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+
+
+@pytest.fixture(scope="session")
+def digits():
+    with np.load(DATA / "digits_train.npz") as train, np.load(DATA / "digits_test.npz") as test:
+        return {"x": train["x"], "y": train["y"], "x_test": test["x"], "y_test": test["y"]}
+
+
+@pytest.fixture(scope="session")
+def train_npz() -> Path:
+    return DATA / "digits_train.npz"
+
+
+@pytest.fixture(scope="session")
+def test_npz() -> Path:
+    return DATA / "digits_test.npz"
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits) -> keras.Model:
+    model = zoo.digits_cnn(seed=0)
+    zoo.fit_classifier(model, digits["x"], digits["y"], epochs=6, seed=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def model_files(digits_model, tmp_path_factory) -> dict[str, Path]:
+    """The trained digits CNN saved in every format tfquant reads."""
+    folder = tmp_path_factory.mktemp("models")
+    paths = {"keras": folder / "digits.keras", "h5": folder / "digits.h5", "saved_model": folder / "digits_savedmodel"}
+    digits_model.save(paths["keras"])
+    digits_model.save(paths["h5"])
+    digits_model.save(paths["saved_model"], save_format="tf")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def int8_result(model_files, train_npz, test_npz):
+    import tfquant
+
+    return tfquant.quantize(model_files["keras"], train_npz, eval_data=test_npz, bench_runs=10)
+
+
+@pytest.fixture(scope="session")
+def tflite_files(int8_result, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("tflite")
+    paths = {"int8": folder / "digits_int8.tflite", "float32": folder / "digits_float32.tflite"}
+    paths["int8"].write_bytes(int8_result.tflite)
+    paths["float32"].write_bytes(int8_result.float_tflite)
+    return paths

@@ -1,0 +1,236 @@
+"""The `tfquant` command in-process: outputs, exit codes, one-line errors, nothing left on failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfquant.cli import main, parse_args
+
+from checks import assert_every_op_integer
+
+
+def tfquant(argv, capsys):
+    """Run the command as a user would; return (exit code, stdout, stderr)."""
+    try:
+        code = main(parse_args([str(a) for a in argv]))
+    except SystemExit as exc:  # argparse rejects bad usage before main()
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_convert_writes_model_and_reports(model_files, train_npz, test_npz, tmp_path, capsys):
+    out = tmp_path / "digits_int8.tflite"
+    code, stdout, _ = tfquant(["convert", model_files["keras"], "--calib", train_npz, "--eval", test_npz, "-o", out,
+                               "--max-drop", "0.01", "--strict", "--json"], capsys)
+    assert code == 0
+    report = json.loads(stdout)
+    assert report == json.loads((tmp_path / "report.json").read_text())
+    assert report["quantized"]["fully_integer"] is True
+    assert report["quantized"]["tflite_bytes"] == out.stat().st_size
+    assert report["quantized"]["tflite_bytes"] <= 0.30 * report["float"]["tflite_bytes"]
+    assert report["accuracy_drop"] <= 0.01
+    assert "| accuracy (top-1) |" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("fmt", ["h5", "saved_model"])
+def test_convert_reads_h5_and_saved_model(fmt, model_files, train_npz, tmp_path, capsys):
+    out = tmp_path / "m.tflite"
+    code, stdout, err = tfquant(["convert", model_files[fmt], "--calib", train_npz, "--calib-samples", "50", "-o", out, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["quantized"]["fully_integer"] is True
+
+
+def test_inspect_lists_every_op_and_fails_strict_on_float(tflite_files, capsys):
+    code, stdout, _ = tfquant(["inspect", tflite_files["int8"], "--json", "--strict"], capsys)
+    assert code == 0
+    info = json.loads(stdout)
+    assert [op["name"] for op in info["ops"]] == ["CONV_2D", "CONV_2D", "MAX_POOL_2D", "RESHAPE",
+                                                  "FULLY_CONNECTED", "FULLY_CONNECTED", "SOFTMAX"]
+    assert info["inputs"][0]["dtype"] == "int8" and info["inputs"][0]["quantization"]["zero_point"] == [-128]
+
+    code, stdout, err = tfquant(["inspect", tflite_files["float32"], "--strict"], capsys)
+    assert code == 1
+    assert "fully integer: NO" in stdout
+    assert err.strip().endswith("found float ops CONV_2D#0, CONV_2D#1, MAX_POOL_2D#2, RESHAPE#3, "
+                                "FULLY_CONNECTED#4, FULLY_CONNECTED#5, SOFTMAX#6")
+
+
+def test_eval_measures_top1_and_top5(tflite_files, test_npz, int8_result, capsys):
+    code, stdout, _ = tfquant(["eval", tflite_files["int8"], "--eval", test_npz, "--json"], capsys)
+    assert code == 0
+    metrics = json.loads(stdout)
+    assert metrics["samples"] == 359
+    assert metrics["accuracy"] == pytest.approx(int8_result.report.quantized.accuracy, abs=1e-12)
+    assert metrics["top5_accuracy"] >= metrics["accuracy"]
+
+
+def test_bench_compare_interleaves_both_files(tflite_files, capsys):
+    code, stdout, _ = tfquant(["bench", tflite_files["float32"], "--compare", tflite_files["int8"], "--runs", "20",
+                               "--warmup", "2", "--threads", "1", "--json"], capsys)
+    assert code == 0
+    payload = json.loads(stdout)
+    first, second = payload["results"]
+    assert first["num_runs"] == second["num_runs"] == 20 and first["num_threads"] == 1
+    lat = second["inference_ms"]
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"]
+    assert payload["ratio_p50"] == pytest.approx(lat["p50"] / first["inference_ms"]["p50"])
+    assert first["runtime"]["name"] == "ai_edge_litert"
+    assert first["peak_memory_mb"] > 0 and first["init_ms"] > 0
+
+
+# --- bad input: exit 2, one line naming the file, what was expected and what was found, no output ---
+
+def _npz(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def _bad_inputs(tmp: Path, model_files, train_npz, test_npz, digits):
+    x, y = digits["x_test"][:40], digits["y_test"][:40]
+    corrupt_keras = tmp / "corrupt.keras"
+    corrupt_keras.write_bytes(b"\x00not a zip" * 100)
+    corrupt_h5 = tmp / "corrupt.h5"
+    corrupt_h5.write_bytes(b"garbage" * 100)
+    onnx = tmp / "model.onnx"
+    onnx.write_bytes(b"onnx")
+    nan_x = x.copy()
+    nan_x[7, 3, 3, 0] = np.nan
+    inf_x = x.copy()
+    inf_x[2, 0, 0, 0] = np.inf
+    corrupt_npz = tmp / "corrupt.npz"
+    corrupt_npz.write_bytes(b"PK\x03\x04 broken")
+    bad_recipe = tmp / "recipe.json"
+    bad_recipe.write_text(json.dumps({"mode": "int8", "bits": 4, "schema_version": 1}))
+    model = model_files["keras"]
+    return {
+        "wrong rank": ([model, "--calib", _npz(tmp / "rank.npz", x=x[..., 0])],
+                       "rank.npz: expected shape (N, 8, 8, 1) for input 'image', found (40, 8, 8)"),
+        "wrong shape": ([model, "--calib", _npz(tmp / "shape.npz", x=np.zeros((5, 9, 9, 1), np.float32))],
+                        "shape.npz: expected shape (N, 8, 8, 1) for input 'image', found (5, 9, 9, 1)"),
+        "non-numeric": ([model, "--calib", _npz(tmp / "text.npz", x=np.array([["a"] * 8] * 8))],
+                        "text.npz: expected numeric values for input 'image', found dtype <U1"),
+        "NaN": ([model, "--calib", _npz(tmp / "nan.npz", x=nan_x)],
+                "nan.npz: expected finite values for input 'image', found NaN or Inf in 1 sample(s), the first at index 7"),
+        "Inf in eval": ([model, "--calib", train_npz, "--eval", _npz(tmp / "inf.npz", x=inf_x, y=y)],
+                        "inf.npz: expected finite values for input 'image', found NaN or Inf in 1 sample(s), the first at index 2"),
+        "empty": ([model, "--calib", _npz(tmp / "empty.npz", x=np.zeros((0, 8, 8, 1), np.float32))],
+                  "empty.npz: expected at least 1 sample for input 'image', found 0 samples"),
+        "label count": ([model, "--calib", train_npz, "--eval", _npz(tmp / "count.npz", x=x, y=y[:30])],
+                        "count.npz: expected 40 labels (one per sample), found 30"),
+        "label range": ([model, "--calib", train_npz, "--eval", _npz(tmp / "range.npz", x=x, y=y + 5)],
+                        "range.npz: expected labels in 0..9 (the model has 10 outputs), found labels 5..14"),
+        "no labels": ([model, "--calib", train_npz, "--eval", _npz(tmp / "nolabels.npz", x=x)],
+                      "nolabels.npz: expected integer labels 'y' for evaluation or training, found inputs only"),
+        "missing model": ([tmp / "nope.keras", "--calib", train_npz],
+                          "nope.keras: expected a Keras model (.keras, .h5) or a SavedModel folder, found no such file or folder"),
+        "corrupt keras": ([corrupt_keras, "--calib", train_npz],
+                          "corrupt.keras: expected a .keras zip archive, found 1000 bytes that are not a zip archive"),
+        "corrupt h5": ([corrupt_h5, "--calib", train_npz], "corrupt.h5: expected an HDF5 Keras model, found 700 bytes that are not HDF5"),
+        "unknown format": ([onnx, "--calib", train_npz],
+                           "model.onnx: expected a Keras model (.keras, .h5) or a SavedModel folder, found a file ending in '.onnx'"),
+        "missing data": ([model, "--calib", tmp / "nope.npz"],
+                         "nope.npz: expected a data file (.npz, .npy) or an image folder, found no such file or folder"),
+        "corrupt data": ([model, "--calib", corrupt_npz], "corrupt.npz: expected a NumPy .npz archive, found an unreadable file"),
+        "mode/io": ([model, "--calib", train_npz, "--mode", "dynamic", "--io", "int8"],
+                    "--io int8 does not go with --mode dynamic; expected one of: float32"),
+        "drop without eval": ([model, "--calib", train_npz, "--max-drop", "0.01"], "max_drop needs eval_data (--eval)"),
+        "no calibration": ([model], "--mode int8 needs calibration data: pass --calib DATA"),
+        "bad recipe": ([model, "--calib", train_npz, "--recipe", bad_recipe],
+                       "recipe.json: Recipe: unknown key(s) bits; expected some of: calib_samples, denylist, io, mode"),
+    }
+
+
+CASES = ["wrong rank", "wrong shape", "non-numeric", "NaN", "Inf in eval", "empty", "label count", "label range",
+         "no labels", "missing model", "corrupt keras", "corrupt h5", "unknown format", "missing data", "corrupt data",
+         "mode/io", "drop without eval", "no calibration", "bad recipe"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_exits_2_with_one_line_and_no_file(case, tmp_path, model_files, train_npz, test_npz, digits, capsys):
+    args, message = _bad_inputs(tmp_path, model_files, train_npz, test_npz, digits)[case]
+    out_dir = tmp_path / "out"
+    code, stdout, err = tfquant(["convert", *args, "-o", out_dir / "m.tflite"], capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("tfquant convert:")]
+    assert len(lines) == 1, err
+    assert message in lines[0]
+    assert not out_dir.exists()
+
+
+def test_existing_output_needs_overwrite(model_files, train_npz, tmp_path, capsys):
+    out = tmp_path / "m.tflite"
+    out.write_bytes(b"precious")
+    code, _, err = tfquant(["convert", model_files["keras"], "--calib", train_npz, "-o", out], capsys)
+    assert code == 2
+    assert f"{out}: expected a path that does not exist yet (or --overwrite), found an existing file" in err
+    assert out.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]
+
+
+def test_unwritable_output_folder(model_files, train_npz, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    code, _, err = tfquant(["convert", model_files["keras"], "--calib", train_npz, "-o", blocker / "sub" / "m.tflite"], capsys)
+    assert code == 2
+    assert f"expected a writable output folder, found {blocker} is not a folder" in err
+
+
+def test_unknown_option_value(model_files, train_npz, tmp_path, capsys):
+    code, _, err = tfquant(["convert", model_files["keras"], "--calib", train_npz, "--mode", "int4", "-o", tmp_path / "m.tflite"], capsys)
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "argument --mode: invalid choice: 'int4'" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unsafe_model_is_refused(digits, tmp_path, capsys, train_npz):
+    from tfquant._keras import keras
+
+    inputs = keras.Input((8, 8, 1))
+    outputs = keras.layers.Dense(10)(keras.layers.Flatten()(keras.layers.Lambda(lambda t: t * 2.0)(inputs)))
+    path = tmp_path / "lambda.h5"
+    keras.Model(inputs, outputs).save(path)
+    code, _, err = tfquant(["convert", path, "--calib", train_npz, "-o", tmp_path / "out" / "m.tflite"], capsys)
+    assert code == 2
+    assert "lambda.h5: expected a model without code, found a Lambda layer" in err
+    code, _, err = tfquant(["convert", path, "--calib", train_npz, "--allow-unsafe-models", "--calib-samples", "20",
+                            "-o", tmp_path / "out" / "m.tflite"], capsys)
+    assert code == 0, err
+
+
+def test_gate_failure_exits_1_and_writes_nothing(model_files, digits, test_npz, tmp_path, capsys):
+    calib = _npz(tmp_path / "tiny.npz", x=digits["x"][:200] * 0.05)
+    out_dir = tmp_path / "out"
+    code, stdout, err = tfquant(["convert", model_files["keras"], "--calib", calib, "--eval", test_npz, "--max-drop", "0.01",
+                                 "--json", "-o", out_dir / "m.tflite"], capsys)
+    assert code == 1
+    assert "failed:" in err and "expected an accuracy drop of at most 0.0100" in err
+    assert json.loads(stdout)["accuracy_drop"] > 0.01  # --json still shows why
+    assert not out_dir.exists()
+
+
+def test_inspect_and_eval_reject_corrupt_tflite(tmp_path, test_npz, capsys):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\x00" * 64)
+    code, _, err = tfquant(["inspect", bad], capsys)
+    assert code == 2 and "bad.tflite: expected a TFLite flatbuffer (identifier 'TFL3'), found 64 bytes" in err
+    code, _, err = tfquant(["eval", bad, "--eval", test_npz], capsys)
+    assert code == 2 and "bad.tflite: expected a TFLite flatbuffer" in err
+
+
+def test_eval_checks_data_against_the_file(tflite_files, tmp_path, capsys):
+    wrong = _npz(tmp_path / "wrong.npz", x=np.zeros((4, 8, 8), np.float32), y=np.zeros(4, np.int64))
+    code, _, err = tfquant(["eval", tflite_files["int8"], "--eval", wrong], capsys)
+    assert code == 2
+    assert "wrong.npz: expected shape (N, 8, 8, 1) for input 'image', found (4, 8, 8)" in err
+
+
+def test_int8_file_from_command_is_integer_everywhere(tflite_files):
+    from tfquant import inspect
+
+    assert_every_op_integer(inspect(tflite_files["int8"]))

@@ -1,0 +1,96 @@
+"""The interpreter harness against a plain per-sample interpreter loop on the same files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+import tfquant
+from tfquant import harness, zoo
+from tfquant.data import load_data
+
+
+def per_sample_scores(path, x):
+    """TensorFlow's tutorial loop: one sample per invoke, quantize by hand."""
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale, zero = inp["quantization"]
+    o_scale, o_zero = out["quantization"]
+    scores = []
+    for sample in x:
+        value = sample[None]
+        if scale:
+            value = np.clip(np.round(value / scale) + zero, -128, 127).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], value)
+        interpreter.invoke()
+        raw = interpreter.get_tensor(out["index"])[0]
+        scores.append((raw.astype(np.float32) - o_zero) * o_scale if o_scale else raw)
+    return np.stack(scores)
+
+
+def test_batched_predictions_equal_per_sample_loop(tflite_files, digits):
+    x = digits["x_test"]
+    runner = harness.Runner(tflite_files["int8"])
+    batched = runner.predict(load_data(x, runner.specs), batch_size=64)
+    reference = per_sample_scores(tflite_files["int8"], x)
+    assert batched.shape == (359, 10)
+    # Identical integer graph; rounding of exact .5 ties may differ on a few inputs (TFLite rounds away from zero).
+    assert np.mean(batched.argmax(1) == reference.argmax(1)) >= 0.995
+    assert np.abs(batched - reference).max() <= 2 * runner.outputs[0].scale + 1e-6
+
+
+def test_fixed_batch_file_is_run_in_its_batch(digits_model, digits, train_npz, test_npz):
+    """A file whose batch dim is fixed (Input(batch_size=1)) cannot be resized: one sample at a time."""
+    from tfquant._keras import keras
+
+    fixed = keras.Model.from_config(digits_model.get_config())
+    fixed.set_weights(digits_model.get_weights())
+    inputs = keras.Input((8, 8, 1), batch_size=1, name="image")
+    fixed = keras.Model(inputs, fixed(inputs))
+    result = tfquant.quantize(fixed, train_npz, calib_samples=50, bench_runs=1)
+    runner = harness.Runner(result.tflite)
+    assert not runner.dynamic_batch and runner.inputs[0].signature[0] == 1
+    metrics = tfquant.evaluate(result.tflite, test_npz)
+    assert metrics.samples == 359
+    dynamic = tfquant.quantize(digits_model, train_npz, calib_samples=50, bench_runs=1)
+    assert metrics.accuracy == pytest.approx(tfquant.evaluate(dynamic.tflite, test_npz).accuracy, abs=1 / 359)
+
+
+def test_metrics_on_known_scores():
+    scores = np.array([
+        [0.05, 0.90, 0.02, 0.01, 0.004, 0.011, 0.005],  # label 1: top-1 right
+        [0.80, 0.10, 0.05, 0.01, 0.02, 0.015, 0.005],  # label 1: second best, inside the top 5
+        [0.30, 0.25, 0.20, 0.15, 0.01, 0.05, 0.04],  # label 4: seventh best, outside the top 5
+    ])
+    m = harness.metrics(scores, np.array([1, 1, 4]), seconds=1.0)
+    assert m.accuracy == pytest.approx(1 / 3)
+    assert m.top5_accuracy == pytest.approx(2 / 3)
+    few = harness.metrics(np.array([[0.2, 0.8], [0.6, 0.4]]), np.array([1, 1]), seconds=0.0)
+    assert few.accuracy == 0.5 and few.top5_accuracy is None
+
+
+def test_threads_and_batch_size_do_not_change_results(tflite_files, test_npz):
+    one = tfquant.evaluate(tflite_files["int8"], test_npz, num_threads=1, batch_size=1)
+    two = tfquant.evaluate(tflite_files["int8"], test_npz, num_threads=2, batch_size=100)
+    assert one.accuracy == two.accuracy and one.top5_accuracy == two.top5_accuracy
+
+
+def test_benchmark_fields(tflite_files):
+    result = tfquant.benchmark(tflite_files["int8"], runs=15, warmup=2, threads=1)
+    assert result.num_runs == 15 and result.warmup_runs == 2 and result.num_threads == 1
+    assert result.inference_ms.count == 15
+    assert result.inference_ms.min <= result.inference_ms.p50 <= result.inference_ms.p99
+    assert result.runtime.name == "ai_edge_litert" and result.runtime.version.startswith("2.")
+    with pytest.raises(tfquant.RecipeError, match="expected runs >= 1"):
+        tfquant.benchmark(tflite_files["int8"], runs=0)
+
+
+def test_residual_model_quantizes(digits, train_npz, test_npz):
+    model = zoo.residual_cnn(width=16)
+    zoo.fit_classifier(model, digits["x"], digits["y"], epochs=3)
+    result = tfquant.quantize(model, train_npz, eval_data=test_npz, calib_samples=100, bench_runs=2)
+    assert result.info.fully_integer
+    assert result.info.op_counts()["ADD"] == 2
+    assert result.report.accuracy_drop <= 0.02

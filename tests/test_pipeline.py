@@ -1,0 +1,134 @@
+"""tfquant.quantize end to end: real conversions, measured on the real interpreter."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+import tfquant
+from tfquant.harness import Runner
+from tfquant.data import load_data
+from tfquant.errors import AccuracyBudgetError, OutputError, RecipeError, StrictModeError
+
+from checks import assert_every_op_integer, assert_quantized_close
+
+
+def test_int8_is_fully_integer_small_and_accurate(int8_result):
+    report = int8_result.report
+    assert_every_op_integer(int8_result.info)
+    assert report.quantized.fully_integer
+    assert_quantized_close(report, max_drop=0.01, max_bytes_ratio=0.30)
+    assert report.float_file.accuracy > 0.95
+    assert report.agreement.top1 > 0.98 and report.agreement.samples == 359
+    assert report.quantized.gzip_bytes == len(gzip.compress(int8_result.tflite, 9, mtime=0))
+    assert report.calibration_samples == 200 and report.eval_samples == 359
+    assert report.latency_ms["quantized"].count == 10
+    assert report.latency_ms["quantized"].p50 <= report.latency_ms["quantized"].p99
+
+
+def test_report_accuracy_is_what_the_file_does(int8_result, test_npz):
+    """The report's number equals a fresh evaluation of the bytes on the interpreter."""
+    metrics = tfquant.evaluate(int8_result.tflite, test_npz)
+    assert metrics.accuracy == pytest.approx(int8_result.report.quantized.accuracy, abs=1e-12)
+    float_metrics = tfquant.evaluate(int8_result.float_tflite, test_npz)
+    assert float_metrics.accuracy == pytest.approx(int8_result.report.float_file.accuracy, abs=1e-12)
+
+
+def test_float_file_matches_keras(digits_model, int8_result, digits):
+    """The float32 reference file computes what the Keras model computes."""
+    runner = Runner(int8_result.float_tflite)
+    data = load_data(digits["x_test"][:64], runner.specs)
+    np.testing.assert_allclose(runner.predict(data), digits_model.predict(digits["x_test"][:64], verbose=0), atol=1e-4)
+
+
+def test_report_json_round_trips(int8_result):
+    data = json.loads(json.dumps(int8_result.report.to_dict()))
+    for key in ("schema_version", "float", "quantized", "accuracy_drop", "agreement", "latency_ms", "recipe", "warnings", "runtime"):
+        assert key in data
+    assert set(data["latency_ms"]) == {"float", "quantized"}
+    assert {"p50", "p90", "p99"} <= set(data["latency_ms"]["quantized"])
+    assert tfquant.Report.from_dict(data) == int8_result.report
+
+
+@pytest.mark.parametrize(
+    "mode, io, weight_dtype, activation_dtype, max_ratio",
+    [
+        ("int16x8", None, "int8", "int16", 0.30),
+        ("dynamic", None, "int8", "float32", 0.30),
+        ("float16", None, "float16", "float32", 0.55),
+    ],
+)
+def test_other_modes(digits_model, train_npz, test_npz, mode, io, weight_dtype, activation_dtype, max_ratio):
+    result = tfquant.quantize(digits_model, train_npz, mode=mode, io=io, eval_data=test_npz, bench_runs=3, calib_samples=50)
+    info = result.info
+    convs = [op for op in info.ops if op.name == "CONV_2D"]
+    weights = [info.tensors[op.inputs[1]] for op in convs]
+    outputs = {info.tensors[op.outputs[0]].dtype for op in convs}
+    if mode == "float16":  # float16 weights are dequantized before the float conv
+        assert any(t.dtype == "float16" and t.constant for t in info.tensors)
+    elif mode == "dynamic":  # TF keeps weight tensors under 1024 elements in float in this mode
+        assert [(w.dtype, int(np.prod(w.shape))) for w in weights] == [("float32", 288), ("int8", 18432)]
+    else:
+        assert {w.dtype for w in weights} == {weight_dtype}
+    assert outputs == {activation_dtype}
+    assert info.fully_integer is (mode == "int16x8")
+    assert result.report.accuracy_drop <= 0.01
+    assert result.report.quantized.tflite_bytes <= max_ratio * result.report.float_file.tflite_bytes
+
+
+def test_uint8_and_float_io(digits_model, train_npz, test_npz):
+    uint8 = tfquant.quantize(digits_model, train_npz, io="uint8", eval_data=test_npz, bench_runs=3, calib_samples=50)
+    assert uint8.info.inputs[0].dtype == "uint8" and uint8.info.outputs[0].dtype == "uint8"
+    assert uint8.info.fully_integer
+    floating = tfquant.quantize(digits_model, train_npz, io="float32", eval_data=test_npz, bench_runs=3, calib_samples=50)
+    assert floating.info.inputs[0].dtype == "float32"
+    assert [op.name for op in floating.info.ops][0] == "QUANTIZE" and floating.info.ops[-1].name == "DEQUANTIZE"
+    assert floating.info.fully_integer  # the float IO adapters are allowed
+    # Same calibration, same integer graph: the two files classify alike.
+    assert abs(uint8.report.quantized.accuracy - floating.report.quantized.accuracy) <= 2 / 359
+
+
+def test_calibration_draw_is_deterministic(digits_model, train_npz):
+    a = tfquant.quantize(digits_model, train_npz, calib_samples=64, bench_runs=1)
+    b = tfquant.quantize(digits_model, train_npz, calib_samples=64, bench_runs=1)
+    assert a.tflite == b.tflite
+    assert a.report.calibration_samples == 64
+
+
+def test_accuracy_collapse_is_caught(digits_model, digits, test_npz, tmp_path):
+    """Calibrating on unrepresentative data (inputs 20x too small) clips real inputs: the gate must fire."""
+    bad_calibration = digits["x"][:200] * 0.05
+    with pytest.raises(AccuracyBudgetError, match=r"expected an accuracy drop of at most 0\.0100.*found 0\.[1-9]") as caught:
+        tfquant.quantize(digits_model, bad_calibration, eval_data=test_npz, max_drop=0.01, bench_runs=1)
+    report = caught.value.result.report
+    assert report.accuracy_drop > 0.1
+    assert report.agreement.top1 < 0.9
+    assert any("agreement" in w for w in report.warnings)
+
+
+def test_strict_refuses_a_float_file(digits_model, train_npz):
+    with pytest.raises(StrictModeError, match=r"expected a fully integer file \(--strict\), found float ops CONV_2D#0"):
+        tfquant.quantize(digits_model, train_npz, mode="dynamic", strict=True, bench_runs=1)
+
+
+def test_options_are_checked_before_work(digits_model, train_npz):
+    with pytest.raises(RecipeError, match="unknown mode 'int4'; expected one of: int8, int16x8"):
+        tfquant.quantize(digits_model, train_npz, mode="int4")
+    with pytest.raises(RecipeError, match="--io int8 does not go with --mode dynamic"):
+        tfquant.quantize(digits_model, train_npz, mode="dynamic", io="int8")
+    with pytest.raises(RecipeError, match="max_drop needs eval_data"):
+        tfquant.quantize(digits_model, train_npz, max_drop=0.01)
+    with pytest.raises(RecipeError, match="unknown fallback 'maybe'"):
+        tfquant.quantize(digits_model, train_npz, fallback="maybe")
+
+
+def test_save_is_atomic_and_refuses_to_clobber(int8_result, tmp_path):
+    path = int8_result.save(tmp_path / "out" / "model.tflite", reports=True)
+    assert path.read_bytes() == int8_result.tflite
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["quantized"]["fully_integer"] is True
+    with pytest.raises(OutputError, match="model.tflite: expected a path that does not exist yet"):
+        int8_result.save(path)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.tflite", "report.json", "report.md"]

@@ -1,0 +1,35 @@
+"""Recipes and records round-trip and reject what they do not know."""
+
+from __future__ import annotations
+
+import pytest
+
+from tfquant.errors import RecipeError
+from tfquant.types import IOType, Mode, Recipe
+
+
+def test_recipe_defaults_follow_the_mode():
+    assert Recipe().io is IOType.INT8
+    assert Recipe(mode="int16x8").io is IOType.INT16
+    assert Recipe(mode="float16").io is IOType.FLOAT32
+
+
+def test_recipe_round_trip():
+    recipe = Recipe(mode=Mode.INT8, io="uint8", calib_samples=64, per_channel=False, denylist=("a", "b"))
+    data = recipe.to_dict()
+    assert data == {"mode": "int8", "io": "uint8", "calib_samples": 64, "per_channel": False,
+                    "denylist": ["a", "b"], "schema_version": 1}
+    assert Recipe.from_dict(data) == recipe
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"mode": "int4"}, "unknown mode 'int4'; expected one of: int8, int16x8, dynamic, float16, float32"),
+    ({"mode": "int16x8", "io": "int8"}, "--io int8 does not go with --mode int16x8; expected one of: int16, float32"),
+    ({"calib_samples": 0}, "calib_samples: expected a whole number >= 1, found 0"),
+    ({"schema_version": 9}, "recipe schema_version: expected 1, found 9"),
+    ({"bits": 4}, "Recipe: unknown key(s) bits"),
+])
+def test_recipe_rejects(data, message):
+    with pytest.raises(RecipeError) as caught:
+        Recipe.from_dict(data)
+    assert message in str(caught.value)

@@ -1,0 +1,278 @@
+"""The `tfquant` command: `parse_args(argv)` -> `main(ns) -> int`; `run()` is the console entry point.
+
+Exit codes: 0 done; 1 a gate failed (`--max-drop`, `--strict`); 2 bad usage or bad input.
+Errors are one line on stderr. Nothing is written on failure. Never prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from ._version import __version__
+from .errors import GateError, RecipeError, TfquantError
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def wrap(func):
+        _COMMANDS[name] = func
+        return func
+
+    return wrap
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (usage stays in --help)."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+        if height < 1 or width < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 96x96, found {text!r}") from None
+    return height, width
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.01, found {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (0.01 = one point), found {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {value}")
+    return value
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("image folders")
+    group.add_argument("--image-size", type=_image_size, metavar="HxW", help="resize images (default: the model's input size)")
+    group.add_argument("--scale", type=float, default=1 / 255, help="pixel multiplier (default: 1/255)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .types import IOType, Mode
+
+    parser = _Parser(prog="tfquant", description="Keras model -> verified fully integer .tflite file")
+    parser.add_argument("--version", action="version", version=f"tfquant {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    p = sub.add_parser("convert", parents=[common], help="convert a Keras model and verify the file on the interpreter")
+    p.add_argument("model", help=".keras, .h5 or SavedModel folder")
+    p.add_argument("--calib", help="calibration data: .npz, .npy or an image folder")
+    p.add_argument("--eval", dest="eval_data", help="labelled evaluation data (adds accuracy and agreement)")
+    p.add_argument("--mode", choices=[m.value for m in Mode], help="default: int8")
+    p.add_argument("--io", choices=[t.value for t in IOType], help="input/output dtype (default: the mode's own)")
+    p.add_argument("--calib-samples", type=_positive, help="representative samples (default: 200)")
+    p.add_argument("--max-drop", type=_fraction, help="exit 1 if the accuracy drop exceeds this fraction")
+    p.add_argument("--fallback", choices=["off"], default="off")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any op besides the IO adapters is float")
+    p.add_argument("--recipe", type=Path, help="replay a recipe JSON file (from a report)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="the .tflite file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--json", action="store_true", help="print report.json to stdout")
+    p.add_argument("--threads", type=_positive, help="interpreter threads (default: every core)")
+    p.add_argument("--allow-unsafe-models", action="store_true", help="load models that hold code (Lambda layers)")
+    _add_data_options(p)
+
+    p = sub.add_parser("inspect", parents=[common], help="ops, dtypes and quantization of a .tflite file")
+    p.add_argument("tflite", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--strict", action="store_true", help="exit 1 unless the file is fully integer")
+
+    p = sub.add_parser("eval", parents=[common], help="accuracy of a .tflite file on labelled data")
+    p.add_argument("tflite", type=Path)
+    p.add_argument("--eval", dest="eval_data", required=True)
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--threads", type=_positive)
+    p.add_argument("--json", action="store_true")
+    _add_data_options(p)
+
+    p = sub.add_parser("bench", parents=[common], help="latency of a .tflite file on the interpreter")
+    p.add_argument("tflite", type=Path)
+    p.add_argument("--runs", type=_positive, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=_positive)
+    p.add_argument("--compare", type=Path, help="a second file, measured interleaved in the same run")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def main(ns: argparse.Namespace) -> int:
+    """Run a parsed command; return its exit code. Never raises a `TfquantError`."""
+    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO, format="tfquant: %(message)s", stream=sys.stderr)
+    try:
+        return _COMMANDS[ns.command](ns)
+    except GateError as exc:
+        result = exc.result
+        if getattr(ns, "json", False) and result is not None:
+            print(json.dumps(result.report.to_dict(), indent=2))
+        print(f"tfquant {ns.command}: failed: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except TfquantError as exc:
+        print(f"tfquant {ns.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def run() -> None:  # pragma: no cover - console entry point
+    sys.exit(main(parse_args(sys.argv[1:])))
+
+
+def _images(ns: argparse.Namespace):
+    from .data import ImageOptions
+
+    return ImageOptions(size=ns.image_size, scale=ns.scale)
+
+
+def _load_recipe(ns: argparse.Namespace):
+    from .types import Recipe
+
+    if ns.recipe is None:
+        return Recipe(mode=ns.mode or "int8", io=ns.io, calib_samples=ns.calib_samples or 200)
+    clashes = [f"--{k.replace('_', '-')}" for k in ("mode", "io", "calib_samples") if getattr(ns, k) is not None]
+    if clashes:
+        raise RecipeError(f"{ns.recipe}: the recipe already sets {', '.join(clashes)}; pass one or the other")
+    try:
+        data = json.loads(ns.recipe.read_text())
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"{ns.recipe}: expected a recipe JSON file, found {type(exc).__name__}: {exc}") from None
+    data = data.get("recipe", data)  # a whole report.json replays its recipe
+    try:
+        return Recipe.from_dict(data)
+    except RecipeError as exc:
+        raise RecipeError(f"{ns.recipe}: {exc}") from None
+
+
+@command("convert")
+def _convert(ns: argparse.Namespace) -> int:
+    from .files import check_targets
+    from .pipeline import quantize
+    from .report import report_paths, to_text
+
+    recipe = _load_recipe(ns)
+    outputs = [ns.output, *report_paths(ns.output.parent)]
+    check_targets(outputs, overwrite=ns.overwrite)  # before minutes of work, not after
+    if recipe.needs_calibration and not ns.calib:
+        raise RecipeError(f"--mode {recipe.mode.value} needs calibration data: pass --calib DATA")
+    result = quantize(
+        ns.model, ns.calib, eval_data=ns.eval_data, max_drop=ns.max_drop, fallback=ns.fallback,
+        strict=ns.strict, recipe=recipe, num_threads=ns.threads, images=_images(ns),
+        safe_mode=not ns.allow_unsafe_models,
+    )
+    result.save(ns.output, overwrite=ns.overwrite, reports=True)
+    if ns.json:
+        print(json.dumps(result.report.to_dict(), indent=2))
+    elif not ns.quiet:
+        print(to_text(result.report), end="")
+        print("wrote " + ", ".join(str(p) for p in outputs))
+    return 0
+
+
+@command("inspect")
+def _inspect(ns: argparse.Namespace) -> int:
+    from .inspect import inspect
+
+    info = inspect(ns.tflite)
+    if ns.json:
+        print(json.dumps(info.to_dict(), indent=2))
+    else:
+        print(_inspect_text(info), end="")
+    if ns.strict and not info.fully_integer:
+        print(f"tfquant inspect: failed: {ns.tflite}: expected a fully integer file (--strict), "
+              f"found float ops {', '.join(info.float_ops)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _quant_text(q) -> str:
+    if q is None:
+        return "-"
+    if len(q.scale) == 1:
+        return f"scale={q.scale[0]:.6g} zero_point={q.zero_point[0] if q.zero_point else 0}"
+    return f"{len(q.scale)} scales {min(q.scale):.3g}..{max(q.scale):.3g} axis={q.quantized_dimension}"
+
+
+def _inspect_text(info) -> str:
+    verdict = "yes" if info.fully_integer else "NO (float ops: " + ", ".join(info.float_ops) + ")"
+    lines = [f"{info.source}: {info.bytes:,} bytes, {len(info.ops)} ops, fully integer: {verdict}"]
+    for label, tensors in (("input", info.inputs), ("output", info.outputs)):
+        for t in tensors:
+            lines.append(f"{label:6} {t.name}  {t.dtype} {t.shape_signature}  {_quant_text(t.quantization)}")
+    lines.append("")
+    lines.append(f"{'#':>3}  {'op':24} {'inputs':28} outputs")
+    for op in info.ops:
+        mark = "  <- float" if op.float else ""
+        lines.append(f"{op.index:>3}  {op.name:24} {','.join(op.input_dtypes):28} {','.join(op.output_dtypes)}{mark}")
+    lines.append("")
+    lines.append(f"{'#':>3}  {'tensor':48} {'dtype':8} {'shape':18} quantization")
+    for t in info.tensors:
+        lines.append(f"{t.index:>3}  {t.name[:48]:48} {t.dtype:8} {str(t.shape):18} {_quant_text(t.quantization)}")
+    return "\n".join(lines) + "\n"
+
+
+@command("eval")
+def _eval(ns: argparse.Namespace) -> int:
+    from .harness import evaluate
+
+    metrics = evaluate(ns.tflite, ns.eval_data, batch_size=ns.batch_size, num_threads=ns.threads, images=_images(ns))
+    if ns.json:
+        print(json.dumps({"model": str(ns.tflite), **metrics.to_dict()}, indent=2))
+    else:
+        top5 = "" if metrics.top5_accuracy is None else f", top-5 {100 * metrics.top5_accuracy:.2f} %"
+        print(f"{ns.tflite}: top-1 {100 * metrics.accuracy:.2f} %{top5} on {metrics.samples} samples "
+              f"in {metrics.seconds:.2f} s ({metrics.samples / max(metrics.seconds, 1e-9):,.0f} samples/s)")
+    return 0
+
+
+@command("bench")
+def _bench(ns: argparse.Namespace) -> int:
+    from .harness import benchmark
+
+    if ns.warmup < 0:
+        raise RecipeError(f"--warmup: expected a whole number >= 0, found {ns.warmup}")
+    files = [ns.tflite] + ([ns.compare] if ns.compare else [])
+    results = benchmark(*files, runs=ns.runs, warmup=ns.warmup, num_threads=ns.threads)
+    if ns.json:
+        payload = {"results": [r.to_dict() for r in results]}
+        if len(results) == 2:
+            payload["ratio_p50"] = results[1].inference_ms.p50 / results[0].inference_ms.p50
+        print(json.dumps(payload, indent=2))
+        return 0
+    for r in results:
+        lat = r.inference_ms
+        print(f"{r.model}: init {r.init_ms:.2f} ms, first {r.first_inference_ms:.3f} ms, "
+              f"p50 {lat.p50:.3f} ms, p90 {lat.p90:.3f}, p99 {lat.p99:.3f}, mean {lat.mean:.3f} ± {lat.std:.3f}, "
+              f"min {lat.min:.3f} ({r.num_runs} runs, {r.num_threads} threads)")
+    first = results[0]
+    print(f"peak memory {first.peak_memory_mb:.1f} MB, {first.runtime.name} {first.runtime.version}")
+    if len(results) == 2:
+        a, b = results[0].inference_ms, results[1].inference_ms
+        print(f"{ns.compare.name} / {ns.tflite.name}: p50 {b.p50 / a.p50:.2f}×, p90 {b.p90 / a.p90:.2f}×, "
+              f"mean {b.mean / a.mean:.2f}×")
+    return 0

@@ -1,0 +1,65 @@
+"""Typed errors. Every message is one line: what, where, what was expected, what was found.
+
+The command maps `GateError` to exit code 1 (the file was made but failed a check the user
+asked for) and every other `TfquantError` to exit code 2 (bad usage or bad input).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TfquantError(Exception):
+    """Base class of every error tfquant raises on purpose."""
+
+    exit_code = 2
+
+
+def problem(where: object, expected: str, found: object) -> str:
+    """Format the one-line message shape every tfquant error uses."""
+    return f"{where}: expected {expected}, found {found}"
+
+
+class ModelLoadError(TfquantError):
+    """A model file is missing, corrupt, of an unknown format, or holds code we will not run."""
+
+
+class DataError(TfquantError):
+    """Calibration, evaluation or training data does not fit the model or is unusable."""
+
+
+class RecipeError(TfquantError):
+    """An option, or a combination of options, that tfquant does not accept."""
+
+
+class ConversionError(TfquantError):
+    """TFLiteConverter refused the model."""
+
+
+class TFLiteFileError(TfquantError):
+    """A .tflite file is missing, corrupt, or cannot be run by the interpreter."""
+
+
+class OutputError(TfquantError):
+    """An output path already exists (without overwrite) or cannot be written."""
+
+
+class GateError(TfquantError):
+    """The conversion worked but failed a check the user asked for.
+
+    `result` holds the full `QuantizationResult`, so a caller can still read the report.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, result: Any = None):
+        super().__init__(message)
+        self.result = result
+
+
+class AccuracyBudgetError(GateError):
+    """The accuracy drop measured on the interpreter exceeds `max_drop`."""
+
+
+class StrictModeError(GateError):
+    """A file meant to be fully integer still holds float ops."""

@@ -1,0 +1,56 @@
+"""Output files: checked before any work starts, written whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import OutputError, problem
+
+
+def check_targets(paths: list[Path], *, overwrite: bool) -> None:
+    """Fail early, before any conversion, if an output exists or its folder cannot be written."""
+    for path in paths:
+        if path.is_dir():
+            raise OutputError(problem(path, "a file path for the output", "a folder"))
+        if path.exists() and not overwrite:
+            raise OutputError(problem(path, "a path that does not exist yet (or --overwrite)", "an existing file"))
+        _check_folder(path.parent if str(path.parent) else Path("."))
+
+
+def _check_folder(folder: Path) -> None:
+    # Walk up to the first ancestor that exists: missing folders are created on write.
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(problem(folder, "a writable output folder", f"{existing} is not a folder"))
+    # Try a real write: os.access() says yes to root even on read-only mounts.
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".tfquant-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(problem(folder, "a writable output folder", exc.strerror or exc)) from None
+
+
+def write_all(files: dict[Path, bytes], *, overwrite: bool) -> None:
+    """Write every file to a temporary name, then rename them all; on any error remove the temporaries."""
+    check_targets(list(files), overwrite=overwrite)
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except OSError as exc:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise OutputError(problem(exc.filename or "output", "a writable output file", exc.strerror or exc)) from None

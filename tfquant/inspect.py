@@ -1,0 +1,121 @@
+"""Read a .tflite flatbuffer: ops, tensor dtypes, quantization parameters, the integer verdict.
+
+Uses the schema and flatbuffer utilities that LiteRT ships (the same code as TensorFlow's
+`tensorflow/lite/tools/flatbuffer_utils.py`), so this module loads no TensorFlow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.tools import flatbuffer_utils
+
+from .errors import TFLiteFileError, problem
+from .types import ModelInfo, OpInfo, QuantParams, TensorInfo
+
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+_TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+FLOAT_DTYPES = frozenset({"float32", "float16", "float64", "bfloat16", "complex64", "complex128"})
+TFLITE_IDENTIFIER = b"TFL3"
+
+Source = Union[str, Path, bytes, bytearray]
+
+
+def read_flatbuffer(source: Source) -> tuple[bytes, str]:
+    """Return the file's bytes and a name for messages, after checking it is a TFLite flatbuffer."""
+    if isinstance(source, (bytes, bytearray)):
+        data, where = bytes(source), "<tflite bytes>"
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.is_file():
+            raise TFLiteFileError(problem(path, "a .tflite file", "no such file" if not path.exists() else "a folder"))
+        data = path.read_bytes()
+    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
+        found = f"{len(data)} bytes" + (f" with identifier {data[4:8]!r}" if len(data) >= 8 else "")
+        raise TFLiteFileError(problem(where, "a TFLite flatbuffer (identifier 'TFL3')", found))
+    return data, where
+
+
+def inspect(source: Source) -> ModelInfo:
+    """Describe every op and tensor of a .tflite file and decide whether it is fully integer.
+
+    An op counts as float when any tensor it reads or writes is float, except the two ops that
+    only adapt the file's IO: a QUANTIZE reading a float model input and a DEQUANTIZE writing a
+    float model output (what `--io float32` produces around an integer graph).
+
+    Example:
+        >>> info = inspect("build/digits_int8.tflite")   # doctest: +SKIP
+        >>> info.fully_integer, info.float_ops
+        (True, [])
+    """
+    data, where = read_flatbuffer(source)
+    try:
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    except Exception as exc:  # a damaged flatbuffer fails anywhere inside the generated reader
+        raise TFLiteFileError(problem(where, "a readable TFLite flatbuffer", f"{type(exc).__name__}: {exc}")) from None
+
+    ops: list[OpInfo] = []
+    main_tensors: list[TensorInfo] = []
+    inputs: list[TensorInfo] = []
+    outputs: list[TensorInfo] = []
+    for sg_index, subgraph in enumerate(model.subgraphs or []):
+        tensors = [_tensor(model, i, t) for i, t in enumerate(subgraph.tensors or [])]
+        graph_inputs = set(_ints(subgraph.inputs))
+        graph_outputs = set(_ints(subgraph.outputs))
+        if sg_index == 0:
+            main_tensors = tensors
+            inputs = [tensors[i] for i in _ints(subgraph.inputs)]
+            outputs = [tensors[i] for i in _ints(subgraph.outputs)]
+        for op_index, op in enumerate(subgraph.operators or []):
+            name = _op_name(model, op.opcodeIndex)
+            ins = [i for i in _ints(op.inputs) if i >= 0]  # -1 marks an omitted optional input
+            outs = [i for i in _ints(op.outputs) if i >= 0]
+            in_types = [tensors[i].dtype for i in ins]
+            out_types = [tensors[i].dtype for i in outs]
+            is_float = any(t in FLOAT_DTYPES for t in in_types + out_types)
+            if is_float and name == "QUANTIZE" and set(ins) <= graph_inputs and not any(t in FLOAT_DTYPES for t in out_types):
+                is_float = False
+            if is_float and name == "DEQUANTIZE" and set(outs) <= graph_outputs and not any(t in FLOAT_DTYPES for t in in_types):
+                is_float = False
+            ops.append(OpInfo(op_index, sg_index, name, ins, outs, in_types, out_types, is_float))
+
+    float_ops = [f"{op.name}#{op.index}" + (f"@{op.subgraph}" if op.subgraph else "") for op in ops if op.float]
+    return ModelInfo(
+        source=where, bytes=len(data), ops=ops, tensors=main_tensors, inputs=inputs, outputs=outputs,
+        fully_integer=not float_ops, float_ops=float_ops,
+    )
+
+
+def _ints(values) -> list[int]:
+    return [] if values is None else [int(v) for v in values]
+
+
+def _op_name(model, opcode_index: int) -> str:
+    opcode = model.operatorCodes[opcode_index]
+    code = flatbuffer_utils.get_builtin_code_from_operator_code(opcode)
+    if code == schema.BuiltinOperator.CUSTOM:
+        custom = opcode.customCode
+        return "CUSTOM:" + (custom.decode() if isinstance(custom, bytes) else str(custom))
+    return _OP_NAMES.get(code, f"BUILTIN_{code}")
+
+
+def _tensor(model, index: int, tensor) -> TensorInfo:
+    name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+    buffer = model.buffers[tensor.buffer] if tensor.buffer and tensor.buffer < len(model.buffers) else None
+    constant = buffer is not None and (
+        (buffer.data is not None and len(buffer.data) > 0) or bool(getattr(buffer, "size", 0))
+    )
+    quant = tensor.quantization
+    params = None
+    if quant is not None and quant.scale is not None and len(quant.scale) > 0:
+        params = QuantParams(
+            scale=[float(s) for s in quant.scale],
+            zero_point=[int(z) for z in (quant.zeroPoint if quant.zeroPoint is not None else [])],
+            quantized_dimension=int(quant.quantizedDimension),
+        )
+    shape = _ints(tensor.shape)
+    signature = _ints(tensor.shapeSignature) or shape
+    return TensorInfo(index, name, _TYPE_NAMES.get(tensor.type, f"type{tensor.type}"), shape, signature, constant, params)

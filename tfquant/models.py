@@ -1,0 +1,170 @@
+"""Load models of every accepted format and describe their input signature.
+
+Accepted: a tf_keras or Keras 3 model object; `.keras` files saved by Keras 2 (tf_keras) or
+Keras 3; `.h5` files; SavedModel folders. Loading never runs code stored in the file (Lambda
+layers, custom objects) unless `safe_mode=False`.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from . import _keras
+from .errors import ModelLoadError, problem
+from .types import TensorSpec
+
+EXPECTED_MODEL = "a Keras model (.keras, .h5) or a SavedModel folder"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the converter, with its signature for validating data."""
+
+    source: str
+    flavor: str  # "keras2", "keras3" or "saved_model"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    keras_model: Any = None
+    saved_model_dir: Optional[str] = None
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        """The classifier's class count: the last dim of the first output, if it is rank 2."""
+        shape = self.outputs[0].shape if self.outputs else ()
+        return shape[-1] if len(shape) == 2 and shape[-1] else None
+
+    def converter(self):
+        tf = _keras.tf
+        if self.saved_model_dir is not None:
+            return tf.lite.TFLiteConverter.from_saved_model(self.saved_model_dir)
+        return tf.lite.TFLiteConverter.from_keras_model(self.keras_model)
+
+
+def load_model(source: Any, *, safe_mode: bool = True) -> LoadedModel:
+    """Load `source` (a path or a Keras model object) for conversion.
+
+    Example:
+        >>> model = load_model("build/digits_cnn.keras")   # doctest: +SKIP
+        >>> model.inputs[0].shape
+        (None, 8, 8, 1)
+
+    Args:
+        source: a path to a `.keras`/`.h5` file or a SavedModel folder, or a model object.
+        safe_mode: refuse files that hold code (Lambda layers, pickled functions). Defaults to `True`.
+
+    Raises:
+        ModelLoadError: the file is missing, corrupt, unsafe, or not a model.
+    """
+    if isinstance(source, LoadedModel):
+        return source
+    if _keras.is_keras2_model(source):
+        return _from_keras(source, "<keras model>", "keras2")
+    if _keras.is_keras3_model(source):
+        return _from_keras(source, "<keras model>", "keras3")
+    if not isinstance(source, (str, Path)):
+        raise ModelLoadError(problem("model", EXPECTED_MODEL, type(source).__name__))
+    path = Path(source)
+    if not path.exists():
+        raise ModelLoadError(problem(path, EXPECTED_MODEL, "no such file or folder"))
+    if path.is_dir():
+        return _load_saved_model(path)
+    if path.suffix == ".keras":
+        return _load_keras_file(path, safe_mode)
+    if path.suffix in (".h5", ".hdf5"):
+        return _load_h5(path, safe_mode)
+    raise ModelLoadError(problem(path, EXPECTED_MODEL, f"a file ending in {path.suffix or '(no suffix)'!r}"))
+
+
+def _from_keras(model: Any, source: str, flavor: str) -> LoadedModel:
+    if not getattr(model, "inputs", None):
+        raise ModelLoadError(
+            problem(source, "a built model with a known input shape (call it once or give an Input layer)", "an unbuilt model")
+        )
+    inputs = [_spec(t, i) for i, t in enumerate(model.inputs)]
+    outputs = [_spec(t, i) for i, t in enumerate(model.outputs)]
+    return LoadedModel(source=source, flavor=flavor, inputs=inputs, outputs=outputs, keras_model=model)
+
+
+def _spec(tensor: Any, index: int) -> TensorSpec:
+    shape = tuple(None if d is None else int(d) for d in tensor.shape)
+    dtype = getattr(tensor.dtype, "name", None) or str(tensor.dtype)
+    name = getattr(tensor, "name", None) or f"input_{index}"
+    # tf_keras names symbolic tensors "input_1", Keras 3 "keras_tensor"; the layer name is what users see.
+    history = getattr(tensor, "_keras_history", None)
+    if history is not None:
+        name = history[0].name if hasattr(history, "__getitem__") else history.operation.name
+    return TensorSpec(name=name.split(":")[0], shape=shape, dtype=dtype)
+
+
+def _load_keras_file(path: Path, safe_mode: bool) -> LoadedModel:
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(problem(path, "a .keras zip archive", f"{path.stat().st_size} bytes that are not a zip archive"))
+    try:
+        major = _keras.saved_keras_major(path)
+    except (KeyError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
+        raise ModelLoadError(problem(path, "a .keras archive with metadata.json", f"a damaged archive ({exc})")) from None
+    if major == 3:
+        loader, flavor = _keras.keras3().saving.load_model, "keras3"
+    else:
+        loader, flavor = _keras.keras.models.load_model, "keras2"
+    model = _call_loader(path, lambda: loader(str(path), compile=False, safe_mode=safe_mode))
+    return _from_keras(model, str(path), flavor)
+
+
+def _load_h5(path: Path, safe_mode: bool) -> LoadedModel:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            config = handle.attrs.get("model_config")
+    except OSError:
+        raise ModelLoadError(problem(path, "an HDF5 Keras model", f"{path.stat().st_size} bytes that are not HDF5")) from None
+    if config is None:
+        raise ModelLoadError(problem(path, "an HDF5 file holding a whole Keras model", "no model_config (weights only?)"))
+    text = config.decode() if isinstance(config, bytes) else str(config)
+    if safe_mode and '"class_name": "Lambda"' in text:
+        raise ModelLoadError(
+            problem(path, "a model without code", "a Lambda layer, which would run stored Python code; "
+                    "load it with safe_mode=False (--allow-unsafe-models) only if you trust the file")
+        )
+    major = _keras.saved_keras_major(path)
+    loader = _keras.keras3().saving.load_model if major == 3 else _keras.keras.models.load_model
+    model = _call_loader(path, lambda: loader(str(path), compile=False))
+    return _from_keras(model, str(path), "keras3" if major == 3 else "keras2")
+
+
+def _load_saved_model(path: Path) -> LoadedModel:
+    if not (path / "saved_model.pb").exists():
+        raise ModelLoadError(problem(path, "a SavedModel folder (with saved_model.pb)", "a folder without saved_model.pb"))
+    tf = _keras.tf
+    loaded = _call_loader(path, lambda: tf.saved_model.load(str(path)))
+    signature = loaded.signatures.get("serving_default")
+    if signature is None:
+        raise ModelLoadError(problem(path, "a SavedModel with a serving_default signature", "none"))
+    _, kwargs = signature.structured_input_signature
+    inputs = [
+        TensorSpec(name=name, shape=tuple(spec.shape.as_list()), dtype=spec.dtype.name)
+        for name, spec in sorted(kwargs.items())
+    ]
+    outputs = [
+        TensorSpec(name=name, shape=tuple(spec.shape.as_list()), dtype=spec.dtype.name)
+        for name, spec in sorted(signature.structured_outputs.items())
+    ]
+    return LoadedModel(source=str(path), flavor="saved_model", inputs=inputs, outputs=outputs, saved_model_dir=str(path))
+
+
+def _call_loader(path: Path, load):
+    try:
+        return load()
+    except Exception as exc:  # Keras raises ValueError, TypeError, OSError... for a bad file
+        message = " ".join(str(exc).split())
+        if "safe_mode" in message or "Lambda" in message:
+            raise ModelLoadError(
+                problem(path, "a model without code", "a layer that would run stored Python code (e.g. Lambda); "
+                        "load it with safe_mode=False (--allow-unsafe-models) only if you trust the file")
+            ) from None
+        raise ModelLoadError(problem(path, "a loadable Keras model", f"{type(exc).__name__}: {message[:300]}")) from None

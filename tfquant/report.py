@@ -1,0 +1,92 @@
+"""Render a `Report`: JSON (the contract), Markdown (for people and PRs) and a terminal table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from .types import Report
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(report.to_dict(), indent=2, sort_keys=False) + "\n"
+
+
+def _pct(value: Optional[float]) -> str:
+    return "–" if value is None else f"{100 * value:.2f} %"
+
+
+def _ratio(new: float, old: float) -> str:
+    return "–" if not old else f"{new / old:.2f}×"
+
+
+def rows(report: Report) -> list[tuple[str, str, str, str]]:
+    """The comparison table: metric, float file, quantized file, and the change."""
+    fp, q = report.float_file, report.quantized
+    lat_f, lat_q = report.latency_ms["float"], report.latency_ms["quantized"]
+    drop = "–" if report.accuracy_drop is None else f"{100 * report.accuracy_drop:.2f} pts drop"
+    table = [
+        ("accuracy (top-1)", _pct(fp.accuracy), _pct(q.accuracy), drop),
+    ]
+    if q.top5_accuracy is not None:
+        table.append(("accuracy (top-5)", _pct(fp.top5_accuracy), _pct(q.top5_accuracy), ""))
+    if report.agreement is not None:
+        table.append(("top-1 agreement", "", f"{100 * report.agreement.top1:.2f} %", f"{report.agreement.samples} samples"))
+    table += [
+        ("file bytes", f"{fp.tflite_bytes:,}", f"{q.tflite_bytes:,}", _ratio(q.tflite_bytes, fp.tflite_bytes)),
+        ("gzip bytes", f"{fp.gzip_bytes:,}", f"{q.gzip_bytes:,}", _ratio(q.gzip_bytes, fp.gzip_bytes)),
+        ("latency p50 (ms)", f"{lat_f.p50:.3f}", f"{lat_q.p50:.3f}", _ratio(lat_q.p50, lat_f.p50)),
+        ("latency p99 (ms)", f"{lat_f.p99:.3f}", f"{lat_q.p99:.3f}", _ratio(lat_q.p99, lat_f.p99)),
+        ("fully integer", "no" if not fp.fully_integer else "yes", "yes" if q.fully_integer else "NO", ", ".join(q.float_ops[:4])),
+    ]
+    return table
+
+
+def to_text(report: Report) -> str:
+    """A fixed-width table for the terminal."""
+    header = ("", "float32", report.recipe.mode.value, "")
+    table = [header] + rows(report)
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    lines = ["  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) if i < 3 else cell
+                       for i, cell in enumerate(row)).rstrip() for row in table]
+    footer = (f"{report.eval_samples or 0} eval samples, {report.calibration_samples} calibration samples, "
+              f"{report.runtime.name} {report.runtime.version}, {report.runtime.num_threads} threads")
+    out = "\n".join(lines) + "\n" + footer + "\n"
+    for warning in report.warnings:
+        out += f"warning: {warning}\n"
+    return out
+
+
+def to_markdown(report: Report) -> str:
+    recipe = report.recipe
+    lines = [
+        f"# tfquant report: {Path(report.model).name}",
+        "",
+        f"Mode `{recipe.mode.value}`, IO `{recipe.io.value}`, {report.calibration_samples} calibration samples, "
+        f"measured on {report.runtime.name} {report.runtime.version} with {report.runtime.num_threads} threads "
+        f"(tfquant {report.tfquant_version}).",
+        "",
+        f"| | float32 | {recipe.mode.value} | change |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(report)]
+    lines += ["", "## Ops in the quantized file", "", "| op | count |", "| --- | ---: |"]
+    lines += [f"| {name} | {count} |" for name, count in sorted(report.quantized.op_counts.items())]
+    if report.warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report.warnings]
+    lines += ["", "## Recipe", "", "```json", json.dumps(recipe.to_dict(), indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+_RENDERERS = {"report.json": to_json, "report.md": to_markdown}
+
+
+def report_paths(folder: Path) -> list[Path]:
+    """Where the report files of a model written into `folder` go."""
+    return [folder / name for name in _RENDERERS]
+
+
+def write_report_files(report: Report, folder: Path) -> dict[Path, bytes]:
+    """The report files that go beside a converted model, as `{path: bytes}` for an atomic write."""
+    return {folder / name: render(report).encode() for name, render in _RENDERERS.items()}

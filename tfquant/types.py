@@ -1,0 +1,358 @@
+"""Types shared by the API, the command, the report and the HTTP service.
+
+Every record is a frozen dataclass with `to_dict()` / `from_dict()`, so that a report written
+as JSON reads back to an equal object and a recipe replays exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import RecipeError
+
+SCHEMA_VERSION = 1
+
+
+class Mode(str, enum.Enum):
+    """What the converter does to weights and activations."""
+
+    INT8 = "int8"  # full integer: int8 weights (per channel) and int8 activations
+    INT16X8 = "int16x8"  # int8 weights, int16 activations: slower, more accurate
+    DYNAMIC = "dynamic"  # int8 weights, float activations quantized on the fly
+    FLOAT16 = "float16"  # float16 weights
+    FLOAT32 = "float32"  # no quantization
+
+
+class IOType(str, enum.Enum):
+    """The dtype of the .tflite file's inputs and outputs."""
+
+    INT8 = "int8"
+    UINT8 = "uint8"
+    INT16 = "int16"
+    FLOAT32 = "float32"
+
+
+# The IO types each mode can produce, the first being its default.
+MODE_IO: dict[Mode, tuple[IOType, ...]] = {
+    Mode.INT8: (IOType.INT8, IOType.UINT8, IOType.FLOAT32),
+    Mode.INT16X8: (IOType.INT16, IOType.FLOAT32),
+    Mode.DYNAMIC: (IOType.FLOAT32,),
+    Mode.FLOAT16: (IOType.FLOAT32,),
+    Mode.FLOAT32: (IOType.FLOAT32,),
+}
+
+
+def parse_enum(enum_type: type[enum.Enum], value: Any, option: str):
+    """Turn a user's string into an enum member or raise a RecipeError listing the choices."""
+    if isinstance(value, enum_type):
+        return value
+    try:
+        return enum_type(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in enum_type)
+        raise RecipeError(f"unknown {option} {value!r}; expected one of: {choices}") from None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: its name, shape (None for unknown dims) and dtype name."""
+
+    name: str
+    shape: tuple[Optional[int], ...]
+    dtype: str
+
+    def describe(self) -> str:
+        return "(" + ", ".join("N" if i == 0 else ("?" if d is None else str(d)) for i, d in enumerate(self.shape)) + ")"
+
+
+class Record:
+    """`to_dict` / `from_dict` for frozen dataclasses of plain values, enums and nested records."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        if not isinstance(data, dict):
+            raise RecipeError(f"{cls.__name__}: expected a JSON object, found {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise RecipeError(
+                f"{cls.__name__}: unknown key(s) {', '.join(unknown)}; expected some of: {', '.join(sorted(names))}"
+            )
+        return cls(**{k: _build(hints[k], v) for k, v in data.items()})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value.to_dict()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _build(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _build(inner[0], value) if len(inner) == 1 else value
+    if origin in (list, tuple):
+        return origin(_build(args[0], v) for v in value) if args else origin(value)
+    if origin is dict:
+        return {k: _build(args[1], v) for k, v in value.items()}
+    if isinstance(hint, type) and issubclass(hint, Record):
+        return hint.from_dict(value)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        # An unknown value stays a string: the record's own check names the option and the choices.
+        return hint(value) if value in {m.value for m in hint} else value
+    return value
+
+
+@dataclass(frozen=True)
+class Recipe(Record):
+    """Everything that decides the bytes of a converted file, given the model and the data.
+
+    Example:
+        >>> Recipe(mode="int8").io
+        <IOType.INT8: 'int8'>
+        >>> Recipe.from_dict(Recipe(mode="dynamic").to_dict()) == Recipe(mode="dynamic")
+        True
+
+    Args:
+        mode: a `Mode` or its name. Defaults to `"int8"`.
+        io: the inputs' and outputs' dtype. Defaults to the mode's own: int8 for int8, int16
+            for int16x8, float32 otherwise.
+        calib_samples: how many samples the representative dataset draws, deterministically,
+            from the calibration data. Defaults to `200`.
+        per_channel: per-channel weight scales for conv and dense kernels. Defaults to `True`.
+        denylist: names of ops to keep in float (selective quantization). Defaults to none.
+    """
+
+    mode: Mode = Mode.INT8
+    io: Optional[IOType] = None
+    calib_samples: int = 200
+    per_channel: bool = True
+    denylist: tuple[str, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        mode = parse_enum(Mode, self.mode, "mode")
+        object.__setattr__(self, "mode", mode)
+        allowed = MODE_IO[mode]
+        io = allowed[0] if self.io is None else parse_enum(IOType, self.io, "io")
+        if io not in allowed:
+            raise RecipeError(
+                f"--io {io.value} does not go with --mode {mode.value}; expected one of: "
+                + ", ".join(a.value for a in allowed)
+            )
+        object.__setattr__(self, "io", io)
+        if isinstance(self.calib_samples, bool) or not isinstance(self.calib_samples, int) or self.calib_samples < 1:
+            raise RecipeError(f"calib_samples: expected a whole number >= 1, found {self.calib_samples!r}")
+        object.__setattr__(self, "denylist", tuple(self.denylist))
+        if self.schema_version != SCHEMA_VERSION:
+            raise RecipeError(
+                f"recipe schema_version: expected {SCHEMA_VERSION}, found {self.schema_version!r}"
+            )
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.mode in (Mode.INT8, Mode.INT16X8)
+
+
+@dataclass(frozen=True)
+class Metrics(Record):
+    """Accuracy of one .tflite file on labelled data, measured on the interpreter."""
+
+    accuracy: float
+    top5_accuracy: Optional[float]
+    samples: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Latency(Record):
+    """Per-invoke latency in milliseconds over `count` timed runs."""
+
+    min: float
+    mean: float
+    std: float
+    p50: float
+    p90: float
+    p99: float
+    count: int
+
+
+@dataclass(frozen=True)
+class Runtime(Record):
+    """Which interpreter measured the numbers."""
+
+    name: str
+    version: str
+    num_threads: int
+
+
+@dataclass(frozen=True)
+class BenchmarkResult(Record):
+    """What `tfquant bench` measures; names follow TFLite's benchmark_model."""
+
+    model: str
+    num_runs: int
+    warmup_runs: int
+    num_threads: int
+    init_ms: float
+    first_inference_ms: float
+    warmup_avg_ms: float
+    inference_ms: Latency
+    memory_footprint_delta_mb: float
+    peak_memory_mb: float
+    runtime: Runtime
+
+
+@dataclass(frozen=True)
+class QuantParams(Record):
+    scale: list[float]
+    zero_point: list[int]
+    quantized_dimension: int
+
+
+@dataclass(frozen=True)
+class TensorInfo(Record):
+    index: int
+    name: str
+    dtype: str
+    shape: list[int]
+    shape_signature: list[int]
+    constant: bool
+    quantization: Optional[QuantParams]
+
+
+@dataclass(frozen=True)
+class OpInfo(Record):
+    index: int
+    subgraph: int
+    name: str
+    inputs: list[int]
+    outputs: list[int]
+    input_dtypes: list[str]
+    output_dtypes: list[str]
+    float: bool
+
+
+@dataclass(frozen=True)
+class ModelInfo(Record):
+    """The contents of a .tflite file: ops, tensors, inputs, outputs and the integer verdict."""
+
+    source: str
+    bytes: int
+    ops: list[OpInfo]
+    tensors: list[TensorInfo]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    fully_integer: bool
+    float_ops: list[str]
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for op in self.ops:
+            counts[op.name] = counts.get(op.name, 0) + 1
+        return counts
+
+
+@dataclass(frozen=True)
+class FileSummary(Record):
+    """One .tflite file in a report: its bytes, its integer verdict and its accuracy."""
+
+    tflite_bytes: int
+    gzip_bytes: int
+    fully_integer: bool
+    float_ops: list[str]
+    op_counts: dict[str, int]
+    accuracy: Optional[float] = None
+    top5_accuracy: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Agreement(Record):
+    """How often the quantized file's top-1 class equals the float file's."""
+
+    top1: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class Report:
+    """The record of one conversion. `to_dict()` is `report.json` and the command's `--json`.
+
+    The float and quantized sections serialize as `float` and `quantized`.
+    """
+
+    model: str
+    recipe: Recipe
+    float_file: FileSummary
+    quantized: FileSummary
+    latency_ms: dict[str, Latency]
+    runtime: Runtime
+    calibration_samples: int
+    eval_samples: Optional[int] = None
+    accuracy_drop: Optional[float] = None
+    agreement: Optional[Agreement] = None
+    warnings: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    tfquant_version: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "tfquant_version": self.tfquant_version,
+            "model": self.model,
+            "recipe": self.recipe.to_dict(),
+            "float": self.float_file.to_dict(),
+            "quantized": self.quantized.to_dict(),
+            "accuracy_drop": self.accuracy_drop,
+            "agreement": None if self.agreement is None else self.agreement.to_dict(),
+            "latency_ms": {k: v.to_dict() for k, v in self.latency_ms.items()},
+            "calibration_samples": self.calibration_samples,
+            "eval_samples": self.eval_samples,
+            "warnings": list(self.warnings),
+            "seconds": dict(self.seconds),
+            "runtime": self.runtime.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Report":
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise RecipeError(
+                f"report schema_version: expected {SCHEMA_VERSION}, found {data.get('schema_version')!r}"
+            )
+        agreement = data.get("agreement")
+        return cls(
+            model=data["model"],
+            recipe=Recipe.from_dict(data["recipe"]),
+            float_file=FileSummary.from_dict(data["float"]),
+            quantized=FileSummary.from_dict(data["quantized"]),
+            latency_ms={k: Latency.from_dict(v) for k, v in data["latency_ms"].items()},
+            runtime=Runtime.from_dict(data["runtime"]),
+            calibration_samples=data["calibration_samples"],
+            eval_samples=data.get("eval_samples"),
+            accuracy_drop=data.get("accuracy_drop"),
+            agreement=None if agreement is None else Agreement.from_dict(agreement),
+            warnings=list(data.get("warnings", [])),
+            seconds=dict(data.get("seconds", {})),
+            tfquant_version=data.get("tfquant_version", ""),
+            schema_version=data["schema_version"],
+        )
