@@ -131,4 +131,4 @@ def test_save_is_atomic_and_refuses_to_clobber(int8_result, tmp_path):
     assert json.loads((tmp_path / "out" / "report.json").read_text())["quantized"]["fully_integer"] is True
     with pytest.raises(OutputError, match="model.tflite: expected a path that does not exist yet"):
         int8_result.save(path)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.tflite", "report.json", "report.md"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.tflite", "report.html", "report.json", "report.md"]

@@ -36,6 +36,7 @@ from .types import BenchmarkResult, IOType, Metrics, Mode, ModelInfo, Recipe, Re
 # and `tfquant bench` do not pay for (or measure) a TensorFlow import.
 _LAZY = {
     "quantize": "pipeline",
+    "diagnose": "diagnose",
     "QuantizationResult": "pipeline",
     "evaluate": "harness",
     "load_model": "models",
@@ -65,7 +66,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "__version__", "quantize", "evaluate", "benchmark", "inspect", "load_model", "load_data",
+    "__version__", "quantize", "diagnose", "evaluate", "benchmark", "inspect", "load_model", "load_data",
     "QuantizationResult", "Recipe", "Report", "Metrics", "ModelInfo", "BenchmarkResult", "Mode", "IOType",
     "TfquantError", "ModelLoadError", "DataError", "RecipeError", "ConversionError", "TFLiteFileError",
     "OutputError", "GateError", "AccuracyBudgetError", "StrictModeError",

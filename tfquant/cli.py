@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--io", choices=[t.value for t in IOType], help="input/output dtype (default: the mode's own)")
     p.add_argument("--calib-samples", type=_positive, help="representative samples (default: 200)")
     p.add_argument("--max-drop", type=_fraction, help="exit 1 if the accuracy drop exceeds this fraction")
-    p.add_argument("--fallback", choices=["off"], default="off")
+    p.add_argument("--fallback", choices=["off", "auto"], default="off",
+                   help="auto: try int8, int8 with the worst ops in float, int16x8, dynamic, float16, float32 "
+                        "until the drop is within --max-drop")
     p.add_argument("--strict", action="store_true", help="exit 1 if any op besides the IO adapters is float")
     p.add_argument("--recipe", type=Path, help="replay a recipe JSON file (from a report)")
     p.add_argument("-o", "--output", required=True, type=Path, help="the .tflite file to write")
@@ -96,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, help="interpreter threads (default: every core)")
     p.add_argument("--allow-unsafe-models", action="store_true", help="load models that hold code (Lambda layers)")
     _add_data_options(p)
+
+    p = sub.add_parser("diagnose", parents=[common], help="find the tensors and ops where int8 loses accuracy")
+    p.add_argument("model", help=".keras, .h5 or SavedModel folder")
+    p.add_argument("--calib", required=True, help="calibration data")
+    p.add_argument("--eval", dest="eval_data", help="labelled data: debug samples come from it, and both accuracies")
+    p.add_argument("--calib-samples", type=_positive, default=200)
+    p.add_argument("--samples", type=_positive, default=64, help="samples the debugger runs (default: 64)")
+    p.add_argument("--threshold", type=float, default=16.0, help="range ratio the lint warns above (default: 16)")
+    p.add_argument("--top", type=_positive, default=15, help="tensors to list (default: 15)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--allow-unsafe-models", action="store_true")
 
     p = sub.add_parser("inspect", parents=[common], help="ops, dtypes and quantization of a .tflite file")
     p.add_argument("tflite", type=Path)
@@ -126,7 +139,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(ns: argparse.Namespace) -> int:
     """Run a parsed command; return its exit code. Never raises a `TfquantError`."""
-    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO, format="tfquant: %(message)s", stream=sys.stderr)
+    _log_to_stderr(quiet=ns.quiet)
     try:
         return _COMMANDS[ns.command](ns)
     except GateError as exc:
@@ -138,6 +151,21 @@ def main(ns: argparse.Namespace) -> int:
     except TfquantError as exc:
         print(f"tfquant {ns.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+class _CommandHandler(logging.StreamHandler):
+    """Progress lines on stderr; one per process, re-bound to the current stderr on every call."""
+
+
+def _log_to_stderr(*, quiet: bool) -> None:
+    logger = logging.getLogger("tfquant")
+    for handler in [h for h in logger.handlers if isinstance(h, _CommandHandler)]:
+        logger.removeHandler(handler)
+    handler = _CommandHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tfquant: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
 
 
 def run() -> None:  # pragma: no cover - console entry point
@@ -176,7 +204,8 @@ def _convert(ns: argparse.Namespace) -> int:
     from .report import report_paths, to_text
 
     recipe = _load_recipe(ns)
-    outputs = [ns.output, *report_paths(ns.output.parent)]
+    recipe_path = ns.output.parent / "recipe.json"
+    outputs = [ns.output, *report_paths(ns.output.parent), recipe_path]
     check_targets(outputs, overwrite=ns.overwrite)  # before minutes of work, not after
     if recipe.needs_calibration and not ns.calib:
         raise RecipeError(f"--mode {recipe.mode.value} needs calibration data: pass --calib DATA")
@@ -185,12 +214,35 @@ def _convert(ns: argparse.Namespace) -> int:
         strict=ns.strict, recipe=recipe, num_threads=ns.threads, images=_images(ns),
         safe_mode=not ns.allow_unsafe_models,
     )
-    result.save(ns.output, overwrite=ns.overwrite, reports=True)
+    result.save(ns.output, overwrite=ns.overwrite, reports=True,
+                extra={recipe_path: (json.dumps(result.report.recipe.to_dict(), indent=2) + "\n").encode()})
     if ns.json:
         print(json.dumps(result.report.to_dict(), indent=2))
     elif not ns.quiet:
         print(to_text(result.report), end="")
         print("wrote " + ", ".join(str(p) for p in outputs))
+    return 0
+
+
+@command("diagnose")
+def _diagnose(ns: argparse.Namespace) -> int:
+    from .diagnose import diagnose, summary
+
+    found = diagnose(ns.model, ns.calib, eval_data=ns.eval_data, calib_samples=ns.calib_samples, samples=ns.samples,
+                     threshold=ns.threshold, safe_mode=not ns.allow_unsafe_models)
+    if ns.json:
+        print(json.dumps(found.to_dict(), indent=2))
+        return 0
+    if found.float_accuracy is not None:
+        print(f"accuracy: float32 {100 * found.float_accuracy:.2f} %, int8 {100 * found.int8_accuracy:.2f} % "
+              f"({100 * (found.float_accuracy - found.int8_accuracy):.2f} pts drop)")
+    print(summary(found.errors, ns.top))
+    if found.range_lint:
+        print()
+        for warning in found.range_lint:
+            print(f"warning: {warning.message}")
+    else:
+        print(f"\nrange lint: no op joins inputs whose ranges differ more than {ns.threshold:g}×")
     return 0
 
 

@@ -1,7 +1,16 @@
-"""The TFLiteConverter stage: one function, one registered configuration per mode."""
+"""The TFLiteConverter stage.
+
+Integer modes calibrate once: TFLiteConverter runs the representative dataset through the float
+model and returns it with every activation's min/max (`calibrate`); quantizing that calibrated
+model is then a fraction of a second (`quantize_calibrated`), so the fallback ladder, selective
+quantization and recipe replay all reuse one calibration. This is the same pair of steps the
+converter performs inside `convert()` (calibrate, then the MLIR quantizer), made explicit.
+Modes without calibration (dynamic, float16, float32) use the converter directly.
+"""
 
 from __future__ import annotations
 
+import collections
 import re
 import warnings
 from typing import Callable, Iterator, Optional
@@ -16,54 +25,64 @@ from .types import IOType, Mode, Recipe
 
 tf = _keras.tf
 
-_IO_DTYPES = {IOType.INT8: tf.int8, IOType.UINT8: tf.uint8, IOType.INT16: tf.int16, IOType.FLOAT32: tf.float32}
-_CONFIGURE: dict[Mode, Callable[[object, Recipe], None]] = {}
+_NUMPY_IO = {IOType.INT8: np.int8, IOType.UINT8: np.uint8, IOType.INT16: np.int16, IOType.FLOAT32: np.float32}
+_TF_IO = {IOType.INT8: tf.int8, IOType.UINT8: tf.uint8, IOType.INT16: tf.int16, IOType.FLOAT32: tf.float32}
+
+# How often each expensive step ran in this process: "calibrate", "convert:<mode>" and the cheap
+# "quantize:<mode>". Reports and tests use it to show that a ladder calibrated only once.
+CALLS: collections.Counter = collections.Counter()
+
+# Modes that the converter performs in one go, and modes quantized from a calibrated model.
+_CONFIGURE: dict[Mode, Callable[[object], None]] = {}
+_FROM_CALIBRATED: dict[Mode, Callable[[bytes, Recipe], bytes]] = {}
 
 
-def _configures(mode: Mode):
+def _registers(table: dict, mode: Mode):
     def wrap(func):
-        _CONFIGURE[mode] = func
+        table[mode] = func
         return func
 
     return wrap
 
 
-@_configures(Mode.INT8)
-def _int8(converter, recipe: Recipe) -> None:
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    # TFLITE_BUILTINS_INT8 alone makes the converter fail on an op with no int8 kernel instead of
-    # silently leaving it in float.
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    _set_io(converter, recipe)
-
-
-@_configures(Mode.INT16X8)
-def _int16x8(converter, recipe: Recipe) -> None:
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-    _set_io(converter, recipe)
-
-
-@_configures(Mode.DYNAMIC)
-def _dynamic(converter, recipe: Recipe) -> None:
+@_registers(_CONFIGURE, Mode.DYNAMIC)
+def _dynamic(converter) -> None:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
 
-@_configures(Mode.FLOAT16)
-def _float16(converter, recipe: Recipe) -> None:
+@_registers(_CONFIGURE, Mode.FLOAT16)
+def _float16(converter) -> None:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_types = [tf.float16]
 
 
-@_configures(Mode.FLOAT32)
-def _float32(converter, recipe: Recipe) -> None:
+@_registers(_CONFIGURE, Mode.FLOAT32)
+def _float32(converter) -> None:
     pass
 
 
-def _set_io(converter, recipe: Recipe) -> None:
-    if recipe.io is not IOType.FLOAT32:
-        converter.inference_input_type = _IO_DTYPES[recipe.io]
-        converter.inference_output_type = _IO_DTYPES[recipe.io]
+@_registers(_FROM_CALIBRATED, Mode.INT8)
+def _int8(calibrated: bytes, recipe: Recipe) -> bytes:
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    return mlir_quantize(
+        calibrated,
+        disable_per_channel=not recipe.per_channel,
+        input_data_type=_TF_IO[recipe.io],
+        output_data_type=_TF_IO[recipe.io],
+        denylisted_nodes=list(recipe.denylist) or None,
+    )
+
+
+@_registers(_FROM_CALIBRATED, Mode.INT16X8)
+def _int16x8(calibrated: bytes, recipe: Recipe) -> bytes:
+    from tensorflow.lite.python.optimize.calibrator import Calibrator
+
+    io = np.dtype(_NUMPY_IO[recipe.io]).num
+    # The statistics are already in the model: quantize without feeding the dataset again.
+    return Calibrator(calibrated)._calibrator.QuantizeModel(
+        io, io, False, np.dtype(np.int16).num, np.dtype(np.int64).num, not recipe.per_channel, False
+    )
 
 
 def representative_dataset(model: LoadedModel, calibration: Dataset) -> Callable[[], Iterator]:
@@ -80,7 +99,37 @@ def representative_dataset(model: LoadedModel, calibration: Dataset) -> Callable
     return generate
 
 
-def convert(model: LoadedModel, recipe: Recipe, calibration: Optional[Dataset] = None) -> bytes:
+def calibrate(model: LoadedModel, calibration: Dataset) -> bytes:
+    """Run the representative dataset through the float model once; return it with min/max statistics.
+
+    Example:
+        >>> calibrated = calibrate(model, calib)                        # doctest: +SKIP
+        >>> int8 = quantize_calibrated(calibrated, Recipe(mode="int8"))
+        >>> int16 = quantize_calibrated(calibrated, Recipe(mode="int16x8"))
+    """
+    converter = model.converter()
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset(model, calibration)
+    converter._experimental_calibrate_only = True  # no public switch: the step QuantizationDebugger uses too
+    CALLS["calibrate"] += 1
+    return _run(model.source, Recipe(mode=Mode.INT8), converter.convert)
+
+
+def quantize_calibrated(calibrated: bytes, recipe: Recipe, *, source: str = "<model>") -> bytes:
+    """Quantize a calibrated model as `recipe` says (int8 or int16x8), without running any data."""
+    quantize = _FROM_CALIBRATED.get(recipe.mode)
+    if quantize is None:
+        raise RecipeError(f"--mode {recipe.mode.value} is not quantized from calibration statistics")
+    from tensorflow.lite.python.convert import deduplicate_readonly_buffers
+
+    CALLS[f"quantize:{recipe.mode.value}"] += 1
+    model = _run(source, recipe, lambda: quantize(calibrated, recipe))
+    return bytes(deduplicate_readonly_buffers(model))
+
+
+def convert(
+    model: LoadedModel, recipe: Recipe, calibration: Optional[Dataset] = None, *, calibrated: Optional[bytes] = None
+) -> bytes:
     """Convert `model` as `recipe` says and return the .tflite bytes.
 
     Example:
@@ -91,36 +140,38 @@ def convert(model: LoadedModel, recipe: Recipe, calibration: Optional[Dataset] =
     Args:
         model: from `tfquant.models.load_model`.
         recipe: mode, IO type, per-channel and denylist settings.
-        calibration: the representative samples (already drawn); required for int8 and int16x8.
+        calibration: the representative samples (already drawn); int8 and int16x8 need these
+            or `calibrated`.
+        calibrated: the output of `calibrate()` for this model, to skip calibrating again.
 
     Raises:
         RecipeError: a calibrating mode without calibration data.
         ConversionError: the converter refused the model; the message holds its error lines.
     """
-    if recipe.needs_calibration and calibration is None:
-        raise RecipeError(f"--mode {recipe.mode.value} needs calibration data (--calib)")
-    converter = model.converter()
-    _CONFIGURE[recipe.mode](converter, recipe)
     if recipe.needs_calibration:
-        converter.representative_dataset = representative_dataset(model, calibration)
-    if not recipe.per_channel:
-        converter._experimental_disable_per_channel = True  # no public switch exists
-    if recipe.denylist:
-        raise RecipeError("denylist: selective quantization needs the calibrate-once path (tfquant.ladder)")
+        if calibrated is None:
+            if calibration is None:
+                raise RecipeError(f"--mode {recipe.mode.value} needs calibration data (--calib)")
+            calibrated = calibrate(model, calibration)
+        return quantize_calibrated(calibrated, recipe, source=model.source)
+    converter = model.converter()
+    _CONFIGURE[recipe.mode](converter)
+    CALLS[f"convert:{recipe.mode.value}"] += 1
+    return bytes(_run(model.source, recipe, converter.convert))
+
+
+def _run(source: str, recipe: Recipe, step: Callable[[], bytes]) -> bytes:
+    """Run a converter step with its C++ log captured: shown, condensed, only when it fails."""
     with _keras.captured_stderr() as log, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            result = converter.convert()
+            return step()
         except Exception as exc:
-            raise ConversionError(_conversion_failure(model.source, recipe, exc, log.read())) from None
-    return bytes(result)
+            raise ConversionError(_conversion_failure(source, recipe, exc, log.read())) from None
 
 
 def _conversion_failure(source: str, recipe: Recipe, exc: Exception, log: str) -> str:
     text = " ".join(str(exc).split())
     errors = [m.strip() for m in re.findall(r"error: ([^\n]+)", str(exc) + "\n" + log)]
     detail = "; ".join(dict.fromkeys(errors)) if errors else text
-    hint = ""
-    if recipe.mode is Mode.INT8 and ("INT8" in detail or "quantiz" in detail.lower()):
-        hint = " (an op has no int8 kernel: try --mode int16x8 or --mode dynamic)"
-    return problem(source, f"a model TFLiteConverter can convert with --mode {recipe.mode.value}", f"{detail[:500]}{hint}")
+    return problem(source, f"a model TFLiteConverter can convert with --mode {recipe.mode.value}", detail[:500])

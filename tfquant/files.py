@@ -40,6 +40,8 @@ def write_all(files: dict[Path, bytes], *, overwrite: bool) -> None:
     """Write every file to a temporary name, then rename them all; on any error remove the temporaries."""
     check_targets(list(files), overwrite=overwrite)
     staged: list[tuple[str, Path]] = []
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         for path, data in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +49,7 @@ def write_all(files: dict[Path, bytes], *, overwrite: bool) -> None:
             staged.append((tmp, path))
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved model is an ordinary file
         for tmp, path in staged:
             os.replace(tmp, path)
     except OSError as exc:

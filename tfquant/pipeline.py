@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 
-from . import harness
+from . import harness, ladder
 from ._version import __version__
-from .convert import convert
+from .convert import calibrate, convert, quantize_calibrated
 from .data import Dataset, ImageOptions, load_data
+from .diagnose import layer_errors, range_lint
 from .errors import AccuracyBudgetError, RecipeError, StrictModeError
 from .inspect import inspect
 from .models import LoadedModel, load_model
@@ -25,7 +26,8 @@ from .types import Agreement, FileSummary, Mode, ModelInfo, Recipe, Report
 
 log = logging.getLogger("tfquant")
 
-FALLBACKS = ("off",)
+FALLBACKS = ("off", "auto")
+DIAGNOSTICS_IN_REPORT = 20
 GZIP_LEVEL = 9
 
 
@@ -43,8 +45,9 @@ class QuantizationResult:
     report: Report
     info: ModelInfo
 
-    def save(self, path: str | Path, *, overwrite: bool = False, reports: bool = False) -> Path:
-        """Write the .tflite file atomically; with `reports=True` also `report.json` and `report.md` beside it.
+    def save(self, path: str | Path, *, overwrite: bool = False, reports: bool = False,
+             extra: Optional[dict[Path, bytes]] = None) -> Path:
+        """Write the .tflite file atomically; with `reports=True` also `report.json`, `.md` and `.html` beside it.
 
         Example:
             >>> result.save("build/digits_int8.tflite", overwrite=True)   # doctest: +SKIP
@@ -53,6 +56,7 @@ class QuantizationResult:
         files = {path: self.tflite}
         if reports:
             files.update(write_report_files(self.report, path.parent))
+        files.update(extra or {})
         from .files import write_all
 
         write_all(files, overwrite=overwrite)
@@ -71,6 +75,7 @@ def quantize(
     strict: bool = False,
     calib_samples: int = 200,
     recipe: Optional[Recipe] = None,
+    diagnose: bool = True,
     num_threads: Optional[int] = None,
     bench_runs: int = 30,
     images: ImageOptions = ImageOptions(),
@@ -95,10 +100,13 @@ def quantize(
         eval_data: labelled data; when given, the report holds both files' accuracy and agreement.
         max_drop: largest accepted accuracy drop, as a fraction (0.01 = one point); needs
             `eval_data`. Defaults to no limit.
-        fallback: `"off"`. Defaults to `"off"`.
+        fallback: `"auto"` climbs the ladder (int8, int8 with the worst ops in float, int16x8,
+            dynamic, float16, float32) until the drop is within `max_drop`; needs `eval_data`
+            and `max_drop`. Defaults to `"off"`.
         strict: raise when any op other than the IO adapters is float. Defaults to `False`.
         calib_samples: samples drawn for the representative dataset. Defaults to `200`.
         recipe: a full `Recipe` (e.g. replayed from JSON); overrides mode, io and calib_samples.
+        diagnose: add per-tensor errors and the range lint to the report (int8). Defaults to `True`.
         num_threads: interpreter threads for evaluation and latency. Defaults to every core.
         bench_runs: timed invokes per file for the report's latency. Defaults to `30`.
         safe_mode: refuse model files that hold code. Defaults to `True`.
@@ -117,6 +125,8 @@ def quantize(
         raise RecipeError(f"max_drop: expected a fraction between 0 and 1 (0.01 = one point), found {max_drop!r}")
     if max_drop is not None and eval_data is None:
         raise RecipeError("max_drop needs eval_data (--eval): the drop is measured on labelled data")
+    if fallback == "auto" and max_drop is None:
+        raise RecipeError("fallback 'auto' needs max_drop (--max-drop): the budget the ladder climbs to")
     seconds: dict[str, float] = {}
 
     started = time.perf_counter()
@@ -138,12 +148,43 @@ def quantize(
     float_tflite = convert(loaded, Recipe(mode=Mode.FLOAT32))
     seconds["convert_float"] = time.perf_counter() - started
     started = time.perf_counter()
-    tflite = convert(loaded, recipe, calibration)
+    calibrated = calibrate(loaded, calibration) if recipe.needs_calibration else None
+    seconds["calibrate"] = time.perf_counter() - started
+
+    diagnostics, lint = [], []
+    if diagnose and calibrated is not None and recipe.mode is Mode.INT8:
+        started = time.perf_counter()
+        diagnostics = layer_errors(calibrated, evaluation or calibration, per_channel=recipe.per_channel)
+        lint = range_lint(calibrated)
+        for warning in lint:
+            log.warning("%s", warning.message)
+        seconds["diagnose"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    ladder_result = None
+    if fallback == "auto":
+        float_accuracy = harness.metrics(harness.Runner(float_tflite, num_threads=num_threads).predict(
+            evaluation, progress=False), evaluation.labels, 0.0).accuracy
+        ladder_result = ladder.climb(
+            loaded, recipe, calibrated, float_tflite, evaluation, float_accuracy=float_accuracy, max_drop=max_drop,
+            suspect_tensors=ladder.suspects(lint, diagnostics),
+            num_threads=num_threads,
+            on_candidate=lambda c: log.info("candidate %-24s accuracy %.4f  drop %+.4f  %s", c.name, c.accuracy, c.drop,
+                                            "accepted" if c.accepted else "over budget"),
+        )
+        recipe, tflite = ladder_result.chosen.recipe, ladder_result.tflite
+    elif calibrated is not None:
+        tflite = quantize_calibrated(calibrated, recipe, source=loaded.source)
+    else:
+        tflite = convert(loaded, recipe)
     seconds["convert"] = time.perf_counter() - started
 
     return verify(loaded, recipe, tflite, float_tflite, calibration, evaluation, seconds=seconds,
                   max_drop=max_drop, strict=strict, num_threads=num_threads, bench_runs=bench_runs,
-                  progress=progress)
+                  progress=progress, warnings=[w.message for w in lint],
+                  extra={"diagnostics": diagnostics[:DIAGNOSTICS_IN_REPORT], "range_lint": lint,
+                         "ladder": [] if ladder_result is None else ladder_result.candidates,
+                         "chosen": None if ladder_result is None else ladder_result.candidates.index(ladder_result.chosen)})
 
 
 def verify(
@@ -161,6 +202,7 @@ def verify(
     bench_runs: int = 30,
     progress: Optional[bool] = None,
     warnings: Optional[list[str]] = None,
+    extra: Optional[dict[str, Any]] = None,
 ) -> QuantizationResult:
     """Measure a converted file next to its float reference on the interpreter and build the report."""
     threads = num_threads or harness.default_threads()
@@ -210,10 +252,12 @@ def verify(
         calibration_samples=0 if calibration is None else len(calibration),
         eval_samples=None if evaluation is None else len(evaluation),
         accuracy_drop=None if drop is None else round(drop, 6),
+        max_drop=max_drop,
         agreement=agreement,
         warnings=notes,
         seconds={k: round(v, 3) for k, v in seconds.items()},
         tfquant_version=__version__,
+        **(extra or {}),
     )
     result = QuantizationResult(tflite=tflite, float_tflite=float_tflite, report=report, info=info)
     if strict and not info.fully_integer:

@@ -75,11 +75,28 @@ def to_markdown(report: Report) -> str:
     lines += [f"| {name} | {count} |" for name, count in sorted(report.quantized.op_counts.items())]
     if report.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report.warnings]
+    if report.ladder:
+        lines += ["", "## Fallback ladder", "", "| candidate | accuracy | drop | bytes | float ops | p50 ms | |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for index, c in enumerate(report.ladder):
+            verdict = "**chosen**" if index == report.chosen else ("within budget" if c.accepted else "over budget")
+            lines.append(f"| {c.name} | {_pct(c.accuracy)} | {100 * c.drop:.2f} pts | {c.tflite_bytes:,} | "
+                         f"{c.float_ops} / {c.ops} | {c.latency_p50_ms:.3f} | {verdict} |")
+    if report.diagnostics:
+        lines += ["", "## Worst tensors (RMSE / scale)", "", "| tensor | op | RMSE/scale | max abs error |",
+                  "| --- | --- | ---: | ---: |"]
+        lines += [f"| `{d.tensor}` | {d.op} | {d.rmse_per_scale:.3f} | {d.max_abs_error:.3g} |" for d in report.diagnostics[:10]]
     lines += ["", "## Recipe", "", "```json", json.dumps(recipe.to_dict(), indent=2), "```", ""]
     return "\n".join(lines)
 
 
-_RENDERERS = {"report.json": to_json, "report.md": to_markdown}
+def _html(report: Report) -> str:
+    from .report_html import to_html
+
+    return to_html(report)
+
+
+_RENDERERS = {"report.json": to_json, "report.md": to_markdown, "report.html": _html}
 
 
 def report_paths(folder: Path) -> list[Path]:

@@ -163,6 +163,8 @@ class Recipe(Record):
         if isinstance(self.calib_samples, bool) or not isinstance(self.calib_samples, int) or self.calib_samples < 1:
             raise RecipeError(f"calib_samples: expected a whole number >= 1, found {self.calib_samples!r}")
         object.__setattr__(self, "denylist", tuple(self.denylist))
+        if self.denylist and mode is not Mode.INT8:
+            raise RecipeError(f"denylist: keeping ops in float is an int8 option, found --mode {mode.value}")
         if self.schema_version != SCHEMA_VERSION:
             raise RecipeError(
                 f"recipe schema_version: expected {SCHEMA_VERSION}, found {self.schema_version!r}"
@@ -294,6 +296,48 @@ class Agreement(Record):
 
 
 @dataclass(frozen=True)
+class LayerError(Record):
+    """The quantization error of one tensor over the debug samples, in units of its own scale."""
+
+    tensor: str
+    op: str
+    rmse_per_scale: float
+    mean_error: float
+    max_abs_error: float
+    scale: float
+
+
+@dataclass(frozen=True)
+class RangeWarning(Record):
+    """An op whose inputs share one int8 scale although their calibrated ranges differ widely."""
+
+    op: str
+    tensor: str
+    inputs: list[str]
+    ranges: list[list[float]]
+    ratio: float
+    message: str
+    downstream: list[str] = field(default_factory=list)  # ops after it, nearest first, that carry the mixed range on
+
+
+@dataclass(frozen=True)
+class Candidate(Record):
+    """One rung of the ladder as measured: its recipe, accuracy, bytes, speed and verdict."""
+
+    name: str
+    recipe: Recipe
+    accuracy: float
+    drop: float
+    tflite_bytes: int
+    fully_integer: bool
+    float_ops: int
+    ops: int
+    latency_p50_ms: float
+    seconds: float
+    accepted: bool
+
+
+@dataclass(frozen=True)
 class Report:
     """The record of one conversion. `to_dict()` is `report.json` and the command's `--json`.
 
@@ -312,6 +356,11 @@ class Report:
     agreement: Optional[Agreement] = None
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    diagnostics: list[LayerError] = field(default_factory=list)
+    range_lint: list[RangeWarning] = field(default_factory=list)
+    ladder: list[Candidate] = field(default_factory=list)
+    chosen: Optional[int] = None
+    max_drop: Optional[float] = None
     tfquant_version: str = ""
     schema_version: int = SCHEMA_VERSION
 
@@ -330,6 +379,11 @@ class Report:
             "eval_samples": self.eval_samples,
             "warnings": list(self.warnings),
             "seconds": dict(self.seconds),
+            "diagnostics": [d.to_dict() for d in self.diagnostics],
+            "range_lint": [w.to_dict() for w in self.range_lint],
+            "ladder": [c.to_dict() for c in self.ladder],
+            "chosen": self.chosen,
+            "max_drop": self.max_drop,
             "runtime": self.runtime.to_dict(),
         }
 
@@ -353,6 +407,11 @@ class Report:
             agreement=None if agreement is None else Agreement.from_dict(agreement),
             warnings=list(data.get("warnings", [])),
             seconds=dict(data.get("seconds", {})),
+            diagnostics=[LayerError.from_dict(d) for d in data.get("diagnostics", [])],
+            range_lint=[RangeWarning.from_dict(w) for w in data.get("range_lint", [])],
+            ladder=[Candidate.from_dict(c) for c in data.get("ladder", [])],
+            chosen=data.get("chosen"),
+            max_drop=data.get("max_drop"),
             tfquant_version=data.get("tfquant_version", ""),
             schema_version=data["schema_version"],
         )

@@ -77,3 +77,22 @@ def fit_classifier(
     )
     return model.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=validation,
                      callbacks=callbacks, verbose=verbose, shuffle=True)
+
+
+def mismatched_concat(*, seed: int = 0, input_shape=(8, 8, 1), classes: int = 10, big: float = 5000.0) -> keras.Model:
+    """A model that full int8 breaks: a learned branch in ~0..1 concatenated with a branch in 0..`big`.
+
+    The concatenation shares one int8 scale across both branches, sized for the large one, so the
+    small, informative branch rounds to a few levels. Models with a raw sensor value or an
+    unnormalized statistic joined to learned features fail the same way.
+    """
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(input_shape, name="image")
+    flat = layers.Flatten()(inputs)
+    features = layers.Dense(64, activation="sigmoid", name="features")(flat)
+    # Mean ink of the image, unnormalized: little information, a large range.
+    ink = layers.GlobalAveragePooling2D()(inputs)
+    ink = layers.Rescaling(big, name="ink_scaled")(ink)
+    joined = layers.Concatenate(name="joined")([features, ink])
+    outputs = layers.Dense(classes, activation="softmax", name="probs")(joined)
+    return keras.Model(inputs, outputs, name="mismatched_concat")

@@ -1,0 +1,144 @@
+"""Accuracy-guarded conversion: diagnostics, range lint, the fallback ladder and recipe replay."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+import tfquant
+from tfquant import convert as convert_stage
+from tfquant import zoo
+from tfquant.cli import main, parse_args
+from tfquant.errors import RecipeError
+from tfquant.types import Mode, Recipe
+
+ADAPTERS = {"QUANTIZE", "DEQUANTIZE"}
+
+
+@pytest.fixture(scope="session")
+def mismatched(digits, tmp_path_factory):
+    """A concatenation of a 0..1 branch with a 0..~2000 branch: full int8 loses the small one."""
+    model = zoo.mismatched_concat()
+    zoo.fit_classifier(model, digits["x"], digits["y"], epochs=20)
+    path = tmp_path_factory.mktemp("mismatched") / "mismatched.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def plain_mismatched(mismatched, train_npz, test_npz):
+    return tfquant.quantize(mismatched, train_npz, eval_data=test_npz, bench_runs=2)
+
+
+@pytest.fixture(scope="session")
+def laddered(mismatched, train_npz, test_npz):
+    before = convert_stage.CALLS.copy()
+    result = tfquant.quantize(mismatched, train_npz, eval_data=test_npz, max_drop=0.01, fallback="auto", bench_runs=2)
+    return result, convert_stage.CALLS - before
+
+
+def test_plain_int8_collapses_and_the_lint_names_the_concat(plain_mismatched):
+    report = plain_mismatched.report
+    assert report.float_file.accuracy > 0.75
+    assert report.accuracy_drop > 0.5
+    (warning,) = report.range_lint
+    assert warning.op == "CONCATENATION" and warning.tensor.endswith("joined/concat")
+    assert warning.ratio > 100
+    assert [name.split("/")[1] for name in warning.inputs] == ["features", "ink_scaled"]
+    (small, large) = warning.ranges
+    assert small[1] <= 1.0 and large[1] > 500
+    assert "Fix: rescale or normalize the large input" in warning.message
+    assert warning.message in report.warnings
+
+
+def test_diagnostics_rank_tensors_worst_first(plain_mismatched, int8_result):
+    errors = plain_mismatched.report.diagnostics
+    values = [e.rmse_per_scale for e in errors]
+    assert values == sorted(values, reverse=True)
+    assert values[0] > 1.0  # information lost, not rounding noise
+    healthy = [e.rmse_per_scale for e in int8_result.report.diagnostics]
+    assert max(healthy) < 1.0 and int8_result.report.range_lint == []
+
+
+def test_ladder_returns_a_mostly_integer_file_within_budget(laddered):
+    result, calls = laddered
+    report = result.report
+    assert report.accuracy_drop <= 0.01
+    chosen = report.ladder[report.chosen]
+    assert chosen.accepted and chosen.recipe == report.recipe
+    assert report.recipe.mode is Mode.INT8 and 1 <= len(report.recipe.denylist) <= 4
+    assert "mismatched_concat/joined/concat" in report.recipe.denylist
+    compute = [op for op in result.info.ops if op.name not in ADAPTERS]
+    integer = [op for op in compute if not op.float]
+    assert len(integer) / len(compute) >= 0.5, [op.name for op in compute if op.float]
+    # Every candidate tried is listed; the first is plain int8, over budget.
+    assert report.ladder[0].name == "int8" and not report.ladder[0].accepted
+    assert all(c.tflite_bytes > 0 and 0 <= c.accuracy <= 1 for c in report.ladder)
+    # The ladder calibrated once: every candidate was quantized from the same statistics.
+    assert calls["calibrate"] == 1
+    assert calls["convert:float32"] == 1
+    assert calls["quantize:int8"] == len(report.ladder)
+
+
+def test_recipe_replay_is_byte_identical(laddered, mismatched, train_npz):
+    result, _ = laddered
+    replayed = tfquant.quantize(mismatched, train_npz, recipe=Recipe.from_dict(json.loads(json.dumps(result.report.recipe.to_dict()))),
+                                bench_runs=1, diagnose=False)
+    assert replayed.tflite == result.tflite
+
+
+def test_well_behaved_model_stops_at_the_first_candidate(digits_model, train_npz, test_npz):
+    def run(**options):
+        before = convert_stage.CALLS.copy()
+        result = tfquant.quantize(digits_model, train_npz, eval_data=test_npz, max_drop=0.01, bench_runs=1, **options)
+        return result, convert_stage.CALLS - before
+
+    plain, plain_calls = run()
+    auto, auto_calls = run(fallback="auto")
+    assert [c.name for c in auto.report.ladder] == ["int8"] and auto.report.chosen == 0
+    assert auto_calls == plain_calls == {"convert:float32": 1, "calibrate": 1, "quantize:int8": 1}
+    assert auto.tflite == plain.tflite
+
+
+def test_report_html_has_both_charts(laddered, tmp_path):
+    result, _ = laddered
+    result.save(tmp_path / "m.tflite", reports=True)
+    page = (tmp_path / "report.html").read_text()
+    images = [part.split("'")[0] for part in page.split("src='data:image/png;base64,")[1:]]
+    assert len(images) == 2
+    assert all(base64.b64decode(image)[:8] == b"\x89PNG\r\n\x1a\n" for image in images)
+    assert "Fallback ladder" in page and "Per-tensor quantization error" in page
+
+
+def test_ladder_needs_a_budget(digits_model, train_npz, test_npz):
+    with pytest.raises(RecipeError, match="fallback 'auto' needs max_drop"):
+        tfquant.quantize(digits_model, train_npz, eval_data=test_npz, fallback="auto")
+    with pytest.raises(RecipeError, match="denylist: keeping ops in float is an int8 option, found --mode int16x8"):
+        Recipe(mode="int16x8", denylist=("a",))
+
+
+def test_command_climbs_writes_recipe_and_replays(mismatched, train_npz, test_npz, tmp_path, capsys):
+    out = tmp_path / "a" / "m.tflite"
+    code = main(parse_args(["convert", str(mismatched), "--calib", str(train_npz), "--eval", str(test_npz),
+                            "--max-drop", "0.01", "--fallback", "auto", "-o", str(out)]))
+    _, err = capsys.readouterr()
+    assert code == 0
+    assert "CONCATENATION 'mismatched_concat/joined/concat' joins inputs whose ranges differ" in err
+    recipe_file = tmp_path / "a" / "recipe.json"
+    assert json.loads(recipe_file.read_text())["denylist"]
+    again = tmp_path / "b" / "m.tflite"
+    assert main(parse_args(["convert", str(mismatched), "--calib", str(train_npz), "--recipe", str(recipe_file),
+                            "-o", str(again), "-q"])) == 0
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_diagnose_command(mismatched, train_npz, test_npz, capsys):
+    code = main(parse_args(["diagnose", str(mismatched), "--calib", str(train_npz), "--eval", str(test_npz), "--json"]))
+    out, _ = capsys.readouterr()
+    assert code == 0
+    found = json.loads(out)
+    assert found["float_accuracy"] - found["int8_accuracy"] > 0.5
+    assert found["range_lint"][0]["op"] == "CONCATENATION"
+    assert found["errors"][0]["rmse_per_scale"] > 1.0

@@ -1,0 +1,209 @@
+"""Find where int8 loses accuracy: per-tensor quantization error and a lint of mismatched ranges.
+
+Both work on the calibrated model from `convert.calibrate`, so they cost no extra calibration.
+Per-tensor errors come from TensorFlow's QuantizationDebugger (a debug model with NumericVerify
+ops that compare every quantized tensor with its float twin); the range lint reads the min/max
+that calibration recorded for the inputs of ops that put several tensors on one int8 scale.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _keras
+from .data import Dataset
+from .errors import RecipeError
+from .types import LayerError, RangeWarning, Record
+
+RANGE_OPS = ("CONCATENATION", "ADD", "SUB", "MUL", "PACK")
+DEFAULT_RANGE_RATIO = 16.0
+DEFAULT_DEBUG_SAMPLES = 64
+
+
+def layer_errors(calibrated: bytes, data: Dataset, *, samples: int = DEFAULT_DEBUG_SAMPLES,
+                 per_channel: bool = True) -> list[LayerError]:
+    """Per-tensor error of full int8 against float on `samples` inputs, worst (by RMSE/scale) first.
+
+    RMSE/scale near 0.29 (= 1/sqrt(12)) is plain rounding noise; well above 1 means the tensor's
+    values are lost, not just rounded.
+    """
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    tf = _keras.tf
+    subset = data.calibration_subset(samples)
+    arrays = list(subset.inputs.values())
+
+    def dataset():
+        for i in range(len(subset)):
+            yield [a[i:i + 1].astype(np.float32) for a in arrays]
+
+    with _keras.captured_stderr(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        debug_model = mlir_quantize(calibrated, disable_per_channel=not per_channel, enable_numeric_verify=True)
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            quant_debug_model_content=debug_model, debug_dataset=dataset,
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(),
+        )
+        debugger.run()
+    dump = io.StringIO()
+    debugger.layer_statistics_dump(dump)
+    dump.seek(0)
+    rows = []
+    for row in csv.DictReader(dump):
+        scale = float(row["scale"])
+        mse = float(row["mean_squared_error"])
+        rows.append(LayerError(
+            tensor=row["tensor_name"], op=row["op_name"],
+            rmse_per_scale=math.sqrt(mse) / scale if scale else float("inf"),
+            mean_error=float(row["mean_error"]), max_abs_error=float(row["max_abs_error"]), scale=scale,
+        ))
+    return sorted(rows, key=lambda r: -r.rmse_per_scale)
+
+
+def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> list[RangeWarning]:
+    """Flag CONCATENATION, ADD, SUB, MUL and PACK ops whose inputs' calibrated ranges differ by more than `threshold`×."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    found = []
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators or []:
+            op_name = names.get(flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex]))
+            if op_name not in RANGE_OPS:
+                continue
+            spans = []
+            for index in op.inputs:
+                tensor = subgraph.tensors[index] if index >= 0 else None
+                q = tensor.quantization if tensor is not None else None
+                if q is None or q.min is None or q.max is None or len(q.min) != 1:
+                    continue  # constants and per-channel tensors carry no activation range
+                spans.append((_name(tensor), float(q.min[0]), float(q.max[0])))
+            widths = [hi - lo for _, lo, hi in spans if hi - lo > 0]
+            if len(spans) < 2 or len(widths) < 2:
+                continue
+            ratio = max(widths) / min(widths)
+            if ratio <= threshold:
+                continue
+            output = _name(subgraph.tensors[op.outputs[0]])
+            downstream = [_name(subgraph.tensors[o.outputs[0]]) for o in _downstream(subgraph, op)]
+            found.append(RangeWarning(
+                op=op_name, tensor=output, inputs=[n for n, _, _ in spans],
+                ranges=[[lo, hi] for _, lo, hi in spans], ratio=ratio,
+                message=_range_message(op_name, output, spans, ratio), downstream=downstream,
+            ))
+    return found
+
+
+def _downstream(subgraph, op) -> list:
+    """Ops that depend on `op`'s output, breadth first (nearest consumers first)."""
+    readers: dict[int, list] = {}
+    for other in subgraph.operators:
+        for index in other.inputs:
+            readers.setdefault(int(index), []).append(other)
+    order, seen, frontier = [], {id(op)}, [int(i) for i in op.outputs]
+    while frontier:
+        following = []
+        for tensor in frontier:
+            for reader in readers.get(tensor, []):
+                if id(reader) not in seen:
+                    seen.add(id(reader))
+                    order.append(reader)
+                    following.extend(int(i) for i in reader.outputs)
+        frontier = following
+    return order
+
+
+def _name(tensor) -> str:
+    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+
+
+def _range_message(op: str, output: str, spans, ratio: float) -> str:
+    small = min(spans, key=lambda s: s[2] - s[1])
+    large = max(spans, key=lambda s: s[2] - s[1])
+    levels = max(1, int(255 * (small[2] - small[1]) / (large[2] - large[1])))
+    verb = "joins" if op in ("CONCATENATION", "PACK") else "combines"
+    return (
+        f"{op} {output!r} {verb} inputs whose ranges differ {ratio:.0f}×: {small[0]!r} in "
+        f"[{small[1]:.3g}, {small[2]:.3g}] and {large[0]!r} in [{large[1]:.3g}, {large[2]:.3g}]; "
+        f"one int8 scale leaves the small input about {levels} of 256 levels. Fix: rescale or normalize "
+        f"the large input before this op (e.g. divide it, or a Normalization layer), or keep the op in "
+        f"float (--fallback auto)"
+    )
+
+
+def summary(errors: list[LayerError], top: Optional[int] = 10) -> str:
+    """The worst tensors as a fixed-width table."""
+    lines = [f"{'rmse/scale':>10}  {'max|err|':>9}  {'op':16} tensor"]
+    for e in errors[:top]:
+        lines.append(f"{e.rmse_per_scale:10.3f}  {e.max_abs_error:9.4g}  {e.op:16} {e.tensor}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Diagnosis(Record):
+    """What `tfquant diagnose` finds: per-tensor errors (worst first) and range-lint warnings."""
+
+    model: str
+    errors: list[LayerError]
+    range_lint: list[RangeWarning]
+    float_accuracy: Optional[float] = None
+    int8_accuracy: Optional[float] = None
+
+
+def diagnose(
+    model: Any,
+    calibration_data: Any,
+    *,
+    eval_data: Any = None,
+    calib_samples: int = 200,
+    samples: int = DEFAULT_DEBUG_SAMPLES,
+    threshold: float = DEFAULT_RANGE_RATIO,
+    safe_mode: bool = True,
+) -> Diagnosis:
+    """Calibrate `model` once, then rank its tensors by int8 error and lint its ranges.
+
+    Example:
+        >>> found = tfquant.diagnose("model.keras", "calib.npz", eval_data="test.npz")   # doctest: +SKIP
+        >>> found.errors[0].tensor, [w.message for w in found.range_lint]
+
+    Args:
+        model: a Keras model or a path (see `tfquant.quantize`).
+        calibration_data: representative inputs.
+        eval_data: when given, the debug samples come from it and both files' accuracy is measured.
+        calib_samples: samples for calibration. Defaults to `200`.
+        samples: samples the debugger runs. Defaults to `64`.
+        threshold: range ratio above which the lint warns. Defaults to `16`.
+    """
+    from . import harness
+    from .convert import calibrate, convert, quantize_calibrated
+    from .data import load_data
+    from .models import load_model
+    from .types import Mode, Recipe
+
+    if not threshold > 1:
+        raise RecipeError(f"threshold: expected a range ratio above 1, found {threshold!r}")
+    loaded = load_model(model, safe_mode=safe_mode)
+    recipe = Recipe(mode=Mode.INT8, calib_samples=calib_samples)
+    calibration = load_data(calibration_data, loaded.inputs, labels="ignored", name="calibration data")
+    calibration = calibration.calibration_subset(recipe.calib_samples)
+    evaluation = None
+    if eval_data is not None:
+        evaluation = load_data(eval_data, loaded.inputs, num_classes=loaded.num_classes, labels="required", name="eval data")
+    calibrated = calibrate(loaded, calibration)
+    errors = layer_errors(calibrated, evaluation or calibration, samples=samples)
+    lint = range_lint(calibrated, threshold=threshold)
+    accuracies = [None, None]
+    if evaluation is not None:
+        files = (convert(loaded, Recipe(mode=Mode.FLOAT32)), quantize_calibrated(calibrated, recipe, source=loaded.source))
+        accuracies = [harness.metrics(harness.Runner(f).predict(evaluation), evaluation.labels, 0.0).accuracy for f in files]
+    return Diagnosis(model=loaded.source, errors=errors, range_lint=lint,
+                     float_accuracy=accuracies[0], int8_accuracy=accuracies[1])

@@ -1,0 +1,143 @@
+"""The accuracy-guarded fallback ladder.
+
+Candidates, tried in order until one's accuracy drop, measured on the interpreter, is within
+the budget:
+
+    int8  ->  int8 with the k worst ops kept in float  ->  int16x8  ->  dynamic  ->  float16  ->  float32
+
+Every integer candidate is quantized from the one calibrated model (no second calibration); k
+is searched by doubling and then bisecting, not stepped one by one. Suspects are ordered by the
+range lint first (ops that put mismatched ranges on one scale) and then by per-tensor RMSE/scale.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Optional
+
+from . import harness
+from .convert import convert, quantize_calibrated
+from .data import Dataset
+from .inspect import inspect
+from .models import LoadedModel
+from .types import Candidate, LayerError, Mode, RangeWarning, Recipe
+
+LATER_MODES = (Mode.INT16X8, Mode.DYNAMIC, Mode.FLOAT16)
+MAX_FLOAT_SHARE = 0.5  # the denylist never keeps more than half of the suspects in float
+
+
+@dataclass(frozen=True)
+class LadderResult:
+    chosen: Candidate
+    tflite: bytes
+    candidates: list[Candidate]
+
+
+def suspects(lint: list[RangeWarning], errors: list[LayerError]) -> list[str]:
+    """Op output tensors to keep in float, most suspect first.
+
+    First each op the range lint flagged, followed by the ops downstream of it, nearest first: kept
+    in float, the op still hands on a tensor of mixed ranges, which the next integer op would
+    requantize onto one scale. Then every tensor by its RMSE/scale, worst first. The k search
+    decides how much of this list stays in float.
+    """
+    flagged = [name for warning in lint for name in (warning.tensor, *warning.downstream)]
+    return list(dict.fromkeys([*flagged, *(e.tensor for e in errors)]))
+
+
+def climb(
+    model: LoadedModel,
+    recipe: Recipe,
+    calibrated: bytes,
+    float_tflite: bytes,
+    evaluation: Dataset,
+    *,
+    float_accuracy: float,
+    max_drop: float,
+    suspect_tensors: list[str],
+    num_threads: Optional[int] = None,
+    bench_runs: int = 10,
+    on_candidate: Optional[Callable[[Candidate], None]] = None,
+) -> LadderResult:
+    """Try candidates in order; return the first within `max_drop` (float32 always is) and all that were tried."""
+    tried: list[Candidate] = []
+    files: dict[int, bytes] = {}
+
+    def measure(name: str, candidate_recipe: Recipe, build: Callable[[], bytes]) -> Candidate:
+        started = time.perf_counter()
+        data = build()
+        runner = harness.Runner(data, num_threads=num_threads)
+        scores = runner.predict(evaluation, progress=False)
+        accuracy = harness.metrics(scores, evaluation.labels, 0.0).accuracy
+        (bench,) = harness.benchmark(data, runs=bench_runs, warmup=2, num_threads=num_threads)
+        info = inspect(data)
+        drop = float_accuracy - accuracy
+        candidate = Candidate(
+            name=name, recipe=candidate_recipe, accuracy=accuracy, drop=round(drop, 6), tflite_bytes=len(data),
+            fully_integer=info.fully_integer, float_ops=len(info.float_ops), ops=len(info.ops),
+            latency_p50_ms=bench.inference_ms.p50, seconds=round(time.perf_counter() - started, 3),
+            accepted=drop <= max_drop + 1e-9,
+        )
+        files[len(tried)] = data
+        tried.append(candidate)
+        if on_candidate is not None:
+            on_candidate(candidate)
+        return candidate
+
+    def done(candidate: Candidate) -> LadderResult:
+        return LadderResult(chosen=candidate, tflite=files[tried.index(candidate)], candidates=tried)
+
+    def int8_with(k: int) -> Candidate:
+        denied = replace(recipe, denylist=tuple(suspect_tensors[:k]))
+        return measure(f"int8, {k} op(s) in float", denied, lambda: quantize_calibrated(calibrated, denied, source=model.source))
+
+    first = measure(recipe.mode.value, recipe, lambda: quantize_calibrated(calibrated, recipe, source=model.source))
+    if first.accepted:
+        return done(first)
+
+    if recipe.mode is Mode.INT8 and suspect_tensors:
+        chosen = _search_k(int8_with, max(1, int(len(suspect_tensors) * MAX_FLOAT_SHARE)))
+        if chosen is not None:
+            return done(chosen)
+
+    for mode in LATER_MODES:
+        if mode is recipe.mode:
+            continue
+        later = Recipe(mode=mode, calib_samples=recipe.calib_samples, per_channel=recipe.per_channel)
+        if later.needs_calibration:
+            build = lambda r=later: quantize_calibrated(calibrated, r, source=model.source)  # noqa: E731
+        else:
+            build = lambda r=later: convert(model, r)  # noqa: E731
+        candidate = measure(mode.value, later, build)
+        if candidate.accepted:
+            return done(candidate)
+
+    return done(measure("float32", Recipe(mode=Mode.FLOAT32), lambda: float_tflite))
+
+
+def _search_k(try_k: Callable[[int], Candidate], k_max: int) -> Optional[Candidate]:
+    """The smallest k whose candidate is accepted: double k until one passes, then bisect."""
+    failed, passed = 0, None
+    k = 1
+    while k <= k_max:
+        candidate = try_k(k)
+        if candidate.accepted:
+            passed = (k, candidate)
+            break
+        failed = k
+        if k == k_max:
+            break
+        k = min(2 * k, k_max)
+    if passed is None:
+        return None
+    best_k, best = passed
+    low, high = failed, best_k  # low fails (or is 0), high passes
+    while high - low > 1:
+        middle = (low + high) // 2
+        candidate = try_k(middle)
+        if candidate.accepted:
+            high, best = middle, candidate
+        else:
+            low = middle
+    return best
