@@ -64,6 +64,30 @@ def _positive(text: str) -> int:
     return value
 
 
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, type=Path, help="the .tflite file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--json", action="store_true", help="print report.json to stdout")
+    p.add_argument("--threads", type=_positive, help="interpreter threads (default: every core)")
+    p.add_argument("--allow-unsafe-models", action="store_true", help="load models that hold code (Lambda layers)")
+    p.add_argument("--max-drop", type=_fraction, help="exit 1 if the accuracy drop exceeds this fraction")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any op besides the IO adapters is float")
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    from .types import IOType
+
+    p.add_argument("model", help=".keras, .h5 or SavedModel folder (Keras 2 / tf_keras)")
+    p.add_argument("--train", required=True, help="labelled training data")
+    p.add_argument("--calib", help="calibration data for integer IO (default: the training data)")
+    p.add_argument("--eval", dest="eval_data", help="labelled evaluation data")
+    p.add_argument("--epochs", type=_positive, required=True)
+    p.add_argument("--batch-size", type=_positive, default=32)
+    p.add_argument("--io", choices=[t.value for t in IOType if t is not IOType.INT16], help="default: int8")
+    p.add_argument("--calib-samples", type=_positive, default=200)
+    _add_output_options(p)
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("image folders")
     group.add_argument("--image-size", type=_image_size, metavar="HxW", help="resize images (default: the model's input size)")
@@ -86,18 +110,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=[m.value for m in Mode], help="default: int8")
     p.add_argument("--io", choices=[t.value for t in IOType], help="input/output dtype (default: the mode's own)")
     p.add_argument("--calib-samples", type=_positive, help="representative samples (default: 200)")
-    p.add_argument("--max-drop", type=_fraction, help="exit 1 if the accuracy drop exceeds this fraction")
     p.add_argument("--fallback", choices=["off", "auto"], default="off",
                    help="auto: try int8, int8 with the worst ops in float, int16x8, dynamic, float16, float32 "
                         "until the drop is within --max-drop")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any op besides the IO adapters is float")
     p.add_argument("--recipe", type=Path, help="replay a recipe JSON file (from a report)")
-    p.add_argument("-o", "--output", required=True, type=Path, help="the .tflite file to write")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--json", action="store_true", help="print report.json to stdout")
-    p.add_argument("--threads", type=_positive, help="interpreter threads (default: every core)")
-    p.add_argument("--allow-unsafe-models", action="store_true", help="load models that hold code (Lambda layers)")
+    _add_output_options(p)
     _add_data_options(p)
+
+    p = sub.add_parser("qat", parents=[common], help="quantization-aware fine-tuning, then full int8")
+    _add_training_options(p)
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: 1e-4)")
+
+    p = sub.add_parser("prune", parents=[common], help="magnitude pruning while fine-tuning, then full int8")
+    _add_training_options(p)
+    p.add_argument("--sparsity", type=_fraction, required=True, help="final fraction of zero weights, e.g. 0.8")
+    p.add_argument("--schedule", choices=["polynomial", "constant"], default="polynomial")
+    p.add_argument("--block", choices=["2:4"], help="structured 2-of-4 sparsity")
+    p.add_argument("--then", choices=["ptq", "qat"], default="ptq", help="qat: sparsity-preserving QAT")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--log-dir", help="TensorBoard pruning summaries")
 
     p = sub.add_parser("diagnose", parents=[common], help="find the tensors and ops where int8 loses accuracy")
     p.add_argument("model", help=".keras, .h5 or SavedModel folder")
@@ -197,16 +228,35 @@ def _load_recipe(ns: argparse.Namespace):
         raise RecipeError(f"{ns.recipe}: {exc}") from None
 
 
+def _outputs(ns: argparse.Namespace) -> list[Path]:
+    """Every file the command will write, checked before minutes of work, not after."""
+    from .files import check_targets
+    from .report import report_paths
+
+    outputs = [ns.output, *report_paths(ns.output.parent), ns.output.parent / "recipe.json"]
+    check_targets(outputs, overwrite=ns.overwrite)
+    return outputs
+
+
+def _finish(ns: argparse.Namespace, result, outputs: list[Path]) -> int:
+    from .report import to_text
+
+    recipe = (json.dumps(result.report.recipe.to_dict(), indent=2) + "\n").encode()
+    result.save(ns.output, overwrite=ns.overwrite, reports=True, extra={outputs[-1]: recipe})
+    if ns.json:
+        print(json.dumps(result.report.to_dict(), indent=2))
+    elif not ns.quiet:
+        print(to_text(result.report), end="")
+        print("wrote " + ", ".join(str(p) for p in outputs))
+    return 0
+
+
 @command("convert")
 def _convert(ns: argparse.Namespace) -> int:
-    from .files import check_targets
     from .pipeline import quantize
-    from .report import report_paths, to_text
 
     recipe = _load_recipe(ns)
-    recipe_path = ns.output.parent / "recipe.json"
-    outputs = [ns.output, *report_paths(ns.output.parent), recipe_path]
-    check_targets(outputs, overwrite=ns.overwrite)  # before minutes of work, not after
+    outputs = _outputs(ns)
     if recipe.needs_calibration and not ns.calib:
         raise RecipeError(f"--mode {recipe.mode.value} needs calibration data: pass --calib DATA")
     result = quantize(
@@ -214,14 +264,35 @@ def _convert(ns: argparse.Namespace) -> int:
         strict=ns.strict, recipe=recipe, num_threads=ns.threads, images=_images(ns),
         safe_mode=not ns.allow_unsafe_models,
     )
-    result.save(ns.output, overwrite=ns.overwrite, reports=True,
-                extra={recipe_path: (json.dumps(result.report.recipe.to_dict(), indent=2) + "\n").encode()})
-    if ns.json:
-        print(json.dumps(result.report.to_dict(), indent=2))
-    elif not ns.quiet:
-        print(to_text(result.report), end="")
-        print("wrote " + ", ".join(str(p) for p in outputs))
-    return 0
+    return _finish(ns, result, outputs)
+
+
+def _training_options(ns: argparse.Namespace) -> dict:
+    return dict(
+        epochs=ns.epochs, calibration_data=ns.calib, eval_data=ns.eval_data, batch_size=ns.batch_size,
+        learning_rate=ns.lr, io=ns.io, calib_samples=ns.calib_samples, max_drop=ns.max_drop, strict=ns.strict,
+        num_threads=ns.threads, safe_mode=not ns.allow_unsafe_models, verbose=0 if ns.quiet or ns.json else 2,
+    )
+
+
+@command("qat")
+def _qat(ns: argparse.Namespace) -> int:
+    from .optimize.qat import qat
+
+    outputs = _outputs(ns)
+    return _finish(ns, qat(ns.model, ns.train, **_training_options(ns)), outputs)
+
+
+@command("prune")
+def _prune(ns: argparse.Namespace) -> int:
+    from .optimize.prune import prune
+
+    if ns.sparsity in (0, 1):
+        raise RecipeError(f"--sparsity: expected a fraction between 0 and 1 (exclusive), found {ns.sparsity:g}")
+    outputs = _outputs(ns)
+    result = prune(ns.model, ns.train, sparsity=ns.sparsity, schedule=ns.schedule, block=ns.block, then=ns.then,
+                   log_dir=ns.log_dir, **_training_options(ns))
+    return _finish(ns, result, outputs)
 
 
 @command("diagnose")

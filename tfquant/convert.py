@@ -148,6 +148,8 @@ def convert(
         RecipeError: a calibrating mode without calibration data.
         ConversionError: the converter refused the model; the message holds its error lines.
     """
+    if model.quantization_aware:
+        return _convert_quantization_aware(model, recipe, calibration)
     if recipe.needs_calibration:
         if calibrated is None:
             if calibration is None:
@@ -158,6 +160,64 @@ def convert(
     _CONFIGURE[recipe.mode](converter)
     CALLS[f"convert:{recipe.mode.value}"] += 1
     return bytes(_run(model.source, recipe, converter.convert))
+
+
+def _convert_quantization_aware(model: LoadedModel, recipe: Recipe, calibration: Optional[Dataset]) -> bytes:
+    """A QAT model carries its ranges in fake-quant ops; the converter quantizes from them directly.
+
+    The representative dataset is still given: the converter needs it for integer input and output.
+    """
+    if recipe.mode is not Mode.INT8 or recipe.denylist:
+        raise RecipeError(f"a quantization-aware model converts to plain int8, found --mode {recipe.mode.value}")
+    if calibration is None:
+        raise RecipeError("a quantization-aware model needs calibration data for integer input and output")
+    converter = model.converter()
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset(model, calibration)
+    if recipe.io is not IOType.FLOAT32:
+        converter.inference_input_type = _TF_IO[recipe.io]
+        converter.inference_output_type = _TF_IO[recipe.io]
+    CALLS["convert:qat"] += 1
+    return fuse_requantize(bytes(_run(model.source, recipe, converter.convert)))
+
+
+def fuse_requantize(tflite: bytes) -> bytes:
+    """Replace DEQUANTIZE(int) -> QUANTIZE(int) pairs by one int -> int QUANTIZE (a requantize).
+
+    Two fake-quant ranges in a row (an input followed by an affine layer the converter folds
+    into scales, such as Rescaling or Normalization) come out of the converter as a round trip
+    through float. TFLite's QUANTIZE op requantizes between integer types directly.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
+    codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
+    integer = {schema.TensorType.INT8, schema.TensorType.UINT8, schema.TensorType.INT16}
+    changed = False
+    for subgraph in model.subgraphs:
+        operators = list(subgraph.operators or [])
+        readers: dict[int, list] = {}
+        for op in operators:
+            for index in op.inputs:
+                readers.setdefault(int(index), []).append(op)
+        outputs = {int(i) for i in subgraph.outputs}
+        for op in list(operators):
+            if codes[op.opcodeIndex] != schema.BuiltinOperator.DEQUANTIZE:
+                continue
+            source, middle = int(op.inputs[0]), int(op.outputs[0])
+            following = readers.get(middle, [])
+            if (subgraph.tensors[source].type not in integer or middle in outputs or len(following) != 1
+                    or codes[following[0].opcodeIndex] != schema.BuiltinOperator.QUANTIZE
+                    or subgraph.tensors[int(following[0].outputs[0])].type not in integer):
+                continue
+            following[0].inputs = [source]
+            operators.remove(op)
+            changed = True
+        subgraph.operators = operators
+    if not changed:
+        return tflite
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _run(source: str, recipe: Recipe, step: Callable[[], bytes]) -> bytes:

@@ -30,6 +30,7 @@ class LoadedModel:
     outputs: list[TensorSpec]
     keras_model: Any = None
     saved_model_dir: Optional[str] = None
+    quantization_aware: bool = False  # holds tfmot fake-quant: the converter reads its ranges
 
     @property
     def num_classes(self) -> Optional[int]:

@@ -130,17 +130,8 @@ def quantize(
     seconds: dict[str, float] = {}
 
     started = time.perf_counter()
-    loaded = load_model(model, safe_mode=safe_mode)
-    calibration = None
-    if recipe.needs_calibration:
-        if calibration_data is None:
-            raise RecipeError(f"--mode {recipe.mode.value} needs calibration data (--calib)")
-        calibration = load_data(calibration_data, loaded.inputs, labels="ignored", images=images, name="calibration data")
-        calibration = calibration.calibration_subset(recipe.calib_samples)
-    evaluation = None
-    if eval_data is not None:
-        evaluation = load_data(eval_data, loaded.inputs, num_classes=loaded.num_classes, labels="required",
-                               images=images, name="eval data")
+    loaded, calibration, evaluation = load_inputs(model, calibration_data, eval_data, recipe=recipe, images=images,
+                                                  safe_mode=safe_mode)
     seconds["load"] = time.perf_counter() - started
 
     log.info("converting %s to float32 (reference) and %s", loaded.source, recipe.mode.value)
@@ -185,6 +176,35 @@ def quantize(
                   extra={"diagnostics": diagnostics[:DIAGNOSTICS_IN_REPORT], "range_lint": lint,
                          "ladder": [] if ladder_result is None else ladder_result.candidates,
                          "chosen": None if ladder_result is None else ladder_result.candidates.index(ladder_result.chosen)})
+
+
+def load_inputs(
+    model: Any, calibration_data: Any, eval_data: Any, *, recipe: Recipe, images: ImageOptions = ImageOptions(),
+    safe_mode: bool = True, train_data: Any = None,
+) -> tuple[LoadedModel, Optional[Dataset], Optional[Dataset]] | tuple[LoadedModel, Optional[Dataset], Optional[Dataset], Dataset]:
+    """Load the model and validate every data source against it, before any conversion or training.
+
+    Returns `(model, calibration subset, evaluation)`, and the training data fourth when `train_data` is given.
+    """
+    loaded = load_model(model, safe_mode=safe_mode)
+    train = None
+    if train_data is not None:
+        train = load_data(train_data, loaded.inputs, num_classes=loaded.num_classes, labels="required",
+                          images=images, name="training data")
+    calibration = None
+    if recipe.needs_calibration:
+        if calibration_data is None and train is None:
+            raise RecipeError(f"--mode {recipe.mode.value} needs calibration data (--calib)")
+        source = train if calibration_data is None else calibration_data
+        calibration = load_data(source, loaded.inputs, labels="ignored", images=images, name="calibration data")
+        calibration = calibration.calibration_subset(recipe.calib_samples)
+    evaluation = None
+    if eval_data is not None:
+        evaluation = load_data(eval_data, loaded.inputs, num_classes=loaded.num_classes, labels="required",
+                               images=images, name="eval data")
+    if train_data is not None:
+        return loaded, calibration, evaluation, train
+    return loaded, calibration, evaluation
 
 
 def verify(

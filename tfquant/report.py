@@ -53,9 +53,29 @@ def to_text(report: Report) -> str:
     footer = (f"{report.eval_samples or 0} eval samples, {report.calibration_samples} calibration samples, "
               f"{report.runtime.name} {report.runtime.version}, {report.runtime.num_threads} threads")
     out = "\n".join(lines) + "\n" + footer + "\n"
+    if report.training is not None:
+        out += "\n".join(training_lines(report)) + "\n"
     for warning in report.warnings:
         out += f"warning: {warning}\n"
     return out
+
+
+def training_lines(report: Report) -> list[str]:
+    """The training stage in a few lines: what ran, Keras accuracy, sizes, sparsity, layer treatments."""
+    t = report.training
+    lines = [f"{t.kind}: {t.epochs} epochs" + ("" if t.keras_accuracy is None else
+                                                f", accuracy in Keras {100 * t.keras_accuracy:.2f} %")]
+    for name, size in t.files.items():
+        lines.append(f"  {name:12} {size.tflite_bytes:>10,} bytes  {size.gzip_bytes:>10,} gzip")
+    if t.sparsity:
+        lines.append("  sparsity in the .tflite weights: " + ", ".join(f"{k.split('/')[-2] if '/' in k else k} "
+                                                                       f"{100 * v:.1f} %" for k, v in t.sparsity.items()))
+    special = [layer for layer in t.layers if layer.treatment.startswith("tfquant")]
+    if t.layers:
+        lines.append(f"  layers: {len(t.layers) - len(special)} by tfmot's default scheme or not wrapped, "
+                     f"{len(special)} by tfquant's registry" + (":" if special else ""))
+        lines += [f"    {layer.name} ({layer.layer_class}): {layer.treatment}" for layer in special]
+    return lines
 
 
 def to_markdown(report: Report) -> str:
@@ -75,6 +95,11 @@ def to_markdown(report: Report) -> str:
     lines += [f"| {name} | {count} |" for name, count in sorted(report.quantized.op_counts.items())]
     if report.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report.warnings]
+    if report.training is not None:
+        lines += ["", "## Training", "", "```"] + training_lines(report) + ["```"]
+        if report.training.layers:
+            lines += ["", "| layer | class | treatment |", "| --- | --- | --- |"]
+            lines += [f"| {x.name} | {x.layer_class} | {x.treatment} |" for x in report.training.layers]
     if report.ladder:
         lines += ["", "## Fallback ladder", "", "| candidate | accuracy | drop | bytes | float ops | p50 ms | |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]

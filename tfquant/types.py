@@ -338,6 +338,34 @@ class Candidate(Record):
 
 
 @dataclass(frozen=True)
+class LayerTreatment(Record):
+    """What the QAT stage did to one layer."""
+
+    name: str
+    layer_class: str
+    treatment: str
+
+
+@dataclass(frozen=True)
+class FileSize(Record):
+    tflite_bytes: int
+    gzip_bytes: int
+
+
+@dataclass(frozen=True)
+class Training(Record):
+    """The training-time stage of a report: QAT, pruning, or pruning then sparsity-preserving QAT."""
+
+    kind: str
+    epochs: int
+    keras_accuracy: Optional[float] = None
+    layers: list[LayerTreatment] = field(default_factory=list)
+    target_sparsity: Optional[float] = None
+    sparsity: dict[str, float] = field(default_factory=dict)  # per weight tensor, read from the .tflite
+    files: dict[str, FileSize] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Report:
     """The record of one conversion. `to_dict()` is `report.json` and the command's `--json`.
 
@@ -361,6 +389,7 @@ class Report:
     ladder: list[Candidate] = field(default_factory=list)
     chosen: Optional[int] = None
     max_drop: Optional[float] = None
+    training: Optional[Training] = None
     tfquant_version: str = ""
     schema_version: int = SCHEMA_VERSION
 
@@ -384,6 +413,7 @@ class Report:
             "ladder": [c.to_dict() for c in self.ladder],
             "chosen": self.chosen,
             "max_drop": self.max_drop,
+            "training": None if self.training is None else self.training.to_dict(),
             "runtime": self.runtime.to_dict(),
         }
 
@@ -412,6 +442,7 @@ class Report:
             ladder=[Candidate.from_dict(c) for c in data.get("ladder", [])],
             chosen=data.get("chosen"),
             max_drop=data.get("max_drop"),
+            training=None if data.get("training") is None else Training.from_dict(data["training"]),
             tfquant_version=data.get("tfquant_version", ""),
             schema_version=data["schema_version"],
         )

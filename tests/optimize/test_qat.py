@@ -1,0 +1,116 @@
+"""QAT that never refuses a layer: every layer type tfmot rejects goes through to a fully integer file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import tfquant
+from tfquant import zoo
+from tfquant._keras import keras
+from tfquant.cli import main, parse_args
+from tfquant.errors import ModelLoadError
+from tfquant.optimize.qat import qat
+
+from checks import assert_every_op_integer
+
+L = keras.layers
+
+
+class Gain(L.Layer):
+    """A custom layer no registry knows: one learned scalar gain."""
+
+    def build(self, input_shape):
+        self.gain = self.add_weight(name="gain", shape=(), initializer="ones")
+
+    def call(self, inputs):
+        return inputs * self.gain
+
+
+def squeeze_excite(x):
+    c = L.Conv2D(8, 3, activation="relu")(x)
+    weights = L.Dense(8, activation="sigmoid")(L.GlobalAveragePooling2D()(c))
+    return L.Multiply()([c, L.Reshape((1, 1, 8))(weights)])
+
+
+LAYERS = {
+    "BatchNormalization after activation": (lambda x: L.BatchNormalization()(L.Conv2D(8, 3, activation="relu")(x)), "BatchNormalization"),
+    "Rescaling": (lambda x: L.Conv2D(8, 3, activation="relu")(L.Rescaling(2.0, offset=-1.0)(x)), "Rescaling"),
+    "Normalization": (lambda x: L.Conv2D(8, 3, activation="relu")(L.Normalization(mean=0.3, variance=0.1)(x)), "Normalization"),
+    "Conv1D": (lambda x: L.Conv1D(8, 3, activation="relu")(L.Reshape((64, 1))(x)), "Conv1D"),
+    "Conv2DTranspose": (lambda x: L.Conv2DTranspose(4, 3, strides=2, activation="relu")(L.Conv2D(8, 3, activation="relu")(x)), "Conv2DTranspose"),
+    "UpSampling2D": (lambda x: L.Conv2D(4, 3, activation="relu")(L.UpSampling2D()(L.Conv2D(8, 3, activation="relu")(x))), "UpSampling2D"),
+    "Multiply (squeeze-excite)": (squeeze_excite, "Multiply"),
+    "slicing (TFOpLambda)": (lambda x: L.Conv2D(8, 3, activation="relu")(x)[:, :, :, :4], "SlicingOpLambda"),
+    "Reshape": (lambda x: L.Reshape((8, 8, 1))(L.Dense(64, activation="relu")(L.Flatten()(x))), "Reshape"),
+    "unknown custom layer": (lambda x: Gain()(L.Conv2D(8, 3, activation="relu")(x)), "Gain"),
+}
+
+
+# tfmot 0.8.1 wraps these itself (its registry knows them); the rest it refuses.
+TFMOT_ACCEPTS = {"Conv2DTranspose", "UpSampling2D", "Reshape"}
+
+
+def model_with(block) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = block(inputs)
+    if len(x.shape) > 2:
+        x = L.Flatten()(x)
+    return keras.Model(inputs, L.Dense(10, activation="softmax", name="probs")(x))
+
+
+@pytest.mark.parametrize("case", list(LAYERS))
+def test_every_layer_type_reaches_a_fully_integer_file(case, digits, test_npz):
+    block, layer_class = LAYERS[case]
+    model = model_with(block)
+    if case not in TFMOT_ACCEPTS:  # what plain tfmot does with it today
+        import tensorflow_model_optimization as tfmot
+
+        with pytest.raises((RuntimeError, ValueError)):
+            tfmot.quantization.keras.quantize_model(model)
+    zoo.fit_classifier(model, digits["x"][:600], digits["y"][:600], epochs=6)  # QAT fine-tunes a trained model
+    result = qat(model, (digits["x"][:600], digits["y"][:600]), epochs=1, eval_data=test_npz,
+                 calib_samples=64, bench_runs=2)
+    assert_every_op_integer(result.info)
+    training = result.report.training
+    treatment = next(t.treatment for t in training.layers if t.layer_class == layer_class)
+    assert treatment.startswith(("tfquant", "tfmot"))
+    # The integer file computes what the fake-quantized Keras model computes.
+    assert result.report.quantized.accuracy >= training.keras_accuracy - 0.03
+    assert result.report.quantized.accuracy > 0.5
+
+
+def test_qat_keeps_up_with_ptq_on_digits(digits_model, train_npz, test_npz, tmp_path, capsys):
+    ptq = tfquant.quantize(digits_model, train_npz, eval_data=test_npz, bench_runs=1)
+    path = tmp_path / "digits.keras"
+    digits_model.save(path)
+    code = main(parse_args(["qat", str(path), "--train", str(train_npz), "--eval", str(test_npz), "--epochs", "2",
+                            "-o", str(tmp_path / "out" / "qat.tflite"), "--json", "--strict"]))
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert report["training"]["kind"] == "qat" and report["training"]["epochs"] == 2
+    assert report["quantized"]["fully_integer"] is True
+    assert report["quantized"]["accuracy"] >= ptq.report.quantized.accuracy - 0.002
+    assert 0.9 < report["training"]["keras_accuracy"] <= 1.0
+    assert {layer["treatment"] for layer in report["training"]["layers"]} <= {"tfmot: default 8-bit", "input"}
+    assert tfquant.evaluate(tmp_path / "out" / "qat.tflite", test_npz).accuracy == report["quantized"]["accuracy"]
+
+
+def test_caller_model_is_not_trained_in_place(digits_model, train_npz):
+    before = [w.copy() for w in digits_model.get_weights()]
+    qat(digits_model, train_npz, epochs=1, calib_samples=32, bench_runs=1)
+    assert all(np.array_equal(a, b) for a, b in zip(before, digits_model.get_weights()))
+
+
+def test_keras3_model_gets_a_clear_message(tmp_path, train_npz):
+    from tfquant._keras import keras3
+
+    k3 = keras3()
+    model = k3.Sequential([k3.Input((8, 8, 1)), k3.layers.Flatten(), k3.layers.Dense(10)])
+    path = tmp_path / "k3.keras"
+    model.save(path)
+    with pytest.raises(ModelLoadError, match="k3.keras: tfquant qat needs a Keras 2 \\(tf_keras\\) model"):
+        qat(path, train_npz, epochs=1)

@@ -1,0 +1,47 @@
+"""Int8Validation and Int8Checkpoint inside model.fit: the logged numbers are the saved file's numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+import tfquant
+from tfquant import zoo
+from tfquant.callbacks import Int8Checkpoint, Int8Validation, UpdatePruningStep
+from tfquant.errors import RecipeError
+from tfquant.optimize.prune import wrap_for_pruning
+from tfquant.optimize.qat import quantize_aware
+
+
+def test_logged_accuracy_is_what_eval_measures_on_the_saved_file(digits, tmp_path):
+    model = zoo.digits_cnn()
+    best = tmp_path / "best.tflite"
+    history = zoo.fit_classifier(model, digits["x"], digits["y"], epochs=3, callbacks=[
+        Int8Validation(digits["x"], (digits["x_test"], digits["y_test"])), Int8Checkpoint(best)])
+    logged = history.history["val_int8_accuracy"]
+    assert len(logged) == 3 and len(history.history["val_int8_gap"]) == 3
+    assert tfquant.evaluate(best, (digits["x_test"], digits["y_test"])).accuracy == max(logged)
+    assert tfquant.inspect(best).fully_integer
+
+
+@pytest.mark.parametrize("kind", ["qat", "pruning"])
+def test_callbacks_work_for_wrapped_models(kind, digits_model, digits, tmp_path):
+    if kind == "qat":
+        model, _ = quantize_aware(digits_model)
+        extra = []
+    else:
+        model = wrap_for_pruning(digits_model, sparsity=0.5, schedule="constant", end_step=10)
+        extra = [UpdatePruningStep()]
+    best = tmp_path / f"{kind}.tflite"
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(digits["x"][:300], digits["y"][:300], epochs=2, verbose=0, callbacks=extra + [
+        Int8Validation(digits["x"][:100], (digits["x_test"], digits["y_test"]), every=2), Int8Checkpoint(best)])
+    (logged,) = [v for v in history.history["val_int8_accuracy"]]  # every=2: one conversion in two epochs
+    assert logged == tfquant.evaluate(best, (digits["x_test"], digits["y_test"])).accuracy
+    assert tfquant.inspect(best).fully_integer
+
+
+def test_checkpoint_needs_validation(digits, tmp_path):
+    model = zoo.digits_cnn()
+    with pytest.raises(RecipeError, match="expected an Int8Validation callback before it"):
+        zoo.fit_classifier(model, digits["x"][:64], digits["y"][:64], epochs=1, callbacks=[Int8Checkpoint(tmp_path / "x.tflite")])
+    assert not (tmp_path / "x.tflite").exists()

@@ -1,0 +1,145 @@
+"""Keras callbacks that measure the int8 file while training, on the interpreter.
+
+    model.fit(x, y, validation_data=(x_val, y_val), callbacks=[
+        tfquant.callbacks.Int8Validation(calibration_data=x[:200], validation_data=(x_val, y_val)),
+        tfquant.callbacks.Int8Checkpoint("best_int8.tflite"),
+    ])
+
+`val_int8_accuracy` and `val_int8_gap` land in the Keras logs, so they appear in `History`,
+in TensorBoard and to other callbacks (EarlyStopping can monitor them). They work for plain,
+QAT and pruning models; tfmot's pruning callbacks are re-exported here for one import.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ._keras import keras
+from .errors import RecipeError
+
+# The latest int8 file of each model being trained: Int8Validation writes, Int8Checkpoint reads.
+_LATEST: "weakref.WeakKeyDictionary[Any, tuple[int, bytes]]" = weakref.WeakKeyDictionary()
+
+
+def __getattr__(name: str):
+    if name in ("UpdatePruningStep", "PruningSummaries"):
+        import tensorflow_model_optimization as tfmot
+
+        return getattr(tfmot.sparsity.keras, name)
+    raise AttributeError(f"module 'tfquant.callbacks' has no attribute {name!r}")
+
+
+def int8_file(model, calibration) -> bytes:
+    """The full-int8 .tflite file of `model` as it is now (QAT and pruning wrappers handled)."""
+    from .convert import convert
+    from .models import LoadedModel, load_model
+    from .types import Mode, Recipe
+
+    quantization_aware = any(type(layer).__name__.startswith("Quantize") for layer in model.layers)
+    if any(type(layer).__name__ == "PruneLowMagnitude" for layer in model.layers):
+        import tensorflow_model_optimization as tfmot
+
+        model = tfmot.sparsity.keras.strip_pruning(model)
+    loaded = load_model(model)
+    loaded = LoadedModel(loaded.source, loaded.flavor, loaded.inputs, loaded.outputs, keras_model=model,
+                         quantization_aware=quantization_aware)
+    return convert(loaded, Recipe(mode=Mode.INT8), calibration)
+
+
+class Int8Validation(keras.callbacks.Callback):
+    """Every `every` epochs, convert the current weights to full int8 and measure the file.
+
+    Logs `val_int8_accuracy` (top-1 of the .tflite file on the interpreter) and `val_int8_gap`
+    (the Keras model's own accuracy on the same data minus the int8 file's).
+
+    Example:
+        >>> model.fit(x, y, epochs=5, callbacks=[Int8Validation((x[:200]), (x_val, y_val))])  # doctest: +SKIP
+        >>> history.history["val_int8_accuracy"]
+
+    Args:
+        calibration_data: representative inputs (see `tfquant.data.load_data`).
+        validation_data: labelled data.
+        every: convert every N epochs. Defaults to `1`.
+        calib_samples: samples drawn for calibration. Defaults to `200`.
+    """
+
+    def __init__(self, calibration_data, validation_data, *, every: int = 1, calib_samples: int = 200):
+        super().__init__()
+        if not isinstance(every, int) or every < 1:
+            raise RecipeError(f"every: expected a whole number >= 1, found {every!r}")
+        self.calibration_data = calibration_data
+        self.validation_data_source = validation_data
+        self.every = every
+        self.calib_samples = calib_samples
+
+    def on_train_begin(self, logs=None):
+        from .data import load_data
+        from .models import load_model
+
+        loaded = load_model(self.model)
+        self._calibration = load_data(self.calibration_data, loaded.inputs, labels="ignored",
+                                      name="calibration data").calibration_subset(self.calib_samples)
+        self._validation = load_data(self.validation_data_source, loaded.inputs, num_classes=loaded.num_classes,
+                                     labels="required", name="validation data")
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None):
+        if (epoch + 1) % self.every:
+            return
+        from .harness import Runner, metrics
+        from .optimize.training import keras_accuracy
+
+        tflite = int8_file(self.model, self._calibration)
+        scores = Runner(tflite).predict(self._validation, progress=False)
+        accuracy = metrics(scores, self._validation.labels, 0.0).accuracy
+        if logs is not None:
+            logs["val_int8_accuracy"] = accuracy
+            logs["val_int8_gap"] = keras_accuracy(self.model, self._validation) - accuracy
+        _LATEST[self.model] = (epoch, tflite)
+
+
+class Int8Checkpoint(keras.callbacks.Callback):
+    """Keep the best int8 .tflite file seen so far, judged by `monitor`; needs an `Int8Validation` before it.
+
+    The file is written atomically, so an interrupted run leaves the previous best intact.
+
+    Args:
+        path: the .tflite file to write.
+        monitor: a logged metric. Defaults to `"val_int8_accuracy"`.
+        mode: `"max"` or `"min"`. Defaults to `"max"` (`"min"` for names ending in `gap` or `loss`).
+    """
+
+    def __init__(self, path, *, monitor: str = "val_int8_accuracy", mode: Optional[str] = None):
+        super().__init__()
+        self.path = Path(path)
+        self.monitor = monitor
+        self.mode = mode or ("min" if monitor.endswith(("gap", "loss")) else "max")
+        if self.mode not in ("min", "max"):
+            raise RecipeError(f"mode: expected 'min' or 'max', found {self.mode!r}")
+
+    def on_train_begin(self, logs=None):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch: Optional[int] = None
+        self._seen = False
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None):
+        from .files import write_all
+
+        value = (logs or {}).get(self.monitor)
+        latest = _LATEST.get(self.model)
+        if value is None or latest is None or latest[0] != epoch:
+            return  # no conversion this epoch (Int8Validation's `every`)
+        self._seen = True
+        better = value < self.best if self.mode == "min" else value > self.best
+        if better and not np.isnan(value):
+            self.best, self.best_epoch = float(value), epoch
+            write_all({self.path: latest[1]}, overwrite=True)
+
+    def on_train_end(self, logs=None):
+        if not self._seen:
+            raise RecipeError(f"Int8Checkpoint: expected an Int8Validation callback before it in `callbacks`, "
+                              f"logging {self.monitor!r}; found no int8 result in any epoch")

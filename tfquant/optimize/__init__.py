@@ -1,0 +1,1 @@
+"""Training-time optimization with tensorflow-model-optimization: QAT and pruning."""
