@@ -105,12 +105,35 @@ def test_caller_model_is_not_trained_in_place(digits_model, train_npz):
     assert all(np.array_equal(a, b) for a, b in zip(before, digits_model.get_weights()))
 
 
-def test_keras3_model_gets_a_clear_message(tmp_path, train_npz):
+def test_keras3_model_is_rebuilt_for_tfmot(digits, tmp_path, test_npz):
+    """tfmot cannot wrap Keras 3 layers; the model is rebuilt as tf_keras with the same weights."""
+    from tfquant._keras import keras3, to_keras2
+
+    k3 = keras3()
+    k3.utils.set_random_seed(0)
+    inputs = k3.Input((8, 8, 1), name="image")
+    a = k3.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    b = k3.layers.BatchNormalization()(k3.layers.Conv2D(8, 3, padding="same")(inputs))
+    x = k3.layers.GlobalAveragePooling2D()(k3.layers.Concatenate()([k3.layers.Add()([a, b]), a]))
+    model = k3.Model(inputs, k3.layers.Dense(10, activation="softmax")(x))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(digits["x"], digits["y"], epochs=2, verbose=0)
+    np.testing.assert_allclose(to_keras2(model).predict(digits["x_test"], verbose=0),
+                               model.predict(digits["x_test"], verbose=0), atol=1e-5)
+    path = tmp_path / "k3.keras"
+    model.save(path)
+    result = qat(path, (digits["x"], digits["y"]), epochs=1, eval_data=test_npz, calib_samples=64, bench_runs=1)
+    assert_every_op_integer(result.info)
+    assert result.report.quantized.accuracy >= result.report.training.keras_accuracy - 0.03
+
+
+def test_untranslatable_keras3_model_says_why(tmp_path, train_npz):
     from tfquant._keras import keras3
 
     k3 = keras3()
-    model = k3.Sequential([k3.Input((8, 8, 1)), k3.layers.Flatten(), k3.layers.Dense(10)])
-    path = tmp_path / "k3.keras"
-    model.save(path)
-    with pytest.raises(ModelLoadError, match="k3.keras: tfquant qat needs a Keras 2 \\(tf_keras\\) model"):
+    inputs = k3.Input((8, 8, 1))
+    outputs = k3.layers.Dense(10)(k3.layers.Flatten()(k3.ops.relu(inputs)))  # a raw op, no layer
+    path = tmp_path / "ops.keras"
+    k3.Model(inputs, outputs).save(path)
+    with pytest.raises(ModelLoadError, match=r"ops.keras: tfquant qat needs a Keras 2 \(tf_keras\) model.*rebuilding it as tf_keras failed"):
         qat(path, train_npz, epochs=1)

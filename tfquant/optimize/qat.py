@@ -168,7 +168,11 @@ def keras2_model(loaded, stage: str):
     from ..errors import ModelLoadError
 
     if loaded.flavor == "keras3":
-        raise ModelLoadError(f"{loaded.source}: " + _keras.keras3_unsupported(stage))
+        try:
+            return _keras.to_keras2(loaded.keras_model)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ModelLoadError(f"{loaded.source}: {_keras.keras3_unsupported(stage)}; rebuilding it as "
+                                 f"tf_keras failed: {exc}") from None
     if loaded.keras_model is None:  # a SavedModel folder: tf_keras can load its own
         try:
             return keras.models.load_model(loaded.saved_model_dir, compile=False)
