@@ -29,14 +29,17 @@ from .errors import (
     TFLiteFileError,
     TfquantError,
 )
-from .inspect import inspect  # binds the function over the submodule of the same name
+# These bind the functions over the submodules of the same name (both import no TensorFlow).
+from .diagnose import diagnose
+from .inspect import inspect
 from .types import BenchmarkResult, IOType, Metrics, Mode, ModelInfo, Recipe, Report
 
 # Public name -> module that defines it; imported on first use so that `tfquant inspect`
 # and `tfquant bench` do not pay for (or measure) a TensorFlow import.
 _LAZY = {
     "quantize": "pipeline",
-    "diagnose": "diagnose",
+    "qat": "optimize.qat",
+    "prune": "optimize.prune",
     "QuantizationResult": "pipeline",
     "evaluate": "harness",
     "load_model": "models",
@@ -66,7 +69,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "__version__", "quantize", "diagnose", "evaluate", "benchmark", "inspect", "load_model", "load_data",
+    "__version__", "quantize", "qat", "prune", "diagnose", "evaluate", "benchmark", "inspect", "load_model", "load_data",
     "QuantizationResult", "Recipe", "Report", "Metrics", "ModelInfo", "BenchmarkResult", "Mode", "IOType",
     "TfquantError", "ModelLoadError", "DataError", "RecipeError", "ConversionError", "TFLiteFileError",
     "OutputError", "GateError", "AccuracyBudgetError", "StrictModeError",

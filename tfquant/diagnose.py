@@ -17,7 +17,6 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import _keras
 from .data import Dataset
 from .errors import RecipeError
 from .types import LayerError, RangeWarning, Record
@@ -34,6 +33,7 @@ def layer_errors(calibrated: bytes, data: Dataset, *, samples: int = DEFAULT_DEB
     RMSE/scale near 0.29 (= 1/sqrt(12)) is plain rounding noise; well above 1 means the tensor's
     values are lost, not just rounded.
     """
+    from . import _keras
     from tensorflow.lite.python.convert import mlir_quantize
 
     tf = _keras.tf
