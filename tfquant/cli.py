@@ -141,6 +141,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--allow-unsafe-models", action="store_true")
 
+    p = sub.add_parser("serve", parents=[common], help="run the converter service (HTTP jobs)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--data-dir", type=Path, default=Path("tfquant-data"), help="jobs, uploads and artifacts")
+    p.add_argument("--workers", type=_positive, default=2, help="jobs run at once, each in its own process")
+    p.add_argument("--token-file", type=Path, help="require Authorization: Bearer <the file's token>")
+    p.add_argument("--max-upload-mb", type=float, default=512.0)
+    p.add_argument("--time-limit", type=float, default=3600.0, help="seconds per job")
+    p.add_argument("--memory-mb", type=float, default=8192.0, help="resident memory per job")
+    p.add_argument("--allow-unsafe-models", action="store_true", help="load models holding code (Lambda layers)")
+
+    p = sub.add_parser("jobs", parents=[common], help="submit to and follow a converter service")
+    p.add_argument("action", choices=["submit", "status", "wait", "download", "list", "cancel"])
+    p.add_argument("target", nargs="?", help="MODEL for submit, JOB_ID otherwise")
+    p.add_argument("--url", default=None, help="service address (default: $TFQUANT_URL or http://127.0.0.1:8080)")
+    p.add_argument("--token-file", type=Path)
+    p.add_argument("--job-command", dest="job_command", choices=["convert", "qat", "prune"], default="convert")
+    p.add_argument("--calib")
+    p.add_argument("--eval", dest="eval_data")
+    p.add_argument("--train")
+    p.add_argument("--options", default="{}", help='more options as JSON, e.g. \'{"mode": "int8", "max_drop": 0.01}\'')
+    p.add_argument("--wait", action="store_true", help="submit: wait for the job to finish")
+    p.add_argument("--artifact", default="model.tflite")
+    p.add_argument("-o", "--output", type=Path)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("inspect", parents=[common], help="ops, dtypes and quantization of a .tflite file")
     p.add_argument("tflite", type=Path)
     p.add_argument("--json", action="store_true")
@@ -314,6 +341,83 @@ def _diagnose(ns: argparse.Namespace) -> int:
             print(f"warning: {warning.message}")
     else:
         print(f"\nrange lint: no op joins inputs whose ranges differ more than {ns.threshold:g}×")
+    return 0
+
+
+def _token(path: Optional[Path]) -> Optional[str]:
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise RecipeError(f"{path}: expected a readable token file, found {exc.strerror}") from None
+    if not token:
+        raise RecipeError(f"{path}: expected a token, found an empty file")
+    return token
+
+
+@command("serve")
+def _serve(ns: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .service.app import ServiceConfig, create_app
+    except ImportError as exc:
+        raise RecipeError(f"tfquant serve needs the service extra: pip install 'tfquant[service]' ({exc})") from None
+    config = ServiceConfig(data_dir=ns.data_dir, token=_token(ns.token_file), workers=ns.workers,
+                           max_upload_mb=ns.max_upload_mb, time_limit=ns.time_limit, memory_mb=ns.memory_mb,
+                           allow_unsafe_models=ns.allow_unsafe_models)
+    print(f"tfquant service on http://{ns.host}:{ns.port} (API docs at /docs), data in {ns.data_dir}", file=sys.stderr)
+    uvicorn.run(create_app(config), host=ns.host, port=ns.port, log_level="warning")
+    return 0
+
+
+@command("jobs")
+def _jobs(ns: argparse.Namespace) -> int:
+    import os
+
+    from .client import Client
+
+    url = ns.url or os.environ.get("TFQUANT_URL", "http://127.0.0.1:8080")
+    if ns.action not in ("list",) and not ns.target:
+        raise RecipeError(f"jobs {ns.action}: expected {'MODEL' if ns.action == 'submit' else 'JOB_ID'}, found none")
+    with Client(url, _token(ns.token_file)) as client:
+        if ns.action == "submit":
+            try:
+                options = json.loads(ns.options)
+            except ValueError as exc:
+                raise RecipeError(f"--options: expected a JSON object, found invalid JSON ({exc})") from None
+            job_id = client.submit(ns.target, command=ns.job_command, calib=ns.calib, eval=ns.eval_data,
+                                   train=ns.train, **options)
+            if not ns.wait:
+                print(json.dumps({"id": job_id, "status": "queued"}) if ns.json else job_id)
+                return 0
+            return _job_result(ns, client, client.wait(job_id, progress=None if not ns.quiet else False))
+        if ns.action == "wait":
+            return _job_result(ns, client, client.wait(ns.target, progress=None if not ns.quiet else False))
+        if ns.action == "download":
+            if ns.output is None:
+                raise RecipeError("jobs download: expected -o OUT, found none")
+            print(client.download(ns.target, ns.output, artifact=ns.artifact, overwrite=ns.overwrite))
+            return 0
+        result = {"status": client.status, "cancel": client.cancel}.get(ns.action)
+        payload = result(ns.target) if result else client.list()
+        if ns.json or ns.action != "list":
+            print(json.dumps(payload, indent=2))
+        else:
+            for job in payload["jobs"]:
+                print(f"{job['id']}  {job['status']:9}  {job['command']:7}  {job['created']}  {job.get('error') or ''}")
+        return 0
+
+
+def _job_result(ns: argparse.Namespace, client, state: dict) -> int:
+    from .errors import ServiceError
+
+    if ns.output is not None and state["status"] == "succeeded":
+        client.download(state["id"], ns.output, artifact=ns.artifact, overwrite=ns.overwrite)
+    print(json.dumps(state, indent=2) if ns.json else f"{state['id']}  {state['status']}  {state.get('error') or ''}".rstrip())
+    if state["status"] != "succeeded":
+        raise ServiceError(f"job {state['id']}: expected succeeded, found {state['status']}: {state.get('error')}")
     return 0
 
 

@@ -44,6 +44,14 @@ class OutputError(TfquantError):
     """An output path already exists (without overwrite) or cannot be written."""
 
 
+class ServiceError(TfquantError):
+    """The converter service refused a request or a job failed; the message is the server's."""
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
+
+
 class GateError(TfquantError):
     """The conversion worked but failed a check the user asked for.
 

@@ -1,0 +1,216 @@
+"""The converter service, started for real on a loopback port, driven over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tfquant.cli import main, parse_args
+from tfquant.client import Client
+from tfquant.errors import ServiceError
+from tfquant.service.store import Store
+
+TOKEN = "s3cret-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`tfquant serve` in a subprocess; stop() sends SIGTERM (a graceful stop), kill() SIGKILL."""
+
+    def __init__(self, data_dir: Path, token_file: Path, *extra: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(data_dir.parent / f"server-{self.port}.log", "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from tfquant.cli import run; run()", "serve", "--port", str(self.port),
+             "--data-dir", str(data_dir), "--token-file", str(token_file), "--max-upload-mb", "4", "--time-limit", "300",
+             *extra], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start")
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        self.process.send_signal(sig)
+        self.process.wait(timeout=60)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, digits_model, digits):
+    folder = tmp_path_factory.mktemp("service-files")
+    paths = {"model": folder / "digits.keras", "calib": folder / "calib.npz", "eval": folder / "eval.npz",
+             "train": folder / "train.npz"}
+    digits_model.save(paths["model"])
+    np.savez(paths["calib"], x=digits["x"][:300])
+    np.savez(paths["eval"], x=digits["x_test"], y=digits["y_test"])
+    np.savez(paths["train"], x=digits["x"], y=digits["y"])
+    (folder / "token").write_text(TOKEN + "\n")
+    paths["token"] = folder / "token"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, files):
+    running = Server(tmp_path_factory.mktemp("service") / "data", files["token"], "--workers", "2")
+    yield running
+    running.stop()
+
+
+@pytest.fixture()
+def client(server):
+    with Client(server.url, TOKEN) as c:
+        yield c
+
+
+def test_token_is_required_except_for_healthz(server):
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+    response = httpx.get(f"{server.url}/v1/jobs")
+    assert response.status_code == 401 and response.json()["detail"] == "expected Authorization: Bearer <token>, found none"
+    wrong = httpx.get(f"{server.url}/v1/jobs", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "found a wrong token" in wrong.json()["detail"]
+    assert httpx.get(f"{server.url}/metrics").status_code == 401
+
+
+def test_job_gives_the_same_bytes_as_the_command(client, files, tmp_path, capsys):
+    job = client.submit(files["model"], calib=files["calib"], eval=files["eval"], max_drop=0.01)
+    state = client.wait(job, timeout=180, poll=0.3)
+    assert state["status"] == "succeeded", state
+    assert state["progress"] == 1.0 and state["started"] and state["finished"]
+    assert set(state["artifacts"]) == {"model.tflite", "report.json", "report.md", "report.html", "recipe.json"}
+    served = client.download(job, tmp_path / "served.tflite").read_bytes()
+    code = main(parse_args(["convert", str(files["model"]), "--calib", str(files["calib"]), "--eval", str(files["eval"]),
+                            "--max-drop", "0.01", "-o", str(tmp_path / "cli" / "m.tflite"), "-q"]))
+    capsys.readouterr()
+    assert code == 0
+    assert served == (tmp_path / "cli" / "m.tflite").read_bytes()
+    report = json.loads(client.download(job, tmp_path / "report.json", artifact="report.json").read_text())
+    assert report["quantized"]["fully_integer"] is True and report["accuracy_drop"] <= 0.01
+    with pytest.raises(ServiceError, match="404: unknown artifact '../../etc/passwd'|404"):
+        client.download(job, tmp_path / "x", artifact="../../etc/passwd")
+
+
+def test_upload_over_the_limit_is_413(server, files, tmp_path):
+    big = tmp_path / "big.npz"
+    np.savez(big, x=np.zeros((20000, 8, 8, 1), np.float32))  # ~5 MB > 4 MB
+    with open(files["model"], "rb") as model, open(big, "rb") as calib:
+        response = httpx.post(f"{server.url}/v1/jobs", headers={"Authorization": f"Bearer {TOKEN}"},
+                              files={"model": ("m.keras", model), "calib": ("big.npz", calib)}, timeout=60)
+    assert response.status_code == 413
+    assert "expected at most 4 MB" in response.json()["detail"]
+
+
+def test_corrupt_model_is_422_with_the_command_message(client, files, tmp_path):
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"\x00not a zip" * 100)
+    with pytest.raises(ServiceError) as caught:
+        client.submit(corrupt, calib=files["calib"])
+    assert caught.value.status == 422
+    assert "corrupt.keras: expected a .keras zip archive, found 1000 bytes that are not a zip archive" in str(caught.value)
+
+
+def test_lambda_model_is_422(client, files, tmp_path):
+    from tfquant._keras import keras
+
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(keras.layers.Lambda(lambda t: t * 2)(inputs))))
+    path = tmp_path / "lambda.h5"
+    model.save(path)
+    with pytest.raises(ServiceError) as caught:
+        client.submit(path, calib=files["calib"])
+    assert caught.value.status == 422 and "lambda.h5: expected a model without code, found a Lambda layer" in str(caught.value)
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ({"mode": "int4"}, "unknown mode 'int4'"),
+    ({"bits": 4}, "recipe: unknown option(s) bits for convert"),
+    ({"command": "qat"}, "recipe: qat needs 'epochs'"),
+])
+def test_bad_options_are_422(client, files, recipe, message):
+    with pytest.raises(ServiceError) as caught:
+        client.submit(files["model"], calib=files["calib"], **recipe)
+    assert caught.value.status == 422 and message in str(caught.value)
+
+
+def wait_for(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def test_kill_9_of_a_worker_fails_only_its_job(server, client, files):
+    store = Store(Path(server.process.args[server.process.args.index("--data-dir") + 1]))
+    slow = client.submit(files["model"], command="prune", train=files["train"], calib=files["calib"], epochs=40, sparsity=0.5)
+    pid = wait_for(lambda: (store.get(slow).pid if store.get(slow).status == "running" else None))
+    time.sleep(1.0)
+    os.kill(pid, signal.SIGKILL)
+    state = client.wait(slow, timeout=60, poll=0.2)
+    assert state["status"] == "failed"
+    assert state["error"].startswith("the worker process was killed by SIGKILL")
+    assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
+    after = client.submit(files["model"], calib=files["calib"], mode="dynamic")
+    assert client.wait(after, timeout=180, poll=0.3)["status"] == "succeeded"
+
+
+def test_cancel_kills_a_running_worker(server, client, files):
+    store = Store(Path(server.process.args[server.process.args.index("--data-dir") + 1]))
+    slow = client.submit(files["model"], command="prune", train=files["train"], epochs=40, sparsity=0.5)
+    pid = wait_for(lambda: (store.get(slow).pid if store.get(slow).status == "running" else None))
+    assert client.cancel(slow)["status"] == "cancelled"
+    wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2])
+    assert client.status(slow)["status"] == "cancelled"
+    with pytest.raises(ServiceError, match="409: job .* already cancelled"):
+        client.cancel(slow)
+
+
+def test_twenty_concurrent_submissions_all_succeed(server, client, files):
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        ids = list(pool.map(lambda _: client.submit(files["model"], calib=files["calib"], mode="float16"), range(20)))
+    assert len(set(ids)) == 20
+    states = [client.wait(job, timeout=400, poll=0.5) for job in ids]
+    assert [s["status"] for s in states] == ["succeeded"] * 20
+    listed = {j["id"] for j in client.list(limit=500)["jobs"]}
+    assert set(ids) <= listed
+    metrics = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    assert 'tfquant_jobs{status="queued"} 0' in metrics and "tfquant_job_duration_seconds_count" in metrics
+
+
+def test_jobs_survive_a_restart(tmp_path, files):
+    data = tmp_path / "data"
+    first = Server(data, files["token"], "--workers", "1")
+    with Client(first.url, TOKEN) as client:
+        ids = [client.submit(files["model"], calib=files["calib"], mode="dynamic") for _ in range(3)]
+    first.stop(signal.SIGKILL)  # the server dies with jobs queued (and one maybe running)
+    states = {job: Store(data).get(job).status for job in ids}
+    assert set(states.values()) <= {"queued", "running", "succeeded"}
+    second = Server(data, files["token"], "--workers", "2")
+    try:
+        with Client(second.url, TOKEN) as client:
+            final = [client.wait(job, timeout=300, poll=0.5)["status"] for job in ids]
+        assert final == ["succeeded"] * 3
+    finally:
+        second.stop()

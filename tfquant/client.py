@@ -1,0 +1,106 @@
+"""A client for the converter service (`tfquant serve`).
+
+Example:
+    >>> from tfquant.client import Client
+    >>> client = Client("http://127.0.0.1:8080", token="...")                       # doctest: +SKIP
+    >>> job = client.submit("digits.keras", calib="calib.npz", eval="test.npz", max_drop=0.01)
+    >>> client.wait(job)["status"]
+    'succeeded'
+    >>> client.download(job, "digits_int8.tflite")
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import OutputError, ServiceError
+
+FIELDS = ("model", "calib", "eval", "train")
+
+
+class Client:
+    """Submit jobs, follow them and fetch their files. Every call raises `ServiceError` with the server's message."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8080", token: Optional[str] = None, *, timeout: float = 120.0):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs):
+        import httpx
+
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServiceError(f"{self._http.base_url}: expected a tfquant service, found {type(exc).__name__}: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ServiceError(f"{response.status_code}: {detail}", response.status_code)
+        return response
+
+    def submit(self, model: str | Path, *, command: str = "convert", calib=None, eval=None, train=None, **options: Any) -> str:
+        """Upload the files and the options (the command's option names); returns the job id."""
+        import json
+
+        paths = {"model": model, "calib": calib, "eval": eval, "train": train}
+        handles = {k: open(Path(v), "rb") for k, v in paths.items() if v is not None}
+        try:
+            files = {k: (Path(paths[k]).name, h) for k, h in handles.items()}
+            recipe = json.dumps({"command": command, **{k: v for k, v in options.items() if v is not None}})
+            return self._call("POST", "/v1/jobs", files=files, data={"recipe": recipe}).json()["id"]
+        finally:
+            for handle in handles.values():
+                handle.close()
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}").json()
+
+    def list(self, *, limit: int = 50, offset: int = 0, status: Optional[str] = None) -> dict[str, Any]:
+        params = {"limit": limit, "offset": offset, **({"status": status} if status else {})}
+        return self._call("GET", "/v1/jobs", params=params).json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/jobs/{job_id}").json()
+
+    def wait(self, job_id: str, *, timeout: Optional[float] = None, poll: float = 0.5, progress: Optional[bool] = None) -> dict[str, Any]:
+        """Poll until the job is final; a progress bar on a terminal. Returns the final status."""
+        from tqdm.auto import tqdm
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with tqdm(total=100, unit="%", desc=f"job {job_id[:8]}", disable=None if progress is None else not progress,
+                  leave=False) as bar:
+            while True:
+                state = self.status(job_id)
+                bar.n = int(100 * state.get("progress", 0))
+                bar.set_postfix_str(state.get("stage", "")[:40], refresh=True)
+                if state["status"] in ("succeeded", "failed", "cancelled"):
+                    return state
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ServiceError(f"job {job_id}: expected a final status within {timeout:g} s, found {state['status']}")
+                time.sleep(poll)
+
+    def download(self, job_id: str, path: str | Path, *, artifact: str = "model.tflite", overwrite: bool = False) -> Path:
+        """Fetch one artifact to `path`, written whole or not at all."""
+        from .files import write_all
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise OutputError(f"{path}: expected a path that does not exist yet (or --overwrite), found an existing file")
+        data = self._call("GET", f"/v1/jobs/{job_id}/artifacts/{artifact}").content
+        write_all({path: data}, overwrite=overwrite)
+        return path

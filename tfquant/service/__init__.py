@@ -1,0 +1,1 @@
+"""The converter service: the tfquant pipeline as HTTP jobs (see `tfquant serve`)."""
