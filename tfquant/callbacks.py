@@ -37,7 +37,7 @@ def __getattr__(name: str):
 def int8_file(model, calibration) -> bytes:
     """The full-int8 .tflite file of `model` as it is now (QAT and pruning wrappers handled)."""
     from .convert import convert
-    from .models import LoadedModel, load_model
+    from .models import load_model
     from .types import Mode, Recipe
 
     quantization_aware = any(type(layer).__name__.startswith("Quantize") for layer in model.layers)
@@ -45,9 +45,7 @@ def int8_file(model, calibration) -> bytes:
         import tensorflow_model_optimization as tfmot
 
         model = tfmot.sparsity.keras.strip_pruning(model)
-    loaded = load_model(model)
-    loaded = LoadedModel(loaded.source, loaded.flavor, loaded.inputs, loaded.outputs, keras_model=model,
-                         quantization_aware=quantization_aware)
+    loaded = load_model(model).trained(model, quantization_aware=quantization_aware)
     return convert(loaded, Recipe(mode=Mode.INT8), calibration)
 
 

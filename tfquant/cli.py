@@ -424,43 +424,18 @@ def _job_result(ns: argparse.Namespace, client, state: dict) -> int:
 @command("inspect")
 def _inspect(ns: argparse.Namespace) -> int:
     from .inspect import inspect
+    from .report import inspect_text
 
     info = inspect(ns.tflite)
     if ns.json:
         print(json.dumps(info.to_dict(), indent=2))
     else:
-        print(_inspect_text(info), end="")
+        print(inspect_text(info), end="")
     if ns.strict and not info.fully_integer:
         print(f"tfquant inspect: failed: {ns.tflite}: expected a fully integer file (--strict), "
               f"found float ops {', '.join(info.float_ops)}", file=sys.stderr)
         return 1
     return 0
-
-
-def _quant_text(q) -> str:
-    if q is None:
-        return "-"
-    if len(q.scale) == 1:
-        return f"scale={q.scale[0]:.6g} zero_point={q.zero_point[0] if q.zero_point else 0}"
-    return f"{len(q.scale)} scales {min(q.scale):.3g}..{max(q.scale):.3g} axis={q.quantized_dimension}"
-
-
-def _inspect_text(info) -> str:
-    verdict = "yes" if info.fully_integer else "NO (float ops: " + ", ".join(info.float_ops) + ")"
-    lines = [f"{info.source}: {info.bytes:,} bytes, {len(info.ops)} ops, fully integer: {verdict}"]
-    for label, tensors in (("input", info.inputs), ("output", info.outputs)):
-        for t in tensors:
-            lines.append(f"{label:6} {t.name}  {t.dtype} {t.shape_signature}  {_quant_text(t.quantization)}")
-    lines.append("")
-    lines.append(f"{'#':>3}  {'op':24} {'inputs':28} outputs")
-    for op in info.ops:
-        mark = "  <- float" if op.float else ""
-        lines.append(f"{op.index:>3}  {op.name:24} {','.join(op.input_dtypes):28} {','.join(op.output_dtypes)}{mark}")
-    lines.append("")
-    lines.append(f"{'#':>3}  {'tensor':48} {'dtype':8} {'shape':18} quantization")
-    for t in info.tensors:
-        lines.append(f"{t.index:>3}  {t.name[:48]:48} {t.dtype:8} {str(t.shape):18} {_quant_text(t.quantization)}")
-    return "\n".join(lines) + "\n"
 
 
 @command("eval")

@@ -87,12 +87,10 @@ def _int16x8(calibrated: bytes, recipe: Recipe) -> bytes:
 
 def representative_dataset(model: LoadedModel, calibration: Dataset) -> Callable[[], Iterator]:
     """TFLite's representative dataset: one sample per step, inputs in the model's order."""
-    arrays = list(calibration.inputs.values())
     names = list(calibration.inputs)
 
     def generate():
-        for i in range(len(calibration)):
-            sample = [a[i:i + 1].astype(np.float32) for a in arrays]
+        for sample in calibration.samples():
             # A SavedModel signature takes its inputs by name.
             yield dict(zip(names, sample)) if model.flavor == "saved_model" else sample
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -36,6 +36,13 @@ class Dataset:
     def take(self, indices: np.ndarray) -> "Dataset":
         labels = None if self.labels is None else self.labels[indices]
         return Dataset(self.source, {k: v[indices] for k, v in self.inputs.items()}, labels)
+
+    def samples(self) -> Iterator[list[np.ndarray]]:
+        """One sample at a time as float32 batches of one, inputs in the model's order: the form of
+        TFLite's representative dataset and of QuantizationDebugger's debug dataset."""
+        arrays = list(self.inputs.values())
+        for i in range(len(self)):
+            yield [a[i:i + 1].astype(np.float32) for a in arrays]
 
     def calibration_subset(self, count: int) -> "Dataset":
         """`count` samples drawn without replacement by a fixed seed, in file order: the same data

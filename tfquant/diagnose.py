@@ -15,8 +15,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import numpy as np
-
 from .data import Dataset
 from .errors import RecipeError
 from .types import LayerError, RangeWarning, Record
@@ -38,17 +36,11 @@ def layer_errors(calibrated: bytes, data: Dataset, *, samples: int = DEFAULT_DEB
 
     tf = _keras.tf
     subset = data.calibration_subset(samples)
-    arrays = list(subset.inputs.values())
-
-    def dataset():
-        for i in range(len(subset)):
-            yield [a[i:i + 1].astype(np.float32) for a in arrays]
-
     with _keras.captured_stderr(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         debug_model = mlir_quantize(calibrated, disable_per_channel=not per_channel, enable_numeric_verify=True)
         debugger = tf.lite.experimental.QuantizationDebugger(
-            quant_debug_model_content=debug_model, debug_dataset=dataset,
+            quant_debug_model_content=debug_model, debug_dataset=subset.samples,
             debug_options=tf.lite.experimental.QuantizationDebugOptions(),
         )
         debugger.run()

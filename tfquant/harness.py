@@ -109,7 +109,6 @@ class Runner:
         data, self.where = read_flatbuffer(model)
         interpreter_class, _, _ = _interpreter_class()
         self.num_threads = num_threads or default_threads()
-        started = time.perf_counter()
         try:
             self.interpreter = interpreter_class(model_content=data, num_threads=self.num_threads)
         except (ValueError, RuntimeError) as exc:
@@ -119,7 +118,6 @@ class Runner:
         # Tensors are allocated on first use, at the batch size that use needs: every allocation
         # makes XNNPACK pack the weights again.
         self._batch: Optional[int] = None
-        self.init_seconds = time.perf_counter() - started
 
     def allocate(self) -> None:
         """Allocate at the file's own shapes (batch 1 for a dynamic batch), as an app would."""

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
+import numpy as np
+
 from . import harness
 from .convert import convert, quantize_calibrated
 from .data import Dataset
@@ -32,6 +34,7 @@ class LadderResult:
     chosen: Candidate
     tflite: bytes
     candidates: list[Candidate]
+    scores: np.ndarray  # the chosen file's class scores on the evaluation data
 
 
 def suspects(lint: list[RangeWarning], errors: list[LayerError]) -> list[str]:
@@ -62,7 +65,7 @@ def climb(
 ) -> LadderResult:
     """Try candidates in order; return the first within `max_drop` (float32 always is) and all that were tried."""
     tried: list[Candidate] = []
-    files: dict[int, bytes] = {}
+    files: dict[int, tuple[bytes, np.ndarray]] = {}
 
     def measure(name: str, candidate_recipe: Recipe, build: Callable[[], bytes]) -> Candidate:
         started = time.perf_counter()
@@ -79,14 +82,15 @@ def climb(
             latency_p50_ms=bench.inference_ms.p50, seconds=round(time.perf_counter() - started, 3),
             accepted=drop <= max_drop + 1e-9,
         )
-        files[len(tried)] = data
+        files[len(tried)] = (data, scores)
         tried.append(candidate)
         if on_candidate is not None:
             on_candidate(candidate)
         return candidate
 
     def done(candidate: Candidate) -> LadderResult:
-        return LadderResult(chosen=candidate, tflite=files[tried.index(candidate)], candidates=tried)
+        data, scores = files[tried.index(candidate)]
+        return LadderResult(chosen=candidate, tflite=data, candidates=tried, scores=scores)
 
     def int8_with(k: int) -> Candidate:
         denied = replace(recipe, denylist=tuple(suspect_tensors[:k]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -37,6 +37,11 @@ class LoadedModel:
         """The classifier's class count: the last dim of the first output, if it is rank 2."""
         shape = self.outputs[0].shape if self.outputs else ()
         return shape[-1] if len(shape) == 2 and shape[-1] else None
+
+    def trained(self, keras_model: Any, *, quantization_aware: bool = False) -> "LoadedModel":
+        """The same signature and source, converting `keras_model` (a fine-tuned tf_keras model) instead."""
+        return replace(self, flavor="keras2", keras_model=keras_model, saved_model_dir=None,
+                       quantization_aware=quantization_aware)
 
     def converter(self):
         tf = _keras.tf

@@ -121,10 +121,7 @@ def quantize(
         raise RecipeError(f"unknown fallback {fallback!r}; expected one of: {', '.join(FALLBACKS)}")
     if recipe is None:
         recipe = Recipe(mode=mode, io=io, calib_samples=calib_samples)
-    if max_drop is not None and (not isinstance(max_drop, (int, float)) or not 0 <= max_drop <= 1):
-        raise RecipeError(f"max_drop: expected a fraction between 0 and 1 (0.01 = one point), found {max_drop!r}")
-    if max_drop is not None and eval_data is None:
-        raise RecipeError("max_drop needs eval_data (--eval): the drop is measured on labelled data")
+    check_budget(max_drop, eval_data)
     if fallback == "auto" and max_drop is None:
         raise RecipeError("fallback 'auto' needs max_drop (--max-drop): the budget the ladder climbs to")
     seconds: dict[str, float] = {}
@@ -152,10 +149,10 @@ def quantize(
         seconds["diagnose"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    ladder_result = None
+    ladder_result, known_scores = None, None
     if fallback == "auto":
-        float_accuracy = harness.metrics(harness.Runner(float_tflite, num_threads=num_threads).predict(
-            evaluation, progress=False), evaluation.labels, 0.0).accuracy
+        float_scores = harness.Runner(float_tflite, num_threads=num_threads).predict(evaluation, progress=False)
+        float_accuracy = harness.metrics(float_scores, evaluation.labels, 0.0).accuracy
         ladder_result = ladder.climb(
             loaded, recipe, calibrated, float_tflite, evaluation, float_accuracy=float_accuracy, max_drop=max_drop,
             suspect_tensors=ladder.suspects(lint, diagnostics),
@@ -164,6 +161,7 @@ def quantize(
                                             "accepted" if c.accepted else "over budget"),
         )
         recipe, tflite = ladder_result.chosen.recipe, ladder_result.tflite
+        known_scores = {"float": float_scores, "quantized": ladder_result.scores}
     elif calibrated is not None:
         tflite = quantize_calibrated(calibrated, recipe, source=loaded.source)
     else:
@@ -172,10 +170,18 @@ def quantize(
 
     return verify(loaded, recipe, tflite, float_tflite, calibration, evaluation, seconds=seconds,
                   max_drop=max_drop, strict=strict, num_threads=num_threads, bench_runs=bench_runs,
-                  progress=progress, warnings=[w.message for w in lint],
+                  progress=progress, warnings=[w.message for w in lint], scores=known_scores,
                   extra={"diagnostics": diagnostics[:DIAGNOSTICS_IN_REPORT], "range_lint": lint,
                          "ladder": [] if ladder_result is None else ladder_result.candidates,
                          "chosen": None if ladder_result is None else ladder_result.candidates.index(ladder_result.chosen)})
+
+
+def check_budget(max_drop: Optional[float], eval_data: Any) -> None:
+    """`max_drop` is a fraction in [0, 1] and comes with labelled data to measure the drop on."""
+    if max_drop is not None and (not isinstance(max_drop, (int, float)) or not 0 <= max_drop <= 1):
+        raise RecipeError(f"max_drop: expected a fraction between 0 and 1 (0.01 = one point), found {max_drop!r}")
+    if max_drop is not None and eval_data is None:
+        raise RecipeError("max_drop needs eval_data (--eval): the drop is measured on labelled data")
 
 
 def load_inputs(
@@ -223,8 +229,13 @@ def verify(
     progress: Optional[bool] = None,
     warnings: Optional[list[str]] = None,
     extra: Optional[dict[str, Any]] = None,
+    scores: Optional[dict[str, Any]] = None,
 ) -> QuantizationResult:
-    """Measure a converted file next to its float reference on the interpreter and build the report."""
+    """Measure a converted file next to its float reference on the interpreter and build the report.
+
+    `scores` holds class scores already measured on `evaluation` ("float", "quantized"), so that
+    the same file is not run over the same data twice.
+    """
     threads = num_threads or harness.default_threads()
     info = inspect(tflite)
     float_info = inspect(float_tflite)
@@ -237,10 +248,10 @@ def verify(
     drop = None
     if evaluation is not None:
         started = time.perf_counter()
-        scores = {}
+        scores = dict(scores or {})
         for key, data in (("float", float_tflite), ("quantized", tflite)):
-            runner = harness.Runner(data, num_threads=threads)
-            scores[key] = runner.predict(evaluation, progress=progress)
+            if key not in scores:
+                scores[key] = harness.Runner(data, num_threads=threads).predict(evaluation, progress=progress)
             accuracy[key] = harness.metrics(scores[key], evaluation.labels, 0.0)
         agreement = Agreement(top1=harness.agreement(scores["float"], scores["quantized"]), samples=len(evaluation))
         drop = accuracy["float"].accuracy - accuracy["quantized"].accuracy

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from .types import Report
+from .types import ModelInfo, QuantParams, Report
 
 
 def to_json(report: Report) -> str:
@@ -76,6 +76,33 @@ def training_lines(report: Report) -> list[str]:
                      f"{len(special)} by tfquant's registry" + (":" if special else ""))
         lines += [f"    {layer.name} ({layer.layer_class}): {layer.treatment}" for layer in special]
     return lines
+
+
+def _quant_text(q: Optional[QuantParams]) -> str:
+    if q is None:
+        return "-"
+    if len(q.scale) == 1:
+        return f"scale={q.scale[0]:.6g} zero_point={q.zero_point[0] if q.zero_point else 0}"
+    return f"{len(q.scale)} scales {min(q.scale):.3g}..{max(q.scale):.3g} axis={q.quantized_dimension}"
+
+
+def inspect_text(info: ModelInfo) -> str:
+    """`tfquant inspect`: the verdict, the IO, every op with its dtypes, every tensor with its quantization."""
+    verdict = "yes" if info.fully_integer else "NO (float ops: " + ", ".join(info.float_ops) + ")"
+    lines = [f"{info.source}: {info.bytes:,} bytes, {len(info.ops)} ops, fully integer: {verdict}"]
+    for label, tensors in (("input", info.inputs), ("output", info.outputs)):
+        for t in tensors:
+            lines.append(f"{label:6} {t.name}  {t.dtype} {t.shape_signature}  {_quant_text(t.quantization)}")
+    lines.append("")
+    lines.append(f"{'#':>3}  {'op':24} {'inputs':28} outputs")
+    for op in info.ops:
+        mark = "  <- float" if op.float else ""
+        lines.append(f"{op.index:>3}  {op.name:24} {','.join(op.input_dtypes):28} {','.join(op.output_dtypes)}{mark}")
+    lines.append("")
+    lines.append(f"{'#':>3}  {'tensor':48} {'dtype':8} {'shape':18} quantization")
+    for t in info.tensors:
+        lines.append(f"{t.index:>3}  {t.name[:48]:48} {t.dtype:8} {str(t.shape):18} {_quant_text(t.quantization)}")
+    return "\n".join(lines) + "\n"
 
 
 def to_markdown(report: Report) -> str:

@@ -141,10 +141,9 @@ def prune(
         Other options as in `tfquant.quantize` and `tfquant.qat`.
     """
     from ..convert import calibrate, convert, quantize_calibrated
-    from ..models import LoadedModel
-    from ..pipeline import gzip_size, load_inputs, verify
-    from .qat import keras2_model, quantize_aware
-    from .training import fit, keras_accuracy, outputs_probabilities
+    from ..pipeline import gzip_size, verify
+    from .qat import quantize_aware
+    from .training import fit, keras_accuracy, outputs_probabilities, start
 
     if not (isinstance(sparsity, (int, float)) and 0 < sparsity < 1):
         raise RecipeError(f"sparsity: expected a fraction between 0 and 1 (0.8 = 80 % zeros), found {sparsity!r}")
@@ -153,21 +152,16 @@ def prune(
             raise RecipeError(f"unknown {name} {value!r}; expected one of: {', '.join(choices)}")
     if block is not None and block not in BLOCKS:
         raise RecipeError(f"unknown block {block!r}; expected one of: {', '.join(BLOCKS)}")
-    if not isinstance(epochs, int) or epochs < 1:
-        raise RecipeError(f"epochs: expected a whole number >= 1, found {epochs!r}")
-    if max_drop is not None and eval_data is None:
-        raise RecipeError("max_drop needs eval_data (--eval): the drop is measured on labelled data")
 
     recipe = Recipe(mode=Mode.INT8, io=io, calib_samples=calib_samples)
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    loaded, calibration, evaluation, train = load_inputs(model, calibration_data, eval_data, recipe=recipe,
-                                                         train_data=train_data, safe_mode=safe_mode)
-    keras_model = keras2_model(loaded, "tfquant prune")
+    begun = start(model, train_data, stage="tfquant prune", epochs=epochs, calibration_data=calibration_data,
+                  eval_data=eval_data, recipe=recipe, max_drop=max_drop, safe_mode=safe_mode)
+    loaded, calibration, evaluation, train = begun.loaded, begun.calibration, begun.evaluation, begun.train
+    keras_model, float_tflite = begun.keras_model, begun.float_tflite
     probabilities = outputs_probabilities(keras_model)
-    float_tflite = convert(loaded, Recipe(mode=Mode.FLOAT32))
+    started = time.perf_counter()
     unpruned_int8 = quantize_calibrated(calibrate(loaded, calibration), recipe, source=loaded.source)
-    seconds["load"] = time.perf_counter() - started
+    seconds = {"load": begun.seconds + time.perf_counter() - started}
 
     started = time.perf_counter()
     steps = math.ceil(len(train) / batch_size) * epochs
@@ -191,14 +185,9 @@ def prune(
         fit(aware, train, epochs=extra_epochs, batch_size=batch_size, learning_rate=learning_rate,
             verbose=verbose, probabilities=probabilities)
         kind, total_epochs, final_model = "prune+qat", epochs + extra_epochs, aware
-        target = LoadedModel(source=loaded.source, flavor="keras2", inputs=loaded.inputs, outputs=loaded.outputs,
-                             keras_model=aware, quantization_aware=True)
-        tflite = convert(target, recipe, calibration)
     else:
         final_model = stripped
-        target = LoadedModel(source=loaded.source, flavor="keras2", inputs=loaded.inputs, outputs=loaded.outputs,
-                             keras_model=stripped)
-        tflite = convert(target, recipe, calibration)
+    tflite = convert(loaded.trained(final_model, quantization_aware=then == "qat"), recipe, calibration)
     seconds["convert"] = time.perf_counter() - started
 
     training = Training(

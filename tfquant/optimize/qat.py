@@ -224,38 +224,28 @@ def qat(
     import time
 
     from ..convert import convert
-    from ..errors import RecipeError
-    from ..models import LoadedModel
-    from ..pipeline import load_inputs, verify
+    from ..pipeline import verify
     from ..types import Mode, Recipe, Training
-    from .training import fit, keras_accuracy, outputs_probabilities
+    from .training import fit, keras_accuracy, outputs_probabilities, start
 
-    if not isinstance(epochs, int) or epochs < 1:
-        raise RecipeError(f"epochs: expected a whole number >= 1, found {epochs!r}")
-    if max_drop is not None and eval_data is None:
-        raise RecipeError("max_drop needs eval_data (--eval): the drop is measured on labelled data")
     recipe = Recipe(mode=Mode.INT8, io=io, calib_samples=calib_samples)
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    loaded, calibration, evaluation, train = load_inputs(model, calibration_data, eval_data, recipe=recipe,
-                                                         train_data=train_data, safe_mode=safe_mode)
-    keras_model = keras2_model(loaded, "tfquant qat")
-    float_tflite = convert(loaded, Recipe(mode=Mode.FLOAT32))
-    seconds["load"] = time.perf_counter() - started
+    begun = start(model, train_data, stage="tfquant qat", epochs=epochs, calibration_data=calibration_data,
+                  eval_data=eval_data, recipe=recipe, max_drop=max_drop, safe_mode=safe_mode)
+    keras_model, evaluation, calibration = begun.keras_model, begun.evaluation, begun.calibration
+    seconds = {"load": begun.seconds}
 
     started = time.perf_counter()
     qat_model, layers = quantize_aware(keras_model)
-    fit(qat_model, train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+    fit(qat_model, begun.train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         callbacks=callbacks, verbose=verbose, probabilities=outputs_probabilities(keras_model))
     seconds["train"] = time.perf_counter() - started
     keras_acc = None if evaluation is None else keras_accuracy(qat_model, evaluation)
 
     started = time.perf_counter()
-    aware = LoadedModel(source=loaded.source, flavor="keras2", inputs=loaded.inputs, outputs=loaded.outputs,
-                        keras_model=qat_model, quantization_aware=True)
-    tflite = convert(aware, recipe, calibration)
+    tflite = convert(begun.loaded.trained(qat_model, quantization_aware=True), recipe, calibration)
     seconds["convert"] = time.perf_counter() - started
     training = Training(kind="qat", epochs=epochs, keras_accuracy=keras_acc, layers=layers)
-    return verify(loaded, recipe, tflite, float_tflite, calibration, evaluation, seconds=seconds, max_drop=max_drop,
+    return verify(begun.loaded, recipe, tflite, begun.float_tflite, calibration, evaluation, seconds=seconds,
+                  max_drop=max_drop,
                   strict=strict, num_threads=num_threads, bench_runs=bench_runs, progress=progress,
                   extra={"training": training})

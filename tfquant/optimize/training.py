@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from .._keras import keras
@@ -45,6 +47,39 @@ def fit(
     validation_data = None if validation is None else (_inputs(validation), validation.labels)
     return model.fit(_inputs(train), train.labels, epochs=epochs, batch_size=batch_size, shuffle=True,
                      validation_data=validation_data, callbacks=callbacks or [], verbose=verbose)
+
+
+@dataclass
+class Start:
+    """What every training stage begins with: validated inputs, the tf_keras model, the float reference."""
+
+    loaded: Any
+    calibration: Optional[Dataset]
+    evaluation: Optional[Dataset]
+    train: Dataset
+    keras_model: Any
+    float_tflite: bytes
+    seconds: float
+
+
+def start(model, train_data, *, stage: str, epochs: int, calibration_data, eval_data, recipe, max_drop,
+          safe_mode: bool) -> Start:
+    """Check the options, load and validate model and data, get a tf_keras model and its float32 file."""
+    from ..convert import convert
+    from ..errors import RecipeError
+    from ..pipeline import check_budget, load_inputs
+    from ..types import Mode, Recipe
+    from .qat import keras2_model
+
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise RecipeError(f"epochs: expected a whole number >= 1, found {epochs!r}")
+    check_budget(max_drop, eval_data)
+    started = time.perf_counter()
+    loaded, calibration, evaluation, train = load_inputs(model, calibration_data, eval_data, recipe=recipe,
+                                                         train_data=train_data, safe_mode=safe_mode)
+    keras_model = keras2_model(loaded, stage)
+    float_tflite = convert(loaded, Recipe(mode=Mode.FLOAT32))
+    return Start(loaded, calibration, evaluation, train, keras_model, float_tflite, time.perf_counter() - started)
 
 
 def keras_accuracy(model, data: Dataset) -> float:

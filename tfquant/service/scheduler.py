@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 from .store import Store
@@ -141,6 +140,3 @@ class Scheduler(threading.Thread):
             self.running.clear()
         self.store.requeue_running()
 
-
-def worker_log(store: Store, job_id: str) -> Path:
-    return store.dir / "logs" / f"{job_id}.log"
