@@ -251,11 +251,9 @@ def markdown(results: dict) -> str:
                      f"{row['tfquant']['peak_rss_mb']:.0f} | {row['baseline']['peak_rss_mb']:.0f} |")
     svc = results.get("service")
     if svc:
-        lines += ["", f"Converter service (`bench/service.py`): {svc['jobs']} digits-CNN conversions submitted at once, "
-                  f"{svc['workers']} workers: {svc['succeeded']}/{svc['jobs']} succeeded in {svc['seconds']:.1f} s "
-                  f"({svc['jobs_per_minute']:.1f} jobs/min; each job is a fresh process that imports TensorFlow). "
-                  f"Status polls under {svc['pollers']} concurrent pollers while the jobs ran: p50 "
-                  f"{svc['poll_ms']['p50']:.1f} ms, p99 {svc['poll_ms']['p99']:.1f} ms ({svc['polls']:,} polls)."]
+        from bench import service
+
+        lines += ["", "Converter service:", "", service.markdown(svc, results["environment"]).rstrip()]
     lines += ["", "Targets:", ""] + [f"- {line}" for line in results["verdicts"]]
     return "\n".join(lines) + "\n"
 
@@ -319,6 +317,7 @@ def main() -> None:
 
     digits_spec = specs["digits_cnn"]
     results["service"] = service.run(digits_spec["path"], digits_spec["calib"])
+    service.update_readme(service.markdown(results["service"], results["environment"]))
     results["verdicts"] = verdicts(results)
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)

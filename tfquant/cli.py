@@ -64,6 +64,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, found {text}")
+    return value
+
+
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="the .tflite file to write")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -147,9 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=Path("tfquant-data"), help="jobs, uploads and artifacts")
     p.add_argument("--workers", type=_positive, default=2, help="jobs run at once, each in its own process")
     p.add_argument("--token-file", type=Path, help="require Authorization: Bearer <the file's token>")
-    p.add_argument("--max-upload-mb", type=float, default=512.0)
-    p.add_argument("--time-limit", type=float, default=3600.0, help="seconds per job")
-    p.add_argument("--memory-mb", type=float, default=8192.0, help="resident memory per job")
+    p.add_argument("--validators", type=_positive, default=1, help="processes that check submissions (default: 1)")
+    p.add_argument("--max-upload-mb", type=_positive_float, default=512.0,
+                   help="per uploaded file; a body may hold twice this, an archive may unpack to four times it")
+    p.add_argument("--time-limit", type=_positive_float, default=3600.0, help="seconds per job and per validation")
+    p.add_argument("--memory-mb", type=_positive_float, default=8192.0, help="resident memory per job and per validation")
+    p.add_argument("--retain-days", type=_positive_float, default=30.0,
+                   help="finished jobs and their files are deleted after this many days (default: 30)")
     p.add_argument("--allow-unsafe-models", action="store_true", help="load models holding code (Lambda layers)")
 
     p = sub.add_parser("jobs", parents=[common], help="submit to and follow a converter service")
@@ -359,16 +373,16 @@ def _token(path: Optional[Path]) -> Optional[str]:
 @command("serve")
 def _serve(ns: argparse.Namespace) -> int:
     try:
-        import uvicorn
-
         from .service.app import ServiceConfig, create_app
+        from .service.server import serve
     except ImportError as exc:
         raise RecipeError(f"tfquant serve needs the service extra: pip install 'tfquant[service]' ({exc})") from None
     config = ServiceConfig(data_dir=ns.data_dir, token=_token(ns.token_file), workers=ns.workers,
-                           max_upload_mb=ns.max_upload_mb, time_limit=ns.time_limit, memory_mb=ns.memory_mb,
-                           allow_unsafe_models=ns.allow_unsafe_models)
+                           validators=ns.validators, max_upload_mb=ns.max_upload_mb, time_limit=ns.time_limit,
+                           memory_mb=ns.memory_mb, allow_unsafe_models=ns.allow_unsafe_models,
+                           retain_days=ns.retain_days)
     print(f"tfquant service on http://{ns.host}:{ns.port} (API docs at /docs), data in {ns.data_dir}", file=sys.stderr)
-    uvicorn.run(create_app(config), host=ns.host, port=ns.port, log_level="warning")
+    serve(create_app(config), host=ns.host, port=ns.port)
     return 0
 
 

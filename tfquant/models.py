@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from . import _keras
+from . import _keras, model_config
 from .errors import ModelLoadError, problem
 from .types import TensorSpec
 
@@ -31,6 +31,7 @@ class LoadedModel:
     keras_model: Any = None
     saved_model_dir: Optional[str] = None
     quantization_aware: bool = False  # holds tfmot fake-quant: the converter reads its ranges
+    safe_mode: bool = True  # how a SavedModel's Keras layers may be revived later (QAT, pruning)
 
     @property
     def num_classes(self) -> Optional[int]:
@@ -77,7 +78,7 @@ def load_model(source: Any, *, safe_mode: bool = True) -> LoadedModel:
     if not path.exists():
         raise ModelLoadError(problem(path, EXPECTED_MODEL, "no such file or folder"))
     if path.is_dir():
-        return _load_saved_model(path)
+        return _load_saved_model(path, safe_mode)
     if path.suffix == ".keras":
         return _load_keras_file(path, safe_mode)
     if path.suffix in (".h5", ".hdf5"):
@@ -108,7 +109,14 @@ def _spec(tensor: Any, index: int) -> TensorSpec:
 
 def _load_keras_file(path: Path, safe_mode: bool) -> LoadedModel:
     if not zipfile.is_zipfile(path):
-        raise ModelLoadError(problem(path, "a .keras zip archive", f"{path.stat().st_size} bytes that are not a zip archive"))
+        with open(path, "rb") as handle:
+            head = handle.read(len(model_config.H5_SIGNATURE))
+        found = "an HDF5 file (rename it to .h5)" if head == model_config.H5_SIGNATURE else \
+            f"{path.stat().st_size} bytes that are not a zip archive"
+        raise ModelLoadError(problem(path, "a .keras zip archive", found))
+    config = model_config.read_config(path)
+    if safe_mode:
+        model_config.refuse_code(path, config)
     try:
         major = _keras.saved_keras_major(path)
     except (KeyError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
@@ -117,33 +125,31 @@ def _load_keras_file(path: Path, safe_mode: bool) -> LoadedModel:
         loader, flavor = _keras.keras3().saving.load_model, "keras3"
     else:
         loader, flavor = _keras.keras.models.load_model, "keras2"
-    model = _call_loader(path, lambda: loader(str(path), compile=False, safe_mode=safe_mode))
+    model = _call_loader(path, lambda: loader(str(path), compile=False, safe_mode=safe_mode), safe_mode)
     return _from_keras(model, str(path), flavor)
 
 
 def _load_h5(path: Path, safe_mode: bool) -> LoadedModel:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as handle:
-            config = handle.attrs.get("model_config")
-    except OSError:
-        raise ModelLoadError(problem(path, "an HDF5 Keras model", f"{path.stat().st_size} bytes that are not HDF5")) from None
+    with open(path, "rb") as handle:
+        head = handle.read(len(model_config.H5_SIGNATURE))
+    if head != model_config.H5_SIGNATURE:
+        found = "a zip archive (rename it to .keras)" if head[:2] == b"PK" else f"{path.stat().st_size} bytes that are not HDF5"
+        raise ModelLoadError(problem(path, "an HDF5 Keras model", found))
+    config = model_config.read_config(path)
     if config is None:
         raise ModelLoadError(problem(path, "an HDF5 file holding a whole Keras model", "no model_config (weights only?)"))
-    text = config.decode() if isinstance(config, bytes) else str(config)
-    if safe_mode and '"class_name": "Lambda"' in text:
-        raise ModelLoadError(
-            problem(path, "a model without code", "a Lambda layer, which would run stored Python code; "
-                    "load it with safe_mode=False (--allow-unsafe-models) only if you trust the file")
-        )
+    if safe_mode:
+        model_config.refuse_code(path, config)
     major = _keras.saved_keras_major(path)
-    loader = _keras.keras3().saving.load_model if major == 3 else _keras.keras.models.load_model
-    model = _call_loader(path, lambda: loader(str(path), compile=False))
+    if major == 3:
+        loader = lambda: _keras.keras3().saving.load_model(str(path), compile=False, safe_mode=safe_mode)  # noqa: E731
+    else:
+        loader = lambda: _keras.keras.models.load_model(str(path), compile=False, safe_mode=safe_mode)  # noqa: E731
+    model = _call_loader(path, loader, safe_mode)
     return _from_keras(model, str(path), "keras3" if major == 3 else "keras2")
 
 
-def _load_saved_model(path: Path) -> LoadedModel:
+def _load_saved_model(path: Path, safe_mode: bool) -> LoadedModel:
     if not (path / "saved_model.pb").exists():
         raise ModelLoadError(problem(path, "a SavedModel folder (with saved_model.pb)", "a folder without saved_model.pb"))
     tf = _keras.tf
@@ -160,12 +166,33 @@ def _load_saved_model(path: Path) -> LoadedModel:
         TensorSpec(name=name, shape=tuple(spec.shape.as_list()), dtype=spec.dtype.name)
         for name, spec in sorted(signature.structured_outputs.items())
     ]
-    return LoadedModel(source=str(path), flavor="saved_model", inputs=inputs, outputs=outputs, saved_model_dir=str(path))
+    return LoadedModel(source=str(path), flavor="saved_model", inputs=inputs, outputs=outputs, saved_model_dir=str(path),
+                       safe_mode=safe_mode)
 
 
-def _call_loader(path: Path, load):
+def revive_keras2(loaded: LoadedModel):
+    """The tf_keras model behind a SavedModel folder that tf_keras wrote (for the tfmot stages).
+
+    Unlike `tf.saved_model.load`, which restores only the traced graph, this rebuilds the Keras
+    layers from their stored configs, so it is held to the same safe mode as a `.keras` file.
+    """
+    path = Path(loaded.saved_model_dir)
+    if loaded.safe_mode:
+        model_config.refuse_code(path, model_config.read_config(path))
+    return _call_loader(path, lambda: _keras.keras.models.load_model(str(path), compile=False), loaded.safe_mode)
+
+
+def _call_loader(path: Path, load, safe_mode: bool = True):
+    """Run a Keras loader with safe mode enforced by the loader itself.
+
+    tf_keras reads `safe_mode=` only for `.keras` files; its `.h5` path deserializes a Lambda's
+    bytecode unless a `SafeModeScope` is active, so the scope is set around every load.
+    """
+    from tf_keras.src.saving import serialization_lib as keras2_serialization
+
     try:
-        return load()
+        with keras2_serialization.SafeModeScope(safe_mode):  # Keras 3 enforces the safe_mode= it is given
+            return load()
     except Exception as exc:  # Keras raises ValueError, TypeError, OSError... for a bad file
         message = " ".join(str(exc).split())
         if "safe_mode" in message or "Lambda" in message:

@@ -173,12 +173,13 @@ def keras2_model(loaded, stage: str):
         except (ValueError, TypeError, KeyError) as exc:
             raise ModelLoadError(f"{loaded.source}: {_keras.keras3_unsupported(stage)}; rebuilding it as "
                                  f"tf_keras failed: {exc}") from None
-    if loaded.keras_model is None:  # a SavedModel folder: tf_keras can load its own
+    if loaded.keras_model is None:  # a SavedModel folder: tf_keras can revive its own
+        from ..models import revive_keras2
+
         try:
-            return keras.models.load_model(loaded.saved_model_dir, compile=False)
-        except Exception as exc:
-            raise ModelLoadError(f"{loaded.source}: expected a SavedModel written by tf_keras for {stage}, "
-                                 f"found one tf_keras cannot load ({type(exc).__name__})") from None
+            return revive_keras2(loaded)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{exc}; {stage} needs a SavedModel written by tf_keras") from None
     return loaded.keras_model
 
 

@@ -7,32 +7,45 @@
     DELETE /v1/jobs/{id}                     cancel (kills a running worker)
     GET    /healthz                          no token needed
     GET    /metrics                          Prometheus text format
+
+The server process never deserializes an upload and never imports TensorFlow. A submission is
+streamed to disk under the size limits, checked by its headers (zip directories, `.npy`
+headers), and then loaded by a validator process under the job limits; only then is the job
+queued. Health and status read the store and nothing else, so they answer while validations
+and conversions run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
-import tempfile
-import threading
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
 from ..errors import TfquantError
-from . import jobs
-from .scheduler import Scheduler
-from .store import FINAL, STATUSES, Store, TooLarge
+from . import jobs, uploads
+from .metrics import CONTENT_TYPE, Metrics
+from .scheduler import Limits, Scheduler
+from .store import FINAL, STATUSES, Store
 from .worker import ARTIFACTS
 
-DURATION_BUCKETS = (1, 5, 10, 30, 60, 300, 900, 3600)
+log = logging.getLogger("tfquant.service")
 MEDIA = {".tflite": "application/octet-stream", ".json": "application/json", ".md": "text/markdown; charset=utf-8",
          ".html": "text/html; charset=utf-8"}
+MAX_OFFSET = 2**31 - 1
+DRAIN_SECONDS = 30.0  # after a 413, how long the rest of a body is read and thrown away
 
 
 @dataclass(frozen=True)
@@ -40,80 +53,189 @@ class ServiceConfig:
     data_dir: Path
     token: Optional[str] = None
     workers: int = 2
+    validators: int = 1
     max_upload_mb: float = 512.0
     time_limit: float = 3600.0
     memory_mb: float = 8192.0
     allow_unsafe_models: bool = False
     threads: Optional[int] = None
+    retain_days: float = 30.0
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class JobRef(BaseModel):
+    id: str
+    status: str
+
+
+class JobState(BaseModel):
+    id: str
+    status: str
+    command: str
+    options: dict[str, Any]
+    inputs: dict[str, str]
+    artifacts: list[str]
+    progress: float
+    stage: str
+    error: Optional[str] = None
+    created: str
+    started: Optional[str] = None
+    finished: Optional[str] = None
+    attempts: int
+
+
+class JobList(BaseModel):
+    jobs: list[JobState]
+    total: int
+    limit: int
+    offset: int
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    workers: int
+    running: int
+
+
+def _problems(*codes: int) -> dict:
+    return {code: {"model": Problem} for code in (401, *codes)}
+
+
+SUBMIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": ["model"],
+            "properties": {
+                "model": {"type": "string", "format": "binary", "description": ".keras, .h5 or a SavedModel .zip"},
+                **{name: {"type": "string", "format": "binary", "description": ".npz or .npy"}
+                   for name in ("calib", "eval", "train")},
+                "recipe": {"type": "string", "description": 'JSON: {"command": "convert" | "qat" | "prune", ...options}'},
+            },
+        }}},
+    },
+}
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
     store = Store(config.data_dir)
-    scheduler = Scheduler(store, workers=config.workers, time_limit=config.time_limit, memory_mb=config.memory_mb,
-                          allow_unsafe_models=config.allow_unsafe_models, threads=config.threads)
-    limit = int(config.max_upload_mb * 2**20)
+    limits = uploads.Limits.from_mb(config.max_upload_mb)
+    metrics_box: dict[str, Metrics] = {}
+    scheduler = Scheduler(
+        store, workers=config.workers, validators=config.validators,
+        limits=Limits(time_limit=config.time_limit, memory_mb=config.memory_mb, expanded_bytes=limits.expanded_bytes),
+        allow_unsafe_models=config.allow_unsafe_models, threads=config.threads,
+        retain_seconds=config.retain_days * 86400.0, on_finished=lambda job_id: metrics_box["m"].job_finished(job_id),
+    )
+    metrics = metrics_box["m"] = Metrics(store, lambda: len(scheduler.running))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        store.requeue_running()  # jobs that were running when the server stopped run again
-        scheduler.start()
+        scheduler.begin()
         yield
         await run_in_threadpool(scheduler.stop)
 
     app = FastAPI(title="tfquant converter service", version=__version__, lifespan=lifespan)
-    app.state.store, app.state.scheduler = store, scheduler
+    app.state.store, app.state.scheduler, app.state.metrics = store, scheduler, metrics
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"detail": message}, status_code=status)
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next):
-        if config.token and request.url.path != "/healthz":
-            header = request.headers.get("authorization", "")
-            supplied = header[7:] if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(supplied.encode(), config.token.encode()):
-                return JSONResponse({"detail": "expected Authorization: Bearer <token>, found " +
-                                     ("a wrong token" if supplied else "none")}, status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+        found = first.get("input")
+        return error(422, f"{where}: expected {first.get('msg', 'a valid value').lower()}, found {str(found)[:60]!r}")
 
-    @app.get("/healthz")
-    def healthz():
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):
+        log.error("internal error on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return error(500, f"internal error: {type(exc).__name__}")
+
+    app.add_middleware(_BearerToken, token=config.token)
+
+    # Health and status are async on purpose: they read the store in the event loop itself, so no
+    # thread-pool hop (and no wait behind a busy pool) stands between a poller and its answer.
+    @app.get("/healthz", response_model=Health)
+    async def healthz():
         return {"status": "ok", "version": __version__, "workers": config.workers, "running": len(scheduler.running)}
 
-    @app.post("/v1/jobs", status_code=202)
+    @app.post("/v1/jobs", status_code=202, response_model=JobRef, openapi_extra=SUBMIT_BODY,
+              responses=_problems(400, 413, 422, 503))
     async def submit(request: Request):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit:
-            return error(413, f"upload: expected at most {config.max_upload_mb:g} MB, found {int(length) / 2**20:.1f} MB")
         try:
-            form = await request.form(max_files=8, max_fields=8)
-        except Exception as exc:  # malformed multipart
-            return error(400, f"expected a multipart/form-data body, found {type(exc).__name__}: {exc}")
+            form = await uploads.receive(request.headers.get("content-type", ""), request.stream(), store.blobs, limits)
+        except uploads.TooLarge as exc:
+            metrics.refused_bytes.inc(exc.refused_bytes)
+            metrics.refused.labels("413").inc()
+            await _drain(request)
+            return error(413, str(exc))
+        except uploads.BadRequest as exc:
+            metrics.refused.labels("400").inc()
+            return error(400, str(exc))
+        adopted: list[str] = []
+        accepted = False
         try:
-            command, options = jobs.parse_spec(str(form.get("recipe") or "{}"))
-            files = {k: v for k, v in form.multi_items() if k != "recipe" and hasattr(v, "read")}
-            jobs.check_inputs(command, set(files))
+            command, options = jobs.parse_spec(form.fields.get("recipe") or "{}")
+            unknown = sorted(set(form.fields) - {"recipe"})
+            if unknown:
+                raise uploads.BadRequest(f"expected the text field 'recipe' only, found {', '.join(map(repr, unknown))}")
+            jobs.check_inputs(command, set(form.files))
             inputs = {}
-            for field_name, upload in files.items():
+            for field_name, upload in form.files.items():
                 suffix = jobs.suffix_for(field_name, upload.filename)
-                digest = await run_in_threadpool(store.put, upload.file, limit=limit)
-                inputs[field_name] = {"sha256": digest, "suffix": suffix, "name": str(upload.filename)[:200]}
-            await run_in_threadpool(_validate, store, command, options, inputs, not config.allow_unsafe_models)
-        except TooLarge:
-            return error(413, f"upload: expected at most {config.max_upload_mb:g} MB per file, found more")
+                await run_in_threadpool(uploads.check_headers, upload.path, suffix, upload.filename, limits)
+                digest = store.adopt(upload.path, upload.sha256)
+                adopted.append(digest)
+                scheduler.hold(digest)
+                inputs[field_name] = {"sha256": digest, "suffix": suffix, "name": upload.filename}
+            started = time.perf_counter()
+            answer = await asyncio.wait_for(asyncio.wrap_future(scheduler.validate(
+                {"command": command, "options": options, "inputs": inputs,
+                 "safe_mode": not config.allow_unsafe_models})), timeout=config.time_limit + 30)
+            metrics.validation.observe(time.perf_counter() - started)
+            if not answer["ok"]:
+                status = 503 if answer.get("error") == "unavailable" else 422
+                metrics.refused.labels(str(status)).inc()
+                return error(status, answer["message"])
+            job = store.create(command, options, inputs)
+            accepted = True
+        except uploads.TooLarge as exc:
+            metrics.refused_bytes.inc(exc.refused_bytes)
+            metrics.refused.labels("413").inc()
+            return error(413, str(exc))
+        except uploads.BadRequest as exc:
+            metrics.refused.labels("400").inc()
+            return error(400, str(exc))
         except TfquantError as exc:
+            metrics.refused.labels("422").inc()
             return error(422, str(exc))
+        except asyncio.TimeoutError:
+            metrics.refused.labels("503").inc()
+            return error(503, "validation did not finish in time; try again")
         finally:
-            await form.close()
-        job = store.create(command, options, inputs)
+            form.discard()  # whatever was not adopted
+            for digest in adopted:
+                scheduler.release(digest)
+            if adopted and not accepted:  # a refused upload is not kept
+                await run_in_threadpool(store.discard, adopted, keep=scheduler.held())
+        metrics.submitted.inc()
         return JSONResponse({"id": job.id, "status": job.status}, status_code=202,
                             headers={"Location": f"/v1/jobs/{job.id}"})
 
-    @app.get("/v1/jobs")
-    def list_jobs(limit: int = 50, offset: int = 0, status: Optional[str] = None):
-        if not 1 <= limit <= 500 or offset < 0:
-            return error(422, f"expected 1 <= limit <= 500 and offset >= 0, found limit={limit}, offset={offset}")
+    @app.get("/v1/jobs", response_model=JobList, responses=_problems(422))
+    def list_jobs(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_OFFSET),
+                  status: Optional[str] = None):
         if status is not None and status not in STATUSES:
             return error(422, f"unknown status {status!r}; expected one of: {', '.join(STATUSES)}")
         found, total = store.list(limit=limit, offset=offset, status=status)
@@ -124,61 +246,70 @@ def create_app(config: ServiceConfig) -> FastAPI:
             return None
         return store.get(job_id)
 
-    @app.get("/v1/jobs/{job_id}")
-    def status(job_id: str):
+    @app.get("/v1/jobs/{job_id}", response_model=JobState, responses=_problems(404))
+    async def status(job_id: str):
         job = lookup(job_id)
-        return error(404, f"no job {job_id!r}") if job is None else job.public()
+        return error(404, f"no job {job_id[:64]!r}") if job is None else job.public()
 
-    @app.get("/v1/jobs/{job_id}/artifacts/{name}")
+    artifact_media = {media: {} for media in MEDIA.values()}
+
+    @app.get("/v1/jobs/{job_id}/artifacts/{name}", response_class=Response,
+             responses={200: {"content": artifact_media}, **_problems(404, 409)})
     def artifact(job_id: str, name: str):
         job = lookup(job_id)
         if job is None:
-            return error(404, f"no job {job_id!r}")
+            return error(404, f"no job {job_id[:64]!r}")
         if name not in ARTIFACTS:
-            return error(404, f"unknown artifact {name!r}; expected one of: {', '.join(ARTIFACTS)}")
+            return error(404, f"unknown artifact {name[:64]!r}; expected one of: {', '.join(ARTIFACTS)}")
         if name not in job.artifacts:
             return error(404 if job.status in FINAL else 409, f"job {job_id} has no {name} (status {job.status})")
         path = store.blob(job.artifacts[name])
+        if not path.is_file():
+            return error(404, f"job {job_id}: {name} is no longer stored")
         return FileResponse(path, media_type=MEDIA[Path(name).suffix], filename=name)
 
-    @app.delete("/v1/jobs/{job_id}")
+    @app.delete("/v1/jobs/{job_id}", response_model=JobState, responses=_problems(404, 409))
     def cancel(job_id: str):
         job = lookup(job_id)
         if job is None:
-            return error(404, f"no job {job_id!r}")
+            return error(404, f"no job {job_id[:64]!r}")
         if job.status in FINAL:
             return error(409, f"job {job_id} already {job.status}")
-        store.finish(job_id, "cancelled", error="cancelled by request", only_if_running=False)
+        if store.finish(job_id, "cancelled", error="cancelled by request", only_if_running=False):
+            metrics.job_finished(job_id)
         scheduler.cancel(job_id)
         return store.get(job_id).public()
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    def metrics():
-        lines = ["# HELP tfquant_jobs Jobs in the store by status.", "# TYPE tfquant_jobs gauge"]
-        lines += [f'tfquant_jobs{{status="{s}"}} {n}' for s, n in store.counts().items()]
-        durations = store.durations()
-        lines += ["# HELP tfquant_job_duration_seconds Seconds from start to finish of finished jobs.",
-                  "# TYPE tfquant_job_duration_seconds histogram"]
-        lines += [f'tfquant_job_duration_seconds_bucket{{le="{b}"}} {sum(d <= b for d in durations)}' for b in DURATION_BUCKETS]
-        lines += [f'tfquant_job_duration_seconds_bucket{{le="+Inf"}} {len(durations)}',
-                  f"tfquant_job_duration_seconds_sum {sum(durations):.3f}",
-                  f"tfquant_job_duration_seconds_count {len(durations)}",
-                  "# HELP tfquant_workers_running Worker processes running now.", "# TYPE tfquant_workers_running gauge",
-                  f"tfquant_workers_running {len(scheduler.running)}"]
-        return "\n".join(lines) + "\n"
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}, **_problems()})
+    def prometheus():
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return app
 
 
-_VALIDATING = threading.Lock()
+class _BearerToken:
+    """Pure ASGI middleware: every path but /healthz needs `Authorization: Bearer <token>`."""
+
+    def __init__(self, app, token: Optional[str]):
+        self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send):
+        if self.token and scope["type"] == "http" and scope["path"] != "/healthz":
+            header = dict(scope.get("headers") or ()).get(b"authorization", b"").decode("latin-1")
+            supplied = header[7:] if header.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(supplied.encode(), self.token.encode()):
+                response = JSONResponse({"detail": "expected Authorization: Bearer <token>, found " +
+                                         ("a wrong token" if supplied else "none")}, status_code=401,
+                                        headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
-def _validate(store: Store, command: str, options: dict, inputs: dict, safe_mode: bool) -> None:
-    """Load the model and check the data in the server, one submission at a time: Keras model
-    loading keeps global state and is not documented as thread-safe."""
-    with _VALIDATING, tempfile.TemporaryDirectory(prefix="tfquant-check-") as tmp:
-        paths = jobs.materialize(store, inputs, Path(tmp))
-        try:
-            jobs.validate_inputs(command, options, paths, safe_mode=safe_mode)
-        except TfquantError as exc:
-            raise type(exc)(jobs.client_message(str(exc), paths, inputs)) from None
+async def _drain(request: Request) -> None:
+    """Read and drop the rest of a refused body, so that the client gets its 413 instead of a reset."""
+    deadline = time.monotonic() + DRAIN_SECONDS
+    with contextlib.suppress(Exception):
+        async for _ in request.stream():
+            if time.monotonic() > deadline:
+                break

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import ModelLoadError, RecipeError, problem
 from ..types import Recipe
@@ -92,14 +92,19 @@ def suffix_for(field_name: str, filename: str) -> str:
     return suffix
 
 
-def materialize(store, inputs: dict[str, dict[str, str]], folder: Path) -> dict[str, Path]:
-    """Lay the job's inputs out under `folder` with fixed names: model.keras, calib.npz, ..."""
+def materialize(store, inputs: dict[str, dict[str, str]], folder: Path, *, limit: Optional[int] = None) -> dict[str, Path]:
+    """Lay the job's inputs out under `folder` with fixed names: model.keras, calib.npz, ...
+
+    A SavedModel `.zip` is unpacked, at most `limit` bytes of it.
+    """
     paths = {}
     for field_name, entry in inputs.items():
         blob = store.blob(entry["sha256"])
+        if not blob.is_file():
+            raise ModelLoadError(problem(entry["name"], "an upload kept until its job ran", "it is gone from the store"))
         suffix = entry["suffix"]
         if suffix == ".zip":
-            paths[field_name] = _unzip_saved_model(blob, folder / "saved_model", entry["name"])
+            paths[field_name] = _unzip_saved_model(blob, folder / "saved_model", entry["name"], limit)
             continue
         target = folder / f"{field_name}{suffix}"
         target.symlink_to(blob)
@@ -107,17 +112,30 @@ def materialize(store, inputs: dict[str, dict[str, str]], folder: Path) -> dict[
     return paths
 
 
-def _unzip_saved_model(blob: Path, target: Path, name: str) -> Path:
+def _unzip_saved_model(blob: Path, target: Path, name: str, limit: Optional[int]) -> Path:
+    """Unpack member by member, counting what is written: a zip whose headers lie stops at `limit`."""
+    expected = "a SavedModel folder as a .zip archive"
+    written = 0
     try:
-        archive = zipfile.ZipFile(blob)
-    except zipfile.BadZipFile:
-        raise ModelLoadError(problem(name, "a SavedModel folder as a .zip archive", "a file that is not a zip archive")) from None
-    with archive:
-        for member in archive.infolist():
-            parts = PurePosixPath(member.filename).parts
-            if member.filename.startswith("/") or ".." in parts or (member.external_attr >> 16) & 0o170000 == 0o120000:
-                raise ModelLoadError(problem(name, "a zip of a SavedModel folder", f"an unsafe member {member.filename!r}"))
-        archive.extractall(target)
+        with zipfile.ZipFile(blob) as archive:
+            for member in archive.infolist():
+                parts = PurePosixPath(member.filename).parts
+                if member.filename.startswith("/") or ".." in parts or (member.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise ModelLoadError(problem(name, "a zip of a SavedModel folder", f"an unsafe member {member.filename!r}"))
+                path = target.joinpath(*parts)
+                if member.is_dir():
+                    path.mkdir(parents=True, exist_ok=True)
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as source, open(path, "wb") as out:
+                    while chunk := source.read(1 << 20):
+                        written += len(chunk)
+                        if limit is not None and written > limit:
+                            raise ModelLoadError(problem(name, f"a SavedModel of at most {limit / 2**20:g} MB unpacked",
+                                                         "more"))
+                        out.write(chunk)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError, OSError) as exc:
+        raise ModelLoadError(problem(name, expected, f"a damaged archive ({' '.join(str(exc).split())[:120]})")) from None
     found = sorted(p.parent for p in target.rglob("saved_model.pb"))
     if not found:
         raise ModelLoadError(problem(name, "a zip holding a SavedModel folder (with saved_model.pb)", "none"))
@@ -129,6 +147,22 @@ def client_message(message: str, paths: dict[str, Path], inputs: dict[str, dict[
     for field_name, path in sorted(paths.items(), key=lambda item: -len(str(item[1]))):
         message = message.replace(str(path), inputs[field_name]["name"])
     return message
+
+
+def public_report(report, paths: dict[str, Path], inputs: dict[str, dict[str, str]]):
+    """The report with every server path (in the model name, warnings, tensor names...) in the client's words."""
+    from ..types import Report
+
+    def rename(value):
+        if isinstance(value, str):
+            return client_message(value, paths, inputs)
+        if isinstance(value, list):
+            return [rename(v) for v in value]
+        if isinstance(value, dict):
+            return {k: rename(v) for k, v in value.items()}
+        return value
+
+    return Report.from_dict(rename(report.to_dict()))
 
 
 def run(command: str, options: dict[str, Any], paths: dict[str, Path], *, safe_mode: bool, num_threads=None):

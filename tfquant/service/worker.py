@@ -1,88 +1,168 @@
-"""One job in one process: `python -m tfquant.service.worker DATA_DIR JOB_ID [--allow-unsafe-models]`.
+"""The processes that touch uploads: `python -m tfquant.service.worker {job|validator} DATA_DIR PARENT_PID`.
 
-The scheduler starts it, watches its time and memory, and marks the job failed if it dies;
-this process records success, a clear failure (the same one-line message the command gives)
-and its progress.
+The server never loads a model or an array itself. It starts these processes ahead of need, so
+that TensorFlow is already imported when work arrives:
+
+- a **job worker** imports TensorFlow, writes `ready` on stdout, reads one request line on
+  stdin (`{"job": ID, "attempt": N}`), runs that job with its output in the job's log, records
+  the result for its own attempt only, and exits. One process per job: a crash, a leak or a
+  kill ends one job and nothing else.
+- a **validator** answers request lines (`{"command", "options", "inputs", "safe_mode"}`) with
+  one JSON line each: `{"ok": true}` or the one-line error the command would give. It loads
+  models in safe mode only and is replaced after a number of requests or a crash.
+
+Both die with the server (`processes.die_with_parent`) and run under the server's time and
+memory limits.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 import tempfile
 import traceback
 from pathlib import Path
 
 ARTIFACTS = ("model.tflite", "report.json", "report.md", "report.html", "recipe.json")
+READY = b"ready\n"
 
 
 class _Progress(logging.Handler):
     """Turns the pipeline's log lines into the job's stage and a rising progress fraction."""
 
-    def __init__(self, store, job_id: str):
+    def __init__(self, store, job_id: str, attempt: int, rename):
         super().__init__(logging.INFO)
-        self.store, self.job_id, self.steps = store, job_id, 0
+        self.store, self.job_id, self.attempt, self.rename, self.steps = store, job_id, attempt, rename, 0
 
     def emit(self, record: logging.LogRecord) -> None:
         self.steps += 1
-        self.store.progress(self.job_id, min(0.9, 0.1 + 0.1 * self.steps), record.getMessage()[:200])
+        stage = self.rename(record.getMessage())[:200]
+        self.store.progress(self.job_id, min(0.9, 0.1 + 0.1 * self.steps), stage, attempt=self.attempt)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("data_dir", type=Path)
-    parser.add_argument("job_id")
-    parser.add_argument("--allow-unsafe-models", action="store_true")
-    parser.add_argument("--threads", type=int)
-    args = parser.parse_args(argv)
+def _warm_up() -> None:
+    """Import what every job needs, so that the import is paid before the job is handed over."""
+    from .. import pipeline  # noqa: F401  (TensorFlow, tf_keras, the converter)
 
-    from .store import Store
 
-    store = Store(args.data_dir)
-    job = store.get(args.job_id)
-    if job is None or job.status != "running":
-        return 0
-    logger = logging.getLogger("tfquant")
-    logger.setLevel(logging.INFO)
-    logger.addHandler(_Progress(store, job.id))
-    store.progress(job.id, 0.05, "loading TensorFlow")
-
+def run_job(store, job_id: str, attempt: int, *, safe_mode: bool, threads, expanded_bytes=None) -> None:
     from ..errors import GateError, TfquantError
     from ..report import write_report_files
     from . import jobs
 
-    with tempfile.TemporaryDirectory(prefix="tfquant-job-") as tmp:
-        paths: dict = {}
+    job = store.get(job_id)
+    if job is None or job.status != "running" or job.attempts != attempt:
+        return
+    paths: dict = {}
+
+    def rename(text: str) -> str:
+        return jobs.client_message(text, paths, job.inputs)
+
+    logger = logging.getLogger("tfquant")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(_Progress(store, job.id, attempt, rename))
+    finish = lambda status, **kw: store.finish(job.id, status, attempt=attempt, **kw)  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix=f"job-{job_id}-", dir=store.tmp) as tmp:
         try:
-            paths = jobs.materialize(store, job.inputs, Path(tmp))
-            result = jobs.run(job.command, job.options, paths, safe_mode=not args.allow_unsafe_models,
-                              num_threads=args.threads)
+            paths = jobs.materialize(store, job.inputs, Path(tmp), limit=expanded_bytes)
+            result = jobs.run(job.command, job.options, paths, safe_mode=safe_mode, num_threads=threads)
         except GateError as exc:
-            artifacts = _store_reports(store, exc.result, write_report_files) if exc.result is not None else {}
-            store.finish(job.id, "failed", error=jobs.client_message(str(exc), paths, job.inputs), artifacts=artifacts)
-            return 0
+            artifacts = {}
+            if exc.result is not None:
+                report = jobs.public_report(exc.result.report, paths, job.inputs)
+                artifacts = {p.name: store.put(d) for p, d in write_report_files(report, Path(".")).items()}
+            finish("failed", error=rename(str(exc)), artifacts=artifacts)
+            return
         except TfquantError as exc:
-            store.finish(job.id, "failed", error=jobs.client_message(str(exc), paths, job.inputs))
-            return 0
+            finish("failed", error=rename(str(exc)))
+            return
         except MemoryError:
-            store.finish(job.id, "failed", error="out of memory in the worker")
-            return 0
+            finish("failed", error="out of memory in the worker")
+            return
         except Exception as exc:  # the job fails with its reason; the server carries on
             traceback.print_exc()
-            store.finish(job.id, "failed", error=f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
-            return 0
-    artifacts = _store_reports(store, result, write_report_files)
+            finish("failed", error=f"internal error: {type(exc).__name__}: {rename(' '.join(str(exc).split()))[:300]}")
+            return
+    report = jobs.public_report(result.report, paths, job.inputs)
+    artifacts = {p.name: store.put(d) for p, d in write_report_files(report, Path(".")).items()}
     artifacts["model.tflite"] = store.put(result.tflite)
-    import json
+    artifacts["recipe.json"] = store.put((json.dumps(report.recipe.to_dict(), indent=2) + "\n").encode())
+    finish("succeeded", artifacts=artifacts)
 
-    artifacts["recipe.json"] = store.put((json.dumps(result.report.recipe.to_dict(), indent=2) + "\n").encode())
-    store.finish(job.id, "succeeded", artifacts=artifacts)
+
+def validate(store, request: dict, *, expanded_bytes=None) -> dict:
+    """Load the model and every data file as the job would; the answer line for the server."""
+    from ..errors import TfquantError
+    from . import jobs
+
+    inputs = request["inputs"]
+    with tempfile.TemporaryDirectory(prefix="validate-", dir=store.tmp) as tmp:
+        paths: dict = {}
+        try:
+            paths = jobs.materialize(store, inputs, Path(tmp), limit=expanded_bytes)
+            jobs.validate_inputs(request["command"], request["options"], paths, safe_mode=request["safe_mode"])
+        except TfquantError as exc:
+            return {"ok": False, "error": type(exc).__name__, "message": jobs.client_message(str(exc), paths, inputs)}
+        finally:
+            _forget_models()
+    return {"ok": True}
+
+
+def _forget_models() -> None:
+    """Free what Keras keeps between loads (layer name counters, graphs) in a long-lived validator."""
+    try:
+        from .._keras import keras
+
+        keras.backend.clear_session()
+    except Exception:  # noqa: BLE001 - best effort; the process is recycled anyway
+        pass
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["job", "validator"])
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("parent", type=int)
+    parser.add_argument("--allow-unsafe-models", action="store_true")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--expanded-bytes", type=int, help="what an uploaded archive may unpack to")
+    args = parser.parse_args(argv)
+
+    from .processes import die_with_parent
+
+    die_with_parent(args.parent)
+    # The protocol has stdout to itself: library chatter goes to the log on stderr.
+    protocol = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from .store import Store
+
+    store = Store(args.data_dir)
+    _warm_up()
+    protocol.write(READY)
+    if args.role == "validator":
+        for line in sys.stdin:
+            try:
+                answer = validate(store, json.loads(line), expanded_bytes=args.expanded_bytes)
+            except Exception as exc:  # noqa: BLE001 - an answer for every request, whatever happened
+                traceback.print_exc()
+                answer = {"ok": False, "error": "internal", "message": f"internal error: {type(exc).__name__}"}
+            protocol.write((json.dumps(answer) + "\n").encode())
+        return 0
+    line = sys.stdin.readline()
+    if not line:
+        return 0
+    request = json.loads(line)
+    log = os.open(store.logs / f"{request['job']}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    run_job(store, request["job"], request["attempt"], safe_mode=not args.allow_unsafe_models, threads=args.threads,
+            expanded_bytes=args.expanded_bytes)
     return 0
-
-
-def _store_reports(store, result, render) -> dict[str, str]:
-    return {path.name: store.put(data) for path, data in render(result.report, Path(".")).items()}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,178 @@
+"""Read a saved model's architecture without loading it, and find anything in it that would run code.
+
+A Keras file describes its layers as JSON: `.h5` in the `model_config` attribute, `.keras` in
+`config.json` inside the zip, a tf_keras SavedModel in `keras_metadata.pb`. Loading that JSON
+with Keras can run Python: a `Lambda` layer stores marshalled bytecode, Keras 3 serializes
+lambdas as `__lambda__` objects, and a `module` key makes Keras import that module by name.
+`code_in_config` walks the whole document (every nested layer, wrapper and argument) and names
+what it finds, so that `models.load_model` refuses such a file before Keras ever sees it.
+
+Reading the JSON imports neither TensorFlow nor Keras.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ModelLoadError, problem
+
+# Layers whose config carries a Python function.
+LAMBDA_LAYERS = frozenset({"Lambda"})
+# tf_keras' TF-op layers name a TensorFlow API symbol ("math.add", "__operators__.getitem"):
+# resolved by name from TensorFlow's own namespace, never run from the file.
+OP_LAYERS = frozenset({"TFOpLambda", "SlicingOpLambda"})
+_API_SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# Modules a Keras 3 (or tf_keras v3-format) config may name: Keras' own.
+SAFE_MODULES = ("keras", "tf_keras", "builtins")
+H5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+MAX_CONFIG_BYTES = 64 << 20  # an architecture is kilobytes; refuse to parse a JSON bomb
+
+
+def read_config(path: Path) -> dict[str, Any] | None:
+    """The architecture JSON of a `.keras`, `.h5` or SavedModel file, or None if it holds none.
+
+    Raises:
+        ModelLoadError: the file is damaged or the JSON is not JSON.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _saved_model_config(path)
+    if path.suffix == ".keras":
+        return _keras_zip_config(path)
+    if path.suffix in (".h5", ".hdf5"):
+        return _h5_config(path)
+    return None
+
+
+def _parse(where: Path, text: bytes | str, what: str) -> dict[str, Any]:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ModelLoadError(problem(where, f"a {what} of at most {MAX_CONFIG_BYTES >> 20} MB", f"{len(text) >> 20} MB"))
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelLoadError(problem(where, f"a {what} in JSON", f"unreadable JSON ({type(exc).__name__})")) from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(problem(where, f"a {what} as a JSON object", type(data).__name__))
+    return data
+
+
+def _keras_zip_config(path: Path) -> dict[str, Any]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo("config.json")
+            if info.file_size > MAX_CONFIG_BYTES:
+                raise ModelLoadError(problem(path, f"a config.json of at most {MAX_CONFIG_BYTES >> 20} MB",
+                                             f"{info.file_size >> 20} MB"))
+            text = archive.read(info)
+    except KeyError:
+        raise ModelLoadError(problem(path, "a .keras archive with config.json", "none")) from None
+    except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, ValueError) as exc:
+        raise ModelLoadError(problem(path, "a readable .keras zip archive", f"a damaged archive ({exc})")) from None
+    return _parse(path, text, "config.json")
+
+
+def _h5_config(path: Path) -> dict[str, Any] | None:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            raw = handle.attrs.get("model_config")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(problem(path, "an HDF5 Keras model", f"a file h5py cannot read ({exc})")) from None
+    if raw is None:
+        return None
+    return _parse(path, raw if isinstance(raw, (bytes, str)) else str(raw), "model_config")
+
+
+def _saved_model_config(path: Path) -> dict[str, Any] | None:
+    """tf_keras writes each layer's config into `keras_metadata.pb`; a plain SavedModel has none."""
+    metadata = path / "keras_metadata.pb"
+    if not metadata.is_file():
+        return None
+    from tf_keras.src.protobuf import saved_metadata_pb2
+
+    proto = saved_metadata_pb2.SavedMetadata()
+    try:
+        proto.ParseFromString(metadata.read_bytes())
+    except Exception as exc:  # google.protobuf.message.DecodeError
+        raise ModelLoadError(problem(metadata, "a Keras metadata protobuf", f"an unreadable file ({exc})")) from None
+    nodes = [_parse(metadata, node.metadata, "layer metadata") for node in proto.nodes if node.metadata]
+    return {"class_name": "SavedModelLayers", "config": {"layers": nodes}}
+
+
+def code_in_config(config: Any) -> list[str]:
+    """Everything in an architecture JSON that would run or import code when Keras loads it.
+
+    Example:
+        >>> code_in_config({"class_name": "Sequential", "config": {"layers": [
+        ...     {"class_name": "Lambda", "config": {"name": "double", "function": ["4wE...", None, None]}}]}})
+        ["a Lambda layer 'double'"]
+    """
+    return list(dict.fromkeys(_findings(config)))
+
+
+def _findings(node: Any, depth: int = 0) -> Iterator[str]:
+    if depth > 200:
+        yield "a config nested more than 200 levels deep"
+        return
+    if isinstance(node, list):
+        for item in node:
+            yield from _findings(item, depth + 1)
+        return
+    if not isinstance(node, dict):
+        return
+    class_name = node.get("class_name")
+    config = node.get("config") if isinstance(node.get("config"), dict) else {}
+    name = config.get("name") or node.get("name") or class_name
+    if class_name in LAMBDA_LAYERS:
+        yield f"a Lambda layer {name!r}"
+        return  # its function, module and closure are that one finding
+    if class_name == "__lambda__" or node.get("function_type") == "lambda":
+        yield f"a serialized Python lambda{f' in {name!r}' if name and name != '__lambda__' else ''}"
+        return
+    if class_name in OP_LAYERS:
+        function = config.get("function")
+        if not (isinstance(function, str) and _API_SYMBOL.match(function)):
+            yield f"a {class_name} layer {name!r} whose function is not a TensorFlow API name"
+    module = node.get("module")
+    registered = node.get("registered_name")
+    if isinstance(module, str) and module.split(".")[0] not in SAFE_MODULES and not (
+            isinstance(registered, str) and _registered(registered)):
+        yield f"{class_name or 'an object'} {name!r} from module {module!r}, which Keras would import"
+    for key, value in node.items():
+        if key not in ("class_name", "module", "registered_name") and isinstance(value, (dict, list)):
+            yield from _findings(value, depth + 1)
+
+
+def _registered(name: str) -> bool:
+    """A custom class registered in this process: the user's own code, not code from the file."""
+    import sys
+
+    for keras_module in ("keras", "tf_keras"):
+        package = sys.modules.get(keras_module)
+        if package is None:
+            continue
+        try:
+            lookup = package.saving.get_registered_object if keras_module == "keras" else \
+                package.utils.get_registered_object
+            if lookup(name) is not None:
+                return True
+        except Exception:  # noqa: BLE001 - an odd name is simply not registered
+            continue
+    return False
+
+
+def refuse_code(path: Path | str, config: Any) -> None:
+    """Raise a ModelLoadError naming what in `config` would run code."""
+    found = code_in_config(config)
+    if found:
+        more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+        raise ModelLoadError(problem(
+            path, "a model without code",
+            f"{found[0]}{more}: Python code that would run when the model is loaded; load it with "
+            "safe_mode=False (--allow-unsafe-models) only if you trust the file",
+        ))
