@@ -121,11 +121,11 @@ def _bad_inputs(tmp: Path, model_files, train_npz, test_npz, digits):
         "empty": ([model, "--calib", _npz(tmp / "empty.npz", x=np.zeros((0, 8, 8, 1), np.float32))],
                   "empty.npz: expected at least 1 sample for input 'image', found 0 samples"),
         "label count": ([model, "--calib", train_npz, "--eval", _npz(tmp / "count.npz", x=x, y=y[:30])],
-                        "count.npz: expected 40 labels (one per sample), found 30"),
+                        "count.npz: expected 40 labels for output 'probs' (one per sample), found 30"),
         "label range": ([model, "--calib", train_npz, "--eval", _npz(tmp / "range.npz", x=x, y=y + 5)],
-                        "range.npz: expected labels in 0..9 (the model has 10 outputs), found labels 5..14"),
-        "no labels": ([model, "--calib", train_npz, "--eval", _npz(tmp / "nolabels.npz", x=x)],
-                      "nolabels.npz: expected integer labels 'y' for evaluation or training, found inputs only"),
+                        "range.npz: expected labels in 0..9 for output 'probs' (10 classes), found labels 5..14"),
+        "labels of no output": ([model, "--calib", train_npz, "--eval", _npz(tmp / "other.npz", x=x, y_score=y)],
+                                "other.npz: expected label arrays named 'y', 'y_probs', found 'y_score'"),
         "missing model": ([tmp / "nope.keras", "--calib", train_npz],
                           "nope.keras: expected a Keras model (.keras, .h5) or a SavedModel folder, found no such file or folder"),
         "corrupt keras": ([corrupt_keras, "--calib", train_npz],
@@ -135,7 +135,8 @@ def _bad_inputs(tmp: Path, model_files, train_npz, test_npz, digits):
                            "model.onnx: expected a Keras model (.keras, .h5) or a SavedModel folder, found a file ending in '.onnx'"),
         "missing data": ([model, "--calib", tmp / "nope.npz"],
                          "nope.npz: expected a data file (.npz, .npy) or an image folder, found no such file or folder"),
-        "corrupt data": ([model, "--calib", corrupt_npz], "corrupt.npz: expected a NumPy .npz archive, found an unreadable file"),
+        "corrupt data": ([model, "--calib", corrupt_npz],
+                         "corrupt.npz: expected a NumPy .npz archive (a zip of .npy arrays), found 11 bytes that are not a zip archive"),
         "mode/io": ([model, "--calib", train_npz, "--mode", "dynamic", "--io", "int8"],
                     "--io int8 does not go with --mode dynamic; expected one of: float32"),
         "drop without eval": ([model, "--calib", train_npz, "--max-drop", "0.01"], "max_drop needs eval_data (--eval)"),
@@ -146,7 +147,7 @@ def _bad_inputs(tmp: Path, model_files, train_npz, test_npz, digits):
 
 
 CASES = ["wrong rank", "wrong shape", "non-numeric", "NaN", "Inf in eval", "empty", "label count", "label range",
-         "no labels", "missing model", "corrupt keras", "corrupt h5", "unknown format", "missing data", "corrupt data",
+         "labels of no output", "missing model", "corrupt keras", "corrupt h5", "unknown format", "missing data", "corrupt data",
          "mode/io", "drop without eval", "no calibration", "bad recipe"]
 
 

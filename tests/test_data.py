@@ -12,16 +12,17 @@ from tfquant.types import TensorSpec
 
 IMAGE = [TensorSpec("image", (None, 8, 8, 1), "float32")]
 TWO = [TensorSpec("a", (None, 4), "float32"), TensorSpec("b", (None, 2), "float32")]
+PROBS = [TensorSpec("probs", (None, 10), "float32")]
 
 
 def test_npz_npy_and_arrays(tmp_path):
     x = np.random.default_rng(0).random((10, 8, 8, 1)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(10) % 3)
     np.save(tmp_path / "d.npy", x)
-    from_npz = load_data(tmp_path / "d.npz", IMAGE, num_classes=3)
-    assert len(from_npz) == 10 and list(from_npz.labels) == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
+    from_npz = load_data(tmp_path / "d.npz", IMAGE, outputs=PROBS)
+    assert len(from_npz) == 10 and list(from_npz.labels["probs"]) == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
     assert np.array_equal(load_data(tmp_path / "d.npy", IMAGE).inputs["image"], x)
-    assert load_data((x, np.ones(10)), IMAGE).labels.dtype == np.int64
+    assert list(load_data((x, np.ones(10)), IMAGE, outputs=PROBS).labels) == ["probs"]
 
 
 def test_generators_and_tf_data(tmp_path):
@@ -31,8 +32,8 @@ def test_generators_and_tf_data(tmp_path):
     representative = lambda: ([x[i:i + 1]] for i in range(12))  # noqa: E731 - TFLite's own style
     assert len(load_data(representative, IMAGE)) == 12
     dataset = tf.data.Dataset.from_tensor_slices((x, np.arange(12) % 10)).batch(5)
-    loaded = load_data(dataset, IMAGE, num_classes=10, labels="required")
-    assert len(loaded) == 12 and loaded.labels[-1] == 1
+    loaded = load_data(dataset, IMAGE, outputs=PROBS, labels="required")
+    assert len(loaded) == 12 and loaded.labels["probs"][-1] == 1
     with pytest.raises(DataError, match=r"<data>: expected at least 1 sample"):
         load_data(lambda: iter([]), IMAGE)
 
@@ -49,12 +50,47 @@ def test_multi_input_by_name(tmp_path):
         load_data(tmp_path / "uneven.npz", TWO)
 
 
-def test_one_hot_and_float_labels():
-    x = np.zeros((3, 8, 8, 1), np.float32)
-    one_hot = np.eye(10)[[3, 1, 4]]
-    assert list(load_data((x, one_hot), IMAGE, num_classes=10).labels) == [3, 1, 4]
-    with pytest.raises(DataError, match="expected whole-number class labels 'y', found fractional"):
-        load_data((x, np.array([0.5, 1, 2])), IMAGE)
+def test_labels_are_bound_to_outputs_by_name(tmp_path):
+    x = np.zeros((3, 4), np.float32)
+    two_outputs = [TensorSpec("cls", (None, 3), "float32"), TensorSpec("reg", (None, 1), "float32")]
+    spec = [TensorSpec("a", (None, 4), "float32")]
+    np.savez(tmp_path / "two.npz", a=x, y_reg=np.ones((3, 1)), y_cls=np.array([0, 2, 1]))
+    data = load_data(tmp_path / "two.npz", spec, outputs=two_outputs)
+    assert list(data.labels["cls"]) == [0, 2, 1] and data.labels["reg"].shape == (3, 1)
+    np.savez(tmp_path / "plain.npz", a=x, y=np.array([0, 2, 1]))
+    with pytest.raises(DataError, match=r"plain.npz: expected one label array per output, named 'y_cls', 'y_reg', found a single 'y'"):
+        load_data(tmp_path / "plain.npz", spec, outputs=two_outputs)
+    np.savez(tmp_path / "odd.npz", a=x, y_other=np.ones(3))
+    with pytest.raises(DataError, match=r"expected label arrays named 'y_cls', 'y_reg', found 'y_other'"):
+        load_data(tmp_path / "odd.npz", spec, outputs=two_outputs)
+    with pytest.raises(DataError, match=r"expected 3 labels for output 'reg'"):
+        load_data((x, {"reg": np.ones(2)}), spec, outputs=two_outputs)
+
+
+def test_integer_inputs_stay_integer():
+    tokens = [TensorSpec("tokens", (None, 5), "int32")]
+    ids = load_data(np.array([[1, 2, 3, 4, 5]] * 2, np.float32), tokens).inputs["tokens"]
+    assert ids.dtype == np.int32 and ids.tolist()[0] == [1, 2, 3, 4, 5]
+    with pytest.raises(DataError, match=r"expected whole numbers for input 'tokens' \(int32 ids\), found fractional"):
+        load_data(np.full((2, 5), 0.5, np.float32), tokens)
+
+
+def test_an_unnamed_array_is_taken_and_said(tmp_path, caplog):
+    import logging
+
+    np.savez(tmp_path / "one.npz", pixels=np.zeros((2, 8, 8, 1), np.float32))
+    with caplog.at_level(logging.INFO, logger="tfquant"):
+        assert len(load_data(tmp_path / "one.npz", IMAGE)) == 2
+    assert "took array 'pixels' as input 'image'" in caplog.text
+
+
+def test_random_bytes_and_bad_sources_get_typed_errors(tmp_path):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(np.random.default_rng(0).bytes(300))
+    with pytest.raises(DataError, match=r"junk.npz: expected a NumPy .npz archive \(a zip of .npy arrays\), found 300 bytes"):
+        load_data(junk, IMAGE)
+    with pytest.raises(DataError, match=r"<data>: expected arrays, \(x, y\), .* found a list of str"):
+        load_data(["a", "b"], IMAGE)
 
 
 def test_image_folder(tmp_path):
@@ -63,9 +99,9 @@ def test_image_folder(tmp_path):
         (tmp_path / label).mkdir()
         for i in range(3):
             Image.fromarray(rng.integers(0, 255, (20, 16), dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
-    data = load_data(tmp_path, IMAGE, num_classes=2, labels="required")
+    data = load_data(tmp_path, IMAGE, outputs=[TensorSpec("probs", (None, 2), "float32")], labels="required")
     assert data.inputs["image"].shape == (6, 8, 8, 1)
-    assert list(data.labels) == [0, 0, 0, 1, 1, 1]
+    assert list(data.labels["probs"]) == [0, 0, 0, 1, 1, 1]
     assert 0.0 <= data.inputs["image"].min() and data.inputs["image"].max() <= 1.0
     rgb = [TensorSpec("image", (None, None, None, 3), "float32")]
     sized = load_data(tmp_path, rgb, images=ImageOptions(size=(5, 7), scale=1.0))

@@ -33,7 +33,7 @@ def per_sample_scores(path, x):
 def test_batched_predictions_equal_per_sample_loop(tflite_files, digits):
     x = digits["x_test"]
     runner = harness.Runner(tflite_files["int8"])
-    batched = runner.predict(load_data(x, runner.specs), batch_size=64)
+    batched = runner.predict(load_data(x, runner.specs), batch_size=64)["probs"]
     reference = per_sample_scores(tflite_files["int8"], x)
     assert batched.shape == (359, 10)
     # Identical integer graph; rounding of exact .5 ties may differ on a few inputs (TFLite rounds away from zero).
@@ -59,15 +59,17 @@ def test_fixed_batch_file_is_run_in_its_batch(digits_model, digits, train_npz, t
 
 
 def test_metrics_on_known_scores():
+    from tfquant.tasks import measure
+
     scores = np.array([
         [0.05, 0.90, 0.02, 0.01, 0.004, 0.011, 0.005],  # label 1: top-1 right
         [0.80, 0.10, 0.05, 0.01, 0.02, 0.015, 0.005],  # label 1: second best, inside the top 5
         [0.30, 0.25, 0.20, 0.15, 0.01, 0.05, 0.04],  # label 4: seventh best, outside the top 5
     ])
-    m = harness.metrics(scores, np.array([1, 1, 4]), seconds=1.0)
+    m = measure("classification", "probs", scores, labels=np.array([1, 1, 4]))
     assert m.accuracy == pytest.approx(1 / 3)
     assert m.top5_accuracy == pytest.approx(2 / 3)
-    few = harness.metrics(np.array([[0.2, 0.8], [0.6, 0.4]]), np.array([1, 1]), seconds=0.0)
+    few = measure("classification", "probs", np.array([[0.2, 0.8], [0.6, 0.4]]), labels=np.array([1, 1]))
     assert few.accuracy == 0.5 and few.top5_accuracy is None
 
 

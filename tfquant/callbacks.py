@@ -36,17 +36,22 @@ def __getattr__(name: str):
 
 def int8_file(model, calibration) -> bytes:
     """The full-int8 .tflite file of `model` as it is now (QAT and pruning wrappers handled)."""
-    from .convert import convert
+    from .convert import convert, convert_quantization_aware
+    from .export import export
     from .models import load_model
     from .types import Mode, Recipe
 
+    recipe = Recipe(mode=Mode.INT8)
     quantization_aware = any(type(layer).__name__.startswith("Quantize") for layer in model.layers)
+    loaded = load_model(model)  # the names the data is bound by: those of the model being trained
     if any(type(layer).__name__ == "PruneLowMagnitude" for layer in model.layers):
         import tensorflow_model_optimization as tfmot
 
         model = tfmot.sparsity.keras.strip_pruning(model)
-    loaded = load_model(model).trained(model, quantization_aware=quantization_aware)
-    return convert(loaded, Recipe(mode=Mode.INT8), calibration)
+    exported = export(loaded.trained(model, quantization_aware=quantization_aware), shapes=calibration.sample_shapes())
+    if quantization_aware:
+        return convert_quantization_aware(exported, recipe, calibration)
+    return convert(exported, recipe, calibration=calibration)
 
 
 class Int8Validation(keras.callbacks.Callback):
@@ -82,21 +87,25 @@ class Int8Validation(keras.callbacks.Callback):
         loaded = load_model(self.model)
         self._calibration = load_data(self.calibration_data, loaded.inputs, labels="ignored",
                                       name="calibration data").calibration_subset(self.calib_samples)
-        self._validation = load_data(self.validation_data_source, loaded.inputs, num_classes=loaded.num_classes,
+        self._validation = load_data(self.validation_data_source, loaded.inputs, outputs=loaded.outputs,
                                      labels="required", name="validation data")
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None):
         if (epoch + 1) % self.every:
             return
-        from .harness import Runner, metrics
+        from . import tasks
+        from .harness import Runner
         from .optimize.training import keras_accuracy
 
         tflite = int8_file(self.model, self._calibration)
-        scores = Runner(tflite).predict(self._validation, progress=False)
-        accuracy = metrics(scores, self._validation.labels, 0.0).accuracy
-        if logs is not None:
-            logs["val_int8_accuracy"] = accuracy
-            logs["val_int8_gap"] = keras_accuracy(self.model, self._validation) - accuracy
+        outputs = Runner(tflite).predict(self._validation, progress=False)
+        chosen, labels = tasks.choose(outputs, self._validation.labels, {}, self._validation.source)
+        primary = tasks.judge(outputs, chosen, labels).primary()
+        if logs is not None and primary is not None and primary.accuracy is not None:
+            logs["val_int8_accuracy"] = primary.accuracy
+            keras = keras_accuracy(self.model, self._validation)
+            if keras is not None:
+                logs["val_int8_gap"] = keras - primary.accuracy
         _LATEST[self.model] = (epoch, tflite)
 
 

@@ -1,26 +1,25 @@
-"""The TFLiteConverter stage.
+"""Quantize the float file: calibrate it once on the interpreter, then quantize from the calibration.
 
-Integer modes calibrate once: TFLiteConverter runs the representative dataset through the float
-model and returns it with every activation's min/max (`calibrate`); quantizing that calibrated
-model is then a fraction of a second (`quantize_calibrated`), so the fallback ladder, selective
-quantization and recipe replay all reuse one calibration. This is the same pair of steps the
-converter performs inside `convert()` (calibrate, then the MLIR quantizer), made explicit.
-Modes without calibration (dynamic, float16, float32) use the converter directly.
+The float `.tflite` made by `tfquant.export` is the pivot. `calibrate` runs the representative
+samples through it with TFLite's calibrator, which records every activation's min/max in the
+file; `quantize_calibrated` turns that into an int8 (or int16x8) file with the MLIR quantizer in
+a fraction of a second, so the fallback ladder, selective quantization and recipe replay all
+reuse one calibration and one export. Modes without calibration (dynamic range, float16) and
+quantization-aware models (whose ranges are in their fake-quant ops) go through TFLiteConverter
+on the export's frozen function; float32 is the float file itself.
 """
 
 from __future__ import annotations
 
-import collections
-import re
 import warnings
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from . import _keras
 from .data import Dataset
 from .errors import ConversionError, RecipeError, problem
-from .models import LoadedModel
+from .export import Exported, conversion_failure
 from .types import IOType, Mode, Recipe
 
 tf = _keras.tf
@@ -28,11 +27,7 @@ tf = _keras.tf
 _NUMPY_IO = {IOType.INT8: np.int8, IOType.UINT8: np.uint8, IOType.INT16: np.int16, IOType.FLOAT32: np.float32}
 _TF_IO = {IOType.INT8: tf.int8, IOType.UINT8: tf.uint8, IOType.INT16: tf.int16, IOType.FLOAT32: tf.float32}
 
-# How often each expensive step ran in this process: "calibrate", "convert:<mode>" and the cheap
-# "quantize:<mode>". Reports and tests use it to show that a ladder calibrated only once.
-CALLS: collections.Counter = collections.Counter()
-
-# Modes that the converter performs in one go, and modes quantized from a calibrated model.
+# Modes the converter performs on the frozen function, and modes quantized from a calibrated file.
 _CONFIGURE: dict[Mode, Callable[[object], None]] = {}
 _FROM_CALIBRATED: dict[Mode, Callable[[bytes, Recipe], bytes]] = {}
 
@@ -54,11 +49,6 @@ def _dynamic(converter) -> None:
 def _float16(converter) -> None:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_types = [tf.float16]
-
-
-@_registers(_CONFIGURE, Mode.FLOAT32)
-def _float32(converter) -> None:
-    pass
 
 
 @_registers(_FROM_CALIBRATED, Mode.INT8)
@@ -85,98 +75,89 @@ def _int16x8(calibrated: bytes, recipe: Recipe) -> bytes:
     )
 
 
-def representative_dataset(model: LoadedModel, calibration: Dataset) -> Callable[[], Iterator]:
-    """TFLite's representative dataset: one sample per step, inputs in the model's order."""
-    names = list(calibration.inputs)
+def calibrate(float_tflite: bytes, calibration: Dataset, *, source: str = "<model>") -> bytes:
+    """Run the representative samples through the float file once; return it with min/max statistics.
 
-    def generate():
-        for sample in calibration.samples():
-            # A SavedModel signature takes its inputs by name.
-            yield dict(zip(names, sample)) if model.flavor == "saved_model" else sample
-
-    return generate
-
-
-def calibrate(model: LoadedModel, calibration: Dataset) -> bytes:
-    """Run the representative dataset through the float model once; return it with min/max statistics.
+    Samples are fed by the signature's input names, each in the dtype the file takes.
 
     Example:
-        >>> calibrated = calibrate(model, calib)                        # doctest: +SKIP
+        >>> calibrated = calibrate(exported.tflite, calib)              # doctest: +SKIP
         >>> int8 = quantize_calibrated(calibrated, Recipe(mode="int8"))
         >>> int16 = quantize_calibrated(calibrated, Recipe(mode="int16x8"))
     """
-    converter = model.converter()
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative_dataset(model, calibration)
-    converter._experimental_calibrate_only = True  # no public switch: the step QuantizationDebugger uses too
-    CALLS["calibrate"] += 1
-    return _run(model.source, Recipe(mode=Mode.INT8), converter.convert)
+    from tensorflow.lite.python.optimize.calibrator import Calibrator
+
+    return _run(source, "a float file the calibrator can run", lambda: Calibrator(float_tflite).calibrate(calibration.samples))
 
 
 def quantize_calibrated(calibrated: bytes, recipe: Recipe, *, source: str = "<model>") -> bytes:
-    """Quantize a calibrated model as `recipe` says (int8 or int16x8), without running any data."""
+    """Quantize a calibrated file as `recipe` says (int8 or int16x8), without running any data."""
     quantize = _FROM_CALIBRATED.get(recipe.mode)
     if quantize is None:
-        raise RecipeError(f"--mode {recipe.mode.value} is not quantized from calibration statistics")
+        raise RecipeError(f"mode {recipe.mode.value} is not quantized from calibration statistics")
     from tensorflow.lite.python.convert import deduplicate_readonly_buffers
 
-    CALLS[f"quantize:{recipe.mode.value}"] += 1
-    model = _run(source, recipe, lambda: quantize(calibrated, recipe))
+    model = _run(source, f"a model TFLiteConverter can quantize to {recipe.mode.value}", lambda: quantize(calibrated, recipe))
     return bytes(deduplicate_readonly_buffers(model))
 
 
-def convert(
-    model: LoadedModel, recipe: Recipe, calibration: Optional[Dataset] = None, *, calibrated: Optional[bytes] = None
-) -> bytes:
-    """Convert `model` as `recipe` says and return the .tflite bytes.
+def convert(exported: Exported, recipe: Recipe, *, calibrated: Optional[bytes] = None,
+            calibration: Optional[Dataset] = None, source: str = "<model>") -> bytes:
+    """The file `recipe` asks for, from the export (and its calibration, for int8 and int16x8).
 
     Example:
-        >>> model = load_model("build/digits_cnn.keras")                 # doctest: +SKIP
-        >>> calib = load_data("data/digits_train.npz", model.inputs).calibration_subset(200)
-        >>> tflite = convert(model, Recipe(mode="int8"), calib)
-
-    Args:
-        model: from `tfquant.models.load_model`.
-        recipe: mode, IO type, per-channel and denylist settings.
-        calibration: the representative samples (already drawn); int8 and int16x8 need these
-            or `calibrated`.
-        calibrated: the output of `calibrate()` for this model, to skip calibrating again.
+        >>> exported = export(load_model("build/digits_cnn.keras"))      # doctest: +SKIP
+        >>> tflite = convert(exported, Recipe(mode="int8"), calibration=calib)
 
     Raises:
         RecipeError: a calibrating mode without calibration data.
         ConversionError: the converter refused the model; the message holds its error lines.
     """
-    if model.quantization_aware:
-        return _convert_quantization_aware(model, recipe, calibration)
+    if recipe.mode is Mode.FLOAT32:
+        return exported.tflite
     if recipe.needs_calibration:
         if calibrated is None:
             if calibration is None:
-                raise RecipeError(f"--mode {recipe.mode.value} needs calibration data (--calib)")
-            calibrated = calibrate(model, calibration)
-        return quantize_calibrated(calibrated, recipe, source=model.source)
-    converter = model.converter()
-    _CONFIGURE[recipe.mode](converter)
-    CALLS[f"convert:{recipe.mode.value}"] += 1
-    return bytes(_run(model.source, recipe, converter.convert))
+                raise RecipeError(f"mode {recipe.mode.value} needs calibration data")
+            calibrated = calibrate(exported.tflite, calibration, source=source)
+        return quantize_calibrated(calibrated, recipe, source=source)
+    if exported.function is None:
+        raise ConversionError(problem(source, f"a graph that can be frozen for mode {recipe.mode.value}",
+                                      "one converted only through its SavedModel"))
+    return exported.convert(_CONFIGURE[recipe.mode], source=source)
 
 
-def _convert_quantization_aware(model: LoadedModel, recipe: Recipe, calibration: Optional[Dataset]) -> bytes:
+def convert_quantization_aware(exported: Exported, recipe: Recipe, calibration: Optional[Dataset], *,
+                               source: str = "<model>") -> bytes:
     """A QAT model carries its ranges in fake-quant ops; the converter quantizes from them directly.
 
     The representative dataset is still given: the converter needs it for integer input and output.
     """
     if recipe.mode is not Mode.INT8 or recipe.denylist:
-        raise RecipeError(f"a quantization-aware model converts to plain int8, found --mode {recipe.mode.value}")
+        raise RecipeError(f"a quantization-aware model converts to plain int8, found mode {recipe.mode.value}")
     if calibration is None:
         raise RecipeError("a quantization-aware model needs calibration data for integer input and output")
-    converter = model.converter()
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative_dataset(model, calibration)
-    if recipe.io is not IOType.FLOAT32:
-        converter.inference_input_type = _TF_IO[recipe.io]
-        converter.inference_output_type = _TF_IO[recipe.io]
-    CALLS["convert:qat"] += 1
-    return fuse_requantize(bytes(_run(model.source, recipe, converter.convert)))
+    names = [spec.name for spec in exported.inputs]
+
+    def configure(converter) -> None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        # The frozen function has no signature: samples go in its input order.
+        converter.representative_dataset = lambda: ([sample[n] for n in names] for sample in calibration.samples())
+        if recipe.io is not IOType.FLOAT32:
+            converter.inference_input_type = _TF_IO[recipe.io]
+            converter.inference_output_type = _TF_IO[recipe.io]
+
+    return fuse_requantize(exported.convert(configure, source=source))
+
+
+def _run(source: str, expected: str, step: Callable[[], bytes]) -> bytes:
+    """Run a converter step with its C++ log captured: shown, condensed, only when it fails."""
+    with _keras.captured_stderr() as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return bytes(step())
+        except Exception as exc:
+            raise ConversionError(conversion_failure(source, expected, exc, log.read())) from None
 
 
 def fuse_requantize(tflite: bytes) -> bytes:
@@ -216,20 +197,3 @@ def fuse_requantize(tflite: bytes) -> bytes:
     if not changed:
         return tflite
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def _run(source: str, recipe: Recipe, step: Callable[[], bytes]) -> bytes:
-    """Run a converter step with its C++ log captured: shown, condensed, only when it fails."""
-    with _keras.captured_stderr() as log, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return step()
-        except Exception as exc:
-            raise ConversionError(_conversion_failure(source, recipe, exc, log.read())) from None
-
-
-def _conversion_failure(source: str, recipe: Recipe, exc: Exception, log: str) -> str:
-    text = " ".join(str(exc).split())
-    errors = [m.strip() for m in re.findall(r"error: ([^\n]+)", str(exc) + "\n" + log)]
-    detail = "; ".join(dict.fromkeys(errors)) if errors else text
-    return problem(source, f"a model TFLiteConverter can convert with --mode {recipe.mode.value}", detail[:500])

@@ -1,15 +1,16 @@
 """Calibration, evaluation and training data, validated against a model's input signature.
 
-Sources: `.npz` (`x`, or one array per input name; integer labels `y`), `.npy` (inputs only),
+Sources: `.npz` (one array per input name, or `x`; labels `y` or `y_<output name>`), `.npy` (inputs only),
 a folder of images with one sub-folder per class, NumPy arrays, `(x, y)` tuples, dicts,
 `tf.data.Dataset`s and generators (of `[x]` lists as TFLite's representative datasets yield,
 or of `(x, y)` batches). Everything is checked before any conversion: shape, dtype, NaN/Inf,
-emptiness, and labels against the model's class count.
+emptiness; labels by output name (what each output's labels must be is its task's business).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -18,31 +19,36 @@ import numpy as np
 from .errors import DataError, problem
 from .types import TensorSpec
 
+log = logging.getLogger("tfquant")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 CALIBRATION_SEED = 0
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Validated samples: one array per model input (same order as the model), optional labels."""
+    """Validated samples: one array per model input, by input name, and labels by output name.
+
+    Inputs keep the dtype the model takes (float32 images, int32 token ids). Labels are checked
+    here for count and finiteness only; what they must look like depends on each output's task
+    (`tfquant.tasks`).
+    """
 
     source: str
     inputs: dict[str, np.ndarray]
-    labels: Optional[np.ndarray] = None
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
 
     def take(self, indices: np.ndarray) -> "Dataset":
-        labels = None if self.labels is None else self.labels[indices]
-        return Dataset(self.source, {k: v[indices] for k, v in self.inputs.items()}, labels)
+        return Dataset(self.source, {k: v[indices] for k, v in self.inputs.items()},
+                       {k: v[indices] for k, v in self.labels.items()})
 
-    def samples(self) -> Iterator[list[np.ndarray]]:
-        """One sample at a time as float32 batches of one, inputs in the model's order: the form of
-        TFLite's representative dataset and of QuantizationDebugger's debug dataset."""
-        arrays = list(self.inputs.values())
+    def samples(self) -> Iterator[dict[str, np.ndarray]]:
+        """One sample at a time as batches of one, keyed by input name: the form of a representative
+        dataset for a file with a signature, and of QuantizationDebugger's debug dataset."""
         for i in range(len(self)):
-            yield [a[i:i + 1].astype(np.float32) for a in arrays]
+            yield {name: array[i:i + 1] for name, array in self.inputs.items()}
 
     def calibration_subset(self, count: int) -> "Dataset":
         """`count` samples drawn without replacement by a fixed seed, in file order: the same data
@@ -51,6 +57,10 @@ class Dataset:
             return self
         rng = np.random.default_rng(CALIBRATION_SEED)
         return self.take(np.sort(rng.choice(len(self), size=count, replace=False)))
+
+    def sample_shapes(self) -> dict[str, tuple]:
+        """The shape of one sample of each input (what fixes a model's open dims at export)."""
+        return {name: tuple(array.shape[1:]) for name, array in self.inputs.items()}
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,7 @@ class ImageOptions:
     scale: float = 1 / 255
 
 
-Raw = tuple[dict[str, np.ndarray] | list[np.ndarray], Optional[np.ndarray]]
+Raw = tuple[dict[str, np.ndarray] | list[np.ndarray], dict[str, np.ndarray]]  # inputs, labels by key ("y", "y_<output>")
 _LOADERS: dict[str, Callable[[Path, Sequence[TensorSpec], ImageOptions], Raw]] = {}
 
 
@@ -80,7 +90,7 @@ def load_data(
     source: Any,
     specs: Sequence[TensorSpec],
     *,
-    num_classes: Optional[int] = None,
+    outputs: Sequence[TensorSpec] = (),
     labels: str = "optional",
     images: ImageOptions = ImageOptions(),
     name: str = "data",
@@ -95,8 +105,9 @@ def load_data(
     Args:
         source: a path (`.npz`, `.npy`, image folder) or an in-memory source (see module doc).
         specs: the model's input specs; data must match their rank and known dims.
-        num_classes: when given, labels must lie in `0 .. num_classes - 1`.
-        labels: `"required"` (evaluation, training), `"optional"` or `"ignored"` (calibration).
+        outputs: the model's output specs; labels are `y` (a model with one output) or
+            `y_<output name>`, one array per labelled output.
+        labels: `"required"` (training), `"optional"` (evaluation) or `"ignored"` (calibration).
             Defaults to `"optional"`.
         images: size and scale for image folders.
         name: what to call an in-memory source in messages. Defaults to `"data"`.
@@ -105,7 +116,7 @@ def load_data(
         DataError: naming the source, what was expected and what was found.
     """
     if isinstance(source, Dataset):
-        where, (raw_inputs, raw_labels) = source.source, (dict(source.inputs), source.labels)
+        where, (raw_inputs, raw_labels) = source.source, (dict(source.inputs), dict(source.labels))
     elif isinstance(source, (str, Path)):
         where = str(source)
         raw_inputs, raw_labels = _load_path(Path(source), specs, images)
@@ -121,11 +132,41 @@ def load_data(
         if len(array) != count:
             raise DataError(problem(where, f"the same number of samples in every input ({count})", f"{len(array)} in {key!r}"))
     if labels == "ignored":
-        raw_labels = None
-    elif raw_labels is None and labels == "required":
-        raise DataError(problem(where, "integer labels 'y' for evaluation or training", "inputs only"))
-    checked = None if raw_labels is None else _check_labels(where, raw_labels, count, num_classes)
-    return Dataset(where, inputs, checked)
+        return Dataset(where, inputs, {})
+    matched = _match_labels(where, raw_labels, outputs)
+    if not matched and labels == "required":
+        keys = "'y'" if len(outputs) <= 1 else ", ".join(repr(f"y_{o.name}") for o in outputs)
+        raise DataError(problem(where, f"labels ({keys}) for training", "inputs only"))
+    for key, array in matched.items():
+        if len(array) != count:
+            raise DataError(problem(where, f"{count} labels for output {key!r} (one per sample)", f"{len(array)}"))
+        if array.dtype.kind not in "biuf":
+            raise DataError(problem(where, f"numeric labels for output {key!r}", f"dtype {array.dtype}"))
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise DataError(problem(where, f"finite labels for output {key!r}", "NaN or Inf"))
+    return Dataset(where, inputs, matched)
+
+
+def _match_labels(where: str, raw: dict[str, np.ndarray], outputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """`y` (one output) or `y_<output name>` -> labels by output name."""
+    if not raw:
+        return {}
+    names = [o.name for o in outputs]
+    if not names:  # no output specs (a .tflite file read without its outputs): one anonymous output
+        return {"": np.asarray(raw["y"])} if "y" in raw else {}
+    found: dict[str, np.ndarray] = {}
+    for key, array in raw.items():
+        if key == "y":
+            if len(names) > 1:
+                raise DataError(problem(where, "one label array per output, named " +
+                                        ", ".join(repr(f"y_{n}") for n in names), "a single 'y'"))
+            found[names[0]] = np.asarray(array)
+        elif key.startswith("y_") and key[2:] in names:
+            found[key[2:]] = np.asarray(array)
+        else:
+            raise DataError(problem(where, "label arrays named " + ", ".join(
+                repr(k) for k in (["y"] if len(names) == 1 else []) + [f"y_{n}" for n in names]), f"{key!r}"))
+    return found
 
 
 def _load_path(path: Path, specs: Sequence[TensorSpec], images: ImageOptions) -> Raw:
@@ -141,12 +182,20 @@ def _load_path(path: Path, specs: Sequence[TensorSpec], images: ImageOptions) ->
 
 @register_loader(".npz")
 def _load_npz(path: Path, specs: Sequence[TensorSpec], images: ImageOptions) -> Raw:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise DataError(problem(path, "a NumPy .npz archive (a zip of .npy arrays)",
+                                f"{path.stat().st_size} bytes that are not a zip archive"))
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-    except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled objects), OSError
+    except ValueError as exc:
+        found = "an array of Python objects, which would need pickle" if "pickle" in str(exc) else f"ValueError: {exc}"
+        raise DataError(problem(path, "a NumPy .npz archive of numeric arrays", found)) from None
+    except Exception as exc:  # zipfile.BadZipFile, OSError, EOFError
         raise DataError(problem(path, "a NumPy .npz archive", f"an unreadable file ({type(exc).__name__}: {exc})")) from None
-    labels = arrays.pop("y", None)
+    labels = {k: arrays.pop(k) for k in [k for k in arrays if k == "y" or k.startswith("y_")]}
     return arrays, labels
 
 
@@ -156,7 +205,7 @@ def _load_npy(path: Path, specs: Sequence[TensorSpec], images: ImageOptions) -> 
         array = np.load(path, allow_pickle=False)
     except Exception as exc:
         raise DataError(problem(path, "a NumPy .npy array", f"an unreadable file ({type(exc).__name__}: {exc})")) from None
-    return [array], None
+    return [array], {}
 
 
 @register_loader("")
@@ -190,26 +239,37 @@ def _load_image_folder(path: Path, specs: Sequence[TensorSpec], images: ImageOpt
             labels.append(label)
     if not arrays:
         raise DataError(problem(path, f"images ({', '.join(IMAGE_SUFFIXES)}) in the class sub-folders", "none"))
-    return [np.stack(arrays)], np.asarray(labels, dtype=np.int64)
+    return [np.stack(arrays)], {"y": np.asarray(labels, dtype=np.int64)}
 
 
 def _load_object(source: Any, where: str) -> Raw:
     if isinstance(source, np.ndarray):
-        return [source], None
+        return [source], {}
     if isinstance(source, dict):
         arrays = {k: np.asarray(v) for k, v in source.items()}
-        return arrays, arrays.pop("y", None)
+        return arrays, {k: arrays.pop(k) for k in [k for k in arrays if k == "y" or k.startswith("y_")]}
     if isinstance(source, tuple) and len(source) == 2:
         features, labels = source
         inputs = features if isinstance(features, dict) else list(features) if isinstance(features, list) else [features]
-        return _as_arrays(inputs), None if labels is None else np.asarray(labels)
+        return _as_arrays(inputs), _label_arrays(labels)
     if isinstance(source, list) and source and all(isinstance(a, np.ndarray) for a in source):
-        return [np.asarray(a) for a in source], None
+        return [np.asarray(a) for a in source], {}
+    if isinstance(source, (list, tuple, str, bytes)):
+        raise DataError(problem(where, "arrays, (x, y), a dict of arrays, a tf.data.Dataset or a generator",
+                                f"a {type(source).__name__} of {', '.join(sorted({type(v).__name__ for v in source})) or 'nothing'}"))
     if callable(source):
         source = source()
     if hasattr(source, "__iter__"):
         return _collect_batches(iter(source), where)
     raise DataError(problem(where, "an array, (x, y), a dict of arrays, a tf.data.Dataset or a generator", type(source).__name__))
+
+
+def _label_arrays(labels) -> dict[str, np.ndarray]:
+    if labels is None:
+        return {}
+    if isinstance(labels, dict):
+        return {(k if k == "y" or k.startswith("y_") else f"y_{k}"): np.asarray(v) for k, v in labels.items()}
+    return {"y": np.asarray(labels)}
 
 
 def _as_arrays(inputs):
@@ -219,8 +279,8 @@ def _as_arrays(inputs):
 
 
 def _collect_batches(batches, where: str) -> Raw:
-    """Concatenate what a generator or tf.data.Dataset yields: `[x]`, `x`, `(x, y)` or dicts."""
-    inputs: list[list[np.ndarray]] | None = None
+    """Concatenate what a generator or tf.data.Dataset yields: `[x]`, `x`, `(x, y)`, or dicts by input name."""
+    inputs: dict[Any, list[np.ndarray]] | None = None
     labels: list[np.ndarray] = []
     for element in batches:
         if isinstance(element, tuple) and len(element) == 2:
@@ -229,37 +289,47 @@ def _collect_batches(batches, where: str) -> Raw:
         else:
             features = element
         if isinstance(features, dict):
-            raise DataError(problem(where, "batches of arrays or lists of arrays", "dict batches (pass a dict of arrays instead)"))
-        parts = [np.asarray(f) for f in features] if isinstance(features, list) else [np.asarray(features)]
+            parts = {k: np.asarray(v) for k, v in features.items()}
+        else:
+            listed = [np.asarray(f) for f in features] if isinstance(features, (list, tuple)) else [np.asarray(features)]
+            parts = dict(enumerate(listed))
         if inputs is None:
-            inputs = [[] for _ in parts]
-        if len(parts) != len(inputs):
-            raise DataError(problem(where, f"{len(inputs)} input array(s) in every batch", f"{len(parts)}"))
-        for bucket, part in zip(inputs, parts):
-            bucket.append(part)
+            inputs = {k: [] for k in parts}
+        if set(parts) != set(inputs):
+            raise DataError(problem(where, f"the same {len(inputs)} input array(s) in every batch", f"{len(parts)}"))
+        for key, part in parts.items():
+            inputs[key].append(part)
     if inputs is None:
-        return [np.zeros((0,), np.float32)], None
-    arrays = [np.concatenate(bucket) for bucket in inputs]
-    return arrays, (np.concatenate(labels) if labels else None)
+        return [np.zeros((0,), np.float32)], {}
+    arrays = {k: np.concatenate(v) for k, v in inputs.items()}
+    collected = arrays if all(isinstance(k, str) for k in arrays) else [arrays[k] for k in sorted(arrays)]
+    return collected, ({"y": np.concatenate(labels)} if labels else {})
 
 
 def _match_inputs(where: str, raw: dict[str, np.ndarray] | list[np.ndarray], specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     names = [s.name for s in specs]
     if isinstance(raw, dict):
-        if len(specs) == 1 and "x" in raw:
-            arrays = [raw["x"]]
-        elif all(n in raw for n in names):
+        if all(n in raw for n in names):
             arrays = [raw[n] for n in names]
+        elif len(specs) == 1 and "x" in raw:
+            arrays = [raw["x"]]
         elif len(specs) == 1 and len(raw) == 1:
-            arrays = list(raw.values())
+            (key, array), = raw.items()
+            log.info("%s: took array %r as input %r (the only array; name it 'x' or %r to say so)",
+                     where, key, names[0], names[0])
+            arrays = [array]
         else:
-            expected = "an array 'x'" if len(specs) == 1 else "one array per model input: " + ", ".join(map(repr, names))
+            expected = f"an array 'x' or {names[0]!r}" if len(specs) == 1 else \
+                "one array per model input: " + ", ".join(map(repr, names))
             raise DataError(problem(where, expected, "arrays " + (", ".join(map(repr, raw)) or "(none)")))
     else:
         arrays = raw
         if len(arrays) != len(specs):
             raise DataError(problem(where, f"{len(specs)} input array(s) for the model's inputs {names}", f"{len(arrays)}"))
     return {spec.name: _check_input(where, spec, np.asarray(a)) for spec, a in zip(specs, arrays)}
+
+
+INTEGER_INPUTS = ("int8", "uint8", "int16", "int32", "int64", "bool")
 
 
 def _check_input(where: str, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
@@ -278,24 +348,10 @@ def _check_input(where: str, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
         if bad.any():
             first = int(np.argmax(bad))
             raise DataError(problem(where, f"finite values for {label}", f"NaN or Inf in {int(bad.sum())} sample(s), the first at index {first}"))
-    dtype = np.dtype(spec.dtype) if spec.dtype in ("float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool") else np.float32
+    if spec.dtype in INTEGER_INPUTS:
+        # Token ids, category ids and masks stay integers; whole-number floats are accepted as such.
+        if array.dtype.kind == "f" and not np.all(array == np.round(array)):
+            raise DataError(problem(where, f"whole numbers for {label} ({spec.dtype} ids)", "fractional values"))
+        return array.astype(np.dtype(spec.dtype), copy=False)
+    dtype = np.dtype(spec.dtype) if spec.dtype in ("float32", "float16") else np.float32
     return array.astype(dtype, copy=False)
-
-
-def _check_labels(where: str, labels: Any, count: int, num_classes: Optional[int]) -> np.ndarray:
-    y = np.asarray(labels)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    elif y.ndim == 2 and num_classes and y.shape[1] == num_classes:
-        y = y.argmax(axis=1)  # one-hot
-    if y.ndim != 1 or y.dtype.kind not in "biuf":
-        raise DataError(problem(where, "labels 'y' as integers of shape (N,) or one-hot (N, classes)", f"dtype {y.dtype}, shape {tuple(y.shape)}"))
-    if y.dtype.kind == "f":
-        if not (np.isfinite(y).all() and np.all(y == np.round(y))):
-            raise DataError(problem(where, "whole-number class labels 'y'", "fractional or non-finite values"))
-    y = y.astype(np.int64)
-    if len(y) != count:
-        raise DataError(problem(where, f"{count} labels (one per sample)", f"{len(y)}"))
-    if num_classes and len(y) and (y.min() < 0 or y.max() >= num_classes):
-        raise DataError(problem(where, f"labels in 0..{num_classes - 1} (the model has {num_classes} outputs)", f"labels {y.min()}..{y.max()}"))
-    return y

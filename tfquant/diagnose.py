@@ -34,13 +34,17 @@ def layer_errors(calibrated: bytes, data: Dataset, *, samples: int = DEFAULT_DEB
     from . import _keras
     from tensorflow.lite.python.convert import mlir_quantize
 
+    from .harness import Runner
+
     tf = _keras.tf
     subset = data.calibration_subset(samples)
+    names = [port.name for port in Runner(calibrated, num_threads=1).inputs]  # the debugger feeds by position
     with _keras.captured_stderr(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         debug_model = mlir_quantize(calibrated, disable_per_channel=not per_channel, enable_numeric_verify=True)
         debugger = tf.lite.experimental.QuantizationDebugger(
-            quant_debug_model_content=debug_model, debug_dataset=subset.samples,
+            quant_debug_model_content=debug_model,
+            debug_dataset=lambda: ([sample[n] for n in names] for sample in subset.samples()),
             debug_options=tf.lite.experimental.QuantizationDebugOptions(),
         )
         debugger.run()
@@ -175,27 +179,25 @@ def diagnose(
         samples: samples the debugger runs. Defaults to `64`.
         threshold: range ratio above which the lint warns. Defaults to `16`.
     """
-    from . import harness
-    from .convert import calibrate, convert, quantize_calibrated
-    from .data import load_data
-    from .models import load_model
+    from .convert import calibrate, quantize_calibrated
+    from .prepare import prepare
     from .types import Mode, Recipe
+    from .verify import Reference
 
     if not threshold > 1:
         raise RecipeError(f"threshold: expected a range ratio above 1, found {threshold!r}")
-    loaded = load_model(model, safe_mode=safe_mode)
     recipe = Recipe(mode=Mode.INT8, calib_samples=calib_samples)
-    calibration = load_data(calibration_data, loaded.inputs, labels="ignored", name="calibration data")
-    calibration = calibration.calibration_subset(recipe.calib_samples)
-    evaluation = None
-    if eval_data is not None:
-        evaluation = load_data(eval_data, loaded.inputs, num_classes=loaded.num_classes, labels="required", name="eval data")
-    calibrated = calibrate(loaded, calibration)
-    errors = layer_errors(calibrated, evaluation or calibration, samples=samples)
+    prepared = prepare(model, recipe=recipe, calibration_data=calibration_data, eval_data=eval_data, safe_mode=safe_mode)
+    calibrated = calibrate(prepared.exported.tflite, prepared.calibration, source=prepared.source)
+    errors = layer_errors(calibrated, prepared.evaluation or prepared.calibration, samples=samples)
     lint = range_lint(calibrated, threshold=threshold)
     accuracies = [None, None]
-    if evaluation is not None:
-        files = (convert(loaded, Recipe(mode=Mode.FLOAT32)), quantize_calibrated(calibrated, recipe, source=loaded.source))
-        accuracies = [harness.metrics(harness.Runner(f).predict(evaluation), evaluation.labels, 0.0).accuracy for f in files]
-    return Diagnosis(model=loaded.source, errors=errors, range_lint=lint,
+    if prepared.evaluation is not None:
+        from .harness import Runner
+
+        reference = Reference.measure(prepared.exported.tflite, prepared.evaluation)
+        int8 = quantize_calibrated(calibrated, recipe, source=prepared.source)
+        judged = reference.judge(Runner(int8).predict(prepared.evaluation))
+        accuracies = [reference.score(reference.metrics), reference.score(judged)]
+    return Diagnosis(model=prepared.source, errors=errors, range_lint=lint,
                      float_accuracy=accuracies[0], int8_accuracy=accuracies[1])

@@ -23,6 +23,7 @@ from .errors import DataError, TFLiteFileError, problem
 from .types import BenchmarkResult, Latency, Metrics, Runtime, TensorSpec
 
 DEFAULT_BATCH = 64
+SIGNATURE = "serving_default"
 _QUANTIZED_KINDS = "iu"
 
 
@@ -49,7 +50,7 @@ def runtime(num_threads: int) -> Runtime:
 
 @dataclass
 class _Port:
-    """One input or output of the file and how to map it to and from float."""
+    """One input or output of the file, by its signature name, and how to map it to and from float."""
 
     index: int
     name: str
@@ -80,41 +81,70 @@ class _Port:
         return (values.astype(np.float32) - self.zero_point) * self.scale
 
 
-def _port(detail: dict[str, Any]) -> _Port:
+def _port(detail: dict[str, Any], name: Optional[str] = None) -> _Port:
     params = detail.get("quantization_parameters") or {}
     scales = params.get("scales", np.zeros(0))
     zero_points = params.get("zero_points", np.zeros(0))
     scale, zero = detail.get("quantization", (0.0, 0))
     if len(scales) == 1:
         scale, zero = float(scales[0]), int(zero_points[0])
-    name = detail["name"]
-    name = name[len("serving_default_"):] if name.startswith("serving_default_") else name
+    if name is None:
+        name = detail["name"]
+        name = name[len("serving_default_"):] if name.startswith("serving_default_") else name
+        name = name.split(":")[0]
     return _Port(
-        index=detail["index"], name=name.split(":")[0], dtype=np.dtype(detail["dtype"]),
+        index=detail["index"], name=name, dtype=np.dtype(detail["dtype"]),
         signature=tuple(int(d) for d in detail.get("shape_signature", detail["shape"])),
         scale=float(scale), zero_point=int(zero),
     )
 
 
+def _make_interpreter(data: bytes, num_threads: int, where: str, delegates: bool = True):
+    interpreter_class, _, _ = _interpreter_class()
+    options = {}
+    if not delegates:
+        from ai_edge_litert.interpreter import OpResolverType
+
+        options["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        return interpreter_class(model_content=data, num_threads=num_threads, **options)
+    except (ValueError, RuntimeError) as exc:
+        raise TFLiteFileError(problem(where, "a file the interpreter can run", " ".join(str(exc).split())[:300])) from None
+
+
 class Runner:
-    """An interpreter over one .tflite file that takes and returns float arrays.
+    """An interpreter over one .tflite file that takes and returns float arrays, by name.
+
+    Inputs and outputs are the file's `serving_default` signature when it has one (tfquant's
+    files always do), else its graph inputs and outputs by tensor name.
 
     Example:
         >>> runner = Runner("build/digits_int8.tflite")     # doctest: +SKIP
-        >>> runner.predict(dataset).shape
-        (360, 10)
+        >>> runner.predict(dataset)["probs"].shape
+        (359, 10)
     """
 
     def __init__(self, model: Source, *, num_threads: Optional[int] = None):
-        data, self.where = read_flatbuffer(model)
-        interpreter_class, _, _ = _interpreter_class()
+        self.data, self.where = read_flatbuffer(model)
         self.num_threads = num_threads or default_threads()
-        try:
-            self.interpreter = interpreter_class(model_content=data, num_threads=self.num_threads)
-        except (ValueError, RuntimeError) as exc:
-            raise TFLiteFileError(problem(self.where, "a file the interpreter can run", " ".join(str(exc).split())[:300])) from None
-        self.inputs = [_port(d) for d in self.interpreter.get_input_details()]
-        self.outputs = [_port(d) for d in self.interpreter.get_output_details()]
+        self.delegate = "XNNPACK"
+        self._open(delegates=True)
+
+    def _open(self, *, delegates: bool) -> None:
+        self.interpreter = _make_interpreter(self.data, self.num_threads, self.where, delegates)
+        signatures = self.interpreter.get_signature_list()
+        if SIGNATURE in signatures:
+            runner = self.interpreter.get_signature_runner(SIGNATURE)
+            self.inputs = [_port(d, n) for n, d in runner.get_input_details().items()]
+            self.outputs = [_port(d, n) for n, d in runner.get_output_details().items()]
+            # The signature lists names alphabetically; keep the graph's own order.
+            order = [d["index"] for d in self.interpreter.get_input_details()]
+            self.inputs.sort(key=lambda p: order.index(p.index) if p.index in order else len(order))
+            order = [d["index"] for d in self.interpreter.get_output_details()]
+            self.outputs.sort(key=lambda p: order.index(p.index) if p.index in order else len(order))
+        else:
+            self.inputs = [_port(d) for d in self.interpreter.get_input_details()]
+            self.outputs = [_port(d) for d in self.interpreter.get_output_details()]
         # Tensors are allocated on first use, at the batch size that use needs: every allocation
         # makes XNNPACK pack the weights again.
         self._batch: Optional[int] = None
@@ -140,6 +170,10 @@ class Runner:
         ]
 
     @property
+    def output_specs(self) -> list[TensorSpec]:
+        return [TensorSpec(p.name, tuple(None if d < 0 else d for d in p.signature), "float32") for p in self.outputs]
+
+    @property
     def dynamic_batch(self) -> bool:
         return all(p.signature and p.signature[0] < 0 for p in self.inputs)
 
@@ -152,19 +186,41 @@ class Runner:
         self._allocate()
         self._batch = batch
 
-    def run(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
-        """One invoke on one batch of float inputs; returns the first output in float."""
+    def bind(self, data: Dataset) -> list[np.ndarray]:
+        """The data's arrays in the file's input order, matched by name (one unnamed input binds as is)."""
+        if all(p.name in data.inputs for p in self.inputs):
+            return [data.inputs[p.name] for p in self.inputs]
+        if len(self.inputs) == 1 and len(data.inputs) == 1:
+            return list(data.inputs.values())
+        raise DataError(problem(data.source, "arrays named as the file's inputs: " + ", ".join(repr(p.name) for p in self.inputs),
+                                "arrays " + ", ".join(map(repr, data.inputs))))
+
+    def run(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """One invoke on one batch of float inputs (in the file's input order); every output in float, by name."""
         for port, values in zip(self.inputs, inputs):
             self.interpreter.set_tensor(port.index, port.to_file(values))
         self.interpreter.invoke()
-        out = self.outputs[0]
-        return out.from_file(self.interpreter.get_tensor(out.index))
+        return {out.name: out.from_file(self.interpreter.get_tensor(out.index)) for out in self.outputs}
 
-    def predict(self, data: Dataset, *, batch_size: int = DEFAULT_BATCH, progress: Optional[bool] = None) -> np.ndarray:
-        """Run every sample; batched when the file's batch dim is dynamic, else in its fixed batch."""
+    def predict(self, data: Dataset, *, batch_size: int = DEFAULT_BATCH, progress: Optional[bool] = None) -> dict[str, np.ndarray]:
+        """Run every sample; batched when the file's batch dim is dynamic, else in its fixed batch.
+
+        If the default delegate (XNNPACK) cannot prepare the graph, the file runs on TFLite's
+        builtin kernels instead, and `delegate` says so.
+        """
+        try:
+            return self._predict(data, batch_size, progress)
+        except TFLiteFileError as exc:
+            if self.delegate != "XNNPACK" or "XNNPACK" not in str(exc) and "delegate" not in str(exc).lower():
+                raise
+            self.delegate = "none (XNNPACK could not prepare this graph)"
+            self._open(delegates=False)
+            return self._predict(data, batch_size, progress)
+
+    def _predict(self, data: Dataset, batch_size: int, progress: Optional[bool]) -> dict[str, np.ndarray]:
         from tqdm.auto import tqdm
 
-        arrays = list(data.inputs.values())
+        arrays = self.bind(data)
         count = len(data)
         fixed = None if self.dynamic_batch else max(1, self.inputs[0].signature[0])
         if fixed:
@@ -174,7 +230,7 @@ class Runner:
             # instead of a second resize for a short last batch.
             batches = math.ceil(count / max(1, batch_size))
             step = math.ceil(count / batches)
-        results = []
+        results: dict[str, list[np.ndarray]] = {p.name: [] for p in self.outputs}
         with tqdm(total=count, unit="sample", desc=f"eval {os.path.basename(self.where)}", disable=_no_bar(progress), leave=False) as bar:
             for start in range(0, count, step):
                 chunk = [a[start:start + step] for a in arrays]
@@ -182,9 +238,15 @@ class Runner:
                 if real < step:  # pad the last chunk to the batch the tensors are allocated for
                     chunk = [np.concatenate([c, np.repeat(c[-1:], step - real, axis=0)]) for c in chunk]
                 self._resize(len(chunk[0]))
-                results.append(self.run(chunk)[:real].copy())
+                try:
+                    outputs = self.run(chunk)
+                except RuntimeError as exc:
+                    raise TFLiteFileError(problem(self.where, "a file the interpreter can run",
+                                                  " ".join(str(exc).split())[:300])) from None
+                for name, values in outputs.items():
+                    results[name].append(values[:real].copy())
                 bar.update(real)
-        return np.concatenate(results)
+        return {name: np.concatenate(parts) for name, parts in results.items()}
 
 
 def _no_bar(progress: Optional[bool]) -> Optional[bool]:
@@ -193,31 +255,7 @@ def _no_bar(progress: Optional[bool]) -> Optional[bool]:
 
 
 def load_eval_data(runner: Runner, eval_data: Any, *, images: ImageOptions = ImageOptions()) -> Dataset:
-    out_shape = runner.outputs[0].signature
-    num_classes = out_shape[-1] if len(out_shape) == 2 and out_shape[-1] > 1 else None
-    return load_data(eval_data, runner.specs, num_classes=num_classes, labels="required", images=images, name="eval data")
-
-
-def metrics(scores: np.ndarray, labels: np.ndarray, seconds: float) -> Metrics:
-    """Top-1 (and top-5 where there are more than 5 classes) accuracy of class scores."""
-    if scores.ndim != 2:
-        raise DataError(problem("model output", "class scores of shape (N, classes)", f"shape {scores.shape}"))
-    if scores.shape[1] == 1:  # one sigmoid unit: class 1 above 0.5
-        top1 = (scores[:, 0] > 0.5).astype(np.int64)
-        return Metrics(float(np.mean(top1 == labels)), None, len(labels), seconds)
-    top1 = float(np.mean(scores.argmax(axis=1) == labels))
-    top5 = None
-    if scores.shape[1] > 5:
-        best5 = np.argpartition(-scores, 5, axis=1)[:, :5]
-        top5 = float(np.mean((best5 == labels[:, None]).any(axis=1)))
-    return Metrics(top1, top5, len(labels), seconds)
-
-
-def agreement(scores_a: np.ndarray, scores_b: np.ndarray) -> float:
-    """Fraction of samples whose top-1 class is the same in both files."""
-    if scores_a.shape[1] == 1:
-        return float(np.mean((scores_a[:, 0] > 0.5) == (scores_b[:, 0] > 0.5)))
-    return float(np.mean(scores_a.argmax(axis=1) == scores_b.argmax(axis=1)))
+    return load_data(eval_data, runner.specs, outputs=runner.output_specs, images=images, name="eval data")
 
 
 def evaluate(
@@ -228,27 +266,42 @@ def evaluate(
     num_threads: Optional[int] = None,
     progress: Optional[bool] = None,
     images: ImageOptions = ImageOptions(),
+    tasks: Optional[dict[str, str]] = None,
 ) -> Metrics:
-    """Top-1 / top-5 accuracy of a .tflite file on labelled data, on the interpreter.
+    """Each output's metrics for a .tflite file on evaluation data, on the interpreter.
 
-    Inputs are quantized and outputs dequantized with the file's own parameters.
+    Inputs are quantized and outputs dequantized with the file's own parameters. Classification
+    outputs need labels (`y` or `y_<output>`); regression outputs report R² against labels.
 
     Example:
         >>> evaluate("build/digits_int8.tflite", "data/digits_test.npz").accuracy   # doctest: +SKIP
-        0.9805555555555555
+        0.9944289693593314
 
     Args:
         tflite: path or bytes of the file.
-        eval_data: labelled data (see `tfquant.data.load_data`).
+        eval_data: evaluation data (see `tfquant.data.load_data`).
         batch_size: samples per invoke when the batch dim is dynamic. Defaults to `64`.
         num_threads: interpreter threads. Defaults to every core.
         progress: show a progress bar. Defaults to: when stderr is a terminal.
+        tasks: per output name, `"classification"`, `"regression"` or `"embedding"`. Defaults to
+            the detected task.
     """
+    from . import tasks as task_metrics
+
     runner = Runner(tflite, num_threads=num_threads)
     data = load_eval_data(runner, eval_data, images=images)
     started = time.perf_counter()
-    scores = runner.predict(data, batch_size=batch_size, progress=progress)
-    return metrics(scores, data.labels, time.perf_counter() - started)
+    outputs = runner.predict(data, batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - started
+    chosen, labels = task_metrics.choose(outputs, data.labels, task_metrics.parse_tasks(tasks), data.source)
+    judged = task_metrics.judge(outputs, chosen, labels)
+    primary = judged.primary()
+    if primary is not None and primary.accuracy is None:
+        raise DataError(problem(data.source, f"labels for classification output {primary.name!r} "
+                                f"('y' or 'y_{primary.name}')", "none"))
+    return Metrics(accuracy=None if primary is None else primary.accuracy,
+                   top5_accuracy=None if primary is None else primary.top5_accuracy,
+                   samples=len(data), seconds=seconds, outputs=list(judged.outputs.values()))
 
 
 def _random_inputs(runner: Runner, seed: int = 0) -> list[np.ndarray]:
@@ -256,7 +309,9 @@ def _random_inputs(runner: Runner, seed: int = 0) -> list[np.ndarray]:
     arrays = []
     for detail in runner.interpreter.get_input_details():
         shape, dtype = tuple(detail["shape"]), np.dtype(detail["dtype"])
-        if dtype.kind in "iu":
+        if dtype.kind in "iu" and not detail["quantization"][0]:
+            arrays.append(np.zeros(shape, dtype))  # ids (tokens, categories): 0 is valid for any table
+        elif dtype.kind in "iu":
             info = np.iinfo(dtype)
             arrays.append(rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype))
         else:

@@ -7,13 +7,13 @@ Uses the schema and flatbuffer utilities that LiteRT ships (the same code as Ten
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Iterable, Union
 
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from .errors import TFLiteFileError, problem
-from .types import ModelInfo, OpInfo, QuantParams, TensorInfo
+from .types import FloatOp, ModelInfo, OpInfo, QuantParams, TensorInfo
 
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 _TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
@@ -119,3 +119,55 @@ def _tensor(model, index: int, tensor) -> TensorInfo:
     shape = _ints(tensor.shape)
     signature = _ints(tensor.shapeSignature) or shape
     return TensorInfo(index, name, _TYPE_NAMES.get(tensor.type, f"type{tensor.type}"), shape, signature, constant, params)
+
+
+# Why an op stays float in a file meant to be integer, where the answer is more than "no int8 form".
+_REASONS = {
+    "DEQUANTIZE": "turns an integer tensor back to float for a float op after it",
+    "QUANTIZE": "turns a float result back to integer for the ops after it",
+    "WHILE": "a loop the converter kept (a recurrent layer that was not unrolled, or a tf.while_loop)",
+    "CAST": "a dtype cast inside the graph",
+}
+_WRAPPERS = ("StatefulPartitionedCall", "PartitionedCall", "serving_default", "functional", "sequential", "model")
+
+
+def explain_float_ops(info: ModelInfo, layer_names: Iterable[str] = (), *, integer_mode: bool = True,
+                      mode: str = "int8", denylist: Iterable[str] = ()) -> list[FloatOp]:
+    """Every float op of `info` with the Keras layer it comes from and why it stayed float.
+
+    The layer is read from the op's output tensor name (`model/layer_norm/moments/...`); with
+    `layer_names` (the model's own layers) the first path part that names a layer wins.
+    """
+    known = set(layer_names)
+    denied = set(denylist)
+    found = []
+    for op in info.ops:
+        if not op.float:
+            continue
+        tensor = info.tensors[op.outputs[0]].name if op.outputs and op.subgraph == 0 else ""
+        reason = _REASONS.get(op.name, f"TFLite's quantizer has no integer form of {op.name}") if integer_mode \
+            else f"mode {mode} computes it in float"
+        if tensor in denied and op.name not in ("QUANTIZE", "DEQUANTIZE"):
+            reason = "kept in float by the recipe (its denylist)"
+        found.append(FloatOp(op=op.name, index=op.index, layer=_layer_of(tensor, known), reason=reason))
+    return found
+
+
+def _layer_of(tensor: str, known: set[str]) -> str:
+    parts = [p for p in tensor.split(";")[0].split("/") if p]
+    for part in parts:
+        if part in known:
+            return part
+    meaningful = [p for p in parts if not p.startswith(_WRAPPERS) and not p[:1].isupper()]
+    return meaningful[0] if meaningful else (parts[0] if parts else "?")
+
+
+def float_ops_message(where: str, float_ops: list[FloatOp]) -> str:
+    """One line naming the float ops (the ops that need float first, then their adapters) and what to do."""
+    core = [o for o in float_ops if o.op not in ("QUANTIZE", "DEQUANTIZE")] or float_ops
+    named = ", ".join(f"{o.op}#{o.index} in layer {o.layer!r} ({o.reason})" for o in core[:4])
+    more = f" and {len(core) - 4} more" if len(core) > 4 else ""
+    if core[0].reason.startswith("mode "):
+        return f"{where}: expected a fully integer file (strict), found float ops: {named}{more}; use mode int8"
+    return (f"{where}: expected a fully integer file, found float ops: {named}{more}; keep just these ops in "
+            "float with fallback auto (--fallback auto and --max-drop), or replace the layer")

@@ -20,10 +20,10 @@ import numpy as np
 
 from . import harness
 from .convert import convert, quantize_calibrated
-from .data import Dataset
 from .inspect import inspect
-from .models import LoadedModel
-from .types import Candidate, LayerError, Mode, RangeWarning, Recipe
+from .prepare import Prepared
+from .types import Budget, Candidate, LayerError, Mode, RangeWarning, Recipe
+from .verify import Reference
 
 LATER_MODES = (Mode.INT16X8, Mode.DYNAMIC, Mode.FLOAT16)
 MAX_FLOAT_SHARE = 0.5  # the denylist never keeps more than half of the suspects in float
@@ -34,7 +34,7 @@ class LadderResult:
     chosen: Candidate
     tflite: bytes
     candidates: list[Candidate]
-    scores: np.ndarray  # the chosen file's class scores on the evaluation data
+    outputs: dict[str, np.ndarray]  # the chosen file's outputs on the evaluation data
 
 
 def suspects(lint: list[RangeWarning], errors: list[LayerError]) -> list[str]:
@@ -50,53 +50,53 @@ def suspects(lint: list[RangeWarning], errors: list[LayerError]) -> list[str]:
 
 
 def climb(
-    model: LoadedModel,
+    prepared: Prepared,
     recipe: Recipe,
     calibrated: bytes,
-    float_tflite: bytes,
-    evaluation: Dataset,
+    reference: Reference,
     *,
-    float_accuracy: float,
-    max_drop: float,
+    budget: Budget,
     suspect_tensors: list[str],
     num_threads: Optional[int] = None,
     bench_runs: int = 10,
     on_candidate: Optional[Callable[[Candidate], None]] = None,
 ) -> LadderResult:
-    """Try candidates in order; return the first within `max_drop` (float32 always is) and all that were tried."""
+    """Try candidates in order; return the first within `budget` (float32 always is) and all that were tried."""
     tried: list[Candidate] = []
-    files: dict[int, tuple[bytes, np.ndarray]] = {}
+    files: dict[int, tuple[bytes, dict]] = {}
+    source = prepared.source
 
     def measure(name: str, candidate_recipe: Recipe, build: Callable[[], bytes]) -> Candidate:
         started = time.perf_counter()
         data = build()
-        runner = harness.Runner(data, num_threads=num_threads)
-        scores = runner.predict(evaluation, progress=False)
-        accuracy = harness.metrics(scores, evaluation.labels, 0.0).accuracy
+        outputs = harness.Runner(data, num_threads=num_threads).predict(prepared.evaluation, progress=False)
+        judged = reference.judge(outputs)
+        problems = reference.violations(judged, budget)
+        score, float_score = reference.score(judged), reference.score(reference.metrics)
         (bench,) = harness.benchmark(data, runs=bench_runs, warmup=2, num_threads=num_threads)
         info = inspect(data)
-        drop = float_accuracy - accuracy
         candidate = Candidate(
-            name=name, recipe=candidate_recipe, accuracy=accuracy, drop=round(drop, 6), tflite_bytes=len(data),
-            fully_integer=info.fully_integer, float_ops=len(info.float_ops), ops=len(info.ops),
+            name=name, recipe=candidate_recipe, accuracy=score,
+            drop=None if score is None or float_score is None else round(float_score - score, 6),
+            tflite_bytes=len(data), fully_integer=info.fully_integer, float_ops=len(info.float_ops), ops=len(info.ops),
             latency_p50_ms=bench.inference_ms.p50, seconds=round(time.perf_counter() - started, 3),
-            accepted=drop <= max_drop + 1e-9,
+            accepted=not problems, violations=problems,
         )
-        files[len(tried)] = (data, scores)
+        files[len(tried)] = (data, outputs)
         tried.append(candidate)
         if on_candidate is not None:
             on_candidate(candidate)
         return candidate
 
     def done(candidate: Candidate) -> LadderResult:
-        data, scores = files[tried.index(candidate)]
-        return LadderResult(chosen=candidate, tflite=data, candidates=tried, scores=scores)
+        data, outputs = files[tried.index(candidate)]
+        return LadderResult(chosen=candidate, tflite=data, candidates=tried, outputs=outputs)
 
     def int8_with(k: int) -> Candidate:
         denied = replace(recipe, denylist=tuple(suspect_tensors[:k]))
-        return measure(f"int8, {k} op(s) in float", denied, lambda: quantize_calibrated(calibrated, denied, source=model.source))
+        return measure(f"int8, {k} op(s) in float", denied, lambda: quantize_calibrated(calibrated, denied, source=source))
 
-    first = measure(recipe.mode.value, recipe, lambda: quantize_calibrated(calibrated, recipe, source=model.source))
+    first = measure(recipe.mode.value, recipe, lambda: quantize_calibrated(calibrated, recipe, source=source))
     if first.accepted:
         return done(first)
 
@@ -109,15 +109,12 @@ def climb(
         if mode is recipe.mode:
             continue
         later = Recipe(mode=mode, calib_samples=recipe.calib_samples, per_channel=recipe.per_channel)
-        if later.needs_calibration:
-            build = lambda r=later: quantize_calibrated(calibrated, r, source=model.source)  # noqa: E731
-        else:
-            build = lambda r=later: convert(model, r)  # noqa: E731
-        candidate = measure(mode.value, later, build)
+        candidate = measure(mode.value, later, lambda r=later: convert(prepared.exported, r, calibrated=calibrated,
+                                                                        source=source))
         if candidate.accepted:
             return done(candidate)
 
-    return done(measure("float32", Recipe(mode=Mode.FLOAT32), lambda: float_tflite))
+    return done(measure("float32", Recipe(mode=Mode.FLOAT32), lambda: prepared.exported.tflite))
 
 
 def _search_k(try_k: Callable[[int], Candidate], k_max: int) -> Optional[Candidate]:

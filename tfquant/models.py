@@ -33,22 +33,10 @@ class LoadedModel:
     quantization_aware: bool = False  # holds tfmot fake-quant: the converter reads its ranges
     safe_mode: bool = True  # how a SavedModel's Keras layers may be revived later (QAT, pruning)
 
-    @property
-    def num_classes(self) -> Optional[int]:
-        """The classifier's class count: the last dim of the first output, if it is rank 2."""
-        shape = self.outputs[0].shape if self.outputs else ()
-        return shape[-1] if len(shape) == 2 and shape[-1] else None
-
     def trained(self, keras_model: Any, *, quantization_aware: bool = False) -> "LoadedModel":
         """The same signature and source, converting `keras_model` (a fine-tuned tf_keras model) instead."""
         return replace(self, flavor="keras2", keras_model=keras_model, saved_model_dir=None,
                        quantization_aware=quantization_aware)
-
-    def converter(self):
-        tf = _keras.tf
-        if self.saved_model_dir is not None:
-            return tf.lite.TFLiteConverter.from_saved_model(self.saved_model_dir)
-        return tf.lite.TFLiteConverter.from_keras_model(self.keras_model)
 
 
 def load_model(source: Any, *, safe_mode: bool = True) -> LoadedModel:

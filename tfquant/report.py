@@ -25,14 +25,12 @@ def rows(report: Report) -> list[tuple[str, str, str, str]]:
     """The comparison table: metric, float file, quantized file, and the change."""
     fp, q = report.float_file, report.quantized
     lat_f, lat_q = report.latency_ms["float"], report.latency_ms["quantized"]
-    drop = "–" if report.accuracy_drop is None else f"{100 * report.accuracy_drop:.2f} pts drop"
-    table = [
-        ("accuracy (top-1)", _pct(fp.accuracy), _pct(q.accuracy), drop),
-    ]
-    if q.top5_accuracy is not None:
-        table.append(("accuracy (top-5)", _pct(fp.top5_accuracy), _pct(q.top5_accuracy), ""))
-    if report.agreement is not None:
-        table.append(("top-1 agreement", "", f"{100 * report.agreement.top1:.2f} %", f"{report.agreement.samples} samples"))
+    table: list[tuple[str, str, str, str]] = []
+    several = len(report.outputs) > 1
+    for out in report.outputs:
+        table += _output_rows(out, prefix=f"{out.name}: " if several else "")
+    if not report.outputs and fp.accuracy is not None:
+        table.append(("accuracy (top-1)", _pct(fp.accuracy), _pct(q.accuracy), ""))
     table += [
         ("file bytes", f"{fp.tflite_bytes:,}", f"{q.tflite_bytes:,}", _ratio(q.tflite_bytes, fp.tflite_bytes)),
         ("gzip bytes", f"{fp.gzip_bytes:,}", f"{q.gzip_bytes:,}", _ratio(q.gzip_bytes, fp.gzip_bytes)),
@@ -41,6 +39,39 @@ def rows(report: Report) -> list[tuple[str, str, str, str]]:
         ("fully integer", "no" if not fp.fully_integer else "yes", "yes" if q.fully_integer else "NO", ", ".join(q.float_ops[:4])),
     ]
     return table
+
+
+def _output_rows(out, prefix: str) -> list[tuple[str, str, str, str]]:
+    f, q = out.float, out.quantized
+    found = []
+    if out.task == "classification":
+        if q.accuracy is not None:
+            found.append((f"{prefix}accuracy (top-1)", _pct(f.accuracy), _pct(q.accuracy),
+                          f"{100 * (f.accuracy - q.accuracy):.2f} pts drop"))
+        if q.top5_accuracy is not None:
+            found.append((f"{prefix}accuracy (top-5)", _pct(f.top5_accuracy), _pct(q.top5_accuracy), ""))
+        if q.agreement is not None:
+            found.append((f"{prefix}top-1 agreement", "", _pct(q.agreement), f"{q.samples} samples"))
+    elif out.task == "regression":
+        found.append((f"{prefix}RMSE / float std", "", f"{q.rel_rmse:.4f}", f"max |err| {q.max_abs_error:.4g}"))
+        if q.r2 is not None:
+            found.append((f"{prefix}R² (labels)", f"{f.r2:.4f}", f"{q.r2:.4f}", ""))
+    elif out.task == "embedding":
+        found.append((f"{prefix}cosine to float", "", f"{q.mean_cosine:.4f}", f"min {q.min_cosine:.4f}"))
+        if q.retrieval is not None:
+            found.append((f"{prefix}retrieval (1-NN)", _pct(f.retrieval), _pct(q.retrieval),
+                          f"{100 * (f.retrieval - q.retrieval):.2f} pts drop"))
+    return found
+
+
+def io_lines(report: Report) -> list[str]:
+    """Every input and output of the quantized file with its dtype (and scale), as an app sees it."""
+    lines = []
+    for t in report.io:
+        quant = "" if t.scale is None else f"  scale={t.scale:.6g} zero_point={t.zero_point}"
+        task = next((f"  ({o.task})" for o in report.outputs if o.name == t.name and t.kind == "output"), "")
+        lines.append(f"{t.kind:6} {t.name}  {t.dtype} {t.shape}{quant}{task}")
+    return lines
 
 
 def to_text(report: Report) -> str:
@@ -53,6 +84,11 @@ def to_text(report: Report) -> str:
     footer = (f"{report.eval_samples or 0} eval samples, {report.calibration_samples} calibration samples, "
               f"{report.runtime.name} {report.runtime.version}, {report.runtime.num_threads} threads")
     out = "\n".join(lines) + "\n" + footer + "\n"
+    out += "".join(f"{line}\n" for line in io_lines(report))
+    if report.export is not None and report.export.notes:
+        out += "".join(f"export: {note}\n" for note in report.export.notes)
+    for op in report.float_ops:
+        out += f"float op: {op.op}#{op.index} in layer {op.layer!r}: {op.reason}\n"
     if report.training is not None:
         out += "\n".join(training_lines(report)) + "\n"
     for warning in report.warnings:
@@ -118,6 +154,19 @@ def to_markdown(report: Report) -> str:
         "| --- | ---: | ---: | --- |",
     ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(report)]
+    if report.io:
+        lines += ["", "## Inputs and outputs of the quantized file", "", "| | name | dtype | shape | scale | zero point | task |",
+                  "| --- | --- | --- | --- | ---: | ---: | --- |"]
+        tasks = {o.name: o.task for o in report.outputs}
+        lines += [f"| {t.kind} | `{t.name}` | {t.dtype} | {t.shape} | {'' if t.scale is None else f'{t.scale:.6g}'} | "
+                  f"{'' if t.zero_point is None else t.zero_point} | {tasks.get(t.name, '') if t.kind == 'output' else ''} |"
+                  for t in report.io]
+    if report.export is not None:
+        lines += ["", "## Export", "", f"Route: {report.export.route}, {report.export.seconds:.2f} s."]
+        lines += [f"- {note}" for note in report.export.notes]
+    if report.float_ops:
+        lines += ["", "## Float ops", "", "| op | layer | why |", "| --- | --- | --- |"]
+        lines += [f"| {o.op}#{o.index} | `{o.layer}` | {o.reason} |" for o in report.float_ops]
     lines += ["", "## Ops in the quantized file", "", "| op | count |", "| --- | ---: |"]
     lines += [f"| {name} | {count} |" for name, count in sorted(report.quantized.op_counts.items())]
     if report.warnings:
@@ -132,7 +181,8 @@ def to_markdown(report: Report) -> str:
                   "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
         for index, c in enumerate(report.ladder):
             verdict = "**chosen**" if index == report.chosen else ("within budget" if c.accepted else "over budget")
-            lines.append(f"| {c.name} | {_pct(c.accuracy)} | {100 * c.drop:.2f} pts | {c.tflite_bytes:,} | "
+            drop = "–" if c.drop is None else f"{100 * c.drop:.2f} pts"
+            lines.append(f"| {c.name} | {_pct(c.accuracy)} | {drop} | {c.tflite_bytes:,} | "
                          f"{c.float_ops} / {c.ops} | {c.latency_p50_ms:.3f} | {verdict} |")
     if report.diagnostics:
         lines += ["", "## Worst tensors (RMSE / scale)", "", "| tensor | op | RMSE/scale | max abs error |",

@@ -58,7 +58,7 @@ def worst_layers_chart(report: Report, top: int = 12) -> str | None:
 
 
 def ladder_chart(report: Report) -> str | None:
-    if not report.ladder:
+    if not report.ladder or any(c.accuracy is None for c in report.ladder):
         return None
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.2))
@@ -106,7 +106,7 @@ def to_html(report: Report) -> str:
                      "<th>bytes</th><th>float ops</th><th>p50 ms</th><th>seconds</th><th></th></tr>")
         for index, c in enumerate(report.ladder):
             verdict = "chosen" if index == report.chosen else ("within budget" if c.accepted else "over budget")
-            parts.append(f"<tr><td>{index + 1}</td><td>{esc(c.name)}</td><td>{100 * c.accuracy:.2f} %</td><td>{100 * c.drop:.2f} pts</td>"
+            parts.append(f"<tr><td>{index + 1}</td><td>{esc(c.name)}</td><td>{'–' if c.accuracy is None else f'{100 * c.accuracy:.2f} %'}</td><td>{'–' if c.drop is None else f'{100 * c.drop:.2f} pts'}</td>"
                          f"<td>{c.tflite_bytes:,}</td><td>{c.float_ops} / {c.ops}</td><td>{c.latency_p50_ms:.3f}</td>"
                          f"<td>{c.seconds:.2f}</td><td>{verdict}</td></tr>")
         parts.append("</table>")

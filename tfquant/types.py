@@ -177,12 +177,107 @@ class Recipe(Record):
 
 @dataclass(frozen=True)
 class Metrics(Record):
-    """Accuracy of one .tflite file on labelled data, measured on the interpreter."""
+    """What one .tflite file does on evaluation data, measured on the interpreter, output by output."""
 
-    accuracy: float
+    accuracy: Optional[float]  # of the first classification output, if any
     top5_accuracy: Optional[float]
     samples: int
     seconds: float
+    outputs: list[OutputMetrics] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OutputMetrics(Record):
+    """One output of one file, measured on the interpreter with its task's metrics (`tfquant.tasks`).
+
+    Label-based numbers (accuracy, R², retrieval) are there when the data has labels for the
+    output; comparisons with the float file (agreement, RMSE, cosine) only for a quantized file.
+    """
+
+    name: str
+    task: str
+    samples: int
+    accuracy: Optional[float] = None
+    top5_accuracy: Optional[float] = None
+    agreement: Optional[float] = None
+    std: Optional[float] = None
+    rmse: Optional[float] = None
+    rel_rmse: Optional[float] = None
+    max_abs_error: Optional[float] = None
+    r2: Optional[float] = None
+    label_rmse: Optional[float] = None
+    mean_cosine: Optional[float] = None
+    min_cosine: Optional[float] = None
+    retrieval: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Budget(Record):
+    """How far a quantized file may stray from the float file, per task.
+
+    Args:
+        max_drop: classification accuracy (or retrieval accuracy) drop, as a fraction. Defaults
+            to no limit.
+        max_rel_rmse: regression RMSE against the float output, as a fraction of the float
+            output's standard deviation. Defaults to `0.05`.
+        min_cosine: embeddings' mean cosine to the float embeddings. Defaults to `0.99`.
+    """
+
+    max_drop: Optional[float] = None
+    max_rel_rmse: float = 0.05
+    min_cosine: float = 0.99
+
+    def __post_init__(self):
+        for name, low, high in (("max_drop", 0, 1), ("max_rel_rmse", 0, float("inf")), ("min_cosine", -1, 1)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high \
+                    or value != value:
+                raise RecipeError(f"{name}: expected a number between {low:g} and {high:g}, found {value!r}")
+
+
+@dataclass(frozen=True)
+class OutputReport(Record):
+    """One output in a report: its task, its dtype in the file, and both files' metrics."""
+
+    name: str
+    task: str
+    dtype: str
+    float: OutputMetrics
+    quantized: OutputMetrics
+    within_budget: Optional[bool] = None
+
+
+@dataclass(frozen=True)
+class IOTensor(Record):
+    """One input or output of the quantized file, as an app feeds or reads it."""
+
+    name: str
+    kind: str  # "input" or "output"
+    dtype: str
+    shape: list[int]
+    scale: Optional[float] = None
+    zero_point: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class ExportInfo(Record):
+    """How the Keras model became the float file every quantized file starts from."""
+
+    route: str
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FloatOp(Record):
+    """An op that stayed float in a file meant to be integer: where it came from and why."""
+
+    op: str
+    index: int
+    layer: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -326,8 +421,8 @@ class Candidate(Record):
 
     name: str
     recipe: Recipe
-    accuracy: float
-    drop: float
+    accuracy: Optional[float]  # the first classification output's accuracy (or agreement), if any
+    drop: Optional[float]
     tflite_bytes: int
     fully_integer: bool
     float_ops: int
@@ -335,6 +430,7 @@ class Candidate(Record):
     latency_p50_ms: float
     seconds: float
     accepted: bool
+    violations: list[str] = field(default_factory=list)  # how it fell outside the budget
 
 
 @dataclass(frozen=True)
@@ -390,6 +486,11 @@ class Report:
     chosen: Optional[int] = None
     max_drop: Optional[float] = None
     training: Optional[Training] = None
+    outputs: list[OutputReport] = field(default_factory=list)
+    io: list[IOTensor] = field(default_factory=list)
+    export: Optional[ExportInfo] = None
+    float_ops: list[FloatOp] = field(default_factory=list)
+    budget: Optional[Budget] = None
     tfquant_version: str = ""
     schema_version: int = SCHEMA_VERSION
 
@@ -414,6 +515,11 @@ class Report:
             "chosen": self.chosen,
             "max_drop": self.max_drop,
             "training": None if self.training is None else self.training.to_dict(),
+            "outputs": [o.to_dict() for o in self.outputs],
+            "io": [t.to_dict() for t in self.io],
+            "export": None if self.export is None else self.export.to_dict(),
+            "float_ops": [o.to_dict() for o in self.float_ops],
+            "budget": None if self.budget is None else self.budget.to_dict(),
             "runtime": self.runtime.to_dict(),
         }
 
@@ -443,6 +549,11 @@ class Report:
             chosen=data.get("chosen"),
             max_drop=data.get("max_drop"),
             training=None if data.get("training") is None else Training.from_dict(data["training"]),
+            outputs=[OutputReport.from_dict(o) for o in data.get("outputs", [])],
+            io=[IOTensor.from_dict(t) for t in data.get("io", [])],
+            export=None if data.get("export") is None else ExportInfo.from_dict(data["export"]),
+            float_ops=[FloatOp.from_dict(o) for o in data.get("float_ops", [])],
+            budget=None if data.get("budget") is None else Budget.from_dict(data["budget"]),
             tfquant_version=data.get("tfquant_version", ""),
             schema_version=data["schema_version"],
         )

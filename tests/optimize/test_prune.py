@@ -62,9 +62,9 @@ def test_two_of_four_blocks(digits_model, train_npz):
 
 @pytest.mark.parametrize("options, message", [
     ({"sparsity": 1.5}, "sparsity: expected a fraction between 0 and 1"),
-    ({"sparsity": 0.5, "schedule": "cubic"}, "unknown schedule 'cubic'; expected one of: polynomial, constant"),
-    ({"sparsity": 0.5, "then": "int4"}, "unknown then 'int4'"),
-    ({"sparsity": 0.5, "block": "1:8"}, "unknown block '1:8'; expected one of: 2:4"),
+    ({"sparsity": 0.5, "schedule": "cubic"}, "schedule: unknown value 'cubic'; expected one of: polynomial, constant"),
+    ({"sparsity": 0.5, "then": "int4"}, "then: unknown value 'int4'"),
+    ({"sparsity": 0.5, "block": "1:8"}, "block: unknown value '1:8'; expected one of: 2:4"),
 ])
 def test_bad_options(digits_model, train_npz, options, message):
     with pytest.raises(RecipeError, match=message):

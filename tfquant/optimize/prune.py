@@ -140,36 +140,39 @@ def prune(
         learning_rate: Adam's rate; pruning recovers better at tfmot's usual 1e-3. Defaults to `1e-3`.
         Other options as in `tfquant.quantize` and `tfquant.qat`.
     """
-    from ..convert import calibrate, convert, quantize_calibrated
-    from ..pipeline import gzip_size, verify
-    from .qat import quantize_aware
+    from ..convert import calibrate, convert, convert_quantization_aware
+    from ..export import export
+    from ..types import Budget
+    from ..verify import gzip_size, verify
+    from .qat import _shapes, quantize_aware
     from .training import fit, keras_accuracy, outputs_probabilities, start
 
-    if not (isinstance(sparsity, (int, float)) and 0 < sparsity < 1):
+    if isinstance(sparsity, bool) or not (isinstance(sparsity, (int, float)) and 0 < sparsity < 1):
         raise RecipeError(f"sparsity: expected a fraction between 0 and 1 (0.8 = 80 % zeros), found {sparsity!r}")
     for value, name, choices in ((schedule, "schedule", SCHEDULES), (then, "then", THEN)):
         if value not in choices:
-            raise RecipeError(f"unknown {name} {value!r}; expected one of: {', '.join(choices)}")
+            raise RecipeError(f"{name}: unknown value {value!r}; expected one of: {', '.join(choices)}")
     if block is not None and block not in BLOCKS:
-        raise RecipeError(f"unknown block {block!r}; expected one of: {', '.join(BLOCKS)}")
+        raise RecipeError(f"block: unknown value {block!r}; expected one of: {', '.join(BLOCKS)}")
 
     recipe = Recipe(mode=Mode.INT8, io=io, calib_samples=calib_samples)
     begun = start(model, train_data, stage="tfquant prune", epochs=epochs, calibration_data=calibration_data,
-                  eval_data=eval_data, recipe=recipe, max_drop=max_drop, safe_mode=safe_mode)
-    loaded, calibration, evaluation, train = begun.loaded, begun.calibration, begun.evaluation, begun.train
-    keras_model, float_tflite = begun.keras_model, begun.float_tflite
+                  eval_data=eval_data, recipe=recipe, max_drop=max_drop, safe_mode=safe_mode,
+                  learning_rate=learning_rate)
+    prepared = begun.prepared
+    keras_model, float_tflite = begun.keras_model, prepared.exported.tflite
     probabilities = outputs_probabilities(keras_model)
     started = time.perf_counter()
-    unpruned_int8 = quantize_calibrated(calibrate(loaded, calibration), recipe, source=loaded.source)
-    seconds = {"load": begun.seconds + time.perf_counter() - started}
+    unpruned_int8 = convert(prepared.exported, recipe, calibration=prepared.calibration, source=prepared.source)
+    seconds = {"unpruned_int8": time.perf_counter() - started}
 
     started = time.perf_counter()
-    steps = math.ceil(len(train) / batch_size) * epochs
+    steps = math.ceil(len(begun.train) / batch_size) * epochs
     pruning = wrap_for_pruning(keras_model, sparsity=sparsity, schedule=schedule, end_step=max(1, int(steps * 0.75)),
                                block=block)
     sk = _sparsity()
     steps_callbacks = [sk.UpdatePruningStep()] + ([sk.PruningSummaries(log_dir=log_dir)] if log_dir else [])
-    fit(pruning, train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+    fit(pruning, begun.train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         callbacks=steps_callbacks + list(callbacks or []), verbose=verbose, probabilities=probabilities)
     stripped = sk.strip_pruning(pruning)
     seconds["prune"] = time.perf_counter() - started
@@ -182,21 +185,24 @@ def prune(
         scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
         aware, layers = quantize_aware(stripped, scheme=scheme)
         extra_epochs = qat_epochs or max(1, epochs // 2)
-        fit(aware, train, epochs=extra_epochs, batch_size=batch_size, learning_rate=learning_rate,
+        fit(aware, begun.train, epochs=extra_epochs, batch_size=batch_size, learning_rate=learning_rate,
             verbose=verbose, probabilities=probabilities)
         kind, total_epochs, final_model = "prune+qat", epochs + extra_epochs, aware
+        trained = export(prepared.loaded.trained(aware, quantization_aware=True), shapes=_shapes(prepared))
+        tflite = convert_quantization_aware(trained, recipe, prepared.calibration, source=prepared.source)
     else:
         final_model = stripped
-    tflite = convert(loaded.trained(final_model, quantization_aware=then == "qat"), recipe, calibration)
+        trained = export(prepared.loaded.trained(stripped), shapes=_shapes(prepared))
+        tflite = convert(trained, recipe, calibrated=calibrate(trained.tflite, prepared.calibration,
+                                                               source=prepared.source), source=prepared.source)
     seconds["convert"] = time.perf_counter() - started
 
     training = Training(
         kind=kind, epochs=total_epochs,
-        keras_accuracy=None if evaluation is None else keras_accuracy(final_model, evaluation),
+        keras_accuracy=None if prepared.evaluation is None else keras_accuracy(final_model, prepared.evaluation),
         layers=layers, target_sparsity=float(sparsity), sparsity=tflite_sparsity(tflite),
         files={name: FileSize(len(data), gzip_size(data)) for name, data in
                (("float", float_tflite), ("int8", unpruned_int8), ("pruned_int8", tflite))},
     )
-    return verify(loaded, recipe, tflite, float_tflite, calibration, evaluation, seconds=seconds, max_drop=max_drop,
-                  strict=strict, num_threads=num_threads, bench_runs=bench_runs, progress=progress,
-                  extra={"training": training})
+    return verify(prepared, recipe, tflite, seconds=seconds, budget=Budget(max_drop=max_drop), strict=strict,
+                  num_threads=num_threads, bench_runs=bench_runs, progress=progress, extra={"training": training})

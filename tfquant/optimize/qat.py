@@ -224,29 +224,36 @@ def qat(
     """
     import time
 
-    from ..convert import convert
-    from ..pipeline import verify
-    from ..types import Mode, Recipe, Training
+    from ..convert import convert_quantization_aware
+    from ..export import export
+    from ..types import Budget, Mode, Recipe, Training
+    from ..verify import verify
     from .training import fit, keras_accuracy, outputs_probabilities, start
 
     recipe = Recipe(mode=Mode.INT8, io=io, calib_samples=calib_samples)
     begun = start(model, train_data, stage="tfquant qat", epochs=epochs, calibration_data=calibration_data,
-                  eval_data=eval_data, recipe=recipe, max_drop=max_drop, safe_mode=safe_mode)
-    keras_model, evaluation, calibration = begun.keras_model, begun.evaluation, begun.calibration
-    seconds = {"load": begun.seconds}
+                  eval_data=eval_data, recipe=recipe, max_drop=max_drop, safe_mode=safe_mode,
+                  learning_rate=learning_rate)
+    prepared = begun.prepared
+    seconds: dict[str, float] = {}
 
     started = time.perf_counter()
-    qat_model, layers = quantize_aware(keras_model)
+    qat_model, layers = quantize_aware(begun.keras_model)
     fit(qat_model, begun.train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-        callbacks=callbacks, verbose=verbose, probabilities=outputs_probabilities(keras_model))
+        callbacks=callbacks, verbose=verbose, probabilities=outputs_probabilities(begun.keras_model))
     seconds["train"] = time.perf_counter() - started
-    keras_acc = None if evaluation is None else keras_accuracy(qat_model, evaluation)
+    keras_acc = None if prepared.evaluation is None else keras_accuracy(qat_model, prepared.evaluation)
 
     started = time.perf_counter()
-    tflite = convert(begun.loaded.trained(qat_model, quantization_aware=True), recipe, calibration)
+    trained = export(prepared.loaded.trained(qat_model, quantization_aware=True), shapes=_shapes(prepared))
+    tflite = convert_quantization_aware(trained, recipe, prepared.calibration, source=prepared.source)
     seconds["convert"] = time.perf_counter() - started
     training = Training(kind="qat", epochs=epochs, keras_accuracy=keras_acc, layers=layers)
-    return verify(begun.loaded, recipe, tflite, begun.float_tflite, calibration, evaluation, seconds=seconds,
-                  max_drop=max_drop,
-                  strict=strict, num_threads=num_threads, bench_runs=bench_runs, progress=progress,
-                  extra={"training": training})
+    return verify(prepared, recipe, tflite, seconds=seconds, budget=Budget(max_drop=max_drop), strict=strict,
+                  num_threads=num_threads, bench_runs=bench_runs, progress=progress, extra={"training": training})
+
+
+def _shapes(prepared) -> dict[str, tuple]:
+    """The input shapes the float reference was exported with, so the trained model is exported alike."""
+    return {spec.name: tuple(spec.shape[1:]) for spec in prepared.exported.inputs
+            if all(d is not None for d in spec.shape[1:])}

@@ -44,8 +44,8 @@ def fit(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities),
         metrics=["accuracy"],
     )
-    validation_data = None if validation is None else (_inputs(validation), validation.labels)
-    return model.fit(_inputs(train), train.labels, epochs=epochs, batch_size=batch_size, shuffle=True,
+    validation_data = None if validation is None else (_inputs(validation), _labels(validation))
+    return model.fit(_inputs(train), _labels(train), epochs=epochs, batch_size=batch_size, shuffle=True,
                      validation_data=validation_data, callbacks=callbacks or [], verbose=verbose)
 
 
@@ -53,43 +53,75 @@ def fit(
 class Start:
     """What every training stage begins with: validated inputs, the tf_keras model, the float reference."""
 
-    loaded: Any
-    calibration: Optional[Dataset]
-    evaluation: Optional[Dataset]
-    train: Dataset
+    prepared: Any
     keras_model: Any
-    float_tflite: bytes
     seconds: float
+
+    @property
+    def loaded(self):
+        return self.prepared.loaded
+
+    @property
+    def train(self) -> Dataset:
+        return self.prepared.train
+
+    @property
+    def calibration(self) -> Optional[Dataset]:
+        return self.prepared.calibration
+
+    @property
+    def evaluation(self) -> Optional[Dataset]:
+        return self.prepared.evaluation
 
 
 def start(model, train_data, *, stage: str, epochs: int, calibration_data, eval_data, recipe, max_drop,
-          safe_mode: bool) -> Start:
+          safe_mode: bool, learning_rate: Optional[float] = None) -> Start:
     """Check the options, load and validate model and data, get a tf_keras model and its float32 file."""
-    from ..convert import convert
+    import math
+
     from ..errors import RecipeError
-    from ..pipeline import check_budget, load_inputs
-    from ..types import Mode, Recipe
+    from ..prepare import check_budget, prepare
     from .qat import keras2_model
 
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise RecipeError(f"epochs: expected a whole number >= 1, found {epochs!r}")
+    if learning_rate is not None and (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float))
+                                      or not math.isfinite(learning_rate) or learning_rate <= 0):
+        raise RecipeError(f"learning_rate: expected a finite number above 0, found {learning_rate!r}")
     check_budget(max_drop, eval_data)
     started = time.perf_counter()
-    loaded, calibration, evaluation, train = load_inputs(model, calibration_data, eval_data, recipe=recipe,
-                                                         train_data=train_data, safe_mode=safe_mode)
-    keras_model = keras2_model(loaded, stage)
-    float_tflite = convert(loaded, Recipe(mode=Mode.FLOAT32))
-    return Start(loaded, calibration, evaluation, train, keras_model, float_tflite, time.perf_counter() - started)
+    prepared = prepare(model, recipe=recipe, calibration_data=calibration_data, eval_data=eval_data,
+                       train_data=train_data, safe_mode=safe_mode)
+    classes = [name for name in prepared.train.labels]
+    if len(prepared.loaded.outputs) != 1:
+        raise RecipeError(f"{stage} fine-tunes classifiers with one output; the model has "
+                          f"{len(prepared.loaded.outputs)} outputs ({', '.join(s.name for s in prepared.loaded.outputs)})")
+    if not classes:
+        raise RecipeError(f"{stage} needs labels 'y' in the training data")
+    keras_model = keras2_model(prepared.loaded, stage)
+    return Start(prepared, keras_model, time.perf_counter() - started)
 
 
-def keras_accuracy(model, data: Dataset) -> float:
+def keras_accuracy(model, data: Dataset) -> Optional[float]:
     """Top-1 accuracy of the Keras model itself (what training sees, before any conversion)."""
     import numpy as np
 
+    if not data.labels:
+        return None
     scores = model.predict(_inputs(data), batch_size=256, verbose=0)
-    return float(np.mean(np.argmax(scores, axis=1) == data.labels))
+    return float(np.mean(np.argmax(scores, axis=-1) == _labels(data)))
 
 
 def _inputs(data: Dataset):
     arrays = list(data.inputs.values())
     return arrays[0] if len(arrays) == 1 else dict(data.inputs)
+
+
+def _labels(data: Dataset):
+    """Integer class labels of the one output (one-hot rows become ids)."""
+    import numpy as np
+
+    (labels,) = data.labels.values()
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        labels = labels.argmax(axis=1)
+    return np.asarray(labels).reshape(len(labels)).astype(np.int64)

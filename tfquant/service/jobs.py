@@ -190,11 +190,8 @@ def run(command: str, options: dict[str, Any], paths: dict[str, Path], *, safe_m
 
 def validate_inputs(command: str, options: dict[str, Any], paths: dict[str, Path], *, safe_mode: bool) -> None:
     """Load the model and check every data file against it: the errors the command gives, before queueing."""
-    from ..pipeline import load_inputs
+    from ..prepare import prepare
 
     recipe = recipe_of(command, options)
-    if command == "convert":
-        load_inputs(paths["model"], paths["calib"], paths.get("eval"), recipe=recipe, safe_mode=safe_mode)
-    else:
-        load_inputs(paths["model"], paths.get("calib"), paths.get("eval"), recipe=recipe, safe_mode=safe_mode,
-                    train_data=paths["train"])
+    prepare(paths["model"], recipe=recipe, calibration_data=paths.get("calib"), eval_data=paths.get("eval"),
+            train_data=paths.get("train") if command != "convert" else None, safe_mode=safe_mode, export_model=False)

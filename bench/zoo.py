@@ -1,0 +1,132 @@
+"""Every model of the zoo through `tfquant.quantize`, in Keras 3 and tf_keras: a row per model.
+
+    python bench/zoo.py [--only NAME ...] [--versions 3 2]
+
+Writes bench/zoo.json and bench/zoo.md, and the README's zoo table. Each row: the primary
+metric of the float and the int8 file on the held-out digits, the drop, bytes, latency int8 /
+float, fully integer, and the seconds `quantize` took (export, calibration, quantization,
+evaluation of both files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+
+def log(message: str) -> None:
+    print(f"[zoo {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def row(name: str, version: int, folder: Path) -> dict:
+    import numpy as np
+
+    import tfquant
+    from tfquant import zoo
+
+    started = time.perf_counter()
+    model, data = zoo.train(name, version)
+    trained = time.perf_counter() - started
+    path = folder / f"{name}_k{version}.keras"
+    model.save(path)
+    test = folder / f"{name}_test.npz"
+    np.savez(test, **data.test)
+    calib = folder / f"{name}_calib.npz"
+    np.savez(calib, **{k: v[:300] for k, v in data.train.items() if not k.startswith("y")})
+    started = time.perf_counter()
+    try:
+        result = tfquant.quantize(path, calib, eval_data=test, bench_runs=50)
+        error = None
+    except tfquant.TfquantError as exc:
+        result = getattr(exc, "result", None)
+        error = str(exc)
+    seconds = time.perf_counter() - started
+    entry = {"model": name, "keras": version, "kind": zoo.ZOO[name].kind, "train_seconds": round(trained, 1),
+             "quantize_seconds": round(seconds, 1), "error": error}
+    if result is not None:
+        report = result.report
+        entry.update({
+            "fully_integer": report.quantized.fully_integer,
+            "float_bytes": report.float_file.tflite_bytes, "int8_bytes": report.quantized.tflite_bytes,
+            "latency_ratio": report.latency_ms["quantized"].p50 / report.latency_ms["float"].p50,
+            "outputs": [o.to_dict() for o in report.outputs], "route": report.export.route,
+            "float_ops": [f"{o.op} ({o.layer})" for o in report.float_ops],
+        })
+    return entry
+
+
+def metric_text(output: dict) -> tuple[str, str, str]:
+    f, q = output["float"], output["quantized"]
+    if output["task"] == "classification":
+        return f"{100 * f['accuracy']:.2f} %", f"{100 * q['accuracy']:.2f} %", f"{100 * (f['accuracy'] - q['accuracy']):+.2f} pts"
+    if output["task"] == "regression":
+        return f"R² {f['r2']:.3f}", f"R² {q['r2']:.3f}", f"RMSE {100 * q['rel_rmse']:.2f} % of σ"
+    return (f"1-NN {100 * f['retrieval']:.1f} %", f"1-NN {100 * q['retrieval']:.1f} %",
+            f"cos {q['mean_cosine']:.4f}")
+
+
+def markdown(rows: list[dict], environment: dict) -> str:
+    lines = [f"Measured {environment['date']} on {environment['cpu']} ({environment['cores']} cores), "
+             f"TensorFlow {environment['versions']['tensorflow']}, `bench/zoo.py`: each model trained from scratch for "
+             "a few epochs on the digits (as images, rows, tokens or features), then `tfquant.quantize` with default "
+             "options (full int8) on 300 calibration samples, measured on the 359 held-out digits.", "",
+             "| model | Keras | output | float | int8 | change | bytes float → int8 | latency int8/float | fully integer | s |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    for r in rows:
+        if "outputs" not in r:
+            lines.append(f"| {r['model']} | {r['keras']} | – | | | | | | error: {r['error'][:80]} | |")
+            continue
+        for index, output in enumerate(r["outputs"]):
+            f, q, change = metric_text(output)
+            first = index == 0
+            lines.append(
+                f"| {r['model'] if first else ''} | {r['keras'] if first else ''} | {output['name']} ({output['task']}) | "
+                f"{f} | {q} | {change} | "
+                + (f"{r['float_bytes']:,} → {r['int8_bytes']:,} | {r['latency_ratio']:.2f}× | "
+                   f"{'yes' if r['fully_integer'] else 'NO'} | {r['quantize_seconds']:.1f} |" if first else "| | | |"))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    from bench.run import environment
+    from tfquant import zoo
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*")
+    parser.add_argument("--versions", nargs="*", type=int, default=[3, 2])
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tfquant-zoo-") as tmp:
+        for name in zoo.ZOO:
+            if args.only and name not in args.only:
+                continue
+            for version in args.versions:
+                log(f"{name} (Keras {version})")
+                rows.append(row(name, version, Path(tmp)))
+                log(json.dumps({k: v for k, v in rows[-1].items() if k != "outputs"}))
+    env = environment()
+    (HERE / "zoo.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
+    table = markdown(rows, env)
+    (HERE / "zoo.md").write_text(table)
+    if not args.only:
+        readme = ROOT / "README.md"
+        text = readme.read_text()
+        start, end = "<!-- zoo:start -->", "<!-- zoo:end -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            readme.write_text(f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Each output's task, its labels and its metrics, on known values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfquant import tasks
+from tfquant.errors import DataError, RecipeError
+from tfquant.types import Budget
+
+RNG = np.random.default_rng(0)
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_tasks_are_detected_from_the_float_outputs():
+    logits = RNG.standard_normal((50, 4))
+    unit = logits / np.linalg.norm(logits, axis=1, keepdims=True)
+    assert tasks.detect(softmax(logits)) == "classification"
+    assert tasks.detect(unit) == "embedding"
+    assert tasks.detect(RNG.standard_normal((50, 1))) == "regression"
+    assert tasks.detect(logits) == "regression"  # raw vectors without labels
+    assert tasks.detect(logits, RNG.integers(0, 4, 50)) == "classification"  # logits with class labels
+    sigmoid = 1 / (1 + np.exp(-logits[:, :1]))
+    assert tasks.detect(sigmoid, RNG.integers(0, 2, 50)) == "classification"
+    assert tasks.parse_tasks(["score=regression"]) == {"score": "regression"}
+    with pytest.raises(RecipeError, match="unknown task 'ranking'; expected one of: classification, regression, embedding"):
+        tasks.parse_tasks({"score": "ranking"})
+
+
+def test_classification_metrics_and_budget():
+    probs = softmax(RNG.standard_normal((100, 10)))
+    labels = probs.argmax(axis=1)
+    labels[:10] = (labels[:10] + 1) % 10  # float accuracy 0.90
+    quantized = probs.copy()
+    quantized[10:15] = np.roll(quantized[10:15], 1, axis=1)  # five more wrong, and five changes of top-1
+    f = tasks.measure("classification", "probs", probs, labels=labels)
+    q = tasks.measure("classification", "probs", quantized, labels=labels, reference=probs)
+    assert f.accuracy == pytest.approx(0.90) and q.accuracy == pytest.approx(0.85) and q.agreement == pytest.approx(0.95)
+    assert tasks.violations(f, q, Budget(max_drop=0.06)) == []
+    assert tasks.violations(f, q, Budget(max_drop=0.01)) == [
+        "output 'probs': expected an accuracy drop of at most 0.0100, found 0.0500 (float 0.9000, quantized 0.8500)"]
+    one_hot = np.eye(10)[labels]
+    assert np.array_equal(tasks.check_labels("classification", "probs", probs, one_hot, "d.npz"), labels)
+    with pytest.raises(DataError, match=r"d.npz: expected labels in 0..9 for output 'probs' \(10 classes\), found labels 0..12"):
+        tasks.check_labels("classification", "probs", probs, np.arange(100) % 13, "d.npz")
+
+
+def test_regression_is_judged_relative_to_the_float_spread():
+    reference = RNG.standard_normal((200, 1)) * 3.0
+    quantized = reference + 0.03  # 1 % of the standard deviation
+    targets = reference + RNG.standard_normal((200, 1)) * 0.3
+    m = tasks.measure("regression", "price", quantized, labels=targets, reference=reference)
+    assert m.rel_rmse == pytest.approx(0.03 / np.std(reference), rel=1e-6)
+    assert m.max_abs_error == pytest.approx(0.03)
+    assert 0.98 < m.r2 < 1.0
+    off = tasks.measure("regression", "price", reference * 1.3, reference=reference)
+    assert tasks.violations(m, off, Budget())[0].startswith(
+        "output 'price': expected an RMSE of at most 0.050 of the float output's standard deviation, found 0.3")
+
+
+def test_embedding_cosine_and_retrieval():
+    centers = np.eye(4)
+    labels = np.repeat(np.arange(4), 25)
+    vectors = centers[labels] + RNG.standard_normal((100, 4)) * 0.1
+    reference = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    noisy = reference + RNG.standard_normal(reference.shape) * 0.01
+    m = tasks.measure("embedding", "emb", noisy, labels=labels, reference=reference)
+    assert 0.99 < m.mean_cosine <= 1.0 and m.min_cosine <= m.mean_cosine
+    assert m.retrieval == 1.0  # every nearest neighbour is of its own cluster
+    scrambled = tasks.measure("embedding", "emb", np.roll(reference, 10, axis=0), labels=labels, reference=reference)
+    f = tasks.measure("embedding", "emb", reference, labels=labels)
+    assert len(tasks.violations(f, scrambled, Budget(max_drop=0.01))) == 2

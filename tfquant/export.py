@@ -1,0 +1,274 @@
+"""Export: a Keras model (2 or 3) or a SavedModel, once, to the float32 `.tflite` file every later stage starts from.
+
+The fast route traces the model to a concrete function with one named `TensorSpec` per input
+(keeping each input's dtype: token ids stay int32), freezes its variables and converts the frozen
+function: a second or two where `TFLiteConverter.from_keras_model` writes and reloads a whole
+SavedModel. The file gets a `serving_default` signature whose input and output names are the
+model's own, so that data is bound by name everywhere, never by position. Where a graph cannot be
+frozen, the SavedModel route is taken instead, and the result says which route was used.
+
+Recurrent layers (LSTM, GRU, SimpleRNN, and those inside Bidirectional or stacked) are unrolled
+over their fixed sequence length for the export: the converter then emits plain FULLY_CONNECTED,
+LOGISTIC, TANH, MUL and ADD ops, which quantize to int8 as accurately as any dense layer, where
+the fused or looped forms either do not convert or lose accuracy in int8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+from . import _keras, legalize
+from .errors import ConversionError, DataError, problem
+from .models import LoadedModel
+from .types import TensorSpec
+
+SIGNATURE = "serving_default"
+
+
+@dataclass
+class Exported:
+    """The float file and what it took to make it."""
+
+    tflite: bytes
+    route: str  # "concrete function" or "SavedModel"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    function: Any = None  # the frozen concrete function, for the converter's own modes (QAT, dynamic, float16)
+
+    def convert(self, configure: Callable[[Any], None], *, source: str = "<model>") -> bytes:
+        """Run TFLiteConverter on the frozen function with `configure(converter)` applied (same names)."""
+        tf = _keras.tf
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([self.function])
+        configure(converter)
+        data = _converted(source, converter.convert)
+        return legalize.name_signature(data, [s.name for s in self.inputs], [s.name for s in self.outputs])
+
+
+def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None) -> Exported:
+    """The float32 `.tflite` of `loaded`, its inputs and outputs named as the model names them.
+
+    Args:
+        loaded: from `models.load_model`.
+        shapes: per input name, the shape of one sample (without the batch dim), as the data has
+            it; it fixes the dims the model leaves open (a sequence length, an image size).
+
+    Raises:
+        DataError: a recurrent layer whose sequence length neither the model nor the data fixes.
+        ConversionError: the converter refused the model.
+    """
+    started = time.perf_counter()
+    inputs = [_fixed(spec, (shapes or {}).get(spec.name)) for spec in loaded.inputs]
+    if loaded.keras_model is not None:
+        result = _export_keras(loaded, inputs)
+    else:
+        result = _export_saved_model(loaded, inputs)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _fixed(spec: TensorSpec, sample: Optional[tuple]) -> TensorSpec:
+    if sample is None or len(sample) != len(spec.shape) - 1:
+        return spec
+    dims = (spec.shape[0], *(d if d is not None else int(s) for d, s in zip(spec.shape[1:], sample)))
+    return TensorSpec(spec.name, dims, spec.dtype)
+
+
+def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec]) -> Exported:
+    tf = _keras.tf
+    model = loaded.keras_model
+    keras_names = _call_names(model)
+    output_names = [s.name for s in loaded.outputs]
+    tensor_specs = [tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=spec.name) for spec in inputs]
+
+    def serve(*args):
+        feed = args[0] if len(args) == 1 else dict(zip(keras_names, args))
+        out = model(feed, training=False)
+        out = list(out.values()) if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else [out]
+        return dict(zip(output_names, out))
+
+    with unrolled(model, inputs) as notes:
+        function = tf.function(serve).get_concrete_function(*tensor_specs)
+        frozen = _freeze(loaded.source, function)
+    data = _converted(loaded.source, tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert)
+    data = legalize.name_signature(data, [s.name for s in inputs], _flat_keys(output_names))
+    data, rewrites = legalize.make_quantizable(data)
+    return Exported(data, "concrete function", inputs, _outputs(data, loaded.outputs), notes + rewrites,
+                    function=frozen)
+
+
+def _export_saved_model(loaded: LoadedModel, inputs: list[TensorSpec]) -> Exported:
+    tf = _keras.tf
+    signature = tf.saved_model.load(loaded.saved_model_dir).signatures["serving_default"]
+    _, kwargs = signature.structured_input_signature
+    names = [spec.name for spec in tf.nest.flatten(kwargs)]  # placeholders in the function's own order
+    keys = sorted(kwargs)  # flatten order of a dict: sorted keys
+    try:
+        frozen = _freeze(loaded.source, signature)
+        data = _converted(loaded.source, tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert)
+        data = legalize.name_signature(data, keys if len(keys) == len(names) else names,
+                                       _flat_keys(list(signature.structured_outputs)))
+        route = "concrete function"
+    except ConversionError:
+        frozen = None
+        converter = tf.lite.TFLiteConverter.from_saved_model(loaded.saved_model_dir)
+        data = _converted(loaded.source, converter.convert)
+        route = "SavedModel"
+    data, rewrites = legalize.make_quantizable(data)
+    return Exported(data, route, inputs, _outputs(data, loaded.outputs), rewrites, function=frozen)
+
+
+def _freeze(source: str, function):
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return convert_variables_to_constants_v2(function)
+    except Exception as exc:  # lookup tables and some control flow cannot be frozen
+        raise ConversionError(problem(source, "a graph whose variables can be frozen",
+                                      f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")) from None
+
+
+def _call_names(model) -> list[str]:
+    """The keys a functional model takes its inputs by (its Input layers' names)."""
+    names = getattr(model, "input_names", None)
+    if names:
+        return list(names)
+    return [getattr(t, "name", f"input_{i}").split(":")[0] for i, t in enumerate(model.inputs)]
+
+
+def _flat_keys(names: list[str]) -> list[str]:
+    """The order in which a dict of outputs is flattened: sorted keys."""
+    return sorted(names)
+
+
+def _outputs(data: bytes, declared: list[TensorSpec]) -> list[TensorSpec]:
+    """The outputs as the file has them (fixed dims filled in), in the model's declared order."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_content=data).get_signature_runner(SIGNATURE).get_output_details()
+    found = []
+    for spec in declared:
+        detail = details.get(spec.name)
+        if detail is None:
+            found.append(spec)
+            continue
+        shape = tuple(None if d < 0 else int(d) for d in detail["shape_signature"])
+        found.append(TensorSpec(spec.name, shape, spec.dtype))
+    return found
+
+
+# --- recurrent layers -----------------------------------------------------------------------
+
+
+def recurrent_layers(model) -> Iterator[Any]:
+    """Every recurrent layer of `model`, at any depth (inside Bidirectional, Sequential, wrappers)."""
+    seen = set()
+    for layer in _all_layers(model):
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if hasattr(layer, "cell") and hasattr(layer, "unroll"):
+            yield layer
+
+
+def _all_layers(layer) -> Iterator[Any]:
+    flatten = getattr(layer, "_flatten_layers", None)
+    if flatten is not None:
+        yield from flatten(include_self=False, recursive=True)
+        return
+    for child in getattr(layer, "layers", []) or []:
+        yield child
+        yield from _all_layers(child)
+
+
+@contextlib.contextmanager
+def unrolled(model, inputs: list[TensorSpec]):
+    """Unroll every recurrent layer for the trace, then put each back as it was.
+
+    Yields the notes for the report ("lstm (LSTM): unrolled over 20 steps").
+    """
+    layers = list(recurrent_layers(model))
+    saved = [(layer, layer.unroll, getattr(layer, "_could_use_gpu_kernel", None)) for layer in layers]
+    notes: list[str] = []
+    try:
+        for layer in layers:
+            steps = _steps(layer, inputs)
+            layer.unroll = True
+            if hasattr(layer, "_could_use_gpu_kernel"):  # tf_keras picks its fused loop from this flag
+                layer._could_use_gpu_kernel = False
+            notes.append(f"{layer.name} ({type(layer).__name__}): unrolled over {steps} steps")
+        yield notes
+    finally:
+        for layer, unroll, gpu in saved:
+            layer.unroll = unroll
+            if gpu is not None:
+                layer._could_use_gpu_kernel = gpu
+
+
+def _steps(layer, inputs: list[TensorSpec]) -> int:
+    shape = _input_shape(layer)
+    steps = shape[1] if shape is not None and len(shape) >= 2 else None
+    if steps is None:
+        # The layer sees the data's length only through the model inputs: take it from a
+        # sequence-shaped input whose length the data fixed.
+        fixed = [s.shape[1] for s in inputs if len(s.shape) >= 2 and s.shape[1] is not None]
+        steps = fixed[0] if len(set(fixed)) == 1 else None
+    if steps is None:
+        names = ", ".join(repr(s.name) for s in inputs)
+        raise DataError(problem(
+            f"recurrent layer {layer.name!r} ({type(layer).__name__})",
+            "a fixed sequence length to unroll it over (int8 needs the unrolled form)",
+            f"none in the model's inputs {names}; give calibration data of shape (N, steps, ...) or set "
+            "the length with --input-shape NAME=STEPS,... (input_shapes= in Python)",
+        ))
+    return int(steps)
+
+
+def _input_shape(layer) -> Optional[tuple]:
+    try:
+        shape = layer.input_shape if hasattr(layer, "input_shape") else None
+    except (AttributeError, RuntimeError, ValueError):
+        shape = None
+    if shape is None:
+        try:
+            shape = tuple(layer.input.shape)
+        except (AttributeError, RuntimeError, ValueError):
+            return None
+    if isinstance(shape, list):
+        shape = shape[0]
+    return tuple(shape) if shape is not None else None
+
+
+# --- running the converter ------------------------------------------------------------------
+
+
+def _converted(source: str, step: Callable[[], bytes]) -> bytes:
+    """Run a converter step with its C++ log captured: shown, condensed, only when it fails."""
+    import logging
+
+    absl = logging.getLogger("absl")  # "Please consider providing the trackable_obj..." is about the slow route
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    with _keras.captured_stderr() as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return bytes(step())
+        except Exception as exc:
+            raise ConversionError(conversion_failure(source, "a model TFLiteConverter can convert", exc, log.read())) from None
+        finally:
+            absl.setLevel(level)
+
+
+def conversion_failure(source: str, expected: str, exc: Exception, log: str) -> str:
+    text = " ".join(str(exc).split())
+    errors = [m.strip() for m in re.findall(r"error: ([^\n]+)", str(exc) + "\n" + log)]
+    detail = "; ".join(dict.fromkeys(errors)) if errors else text
+    return problem(source, expected, detail[:500])

@@ -1,0 +1,119 @@
+"""The first stage of every pipeline: load the model, check every data source against it, export the float file.
+
+Everything a user can get wrong is checked here, before any quantization or training: the model
+file, the data's names, shapes and dtypes, the options. Then the model is exported once to the
+float `.tflite` file that calibration, every quantized candidate and the float reference start
+from (`tfquant.export`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .data import Dataset, ImageOptions, load_data
+from .errors import RecipeError
+from .export import Exported, export
+from .models import LoadedModel, load_model
+from .types import Recipe
+
+log = logging.getLogger("tfquant")
+
+
+@dataclass
+class Prepared:
+    """A loaded model with its validated data and its float file."""
+
+    loaded: LoadedModel
+    exported: Optional[Exported]
+    calibration: Optional[Dataset]
+    evaluation: Optional[Dataset]
+    train: Optional[Dataset] = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return self.loaded.source
+
+
+def check_budget(max_drop: Optional[float], eval_data: Any) -> None:
+    """`max_drop` is a fraction in [0, 1] and comes with data to measure the drop on."""
+    if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, (int, float))
+                                 or not 0 <= max_drop <= 1):
+        raise RecipeError(f"max_drop: expected a fraction between 0 and 1 (0.01 = one point), found {max_drop!r}")
+    if max_drop is not None and eval_data is None:
+        raise RecipeError("max_drop needs eval_data (--eval): the drop is measured on evaluation data")
+
+
+def parse_shapes(values) -> dict[str, tuple]:
+    """`["seq=20,8"]` or `{"seq": (20, 8)}` -> {input name: shape of one sample}."""
+    if not values:
+        return {}
+    pairs = values.items() if isinstance(values, dict) else (str(v).split("=", 1) for v in values)
+    shapes = {}
+    for pair in pairs:
+        try:
+            name, dims = pair
+            dims = tuple(int(d) for d in (dims.replace("x", ",").split(",") if isinstance(dims, str) else dims))
+            if not name or not dims or min(dims) < 1:
+                raise ValueError
+        except (ValueError, TypeError):
+            raise RecipeError(f"input_shapes: expected NAME=D1,D2,... such as seq=20,8, found {pair!r}") from None
+        shapes[name] = dims
+    return shapes
+
+
+def prepare(
+    model: Any,
+    *,
+    recipe: Recipe,
+    calibration_data: Any = None,
+    eval_data: Any = None,
+    train_data: Any = None,
+    images: ImageOptions = ImageOptions(),
+    safe_mode: bool = True,
+    input_shapes: Optional[dict[str, tuple]] = None,
+    export_model: bool = True,
+) -> Prepared:
+    """Load and validate everything, then export the float file (unless `export_model=False`).
+
+    Calibration data defaults to the training data. Open dims of the model's inputs (a sequence
+    length, an image size) are fixed from `input_shapes`, else from the data.
+    """
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    loaded = load_model(model, safe_mode=safe_mode)
+    unknown = sorted(set(input_shapes or {}) - {s.name for s in loaded.inputs})
+    if unknown:
+        raise RecipeError(f"input_shapes: unknown input(s) {', '.join(map(repr, unknown))}; the model's inputs are "
+                          f"{', '.join(repr(s.name) for s in loaded.inputs)}")
+    train = None
+    if train_data is not None:
+        train = load_data(train_data, loaded.inputs, outputs=loaded.outputs, labels="required", images=images,
+                          name="training data")
+    calibration = None
+    if recipe.needs_calibration:
+        if calibration_data is None and train is None:
+            raise RecipeError(f"mode {recipe.mode.value} needs calibration data (--calib)")
+        source = train if calibration_data is None else calibration_data
+        calibration = load_data(source, loaded.inputs, labels="ignored", images=images, name="calibration data")
+        calibration = calibration.calibration_subset(recipe.calib_samples)
+    evaluation = None
+    if eval_data is not None:
+        evaluation = load_data(eval_data, loaded.inputs, outputs=loaded.outputs, images=images, name="eval data")
+    seconds["load"] = time.perf_counter() - started
+    exported = None
+    if export_model:
+        shapes = {}
+        for data in (evaluation, train, calibration):
+            if data is not None:
+                shapes.update(data.sample_shapes())
+        shapes.update(input_shapes or {})
+        log.info("exporting %s to a float32 .tflite file", loaded.source)
+        exported = export(loaded, shapes=shapes)
+        seconds["export"] = exported.seconds
+        for note in exported.notes:
+            log.info("export: %s", note)
+    return Prepared(loaded, exported, calibration, evaluation, train, seconds)

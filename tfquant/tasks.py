@@ -1,0 +1,262 @@
+"""Each output judged by its own metric: classification, regression or embedding.
+
+A task is chosen per output from what the float file outputs (rows of probabilities are a
+classifier, rows of unit length an embedding, anything else a regression), with integer labels
+turning logits into a classifier; `tasks={"name": "regression"}` (`--task name=regression`)
+overrides the choice. Every task is registered with a small decorator, and each one measures:
+
+- **classification**: top-1 (and top-5) accuracy against labels; for the quantized file, top-1
+  agreement with the float file; its budget is the accuracy drop (or, without labels, the share
+  of samples whose top-1 class changed).
+- **regression**: RMSE of the quantized output against the float output, relative to the float
+  output's standard deviation, and the max abs error; R² against labels when given.
+- **embedding**: mean and min cosine between quantized and float embeddings; nearest-neighbour
+  retrieval accuracy against labels (leave-one-out) when given.
+
+The same functions serve the report, `tfquant eval`, the ladder's budget and the callbacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Optional
+
+import numpy as np
+
+from .errors import DataError, RecipeError, problem
+from .types import Budget, OutputMetrics
+
+TASKS = ("classification", "regression", "embedding")
+_MEASURES: dict[str, Callable[..., OutputMetrics]] = {}
+_CHECKS: dict[str, Callable[..., list[str]]] = {}
+RETRIEVAL_SAMPLES = 2000
+
+
+def _task(name: str):
+    def wrap(func):
+        _MEASURES[name] = func
+        return func
+
+    return wrap
+
+
+def _budget(name: str):
+    def wrap(func):
+        _CHECKS[name] = func
+        return func
+
+    return wrap
+
+
+def parse_tasks(values) -> dict[str, str]:
+    """`["probs=classification", ...]` or a dict -> {output name: task}, with the choices checked."""
+    if values is None:
+        return {}
+    pairs = values.items() if isinstance(values, dict) else (str(v).split("=", 1) for v in values)
+    found = {}
+    for pair in pairs:
+        if len(pair) != 2 or not pair[0]:
+            raise RecipeError(f"task: expected OUTPUT=TASK such as probs=classification, found {'='.join(pair)!r}")
+        name, task = pair
+        if task not in TASKS:
+            raise RecipeError(f"task for output {name!r}: unknown task {task!r}; expected one of: {', '.join(TASKS)}")
+        found[name] = task
+    return found
+
+
+def detect(values: np.ndarray, labels: Optional[np.ndarray] = None) -> str:
+    """The task of one output, from the float file's values on the evaluation data (and its labels)."""
+    if values.ndim < 2 or values.shape[-1] == 1:
+        flat = values.reshape(len(values), -1)[:, 0]
+        if labels is not None and _whole(labels) and set(np.unique(labels)) <= {0, 1} and \
+                flat.min() >= 0 and flat.max() <= 1:
+            return "classification"  # one sigmoid unit
+        return "regression"
+    rows = values.reshape(-1, values.shape[-1]).astype(np.float64)
+    if rows.min() >= -1e-6 and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
+        return "classification"
+    norms = np.linalg.norm(rows, axis=1)
+    if np.allclose(norms, 1.0, atol=2e-3):
+        return "embedding"
+    if labels is not None and _whole(labels) and labels.shape == values.shape[:-1] and \
+            labels.min() >= 0 and labels.max() < values.shape[-1]:
+        return "classification"  # logits
+    return "regression"
+
+
+def _whole(labels: np.ndarray) -> bool:
+    return labels.dtype.kind in "biu" or (labels.dtype.kind == "f" and bool(np.all(labels == np.round(labels))))
+
+
+def measure(task: str, name: str, values: np.ndarray, *, labels: Optional[np.ndarray] = None,
+            reference: Optional[np.ndarray] = None) -> OutputMetrics:
+    """The metrics of one output. `reference` is the float file's output (for the quantized file)."""
+    return _MEASURES[task](name, values, labels, reference)
+
+
+def check_labels(task: str, name: str, values: np.ndarray, labels: np.ndarray, where: str) -> np.ndarray:
+    """Labels in the form the task needs (class ids for classification and embedding), or a DataError."""
+    if task in ("classification", "embedding"):
+        y = labels
+        classes = values.shape[-1] if values.ndim >= 2 and values.shape[-1] > 1 else 2
+        if task == "classification" and y.ndim == values.ndim and y.shape == values.shape and values.shape[-1] > 1:
+            y = y.argmax(axis=-1)  # one-hot
+        elif y.ndim == values.ndim and y.shape[-1] == 1:
+            y = y[..., 0]
+        if not _whole(y):
+            raise DataError(problem(where, f"whole-number class labels for output {name!r}", "fractional values"))
+        y = y.astype(np.int64)
+        expected = values.shape[:-1] if values.ndim >= 2 and values.shape[-1] > 1 else values.shape[:1]
+        if task == "classification" and y.shape != expected:
+            raise DataError(problem(where, f"labels of shape {expected} for output {name!r}", f"{y.shape}"))
+        if task == "classification" and len(y) and (y.min() < 0 or y.max() >= classes):
+            raise DataError(problem(where, f"labels in 0..{classes - 1} for output {name!r} ({classes} classes)",
+                                    f"labels {y.min()}..{y.max()}"))
+        if task == "embedding" and y.ndim != 1:
+            raise DataError(problem(where, f"one class id per sample for embedding output {name!r}", f"shape {y.shape}"))
+        return y
+    y = labels.astype(np.float32)
+    if y.size != values.size:
+        raise DataError(problem(where, f"regression targets of shape {values.shape} for output {name!r}", f"{labels.shape}"))
+    return y.reshape(values.shape)
+
+
+@_task("classification")
+def _classification(name, values, labels, reference) -> OutputMetrics:
+    if values.ndim < 2 or values.shape[-1] == 1:
+        predicted = (values.reshape(len(values), -1)[:, 0] > 0.5).astype(np.int64)
+        top5 = None
+        agree = None if reference is None else float(np.mean(
+            predicted == (reference.reshape(len(reference), -1)[:, 0] > 0.5)))
+    else:
+        predicted = values.argmax(axis=-1)
+        agree = None if reference is None else float(np.mean(predicted == reference.argmax(axis=-1)))
+        top5 = None
+        if labels is not None and values.shape[-1] > 5:
+            best = np.argpartition(-values, 5, axis=-1)[..., :5]
+            top5 = float(np.mean((best == labels[..., None]).any(axis=-1)))
+    accuracy = None if labels is None else float(np.mean(predicted == labels))
+    return OutputMetrics(name=name, task="classification", samples=len(values), accuracy=accuracy,
+                         top5_accuracy=top5, agreement=agree)
+
+
+@_task("regression")
+def _regression(name, values, labels, reference) -> OutputMetrics:
+    metrics = OutputMetrics(name=name, task="regression", samples=len(values), std=float(np.std(values)))
+    if reference is not None:
+        error = values.astype(np.float64) - reference
+        rmse = float(np.sqrt(np.mean(error ** 2)))
+        spread = float(np.std(reference))
+        metrics = replace(metrics, rmse=rmse, rel_rmse=rmse / spread if spread > 0 else (0.0 if rmse == 0 else float("inf")),
+                          max_abs_error=float(np.abs(error).max()))
+    if labels is not None:
+        residual = float(np.sum((labels - values) ** 2))
+        total = float(np.sum((labels - labels.mean()) ** 2))
+        metrics = replace(metrics, r2=1 - residual / total if total > 0 else None,
+                          label_rmse=float(np.sqrt(np.mean((labels - values) ** 2))))
+    return metrics
+
+
+@_task("embedding")
+def _embedding(name, values, labels, reference) -> OutputMetrics:
+    flat = values.reshape(len(values), -1).astype(np.float64)
+    metrics = OutputMetrics(name=name, task="embedding", samples=len(values))
+    if reference is not None:
+        other = reference.reshape(len(reference), -1).astype(np.float64)
+        cosine = np.sum(flat * other, axis=1) / np.maximum(np.linalg.norm(flat, axis=1) * np.linalg.norm(other, axis=1), 1e-12)
+        metrics = replace(metrics, mean_cosine=float(cosine.mean()), min_cosine=float(cosine.min()))
+    if labels is not None:
+        metrics = replace(metrics, retrieval=_retrieval(flat[:RETRIEVAL_SAMPLES], labels[:RETRIEVAL_SAMPLES]))
+    return metrics
+
+
+def _retrieval(vectors: np.ndarray, labels: np.ndarray) -> float:
+    """Leave-one-out nearest neighbour (cosine) accuracy: does each sample's nearest other sample share its class?"""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    return float(np.mean(labels[similarity.argmax(axis=1)] == labels))
+
+
+# --- budgets ---------------------------------------------------------------------------------
+
+
+def violations(float_metrics: OutputMetrics, quantized: OutputMetrics, budget: Budget) -> list[str]:
+    """Every way `quantized` falls outside the budget for its task; empty when it is within."""
+    return _CHECKS[quantized.task](float_metrics, quantized, budget)
+
+
+def drop(float_metrics: OutputMetrics, quantized: OutputMetrics) -> Optional[float]:
+    """The classification drop: accuracy lost against labels, or without labels the top-1 changes."""
+    if float_metrics.accuracy is not None and quantized.accuracy is not None:
+        return float_metrics.accuracy - quantized.accuracy
+    if quantized.agreement is not None:
+        return 1.0 - quantized.agreement
+    return None
+
+
+@_budget("classification")
+def _classification_budget(float_metrics, quantized, budget: Budget) -> list[str]:
+    lost = drop(float_metrics, quantized)
+    if budget.max_drop is None or lost is None or lost <= budget.max_drop + 1e-9:
+        return []
+    if quantized.accuracy is not None:
+        return [f"output {quantized.name!r}: expected an accuracy drop of at most {budget.max_drop:.4f}, found "
+                f"{lost:.4f} (float {float_metrics.accuracy:.4f}, quantized {quantized.accuracy:.4f})"]
+    return [f"output {quantized.name!r}: expected top-1 changes (no labels) in at most {budget.max_drop:.4f} of "
+            f"samples, found {lost:.4f}"]
+
+
+@_budget("regression")
+def _regression_budget(float_metrics, quantized, budget: Budget) -> list[str]:
+    if quantized.rel_rmse is None or quantized.rel_rmse <= budget.max_rel_rmse + 1e-12:
+        return []
+    return [f"output {quantized.name!r}: expected an RMSE of at most {budget.max_rel_rmse:.3f} of the float output's "
+            f"standard deviation, found {quantized.rel_rmse:.4f}"]
+
+
+@_budget("embedding")
+def _embedding_budget(float_metrics, quantized, budget: Budget) -> list[str]:
+    found = []
+    if quantized.mean_cosine is not None and quantized.mean_cosine < budget.min_cosine - 1e-12:
+        found.append(f"output {quantized.name!r}: expected a mean cosine to the float embedding of at least "
+                     f"{budget.min_cosine:.3f}, found {quantized.mean_cosine:.4f}")
+    if budget.max_drop is not None and float_metrics.retrieval is not None and quantized.retrieval is not None:
+        lost = float_metrics.retrieval - quantized.retrieval
+        if lost > budget.max_drop + 1e-9:
+            found.append(f"output {quantized.name!r}: expected a retrieval-accuracy drop of at most "
+                         f"{budget.max_drop:.4f}, found {lost:.4f}")
+    return found
+
+
+@dataclass(frozen=True)
+class Judged:
+    """Every output of one file, measured: by output name, in the model's order."""
+
+    outputs: dict[str, OutputMetrics]
+
+    def primary(self) -> Optional[OutputMetrics]:
+        """The first classification output (the one `accuracy` in a report speaks of)."""
+        return next((m for m in self.outputs.values() if m.task == "classification"), None)
+
+
+def judge(outputs: dict[str, np.ndarray], tasks: dict[str, str], labels: dict[str, np.ndarray],
+          reference: Optional[dict[str, np.ndarray]] = None) -> Judged:
+    return Judged({name: measure(tasks[name], name, values, labels=labels.get(name),
+                                 reference=None if reference is None else reference[name])
+                   for name, values in outputs.items()})
+
+
+def choose(float_outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray], chosen: dict[str, str],
+           where: str) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """The task of every output (detected unless chosen) and its labels in the form the task needs."""
+    unknown = sorted(set(chosen) - set(float_outputs))
+    if unknown:
+        raise RecipeError(f"task: unknown output(s) {', '.join(map(repr, unknown))}; the model's outputs are "
+                          f"{', '.join(map(repr, float_outputs))}")
+    tasks, checked = {}, {}
+    for name, values in float_outputs.items():
+        tasks[name] = chosen.get(name) or detect(values, labels.get(name))
+        if name in labels:
+            checked[name] = check_labels(tasks[name], name, values, labels[name], where)
+    return tasks, checked

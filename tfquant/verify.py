@@ -1,0 +1,218 @@
+"""The last stage of every pipeline: measure a quantized file next to its float reference, on the interpreter.
+
+One place measures: every output of both files with its task's metrics (`tfquant.tasks`), the
+budget, the op census, sizes and latency. PTQ, the ladder, QAT and pruning all end here, and the
+report is built here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from . import harness, tasks
+from ._version import __version__
+from .data import Dataset
+from .errors import AccuracyBudgetError, StrictModeError
+from .inspect import explain_float_ops, float_ops_message, inspect
+from .prepare import Prepared
+from .report import write_report_files
+from .types import (Agreement, Budget, ExportInfo, FileSummary, IOTensor, Mode, ModelInfo, OutputReport, Recipe,
+                    Report)
+
+log = logging.getLogger("tfquant")
+GZIP_LEVEL = 9
+
+
+def gzip_size(data: bytes) -> int:
+    """Bytes after gzip -9: what an app store download or an OTA update actually costs."""
+    return len(gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0))
+
+
+@dataclass(frozen=True)
+class QuantizationResult:
+    """The converted file, the float reference file and the report that proves the former."""
+
+    tflite: bytes
+    float_tflite: bytes
+    report: Report
+    info: ModelInfo
+
+    def save(self, path: str | Path, *, overwrite: bool = False, reports: bool = False,
+             extra: Optional[dict[Path, bytes]] = None) -> Path:
+        """Write the .tflite file atomically; with `reports=True` also `report.json`, `.md` and `.html` beside it.
+
+        Example:
+            >>> result.save("build/digits_int8.tflite", overwrite=True)   # doctest: +SKIP
+        """
+        from .files import write_all
+
+        path = Path(path)
+        files = {path: self.tflite}
+        if reports:
+            files.update(write_report_files(self.report, path.parent))
+        files.update(extra or {})
+        write_all(files, overwrite=overwrite)
+        return path
+
+
+@dataclass
+class Reference:
+    """The float file on the evaluation data: its outputs, each output's task and labels, its metrics."""
+
+    outputs: dict[str, np.ndarray]
+    tasks: dict[str, str]
+    labels: dict[str, np.ndarray]
+    metrics: tasks.Judged
+    seconds: float
+
+    @classmethod
+    def measure(cls, float_tflite: bytes, evaluation: Dataset, *, chosen: Optional[dict[str, str]] = None,
+                num_threads: Optional[int] = None, progress: Optional[bool] = None) -> "Reference":
+        started = time.perf_counter()
+        outputs = harness.Runner(float_tflite, num_threads=num_threads).predict(evaluation, progress=progress)
+        found, labels = tasks.choose(outputs, evaluation.labels, chosen or {}, evaluation.source)
+        return cls(outputs, found, labels, tasks.judge(outputs, found, labels), time.perf_counter() - started)
+
+    def judge(self, outputs: dict[str, np.ndarray]) -> tasks.Judged:
+        """The metrics of another file's outputs on the same data, compared with these."""
+        return tasks.judge(outputs, self.tasks, self.labels, reference=self.outputs)
+
+    def violations(self, judged: tasks.Judged, budget: Budget) -> list[str]:
+        return [v for name, m in judged.outputs.items() for v in tasks.violations(self.metrics.outputs[name], m, budget)]
+
+    def score(self, judged: tasks.Judged) -> Optional[float]:
+        """The primary classification accuracy (or agreement) of a file, for tables and charts."""
+        primary = judged.primary()
+        if primary is None:
+            return None
+        return primary.accuracy if primary.accuracy is not None else primary.agreement
+
+
+def verify(
+    prepared: Prepared,
+    recipe: Recipe,
+    tflite: bytes,
+    *,
+    seconds: dict[str, float],
+    budget: Budget = Budget(),
+    reference: Optional[Reference] = None,
+    quantized_outputs: Optional[dict[str, np.ndarray]] = None,
+    tasks_chosen: Optional[dict[str, str]] = None,
+    strict: bool = False,
+    allow_float: bool = False,
+    num_threads: Optional[int] = None,
+    bench_runs: int = 30,
+    progress: Optional[bool] = None,
+    warnings: Optional[list[str]] = None,
+    extra: Optional[dict[str, Any]] = None,
+) -> QuantizationResult:
+    """Measure `tflite` next to the float file on the interpreter, build the report, apply the gates.
+
+    A file in an integer mode that is not fully integer fails (`StrictModeError`, naming each
+    float op's layer and why) unless `allow_float` (the ladder chose float islands); `strict`
+    holds every mode to it. Outputs outside `budget` fail with `AccuracyBudgetError`.
+    """
+    float_tflite = prepared.exported.tflite
+    threads = num_threads or harness.default_threads()
+    info, float_info = inspect(tflite), inspect(float_tflite)
+    notes = list(warnings or [])
+    layer_names = _layer_names(prepared.loaded.keras_model)
+    integer_mode = recipe.mode in (Mode.INT8, Mode.INT16X8)
+    float_ops = explain_float_ops(info, layer_names, integer_mode=integer_mode, mode=recipe.mode.value,
+                                  denylist=recipe.denylist) if not info.fully_integer else []
+    allow_float = allow_float or bool(recipe.denylist)  # float islands the recipe asks for
+
+    judged = None
+    outputs_report: list[OutputReport] = []
+    violations: list[str] = []
+    evaluation = prepared.evaluation
+    if evaluation is not None:
+        started = time.perf_counter()
+        if reference is None:
+            reference = Reference.measure(float_tflite, evaluation, chosen=tasks_chosen, num_threads=threads,
+                                          progress=progress)
+        if quantized_outputs is None:
+            quantized_outputs = harness.Runner(tflite, num_threads=threads).predict(evaluation, progress=progress)
+        judged = reference.judge(quantized_outputs)
+        violations = reference.violations(judged, budget)
+        dtypes = {p.name: p.dtype.name for p in harness.Runner(tflite, num_threads=1).outputs}
+        for name, metrics in judged.outputs.items():
+            per_output = reference.violations(tasks.Judged({name: metrics}), budget)
+            outputs_report.append(OutputReport(name=name, task=metrics.task, dtype=dtypes.get(name, "?"),
+                                               float=reference.metrics.outputs[name], quantized=metrics,
+                                               within_budget=not per_output))
+        seconds["evaluate"] = time.perf_counter() - started + reference.seconds
+        primary = judged.primary()
+        if primary is not None and primary.agreement is not None and primary.agreement < 0.9:
+            notes.append(f"top-1 agreement with the float file is only {primary.agreement:.3f}: "
+                         "run `tfquant diagnose` to find the layers that lose accuracy")
+
+    started = time.perf_counter()
+    float_bench, quant_bench = harness.benchmark(float_tflite, tflite, runs=bench_runs, warmup=3, num_threads=threads)
+    seconds["benchmark"] = time.perf_counter() - started
+
+    primary_f = None if reference is None else reference.metrics.primary()
+    primary_q = None if judged is None else judged.primary()
+
+    def summary(data: bytes, file_info: ModelInfo, metrics) -> FileSummary:
+        return FileSummary(
+            tflite_bytes=len(data), gzip_bytes=gzip_size(data), fully_integer=file_info.fully_integer,
+            float_ops=file_info.float_ops, op_counts=file_info.op_counts(),
+            accuracy=None if metrics is None else metrics.accuracy,
+            top5_accuracy=None if metrics is None else metrics.top5_accuracy,
+        )
+
+    drop = None if primary_q is None else tasks.drop(primary_f, primary_q)
+    exported = prepared.exported
+    report = Report(
+        model=prepared.source,
+        recipe=recipe,
+        float_file=summary(float_tflite, float_info, primary_f),
+        quantized=summary(tflite, info, primary_q),
+        latency_ms={"float": float_bench.inference_ms, "quantized": quant_bench.inference_ms},
+        runtime=quant_bench.runtime,
+        calibration_samples=0 if prepared.calibration is None else len(prepared.calibration),
+        eval_samples=None if evaluation is None else len(evaluation),
+        accuracy_drop=None if drop is None else round(drop, 6),
+        max_drop=budget.max_drop,
+        agreement=None if primary_q is None or primary_q.agreement is None else
+        Agreement(top1=primary_q.agreement, samples=len(evaluation)),
+        warnings=notes,
+        seconds={k: round(v, 3) for k, v in {**prepared.seconds, **seconds}.items()},
+        outputs=outputs_report,
+        io=_io(tflite),
+        export=ExportInfo(route=exported.route, seconds=round(exported.seconds, 3), notes=list(exported.notes)),
+        float_ops=float_ops,
+        budget=budget,
+        tfquant_version=__version__,
+        **(extra or {}),
+    )
+    result = QuantizationResult(tflite=tflite, float_tflite=float_tflite, report=report, info=info)
+    if not info.fully_integer and (strict or (integer_mode and not allow_float)):
+        raise StrictModeError(float_ops_message(prepared.source, float_ops), result)
+    if violations:
+        raise AccuracyBudgetError(f"{prepared.source}: " + "; ".join(violations), result)
+    return result
+
+
+def _io(tflite: bytes) -> list[IOTensor]:
+    """The file's inputs and outputs by their signature names, as an app feeds and reads them."""
+    runner = harness.Runner(tflite, num_threads=1)
+    return [IOTensor(name=p.name, kind=kind, dtype=p.dtype.name, shape=list(p.signature),
+                     scale=p.scale if p.quantized else None, zero_point=p.zero_point if p.quantized else None)
+            for kind, ports in (("input", runner.inputs), ("output", runner.outputs)) for p in ports]
+
+
+def _layer_names(model) -> list[str]:
+    if model is None:
+        return []
+    from .export import _all_layers
+
+    return [layer.name for layer in _all_layers(model)]
