@@ -62,6 +62,28 @@ def row(name: str, version: int, folder: Path) -> dict:
             "outputs": [o.to_dict() for o in report.outputs], "route": report.export.route,
             "float_ops": [f"{o.op} ({o.layer})" for o in report.float_ops],
         })
+    entry["litert"] = litert_row(path, calib, test)
+    return entry
+
+
+def litert_row(path: Path, calib: Path, test: Path) -> dict:
+    """The same model, float file and samples through LiteRT Quantizer (`--quantizer litert`)."""
+    import tfquant
+    from tfquant.types import Recipe
+
+    started = time.perf_counter()
+    try:
+        result = tfquant.quantize(path, calib, eval_data=test, bench_runs=10, diagnose=False,
+                                  recipe=Recipe(quantizer="litert"))
+        error = None
+    except tfquant.TfquantError as exc:
+        result, error = getattr(exc, "result", None), str(exc)
+    entry = {"seconds": round(time.perf_counter() - started, 1), "error": error}
+    if result is not None:
+        report = result.report
+        entry.update({"fully_integer": report.quantized.fully_integer, "int8_bytes": report.quantized.tflite_bytes,
+                      "outputs": [o.to_dict() for o in report.outputs],
+                      "float_ops": sorted({o.op for o in report.float_ops} - {"QUANTIZE", "DEQUANTIZE"})})
     return entry
 
 
@@ -80,20 +102,30 @@ def markdown(rows: list[dict], environment: dict) -> str:
              f"TensorFlow {environment['versions']['tensorflow']}, `bench/zoo.py`: each model trained from scratch for "
              "a few epochs on the digits (as images, rows, tokens or features), then `tfquant.quantize` with default "
              "options (full int8) on 300 calibration samples, measured on the 359 held-out digits.", "",
-             "| model | Keras | output | float | int8 | change | bytes float → int8 | latency int8/float | fully integer | s |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+             "", "The last two columns: the same float file and samples through LiteRT Quantizer "
+             "(`--quantizer litert`), its change and whether its file is fully integer (else its float ops).", "",
+             "| model | Keras | output | float | int8 | change | bytes float → int8 | latency int8/float | fully integer | s "
+             "| LiteRT Quantizer: change | fully integer |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
     for r in rows:
         if "outputs" not in r:
-            lines.append(f"| {r['model']} | {r['keras']} | – | | | | | | error: {r['error'][:80]} | |")
+            lines.append(f"| {r['model']} | {r['keras']} | – | | | | | | error: {r['error'][:80]} | | | |")
             continue
+        litert = r.get("litert") or {}
+        litert_outputs = {o["name"]: o for o in litert.get("outputs", [])}
         for index, output in enumerate(r["outputs"]):
             f, q, change = metric_text(output)
             first = index == 0
+            other = litert_outputs.get(output["name"])
+            other_change = metric_text(other)[2] if other else "–"
+            integer = ("yes" if litert.get("fully_integer") else "no: " + ", ".join(litert.get("float_ops", [])[:3])) \
+                if litert.get("outputs") else ("error" if litert else "–")
             lines.append(
                 f"| {r['model'] if first else ''} | {r['keras'] if first else ''} | {output['name']} ({output['task']}) | "
                 f"{f} | {q} | {change} | "
                 + (f"{r['float_bytes']:,} → {r['int8_bytes']:,} | {r['latency_ratio']:.2f}× | "
-                   f"{'yes' if r['fully_integer'] else 'NO'} | {r['quantize_seconds']:.1f} |" if first else "| | | |"))
+                   f"{'yes' if r['fully_integer'] else 'NO'} | {r['quantize_seconds']:.1f} |" if first else "| | | |")
+                + f" {other_change} | {integer if first else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -104,6 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--versions", nargs="*", type=int, default=[3, 2])
+    parser.add_argument("--merge", action="store_true", help="keep the rows of bench/zoo.json that this run does not redo")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="tfquant-zoo-") as tmp:
@@ -114,11 +147,16 @@ def main() -> None:
                 log(f"{name} (Keras {version})")
                 rows.append(row(name, version, Path(tmp)))
                 log(json.dumps({k: v for k, v in rows[-1].items() if k != "outputs"}))
+    if args.merge and (HERE / "zoo.json").exists():
+        done = {(r["model"], r["keras"]) for r in rows}
+        kept = [r for r in json.loads((HERE / "zoo.json").read_text())["rows"] if (r["model"], r["keras"]) not in done]
+        order = {name: i for i, name in enumerate(zoo.ZOO)}
+        rows = sorted(kept + rows, key=lambda r: (order.get(r["model"], 99), -r["keras"]))
     env = environment()
     (HERE / "zoo.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
     table = markdown(rows, env)
     (HERE / "zoo.md").write_text(table)
-    if not args.only:
+    if not args.only or args.merge:
         readme = ROOT / "README.md"
         text = readme.read_text()
         start, end = "<!-- zoo:start -->", "<!-- zoo:end -->"

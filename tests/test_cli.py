@@ -139,10 +139,10 @@ def _bad_inputs(tmp: Path, model_files, train_npz, test_npz, digits):
                          "corrupt.npz: expected a NumPy .npz archive (a zip of .npy arrays), found 11 bytes that are not a zip archive"),
         "mode/io": ([model, "--calib", train_npz, "--mode", "dynamic", "--io", "int8"],
                     "--io int8 does not go with --mode dynamic; expected one of: float32"),
-        "drop without eval": ([model, "--calib", train_npz, "--max-drop", "0.01"], "max_drop needs eval_data (--eval)"),
+        "drop without eval": ([model, "--calib", train_npz, "--max-drop", "0.01"], "--max-drop needs --eval: the drop is measured"),
         "no calibration": ([model], "--mode int8 needs calibration data: pass --calib DATA"),
         "bad recipe": ([model, "--calib", train_npz, "--recipe", bad_recipe],
-                       "recipe.json: Recipe: unknown key(s) bits; expected some of: calib_samples, denylist, io, mode"),
+                       "recipe.json: Recipe: unknown key(s) bits; expected some of: bias_correction, calib_samples, denylist, io, mode"),
     }
 
 

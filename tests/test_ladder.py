@@ -12,7 +12,7 @@ import pytest
 
 import tfquant
 from tfquant import convert as convert_stage
-from tfquant import ladder, pipeline, prepare, zoo
+from tfquant import pipeline, prepare, zoo
 from tfquant.cli import main, parse_args
 from tfquant.errors import RecipeError
 from tfquant.types import Mode, Recipe
@@ -34,8 +34,8 @@ def counted():
 
         return mock.patch.object(module, name, counting)
 
-    with wrap(prepare, "export", "export"), wrap(pipeline, "calibrate", "calibrate"), \
-            wrap(convert_stage, "quantize_calibrated", "quantize"), wrap(ladder, "quantize_calibrated", "quantize"):
+    with wrap(prepare, "export", "export"), wrap(pipeline, "calibration_for", "calibrate"), \
+            wrap(convert_stage, "quantize_calibrated", "quantize"):
         yield calls
 
 
@@ -101,7 +101,8 @@ def test_ladder_returns_a_mostly_integer_file_within_budget(laddered):
     # The ladder calibrated once: every candidate was quantized from the same statistics.
     assert calls["calibrate"] == 1
     assert calls["export"] == 1
-    assert calls["quantize"] == len(report.ladder)
+    # Quantizing is cheap and may run for every candidate (and twice more to choose the ranges).
+    assert len(report.ladder) <= calls["quantize"] <= len(report.ladder) + 2
 
 
 def test_recipe_replay_is_byte_identical(laddered, mismatched, train_npz):
@@ -120,7 +121,7 @@ def test_well_behaved_model_stops_at_the_first_candidate(digits_model, train_npz
     plain, plain_calls = run()
     auto, auto_calls = run(fallback="auto")
     assert [c.name for c in auto.report.ladder] == ["int8"] and auto.report.chosen == 0
-    assert auto_calls == plain_calls == {"export": 1, "calibrate": 1, "quantize": 1}
+    assert auto_calls == plain_calls and plain_calls["export"] == plain_calls["calibrate"] == 1
     assert auto.tflite == plain.tflite
 
 

@@ -4,8 +4,8 @@ tfmot works only on Keras 2, which TensorFlow 2.16+ ships separately as `tf_kera
 for `tf.keras` only when `TF_USE_LEGACY_KERAS=1` is set before TensorFlow is imported. tfquant
 sets that variable here (unless the user set it), so `tf.keras`, `tf_keras` and tfmot agree.
 
-Models built with Keras 3 are still accepted: TFLiteConverter converts them directly. Only the
-tfmot stages need Keras 2, and they say so (`keras3_unsupported`).
+Models built with Keras 3 are still accepted: export traces them directly, and the tfmot stages
+rebuild them as tf_keras first (`tfquant.rebuild`).
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ def keras3():
 
 
 def is_keras3_model(model: object) -> bool:
-    """True for a model object built with Keras 3 (`keras.*`), False for tf_keras (`tf_keras.*`)."""
-    return type(model).__module__.split(".")[0] == "keras"
+    """True for a model object built with Keras 3 (`keras.*`, subclasses too), False for tf_keras."""
+    package = sys.modules.get("keras")
+    return package is not None and isinstance(model, package.Model)
 
 
 def is_keras2_model(model: object) -> bool:
@@ -114,102 +115,3 @@ def saved_keras_major(path: Path) -> int | None:
         return None
     head = version.split(".")[0]
     return int(head) if head.isdigit() else None
-
-
-def keras3_unsupported(stage: str) -> str:
-    """The message for a Keras 3 model given to a stage that needs Keras 2 (tfmot)."""
-    return (
-        f"{stage} needs a Keras 2 (tf_keras) model because tensorflow-model-optimization does not "
-        "support Keras 3; rebuild the model with `import tf_keras as keras` (tfquant.keras), or use "
-        "`tfquant convert`, which accepts Keras 3 models"
-    )
-
-
-def to_keras2(model):
-    """Rebuild a Keras 3 Sequential or functional model as a tf_keras model with the same weights.
-
-    tfmot wraps only tf_keras layers. Built-in layers translate one to one: their configs differ
-    in the input shape key, dtype policies, serialized initializers and the node format, which
-    are mapped here; weights are copied layer by layer. Raises ValueError naming the first layer
-    that does not translate.
-    """
-    config = model.get_config()
-    layers_config = config.get("layers")
-    if layers_config is None:
-        raise ValueError(f"{type(model).__name__} is neither Sequential nor functional")
-    rebuilt = []
-    for entry in layers_config:
-        name = entry.get("config", {}).get("name", entry.get("class_name"))
-        cls = getattr(keras.layers, entry["class_name"], None)
-        if cls is None:
-            raise ValueError(f"layer {name!r} ({entry['class_name']}) has no tf_keras counterpart")
-        item = {"class_name": entry["class_name"], "config": _layer_config(entry["config"])}
-        if "inbound_nodes" in entry:
-            item["name"] = entry.get("name", item["config"].get("name"))
-            item["inbound_nodes"] = [_node(node) for node in entry["inbound_nodes"]]
-        rebuilt.append(item)
-    if type(model).__name__ == "Sequential":
-        target = keras.Sequential.from_config({"name": config["name"], "layers": rebuilt})
-    else:
-        target = keras.Model.from_config({
-            "name": config["name"], "layers": rebuilt,
-            "input_layers": _tensor_refs(config["input_layers"]), "output_layers": _tensor_refs(config["output_layers"]),
-        })
-    for layer in model.layers:
-        weights = layer.get_weights()
-        if weights:
-            target.get_layer(layer.name).set_weights(weights)
-    return target
-
-
-# Keys Keras 3 adds to layer configs that tf_keras does not take.
-_KERAS3_ONLY = {"optional", "lora_rank", "lora_alpha", "quantization_config", "synchronized", "input_axes",
-                "output_axes"}
-
-
-def _layer_config(config: dict) -> dict:
-    out = {}
-    for key, value in config.items():
-        if key in _KERAS3_ONLY:
-            continue
-        if key == "batch_shape":
-            key = "batch_input_shape"
-        if key == "dtype" and isinstance(value, dict):
-            value = value.get("config", {}).get("name", "float32")
-        out[key] = _plain_object(value)
-    return out
-
-
-def _plain_object(value):
-    """Keras 3's {"module", "class_name", "config", "registered_name"} -> tf_keras' {"class_name", "config"}."""
-    if isinstance(value, dict) and "class_name" in value and "config" in value:
-        inner = {k: _plain_object(v) for k, v in (value["config"] or {}).items() if k not in _KERAS3_ONLY}
-        return {"class_name": value["class_name"], "config": inner}
-    if isinstance(value, list):
-        return [_plain_object(v) for v in value]
-    return value
-
-
-def _node(node) -> list:
-    """A Keras 3 node {"args": [tensor or [tensors]], "kwargs": {}} -> tf_keras [[layer, node, index, kwargs], ...]."""
-    if isinstance(node, list):  # already tf_keras format
-        return node
-    args = node.get("args", [])
-    first = args[0] if args else []
-    tensors = first if isinstance(first, list) else [first]
-    refs = []
-    for tensor in tensors:
-        if not (isinstance(tensor, dict) and tensor.get("class_name") == "__keras_tensor__"):
-            raise ValueError(f"a call with non-tensor arguments ({str(tensor)[:60]}) does not translate")
-        history = tensor["config"]["keras_history"]
-        refs.append([history[0], history[1], history[2], {}])
-    extra = {k: v for k, v in (node.get("kwargs") or {}).items() if k not in ("training", "mask")}
-    if len(args) > 1 or extra:  # training/mask are decided by tf_keras itself
-        raise ValueError(f"a layer called with extra arguments ({', '.join(extra) or 'positional'}) does not translate")
-    return refs
-
-
-def _tensor_refs(refs) -> list:
-    if refs and not isinstance(refs[0], list):
-        refs = [refs]
-    return [list(r[:3]) for r in refs]

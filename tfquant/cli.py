@@ -105,7 +105,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .types import IOType, Mode
+    from .types import QUANTIZERS, IOType, Mode
 
     parser = _Parser(prog="tfquant", description="Keras model -> verified fully integer .tflite file")
     parser.add_argument("--version", action="version", version=f"tfquant {__version__}")
@@ -123,13 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fallback", choices=["off", "auto"], default="off",
                    help="auto: try int8, int8 with the worst ops in float, int16x8, dynamic, float16, float32 "
                         "until the drop is within --max-drop")
+    p.add_argument("--quantizer", choices=list(QUANTIZERS),
+                   help="converter: TFLiteConverter's quantizer (default); litert: LiteRT Quantizer (int8 only)")
     p.add_argument("--recipe", type=Path, help="replay a recipe JSON file (from a report)")
+    p.add_argument("--task", action="append", metavar="OUTPUT=TASK",
+                   help="classification, regression or embedding for an output (default: detected)")
+    p.add_argument("--input-shape", action="append", metavar="INPUT=D1,D2",
+                   help="the shape of one sample of an input whose dims the model leaves open")
+    p.add_argument("--no-diagnose", dest="diagnose", action="store_false",
+                   help="skip the per-tensor error ranking (faster on large models)")
     _add_output_options(p)
     _add_data_options(p)
 
     p = sub.add_parser("qat", parents=[common], help="quantization-aware fine-tuning, then full int8")
     _add_training_options(p)
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: 1e-4)")
+    p.add_argument("--lr", type=_positive_float, default=1e-4, help="Adam learning rate (default: 1e-4)")
+    p.add_argument("--keep-best", action="store_true", help="keep the plain PTQ file when QAT ends below it")
 
     p = sub.add_parser("prune", parents=[common], help="magnitude pruning while fine-tuning, then full int8")
     _add_training_options(p)
@@ -137,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=["polynomial", "constant"], default="polynomial")
     p.add_argument("--block", choices=["2:4"], help="structured 2-of-4 sparsity")
     p.add_argument("--then", choices=["ptq", "qat"], default="ptq", help="qat: sparsity-preserving QAT")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     p.add_argument("--log-dir", help="TensorBoard pruning summaries")
 
     p = sub.add_parser("diagnose", parents=[common], help="find the tensors and ops where int8 loses accuracy")
@@ -206,7 +215,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    """Parse and check the command line; every mistake that needs no model is reported here, at once."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    problem = _usage_problem(ns)
+    if problem:
+        parser.exit(2, f"tfquant {ns.command}: error: {problem} (see tfquant {ns.command} --help)\n")
+    return ns
+
+
+def _usage_problem(ns: argparse.Namespace) -> Optional[str]:
+    """Option combinations that cannot work, found before TensorFlow is imported."""
+    if getattr(ns, "fallback", "off") == "auto" and getattr(ns, "max_drop", None) is None:
+        return "--fallback auto needs --max-drop: the budget the ladder climbs to"
+    if getattr(ns, "max_drop", None) is not None and not getattr(ns, "eval_data", None):
+        return "--max-drop needs --eval: the drop is measured on evaluation data"
+    if ns.command == "prune" and ns.sparsity in (0, 1):
+        return f"--sparsity: expected a fraction between 0 and 1 (exclusive), found {ns.sparsity:g}"
+    if ns.command == "convert" and ns.recipe is None and not ns.calib and (ns.mode or "int8") in ("int8", "int16x8"):
+        return f"--mode {ns.mode or 'int8'} needs calibration data: pass --calib DATA"
+    return None
 
 
 def main(ns: argparse.Namespace) -> int:
@@ -228,6 +256,12 @@ def main(ns: argparse.Namespace) -> int:
 class _CommandHandler(logging.StreamHandler):
     """Progress lines on stderr; one per process, re-bound to the current stderr on every call."""
 
+    def emit(self, record: logging.LogRecord) -> None:
+        from .isolate import record_stage
+
+        record_stage(record.getMessage())
+        super().emit(record)
+
 
 def _log_to_stderr(*, quiet: bool) -> None:
     logger = logging.getLogger("tfquant")
@@ -240,8 +274,26 @@ def _log_to_stderr(*, quiet: bool) -> None:
     logger.propagate = False
 
 
+# Commands whose work runs TensorFlow's native code: the console runs them in a watched child.
+ISOLATED = ("convert", "qat", "prune", "diagnose")
+
+
 def run() -> None:  # pragma: no cover - console entry point
-    sys.exit(main(parse_args(sys.argv[1:])))
+    from . import isolate
+
+    argv = sys.argv[1:]
+    ns = parse_args(argv)
+    if ns.command in ISOLATED and not isolate.in_child():
+        outputs = [ns.output, *_report_paths(ns.output)] if getattr(ns, "output", None) else []
+        sys.exit(isolate.run_isolated(ns.command, argv, model=getattr(ns, "model", None), outputs=outputs))
+    isolate.start_child()
+    sys.exit(main(ns))
+
+
+def _report_paths(output: Path) -> list[Path]:
+    from .report import report_paths
+
+    return [*report_paths(output.parent), output.parent / "recipe.json"]
 
 
 def _images(ns: argparse.Namespace):
@@ -254,8 +306,10 @@ def _load_recipe(ns: argparse.Namespace):
     from .types import Recipe
 
     if ns.recipe is None:
-        return Recipe(mode=ns.mode or "int8", io=ns.io, calib_samples=ns.calib_samples or 200)
-    clashes = [f"--{k.replace('_', '-')}" for k in ("mode", "io", "calib_samples") if getattr(ns, k) is not None]
+        return Recipe(mode=ns.mode or "int8", io=ns.io, calib_samples=ns.calib_samples or 200,
+                      quantizer=ns.quantizer or "converter")
+    clashes = [f"--{k.replace('_', '-')}" for k in ("mode", "io", "calib_samples", "quantizer")
+               if getattr(ns, k) is not None]
     if clashes:
         raise RecipeError(f"{ns.recipe}: the recipe already sets {', '.join(clashes)}; pass one or the other")
     try:
@@ -303,7 +357,7 @@ def _convert(ns: argparse.Namespace) -> int:
     result = quantize(
         ns.model, ns.calib, eval_data=ns.eval_data, max_drop=ns.max_drop, fallback=ns.fallback,
         strict=ns.strict, recipe=recipe, num_threads=ns.threads, images=_images(ns),
-        safe_mode=not ns.allow_unsafe_models,
+        safe_mode=not ns.allow_unsafe_models, tasks=ns.task, input_shapes=ns.input_shape, diagnose=ns.diagnose,
     )
     return _finish(ns, result, outputs)
 
@@ -321,15 +375,13 @@ def _qat(ns: argparse.Namespace) -> int:
     from .optimize.qat import qat
 
     outputs = _outputs(ns)
-    return _finish(ns, qat(ns.model, ns.train, **_training_options(ns)), outputs)
+    return _finish(ns, qat(ns.model, ns.train, keep_best=ns.keep_best, **_training_options(ns)), outputs)
 
 
 @command("prune")
 def _prune(ns: argparse.Namespace) -> int:
     from .optimize.prune import prune
 
-    if ns.sparsity in (0, 1):
-        raise RecipeError(f"--sparsity: expected a fraction between 0 and 1 (exclusive), found {ns.sparsity:g}")
     outputs = _outputs(ns)
     result = prune(ns.model, ns.train, sparsity=ns.sparsity, schedule=ns.schedule, block=ns.block, then=ns.then,
                    log_dir=ns.log_dir, **_training_options(ns))

@@ -11,7 +11,9 @@ on the export's frozen function; float32 is the float file itself.
 
 from __future__ import annotations
 
+import logging
 import warnings
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -23,6 +25,7 @@ from .export import Exported, conversion_failure
 from .types import IOType, Mode, Recipe
 
 tf = _keras.tf
+log = logging.getLogger("tfquant")
 
 _NUMPY_IO = {IOType.INT8: np.int8, IOType.UINT8: np.uint8, IOType.INT16: np.int16, IOType.FLOAT32: np.float32}
 _TF_IO = {IOType.INT8: tf.int8, IOType.UINT8: tf.uint8, IOType.INT16: tf.int16, IOType.FLOAT32: tf.float32}
@@ -87,7 +90,11 @@ def calibrate(float_tflite: bytes, calibration: Dataset, *, source: str = "<mode
     """
     from tensorflow.lite.python.optimize.calibrator import Calibrator
 
-    return _run(source, "a float file the calibrator can run", lambda: Calibrator(float_tflite).calibrate(calibration.samples))
+    from .legalize import floor_ranges
+
+    calibrated = _run(source, "a float file the calibrator can run",
+                      lambda: Calibrator(float_tflite).calibrate(calibration.samples))
+    return floor_ranges(calibrated)[0]
 
 
 def quantize_calibrated(calibrated: bytes, recipe: Recipe, *, source: str = "<model>") -> bytes:
@@ -101,7 +108,58 @@ def quantize_calibrated(calibrated: bytes, recipe: Recipe, *, source: str = "<mo
     return bytes(deduplicate_readonly_buffers(model))
 
 
-def convert(exported: Exported, recipe: Recipe, *, calibrated: Optional[bytes] = None,
+@dataclass
+class Calibration:
+    """What every quantized candidate starts from: the calibrated float file (ranges chosen) and the
+    statistics bias correction needs."""
+
+    float_tflite: bytes
+    calibrated: bytes
+    input_means: dict = field(default_factory=dict)
+    ranges: str = "minmax"
+    samples: list = field(default_factory=list)  # the calibration samples, for LiteRT Quantizer
+
+    def quantize(self, recipe: Recipe, *, source: str = "<model>") -> bytes:
+        if recipe.quantizer == "litert":
+            from . import litert
+
+            return litert.quantize(self.float_tflite, self.samples, recipe, source=source)
+        data = quantize_calibrated(self.calibrated, recipe, source=source)
+        if recipe.mode is Mode.INT8 and recipe.bias_correction and self.input_means:
+            from .bias import correct
+
+            data = correct(data, self.float_tflite, self.input_means)[0]
+        return data
+
+
+def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
+                    source: str = "<model>") -> tuple[Calibration, Recipe]:
+    """Calibrate the float file once, gather the statistics and choose the activation ranges.
+
+    Returns the calibration and the recipe with `ranges` resolved ("auto" -> what was chosen).
+    """
+    from . import ranges, statistics
+
+    if recipe.quantizer == "litert":  # it calibrates the float file itself, on the same samples
+        return Calibration(exported.tflite, b"", samples=list(calibration.samples())), recipe
+    calibrated = calibrate(exported.tflite, calibration, source=source)
+    if recipe.mode is not Mode.INT8 or (recipe.ranges == "minmax" and not recipe.bias_correction):
+        return Calibration(exported.tflite, calibrated, ranges="minmax"), replace(recipe, ranges="minmax") \
+            if recipe.mode is Mode.INT8 else recipe
+    try:
+        stats = statistics.collect(calibrated, calibration)
+    except (RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor of this graph
+        log.info("calibration statistics skipped: %s", " ".join(str(exc).split())[:160])
+        return Calibration(exported.tflite, calibrated), replace(recipe, ranges="minmax")
+    means = stats.input_means if recipe.bias_correction else {}
+    base = Calibration(exported.tflite, calibrated, means)
+    choice = ranges.choose(exported.tflite, calibrated, calibration, stats,
+                           lambda candidate: replace(base, calibrated=candidate).quantize(recipe, source=source),
+                           method=recipe.ranges)
+    return replace(base, calibrated=choice.calibrated, ranges=choice.method), replace(recipe, ranges=choice.method)
+
+
+def convert(exported: Exported, recipe: Recipe, *, calibrated: Optional[Calibration] = None,
             calibration: Optional[Dataset] = None, source: str = "<model>") -> bytes:
     """The file `recipe` asks for, from the export (and its calibration, for int8 and int16x8).
 
@@ -119,8 +177,8 @@ def convert(exported: Exported, recipe: Recipe, *, calibrated: Optional[bytes] =
         if calibrated is None:
             if calibration is None:
                 raise RecipeError(f"mode {recipe.mode.value} needs calibration data")
-            calibrated = calibrate(exported.tflite, calibration, source=source)
-        return quantize_calibrated(calibrated, recipe, source=source)
+            calibrated, recipe = calibration_for(exported, calibration, recipe, source=source)
+        return calibrated.quantize(recipe, source=source)
     if exported.function is None:
         raise ConversionError(problem(source, f"a graph that can be frozen for mode {recipe.mode.value}",
                                       "one converted only through its SavedModel"))

@@ -179,7 +179,7 @@ def diagnose(
         samples: samples the debugger runs. Defaults to `64`.
         threshold: range ratio above which the lint warns. Defaults to `16`.
     """
-    from .convert import calibrate, quantize_calibrated
+    from .convert import calibration_for
     from .prepare import prepare
     from .types import Mode, Recipe
     from .verify import Reference
@@ -188,15 +188,15 @@ def diagnose(
         raise RecipeError(f"threshold: expected a range ratio above 1, found {threshold!r}")
     recipe = Recipe(mode=Mode.INT8, calib_samples=calib_samples)
     prepared = prepare(model, recipe=recipe, calibration_data=calibration_data, eval_data=eval_data, safe_mode=safe_mode)
-    calibrated = calibrate(prepared.exported.tflite, prepared.calibration, source=prepared.source)
-    errors = layer_errors(calibrated, prepared.evaluation or prepared.calibration, samples=samples)
-    lint = range_lint(calibrated, threshold=threshold)
+    calibrated, recipe = calibration_for(prepared.exported, prepared.calibration, recipe, source=prepared.source)
+    errors = layer_errors(calibrated.calibrated, prepared.evaluation or prepared.calibration, samples=samples)
+    lint = range_lint(calibrated.calibrated, threshold=threshold)
     accuracies = [None, None]
     if prepared.evaluation is not None:
         from .harness import Runner
 
         reference = Reference.measure(prepared.exported.tflite, prepared.evaluation)
-        int8 = quantize_calibrated(calibrated, recipe, source=prepared.source)
+        int8 = calibrated.quantize(recipe, source=prepared.source)
         judged = reference.judge(Runner(int8).predict(prepared.evaluation))
         accuracies = [reference.score(reference.metrics), reference.score(judged)]
     return Diagnosis(model=prepared.source, errors=errors, range_lint=lint,

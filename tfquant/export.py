@@ -42,12 +42,20 @@ class Exported:
     seconds: float = 0.0
     function: Any = None  # the frozen concrete function, for the converter's own modes (QAT, dynamic, float16)
 
+    def sample_shapes(self) -> dict[str, tuple]:
+        """The fixed shape of one sample per input, to export a fine-tuned copy of the model alike."""
+        return {spec.name: tuple(spec.shape[1:]) for spec in self.inputs if all(d is not None for d in spec.shape[1:])}
+
     def convert(self, configure: Callable[[Any], None], *, source: str = "<model>") -> bytes:
         """Run TFLiteConverter on the frozen function with `configure(converter)` applied (same names)."""
         tf = _keras.tf
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([self.function])
-        configure(converter)
-        data = _converted(source, converter.convert)
+
+        def run() -> bytes:
+            converter = tf.lite.TFLiteConverter.from_concrete_functions([self.function])
+            configure(converter)
+            return converter.convert()
+
+        data = _converted(source, run)
         return legalize.name_signature(data, [s.name for s in self.inputs], [s.name for s in self.outputs])
 
 
@@ -93,10 +101,11 @@ def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec]) -> Exported:
         out = list(out.values()) if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else [out]
         return dict(zip(output_names, out))
 
-    with unrolled(model, inputs) as notes:
+    with unrolled(model, inputs) as notes, quantizable_masking(model) as softmax_notes:
         function = tf.function(serve).get_concrete_function(*tensor_specs)
         frozen = _freeze(loaded.source, function)
-    data = _converted(loaded.source, tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert)
+    notes += softmax_notes
+    data = _converted(loaded.source, lambda: tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
     data = legalize.name_signature(data, [s.name for s in inputs], _flat_keys(output_names))
     data, rewrites = legalize.make_quantizable(data)
     return Exported(data, "concrete function", inputs, _outputs(data, loaded.outputs), notes + rewrites,
@@ -111,7 +120,7 @@ def _export_saved_model(loaded: LoadedModel, inputs: list[TensorSpec]) -> Export
     keys = sorted(kwargs)  # flatten order of a dict: sorted keys
     try:
         frozen = _freeze(loaded.source, signature)
-        data = _converted(loaded.source, tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert)
+        data = _converted(loaded.source, lambda: tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
         data = legalize.name_signature(data, keys if len(keys) == len(names) else names,
                                        _flat_keys(list(signature.structured_outputs)))
         route = "concrete function"
@@ -245,6 +254,64 @@ def _input_shape(layer) -> Optional[tuple]:
     if isinstance(shape, list):
         shape = shape[0]
     return tuple(shape) if shape is not None else None
+
+
+# --- masked softmax ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def quantizable_masking(model):
+    """Mask attention after the softmax instead of before it, for the trace.
+
+    Keras masks a softmax (MultiHeadAttention's, or any Softmax layer given a mask) by setting
+    the masked scores to -1e9. In int8 that one tensor then spans [-1e9, 10]: its scale rounds
+    every real score to zero and attention becomes uniform. Here a masked score is set to
+    `MASK_MARGIN` below the smallest real score of its row instead: its weight after the softmax
+    is below 1e-6 as before, and the tensor spans only the scores' own range plus the margin.
+    """
+    tf = _keras.tf
+    patched = []
+    for layer in _all_layers(model):
+        if type(layer).__name__ == "Softmax" and "call" not in vars(layer):
+            patched.append(layer)
+    # Keras 3's MultiHeadAttention takes a fused path (ops.dot_product_attention, which masks the
+    # logits the same way) unless it has dropout; a dropout rate that inference ignores sends it
+    # through its own Softmax layer, patched here like any other.
+    fused = [layer for layer in _all_layers(model)
+             if hasattr(layer, "_masked_softmax") and getattr(layer, "_dropout", None) == 0.0]
+    for layer in patched:
+        layer.call = _masked_softmax(layer, tf)
+    for layer in fused:
+        layer._dropout = 1e-12
+    try:
+        yield [f"{len(patched)} masked softmax(es): masked scores set {MASK_MARGIN:g} below the row's smallest, "
+               "not to -1e9, so int8 keeps the scores"] \
+            if patched else []
+    finally:
+        for layer in patched:
+            del layer.call
+        for layer in fused:
+            layer._dropout = 0.0
+
+
+MASK_MARGIN = 16.0  # masked logits sit this far below the smallest real one: exp(-16) < 1e-6
+
+
+def _masked_softmax(layer, tf):
+    axis = layer.axis
+    if isinstance(axis, (list, tuple)) and len(axis) == 1:
+        axis = axis[0]
+
+    def call(inputs, mask=None):
+        if mask is not None:
+            keep = tf.cast(mask, tf.bool) if mask.dtype != tf.bool else mask
+            floor = tf.reduce_min(inputs, axis=axis, keepdims=True) - MASK_MARGIN
+            inputs = tf.where(keep, inputs, floor)
+        if isinstance(axis, (list, tuple)):
+            return tf.exp(inputs - tf.reduce_logsumexp(inputs, axis=axis, keepdims=True))
+        return tf.nn.softmax(inputs, axis=axis)
+
+    return call
 
 
 # --- running the converter ------------------------------------------------------------------

@@ -128,11 +128,12 @@ _REASONS = {
     "WHILE": "a loop the converter kept (a recurrent layer that was not unrolled, or a tf.while_loop)",
     "CAST": "a dtype cast inside the graph",
 }
+_QUANTIZER_NAMES = {"converter": "TFLite's quantizer", "litert": "LiteRT Quantizer"}
 _WRAPPERS = ("StatefulPartitionedCall", "PartitionedCall", "serving_default", "functional", "sequential", "model")
 
 
 def explain_float_ops(info: ModelInfo, layer_names: Iterable[str] = (), *, integer_mode: bool = True,
-                      mode: str = "int8", denylist: Iterable[str] = ()) -> list[FloatOp]:
+                      mode: str = "int8", denylist: Iterable[str] = (), quantizer: str = "converter") -> list[FloatOp]:
     """Every float op of `info` with the Keras layer it comes from and why it stayed float.
 
     The layer is read from the op's output tensor name (`model/layer_norm/moments/...`); with
@@ -145,7 +146,8 @@ def explain_float_ops(info: ModelInfo, layer_names: Iterable[str] = (), *, integ
         if not op.float:
             continue
         tensor = info.tensors[op.outputs[0]].name if op.outputs and op.subgraph == 0 else ""
-        reason = _REASONS.get(op.name, f"TFLite's quantizer has no integer form of {op.name}") if integer_mode \
+        reason = _REASONS.get(op.name, f"{_QUANTIZER_NAMES.get(quantizer, quantizer)} has no integer form of {op.name}") \
+            if integer_mode \
             else f"mode {mode} computes it in float"
         if tensor in denied and op.name not in ("QUANTIZE", "DEQUANTIZE"):
             reason = "kept in float by the recipe (its denylist)"

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import harness
-from .convert import convert, quantize_calibrated
+from .convert import Calibration, convert
 from .inspect import inspect
 from .prepare import Prepared
 from .types import Budget, Candidate, LayerError, Mode, RangeWarning, Recipe
@@ -52,7 +52,7 @@ def suspects(lint: list[RangeWarning], errors: list[LayerError]) -> list[str]:
 def climb(
     prepared: Prepared,
     recipe: Recipe,
-    calibrated: bytes,
+    calibrated: Calibration,
     reference: Reference,
     *,
     budget: Budget,
@@ -94,9 +94,9 @@ def climb(
 
     def int8_with(k: int) -> Candidate:
         denied = replace(recipe, denylist=tuple(suspect_tensors[:k]))
-        return measure(f"int8, {k} op(s) in float", denied, lambda: quantize_calibrated(calibrated, denied, source=source))
+        return measure(f"int8, {k} op(s) in float", denied, lambda: calibrated.quantize(denied, source=source))
 
-    first = measure(recipe.mode.value, recipe, lambda: quantize_calibrated(calibrated, recipe, source=source))
+    first = measure(recipe.mode.value, recipe, lambda: calibrated.quantize(recipe, source=source))
     if first.accepted:
         return done(first)
 

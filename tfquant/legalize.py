@@ -2,9 +2,10 @@
 
 The converter emits a few float ops that TFLite's int8 quantizer cannot make integer although
 an equivalent integer form exists: `NEG` (Keras 3's LayerNormalization, ConvNeXt), `SQUARE`
-(Keras 3's UnitNormalization and `ops.normalize`). Left alone, each stays float between a
-DEQUANTIZE and a QUANTIZE. Rewritten on the float file — `NEG(x)` as `MUL(x, -1)`, `SQUARE(x)` as
-`MUL(x, x)` — they compute the same values in float and quantize like any MUL. Every rewrite is
+(Keras 3's UnitNormalization and `ops.normalize`), `ZEROS_LIKE` (the state a masked recurrent
+step keeps). Left alone, each stays float between a DEQUANTIZE and a QUANTIZE. Rewritten on the
+float file — `NEG(x)` as `MUL(x, -1)`, `SQUARE(x)` as `MUL(x, x)`, `ZEROS_LIKE(x)` as
+`MUL(x, 0)` — they compute the same values in float and quantize like any MUL. Every rewrite is
 listed in the export's notes.
 """
 
@@ -72,7 +73,18 @@ def make_quantizable(data: bytes) -> tuple[bytes, list[str]]:
                 counts[entry[0]] = counts.get(entry[0], 0) + 1
     if not counts:
         return data, []
+    _drop_unused_opcodes(model)
     return _write(model), [f"{description} ({count}×), so that int8 covers it" for description, count in counts.items()]
+
+
+def _drop_unused_opcodes(model) -> None:
+    """Forget operator codes no op uses any more: an interpreter registers every listed code, used or not."""
+    used = sorted({op.opcodeIndex for graph in model.subgraphs for op in graph.operators})
+    remap = {old: new for new, old in enumerate(used)}
+    model.operatorCodes = [model.operatorCodes[i] for i in used]
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            op.opcodeIndex = remap[op.opcodeIndex]
 
 
 def _opcode(model, builtin: int) -> int:
@@ -103,18 +115,32 @@ def _float(graph, index: int) -> bool:
 def _neg(model, graph, op) -> bool:
     if not _float(graph, op.inputs[0]):
         return False
+    op.inputs = [op.inputs[0], _scalar(model, graph, -1.0, graph.tensors[op.outputs[0]].name, b"minus_one")]
+    _as_mul(model, op)
+    return True
+
+
+@_registers(schema.BuiltinOperator.ZEROS_LIKE, "ZEROS_LIKE(x) as MUL(x, 0)")
+def _zeros_like(model, graph, op) -> bool:
+    if not _float(graph, op.inputs[0]):
+        return False
+    op.inputs = [op.inputs[0], _scalar(model, graph, 0.0, graph.tensors[op.outputs[0]].name, b"zero")]
+    _as_mul(model, op)
+    return True
+
+
+def _scalar(model, graph, value: float, near: bytes, suffix: bytes) -> int:
+    """A new float32 scalar constant in `graph`; returns its tensor index."""
     buffer = schema.BufferT()
-    buffer.data = np.array([-1.0], np.float32).tobytes()
+    buffer.data = np.array([value], np.float32).tobytes()
     model.buffers.append(buffer)
     tensor = schema.TensorT()
     tensor.shape = []
     tensor.type = schema.TensorType.FLOAT32
     tensor.buffer = len(model.buffers) - 1
-    tensor.name = (graph.tensors[op.outputs[0]].name or b"neg") + b"/minus_one"
+    tensor.name = (near or b"const") + b"/" + suffix
     graph.tensors.append(tensor)
-    op.inputs = [op.inputs[0], len(graph.tensors) - 1]
-    _as_mul(model, op)
-    return True
+    return len(graph.tensors) - 1
 
 
 @_registers(schema.BuiltinOperator.SQUARE, "SQUARE(x) as MUL(x, x)")
@@ -124,3 +150,94 @@ def _square(model, graph, op) -> bool:
     op.inputs = [op.inputs[0], op.inputs[0]]
     _as_mul(model, op)
     return True
+
+
+RELATIVE_FLOOR = 1e-3
+TINY_RANGE = 1e-3  # a range this narrow is a constant, not a signal
+
+
+def floor_ranges(calibrated: bytes, *, relative: float = RELATIVE_FLOOR) -> tuple[bytes, int]:
+    """Widen calibrated ranges that are vanishingly small next to the other tensors of the same op.
+
+    A tensor that is (almost) constant on the calibration data — the zero initial state of a
+    masked recurrent step, a padding branch — calibrates to a range like 1e-6. Its int8 scale is
+    then 10^5 times finer than its neighbours', and the rescale factors of the ops that touch it
+    leave the range integer kernels accept (XNNPACK refuses such a graph outright). Giving it
+    `relative` × the largest range of its op's other activations (at most `TINY_RANGE`) costs
+    nothing: its values are within one step of the new scale. Only ranges narrower than
+    `TINY_RANGE` are touched. Returns the file and how many ranges were widened.
+    """
+    model = _read(calibrated)
+    widened = 0
+    for _ in range(2):  # a second pass carries a widened range on to the next op
+        changed = 0
+        for graph in model.subgraphs:
+            for op in graph.operators:
+                indices = [i for i in list(op.inputs) + list(op.outputs) if i >= 0 and _has_range(graph.tensors[i])]
+                if len(indices) < 2:
+                    continue
+                spans = {i: _span(graph.tensors[i]) for i in indices}
+                widest = max(spans.values())
+                target = min(relative * widest, TINY_RANGE)
+                for index, span in spans.items():
+                    if span < target:
+                        _widen(graph.tensors[index], target)
+                        changed += 1
+        widened += changed
+        if not changed:
+            break
+    if not widened:
+        return calibrated, 0
+    return _write(model), widened
+
+
+def _has_range(tensor) -> bool:
+    q = tensor.quantization
+    return (tensor.type == schema.TensorType.FLOAT32 and q is not None and q.min is not None and q.max is not None
+            and len(q.min) == 1 and len(q.max) == 1)
+
+
+def _span(tensor) -> float:
+    q = tensor.quantization
+    return float(q.max[0]) - float(q.min[0])
+
+
+def _widen(tensor, span: float) -> None:
+    """Grow the range to `span` around its middle, keeping zero inside it."""
+    q = tensor.quantization
+    low, high = float(q.min[0]), float(q.max[0])
+    middle = (low + high) / 2
+    low, high = min(middle - span / 2, 0.0), max(middle + span / 2, 0.0)
+    if high - low < span:
+        high = low + span
+    q.min, q.max = [low], [high]
+
+
+def shapes_read_integers(data: bytes) -> tuple[bytes, int]:
+    """Let SHAPE read the integer tensor behind a DEQUANTIZE: a shape does not depend on the dtype.
+
+    LiteRT Quantizer leaves SHAPE (the batch size of a Flatten or Reshape with an open batch) on a
+    float copy of its integer input; reading the integer tensor instead gives the same shape and
+    makes the DEQUANTIZE, and so the file's last float ops, go away. Returns the file and how
+    many SHAPE ops were re-pointed.
+    """
+    model = _read(data)
+    codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
+    integer = {schema.TensorType.INT8, schema.TensorType.UINT8, schema.TensorType.INT16}
+    moved = 0
+    for graph in model.subgraphs:
+        dequantized = {int(op.outputs[0]): int(op.inputs[0]) for op in graph.operators
+                       if codes[op.opcodeIndex] == schema.BuiltinOperator.DEQUANTIZE
+                       and graph.tensors[int(op.inputs[0])].type in integer}
+        for op in graph.operators:
+            if codes[op.opcodeIndex] == schema.BuiltinOperator.SHAPE and int(op.inputs[0]) in dequantized:
+                op.inputs = [dequantized[int(op.inputs[0])]]
+                moved += 1
+        read = {int(i) for op in graph.operators for i in op.inputs} | {int(i) for i in graph.outputs}
+        graph.operators = [op for op in graph.operators
+                           if not (codes[op.opcodeIndex] == schema.BuiltinOperator.DEQUANTIZE
+                                   and int(op.outputs[0]) in dequantized and int(op.outputs[0]) not in read)]
+    if not moved:
+        return data, 0
+    _drop_unused_opcodes(model)
+    return _write(model), moved

@@ -10,7 +10,7 @@ import time
 from typing import Any, Optional
 
 from . import ladder
-from .convert import calibrate, convert
+from .convert import calibration_for, convert
 from .data import ImageOptions
 from .diagnose import layer_errors, range_lint
 from .errors import RecipeError
@@ -118,20 +118,27 @@ def quantize_prepared(prepared: Prepared, recipe: Recipe, *, budget: Budget, fal
                       num_threads: Optional[int] = None, bench_runs: int = 30,
                       progress: Optional[bool] = None) -> QuantizationResult:
     """Calibrate, quantize (or climb the ladder) and verify a prepared model."""
+    if fallback == "auto" and recipe.quantizer != "converter":
+        raise RecipeError(f"fallback 'auto' climbs with the converter quantizer (it keeps single ops float), "
+                          f"found quantizer {recipe.quantizer}")
     seconds: dict[str, float] = {}
     source = prepared.source
     started = time.perf_counter()
     calibrated = None
     if recipe.needs_calibration:
         log.info("calibrating on %d samples", len(prepared.calibration))
-        calibrated = calibrate(prepared.exported.tflite, prepared.calibration, source=source)
+        calibrated, recipe = calibration_for(prepared.exported, prepared.calibration, recipe, source=source)
     seconds["calibrate"] = time.perf_counter() - started
 
     diagnostics, lint = [], []
-    if diagnose and calibrated is not None and recipe.mode is Mode.INT8:
+    if diagnose and calibrated is not None and calibrated.calibrated and recipe.mode is Mode.INT8:
         started = time.perf_counter()
-        diagnostics = layer_errors(calibrated, prepared.evaluation or prepared.calibration, per_channel=recipe.per_channel)
-        lint = range_lint(calibrated)
+        try:
+            diagnostics = layer_errors(calibrated.calibrated, prepared.evaluation or prepared.calibration,
+                                       per_channel=recipe.per_channel)
+        except (RuntimeError, ValueError) as exc:  # the debugger's interpreter cannot run every graph
+            log.info("per-tensor diagnostics skipped: %s", " ".join(str(exc).split())[:160])
+        lint = range_lint(calibrated.calibrated)
         for warning in lint:
             log.warning("%s", warning.message)
         seconds["diagnose"] = time.perf_counter() - started

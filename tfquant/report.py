@@ -101,6 +101,9 @@ def training_lines(report: Report) -> list[str]:
     t = report.training
     lines = [f"{t.kind}: {t.epochs} epochs" + ("" if t.keras_accuracy is None else
                                                 f", accuracy in Keras {100 * t.keras_accuracy:.2f} %")]
+    if t.ptq_accuracy is not None:
+        lines.append(f"  int8 accuracy: plain PTQ {_pct(t.ptq_accuracy)}, QAT {_pct(t.qat_accuracy)}"
+                     + (" (PTQ file kept)" if t.kept == "ptq" else ""))
     for name, size in t.files.items():
         lines.append(f"  {name:12} {size.tflite_bytes:>10,} bytes  {size.gzip_bytes:>10,} gzip")
     if t.sparsity:
@@ -195,7 +198,7 @@ def to_markdown(report: Report) -> str:
 def _html(report: Report) -> str:
     from .report_html import to_html
 
-    return to_html(report)
+    return to_html(report, rows(report))
 
 
 _RENDERERS = {"report.json": to_json, "report.md": to_markdown, "report.html": _html}

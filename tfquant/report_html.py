@@ -11,6 +11,7 @@ import html
 import io
 import json
 from pathlib import Path
+from typing import Sequence
 
 from .types import Report
 
@@ -81,9 +82,8 @@ def ladder_chart(report: Report) -> str | None:
     return _png(figure)
 
 
-def to_html(report: Report) -> str:
-    from .report import rows
-
+def to_html(report: Report, rows: Sequence[tuple[str, str, str, str]]) -> str:
+    """The page: `rows` are the summary table's rows, as the text and Markdown reports give them."""
     esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -98,7 +98,7 @@ def to_html(report: Report) -> str:
         f"{report.runtime.num_threads} threads.</p>",
         "<table><tr><th></th><th>float32</th><th>" + esc(report.recipe.mode.value) + "</th><th>change</th></tr>",
     ]
-    parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows(report)]
+    parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows]
     parts.append("</table>")
     parts += [f"<div class='warn'>{esc(w)}</div>" for w in report.warnings]
     if report.ladder:

@@ -15,7 +15,27 @@ from typing import Any, Optional
 
 from .errors import RecipeError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What each older schema version meant, applied to its records so that they replay as they did.
+_MIGRATIONS: dict[int, dict[str, Any]] = {
+    1: {"ranges": "minmax", "bias_correction": False},  # v1: min/max ranges, no bias correction
+}
+
+
+def migrate(data: dict[str, Any], what: str) -> dict[str, Any]:
+    """A recipe dict of an older schema version, brought to the current one."""
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version == SCHEMA_VERSION:
+        return data
+    if version not in _MIGRATIONS:
+        raise RecipeError(f"{what} schema_version: expected {SCHEMA_VERSION} (or an older one: "
+                          f"{', '.join(map(str, sorted(_MIGRATIONS)))}), found {version!r}")
+    migrated = dict(data)
+    for old in sorted(v for v in _MIGRATIONS if v >= version):
+        for key, value in _MIGRATIONS[old].items():
+            migrated.setdefault(key, value)
+    migrated["schema_version"] = SCHEMA_VERSION
+    return migrated
 
 
 class Mode(str, enum.Enum):
@@ -122,6 +142,9 @@ def _build(hint: Any, value: Any) -> Any:
     return value
 
 
+QUANTIZERS = ("converter", "litert")
+
+
 @dataclass(frozen=True)
 class Recipe(Record):
     """Everything that decides the bytes of a converted file, given the model and the data.
@@ -140,6 +163,14 @@ class Recipe(Record):
             from the calibration data. Defaults to `200`.
         per_channel: per-channel weight scales for conv and dense kernels. Defaults to `True`.
         denylist: names of ops to keep in float (selective quantization). Defaults to none.
+        ranges: activation ranges for int8: `"minmax"`, `"mse"` (MSE-optimal clipping per
+            tensor) or `"auto"` (whichever keeps the outputs closer to float on the calibration
+            data; a report's recipe records the one chosen). Defaults to `"auto"`.
+        bias_correction: fold the mean shift of int8 weight rounding into the biases. Defaults
+            to `True`.
+        quantizer: who quantizes the float file: `"converter"` (TFLiteConverter's MLIR quantizer,
+            from TFLite's calibrator) or `"litert"` (LiteRT Quantizer, `ai-edge-quantizer`, int8
+            only, with its own min/max calibration on the same samples). Defaults to `"converter"`.
     """
 
     mode: Mode = Mode.INT8
@@ -147,6 +178,9 @@ class Recipe(Record):
     calib_samples: int = 200
     per_channel: bool = True
     denylist: tuple[str, ...] = ()
+    ranges: str = "auto"
+    bias_correction: bool = True
+    quantizer: str = "converter"
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -163,12 +197,33 @@ class Recipe(Record):
         if isinstance(self.calib_samples, bool) or not isinstance(self.calib_samples, int) or self.calib_samples < 1:
             raise RecipeError(f"calib_samples: expected a whole number >= 1, found {self.calib_samples!r}")
         object.__setattr__(self, "denylist", tuple(self.denylist))
+        if self.ranges not in ("auto", "minmax", "mse"):
+            raise RecipeError(f"ranges: unknown method {self.ranges!r}; expected one of: auto, minmax, mse")
+        if not isinstance(self.bias_correction, bool):
+            raise RecipeError(f"bias_correction: expected true or false, found {self.bias_correction!r}")
         if self.denylist and mode is not Mode.INT8:
             raise RecipeError(f"denylist: keeping ops in float is an int8 option, found --mode {mode.value}")
+        if self.quantizer not in QUANTIZERS:
+            raise RecipeError(f"quantizer: unknown value {self.quantizer!r}; expected one of: {', '.join(QUANTIZERS)}")
+        if self.quantizer == "litert":
+            if mode is not Mode.INT8 or io not in (IOType.INT8, IOType.FLOAT32) or self.denylist:
+                raise RecipeError(f"quantizer litert: expected mode int8 with io int8 or float32 and no denylist, "
+                                  f"found mode {mode.value}, io {io.value}"
+                                  + (f", denylist of {len(self.denylist)} op(s)" if self.denylist else ""))
+            # LiteRT Quantizer chooses its own min/max ranges and does no bias correction.
+            object.__setattr__(self, "ranges", "minmax")
+            object.__setattr__(self, "bias_correction", False)
         if self.schema_version != SCHEMA_VERSION:
             raise RecipeError(
                 f"recipe schema_version: expected {SCHEMA_VERSION}, found {self.schema_version!r}"
             )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+        """A recipe from JSON; older schema versions are migrated to replay as they did."""
+        if isinstance(data, dict):
+            data = migrate(data, "recipe")
+        return super().from_dict(data)
 
     @property
     def needs_calibration(self) -> bool:
@@ -459,6 +514,9 @@ class Training(Record):
     target_sparsity: Optional[float] = None
     sparsity: dict[str, float] = field(default_factory=dict)  # per weight tensor, read from the .tflite
     files: dict[str, FileSize] = field(default_factory=dict)
+    ptq_accuracy: Optional[float] = None  # plain post-training int8 of the same model, on the same data
+    qat_accuracy: Optional[float] = None
+    kept: Optional[str] = None  # "qat" or "ptq" (keep_best)
 
 
 @dataclass(frozen=True)
@@ -525,9 +583,9 @@ class Report:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Report":
-        if data.get("schema_version") != SCHEMA_VERSION:
+        if data.get("schema_version") not in (*_MIGRATIONS, SCHEMA_VERSION):
             raise RecipeError(
-                f"report schema_version: expected {SCHEMA_VERSION}, found {data.get('schema_version')!r}"
+                f"report schema_version: expected {SCHEMA_VERSION} (or an older one), found {data.get('schema_version')!r}"
             )
         agreement = data.get("agreement")
         return cls(
@@ -555,5 +613,5 @@ class Report:
             float_ops=[FloatOp.from_dict(o) for o in data.get("float_ops", [])],
             budget=None if data.get("budget") is None else Budget.from_dict(data["budget"]),
             tfquant_version=data.get("tfquant_version", ""),
-            schema_version=data["schema_version"],
+            schema_version=SCHEMA_VERSION,
         )

@@ -126,7 +126,7 @@ def verify(
     layer_names = _layer_names(prepared.loaded.keras_model)
     integer_mode = recipe.mode in (Mode.INT8, Mode.INT16X8)
     float_ops = explain_float_ops(info, layer_names, integer_mode=integer_mode, mode=recipe.mode.value,
-                                  denylist=recipe.denylist) if not info.fully_integer else []
+                                  denylist=recipe.denylist, quantizer=recipe.quantizer) if not info.fully_integer else []
     allow_float = allow_float or bool(recipe.denylist)  # float islands the recipe asks for
 
     judged = None

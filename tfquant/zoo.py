@@ -147,24 +147,25 @@ def rows() -> Split:
 
 
 def tokens(pad: bool = True) -> Split:
-    """Each digit as 64 token ids (pixel intensity 0..16 -> ids 1..17; 0 is padding): a text-like input.
+    """Each digit as 32 token ids, a text-like input: the image at 8x4 (pairs of columns, the brighter
+    kept), pixel intensity 0..16 -> ids 1..17; 0 is padding.
 
-    With `pad`, every third sequence starts with up to 16 padding tokens, so masking matters.
+    With `pad`, every third sequence starts with up to 8 padding tokens, so masking matters.
     """
     def make(x, y):
-        ids = np.round(x[..., 0].reshape(len(x), 64) * 16).astype(np.int32) + 1
+        image = x[..., 0].reshape(len(x), 8, 4, 2).max(axis=3)
+        ids = np.round(image.reshape(len(x), 32) * 16).astype(np.int32) + 1
         if pad:
             rng = np.random.default_rng(0)
             for i in range(0, len(ids), 3):
-                cut = int(rng.integers(1, 17))
-                ids[i, :cut] = 0
+                ids[i, :int(rng.integers(1, 9))] = 0
         return {"tokens": ids, "y": y}
     return _split(make)
 
 
 def tabular() -> Split:
     """Regression: 16 summary features of each digit (row and column ink) -> a smooth nonlinear score."""
-    weights = np.random.default_rng(7).standard_normal((16, 4)).astype(np.float32)
+    weights = 0.25 * np.random.default_rng(7).standard_normal((16, 4)).astype(np.float32)
 
     def make(x, y):
         image = x[..., 0]
@@ -210,6 +211,7 @@ class Entry:
     loss: object = "sparse_categorical_crossentropy"
     train_samples: Optional[int] = None
     classifier: bool = True
+    learning_rate: float = 1e-3
 
 
 ZOO: dict[str, Entry] = {}
@@ -226,8 +228,8 @@ def _app(k, name: str, shape=(32, 32, 3), **kwargs):
     return getattr(k.applications, name)(weights=None, input_shape=shape, classes=10, **kwargs)
 
 
-_entry("mobilenet_v2", "cnn", images)(lambda k: _app(k, "MobileNetV2", alpha=0.35))
-_entry("mobilenet_v3_small", "cnn", images)(lambda k: _app(k, "MobileNetV3Small", alpha=0.75,
+_entry("mobilenet_v2", "cnn", images, epochs=4, learning_rate=3e-3)(lambda k: _app(k, "MobileNetV2", alpha=0.35))
+_entry("mobilenet_v3_small", "cnn", images, epochs=2, learning_rate=3e-3)(lambda k: _app(k, "MobileNetV3Small", alpha=0.75,
                                                                include_preprocessing=False))
 _entry("efficientnet_b0", "cnn", lambda: images(scale=255.0), epochs=2)(lambda k: _app(k, "EfficientNetB0"))
 _entry("resnet50", "cnn", images, epochs=2)(lambda k: _app(k, "ResNet50"))
@@ -242,15 +244,15 @@ def _head(k, x, name: str = "probs"):
     return k.layers.Dense(10, activation="softmax", name=name)(x)
 
 
-@_entry("embedding_lstm", "recurrent", tokens, epochs=6)
+@_entry("embedding_lstm", "recurrent", tokens, epochs=12, learning_rate=5e-3)
 def _embedding_lstm(k):
-    inputs = k.Input((64,), dtype="int32", name="tokens")
+    inputs = k.Input((32,), dtype="int32", name="tokens")
     x = k.layers.Embedding(18, 16, mask_zero=True)(inputs)
     x = k.layers.LSTM(32)(x)
     return k.Model(inputs, _head(k, x), name="embedding_lstm")
 
 
-@_entry("stacked_lstm", "recurrent", rows, epochs=8)
+@_entry("stacked_lstm", "recurrent", rows, epochs=6, learning_rate=5e-3)
 def _stacked_lstm(k):
     inputs = k.Input((8, 8), name="rows")
     x = k.layers.LSTM(32, return_sequences=True)(inputs)
@@ -258,26 +260,26 @@ def _stacked_lstm(k):
     return k.Model(inputs, _head(k, x), name="stacked_lstm")
 
 
-@_entry("gru", "recurrent", rows, epochs=8)
+@_entry("gru", "recurrent", rows, epochs=6, learning_rate=5e-3)
 def _gru(k):
     inputs = k.Input((8, 8), name="rows")
     return k.Model(inputs, _head(k, k.layers.GRU(48)(inputs)), name="gru")
 
 
-@_entry("simple_rnn", "recurrent", rows, epochs=8)
+@_entry("simple_rnn", "recurrent", rows, epochs=6, learning_rate=5e-3)
 def _simple_rnn(k):
     inputs = k.Input((8, 8), name="rows")
     return k.Model(inputs, _head(k, k.layers.SimpleRNN(48)(inputs)), name="simple_rnn")
 
 
-@_entry("bidirectional_lstm", "recurrent", rows, epochs=8)
+@_entry("bidirectional_lstm", "recurrent", rows, epochs=6, learning_rate=5e-3)
 def _bidirectional(k):
     inputs = k.Input((8, 8), name="rows")
     x = k.layers.Bidirectional(k.layers.LSTM(24))(inputs)
     return k.Model(inputs, _head(k, x), name="bidirectional_lstm")
 
 
-@_entry("conv1d_gru", "recurrent", rows, epochs=8)
+@_entry("conv1d_gru", "recurrent", rows, epochs=6, learning_rate=5e-3)
 def _conv1d_gru(k):
     inputs = k.Input((8, 8), name="rows")
     x = k.layers.Conv1D(32, 3, padding="same", activation="relu")(inputs)
@@ -285,21 +287,44 @@ def _conv1d_gru(k):
     return k.Model(inputs, _head(k, x), name="conv1d_gru")
 
 
-@_entry("transformer", "transformer", lambda: tokens(pad=True), epochs=8)
+@_entry("transformer", "transformer", lambda: tokens(pad=True), epochs=15)
 def _transformer(k):
-    """A Transformer encoder classifier: token embedding, a convolutional position encoding (no custom
-    layer needed), two blocks of self-attention and GELU feed-forward with LayerNormalization."""
+    """A Transformer encoder classifier: token and learned position embeddings (position ids made
+    from the input by built-in ops, no custom layer), two blocks of masked self-attention and GELU
+    feed-forward with LayerNormalization."""
     width = 32
-    inputs = k.Input((64,), dtype="int32", name="tokens")
-    x = k.layers.Embedding(18, width)(inputs)
-    x = k.layers.Add()([x, k.layers.Conv1D(width, 3, padding="same", name="position_encoding")(x)])
+    inputs = k.Input((32,), dtype="int32", name="tokens")
+    x = k.layers.Embedding(18, width, name="token_embedding")(inputs)
+    x = k.layers.Add()([x, k.layers.Embedding(32, width, name="position_embedding")(_position_ids(k, inputs))])
+    mask = _padding_mask(k, inputs)
     for block in range(2):
-        attention = k.layers.MultiHeadAttention(num_heads=2, key_dim=16, name=f"attention_{block}")(x, x)
+        attention = k.layers.MultiHeadAttention(num_heads=2, key_dim=16, name=f"attention_{block}")(
+            x, x, attention_mask=mask)
         x = k.layers.LayerNormalization(name=f"norm_a{block}")(k.layers.Add()([x, attention]))
         hidden = k.layers.Dense(64, activation="gelu")(x)
         x = k.layers.LayerNormalization(name=f"norm_f{block}")(k.layers.Add()([x, k.layers.Dense(width)(hidden)]))
     x = k.layers.GlobalAveragePooling1D()(x)
     return k.Model(inputs, _head(k, x), name="transformer")
+
+
+def _position_ids(k, ids):
+    """0, 1, 2, ... along the sequence, from built-in ops on the input (Keras 3 ops or TF ops)."""
+    if hasattr(k, "ops"):
+        return k.ops.cumsum(k.ops.ones_like(ids), axis=1) - 1
+    import tensorflow as tf
+
+    return tf.cumsum(tf.ones_like(ids), axis=1) - 1
+
+
+def _padding_mask(k, ids):
+    """(batch, query, key): attend to real tokens only (id 0 is padding)."""
+    if hasattr(k, "ops"):
+        keys = k.ops.expand_dims(k.ops.not_equal(ids, 0), axis=1)
+        return k.ops.repeat(keys, ids.shape[1], axis=1)
+    import tensorflow as tf
+
+    keys = tf.expand_dims(tf.not_equal(ids, 0), axis=1)
+    return tf.repeat(keys, ids.shape[1], axis=1)
 
 
 @_entry("tabular_regression", "regression", tabular, epochs=30, loss="mse", classifier=False)
@@ -358,7 +383,8 @@ def build(name: str, version: int = 3, *, seed: int = 0):
     return ZOO[name].build(k)
 
 
-def train(name: str, version: int = 3, *, seed: int = 0, epochs: Optional[int] = None, verbose: int = 0):
+def train(name: str, version: int = 3, *, seed: int = 0, epochs: Optional[int] = None,
+          train_samples: Optional[int] = None, verbose: int = 0):
     """Build and train zoo entry `name`; returns (model, Split).
 
     BatchNormalization statistics are re-estimated over the training data after fitting, so that
@@ -369,15 +395,16 @@ def train(name: str, version: int = 3, *, seed: int = 0, epochs: Optional[int] =
     model = build(name, version, seed=seed)
     data = entry.data()
     train_data = data.train
-    if entry.train_samples:
-        train_data = {key: value[:entry.train_samples] for key, value in train_data.items()}
+    samples = train_samples or entry.train_samples
+    if samples:
+        train_data = {key: value[:samples] for key, value in train_data.items()}
     inputs = {key: value for key, value in train_data.items() if not key.startswith("y")}
     targets = _targets(model, train_data, entry)
     fitted = model
     if name == "l2_embedding":  # trained through a classification head on the embedding
         head = k.layers.Dense(10, activation="softmax")(model.output)
         fitted = k.Model(model.input, head)
-    fitted.compile(optimizer=k.optimizers.Adam(1e-3), loss=entry.loss if name != "l2_embedding" else
+    fitted.compile(optimizer=k.optimizers.Adam(entry.learning_rate), loss=entry.loss if name != "l2_embedding" else
                    "sparse_categorical_crossentropy", metrics=None)
     fitted.fit(_single(inputs), targets, epochs=epochs or entry.epochs, batch_size=32, verbose=verbose, shuffle=True)
     _recalibrate_batch_norm(fitted, _single(inputs), k)

@@ -107,7 +107,8 @@ def test_caller_model_is_not_trained_in_place(digits_model, train_npz):
 
 def test_keras3_model_is_rebuilt_for_tfmot(digits, tmp_path, test_npz):
     """tfmot cannot wrap Keras 3 layers; the model is rebuilt as tf_keras with the same weights."""
-    from tfquant._keras import keras3, to_keras2
+    from tfquant._keras import keras3
+    from tfquant.rebuild import to_keras2
 
     k3 = keras3()
     k3.utils.set_random_seed(0)
@@ -128,12 +129,20 @@ def test_keras3_model_is_rebuilt_for_tfmot(digits, tmp_path, test_npz):
 
 
 def test_untranslatable_keras3_model_says_why(tmp_path, train_npz):
+    """A subclassed Keras 3 model has no graph to rebuild from (and no input signature): a clear error."""
     from tfquant._keras import keras3
 
     k3 = keras3()
-    inputs = k3.Input((8, 8, 1))
-    outputs = k3.layers.Dense(10)(k3.layers.Flatten()(k3.ops.relu(inputs)))  # a raw op, no layer
-    path = tmp_path / "ops.keras"
-    k3.Model(inputs, outputs).save(path)
-    with pytest.raises(ModelLoadError, match=r"ops.keras: tfquant qat needs a Keras 2 \(tf_keras\) model.*rebuilding it as tf_keras failed"):
-        qat(path, train_npz, epochs=1)
+
+    class Subclassed(k3.Model):
+        def __init__(self):
+            super().__init__(name="subclassed")
+            self.dense = k3.layers.Dense(10, activation="softmax")
+
+        def call(self, x):
+            return self.dense(k3.ops.reshape(x, (-1, 64)))
+
+    model = Subclassed()
+    model(np.zeros((1, 8, 8, 1), np.float32))
+    with pytest.raises(ModelLoadError, match=r"<keras model>: expected a built model with a known input shape"):
+        qat(model, train_npz, epochs=1)

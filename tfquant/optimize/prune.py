@@ -140,11 +140,11 @@ def prune(
         learning_rate: Adam's rate; pruning recovers better at tfmot's usual 1e-3. Defaults to `1e-3`.
         Other options as in `tfquant.quantize` and `tfquant.qat`.
     """
-    from ..convert import calibrate, convert, convert_quantization_aware
+    from ..convert import convert, convert_quantization_aware
     from ..export import export
     from ..types import Budget
     from ..verify import gzip_size, verify
-    from .qat import _shapes, quantize_aware
+    from .qat import quantize_aware
     from .training import fit, keras_accuracy, outputs_probabilities, start
 
     if isinstance(sparsity, bool) or not (isinstance(sparsity, (int, float)) and 0 < sparsity < 1):
@@ -188,13 +188,12 @@ def prune(
         fit(aware, begun.train, epochs=extra_epochs, batch_size=batch_size, learning_rate=learning_rate,
             verbose=verbose, probabilities=probabilities)
         kind, total_epochs, final_model = "prune+qat", epochs + extra_epochs, aware
-        trained = export(prepared.loaded.trained(aware, quantization_aware=True), shapes=_shapes(prepared))
+        trained = export(prepared.loaded.trained(aware, quantization_aware=True), shapes=prepared.exported.sample_shapes())
         tflite = convert_quantization_aware(trained, recipe, prepared.calibration, source=prepared.source)
     else:
         final_model = stripped
-        trained = export(prepared.loaded.trained(stripped), shapes=_shapes(prepared))
-        tflite = convert(trained, recipe, calibrated=calibrate(trained.tflite, prepared.calibration,
-                                                               source=prepared.source), source=prepared.source)
+        trained = export(prepared.loaded.trained(stripped), shapes=prepared.exported.sample_shapes())
+        tflite = convert(trained, recipe, calibration=prepared.calibration, source=prepared.source)
     seconds["convert"] = time.perf_counter() - started
 
     training = Training(

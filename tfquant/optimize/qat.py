@@ -99,6 +99,17 @@ TFMOT_DEFAULT = "tfmot: default 8-bit"
 UNKNOWN = "tfquant: unknown layer, unquantized inside, observed output"
 NOT_WRAPPED = "input"
 TF_OP = "tfquant: TF op layer, not wrapped (its input's scale passes through)"
+INTEGER_INPUT = "tfquant: reads integer ids, not wrapped (its output is observed by the next layer)"
+
+
+def _reads_integers(layer) -> bool:
+    """True if any input of `layer` is an integer tensor (token ids, masks, position ids)."""
+    try:
+        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+    except (AttributeError, ValueError):
+        return False
+    return any(getattr(t, "dtype", None) is not None and t.dtype.is_integer or getattr(t, "dtype", None) == "bool"
+               for t in inputs)
 
 
 def _is_op_layer(layer) -> bool:
@@ -113,15 +124,33 @@ def resolve(layer) -> tuple[Optional[type], str]:
     for rule in _RULES:
         if isinstance(layer, rule.layer_types):
             return rule.config(), rule.treatment
-    if _is_op_layer(layer):
+    if _is_op_layer(layer) or type(layer).__name__ == "Keras3Op":
         # Wrapping a TF-op layer loses its output shape; slicing and reshaping keep their input's
         # scale, which the converter carries across them.
         return None, TF_OP
+    if isinstance(layer, MULTI_INPUT_LAYERS):
+        return None, MULTI_INPUT
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_registry
 
-    if default_8bit_quantize_registry.Default8BitQuantizeRegistry().supports(layer):
+    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+    if registry.supports(layer):
+        if isinstance(layer, L.Activation) and not _tfmot_activation(layer):
+            return ObservedOutputConfig, ACTIVATION
         return None, TFMOT_DEFAULT
     return ObservedOutputConfig, UNKNOWN
+
+
+# Layers called with several tensors (query, value, key, masks): tfmot's wrapper passes one.
+MULTI_INPUT_LAYERS = (L.MultiHeadAttention, L.Attention, L.AdditiveAttention)
+MULTI_INPUT = "tfquant: several tensor inputs, not wrapped (calibrated after training)"
+ACTIVATION = "tfquant: activation tfmot does not know, observed output"
+
+
+def _tfmot_activation(layer) -> bool:
+    """Whether tfmot's default activation config handles this Activation layer's function."""
+    name = getattr(layer.activation, "__name__", "")
+    return name in ("relu", "relu6", "linear", "softmax", "sigmoid", "tanh", "elu", "swish", "gelu", "softsign",
+                    "softplus", "selu", "exponential", "hard_sigmoid")
 
 
 def quantize_aware(model, *, scheme=None) -> tuple[object, list[LayerTreatment]]:
@@ -143,8 +172,10 @@ def quantize_aware(model, *, scheme=None) -> tuple[object, list[LayerTreatment]]
 
     def annotate(layer):
         config_class, treatment = resolve(layer)
+        if treatment not in (NOT_WRAPPED, TF_OP, MULTI_INPUT) and _reads_integers(layer):
+            treatment = INTEGER_INPUT  # ids (tokens, masks, positions): nothing to fake-quantize
         treatments.append(LayerTreatment(layer.name, type(layer).__name__, treatment))
-        if treatment in (NOT_WRAPPED, TF_OP):
+        if treatment in (NOT_WRAPPED, TF_OP, INTEGER_INPUT, MULTI_INPUT):
             return layer.__class__.from_config(layer.get_config())
         clone = layer.__class__.from_config(layer.get_config())
         if config_class is None:
@@ -162,25 +193,78 @@ def quantize_aware(model, *, scheme=None) -> tuple[object, list[LayerTreatment]]
     return wrapped, treatments
 
 
-def keras2_model(loaded, stage: str):
-    """The tf_keras model behind `loaded`, or a clear error for what tfmot cannot wrap."""
-    from .. import _keras
-    from ..errors import ModelLoadError
+def _qat_files(prepared, original, qat_model, recipe, notes: list[str]) -> list[tuple[str, bytes]]:
+    """The int8 files of a fine-tuned QAT model: the converter's reading of its fake-quant ranges, and
+    its fine-tuned weights calibrated as in PTQ (ranges, bias correction). The second always exists;
+    the first where the converter takes the graph and makes it fully integer."""
+    from ..convert import convert, convert_quantization_aware
+    from ..errors import ConversionError
+    from ..export import export
+    from ..inspect import inspect
 
-    if loaded.flavor == "keras3":
-        try:
-            return _keras.to_keras2(loaded.keras_model)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ModelLoadError(f"{loaded.source}: {_keras.keras3_unsupported(stage)}; rebuilding it as "
-                                 f"tf_keras failed: {exc}") from None
-    if loaded.keras_model is None:  # a SavedModel folder: tf_keras can revive its own
-        from ..models import revive_keras2
+    shapes = prepared.exported.sample_shapes()
+    found: list[tuple[str, bytes]] = []
+    try:
+        trained = export(prepared.loaded.trained(qat_model, quantization_aware=True), shapes=shapes)
+        data = convert_quantization_aware(trained, recipe, prepared.calibration, source=prepared.source)
+        if inspect(data).fully_integer and _runs_on_the_default_delegate(data):
+            found.append(("the fake-quant ranges", data))
+        else:
+            notes.append("the converter's file of the fake-quant QAT model was not fully integer or not runnable on "
+                         "XNNPACK; its fine-tuned weights were calibrated instead")
+    except ConversionError as exc:
+        notes.append(f"the converter refused the fake-quant QAT model ({str(exc)[-160:]}); its fine-tuned weights "
+                     "were calibrated instead")
+    fine_tuned = export(prepared.loaded.trained(stripped_weights(original, qat_model)), shapes=shapes)
+    found.append(("the fine-tuned weights, calibrated",
+                  convert(fine_tuned, recipe, calibration=prepared.calibration, source=prepared.source)))
+    return found
 
-        try:
-            return revive_keras2(loaded)
-        except ModelLoadError as exc:
-            raise ModelLoadError(f"{exc}; {stage} needs a SavedModel written by tf_keras") from None
-    return loaded.keras_model
+
+def _runs_on_the_default_delegate(data: bytes) -> bool:
+    from ..harness import Runner, _random_inputs
+
+    runner = Runner(data, num_threads=1)
+    try:
+        runner.allocate()
+        for port, values in zip(runner.interpreter.get_input_details(), _random_inputs(runner)):
+            runner.interpreter.set_tensor(port["index"], values)
+        runner.interpreter.invoke()
+        return True
+    except RuntimeError:
+        return False
+
+
+def stripped_weights(original, qat_model):
+    """A copy of `original` carrying the weights QAT fine-tuned (read from inside the wrappers)."""
+    copy = keras.models.clone_model(original)
+    by_name = {layer.name: layer for layer in qat_model.layers}
+    for layer in copy.layers:
+        source = by_name.get(layer.name) or by_name.get(f"quant_{layer.name}")
+        if source is None or not layer.weights:
+            continue
+        # A wrapper holds the layer's own variables next to its quantizers' (min, max, step):
+        # match each of the layer's weights by its short name and shape.
+        pool = [w for w in source.weights if not _quantizer_variable(w.name)]
+        values = []
+        for weight in layer.weights:
+            short = _short(weight.name)
+            match = next((w for w in pool if _short(w.name) == short and tuple(w.shape) == tuple(weight.shape)), None)
+            if match is None:
+                raise ValueError(f"QAT model: no fine-tuned {short} for layer {layer.name!r}")
+            pool.remove(match)
+            values.append(match.numpy())
+        layer.set_weights(values)
+    return copy
+
+
+def _short(name: str) -> str:
+    return name.split("/")[-1].split(":")[0]
+
+
+def _quantizer_variable(name: str) -> bool:
+    short = _short(name)
+    return short.endswith(("_min", "_max")) or short in ("optimizer_step", "min", "max")
 
 
 def qat(
@@ -202,6 +286,7 @@ def qat(
     safe_mode: bool = True,
     verbose: int = 0,
     progress: Optional[bool] = None,
+    keep_best: bool = False,
 ):
     """Fine-tune `model` with fake quantization, convert it to full int8 and verify it on the interpreter.
 
@@ -221,13 +306,16 @@ def qat(
         io: `int8`, `uint8` or `float32`. Defaults to `int8`.
         max_drop, strict: gates, as in `tfquant.quantize`.
         callbacks: extra Keras callbacks for `fit` (e.g. `tfquant.callbacks.Int8Validation`).
+        keep_best: when the QAT file scores below plain PTQ on the evaluation data, return the PTQ
+            file (the report says so). Defaults to `False` (the report warns).
     """
     import time
 
-    from ..convert import convert_quantization_aware
+    from ..convert import convert, convert_quantization_aware
     from ..export import export
+    from ..harness import Runner
     from ..types import Budget, Mode, Recipe, Training
-    from ..verify import verify
+    from ..verify import Reference, verify
     from .training import fit, keras_accuracy, outputs_probabilities, start
 
     recipe = Recipe(mode=Mode.INT8, io=io, calib_samples=calib_samples)
@@ -237,6 +325,16 @@ def qat(
     prepared = begun.prepared
     seconds: dict[str, float] = {}
 
+    # The PTQ file first: the baseline QAT must beat, and what keep_best falls back to.
+    started = time.perf_counter()
+    ptq_tflite = convert(prepared.exported, recipe, calibration=prepared.calibration, source=prepared.source)
+    reference = ptq_score = None
+    if prepared.evaluation is not None:
+        reference = Reference.measure(prepared.exported.tflite, prepared.evaluation, num_threads=num_threads)
+        ptq_score = reference.score(reference.judge(Runner(ptq_tflite, num_threads=num_threads).predict(
+            prepared.evaluation, progress=False)))
+    seconds["ptq"] = time.perf_counter() - started
+
     started = time.perf_counter()
     qat_model, layers = quantize_aware(begun.keras_model)
     fit(qat_model, begun.train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
@@ -245,15 +343,27 @@ def qat(
     keras_acc = None if prepared.evaluation is None else keras_accuracy(qat_model, prepared.evaluation)
 
     started = time.perf_counter()
-    trained = export(prepared.loaded.trained(qat_model, quantization_aware=True), shapes=_shapes(prepared))
-    tflite = convert_quantization_aware(trained, recipe, prepared.calibration, source=prepared.source)
+    notes: list[str] = []
+    candidates = _qat_files(prepared, begun.keras_model, qat_model, recipe, notes)
     seconds["convert"] = time.perf_counter() - started
-    training = Training(kind="qat", epochs=epochs, keras_accuracy=keras_acc, layers=layers)
-    return verify(prepared, recipe, tflite, seconds=seconds, budget=Budget(max_drop=max_drop), strict=strict,
-                  num_threads=num_threads, bench_runs=bench_runs, progress=progress, extra={"training": training})
-
-
-def _shapes(prepared) -> dict[str, tuple]:
-    """The input shapes the float reference was exported with, so the trained model is exported alike."""
-    return {spec.name: tuple(spec.shape[1:]) for spec in prepared.exported.inputs
-            if all(d is not None for d in spec.shape[1:])}
+    kept, qat_score = "qat", None
+    tflite = candidates[0][1]
+    if reference is not None:
+        scored = [(reference.score(reference.judge(Runner(data, num_threads=num_threads).predict(
+            prepared.evaluation, progress=False))) or 0.0, route, data) for route, data in candidates]
+        qat_score, route, tflite = max(scored, key=lambda item: item[0])
+        if len(scored) > 1:
+            notes.append(f"QAT int8 from {route} (" + ", ".join(f"{r}: {s:.4f}" for s, r, _ in scored) + ")")
+        if qat_score is not None and ptq_score is not None and qat_score < ptq_score:
+            if keep_best:
+                tflite, kept = ptq_tflite, "ptq"
+                notes.append(f"QAT int8 scored {qat_score:.4f}, below plain PTQ int8 at {ptq_score:.4f}: "
+                             "the PTQ file is kept (keep_best)")
+            else:
+                notes.append(f"QAT int8 scored {qat_score:.4f}, below plain PTQ int8 at {ptq_score:.4f}: fine-tune "
+                             "longer or with a smaller learning rate, or keep the PTQ file (--keep-best)")
+    training = Training(kind="qat", epochs=epochs, keras_accuracy=keras_acc, layers=layers, ptq_accuracy=ptq_score,
+                        qat_accuracy=qat_score, kept=kept)
+    return verify(prepared, recipe if kept == "qat" else recipe, tflite, seconds=seconds,
+                  budget=Budget(max_drop=max_drop), reference=reference, strict=strict, num_threads=num_threads,
+                  bench_runs=bench_runs, progress=progress, warnings=notes, extra={"training": training})

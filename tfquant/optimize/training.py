@@ -81,7 +81,6 @@ def start(model, train_data, *, stage: str, epochs: int, calibration_data, eval_
 
     from ..errors import RecipeError
     from ..prepare import check_budget, prepare
-    from .qat import keras2_model
 
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise RecipeError(f"epochs: expected a whole number >= 1, found {epochs!r}")
@@ -98,7 +97,8 @@ def start(model, train_data, *, stage: str, epochs: int, calibration_data, eval_
                           f"{len(prepared.loaded.outputs)} outputs ({', '.join(s.name for s in prepared.loaded.outputs)})")
     if not classes:
         raise RecipeError(f"{stage} needs labels 'y' in the training data")
-    keras_model = keras2_model(prepared.loaded, stage)
+    sample = {name: array[:16] for name, array in prepared.train.inputs.items()}
+    keras_model = keras2_model(prepared.loaded, stage, samples=next(iter(sample.values())) if len(sample) == 1 else sample)
     return Start(prepared, keras_model, time.perf_counter() - started)
 
 
@@ -125,3 +125,29 @@ def _labels(data: Dataset):
     if labels.ndim == 2 and labels.shape[1] > 1:
         labels = labels.argmax(axis=1)
     return np.asarray(labels).reshape(len(labels)).astype(np.int64)
+
+
+def keras2_model(loaded, stage: str, samples=None):
+    """The tf_keras model behind `loaded` (a Keras 3 model rebuilt, outputs checked on `samples`),
+    or a clear error for what tfmot cannot wrap."""
+    from ..errors import ModelLoadError
+
+    if loaded.flavor == "keras3":
+        from ..rebuild import RebuildError, check_outputs, to_keras2
+
+        try:
+            rebuilt = to_keras2(loaded.keras_model)
+            if samples is not None:
+                check_outputs(loaded.keras_model, rebuilt, samples)
+            return rebuilt
+        except RebuildError as exc:
+            raise ModelLoadError(f"{loaded.source}: expected a Keras 3 model that rebuilds as tf_keras for {stage} "
+                                 f"(tensorflow-model-optimization needs Keras 2), found {exc}") from None
+    if loaded.keras_model is None:  # a SavedModel folder: tf_keras can revive its own
+        from ..models import revive_keras2
+
+        try:
+            return revive_keras2(loaded)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{exc}; {stage} needs a SavedModel written by tf_keras") from None
+    return loaded.keras_model

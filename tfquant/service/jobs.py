@@ -21,8 +21,8 @@ DATA_SUFFIXES = (".npz", ".npy")
 _COMMON = {"io": str, "calib_samples": int, "max_drop": float, "strict": bool}
 _TRAINING = {**_COMMON, "epochs": int, "batch_size": int, "lr": float}
 OPTIONS: dict[str, dict[str, type]] = {
-    "convert": {**_COMMON, "mode": str, "fallback": str, "recipe": dict},
-    "qat": dict(_TRAINING),
+    "convert": {**_COMMON, "mode": str, "quantizer": str, "fallback": str, "recipe": dict},
+    "qat": {**_TRAINING, "keep_best": bool},
     "prune": {**_TRAINING, "sparsity": float, "schedule": str, "block": str, "then": str, "qat_epochs": int},
 }
 INPUTS = {
@@ -69,7 +69,8 @@ def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
 def recipe_of(command: str, options: dict[str, Any]) -> Recipe:
     if command == "convert" and options.get("recipe") is not None:
         return Recipe.from_dict(options["recipe"])
-    return Recipe(mode=options.get("mode", "int8"), io=options.get("io"), calib_samples=options.get("calib_samples", 200))
+    return Recipe(mode=options.get("mode", "int8"), io=options.get("io"), calib_samples=options.get("calib_samples", 200),
+                  quantizer=options.get("quantizer", "converter"))
 
 
 def check_inputs(command: str, names: set[str]) -> None:
@@ -182,7 +183,8 @@ def run(command: str, options: dict[str, Any], paths: dict[str, Path], *, safe_m
         safe_mode=safe_mode, progress=False,
     )
     if command == "qat":
-        return qat(paths["model"], paths["train"], learning_rate=options.get("lr", 1e-4), **training)
+        return qat(paths["model"], paths["train"], learning_rate=options.get("lr", 1e-4),
+                   keep_best=options.get("keep_best", False), **training)
     return prune(paths["model"], paths["train"], sparsity=options["sparsity"], schedule=options.get("schedule", "polynomial"),
                  block=options.get("block"), then=options.get("then", "ptq"), qat_epochs=options.get("qat_epochs"),
                  learning_rate=options.get("lr", 1e-3), **training)

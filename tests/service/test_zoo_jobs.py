@@ -1,0 +1,41 @@
+"""Models of every kind through the converter service: the same fully integer, in-budget files as the command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from zoo_cache import trained
+
+from tfquant.client import Client
+
+from serving import TOKEN, Server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, files):
+    """A server that takes the larger zoo models (the shared one caps uploads at 4 MB)."""
+    running = Server(tmp_path_factory.mktemp("zoo-service") / "data", files["token"], "--workers", "2", upload_mb="64")
+    yield running
+    running.stop()
+
+
+KINDS = [("embedding_lstm", 3), ("transformer", 3), ("two_inputs", 3), ("two_outputs", 3),
+         ("tabular_regression", 3), ("l2_embedding", 3), ("mobilenet_v3_small", 3), ("stacked_lstm", 2)]
+
+
+def test_every_kind_converts_through_the_service(server, tmp_path):
+    models = {f"{name}-k{version}": trained(name, version) for name, version in KINDS}
+    with Client(server.url, TOKEN) as client:
+        jobs = {key: client.submit(m.path, calib=m.calib, eval=m.test, max_drop=0.01) for key, m in models.items()}
+        states = {key: client.wait(job, timeout=600, poll=0.5) for key, job in jobs.items()}
+        failed = {key: s["error"] for key, s in states.items() if s["status"] != "succeeded"}
+        assert failed == {}
+        for key, job in jobs.items():
+            report = json.loads(client.download(job, tmp_path / f"{key}.json", artifact="report.json").read_text())
+            assert report["quantized"]["fully_integer"] is True, key
+            assert all(o["within_budget"] for o in report["outputs"]), (key, report["outputs"])
+            assert report["model"] == "model.keras"
+    tasks = {key: {o["task"] for o in json.loads((tmp_path / f"{key}.json").read_text())["outputs"]} for key in jobs}
+    assert tasks["two_outputs-k3"] == {"classification", "regression"}
+    assert tasks["l2_embedding-k3"] == {"embedding"} and tasks["tabular_regression-k3"] == {"regression"}

@@ -1,0 +1,5 @@
+"""`python -m tfquant` is the `tfquant` command."""
+
+from .cli import run
+
+run()
