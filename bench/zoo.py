@@ -28,7 +28,7 @@ def log(message: str) -> None:
     print(f"[zoo {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def row(name: str, version: int, folder: Path) -> dict:
+def row(name: str, version: int, folder: Path, *, with_qat: bool = False) -> dict:
     import numpy as np
 
     import tfquant
@@ -63,7 +63,28 @@ def row(name: str, version: int, folder: Path) -> dict:
             "float_ops": [f"{o.op} ({o.layer})" for o in report.float_ops],
         })
     entry["litert"] = litert_row(path, calib, test)
+    if with_qat and zoo.ZOO[name].classifier and not isinstance(zoo.ZOO[name].loss, dict):
+        entry["qat"] = qat_row(path, data, calib, test, folder)
     return entry
+
+
+def qat_row(path: Path, data, calib: Path, test: Path, folder: Path) -> dict:
+    """`tfquant qat` for one epoch on 600 training samples, keeping PTQ when QAT ends below it."""
+    import numpy as np
+
+    import tfquant
+
+    train = folder / "qat_train.npz"
+    np.savez(train, **{k: v[:600] for k, v in data.train.items()})
+    started = time.perf_counter()
+    try:
+        result = tfquant.qat(path, train, epochs=1, calibration_data=calib, eval_data=test, bench_runs=5, keep_best=True)
+    except tfquant.TfquantError as exc:
+        return {"error": str(exc), "seconds": round(time.perf_counter() - started, 1)}
+    training = result.report.training
+    return {"seconds": round(time.perf_counter() - started, 1), "fully_integer": result.info.fully_integer,
+            "ptq_accuracy": training.ptq_accuracy, "qat_accuracy": training.qat_accuracy, "kept": training.kept,
+            "accuracy": result.report.quantized.accuracy}
 
 
 def litert_row(path: Path, calib: Path, test: Path) -> dict:
@@ -126,6 +147,19 @@ def markdown(rows: list[dict], environment: dict) -> str:
                 + (f"{r['float_bytes']:,} → {r['int8_bytes']:,} | {r['latency_ratio']:.2f}× | "
                    f"{'yes' if r['fully_integer'] else 'NO'} | {r['quantize_seconds']:.1f} |" if first else "| | | |")
                 + f" {other_change} | {integer if first else ''} |")
+    qat = [r for r in rows if r.get("qat")]
+    if qat:
+        lines += ["", "`tfquant qat` (1 epoch on 600 samples; the file kept is the better of QAT and PTQ on the "
+                  "evaluation data, as `--keep-best` does):", "",
+                  "| model | Keras | PTQ int8 | QAT int8 | kept | fully integer | s |", "| --- | ---: | ---: | ---: | --- | --- | ---: |"]
+        for r in qat:
+            q = r["qat"]
+            if "error" in q:
+                lines.append(f"| {r['model']} | {r['keras']} | | | error: {q['error'][:80]} | | {q['seconds']:.1f} |")
+                continue
+            pct = lambda v: "–" if v is None else f"{100 * v:.2f} %"
+            lines.append(f"| {r['model']} | {r['keras']} | {pct(q['ptq_accuracy'])} | {pct(q['qat_accuracy'])} | "
+                         f"{q['kept']} | {'yes' if q['fully_integer'] else 'NO'} | {q['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -136,6 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--versions", nargs="*", type=int, default=[3, 2])
+    parser.add_argument("--qat", action="store_true", help="also run `tfquant qat` on every classifier")
     parser.add_argument("--merge", action="store_true", help="keep the rows of bench/zoo.json that this run does not redo")
     args = parser.parse_args()
     rows = []
@@ -145,7 +180,7 @@ def main() -> None:
                 continue
             for version in args.versions:
                 log(f"{name} (Keras {version})")
-                rows.append(row(name, version, Path(tmp)))
+                rows.append(row(name, version, Path(tmp), with_qat=args.qat))
                 log(json.dumps({k: v for k, v in rows[-1].items() if k != "outputs"}))
     if args.merge and (HERE / "zoo.json").exists():
         done = {(r["model"], r["keras"]) for r in rows}
