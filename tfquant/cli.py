@@ -284,16 +284,17 @@ def run() -> None:  # pragma: no cover - console entry point
     argv = sys.argv[1:]
     ns = parse_args(argv)
     if ns.command in ISOLATED and not isolate.in_child():
-        outputs = [ns.output, *_report_paths(ns.output)] if getattr(ns, "output", None) else []
+        outputs = _output_paths(ns.output) if getattr(ns, "output", None) else []
         sys.exit(isolate.run_isolated(ns.command, argv, model=getattr(ns, "model", None), outputs=outputs))
     isolate.start_child()
     sys.exit(main(ns))
 
 
-def _report_paths(output: Path) -> list[Path]:
+def _output_paths(output: Path) -> list[Path]:
+    """Every file a converting command writes: the model, its reports and recipe.json (last)."""
     from .report import report_paths
 
-    return [*report_paths(output.parent), output.parent / "recipe.json"]
+    return [output, *report_paths(output.parent), output.parent / "recipe.json"]
 
 
 def _images(ns: argparse.Namespace):
@@ -326,9 +327,8 @@ def _load_recipe(ns: argparse.Namespace):
 def _outputs(ns: argparse.Namespace) -> list[Path]:
     """Every file the command will write, checked before minutes of work, not after."""
     from .files import check_targets
-    from .report import report_paths
 
-    outputs = [ns.output, *report_paths(ns.output.parent), ns.output.parent / "recipe.json"]
+    outputs = _output_paths(ns.output)
     check_targets(outputs, overwrite=ns.overwrite)
     return outputs
 
