@@ -142,7 +142,7 @@ def _bad_inputs(tmp: Path, model_files, train_npz, test_npz, digits):
         "drop without eval": ([model, "--calib", train_npz, "--max-drop", "0.01"], "--max-drop needs --eval: the drop is measured"),
         "no calibration": ([model], "--mode int8 needs calibration data: pass --calib DATA"),
         "bad recipe": ([model, "--calib", train_npz, "--recipe", bad_recipe],
-                       "recipe.json: Recipe: unknown key(s) bits; expected some of: bias_correction, calib_samples, denylist, io, mode"),
+                       "recipe.json: unknown option(s) bits for convert; expected some of: bench_runs, bias_correction, calib_samples"),
     }
 
 

@@ -89,7 +89,17 @@ def test_native_crash_becomes_one_line_exit_2(model_files, train_npz, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["convert", "m.keras", "--calib", "c.npz", "--fallback", "auto", "-o", "o.tflite"], "--fallback auto needs --max-drop"),
     (["convert", "m.keras", "--calib", "c.npz", "--max-drop", "0.01", "-o", "o.tflite"], "--max-drop needs --eval"),
-    (["qat", "m.keras", "--train", "t.npz", "--epochs", "0", "-o", "o.tflite"], "expected a whole number >= 1, found 0"),
+    (["qat", "m.keras", "--train", "t.npz", "--epochs", "0", "-o", "o.tflite"],
+     "argument --epochs: expected a whole number at least 1, found 0"),
+    (["qat", "m.keras", "--train", "t.npz", "--epochs", "1", "--lr", "nan", "-o", "o.tflite"],
+     "argument --lr: expected a number above 0, found nan"),
+    (["qat", "m.keras", "--train", "t.npz", "--epochs", "1", "--lr", "-1", "-o", "o.tflite"],
+     "argument --lr: expected a number above 0, found -1"),
+    (["prune", "m.keras", "--train", "t.npz", "--epochs", "1", "--sparsity", "1", "-o", "o.tflite"],
+     "argument --sparsity: expected a number between 0 and 1 (exclusive), found 1"),
+    (["convert", "m.keras", "-o", "o.tflite"], "--mode int8 needs calibration data: pass --calib DATA"),
+    (["convert", "m.keras", "--calib", "c.npz", "--mode", "int16x8", "--io", "int8", "-o", "o.tflite"],
+     "--io int8 does not go with --mode int16x8"),
 ])
 def test_usage_errors_come_before_tensorflow_is_imported(args, message, tmp_path):
     code = ("import sys\nfrom tfquant import cli\nsys.argv = ['tfquant', *sys.argv[1:]]\n"

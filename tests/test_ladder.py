@@ -79,9 +79,10 @@ def test_diagnostics_rank_tensors_worst_first(plain_mismatched, int8_result):
     errors = plain_mismatched.report.diagnostics
     values = [e.rmse_per_scale for e in errors]
     assert values == sorted(values, reverse=True)
-    assert values[0] > 1.0  # information lost, not rounding noise
     healthy = [e.rmse_per_scale for e in int8_result.report.diagnostics]
-    assert max(healthy) < 1.0 and int8_result.report.range_lint == []
+    # Information lost stands well above the rounding (and range clipping) noise of a healthy model.
+    assert values[0] > 2.0 and values[0] > 2 * max(healthy)
+    assert int8_result.report.range_lint == []
 
 
 def test_ladder_returns_a_mostly_integer_file_within_budget(laddered):
@@ -136,9 +137,9 @@ def test_report_html_has_both_charts(laddered, tmp_path):
 
 
 def test_ladder_needs_a_budget(digits_model, train_npz, test_npz):
-    with pytest.raises(RecipeError, match="fallback 'auto' needs max_drop"):
+    with pytest.raises(RecipeError, match="fallback auto needs max_drop"):
         tfquant.quantize(digits_model, train_npz, eval_data=test_npz, fallback="auto")
-    with pytest.raises(RecipeError, match="denylist: keeping ops in float is an int8 option, found --mode int16x8"):
+    with pytest.raises(RecipeError, match="denylist: keeping ops in float is an int8 option, found mode int16x8"):
         Recipe(mode="int16x8", denylist=("a",))
 
 

@@ -117,14 +117,16 @@ def test_strict_refuses_a_float_file(digits_model, train_npz):
 
 
 def test_options_are_checked_before_work(digits_model, train_npz):
-    with pytest.raises(RecipeError, match="unknown mode 'int4'; expected one of: int8, int16x8"):
+    with pytest.raises(RecipeError, match="mode: unknown value 'int4'; expected one of: int8, int16x8"):
         tfquant.quantize(digits_model, train_npz, mode="int4")
-    with pytest.raises(RecipeError, match="--io int8 does not go with --mode dynamic"):
+    with pytest.raises(RecipeError, match="io int8 does not go with mode dynamic"):
         tfquant.quantize(digits_model, train_npz, mode="dynamic", io="int8")
     with pytest.raises(RecipeError, match="max_drop needs eval_data"):
         tfquant.quantize(digits_model, train_npz, max_drop=0.01)
     with pytest.raises(RecipeError, match="fallback: unknown value 'maybe'"):
         tfquant.quantize(digits_model, train_npz, fallback="maybe")
+    with pytest.raises(RecipeError, match=r"unknown option\(s\) max_dorp for convert; expected some of: .*max_drop"):
+        tfquant.quantize(digits_model, train_npz, max_dorp=0.01)
 
 
 def test_save_is_atomic_and_refuses_to_clobber(int8_result, tmp_path):

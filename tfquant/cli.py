@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ._version import __version__
-from .errors import GateError, RecipeError, TfquantError
+from .errors import GateError, RecipeError, TfquantError, naming
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -44,16 +44,6 @@ def _image_size(text: str) -> tuple[int, int]:
     return height, width
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.01, found {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (0.01 = one point), found {text}")
-    return value
-
-
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -78,23 +68,23 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="the .tflite file to write")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--json", action="store_true", help="print report.json to stdout")
-    p.add_argument("--threads", type=_positive, help="interpreter threads (default: every core)")
     p.add_argument("--allow-unsafe-models", action="store_true", help="load models that hold code (Lambda layers)")
-    p.add_argument("--max-drop", type=_fraction, help="exit 1 if the accuracy drop exceeds this fraction")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any op besides the IO adapters is float")
+    p.add_argument("--recipe", type=Path, help="replay the options of a recipe.json (or a whole report.json)")
 
 
-def _add_training_options(p: argparse.ArgumentParser) -> None:
-    from .types import IOType
+def _add_spec(p: argparse.ArgumentParser, command: str) -> None:
+    """The command's options, one flag per option of its spec (`tfquant.spec`)."""
+    from .spec import SPECS, add_options
 
-    p.add_argument("model", help=".keras, .h5 or SavedModel folder (Keras 2 / tf_keras)")
+    add_options(p.add_argument_group(f"{command} options"), SPECS[command])
+
+
+def _add_training_options(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument("model", help=".keras, .h5 or SavedModel folder (tf_keras or Keras 3)")
     p.add_argument("--train", required=True, help="labelled training data")
     p.add_argument("--calib", help="calibration data for integer IO (default: the training data)")
     p.add_argument("--eval", dest="eval_data", help="labelled evaluation data")
-    p.add_argument("--epochs", type=_positive, required=True)
-    p.add_argument("--batch-size", type=_positive, default=32)
-    p.add_argument("--io", choices=[t.value for t in IOType if t is not IOType.INT16], help="default: int8")
-    p.add_argument("--calib-samples", type=_positive, default=200)
+    _add_spec(p, command)
     _add_output_options(p)
 
 
@@ -105,8 +95,6 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .types import QUANTIZERS, IOType, Mode
-
     parser = _Parser(prog="tfquant", description="Keras model -> verified fully integer .tflite file")
     parser.add_argument("--version", action="version", version=f"tfquant {__version__}")
     common = argparse.ArgumentParser(add_help=False)
@@ -117,37 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=".keras, .h5 or SavedModel folder")
     p.add_argument("--calib", help="calibration data: .npz, .npy or an image folder")
     p.add_argument("--eval", dest="eval_data", help="labelled evaluation data (adds accuracy and agreement)")
-    p.add_argument("--mode", choices=[m.value for m in Mode], help="default: int8")
-    p.add_argument("--io", choices=[t.value for t in IOType], help="input/output dtype (default: the mode's own)")
-    p.add_argument("--calib-samples", type=_positive, help="representative samples (default: 200)")
-    p.add_argument("--fallback", choices=["off", "auto"], default="off",
-                   help="auto: try int8, int8 with the worst ops in float, int16x8, dynamic, float16, float32 "
-                        "until the drop is within --max-drop")
-    p.add_argument("--quantizer", choices=list(QUANTIZERS),
-                   help="converter: TFLiteConverter's quantizer (default); litert: LiteRT Quantizer (int8 only)")
-    p.add_argument("--recipe", type=Path, help="replay a recipe JSON file (from a report)")
-    p.add_argument("--task", action="append", metavar="OUTPUT=TASK",
-                   help="classification, regression or embedding for an output (default: detected)")
-    p.add_argument("--input-shape", action="append", metavar="INPUT=D1,D2",
-                   help="the shape of one sample of an input whose dims the model leaves open")
-    p.add_argument("--no-diagnose", dest="diagnose", action="store_false",
-                   help="skip the per-tensor error ranking (faster on large models)")
+    _add_spec(p, "convert")
     _add_output_options(p)
     _add_data_options(p)
 
     p = sub.add_parser("qat", parents=[common], help="quantization-aware fine-tuning, then full int8")
-    _add_training_options(p)
-    p.add_argument("--lr", type=_positive_float, default=1e-4, help="Adam learning rate (default: 1e-4)")
-    p.add_argument("--keep-best", action="store_true", help="keep the plain PTQ file when QAT ends below it")
+    _add_training_options(p, "qat")
 
     p = sub.add_parser("prune", parents=[common], help="magnitude pruning while fine-tuning, then full int8")
-    _add_training_options(p)
-    p.add_argument("--sparsity", type=_fraction, required=True, help="final fraction of zero weights, e.g. 0.8")
-    p.add_argument("--schedule", choices=["polynomial", "constant"], default="polynomial")
-    p.add_argument("--block", choices=["2:4"], help="structured 2-of-4 sparsity")
-    p.add_argument("--then", choices=["ptq", "qat"], default="ptq", help="qat: sparsity-preserving QAT")
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    p.add_argument("--log-dir", help="TensorBoard pruning summaries")
+    _add_training_options(p, "prune")
 
     p = sub.add_parser("diagnose", parents=[common], help="find the tensors and ops where int8 loses accuracy")
     p.add_argument("model", help=".keras, .h5 or SavedModel folder")
@@ -215,25 +181,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse and check the command line; every mistake that needs no model is reported here, at once."""
+    """Parse and check the command line; every mistake that needs no model is reported here, at once.
+
+    For `convert`, `qat` and `prune`, `ns.spec` holds the options as their spec (`tfquant.spec`).
+    """
     parser = build_parser()
     ns = parser.parse_args(argv)
-    problem = _usage_problem(ns)
+    try:
+        with naming("command"):
+            if ns.command in ("convert", "qat", "prune"):
+                ns.spec = _spec(ns)
+            problem = _usage_problem(ns)
+    except RecipeError as exc:
+        problem = str(exc)
     if problem:
         parser.exit(2, f"tfquant {ns.command}: error: {problem} (see tfquant {ns.command} --help)\n")
     return ns
 
 
+def _spec(ns: argparse.Namespace):
+    """The spec from the flags given, over the options of `--recipe FILE` (which may not clash with them)."""
+    from .spec import SPECS, from_flags, given_flags, replay
+
+    cls = SPECS[ns.command]
+    base = {}
+    if ns.recipe is not None:
+        try:
+            text = ns.recipe.read_text()
+        except OSError as exc:
+            raise RecipeError(f"{ns.recipe}: expected a readable recipe JSON file, found {exc.strerror}") from None
+        base = replay(text, cls, str(ns.recipe))
+        clashes = [flag for name, flag in given_flags(ns, cls).items() if name in base]
+        if clashes:
+            raise RecipeError(f"{ns.recipe}: the recipe already sets {', '.join(clashes)}; pass one or the other")
+    return from_flags(ns, cls, base)
+
+
 def _usage_problem(ns: argparse.Namespace) -> Optional[str]:
-    """Option combinations that cannot work, found before TensorFlow is imported."""
-    if getattr(ns, "fallback", "off") == "auto" and getattr(ns, "max_drop", None) is None:
-        return "--fallback auto needs --max-drop: the budget the ladder climbs to"
-    if getattr(ns, "max_drop", None) is not None and not getattr(ns, "eval_data", None):
+    """What the options cannot do with the files given, found before TensorFlow is imported."""
+    spec = getattr(ns, "spec", None)
+    if spec is not None and spec.max_drop is not None and not ns.eval_data:
         return "--max-drop needs --eval: the drop is measured on evaluation data"
-    if ns.command == "prune" and ns.sparsity in (0, 1):
-        return f"--sparsity: expected a fraction between 0 and 1 (exclusive), found {ns.sparsity:g}"
-    if ns.command == "convert" and ns.recipe is None and not ns.calib and (ns.mode or "int8") in ("int8", "int16x8"):
-        return f"--mode {ns.mode or 'int8'} needs calibration data: pass --calib DATA"
+    if ns.command == "convert" and not ns.calib and spec.recipe.needs_calibration:
+        return f"--mode {spec.mode} needs calibration data: pass --calib DATA"
     return None
 
 
@@ -241,7 +231,8 @@ def main(ns: argparse.Namespace) -> int:
     """Run a parsed command; return its exit code. Never raises a `TfquantError`."""
     _log_to_stderr(quiet=ns.quiet)
     try:
-        return _COMMANDS[ns.command](ns)
+        with naming("command"):
+            return _COMMANDS[ns.command](ns)
     except GateError as exc:
         result = exc.result
         if getattr(ns, "json", False) and result is not None:
@@ -303,27 +294,6 @@ def _images(ns: argparse.Namespace):
     return ImageOptions(size=ns.image_size, scale=ns.scale)
 
 
-def _load_recipe(ns: argparse.Namespace):
-    from .types import Recipe
-
-    if ns.recipe is None:
-        return Recipe(mode=ns.mode or "int8", io=ns.io, calib_samples=ns.calib_samples or 200,
-                      quantizer=ns.quantizer or "converter")
-    clashes = [f"--{k.replace('_', '-')}" for k in ("mode", "io", "calib_samples", "quantizer")
-               if getattr(ns, k) is not None]
-    if clashes:
-        raise RecipeError(f"{ns.recipe}: the recipe already sets {', '.join(clashes)}; pass one or the other")
-    try:
-        data = json.loads(ns.recipe.read_text())
-    except (OSError, ValueError) as exc:
-        raise RecipeError(f"{ns.recipe}: expected a recipe JSON file, found {type(exc).__name__}: {exc}") from None
-    data = data.get("recipe", data)  # a whole report.json replays its recipe
-    try:
-        return Recipe.from_dict(data)
-    except RecipeError as exc:
-        raise RecipeError(f"{ns.recipe}: {exc}") from None
-
-
 def _outputs(ns: argparse.Namespace) -> list[Path]:
     """Every file the command will write, checked before minutes of work, not after."""
     from .files import check_targets
@@ -336,8 +306,9 @@ def _outputs(ns: argparse.Namespace) -> list[Path]:
 def _finish(ns: argparse.Namespace, result, outputs: list[Path]) -> int:
     from .report import to_text
 
-    recipe = (json.dumps(result.report.recipe.to_dict(), indent=2) + "\n").encode()
-    result.save(ns.output, overwrite=ns.overwrite, reports=True, extra={outputs[-1]: recipe})
+    from .spec import recipe_file
+
+    result.save(ns.output, overwrite=ns.overwrite, reports=True, extra={outputs[-1]: recipe_file(result.report)})
     if ns.json:
         print(json.dumps(result.report.to_dict(), indent=2))
     elif not ns.quiet:
@@ -350,24 +321,15 @@ def _finish(ns: argparse.Namespace, result, outputs: list[Path]) -> int:
 def _convert(ns: argparse.Namespace) -> int:
     from .pipeline import quantize
 
-    recipe = _load_recipe(ns)
     outputs = _outputs(ns)
-    if recipe.needs_calibration and not ns.calib:
-        raise RecipeError(f"--mode {recipe.mode.value} needs calibration data: pass --calib DATA")
-    result = quantize(
-        ns.model, ns.calib, eval_data=ns.eval_data, max_drop=ns.max_drop, fallback=ns.fallback,
-        strict=ns.strict, recipe=recipe, num_threads=ns.threads, images=_images(ns),
-        safe_mode=not ns.allow_unsafe_models, tasks=ns.task, input_shapes=ns.input_shape, diagnose=ns.diagnose,
-    )
+    result = quantize(ns.model, ns.calib, eval_data=ns.eval_data, spec=ns.spec, images=_images(ns),
+                      safe_mode=not ns.allow_unsafe_models)
     return _finish(ns, result, outputs)
 
 
-def _training_options(ns: argparse.Namespace) -> dict:
-    return dict(
-        epochs=ns.epochs, calibration_data=ns.calib, eval_data=ns.eval_data, batch_size=ns.batch_size,
-        learning_rate=ns.lr, io=ns.io, calib_samples=ns.calib_samples, max_drop=ns.max_drop, strict=ns.strict,
-        num_threads=ns.threads, safe_mode=not ns.allow_unsafe_models, verbose=0 if ns.quiet or ns.json else 2,
-    )
+def _training(ns: argparse.Namespace) -> dict:
+    return dict(calibration_data=ns.calib, eval_data=ns.eval_data, spec=ns.spec,
+                safe_mode=not ns.allow_unsafe_models, verbose=0 if ns.quiet or ns.json else 2)
 
 
 @command("qat")
@@ -375,7 +337,7 @@ def _qat(ns: argparse.Namespace) -> int:
     from .optimize.qat import qat
 
     outputs = _outputs(ns)
-    return _finish(ns, qat(ns.model, ns.train, keep_best=ns.keep_best, **_training_options(ns)), outputs)
+    return _finish(ns, qat(ns.model, ns.train, **_training(ns)), outputs)
 
 
 @command("prune")
@@ -383,9 +345,7 @@ def _prune(ns: argparse.Namespace) -> int:
     from .optimize.prune import prune
 
     outputs = _outputs(ns)
-    result = prune(ns.model, ns.train, sparsity=ns.sparsity, schedule=ns.schedule, block=ns.block, then=ns.then,
-                   log_dir=ns.log_dir, **_training_options(ns))
-    return _finish(ns, result, outputs)
+    return _finish(ns, prune(ns.model, ns.train, **_training(ns)), outputs)
 
 
 @command("diagnose")

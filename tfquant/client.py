@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import OutputError, ServiceError
+from .errors import OutputError, ServiceError, called
 
 FIELDS = ("model", "calib", "eval", "train")
 
@@ -100,7 +100,7 @@ class Client:
 
         path = Path(path)
         if path.exists() and not overwrite:
-            raise OutputError(f"{path}: expected a path that does not exist yet (or --overwrite), found an existing file")
+            raise OutputError(f"{path}: expected a path that does not exist yet (or {called('overwrite')}), found an existing file")
         data = self._call("GET", f"/v1/jobs/{job_id}/artifacts/{artifact}").content
         write_all({path: data}, overwrite=overwrite)
         return path

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .errors import DataError, problem
+from .errors import DataError, called, problem
 from .types import TensorSpec
 
 log = logging.getLogger("tfquant")
@@ -217,7 +217,7 @@ def _load_image_folder(path: Path, specs: Sequence[TensorSpec], images: ImageOpt
     _, height, width, channels = specs[0].shape
     size = images.size or (height, width)
     if size[0] is None or size[1] is None:
-        raise DataError(problem(path, "an image size (--image-size HxW) for a model with unknown height/width", "none"))
+        raise DataError(problem(path, f"an image size ({called('image_size')}) for a model with unknown height/width", "none"))
     mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels or 3)
     if mode is None:
         raise DataError(problem(path, "a model input with 1, 3 or 4 channels for images", f"{channels} channels"))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .data import Dataset
-from .errors import RecipeError
+from .errors import RecipeError, called
 from .types import LayerError, RangeWarning, Record
 
 RANGE_OPS = ("CONCATENATION", "ADD", "SUB", "MUL", "PACK")
@@ -132,7 +132,7 @@ def _range_message(op: str, output: str, spans, ratio: float) -> str:
         f"[{small[1]:.3g}, {small[2]:.3g}] and {large[0]!r} in [{large[1]:.3g}, {large[2]:.3g}]; "
         f"one int8 scale leaves the small input about {levels} of 256 levels. Fix: rescale or normalize "
         f"the large input before this op (e.g. divide it, or a Normalization layer), or keep the op in "
-        f"float (--fallback auto)"
+        f"float ({called('fallback')} auto)"
     )
 
 

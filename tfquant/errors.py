@@ -6,7 +6,37 @@ asked for) and every other `TfquantError` to exit code 2 (bad usage or bad input
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import contextvars
+from typing import Any, Iterator
+
+# How the caller spells an option: "python" (a keyword argument), "command" (a flag) or "service"
+# (a JSON key or a form field). The command sets "command" at its edge; messages use `called()`.
+NAMINGS = ("python", "command", "service")
+_NAMING: contextvars.ContextVar[str] = contextvars.ContextVar("tfquant_naming", default="python")
+_SPELLINGS: dict[str, dict[str, str]] = {}
+
+
+def spell(name: str, **spellings: str) -> None:
+    """Record how the command (`command=`) and the service (`service=`) spell option `name`."""
+    _SPELLINGS.setdefault(name, {}).update(spellings)
+
+
+def called(name: str) -> str:
+    """Option `name` as the current caller knows it: `max_drop`, or `--max-drop` in the command."""
+    return _SPELLINGS.get(name, {}).get(_NAMING.get(), name)
+
+
+@contextlib.contextmanager
+def naming(kind: str) -> Iterator[None]:
+    """Spell options as `kind` ("python", "command" or "service") in every message raised inside."""
+    if kind not in NAMINGS:
+        raise ValueError(f"naming: expected one of {NAMINGS}, found {kind!r}")
+    token = _NAMING.set(kind)
+    try:
+        yield
+    finally:
+        _NAMING.reset(token)
 
 
 class TfquantError(Exception):

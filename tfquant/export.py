@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 from . import _keras, legalize
-from .errors import ConversionError, DataError, problem
+from .errors import ConversionError, DataError, called, problem
 from .models import LoadedModel
 from .types import TensorSpec
 
@@ -236,7 +236,7 @@ def _steps(layer, inputs: list[TensorSpec]) -> int:
             f"recurrent layer {layer.name!r} ({type(layer).__name__})",
             "a fixed sequence length to unroll it over (int8 needs the unrolled form)",
             f"none in the model's inputs {names}; give calibration data of shape (N, steps, ...) or set "
-            "the length with --input-shape NAME=STEPS,... (input_shapes= in Python)",
+            f"the length with {called('input_shapes')} NAME=STEPS,...",
         ))
     return int(steps)
 

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import OutputError, problem
+from .errors import OutputError, called, problem
 
 
 def check_targets(paths: list[Path], *, overwrite: bool) -> None:
@@ -15,7 +15,7 @@ def check_targets(paths: list[Path], *, overwrite: bool) -> None:
         if path.is_dir():
             raise OutputError(problem(path, "a file path for the output", "a folder"))
         if path.exists() and not overwrite:
-            raise OutputError(problem(path, "a path that does not exist yet (or --overwrite)", "an existing file"))
+            raise OutputError(problem(path, f"a path that does not exist yet (or {called('overwrite')})", "an existing file"))
         _check_folder(path.parent if str(path.parent) else Path("."))
 
 

@@ -12,7 +12,7 @@ from typing import Iterable, Union
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from .errors import TFLiteFileError, problem
+from .errors import TFLiteFileError, called, problem
 from .types import FloatOp, ModelInfo, OpInfo, QuantParams, TensorInfo
 
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -170,6 +170,7 @@ def float_ops_message(where: str, float_ops: list[FloatOp]) -> str:
     named = ", ".join(f"{o.op}#{o.index} in layer {o.layer!r} ({o.reason})" for o in core[:4])
     more = f" and {len(core) - 4} more" if len(core) > 4 else ""
     if core[0].reason.startswith("mode "):
-        return f"{where}: expected a fully integer file (strict), found float ops: {named}{more}; use mode int8"
+        return (f"{where}: expected a fully integer file ({called('strict')}), found float ops: {named}{more}; "
+                f"use {called('mode')} int8")
     return (f"{where}: expected a fully integer file, found float ops: {named}{more}; keep just these ops in "
-            "float with fallback auto (--fallback auto and --max-drop), or replace the layer")
+            f"float with {called('fallback')} auto and {called('max_drop')}, or replace the layer")

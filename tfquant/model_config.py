@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ModelLoadError, problem
+from .errors import ModelLoadError, called, problem
 
 # Layers whose config carries a Python function.
 LAMBDA_LAYERS = frozenset({"Lambda"})
@@ -174,5 +174,5 @@ def refuse_code(path: Path | str, config: Any) -> None:
         raise ModelLoadError(problem(
             path, "a model without code",
             f"{found[0]}{more}: Python code that would run when the model is loaded; load it with "
-            "safe_mode=False (--allow-unsafe-models) only if you trust the file",
+            f"{called('safe_mode')} only if you trust the file",
         ))

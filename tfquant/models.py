@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import _keras, model_config
-from .errors import ModelLoadError, problem
+from .errors import ModelLoadError, called, problem
 from .types import TensorSpec
 
 EXPECTED_MODEL = "a Keras model (.keras, .h5) or a SavedModel folder"
@@ -186,6 +186,6 @@ def _call_loader(path: Path, load, safe_mode: bool = True):
         if "safe_mode" in message or "Lambda" in message:
             raise ModelLoadError(
                 problem(path, "a model without code", "a layer that would run stored Python code (e.g. Lambda); "
-                        "load it with safe_mode=False (--allow-unsafe-models) only if you trust the file")
+                        f"load it with {called('safe_mode')} only if you trust the file")
             ) from None
         raise ModelLoadError(problem(path, "a loadable Keras model", f"{type(exc).__name__}: {message[:300]}")) from None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .data import Dataset, ImageOptions, load_data
-from .errors import RecipeError
+from .errors import RecipeError, called
 from .export import Exported, export
 from .models import LoadedModel, load_model
 from .types import Recipe
@@ -44,25 +44,7 @@ def check_budget(max_drop: Optional[float], eval_data: Any) -> None:
                                  or not 0 <= max_drop <= 1):
         raise RecipeError(f"max_drop: expected a fraction between 0 and 1 (0.01 = one point), found {max_drop!r}")
     if max_drop is not None and eval_data is None:
-        raise RecipeError("max_drop needs eval_data (--eval): the drop is measured on evaluation data")
-
-
-def parse_shapes(values) -> dict[str, tuple]:
-    """`["seq=20,8"]` or `{"seq": (20, 8)}` -> {input name: shape of one sample}."""
-    if not values:
-        return {}
-    pairs = values.items() if isinstance(values, dict) else (str(v).split("=", 1) for v in values)
-    shapes = {}
-    for pair in pairs:
-        try:
-            name, dims = pair
-            dims = tuple(int(d) for d in (dims.replace("x", ",").split(",") if isinstance(dims, str) else dims))
-            if not name or not dims or min(dims) < 1:
-                raise ValueError
-        except (ValueError, TypeError):
-            raise RecipeError(f"input_shapes: expected NAME=D1,D2,... such as seq=20,8, found {pair!r}") from None
-        shapes[name] = dims
-    return shapes
+        raise RecipeError(f"{called('max_drop')} needs {called('eval_data')}: the drop is measured on evaluation data")
 
 
 def prepare(
@@ -96,7 +78,7 @@ def prepare(
     calibration = None
     if recipe.needs_calibration:
         if calibration_data is None and train is None:
-            raise RecipeError(f"mode {recipe.mode.value} needs calibration data (--calib)")
+            raise RecipeError(f"{called('mode')} {recipe.mode.value} needs {called('calibration_data')}")
         source = train if calibration_data is None else calibration_data
         calibration = load_data(source, loaded.inputs, labels="ignored", images=images, name="calibration data")
         calibration = calibration.calibration_subset(recipe.calib_samples)

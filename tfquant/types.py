@@ -13,12 +13,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .errors import RecipeError
+from .errors import RecipeError, called
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # What each older schema version meant, applied to its records so that they replay as they did.
 _MIGRATIONS: dict[int, dict[str, Any]] = {
     1: {"ranges": "minmax", "bias_correction": False},  # v1: min/max ranges, no bias correction
+    2: {},  # v2: a recipe held only the Recipe's fields; v3 recipe files are the options of a command
 }
 
 
@@ -75,7 +76,7 @@ def parse_enum(enum_type: type[enum.Enum], value: Any, option: str):
         return enum_type(value)
     except ValueError:
         choices = ", ".join(m.value for m in enum_type)
-        raise RecipeError(f"unknown {option} {value!r}; expected one of: {choices}") from None
+        raise RecipeError(f"{called(option)}: unknown value {value!r}; expected one of: {choices}") from None
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ def _build(hint: Any, value: Any) -> Any:
 
 
 QUANTIZERS = ("converter", "litert")
+RANGE_METHODS = ("auto", "minmax", "mse")
 
 
 @dataclass(frozen=True)
@@ -190,25 +192,27 @@ class Recipe(Record):
         io = allowed[0] if self.io is None else parse_enum(IOType, self.io, "io")
         if io not in allowed:
             raise RecipeError(
-                f"--io {io.value} does not go with --mode {mode.value}; expected one of: "
+                f"{called('io')} {io.value} does not go with {called('mode')} {mode.value}; expected one of: "
                 + ", ".join(a.value for a in allowed)
             )
         object.__setattr__(self, "io", io)
         if isinstance(self.calib_samples, bool) or not isinstance(self.calib_samples, int) or self.calib_samples < 1:
-            raise RecipeError(f"calib_samples: expected a whole number >= 1, found {self.calib_samples!r}")
+            raise RecipeError(f"{called('calib_samples')}: expected a whole number at least 1, found {self.calib_samples!r}")
         object.__setattr__(self, "denylist", tuple(self.denylist))
-        if self.ranges not in ("auto", "minmax", "mse"):
-            raise RecipeError(f"ranges: unknown method {self.ranges!r}; expected one of: auto, minmax, mse")
+        if self.ranges not in RANGE_METHODS:
+            raise RecipeError(f"{called('ranges')}: unknown value {self.ranges!r}; expected one of: "
+                              f"{', '.join(RANGE_METHODS)}")
         if not isinstance(self.bias_correction, bool):
-            raise RecipeError(f"bias_correction: expected true or false, found {self.bias_correction!r}")
+            raise RecipeError(f"{called('bias_correction')}: expected true or false, found {self.bias_correction!r}")
         if self.denylist and mode is not Mode.INT8:
-            raise RecipeError(f"denylist: keeping ops in float is an int8 option, found --mode {mode.value}")
+            raise RecipeError(f"{called('denylist')}: keeping ops in float is an int8 option, found {called('mode')} {mode.value}")
         if self.quantizer not in QUANTIZERS:
-            raise RecipeError(f"quantizer: unknown value {self.quantizer!r}; expected one of: {', '.join(QUANTIZERS)}")
+            raise RecipeError(f"{called('quantizer')}: unknown value {self.quantizer!r}; expected one of: {', '.join(QUANTIZERS)}")
         if self.quantizer == "litert":
             if mode is not Mode.INT8 or io not in (IOType.INT8, IOType.FLOAT32) or self.denylist:
-                raise RecipeError(f"quantizer litert: expected mode int8 with io int8 or float32 and no denylist, "
-                                  f"found mode {mode.value}, io {io.value}"
+                raise RecipeError(f"{called('quantizer')} litert: expected {called('mode')} int8 with {called('io')} int8 "
+                                  f"or float32 and no {called('denylist')}, found {called('mode')} {mode.value}, "
+                                  f"{called('io')} {io.value}"
                                   + (f", denylist of {len(self.denylist)} op(s)" if self.denylist else ""))
             # LiteRT Quantizer chooses its own min/max ranges and does no bias correction.
             object.__setattr__(self, "ranges", "minmax")
@@ -549,6 +553,7 @@ class Report:
     export: Optional[ExportInfo] = None
     float_ops: list[FloatOp] = field(default_factory=list)
     budget: Optional[Budget] = None
+    spec: dict[str, Any] = field(default_factory=dict)  # the command and every option, as run (tfquant.spec)
     tfquant_version: str = ""
     schema_version: int = SCHEMA_VERSION
 
@@ -578,6 +583,7 @@ class Report:
             "export": None if self.export is None else self.export.to_dict(),
             "float_ops": [o.to_dict() for o in self.float_ops],
             "budget": None if self.budget is None else self.budget.to_dict(),
+            "spec": dict(self.spec),
             "runtime": self.runtime.to_dict(),
         }
 
@@ -612,6 +618,7 @@ class Report:
             export=None if data.get("export") is None else ExportInfo.from_dict(data["export"]),
             float_ops=[FloatOp.from_dict(o) for o in data.get("float_ops", [])],
             budget=None if data.get("budget") is None else Budget.from_dict(data["budget"]),
+            spec=dict(data.get("spec") or {}),
             tfquant_version=data.get("tfquant_version", ""),
             schema_version=SCHEMA_VERSION,
         )

@@ -112,6 +112,7 @@ def verify(
     progress: Optional[bool] = None,
     warnings: Optional[list[str]] = None,
     extra: Optional[dict[str, Any]] = None,
+    spec: Any = None,
 ) -> QuantizationResult:
     """Measure `tflite` next to the float file on the interpreter, build the report, apply the gates.
 
@@ -191,6 +192,7 @@ def verify(
         export=ExportInfo(route=exported.route, seconds=round(exported.seconds, 3), notes=list(exported.notes)),
         float_ops=float_ops,
         budget=budget,
+        spec={} if spec is None else {"command": spec.command, **spec.to_dict()},
         tfquant_version=__version__,
         **(extra or {}),
     )

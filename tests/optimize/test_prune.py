@@ -61,7 +61,7 @@ def test_two_of_four_blocks(digits_model, train_npz):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"sparsity": 1.5}, "sparsity: expected a fraction between 0 and 1"),
+    ({"sparsity": 1.5}, r"sparsity: expected a number between 0 and 1 \(exclusive\), found 1.5"),
     ({"sparsity": 0.5, "schedule": "cubic"}, "schedule: unknown value 'cubic'; expected one of: polynomial, constant"),
     ({"sparsity": 0.5, "then": "int4"}, "then: unknown value 'int4'"),
     ({"sparsity": 0.5, "block": "1:8"}, "block: unknown value '1:8'; expected one of: 2:4"),

@@ -28,21 +28,33 @@ def test_token_is_required_except_for_healthz(server):
     assert httpx.get(f"{server.url}/metrics").status_code == 401
 
 
-def test_job_gives_the_same_bytes_as_the_command(client, files, tmp_path, capsys):
-    job = client.submit(files["model"], calib=files["calib"], eval=files["eval"], max_drop=0.01)
+def test_one_spec_gives_the_same_bytes_through_the_service_the_command_and_the_api(client, files, tmp_path, capsys):
+    """The options of a job, its recipe.json replayed by the command, and the same spec in Python: one file."""
+    import tfquant
+    from tfquant.spec import ConvertSpec
+
+    spec = ConvertSpec(calib_samples=120, ranges="minmax", max_drop=0.01)
+    job = client.submit(files["model"], calib=files["calib"], eval=files["eval"], **spec.to_dict())
     state = client.wait(job, timeout=180, poll=0.3)
     assert state["status"] == "succeeded", state
+    assert state["options"]["calib_samples"] == 120 and state["options"]["ranges"] == "minmax"
     assert state["progress"] == 1.0 and state["started"] and state["finished"]
     assert set(state["artifacts"]) == {"model.tflite", "report.json", "report.md", "report.html", "recipe.json"}
     served = client.download(job, tmp_path / "served.tflite").read_bytes()
+    recipe = client.download(job, tmp_path / "recipe.json", artifact="recipe.json")
+    assert json.loads(recipe.read_text())["calib_samples"] == 120
     code = main(parse_args(["convert", str(files["model"]), "--calib", str(files["calib"]), "--eval", str(files["eval"]),
-                            "--max-drop", "0.01", "-o", str(tmp_path / "cli" / "m.tflite"), "-q"]))
+                            "--max-drop", "0.01", "--recipe", str(recipe), "-o", str(tmp_path / "cli" / "m.tflite"),
+                            "-q"]))
     capsys.readouterr()
     assert code == 0
     assert served == (tmp_path / "cli" / "m.tflite").read_bytes()
+    result = tfquant.quantize(files["model"], files["calib"], eval_data=files["eval"], spec=spec, bench_runs=2)
+    assert served == result.tflite
     report_text = client.download(job, tmp_path / "report.json", artifact="report.json").read_text()
     report = json.loads(report_text)
     assert report["quantized"]["fully_integer"] is True and report["accuracy_drop"] <= 0.01
+    assert report["spec"]["command"] == "convert" and report["spec"]["calib_samples"] == 120
     # The client's own file names, never the server's folders.
     assert report["model"] == "digits.keras"
     assert "tfquant-data" not in report_text and "/tmp" not in report_text and "job-" not in report_text
@@ -82,8 +94,9 @@ def test_lambda_model_is_422(client, files, tmp_path):
 
 
 @pytest.mark.parametrize("recipe, message", [
-    ({"mode": "int4"}, "unknown mode 'int4'"),
+    ({"mode": "int4"}, "recipe: mode: unknown value 'int4'"),
     ({"bits": 4}, "recipe: unknown option(s) bits for convert"),
+    ({"max_drop": 0.01}, "convert job: max_drop needs the eval file"),
     ({"command": "qat"}, "recipe: qat needs 'epochs'"),
 ])
 def test_bad_options_are_422(client, files, recipe, message):

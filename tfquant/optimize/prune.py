@@ -14,12 +14,8 @@ from typing import Optional
 import numpy as np
 
 from .._keras import keras
-from ..errors import RecipeError
-from ..types import FileSize, Mode, Recipe, Training
+from ..types import FileSize, Training
 
-SCHEDULES = ("polynomial", "constant")
-THEN = ("ptq", "qat")
-BLOCKS = ("2:4",)
 WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 
 
@@ -97,27 +93,14 @@ def prune(
     model,
     train_data,
     *,
-    sparsity: float,
-    epochs: int,
-    schedule: str = "polynomial",
-    block: Optional[str] = None,
-    then: str = "ptq",
-    qat_epochs: Optional[int] = None,
     calibration_data=None,
     eval_data=None,
-    batch_size: int = 32,
-    learning_rate: float = 1e-3,
-    io: Optional[str] = None,
-    calib_samples: int = 200,
-    log_dir: Optional[str] = None,
-    max_drop: Optional[float] = None,
-    strict: bool = False,
+    spec=None,
     callbacks: Optional[list] = None,
-    num_threads: Optional[int] = None,
-    bench_runs: int = 30,
     safe_mode: bool = True,
     verbose: int = 0,
     progress: Optional[bool] = None,
+    **options,
 ):
     """Prune `model` to `sparsity` while fine-tuning, then convert to full int8 and verify on the interpreter.
 
@@ -127,38 +110,29 @@ def prune(
         >>> result.report.training.files["pruned_int8"].gzip_bytes
 
     Args:
-        model: a tf_keras model or a path.
+        model: a tf_keras or Keras 3 model or a path.
         train_data: labelled training data.
-        sparsity: final fraction of zero weights in every pruned layer, in (0, 1).
-        epochs: pruning epochs; the schedule ends at 3/4 of the steps, the rest lets the net recover.
-        schedule: `"polynomial"` (0 -> sparsity) or `"constant"`. Defaults to `"polynomial"`.
-        block: `"2:4"` for structured 2-of-4 sparsity. Defaults to unstructured.
-        then: `"ptq"` (calibrate and convert) or `"qat"` (sparsity-preserving QAT, tfmot's
-            prune-preserve scheme, then convert). Defaults to `"ptq"`.
-        qat_epochs: epochs of the QAT step with `then="qat"`. Defaults to `max(1, epochs // 2)`.
-        log_dir: write tfmot's PruningSummaries for TensorBoard here. Defaults to none.
-        learning_rate: Adam's rate; pruning recovers better at tfmot's usual 1e-3. Defaults to `1e-3`.
-        Other options as in `tfquant.quantize` and `tfquant.qat`.
+        calibration_data, eval_data, callbacks, verbose: as in `tfquant.qat`.
+        spec: every option (`tfquant.spec.PruneSpec`); keyword `options` build or override it:
+            `sparsity` (required: the final fraction of zero weights in every pruned layer, in
+            (0, 1)), `epochs` (required: the schedule ends at 3/4 of the steps, the rest lets the
+            net recover), `schedule` (`"polynomial"` 0 -> sparsity, or `"constant"`), `block`
+            (`"2:4"` for structured 2-of-4 sparsity), `then` (`"ptq"`, or `"qat"`:
+            sparsity-preserving QAT, tfmot's prune-preserve scheme), `qat_epochs` (default: half
+            the epochs), `log_dir` (tfmot's PruningSummaries for TensorBoard), `learning_rate`
+            (1e-3, tfmot's usual), and the options of `tfquant.qat`.
     """
     from ..convert import convert, convert_quantization_aware
     from ..export import export
-    from ..types import Budget
+    from ..spec import PruneSpec
     from ..verify import gzip_size, verify
     from .qat import quantize_aware
     from .training import fit, keras_accuracy, outputs_probabilities, start
 
-    if isinstance(sparsity, bool) or not (isinstance(sparsity, (int, float)) and 0 < sparsity < 1):
-        raise RecipeError(f"sparsity: expected a fraction between 0 and 1 (0.8 = 80 % zeros), found {sparsity!r}")
-    for value, name, choices in ((schedule, "schedule", SCHEDULES), (then, "then", THEN)):
-        if value not in choices:
-            raise RecipeError(f"{name}: unknown value {value!r}; expected one of: {', '.join(choices)}")
-    if block is not None and block not in BLOCKS:
-        raise RecipeError(f"block: unknown value {block!r}; expected one of: {', '.join(BLOCKS)}")
-
-    recipe = Recipe(mode=Mode.INT8, io=io, calib_samples=calib_samples)
-    begun = start(model, train_data, stage="tfquant prune", epochs=epochs, calibration_data=calibration_data,
-                  eval_data=eval_data, recipe=recipe, max_drop=max_drop, safe_mode=safe_mode,
-                  learning_rate=learning_rate)
+    spec = PruneSpec.from_options(spec, **options)
+    recipe, epochs, batch_size, learning_rate = spec.recipe, spec.epochs, spec.batch_size, spec.learning_rate
+    begun = start(model, train_data, stage="tfquant prune", calibration_data=calibration_data,
+                  eval_data=eval_data, recipe=recipe, max_drop=spec.max_drop, safe_mode=safe_mode)
     prepared = begun.prepared
     keras_model, float_tflite = begun.keras_model, prepared.exported.tflite
     probabilities = outputs_probabilities(keras_model)
@@ -168,10 +142,10 @@ def prune(
 
     started = time.perf_counter()
     steps = math.ceil(len(begun.train) / batch_size) * epochs
-    pruning = wrap_for_pruning(keras_model, sparsity=sparsity, schedule=schedule, end_step=max(1, int(steps * 0.75)),
-                               block=block)
+    pruning = wrap_for_pruning(keras_model, sparsity=spec.sparsity, schedule=spec.schedule,
+                               end_step=max(1, int(steps * 0.75)), block=spec.block)
     sk = _sparsity()
-    steps_callbacks = [sk.UpdatePruningStep()] + ([sk.PruningSummaries(log_dir=log_dir)] if log_dir else [])
+    steps_callbacks = [sk.UpdatePruningStep()] + ([sk.PruningSummaries(log_dir=spec.log_dir)] if spec.log_dir else [])
     fit(pruning, begun.train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         callbacks=steps_callbacks + list(callbacks or []), verbose=verbose, probabilities=probabilities)
     stripped = sk.strip_pruning(pruning)
@@ -179,12 +153,12 @@ def prune(
 
     started = time.perf_counter()
     kind, layers, total_epochs = "prune+ptq", [], epochs
-    if then == "qat":
+    if spec.then == "qat":
         import tensorflow_model_optimization as tfmot
 
         scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
         aware, layers = quantize_aware(stripped, scheme=scheme)
-        extra_epochs = qat_epochs or max(1, epochs // 2)
+        extra_epochs = spec.qat_epochs or max(1, epochs // 2)
         fit(aware, begun.train, epochs=extra_epochs, batch_size=batch_size, learning_rate=learning_rate,
             verbose=verbose, probabilities=probabilities)
         kind, total_epochs, final_model = "prune+qat", epochs + extra_epochs, aware
@@ -199,9 +173,10 @@ def prune(
     training = Training(
         kind=kind, epochs=total_epochs,
         keras_accuracy=None if prepared.evaluation is None else keras_accuracy(final_model, prepared.evaluation),
-        layers=layers, target_sparsity=float(sparsity), sparsity=tflite_sparsity(tflite),
+        layers=layers, target_sparsity=spec.sparsity, sparsity=tflite_sparsity(tflite),
         files={name: FileSize(len(data), gzip_size(data)) for name, data in
                (("float", float_tflite), ("int8", unpruned_int8), ("pruned_int8", tflite))},
     )
-    return verify(prepared, recipe, tflite, seconds=seconds, budget=Budget(max_drop=max_drop), strict=strict,
-                  num_threads=num_threads, bench_runs=bench_runs, progress=progress, extra={"training": training})
+    return verify(prepared, recipe, tflite, seconds=seconds, budget=spec.budget, strict=spec.strict,
+                  num_threads=spec.num_threads, bench_runs=spec.bench_runs, progress=progress,
+                  extra={"training": training}, spec=spec)

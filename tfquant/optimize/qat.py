@@ -271,22 +271,14 @@ def qat(
     model,
     train_data,
     *,
-    epochs: int,
     calibration_data=None,
     eval_data=None,
-    batch_size: int = 32,
-    learning_rate: float = 1e-4,
-    io: Optional[str] = None,
-    calib_samples: int = 200,
-    max_drop: Optional[float] = None,
-    strict: bool = False,
+    spec=None,
     callbacks: Optional[list] = None,
-    num_threads: Optional[int] = None,
-    bench_runs: int = 30,
     safe_mode: bool = True,
     verbose: int = 0,
     progress: Optional[bool] = None,
-    keep_best: bool = False,
+    **options,
 ):
     """Fine-tune `model` with fake quantization, convert it to full int8 and verify it on the interpreter.
 
@@ -296,32 +288,31 @@ def qat(
         >>> result.report.training.keras_accuracy, result.report.quantized.accuracy
 
     Args:
-        model: a tf_keras model or a path (`.keras`, `.h5`, tf_keras SavedModel).
+        model: a tf_keras or Keras 3 model or a path (`.keras`, `.h5`, SavedModel).
         train_data: labelled training data.
-        epochs: fine-tuning epochs.
         calibration_data: representative inputs for integer IO. Defaults to the training data.
-        eval_data: labelled data for the report's float, QAT-in-Keras and int8 accuracies.
-        batch_size: Defaults to `32`.
-        learning_rate: Adam's rate; fine-tuning wants it small. Defaults to `1e-4`.
-        io: `int8`, `uint8` or `float32`. Defaults to `int8`.
-        max_drop, strict: gates, as in `tfquant.quantize`.
+        eval_data: labelled data for the report's float, PTQ, QAT-in-Keras and int8 accuracies.
+        spec: every option (`tfquant.spec.QATSpec`); keyword `options` build or override it:
+            `epochs` (required), `batch_size` (32), `learning_rate` (1e-4: fine-tuning wants it
+            small), `io` (int8), `calib_samples` (200), `max_drop`, `strict`, `keep_best` (when the
+            QAT file scores below plain PTQ on the evaluation data, return the PTQ file; the report
+            says so), `num_threads`, `bench_runs`.
         callbacks: extra Keras callbacks for `fit` (e.g. `tfquant.callbacks.Int8Validation`).
-        keep_best: when the QAT file scores below plain PTQ on the evaluation data, return the PTQ
-            file (the report says so). Defaults to `False` (the report warns).
+        verbose: Keras' fit verbosity. Defaults to `0`.
     """
     import time
 
-    from ..convert import convert, convert_quantization_aware
-    from ..export import export
+    from ..convert import convert
     from ..harness import Runner
-    from ..types import Budget, Mode, Recipe, Training
+    from ..spec import QATSpec
+    from ..types import Training
     from ..verify import Reference, verify
     from .training import fit, keras_accuracy, outputs_probabilities, start
 
-    recipe = Recipe(mode=Mode.INT8, io=io, calib_samples=calib_samples)
-    begun = start(model, train_data, stage="tfquant qat", epochs=epochs, calibration_data=calibration_data,
-                  eval_data=eval_data, recipe=recipe, max_drop=max_drop, safe_mode=safe_mode,
-                  learning_rate=learning_rate)
+    spec = QATSpec.from_options(spec, **options)
+    recipe, max_drop, num_threads, epochs = spec.recipe, spec.max_drop, spec.num_threads, spec.epochs
+    begun = start(model, train_data, stage="tfquant qat", calibration_data=calibration_data,
+                  eval_data=eval_data, recipe=recipe, max_drop=max_drop, safe_mode=safe_mode)
     prepared = begun.prepared
     seconds: dict[str, float] = {}
 
@@ -337,7 +328,7 @@ def qat(
 
     started = time.perf_counter()
     qat_model, layers = quantize_aware(begun.keras_model)
-    fit(qat_model, begun.train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+    fit(qat_model, begun.train, epochs=epochs, batch_size=spec.batch_size, learning_rate=spec.learning_rate,
         callbacks=callbacks, verbose=verbose, probabilities=outputs_probabilities(begun.keras_model))
     seconds["train"] = time.perf_counter() - started
     keras_acc = None if prepared.evaluation is None else keras_accuracy(qat_model, prepared.evaluation)
@@ -355,15 +346,15 @@ def qat(
         if len(scored) > 1:
             notes.append(f"QAT int8 from {route} (" + ", ".join(f"{r}: {s:.4f}" for s, r, _ in scored) + ")")
         if qat_score is not None and ptq_score is not None and qat_score < ptq_score:
-            if keep_best:
+            if spec.keep_best:
                 tflite, kept = ptq_tflite, "ptq"
                 notes.append(f"QAT int8 scored {qat_score:.4f}, below plain PTQ int8 at {ptq_score:.4f}: "
                              "the PTQ file is kept (keep_best)")
             else:
                 notes.append(f"QAT int8 scored {qat_score:.4f}, below plain PTQ int8 at {ptq_score:.4f}: fine-tune "
-                             "longer or with a smaller learning rate, or keep the PTQ file (--keep-best)")
+                             "longer or with a smaller learning rate, or keep the PTQ file ({called('keep_best')})")
     training = Training(kind="qat", epochs=epochs, keras_accuracy=keras_acc, layers=layers, ptq_accuracy=ptq_score,
                         qat_accuracy=qat_score, kept=kept)
-    return verify(prepared, recipe if kept == "qat" else recipe, tflite, seconds=seconds,
-                  budget=Budget(max_drop=max_drop), reference=reference, strict=strict, num_threads=num_threads,
-                  bench_runs=bench_runs, progress=progress, warnings=notes, extra={"training": training})
+    return verify(prepared, recipe, tflite, seconds=seconds, budget=spec.budget, reference=reference,
+                  strict=spec.strict, num_threads=num_threads, bench_runs=spec.bench_runs, progress=progress,
+                  warnings=notes, extra={"training": training}, spec=spec)

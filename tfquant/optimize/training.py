@@ -74,19 +74,12 @@ class Start:
         return self.prepared.evaluation
 
 
-def start(model, train_data, *, stage: str, epochs: int, calibration_data, eval_data, recipe, max_drop,
-          safe_mode: bool, learning_rate: Optional[float] = None) -> Start:
-    """Check the options, load and validate model and data, get a tf_keras model and its float32 file."""
-    import math
-
+def start(model, train_data, *, stage: str, calibration_data, eval_data, recipe, max_drop,
+          safe_mode: bool) -> Start:
+    """Load and validate model and data, get a tf_keras model and its float32 file."""
     from ..errors import RecipeError
     from ..prepare import check_budget, prepare
 
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise RecipeError(f"epochs: expected a whole number >= 1, found {epochs!r}")
-    if learning_rate is not None and (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float))
-                                      or not math.isfinite(learning_rate) or learning_rate <= 0):
-        raise RecipeError(f"learning_rate: expected a finite number above 0, found {learning_rate!r}")
     check_budget(max_drop, eval_data)
     started = time.perf_counter()
     prepared = prepare(model, recipe=recipe, calibration_data=calibration_data, eval_data=eval_data,

@@ -24,7 +24,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -105,21 +105,48 @@ def _problems(*codes: int) -> dict:
     return {code: {"model": Problem} for code in (401, *codes)}
 
 
-SUBMIT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "required": ["model"],
-            "properties": {
-                "model": {"type": "string", "format": "binary", "description": ".keras, .h5 or a SavedModel .zip"},
-                **{name: {"type": "string", "format": "binary", "description": ".npz or .npy"}
-                   for name in ("calib", "eval", "train")},
-                "recipe": {"type": "string", "description": 'JSON: {"command": "convert" | "qat" | "prune", ...options}'},
-            },
-        }}},
-    },
-}
+def _submit_body() -> dict:
+    """The multipart body of POST /v1/jobs; its `recipe` field holds the options of a command, whose
+    schemas (one per command, built from `tfquant.spec`) are in the document's components."""
+    from ..spec import SPECS
+
+    refs = [{"$ref": f"#/components/schemas/{cls.__name__}"} for cls in SPECS.values()]
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": {
+                "type": "object",
+                "required": ["model"],
+                "properties": {
+                    "model": {"type": "string", "format": "binary", "description": ".keras, .h5 or a SavedModel .zip"},
+                    **{name: {"type": "string", "format": "binary", "description": ".npz or .npy"}
+                       for name in ("calib", "eval", "train")},
+                    "recipe": {"type": "string", "contentMediaType": "application/json", "contentSchema": {"oneOf": refs},
+                               "description": 'JSON: {"command": "convert" | "qat" | "prune", ...options}; the options '
+                                              "of each command are its schema: " + ", ".join(SPECS[c].__name__
+                                                                                             for c in SPECS)},
+                },
+            }}},
+        },
+    }
+
+
+def _with_spec_schemas(app: FastAPI) -> Callable[[], dict]:
+    """app.openapi that adds the options' schemas (`tfquant.spec.json_schema`) to FastAPI's document."""
+    from fastapi.openapi.utils import get_openapi
+
+    from ..spec import SPECS, json_schema
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for cls in SPECS.values():
+                schemas[cls.__name__] = json_schema(cls)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    return openapi
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
@@ -163,6 +190,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return error(500, f"internal error: {type(exc).__name__}")
 
     app.add_middleware(_BearerToken, token=config.token)
+    app.openapi = _with_spec_schemas(app)
 
     # Health and status are async on purpose: they read the store in the event loop itself, so no
     # thread-pool hop (and no wait behind a busy pool) stands between a poller and its answer.
@@ -170,7 +198,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def healthz():
         return {"status": "ok", "version": __version__, "workers": config.workers, "running": len(scheduler.running)}
 
-    @app.post("/v1/jobs", status_code=202, response_model=JobRef, openapi_extra=SUBMIT_BODY,
+    @app.post("/v1/jobs", status_code=202, response_model=JobRef, openapi_extra=_submit_body(),
               responses=_problems(400, 413, 422, 503))
     async def submit(request: Request):
         try:
@@ -190,7 +218,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             unknown = sorted(set(form.fields) - {"recipe"})
             if unknown:
                 raise uploads.BadRequest(f"expected the text field 'recipe' only, found {', '.join(map(repr, unknown))}")
-            jobs.check_inputs(command, set(form.files))
+            jobs.check_inputs(command, set(form.files), options)
             inputs = {}
             for field_name, upload in form.files.items():
                 suffix = jobs.suffix_for(field_name, upload.filename)

@@ -12,68 +12,54 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
-from ..errors import ModelLoadError, RecipeError, problem
-from ..types import Recipe
+from ..errors import ModelLoadError, RecipeError, naming, problem
 
 MODEL_SUFFIXES = (".keras", ".h5", ".zip")
 DATA_SUFFIXES = (".npz", ".npy")
 
-_COMMON = {"io": str, "calib_samples": int, "max_drop": float, "strict": bool}
-_TRAINING = {**_COMMON, "epochs": int, "batch_size": int, "lr": float}
-OPTIONS: dict[str, dict[str, type]] = {
-    "convert": {**_COMMON, "mode": str, "quantizer": str, "fallback": str, "recipe": dict},
-    "qat": {**_TRAINING, "keep_best": bool},
-    "prune": {**_TRAINING, "sparsity": float, "schedule": str, "block": str, "then": str, "qat_epochs": int},
-}
 INPUTS = {
     "convert": ({"model", "calib"}, {"eval"}),
     "qat": ({"model", "train"}, {"calib", "eval"}),
     "prune": ({"model", "train"}, {"calib", "eval"}),
 }
-REQUIRED_OPTIONS = {"convert": (), "qat": ("epochs",), "prune": ("epochs", "sparsity")}
 
 
 def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
-    """The submitted JSON recipe -> (command, options), checked like the command checks its flags."""
+    """The submitted JSON options -> (command, the whole spec as JSON), checked as the command checks its flags.
+
+    The options are the command's spec (`tfquant.spec`): the same names, defaults and bounds;
+    unknown keys are refused, older schema versions migrated. What only the server may decide
+    (interpreter threads, server paths) is not an option here.
+    """
+    from ..spec import SPECS, spec_for
+
     try:
-        spec = json.loads(text or "{}")
+        data = json.loads(text or "{}")
     except ValueError as exc:
         raise RecipeError(f"recipe: expected a JSON object, found invalid JSON ({exc})") from None
-    if not isinstance(spec, dict):
-        raise RecipeError(f"recipe: expected a JSON object, found {type(spec).__name__}")
-    spec = dict(spec)
-    command = spec.pop("command", "convert")
-    if command not in OPTIONS:
-        raise RecipeError(f"recipe: unknown command {command!r}; expected one of: {', '.join(OPTIONS)}")
-    allowed = OPTIONS[command]
-    unknown = sorted(set(spec) - set(allowed))
-    if unknown:
-        raise RecipeError(f"recipe: unknown option(s) {', '.join(unknown)} for {command}; expected some of: "
-                          f"{', '.join(sorted(allowed))}")
-    for key, kind in allowed.items():
-        value = spec.get(key)
-        if value is None:
-            continue
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            ok, spec[key] = True, float(value)
-        if not ok:
-            raise RecipeError(f"recipe: {key}: expected {kind.__name__}, found {value!r}")
-    for key in REQUIRED_OPTIONS[command]:
-        if key not in spec:
-            raise RecipeError(f"recipe: {command} needs {key!r}")
-    recipe_of(command, spec)  # mode/io combinations, calib_samples range
-    return command, spec
+    with naming("service"):
+        try:
+            if isinstance(data, dict):
+                cls = SPECS.get(data.get("command", "convert"))
+                local = sorted(name for f, opt, _ in (cls.options() if cls else ()) if not opt.service
+                               for name in [f.name] if name in data)
+                if local:
+                    raise RecipeError(f"{', '.join(local)}: decided by the server, not an option of a job")
+            spec = spec_for(data)
+        except RecipeError as exc:
+            raise RecipeError(f"recipe: {exc}") from None
+    return spec.command, spec.to_dict()
 
 
-def recipe_of(command: str, options: dict[str, Any]) -> Recipe:
-    if command == "convert" and options.get("recipe") is not None:
-        return Recipe.from_dict(options["recipe"])
-    return Recipe(mode=options.get("mode", "int8"), io=options.get("io"), calib_samples=options.get("calib_samples", 200),
-                  quantizer=options.get("quantizer", "converter"))
+def spec_of(command: str, options: dict[str, Any]):
+    """A stored job's spec."""
+    from ..spec import spec_for
+
+    return spec_for({"command": command, **options})
 
 
-def check_inputs(command: str, names: set[str]) -> None:
+def check_inputs(command: str, names: set[str], options: Optional[dict[str, Any]] = None) -> None:
+    """The job's file fields: the command's required ones, no others, and eval data when a budget needs it."""
     required, optional = INPUTS[command]
     missing = sorted(required - names)
     if missing:
@@ -81,6 +67,8 @@ def check_inputs(command: str, names: set[str]) -> None:
     extra = sorted(names - required - optional)
     if extra:
         raise RecipeError(f"{command} job: unexpected file field(s) {', '.join(extra)}")
+    if (options or {}).get("max_drop") is not None and "eval" not in names:
+        raise RecipeError(f"{command} job: max_drop needs the eval file: the drop is measured on evaluation data")
 
 
 def suffix_for(field_name: str, filename: str) -> str:
@@ -167,33 +155,25 @@ def public_report(report, paths: dict[str, Path], inputs: dict[str, dict[str, st
 
 
 def run(command: str, options: dict[str, Any], paths: dict[str, Path], *, safe_mode: bool, num_threads=None):
-    """Run the job's pipeline: the same calls, with the same arguments, as the `tfquant` command."""
+    """Run the job's pipeline: the same calls, with the same spec, as the `tfquant` command."""
     from ..optimize.prune import prune
     from ..optimize.qat import qat
     from ..pipeline import quantize
 
+    spec = spec_of(command, options).replace(num_threads=num_threads)
     if command == "convert":
-        return quantize(paths["model"], paths["calib"], eval_data=paths.get("eval"), max_drop=options.get("max_drop"),
-                        fallback=options.get("fallback", "off"), strict=options.get("strict", False),
-                        recipe=recipe_of(command, options), num_threads=num_threads, safe_mode=safe_mode, progress=False)
-    training = dict(
-        epochs=options["epochs"], calibration_data=paths.get("calib"), eval_data=paths.get("eval"),
-        batch_size=options.get("batch_size", 32), io=options.get("io"), calib_samples=options.get("calib_samples", 200),
-        max_drop=options.get("max_drop"), strict=options.get("strict", False), num_threads=num_threads,
-        safe_mode=safe_mode, progress=False,
-    )
-    if command == "qat":
-        return qat(paths["model"], paths["train"], learning_rate=options.get("lr", 1e-4),
-                   keep_best=options.get("keep_best", False), **training)
-    return prune(paths["model"], paths["train"], sparsity=options["sparsity"], schedule=options.get("schedule", "polynomial"),
-                 block=options.get("block"), then=options.get("then", "ptq"), qat_epochs=options.get("qat_epochs"),
-                 learning_rate=options.get("lr", 1e-3), **training)
+        return quantize(paths["model"], paths["calib"], eval_data=paths.get("eval"), spec=spec, safe_mode=safe_mode,
+                        progress=False)
+    train = qat if command == "qat" else prune
+    return train(paths["model"], paths["train"], calibration_data=paths.get("calib"), eval_data=paths.get("eval"),
+                 spec=spec, safe_mode=safe_mode, progress=False)
 
 
 def validate_inputs(command: str, options: dict[str, Any], paths: dict[str, Path], *, safe_mode: bool) -> None:
     """Load the model and check every data file against it: the errors the command gives, before queueing."""
     from ..prepare import prepare
 
-    recipe = recipe_of(command, options)
-    prepare(paths["model"], recipe=recipe, calibration_data=paths.get("calib"), eval_data=paths.get("eval"),
-            train_data=paths.get("train") if command != "convert" else None, safe_mode=safe_mode, export_model=False)
+    spec = spec_of(command, options)
+    prepare(paths["model"], recipe=spec.recipe, calibration_data=paths.get("calib"), eval_data=paths.get("eval"),
+            train_data=paths.get("train") if command != "convert" else None, safe_mode=safe_mode, export_model=False,
+            input_shapes=getattr(spec, "input_shapes", None))

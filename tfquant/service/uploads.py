@@ -21,7 +21,7 @@ from typing import AsyncIterator, Optional
 
 import numpy as np
 
-from ..errors import DataError, ModelLoadError, RecipeError, problem
+from ..errors import DataError, ModelLoadError, problem
 from ..model_config import H5_SIGNATURE
 
 MAX_FIELD_BYTES = 64 << 10  # the recipe JSON and other text fields

@@ -51,6 +51,7 @@ def _warm_up() -> None:
 def run_job(store, job_id: str, attempt: int, *, safe_mode: bool, threads, expanded_bytes=None) -> None:
     from ..errors import GateError, TfquantError
     from ..report import write_report_files
+    from ..spec import recipe_file
     from . import jobs
 
     job = store.get(job_id)
@@ -89,7 +90,7 @@ def run_job(store, job_id: str, attempt: int, *, safe_mode: bool, threads, expan
     report = jobs.public_report(result.report, paths, job.inputs)
     artifacts = {p.name: store.put(d) for p, d in write_report_files(report, Path(".")).items()}
     artifacts["model.tflite"] = store.put(result.tflite)
-    artifacts["recipe.json"] = store.put((json.dumps(report.recipe.to_dict(), indent=2) + "\n").encode())
+    artifacts["recipe.json"] = store.put(recipe_file(report))
     finish("succeeded", artifacts=artifacts)
 
 
@@ -143,6 +144,13 @@ def main(argv=None) -> int:
 
     store = Store(args.data_dir)
     _warm_up()
+    from ..errors import naming
+
+    with naming("service"):
+        return _serve(args, store, protocol)
+
+
+def _serve(args, store, protocol) -> int:
     protocol.write(READY)
     if args.role == "validator":
         for line in sys.stdin:
