@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
-from ai_edge_litert.tools import flatbuffer_utils
 
 from .statistics import WEIGHT_OPS
 
@@ -19,47 +18,74 @@ _DTYPES = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int
 
 
 def correct(quantized: bytes, float_tflite: bytes, input_means: dict[str, np.ndarray]) -> tuple[bytes, int]:
-    """The quantized file with each int8 weight op's bias corrected; returns it and how many ops changed."""
-    reference = flatbuffer_utils.read_model_from_bytearray(bytearray(float_tflite))
-    float_graph = reference.subgraphs[0]
-    float_codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in reference.operatorCodes]
-    float_ops = {_name(float_graph.tensors[op.outputs[0]]): op for op in float_graph.operators
-                 if float_codes[op.opcodeIndex] in WEIGHT_OPS}
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(quantized))
-    graph = model.subgraphs[0]
-    codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
+    """The quantized file with each int8 weight op's bias corrected; returns it and how many ops changed.
+
+    The corrected int32 values overwrite the bias buffers in place (same length, same layout), read
+    with the flatbuffer's own accessors: no unpacking and repacking of the whole model. A bias
+    buffer shared by several tensors (after buffer deduplication) is left alone.
+    """
+    reference = schema.Model.GetRootAs(float_tflite, 0)
+    float_graph = reference.Subgraphs(0)
+    float_codes = _codes(reference)
+    float_weights = {}
+    for i in range(float_graph.OperatorsLength()):
+        op = float_graph.Operators(i)
+        if float_codes[op.OpcodeIndex()] in WEIGHT_OPS and op.InputsLength() > 1:
+            float_weights[_name(float_graph.Tensors(op.Outputs(0)))] = float_graph.Tensors(op.Inputs(1))
+    data = bytearray(quantized)
+    model = schema.Model.GetRootAs(data, 0)
+    graph = model.Subgraphs(0)
+    codes = _codes(model)
+    uses: dict[int, int] = {}
+    for t in range(graph.TensorsLength()):
+        uses[graph.Tensors(t).Buffer()] = uses.get(graph.Tensors(t).Buffer(), 0) + 1
     changed = 0
-    for op in graph.operators:
-        code = codes[op.opcodeIndex]
-        if code not in WEIGHT_OPS or len(op.inputs) < 3 or op.inputs[2] < 0:
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = codes[op.OpcodeIndex()]
+        if code not in WEIGHT_OPS or op.InputsLength() < 3 or op.Inputs(2) < 0:
             continue
-        name = _name(graph.tensors[op.outputs[0]])
-        float_op, means = float_ops.get(name), input_means.get(name)
-        weights, bias = graph.tensors[op.inputs[1]], graph.tensors[op.inputs[2]]
-        if float_op is None or means is None or weights.type != schema.TensorType.INT8 or \
-                bias.type != schema.TensorType.INT32 or weights.quantization is None:
+        name = _name(graph.Tensors(op.Outputs(0)))
+        exact_tensor, means = float_weights.get(name), input_means.get(name)
+        weights, bias = graph.Tensors(op.Inputs(1)), graph.Tensors(op.Inputs(2))
+        if exact_tensor is None or means is None or weights.Type() != schema.TensorType.INT8 or \
+                bias.Type() != schema.TensorType.INT32 or weights.Quantization() is None or \
+                bias.Quantization() is None or uses.get(bias.Buffer(), 0) != 1:
             continue
-        exact = _values(reference, float_graph.tensors[float_op.inputs[1]])
-        if exact is None or exact.shape != tuple(weights.shape):
+        exact = _values(reference, exact_tensor)
+        shape = tuple(weights.ShapeAsNumpy())
+        if exact is None or exact.shape != shape:
             continue
-        scales = np.asarray(weights.quantization.scale, np.float64)
-        shape = [1] * len(weights.shape)
-        shape[weights.quantization.quantizedDimension] = -1
-        delta = _values(model, weights).astype(np.float64) * scales.reshape(shape) - exact
+        scales = weights.Quantization().ScaleAsNumpy().astype(np.float64)
+        axis = [1] * len(shape)
+        axis[weights.Quantization().QuantizedDimension()] = -1
+        delta = _values(model, weights).astype(np.float64) * scales.reshape(axis) - exact
         shift = _shift(code, delta, means)
         values = _values(model, bias)
-        bias_scales = np.asarray(bias.quantization.scale, np.float64)
         if shift is None or values is None or shift.shape != values.shape:
             continue
+        bias_scales = bias.Quantization().ScaleAsNumpy().astype(np.float64)
         corrected = np.clip(values.astype(np.int64) - np.round(shift / bias_scales), -2**31, 2**31 - 1).astype(np.int32)
-        buffer = schema.BufferT()  # a buffer of its own: biases may share one after deduplication
-        buffer.data = corrected.tobytes()
-        model.buffers.append(buffer)
-        bias.buffer = len(model.buffers) - 1
+        start, length = _location(model, bias.Buffer())
+        data[start:start + length] = corrected.astype("<i4").tobytes()
         changed += 1
-    if not changed:
-        return quantized, 0
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), changed
+    return (bytes(data), changed) if changed else (quantized, 0)
+
+
+def _codes(model) -> list[int]:
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        codes.append(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
+    return codes
+
+
+def _location(model, index: int) -> tuple[int, int]:
+    """Where buffer `index`'s bytes lie in the file: (start, length)."""
+    buffer = model.Buffers(index)
+    if buffer.DataLength():
+        return buffer._tab.Vector(buffer._tab.Offset(4)), buffer.DataLength()
+    return buffer.Offset(), buffer.Size()  # stored after the flatbuffer (files over 2 GB)
 
 
 def _shift(code: int, delta: np.ndarray, means: np.ndarray):
@@ -74,12 +100,17 @@ def _shift(code: int, delta: np.ndarray, means: np.ndarray):
 
 
 def _values(model, tensor):
-    dtype = _DTYPES.get(tensor.type)
-    buffer = model.buffers[tensor.buffer] if tensor.buffer < len(model.buffers) else None
-    if dtype is None or buffer is None or buffer.data is None or not len(buffer.data):
+    """A constant tensor's values (a read-only view of the file's bytes), or None."""
+    dtype = _DTYPES.get(tensor.Type())
+    if dtype is None or tensor.Buffer() <= 0 or tensor.Buffer() >= model.BuffersLength():
         return None
-    return np.frombuffer(bytes(buffer.data), dtype).reshape(tensor.shape)
+    start, length = _location(model, tensor.Buffer())
+    if length <= 0:
+        return None
+    raw = np.frombuffer(model._tab.Bytes, np.uint8, count=length, offset=start)
+    return raw.view(dtype).reshape(tuple(tensor.ShapeAsNumpy()))
 
 
 def _name(tensor) -> str:
-    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+    name = tensor.Name()
+    return name.decode() if isinstance(name, bytes) else str(name)
