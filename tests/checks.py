@@ -1,6 +1,10 @@
-"""The one helper that end-to-end tests use to hold a converted file to its promises."""
+"""Helpers of the end-to-end tests: holding a converted file to its promises, counting expensive steps."""
 
 from __future__ import annotations
+
+import collections
+import contextlib
+from unittest import mock
 
 from tfquant.inspect import FLOAT_DTYPES
 from tfquant.types import ModelInfo, Report
@@ -26,3 +30,25 @@ def assert_quantized_close(report: Report, *, max_drop: float, max_bytes_ratio: 
     assert drop <= max_drop, f"drop {drop:.4f} > {max_drop}"
     ratio = report.quantized.tflite_bytes / report.float_file.tflite_bytes
     assert ratio <= max_bytes_ratio, f"bytes ratio {ratio:.3f} > {max_bytes_ratio}"
+
+
+@contextlib.contextmanager
+def counted():
+    """How often the expensive steps ran: the export, calibration, and quantizing from a calibration."""
+    calls: collections.Counter = collections.Counter()
+
+    def wrap(module, name, key):
+        original = getattr(module, name)
+
+        def counting(*args, **kwargs):
+            calls[key] += 1
+            return original(*args, **kwargs)
+
+        return mock.patch.object(module, name, counting)
+
+    from tfquant import convert as convert_stage
+    from tfquant import pipeline, prepare
+
+    with wrap(prepare, "export", "export"), wrap(pipeline, "calibration_for", "calibrate"), \
+            wrap(convert_stage, "quantize_calibrated", "quantize"):
+        yield calls

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tfquant
+from checks import counted
 from tfquant import zoo
 from tfquant._keras import keras
 
@@ -62,3 +64,34 @@ def tflite_files(int8_result, tmp_path_factory) -> dict[str, Path]:
     paths["int8"].write_bytes(int8_result.tflite)
     paths["float32"].write_bytes(int8_result.float_tflite)
     return paths
+
+
+@pytest.fixture(scope="session")
+def mismatched(digits, tmp_path_factory):
+    """A concatenation of a 0..1 branch with a 0..~2000 branch: full int8 loses the small one."""
+    model = zoo.mismatched_concat()
+    zoo.fit_classifier(model, digits["x"], digits["y"], epochs=20)
+    path = tmp_path_factory.mktemp("mismatched") / "mismatched.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def plain_mismatched(mismatched, train_npz, test_npz):
+    return tfquant.quantize(mismatched, train_npz, eval_data=test_npz, bench_runs=2)
+
+
+@pytest.fixture(scope="session")
+def laddered(mismatched, train_npz, test_npz):
+    with counted() as calls:
+        result = tfquant.quantize(mismatched, train_npz, eval_data=test_npz, max_drop=0.01, fallback="auto", bench_runs=2)
+    return result, calls
+
+
+@pytest.fixture(scope="session")
+def pruned(digits_model, train_npz, test_npz, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("tensorboard")
+    from tfquant.optimize.prune import prune
+
+    result = prune(digits_model, train_npz, sparsity=0.8, epochs=4, eval_data=test_npz, bench_runs=2, log_dir=str(logs))
+    return result, logs

@@ -13,8 +13,16 @@ from tfquant.cli import main, parse_args
 from checks import assert_every_op_integer
 
 
+def one_line(err: str) -> str:
+    """An error case leaves exactly one line on stderr (native code included: these tests capture fd 2)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 def tfquant(argv, capsys):
-    """Run the command as a user would; return (exit code, stdout, stderr)."""
+    """Run the command as a user would; return (exit code, stdout, stderr). Pass `capfd` to see what native
+    code writes to the file descriptors too."""
     try:
         code = main(parse_args([str(a) for a in argv]))
     except SystemExit as exc:  # argparse rejects bad usage before main()
@@ -75,9 +83,10 @@ def test_bench_compare_interleaves_both_files(tflite_files, capsys):
     assert code == 0
     payload = json.loads(stdout)
     first, second = payload["results"]
-    assert first["num_runs"] == second["num_runs"] == 20 and first["num_threads"] == 1
+    assert first["num_runs"] == second["num_runs"] >= 20 and first["num_threads"] == 1
     lat = second["inference_ms"]
-    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"]
+    assert 0 < lat["min"] <= lat["p50_low"] <= lat["p50"] <= lat["p50_high"] <= lat["p90"]
+    assert (lat["p99"] is None) == (lat["count"] < 100)
     assert payload["ratio_p50"] == pytest.approx(lat["p50"] / first["inference_ms"]["p50"])
     assert first["runtime"]["name"] == "ai_edge_litert"
     assert first["peak_memory_mb"] > 0 and first["init_ms"] > 0
@@ -152,40 +161,60 @@ CASES = ["wrong rank", "wrong shape", "non-numeric", "NaN", "Inf in eval", "empt
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_exits_2_with_one_line_and_no_file(case, tmp_path, model_files, train_npz, test_npz, digits, capsys):
+def test_bad_input_exits_2_with_one_line_and_no_file(case, tmp_path, model_files, train_npz, test_npz, digits, capfd):
     args, message = _bad_inputs(tmp_path, model_files, train_npz, test_npz, digits)[case]
     out_dir = tmp_path / "out"
-    code, stdout, err = tfquant(["convert", *args, "-o", out_dir / "m.tflite"], capsys)
+    code, stdout, err = tfquant(["convert", *args, "-o", out_dir / "m.tflite"], capfd)
     assert code == 2
-    lines = [line for line in err.splitlines() if line.startswith("tfquant convert:")]
-    assert len(lines) == 1, err
-    assert message in lines[0]
+    line = one_line(err)
+    assert line.startswith("tfquant convert: error: ") and message in line
     assert not out_dir.exists()
 
 
-def test_existing_output_needs_overwrite(model_files, train_npz, tmp_path, capsys):
+def test_existing_output_needs_overwrite(model_files, train_npz, tmp_path, capfd):
     out = tmp_path / "m.tflite"
     out.write_bytes(b"precious")
-    code, _, err = tfquant(["convert", model_files["keras"], "--calib", train_npz, "-o", out], capsys)
+    code, _, err = tfquant(["convert", model_files["keras"], "--calib", train_npz, "-o", out], capfd)
     assert code == 2
-    assert f"{out}: expected a path that does not exist yet (or --overwrite), found an existing file" in err
+    assert f"{out}: expected a path that does not exist yet (or --overwrite), found an existing file" in one_line(err)
     assert out.read_bytes() == b"precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]
 
 
-def test_unwritable_output_folder(model_files, train_npz, tmp_path, capsys):
+def test_unwritable_output_folder(model_files, train_npz, tmp_path, capfd):
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a folder")
-    code, _, err = tfquant(["convert", model_files["keras"], "--calib", train_npz, "-o", blocker / "sub" / "m.tflite"], capsys)
+    code, _, err = tfquant(["convert", model_files["keras"], "--calib", train_npz, "-o", blocker / "sub" / "m.tflite"], capfd)
     assert code == 2
-    assert f"expected a writable output folder, found {blocker} is not a folder" in err
+    assert f"expected a writable output folder, found {blocker} is not a folder" in one_line(err)
 
 
-def test_unknown_option_value(model_files, train_npz, tmp_path, capsys):
-    code, _, err = tfquant(["convert", model_files["keras"], "--calib", train_npz, "--mode", "int4", "-o", tmp_path / "m.tflite"], capsys)
+def test_a_full_disk_names_the_file_and_leaves_nothing(model_files, train_npz, tmp_path, capfd):
+    """A real write failure (the file size limit, as a full disk would): one line naming the file, no file left."""
+    import resource
+    import signal
+
+    out = tmp_path / "out" / "m.tflite"
+    previous_signal = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))  # the int8 file is ~160 KB
+        code, _, err = tfquant(["convert", model_files["keras"], "--calib", train_npz, "--calib-samples", "20",
+                                "--no-diagnose", "-o", out], capfd)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_signal)
     assert code == 2
-    assert err.count("\n") == 1
-    assert "argument --mode: invalid choice: 'int4'" in err
+    line = one_line(err)
+    assert line.startswith(f"tfquant convert: error: {out}: expected room to write ") and line.endswith(
+        "bytes, found File too large")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_unknown_option_value(model_files, train_npz, tmp_path, capfd):
+    code, _, err = tfquant(["convert", model_files["keras"], "--calib", train_npz, "--mode", "int4", "-o", tmp_path / "m.tflite"], capfd)
+    assert code == 2
+    assert "argument --mode: invalid choice: 'int4'" in one_line(err)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -198,37 +227,47 @@ def test_unsafe_model_is_refused(digits, tmp_path, capsys, train_npz):
     keras.Model(inputs, outputs).save(path)
     code, _, err = tfquant(["convert", path, "--calib", train_npz, "-o", tmp_path / "out" / "m.tflite"], capsys)
     assert code == 2
-    assert "lambda.h5: expected a model without code, found a Lambda layer" in err
+    assert "lambda.h5: expected a model without code, found a Lambda layer" in one_line(err)
     code, _, err = tfquant(["convert", path, "--calib", train_npz, "--allow-unsafe-models", "--calib-samples", "20",
                             "-o", tmp_path / "out" / "m.tflite"], capsys)
     assert code == 0, err
 
 
-def test_gate_failure_exits_1_and_writes_nothing(model_files, digits, test_npz, tmp_path, capsys):
+def test_gate_failure_exits_1_and_writes_nothing(model_files, digits, test_npz, tmp_path, capfd):
     calib = _npz(tmp_path / "tiny.npz", x=digits["x"][:200] * 0.05)
     out_dir = tmp_path / "out"
     code, stdout, err = tfquant(["convert", model_files["keras"], "--calib", calib, "--eval", test_npz, "--max-drop", "0.01",
-                                 "--json", "-o", out_dir / "m.tflite"], capsys)
+                                 "--json", "-o", out_dir / "m.tflite"], capfd)
     assert code == 1
-    assert "failed:" in err and "expected an accuracy drop of at most 0.0100" in err
+    line = one_line(err)
+    assert "failed:" in line and "expected an accuracy drop of at most 0.0100" in line
     assert json.loads(stdout)["accuracy_drop"] > 0.01  # --json still shows why
     assert not out_dir.exists()
 
 
-def test_inspect_and_eval_reject_corrupt_tflite(tmp_path, test_npz, capsys):
+def test_inspect_and_eval_reject_corrupt_tflite(tmp_path, test_npz, capfd):
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"\x00" * 64)
-    code, _, err = tfquant(["inspect", bad], capsys)
-    assert code == 2 and "bad.tflite: expected a TFLite flatbuffer (identifier 'TFL3'), found 64 bytes" in err
-    code, _, err = tfquant(["eval", bad, "--eval", test_npz], capsys)
-    assert code == 2 and "bad.tflite: expected a TFLite flatbuffer" in err
+    code, _, err = tfquant(["inspect", bad], capfd)
+    assert code == 2 and "bad.tflite: expected a TFLite flatbuffer (identifier 'TFL3'), found 64 bytes" in one_line(err)
+    code, _, err = tfquant(["eval", bad, "--eval", test_npz], capfd)
+    assert code == 2 and "bad.tflite: expected a TFLite flatbuffer" in one_line(err)
 
 
-def test_eval_checks_data_against_the_file(tflite_files, tmp_path, capsys):
+def test_eval_checks_data_against_the_file(tflite_files, tmp_path, capfd):
     wrong = _npz(tmp_path / "wrong.npz", x=np.zeros((4, 8, 8), np.float32), y=np.zeros(4, np.int64))
-    code, _, err = tfquant(["eval", tflite_files["int8"], "--eval", wrong], capsys)
+    code, _, err = tfquant(["eval", tflite_files["int8"], "--eval", wrong], capfd)
     assert code == 2
-    assert "wrong.npz: expected shape (N, 8, 8, 1) for input 'image', found (4, 8, 8)" in err
+    assert "wrong.npz: expected shape (N, 8, 8, 1) for input 'image', found (4, 8, 8)" in one_line(err)
+
+
+def test_random_bytes_named_npz_say_what_they_are(model_files, tmp_path, capfd):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(bytes(range(256)) * 8)
+    code, _, err = tfquant(["convert", model_files["keras"], "--calib", junk, "-o", tmp_path / "m.tflite"], capfd)
+    assert code == 2
+    assert one_line(err).endswith("junk.npz: expected a NumPy .npz archive (a zip of .npy arrays), found 2048 bytes "
+                                  "that are not a zip archive")
 
 
 def test_int8_file_from_command_is_integer_everywhere(tflite_files):

@@ -25,7 +25,7 @@ def test_int8_is_fully_integer_small_and_accurate(int8_result):
     assert report.agreement.top1 > 0.98 and report.agreement.samples == 359
     assert report.quantized.gzip_bytes == len(gzip.compress(int8_result.tflite, 9, mtime=0))
     assert report.calibration_samples == 200 and report.eval_samples == 359
-    assert report.latency_ms["quantized"].count == 10
+    assert report.latency_ms["quantized"].count >= 10 and report.latency_ms["quantized"].p50_margin is not None
     assert report.latency_ms["quantized"].p50 <= report.latency_ms["quantized"].p99
 
 

@@ -10,14 +10,14 @@ rebuild them as tf_keras first (`tfquant.rebuild`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
+
+from .console import captured_stderr
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # TensorFlow's C++ INFO/WARNING lines drown the command's own output.
@@ -31,39 +31,6 @@ if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
         stacklevel=2,
     )
 
-
-
-class CapturedStderr:
-    """What native code wrote to file descriptor 2 inside `captured_stderr()`."""
-
-    def __init__(self, handle):
-        self._handle = handle
-        self.text = ""
-
-    def read(self) -> str:
-        self._handle.flush()
-        self._handle.seek(0)
-        self.text = self._handle.read().decode(errors="replace")
-        return self.text
-
-
-@contextlib.contextmanager
-def captured_stderr():
-    """Capture what C++ code writes to fd 2 (TensorFlow's import banner, the converter's log).
-
-    Python's `sys.stderr` is not enough: native code writes to the descriptor directly.
-    """
-    sys.stderr.flush()
-    with tempfile.TemporaryFile() as handle:
-        saved = os.dup(2)
-        os.dup2(handle.fileno(), 2)
-        captured = CapturedStderr(handle)
-        try:
-            yield captured
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.read()
 
 
 # On a machine without a GPU, TensorFlow's import prints CUDA probing lines before its logging

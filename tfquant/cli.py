@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tfquant {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="print each step and warning as a line on stderr (for logs; no progress display)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     p = sub.add_parser("convert", parents=[common], help="convert a Keras model and verify the file on the interpreter")
@@ -172,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", parents=[common], help="latency of a .tflite file on the interpreter")
     p.add_argument("tflite", type=Path)
-    p.add_argument("--runs", type=_positive, default=50)
+    p.add_argument("--runs", type=_positive, default=50, help="timed runs per file, at least (default: 50)")
+    p.add_argument("--max-seconds", type=float, default=10.0,
+                   help="runs go on until each median is known within +-5 %% or this long (default: 10)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=_positive)
     p.add_argument("--compare", type=Path, help="a second file, measured interleaved in the same run")
@@ -228,10 +232,25 @@ def _usage_problem(ns: argparse.Namespace) -> Optional[str]:
 
 
 def main(ns: argparse.Namespace) -> int:
-    """Run a parsed command; return its exit code. Never raises a `TfquantError`."""
-    _log_to_stderr(quiet=ns.quiet)
+    """Run a parsed command; return its exit code. Never raises a `TfquantError`.
+
+    stderr carries the progress display (on a terminal), then at most one line: the error. In a
+    pipe, with `-q` or with `--json`, only that line; `-v` adds each step and warning as a line.
+    """
+    import contextlib
+    import os
+
+    from . import console
+    from .isolate import in_child
+
+    sink = display = None
+    if in_child() and os.environ.get(console.PROGRESS_FD):
+        sink = console.PipeSink(int(os.environ[console.PROGRESS_FD]))  # the parent draws
+    elif not ns.verbose and console.wants_display(quiet=ns.quiet, json_output=getattr(ns, "json", False)):
+        sink = display = console.Display()
+    _log_to(sink, verbose=ns.verbose and not ns.quiet)
     try:
-        with naming("command"):
+        with naming("command"), console.showing(sink), display or contextlib.nullcontext():
             return _COMMANDS[ns.command](ns)
     except GateError as exc:
         result = exc.result
@@ -244,24 +263,31 @@ def main(ns: argparse.Namespace) -> int:
         return exc.exit_code
 
 
-class _CommandHandler(logging.StreamHandler):
-    """Progress lines on stderr; one per process, re-bound to the current stderr on every call."""
+class _CommandHandler(logging.Handler):
+    """The library's log as the command shows it: warnings to the display (if any), every line to the
+    crash-stage file, and with `-v` each step and warning as a line on the current stderr."""
+
+    def __init__(self, sink, verbose: bool):
+        super().__init__(logging.INFO)
+        self.sink, self.verbose = sink, verbose
 
     def emit(self, record: logging.LogRecord) -> None:
         from .isolate import record_stage
 
-        record_stage(record.getMessage())
-        super().emit(record)
+        message = record.getMessage()
+        record_stage(message)
+        if self.verbose:
+            print(f"tfquant: {'warning: ' if record.levelno >= logging.WARNING else ''}{message}", file=sys.stderr)
+        elif record.levelno >= logging.WARNING and self.sink is not None:
+            self.sink.warn(message)
 
 
-def _log_to_stderr(*, quiet: bool) -> None:
+def _log_to(sink, *, verbose: bool) -> None:
     logger = logging.getLogger("tfquant")
     for handler in [h for h in logger.handlers if isinstance(h, _CommandHandler)]:
         logger.removeHandler(handler)
-    handler = _CommandHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("tfquant: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.addHandler(_CommandHandler(sink, verbose))
+    logger.setLevel(logging.INFO)
     logger.propagate = False
 
 
@@ -275,8 +301,12 @@ def run() -> None:  # pragma: no cover - console entry point
     argv = sys.argv[1:]
     ns = parse_args(argv)
     if ns.command in ISOLATED and not isolate.in_child():
+        from .console import wants_display
+
         outputs = _output_paths(ns.output) if getattr(ns, "output", None) else []
-        sys.exit(isolate.run_isolated(ns.command, argv, model=getattr(ns, "model", None), outputs=outputs))
+        display = not ns.verbose and wants_display(quiet=ns.quiet, json_output=getattr(ns, "json", False))
+        sys.exit(isolate.run_isolated(ns.command, argv, model=getattr(ns, "model", None), outputs=outputs,
+                                      display=display))
     isolate.start_child()
     sys.exit(main(ns))
 
@@ -304,11 +334,13 @@ def _outputs(ns: argparse.Namespace) -> list[Path]:
 
 
 def _finish(ns: argparse.Namespace, result, outputs: list[Path]) -> int:
+    from . import console
     from .report import to_text
 
     from .spec import recipe_file
 
-    result.save(ns.output, overwrite=ns.overwrite, reports=True, extra={outputs[-1]: recipe_file(result.report)})
+    with console.step(f"writing {ns.output} and its reports"):
+        result.save(ns.output, overwrite=ns.overwrite, reports=True, extra={outputs[-1]: recipe_file(result.report)})
     if ns.json:
         print(json.dumps(result.report.to_dict(), indent=2))
     elif not ns.quiet:
@@ -329,7 +361,7 @@ def _convert(ns: argparse.Namespace) -> int:
 
 def _training(ns: argparse.Namespace) -> dict:
     return dict(calibration_data=ns.calib, eval_data=ns.eval_data, spec=ns.spec,
-                safe_mode=not ns.allow_unsafe_models, verbose=0 if ns.quiet or ns.json else 2)
+                safe_mode=not ns.allow_unsafe_models)
 
 
 @command("qat")
@@ -481,11 +513,12 @@ def _eval(ns: argparse.Namespace) -> int:
 @command("bench")
 def _bench(ns: argparse.Namespace) -> int:
     from .harness import benchmark
+    from .report import latency_text
 
     if ns.warmup < 0:
         raise RecipeError(f"--warmup: expected a whole number >= 0, found {ns.warmup}")
     files = [ns.tflite] + ([ns.compare] if ns.compare else [])
-    results = benchmark(*files, runs=ns.runs, warmup=ns.warmup, num_threads=ns.threads)
+    results = benchmark(*files, runs=ns.runs, warmup=ns.warmup, num_threads=ns.threads, max_seconds=ns.max_seconds)
     if ns.json:
         payload = {"results": [r.to_dict() for r in results]}
         if len(results) == 2:
@@ -494,8 +527,9 @@ def _bench(ns: argparse.Namespace) -> int:
         return 0
     for r in results:
         lat = r.inference_ms
+        p99 = "" if lat.p99 is None else f", p99 {lat.p99:.3f}"
         print(f"{r.model}: init {r.init_ms:.2f} ms, first {r.first_inference_ms:.3f} ms, "
-              f"p50 {lat.p50:.3f} ms, p90 {lat.p90:.3f}, p99 {lat.p99:.3f}, mean {lat.mean:.3f} ± {lat.std:.3f}, "
+              f"p50 {latency_text(lat)} ms, p90 {lat.p90:.3f}{p99}, mean {lat.mean:.3f} ± {lat.std:.3f}, "
               f"min {lat.min:.3f} ({r.num_runs} runs, {r.num_threads} threads)")
     first = results[0]
     print(f"peak memory {first.peak_memory_mb:.1f} MB, {first.runtime.name} {first.runtime.version}")

@@ -78,16 +78,25 @@ class Client:
         return self._call("DELETE", f"/v1/jobs/{job_id}").json()
 
     def wait(self, job_id: str, *, timeout: Optional[float] = None, poll: float = 0.5, progress: Optional[bool] = None) -> dict[str, Any]:
-        """Poll until the job is final; a progress bar on a terminal. Returns the final status."""
-        from tqdm.auto import tqdm
+        """Poll until the job is final; the job's progress and stages on the command's display. Returns the final status."""
+        import contextlib
+
+        from . import console
 
         deadline = None if timeout is None else time.monotonic() + timeout
-        with tqdm(total=100, unit="%", desc=f"job {job_id[:8]}", disable=None if progress is None else not progress,
-                  leave=False) as bar:
+        shown = console.step(f"job {job_id[:8]}", total=100) if progress is not False else \
+            contextlib.nullcontext(console.Step(0, None))
+        with shown as bar:
+            done, stage = 0, ""
             while True:
                 state = self.status(job_id)
-                bar.n = int(100 * state.get("progress", 0))
-                bar.set_postfix_str(state.get("stage", "")[:40], refresh=True)
+                percent = int(100 * state.get("progress", 0))
+                if percent > done:
+                    bar.advance(percent - done)
+                    done = percent
+                if progress is not False and state.get("stage") and state["stage"] != stage:
+                    stage = state["stage"]
+                    console.note(f"job {job_id[:8]}: {stage[:120]}")
                 if state["status"] in ("succeeded", "failed", "cancelled"):
                     return state
                 if deadline is not None and time.monotonic() > deadline:

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import _keras
+from .console import captured_stderr
 from .data import Dataset
 from .errors import ConversionError, RecipeError, problem
 from .export import Exported, conversion_failure
@@ -210,7 +211,7 @@ def convert_quantization_aware(exported: Exported, recipe: Recipe, calibration: 
 
 def _run(source: str, expected: str, step: Callable[[], bytes]) -> bytes:
     """Run a converter step with its C++ log captured: shown, condensed, only when it fails."""
-    with _keras.captured_stderr() as log, warnings.catch_warnings():
+    with captured_stderr() as log, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             return bytes(step())

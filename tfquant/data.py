@@ -315,8 +315,8 @@ def _match_inputs(where: str, raw: dict[str, np.ndarray] | list[np.ndarray], spe
             arrays = [raw["x"]]
         elif len(specs) == 1 and len(raw) == 1:
             (key, array), = raw.items()
-            log.info("%s: took array %r as input %r (the only array; name it 'x' or %r to say so)",
-                     where, key, names[0], names[0])
+            log.warning("%s: took array %r as input %r (the only array; name it 'x' or %r to say so)",
+                        where, key, names[0], names[0])
             arrays = [array]
         else:
             expected = f"an array 'x' or {names[0]!r}" if len(specs) == 1 else \

@@ -15,11 +15,15 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from .console import captured_stderr
 from .data import Dataset
 from .errors import RecipeError, called
 from .types import LayerError, RangeWarning, Record
 
-RANGE_OPS = ("CONCATENATION", "ADD", "SUB", "MUL", "PACK")
+# Ops whose inputs end up on one int8 scale: a concatenation's or pack's output holds every input
+# as it is; an add's or sub's output scale is sized for the sum. A MUL is not here: each of its
+# inputs keeps its own scale and a product keeps the relative precision of both.
+RANGE_OPS = ("CONCATENATION", "ADD", "SUB", "PACK")
 DEFAULT_RANGE_RATIO = 16.0
 DEFAULT_DEBUG_SAMPLES = 64
 
@@ -39,7 +43,7 @@ def layer_errors(calibrated: bytes, data: Dataset, *, samples: int = DEFAULT_DEB
     tf = _keras.tf
     subset = data.calibration_subset(samples)
     names = [port.name for port in Runner(calibrated, num_threads=1).inputs]  # the debugger feeds by position
-    with _keras.captured_stderr(), warnings.catch_warnings():
+    with captured_stderr(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         debug_model = mlir_quantize(calibrated, disable_per_channel=not per_channel, enable_numeric_verify=True)
         debugger = tf.lite.experimental.QuantizationDebugger(
@@ -64,7 +68,12 @@ def layer_errors(calibrated: bytes, data: Dataset, *, samples: int = DEFAULT_DEB
 
 
 def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> list[RangeWarning]:
-    """Flag CONCATENATION, ADD, SUB, MUL and PACK ops whose inputs' calibrated ranges differ by more than `threshold`×."""
+    """Flag CONCATENATION, ADD, SUB and PACK ops whose inputs' calibrated ranges differ by more than `threshold`×.
+
+    An input whose range is no wider than a constant's (`legalize.TINY_RANGE`: the zero initial
+    state of a recurrent step, a padding branch) carries nothing to lose and is not compared.
+    """
+    from .legalize import TINY_RANGE
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
@@ -82,7 +91,8 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
                 q = tensor.quantization if tensor is not None else None
                 if q is None or q.min is None or q.max is None or len(q.min) != 1:
                     continue  # constants and per-channel tensors carry no activation range
-                spans.append((_name(tensor), float(q.min[0]), float(q.max[0])))
+                if float(q.max[0]) - float(q.min[0]) > TINY_RANGE:
+                    spans.append((_name(tensor), float(q.min[0]), float(q.max[0])))
             widths = [hi - lo for _, lo, hi in spans if hi - lo > 0]
             if len(spans) < 2 or len(widths) < 2:
                 continue

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 from . import _keras, legalize
+from .console import captured_stderr
 from .errors import ConversionError, DataError, called, problem
 from .models import LoadedModel
 from .types import TensorSpec
@@ -324,7 +325,7 @@ def _converted(source: str, step: Callable[[], bytes]) -> bytes:
     absl = logging.getLogger("absl")  # "Please consider providing the trackable_obj..." is about the slow route
     level = absl.level
     absl.setLevel(logging.ERROR)
-    with _keras.captured_stderr() as log, warnings.catch_warnings():
+    with captured_stderr() as log, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             return bytes(step())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -42,8 +43,10 @@ def write_all(files: dict[Path, bytes], *, overwrite: bool) -> None:
     staged: list[tuple[str, Path]] = []
     umask = os.umask(0)
     os.umask(umask)
+    current = None
     try:
         for path, data in files.items():
+            current = path
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
             staged.append((tmp, path))
@@ -51,9 +54,12 @@ def write_all(files: dict[Path, bytes], *, overwrite: bool) -> None:
                 handle.write(data)
             os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved model is an ordinary file
         for tmp, path in staged:
+            current = path
             os.replace(tmp, path)
     except OSError as exc:
         for tmp, _ in staged:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        raise OutputError(problem(exc.filename or "output", "a writable output file", exc.strerror or exc)) from None
+        full = exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+        expected = f"room to write {len(files.get(current, b'')):,} bytes" if full else "a writable output file"
+        raise OutputError(problem(current or exc.filename or "output", expected, exc.strerror or exc)) from None

@@ -7,6 +7,7 @@ the deprecated `tf.lite.Interpreter` only when LiteRT is not installed. Loads no
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import resource
@@ -17,10 +18,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from . import console
+from .console import captured_stderr
 from .inspect import Source, read_flatbuffer
 from .data import Dataset, ImageOptions, load_data
 from .errors import DataError, TFLiteFileError, problem
-from .types import BenchmarkResult, Latency, Metrics, Runtime, TensorSpec
+from .types import P99_RUNS, BenchmarkResult, Latency, Metrics, Runtime, TensorSpec
 
 DEFAULT_BATCH = 64
 SIGNATURE = "serving_default"
@@ -107,7 +110,8 @@ def _make_interpreter(data: bytes, num_threads: int, where: str, delegates: bool
 
         options["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
-        return interpreter_class(model_content=data, num_threads=num_threads, **options)
+        with captured_stderr():  # the runtime's own notices ("Created TensorFlow Lite XNNPACK delegate")
+            return interpreter_class(model_content=data, num_threads=num_threads, **options)
     except (ValueError, RuntimeError) as exc:
         raise TFLiteFileError(problem(where, "a file the interpreter can run", " ".join(str(exc).split())[:300])) from None
 
@@ -157,7 +161,8 @@ class Runner:
 
     def _allocate(self) -> None:
         try:
-            self.interpreter.allocate_tensors()
+            with captured_stderr():  # XNNPACK announces itself on the first allocation
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise TFLiteFileError(problem(self.where, "a file the interpreter can run", " ".join(str(exc).split())[:300])) from None
 
@@ -202,24 +207,24 @@ class Runner:
         self.interpreter.invoke()
         return {out.name: out.from_file(self.interpreter.get_tensor(out.index)) for out in self.outputs}
 
-    def predict(self, data: Dataset, *, batch_size: int = DEFAULT_BATCH, progress: Optional[bool] = None) -> dict[str, np.ndarray]:
+    def predict(self, data: Dataset, *, batch_size: int = DEFAULT_BATCH, progress: Optional[bool] = None,
+                label: Optional[str] = None) -> dict[str, np.ndarray]:
         """Run every sample; batched when the file's batch dim is dynamic, else in its fixed batch.
 
         If the default delegate (XNNPACK) cannot prepare the graph, the file runs on TFLite's
         builtin kernels instead, and `delegate` says so.
         """
         try:
-            return self._predict(data, batch_size, progress)
+            return self._predict(data, batch_size, progress, label)
         except TFLiteFileError as exc:
             if self.delegate != "XNNPACK" or "XNNPACK" not in str(exc) and "delegate" not in str(exc).lower():
                 raise
             self.delegate = "none (XNNPACK could not prepare this graph)"
             self._open(delegates=False)
-            return self._predict(data, batch_size, progress)
+            return self._predict(data, batch_size, progress, label)
 
-    def _predict(self, data: Dataset, batch_size: int, progress: Optional[bool]) -> dict[str, np.ndarray]:
-        from tqdm.auto import tqdm
-
+    def _predict(self, data: Dataset, batch_size: int, progress: Optional[bool],
+                 label: Optional[str]) -> dict[str, np.ndarray]:
         arrays = self.bind(data)
         count = len(data)
         fixed = None if self.dynamic_batch else max(1, self.inputs[0].signature[0])
@@ -231,7 +236,9 @@ class Runner:
             batches = math.ceil(count / max(1, batch_size))
             step = math.ceil(count / batches)
         results: dict[str, list[np.ndarray]] = {p.name: [] for p in self.outputs}
-        with tqdm(total=count, unit="sample", desc=f"eval {os.path.basename(self.where)}", disable=_no_bar(progress), leave=False) as bar:
+        shown = console.step(f"evaluating {label or os.path.basename(self.where)} on {count} samples", total=count) \
+            if progress is not False else contextlib.nullcontext(console.Step(0, None))
+        with shown as bar:
             for start in range(0, count, step):
                 chunk = [a[start:start + step] for a in arrays]
                 real = len(chunk[0])
@@ -245,13 +252,8 @@ class Runner:
                                                   " ".join(str(exc).split())[:300])) from None
                 for name, values in outputs.items():
                     results[name].append(values[:real].copy())
-                bar.update(real)
+                bar.advance(real)
         return {name: np.concatenate(parts) for name, parts in results.items()}
-
-
-def _no_bar(progress: Optional[bool]) -> Optional[bool]:
-    # tqdm's disable=None hides the bar when stderr is not a terminal (CI, pipes, services).
-    return None if progress is None else not progress
 
 
 def load_eval_data(runner: Runner, eval_data: Any, *, images: ImageOptions = ImageOptions()) -> Dataset:
@@ -282,7 +284,8 @@ def evaluate(
         eval_data: evaluation data (see `tfquant.data.load_data`).
         batch_size: samples per invoke when the batch dim is dynamic. Defaults to `64`.
         num_threads: interpreter threads. Defaults to every core.
-        progress: show a progress bar. Defaults to: when stderr is a terminal.
+        progress: `False` keeps this evaluation off the progress display (which the command
+            shows on a terminal). Defaults to showing it.
         tasks: per output name, `"classification"`, `"regression"` or `"embedding"`. Defaults to
             the detected task.
     """
@@ -395,20 +398,41 @@ class _Timer:
 
 
 def latency(samples_ms: np.ndarray) -> Latency:
+    low, high = median_interval(samples_ms)
     return Latency(
         min=float(samples_ms.min()), mean=float(samples_ms.mean()), std=float(samples_ms.std()),
         p50=float(np.percentile(samples_ms, 50)), p90=float(np.percentile(samples_ms, 90)),
-        p99=float(np.percentile(samples_ms, 99)), count=int(samples_ms.size),
+        p99=float(np.percentile(samples_ms, 99)) if samples_ms.size >= P99_RUNS else None,
+        count=int(samples_ms.size), p50_low=low, p50_high=high,
     )
 
 
+def median_interval(samples: np.ndarray, z: float = 1.96) -> tuple[Optional[float], Optional[float]]:
+    """A 95 % confidence interval of the median from the order statistics (distribution-free):
+    the j-th and k-th smallest of n runs, j = floor(n/2 - z*sqrt(n)/2), k = ceil(1 + n/2 + z*sqrt(n)/2).
+    None below 6 runs."""
+    n = int(samples.size)
+    if n < 6:
+        return None, None
+    ordered = np.sort(samples)
+    half = z * math.sqrt(n) / 2
+    j, k = max(1, math.floor(n / 2 - half)), min(n, math.ceil(1 + n / 2 + half))
+    return float(ordered[j - 1]), float(ordered[k - 1])
+
+
+TARGET_MARGIN = 0.05  # the median's confidence interval: within +-5 %
+
+
 def benchmark(
-    *models: Source, runs: int = 50, warmup: int = 5, num_threads: Optional[int] = None
+    *models: Source, runs: int = 50, warmup: int = 5, num_threads: Optional[int] = None,
+    max_seconds: float = 10.0,
 ) -> list[BenchmarkResult]:
     """Latency of one or more files at batch 1, measured interleaved in one run.
 
     With several files each timed run alternates between them, so that a change in machine load
-    hits all of them alike and their ratio stays honest.
+    hits all of them alike and their ratio stays honest. After `runs` runs, runs go on until the
+    median of every file is known within +-5 % (its 95 % confidence interval) or `max_seconds`
+    have been spent timing.
 
     Example:
         >>> fp, q = benchmark("float.tflite", "int8.tflite", runs=100)   # doctest: +SKIP
@@ -417,19 +441,30 @@ def benchmark(
 
     Args:
         models: paths or bytes of .tflite files.
-        runs: timed invokes per file. Defaults to `50`.
+        runs: timed invokes per file at least. Defaults to `50`.
         warmup: untimed invokes per file before timing. Defaults to `5`.
         num_threads: interpreter threads. Defaults to every core.
+        max_seconds: stop adding runs after this long. Defaults to `10`.
     """
     from .errors import RecipeError
 
-    if runs < 1 or warmup < 0:
-        raise RecipeError(f"bench: expected runs >= 1 and warmup >= 0, found runs={runs}, warmup={warmup}")
+    if runs < 1 or warmup < 0 or not max_seconds > 0:
+        raise RecipeError(f"bench: expected runs >= 1, warmup >= 0 and max_seconds > 0, found runs={runs}, "
+                          f"warmup={warmup}, max_seconds={max_seconds}")
     timers = [_Timer(m, num_threads) for m in models]
     for _ in range(warmup):
         for timer in timers:
             timer.warmup.append(timer.once())
-    for _ in range(runs):
-        for timer in timers:
-            timer.samples.append(timer.once())
+    started = time.perf_counter()
+    with console.step(f"timing {len(timers)} file(s): at least {runs} interleaved runs each", total=runs) as shown:
+        done = 0
+        while True:
+            for timer in timers:
+                timer.samples.append(timer.once())
+            done += 1
+            if done <= runs:
+                shown.advance()
+            if done >= runs and (time.perf_counter() - started > max_seconds or done % 10 == 0 and all(
+                    (latency(np.asarray(t.samples)).p50_margin or 1.0) <= TARGET_MARGIN for t in timers)):
+                break
     return [t.result(warmup) for t in timers]

@@ -58,12 +58,28 @@ def start_child() -> None:
             pass
 
 
-def run_isolated(command: str, argv: list[str], *, model: Optional[str], outputs: list[Path]) -> int:
-    """Run `tfquant argv` in a child process and return the exit code the command should give."""
+def run_isolated(command: str, argv: list[str], *, model: Optional[str], outputs: list[Path],
+                 display: bool = False) -> int:
+    """Run `tfquant argv` in a child process and return the exit code the command should give.
+
+    With `display`, this process draws the progress display: at once a step for the child's start
+    (TensorFlow's import), then every step the child sends through a pipe. The child's stdout and
+    stderr are then read here and written out as lines above the display (its summary after it),
+    so that nothing the child prints tears the display.
+    """
+    from . import console
+
     with tempfile.TemporaryDirectory(prefix="tfquant-") as tmp:
         stage = Path(tmp) / "stage"
         env = {**os.environ, CHILD: "1", STAGE_FILE: str(stage)}
-        child = subprocess.Popen([sys.executable, "-m", "tfquant", *argv], env=env, start_new_session=True)
+        shown = console.Display() if display else None
+        read_end = write_end = None
+        if shown is not None:
+            read_end, write_end = os.pipe()
+            env[console.PROGRESS_FD] = str(write_end)
+        child = subprocess.Popen([sys.executable, "-m", "tfquant", *argv], env=env, start_new_session=True,
+                                 pass_fds=() if write_end is None else (write_end,),
+                                 stdout=subprocess.PIPE if shown else None, stderr=subprocess.PIPE if shown else None)
         caught: list[int] = []
 
         def stop(signum, frame):
@@ -71,13 +87,23 @@ def run_isolated(command: str, argv: list[str], *, model: Optional[str], outputs
             _kill(child)
 
         previous = {s: signal.signal(s, stop) for s in EXIT_FOR}
+        summary: list[bytes] = []
         try:
-            code = child.wait()
+            if shown is None:
+                code = child.wait()
+            else:
+                os.close(write_end)
+                code = _watch(child, shown, read_end, summary)
             while child.poll() is None:  # pragma: no cover - wait() returned early on a signal
                 time.sleep(0.01)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            if shown is not None:
+                shown.close()
+        if summary:
+            sys.stdout.buffer.write(b"".join(summary))
+            sys.stdout.flush()
         last = stage.read_text().strip() if stage.exists() else ""
     if caught:
         _sweep(outputs)
@@ -94,6 +120,40 @@ def run_isolated(command: str, argv: list[str], *, model: Optional[str], outputs
           f"crash ({name}){during}; nothing was written. Try --mode float32 or --fallback auto to see which ops "
           "convert, or `tfquant diagnose`", file=sys.stderr)
     return 2
+
+
+def _watch(child: subprocess.Popen, shown, events: int, summary: list[bytes]) -> int:
+    """Draw the child's steps until it exits; its stderr lines go above the display, its stdout is kept."""
+    import threading
+
+    from . import console
+
+    shown.__enter__()
+    shown.start(0, "starting TensorFlow", None)
+    started = [False]
+
+    def read_events() -> None:
+        with os.fdopen(events, "r") as pipe:
+            for line in pipe:
+                if not started[0]:
+                    started[0] = True
+                    shown.finish(0)
+                console.replay(line, shown)
+
+    def read_stderr() -> None:
+        for line in child.stderr:
+            shown.say(line.decode(errors="replace").rstrip("\n"))
+
+    def read_stdout() -> None:
+        summary.append(child.stdout.read())
+
+    readers = [threading.Thread(target=f, daemon=True) for f in (read_events, read_stderr, read_stdout)]
+    for reader in readers:
+        reader.start()
+    code = child.wait()
+    for reader in readers:
+        reader.join(timeout=5)
+    return code
 
 
 def _kill(child: subprocess.Popen) -> None:

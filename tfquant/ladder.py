@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import harness
+from . import console, harness
 from .convert import Calibration, convert
 from .inspect import inspect
 from .prepare import Prepared
@@ -67,13 +67,17 @@ def climb(
     source = prepared.source
 
     def measure(name: str, candidate_recipe: Recipe, build: Callable[[], bytes]) -> Candidate:
+        with console.step(f"trying candidate {name}"):
+            return _measure(name, candidate_recipe, build)
+
+    def _measure(name: str, candidate_recipe: Recipe, build: Callable[[], bytes]) -> Candidate:
         started = time.perf_counter()
         data = build()
         outputs = harness.Runner(data, num_threads=num_threads).predict(prepared.evaluation, progress=False)
         judged = reference.judge(outputs)
         problems = reference.violations(judged, budget)
         score, float_score = reference.score(judged), reference.score(reference.metrics)
-        (bench,) = harness.benchmark(data, runs=bench_runs, warmup=2, num_threads=num_threads)
+        (bench,) = harness.benchmark(data, runs=bench_runs, warmup=2, num_threads=num_threads, max_seconds=0.5)
         info = inspect(data)
         candidate = Candidate(
             name=name, recipe=candidate_recipe, accuracy=score,

@@ -19,7 +19,7 @@ from typing import Iterable
 
 import numpy as np
 
-from . import _keras
+from .console import captured_stderr
 from .errors import ConversionError, RecipeError
 from .export import SIGNATURE, conversion_failure
 from .legalize import shapes_read_integers
@@ -53,7 +53,7 @@ def quantize(float_tflite: bytes, samples: Iterable[dict[str, np.ndarray]], reci
             quantizer.update_quantization_recipe(".*", edge, algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
     batches = [dict(sample) for sample in samples]
     # Its progress bars and the interpreter's notices go to a captured stderr, shown only on failure.
-    with _keras.captured_stderr() as log, warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+    with captured_stderr() as log, warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
             ranges = quantizer.calibrate({SIGNATURE: batches}, num_threads=THREADS)

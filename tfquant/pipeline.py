@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Any, Optional
 
-from . import ladder
+from . import console, ladder
 from .convert import calibration_for, convert
 from .data import ImageOptions
 from .diagnose import layer_errors, range_lint
@@ -86,21 +86,16 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
     started = time.perf_counter()
     calibrated = None
     if recipe.needs_calibration:
-        log.info("calibrating on %d samples", len(prepared.calibration))
-        calibrated, recipe = calibration_for(prepared.exported, prepared.calibration, recipe, source=source)
+        with console.step(f"calibrating on {len(prepared.calibration)} samples"):
+            calibrated, recipe = calibration_for(prepared.exported, prepared.calibration, recipe, source=source)
     seconds["calibrate"] = time.perf_counter() - started
 
     diagnostics, lint = [], []
     if spec.diagnose and calibrated is not None and calibrated.calibrated and recipe.mode is Mode.INT8:
         started = time.perf_counter()
-        try:
-            diagnostics = layer_errors(calibrated.calibrated, prepared.evaluation or prepared.calibration,
-                                       per_channel=recipe.per_channel)
-        except (RuntimeError, ValueError) as exc:  # the debugger's interpreter cannot run every graph
-            log.info("per-tensor diagnostics skipped: %s", " ".join(str(exc).split())[:160])
-        lint = range_lint(calibrated.calibrated)
+        diagnostics, lint = _diagnose(calibrated.calibrated, prepared.evaluation or prepared.calibration, recipe)
         for warning in lint:
-            log.warning("%s", warning.message)
+            console.warn(warning.message)
         seconds["diagnose"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -111,14 +106,14 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
         climbed = ladder.climb(
             prepared, recipe, calibrated, reference, budget=budget, suspect_tensors=ladder.suspects(lint, diagnostics),
             num_threads=num_threads,
-            on_candidate=lambda c: log.info("candidate %-24s %s  %s", c.name,
-                                            "" if c.accuracy is None else f"accuracy {c.accuracy:.4f}  drop {c.drop:+.4f}",
-                                            "accepted" if c.accepted else "over budget"),
+            on_candidate=lambda c: console.note(
+                f"candidate {c.name:<24} " + ("" if c.accuracy is None else f"accuracy {c.accuracy:.4f}  drop {c.drop:+.4f}  ")
+                + ("accepted" if c.accepted else "over budget")),
         )
         recipe, tflite, outputs = climbed.chosen.recipe, climbed.tflite, climbed.outputs
     else:
-        log.info("quantizing to %s", recipe.mode.value)
-        tflite = convert(prepared.exported, recipe, calibrated=calibrated, source=source)
+        with console.step(f"quantizing to {recipe.mode.value}"):
+            tflite = convert(prepared.exported, recipe, calibrated=calibrated, source=source)
     seconds["convert"] = time.perf_counter() - started
 
     return verify(prepared, recipe, tflite, seconds=seconds, budget=budget, reference=reference,
@@ -129,3 +124,14 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
                   extra={"diagnostics": diagnostics[:DIAGNOSTICS_IN_REPORT], "range_lint": lint,
                          "ladder": [] if climbed is None else climbed.candidates,
                          "chosen": None if climbed is None else climbed.candidates.index(climbed.chosen)})
+
+
+def _diagnose(calibrated: bytes, data, recipe: Recipe) -> tuple[list, list]:
+    """Per-tensor int8 errors (worst first) and the range lint of a calibrated file."""
+    diagnostics = []
+    with console.step("ranking tensors by int8 error and linting their ranges"):
+        try:
+            diagnostics = layer_errors(calibrated, data, per_channel=recipe.per_channel)
+        except (RuntimeError, ValueError) as exc:  # the debugger's interpreter cannot run every graph
+            log.info("per-tensor diagnostics skipped: %s", " ".join(str(exc).split())[:160])
+        return diagnostics, range_lint(calibrated)

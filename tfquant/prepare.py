@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
+from . import console
 from .data import Dataset, ImageOptions, load_data
 from .errors import RecipeError, called
 from .export import Exported, export
@@ -66,7 +68,8 @@ def prepare(
     """
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    loaded = load_model(model, safe_mode=safe_mode)
+    with console.step(f"loading {model if isinstance(model, (str, Path)) else 'the model'}"):
+        loaded = load_model(model, safe_mode=safe_mode)
     unknown = sorted(set(input_shapes or {}) - {s.name for s in loaded.inputs})
     if unknown:
         raise RecipeError(f"input_shapes: unknown input(s) {', '.join(map(repr, unknown))}; the model's inputs are "
@@ -93,8 +96,8 @@ def prepare(
             if data is not None:
                 shapes.update(data.sample_shapes())
         shapes.update(input_shapes or {})
-        log.info("exporting %s to a float32 .tflite file", loaded.source)
-        exported = export(loaded, shapes=shapes)
+        with console.step(f"exporting {loaded.source} to a float32 .tflite file"):
+            exported = export(loaded, shapes=shapes)
         seconds["export"] = exported.seconds
         for note in exported.notes:
             log.info("export: %s", note)

@@ -17,8 +17,18 @@ def _pct(value: Optional[float]) -> str:
     return "–" if value is None else f"{100 * value:.2f} %"
 
 
-def _ratio(new: float, old: float) -> str:
-    return "–" if not old else f"{new / old:.2f}×"
+def _ratio(new: Optional[float], old: Optional[float]) -> str:
+    return "–" if not old or new is None else f"{new / old:.2f}×"
+
+
+def latency_text(value) -> str:
+    """A median with its confidence interval: `0.042 ±3 %`."""
+    margin = value.p50_margin
+    return f"{value.p50:.3f}" + ("" if margin is None else f" ±{100 * margin:.0f} %")
+
+
+def _ms(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def rows(report: Report) -> list[tuple[str, str, str, str]]:
@@ -34,8 +44,12 @@ def rows(report: Report) -> list[tuple[str, str, str, str]]:
     table += [
         ("file bytes", f"{fp.tflite_bytes:,}", f"{q.tflite_bytes:,}", _ratio(q.tflite_bytes, fp.tflite_bytes)),
         ("gzip bytes", f"{fp.gzip_bytes:,}", f"{q.gzip_bytes:,}", _ratio(q.gzip_bytes, fp.gzip_bytes)),
-        ("latency p50 (ms)", f"{lat_f.p50:.3f}", f"{lat_q.p50:.3f}", _ratio(lat_q.p50, lat_f.p50)),
-        ("latency p99 (ms)", f"{lat_f.p99:.3f}", f"{lat_q.p99:.3f}", _ratio(lat_q.p99, lat_f.p99)),
+        ("latency p50 (ms)", latency_text(lat_f), latency_text(lat_q),
+         _ratio(lat_q.p50, lat_f.p50) + f" ({lat_q.count} interleaved runs)"),
+    ]
+    if lat_q.p99 is not None and lat_f.p99 is not None:
+        table.append(("latency p99 (ms)", _ms(lat_f.p99), _ms(lat_q.p99), _ratio(lat_q.p99, lat_f.p99)))
+    table += [
         ("fully integer", "no" if not fp.fully_integer else "yes", "yes" if q.fully_integer else "NO", ", ".join(q.float_ops[:4])),
     ]
     return table

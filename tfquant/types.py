@@ -341,15 +341,32 @@ class FloatOp(Record):
 
 @dataclass(frozen=True)
 class Latency(Record):
-    """Per-invoke latency in milliseconds over `count` timed runs."""
+    """Per-invoke latency in milliseconds over `count` timed runs.
+
+    `p50_low`..`p50_high` is a 95 % confidence interval of the median (from the order statistics,
+    no assumption on the distribution). `p99` is given only from `P99_RUNS` runs on: with fewer,
+    the 99th percentile is the slowest run or two, which is noise, not a tail.
+    """
 
     min: float
     mean: float
     std: float
     p50: float
     p90: float
-    p99: float
+    p99: Optional[float]
     count: int
+    p50_low: Optional[float] = None
+    p50_high: Optional[float] = None
+
+    @property
+    def p50_margin(self) -> Optional[float]:
+        """Half the median's confidence interval, as a fraction of the median."""
+        if self.p50_low is None or self.p50_high is None or not self.p50:
+            return None
+        return (self.p50_high - self.p50_low) / 2 / self.p50
+
+
+P99_RUNS = 100
 
 
 @dataclass(frozen=True)

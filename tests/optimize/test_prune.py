@@ -11,13 +11,6 @@ from tfquant.optimize.prune import prune, tflite_sparsity
 from checks import assert_every_op_integer
 
 
-@pytest.fixture(scope="session")
-def pruned(digits_model, train_npz, test_npz, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("tensorboard")
-    result = prune(digits_model, train_npz, sparsity=0.8, epochs=4, eval_data=test_npz, bench_runs=2, log_dir=str(logs))
-    return result, logs
-
-
 def test_80_percent_pruning_keeps_accuracy_and_halves_gzip(pruned):
     result, _ = pruned
     report, training = result.report, result.report.training

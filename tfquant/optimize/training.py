@@ -45,8 +45,31 @@ def fit(
         metrics=["accuracy"],
     )
     validation_data = None if validation is None else (_inputs(validation), _labels(validation))
+    steps = -(-len(train) // batch_size)
     return model.fit(_inputs(train), _labels(train), epochs=epochs, batch_size=batch_size, shuffle=True,
-                     validation_data=validation_data, callbacks=callbacks or [], verbose=verbose)
+                     validation_data=validation_data, callbacks=[epoch_progress(epochs, steps), *(callbacks or [])],
+                     verbose=verbose)
+
+
+def epoch_progress(epochs: int, steps: int):
+    """A Keras callback that shows each epoch as a step (a bar over its batches) and its loss after it."""
+    from .. import console
+
+    class EpochProgress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._shown = console.step(f"training epoch {epoch + 1}/{epochs}", total=steps)
+            self._bar = self._shown.__enter__()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._bar.advance()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self._shown.__exit__(None, None, None)
+            logs = logs or {}
+            found = ", ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, (int, float)))
+            console.note(f"epoch {epoch + 1}/{epochs}: {found}")
+
+    return EpochProgress()
 
 
 @dataclass
