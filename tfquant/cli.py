@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unsafe-models", action="store_true", help="load models holding code (Lambda layers)")
 
     p = sub.add_parser("jobs", parents=[common], help="submit to and follow a converter service")
-    p.add_argument("action", choices=["submit", "status", "wait", "download", "list", "cancel"])
+    p.add_argument("action", choices=["submit", "status", "wait", "download", "list", "cancel", "ready"],
+                   help="ready: wait until the service answers (for scripts that start one)")
     p.add_argument("target", nargs="?", help="MODEL for submit, JOB_ID otherwise")
     p.add_argument("--url", default=None, help="service address (default: $TFQUANT_URL or http://127.0.0.1:8080)")
     p.add_argument("--token-file", type=Path)
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--timeout", type=float, default=60.0, help="ready: seconds to wait (default: 60)")
 
     p = sub.add_parser("inspect", parents=[common], help="ops, dtypes and quantization of a .tflite file")
     p.add_argument("tflite", type=Path)
@@ -437,9 +439,14 @@ def _jobs(ns: argparse.Namespace) -> int:
     from .client import Client
 
     url = ns.url or os.environ.get("TFQUANT_URL", "http://127.0.0.1:8080")
-    if ns.action not in ("list",) and not ns.target:
+    if ns.action not in ("list", "ready") and not ns.target:
         raise RecipeError(f"jobs {ns.action}: expected {'MODEL' if ns.action == 'submit' else 'JOB_ID'}, found none")
     with Client(url, _token(ns.token_file)) as client:
+        if ns.action == "ready":
+            health = client.ready(timeout=ns.timeout)
+            print(json.dumps(health) if ns.json else f"{url}: {health['status']}, tfquant {health['version']}, "
+                                                      f"{health['workers']} workers")
+            return 0
         if ns.action == "submit":
             try:
                 options = json.loads(ns.options)

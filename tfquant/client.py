@@ -67,6 +67,24 @@ class Client:
             for handle in handles.values():
                 handle.close()
 
+    def ready(self, *, timeout: float = 60.0, poll: float = 0.25) -> dict[str, Any]:
+        """Wait until the service answers /healthz (a server just started); returns its health."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                response = self._http.get("/healthz")
+                if response.status_code == 200:
+                    return response.json()
+                found = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                found = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise ServiceError(f"{self._http.base_url}: expected a tfquant service answering within {timeout:g} s, "
+                                   f"found {found}")
+            time.sleep(poll)
+
     def status(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}").json()
 

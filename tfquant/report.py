@@ -105,6 +105,10 @@ def to_text(report: Report) -> str:
         out += f"float op: {op.op}#{op.index} in layer {op.layer!r}: {op.reason}\n"
     if report.training is not None:
         out += "\n".join(training_lines(report)) + "\n"
+    for index, c in enumerate(report.ladder):
+        verdict = "chosen" if index == report.chosen else ("within budget" if c.accepted else "over budget")
+        scored = "" if c.accuracy is None else f"accuracy {c.accuracy:.4f}  drop {c.drop:+.4f}  "
+        out += f"ladder {index + 1}: {c.name:<24} {scored}{c.tflite_bytes:,} bytes  {verdict}\n"
     for warning in report.warnings:
         out += f"warning: {warning}\n"
     return out

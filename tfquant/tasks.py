@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import DataError, RecipeError, problem
+from .errors import DataError, RecipeError, called, problem
 from .types import Budget, OutputMetrics
 
 TASKS = ("classification", "regression", "embedding")
@@ -201,7 +201,8 @@ def _classification_budget(float_metrics, quantized, budget: Budget) -> list[str
     if budget.max_drop is None or lost is None or lost <= budget.max_drop + 1e-9:
         return []
     if quantized.accuracy is not None:
-        return [f"output {quantized.name!r}: expected an accuracy drop of at most {budget.max_drop:.4f}, found "
+        return [f"output {quantized.name!r}: expected an accuracy drop of at most {budget.max_drop:.4f} "
+                f"({called('max_drop')}), found "
                 f"{lost:.4f} (float {float_metrics.accuracy:.4f}, quantized {quantized.accuracy:.4f})"]
     return [f"output {quantized.name!r}: expected top-1 changes (no labels) in at most {budget.max_drop:.4f} of "
             f"samples, found {lost:.4f}"]
@@ -212,7 +213,7 @@ def _regression_budget(float_metrics, quantized, budget: Budget) -> list[str]:
     if quantized.rel_rmse is None or quantized.rel_rmse <= budget.max_rel_rmse + 1e-12:
         return []
     return [f"output {quantized.name!r}: expected an RMSE of at most {budget.max_rel_rmse:.3f} of the float output's "
-            f"standard deviation, found {quantized.rel_rmse:.4f}"]
+            f"standard deviation ({called('max_rel_rmse')}), found {quantized.rel_rmse:.4f}"]
 
 
 @_budget("embedding")
@@ -220,7 +221,7 @@ def _embedding_budget(float_metrics, quantized, budget: Budget) -> list[str]:
     found = []
     if quantized.mean_cosine is not None and quantized.mean_cosine < budget.min_cosine - 1e-12:
         found.append(f"output {quantized.name!r}: expected a mean cosine to the float embedding of at least "
-                     f"{budget.min_cosine:.3f}, found {quantized.mean_cosine:.4f}")
+                     f"{budget.min_cosine:.3f} ({called('min_cosine')}), found {quantized.mean_cosine:.4f}")
     if budget.max_drop is not None and float_metrics.retrieval is not None and quantized.retrieval is not None:
         lost = float_metrics.retrieval - quantized.retrieval
         if lost > budget.max_drop + 1e-9:

@@ -112,7 +112,8 @@ class Attempt:
 
 class Store:
     def __init__(self, data_dir: Path):
-        self.dir = Path(data_dir)
+        # Absolute: workers lay out links to the blobs from their own temporary folders.
+        self.dir = Path(data_dir).resolve()
         self.blobs = self.dir / "blobs"
         self.logs = self.dir / "logs"
         self.tmp = self.dir / "tmp"
