@@ -146,14 +146,17 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
     if recipe.mode is not Mode.INT8 or (recipe.ranges == "minmax" and not recipe.bias_correction):
         return Calibration(exported.tflite, calibrated, ranges="minmax"), replace(recipe, ranges="minmax") \
             if recipe.mode is Mode.INT8 else recipe
+    # Ranges are fitted on one half of the samples and judged on the other: a range that clips
+    # must hold on samples it was not fitted to.
+    fit, check = calibration.halves()
     try:
-        stats = statistics.collect(calibrated, calibration)
+        stats = statistics.collect(calibrated, fit)
     except (RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor of this graph
         log.info("calibration statistics skipped: %s", " ".join(str(exc).split())[:160])
         return Calibration(exported.tflite, calibrated), replace(recipe, ranges="minmax")
     means = stats.input_means if recipe.bias_correction else {}
     base = Calibration(exported.tflite, calibrated, means)
-    choice = ranges.choose(exported.tflite, calibrated, calibration, stats,
+    choice = ranges.choose(exported.tflite, calibrated, check, stats,
                            lambda candidate: replace(base, calibrated=candidate).quantize(recipe, source=source),
                            method=recipe.ranges)
     return replace(base, calibrated=choice.calibrated, ranges=choice.method), replace(recipe, ranges=choice.method)

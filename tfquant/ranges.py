@@ -25,7 +25,6 @@ from .statistics import Histogram, Statistics
 
 log = logging.getLogger("tfquant")
 LEVELS = 255
-METHODS = ("auto", "minmax", "mse")
 
 
 def mse_ranges(stats: Statistics) -> dict[int, tuple[float, float]]:
@@ -70,46 +69,62 @@ def apply_ranges(calibrated: bytes, ranges: dict[int, tuple[float, float]]) -> b
 
 @dataclass(frozen=True)
 class Choice:
-    method: str  # "minmax" or "mse"
+    method: str  # one of types.RANGE_METHODS
     calibrated: bytes
     errors: dict[str, float]  # per method: the outputs' error against float on the calibration samples
 
 
+def candidate_ranges(stats: Statistics) -> dict[str, dict[int, tuple[float, float]]]:
+    """Per method other than min/max, the activation ranges it gives (by tensor index)."""
+    return {"mse": mse_ranges(stats), "average": stats.average_extremes()}
+
+
 def choose(float_tflite: bytes, calibrated: bytes, calibration: Dataset, stats: Statistics,
            quantize: Callable[[bytes], bytes], *, method: str = "auto") -> Choice:
-    """The calibration to quantize from: min/max, MSE-optimal ranges, or (auto) whichever keeps the
-    quantized outputs closer to the float file's on the calibration samples."""
+    """The calibration to quantize from: min/max, MSE-optimal ranges, the average of each sample's
+    extremes, or (auto) whichever keeps the quantized outputs closest to the float file's on the
+    calibration samples."""
     if method == "minmax" or not stats.histograms:
         return Choice("minmax", calibrated, {})
-    refined = apply_ranges(calibrated, mse_ranges(stats))
-    if method == "mse":
-        return Choice("mse", refined, {})
+    candidates = {"minmax": calibrated}
+    for name, found in candidate_ranges(stats).items():
+        if method in ("auto", name):
+            candidates[name] = apply_ranges(calibrated, found)
+    if method != "auto":
+        return Choice(method, candidates[method], {})
     from .harness import Runner
 
     reference = Runner(float_tflite).predict(calibration, progress=False)
-    errors = {}
-    for name, candidate in (("minmax", calibrated), ("mse", refined)):
-        outputs = Runner(quantize(candidate)).predict(calibration, progress=False)
-        errors[name] = _output_error(reference, outputs)
-    chosen = "mse" if errors["mse"] < errors["minmax"] else "minmax"
-    log.info("activation ranges: %s (output error on the calibration data: min/max %.4g, MSE %.4g)",
-             chosen, errors["minmax"], errors["mse"])
-    return Choice(chosen, refined if chosen == "mse" else calibrated, errors)
+    errors = {name: _output_error(reference, Runner(quantize(candidate)).predict(calibration, progress=False))
+              for name, candidate in candidates.items()}
+    chosen = min(errors, key=lambda name: (errors[name], name != "minmax"))
+    log.info("activation ranges: %s (output error on the calibration data: %s)", chosen,
+             ", ".join(f"{name} {error:.4g}" for name, error in errors.items()))
+    return Choice(chosen, candidates[chosen], errors)
 
 
 def _output_error(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> float:
-    """Mean over outputs of the RMSE against float, relative to each float output's spread."""
+    """Mean over outputs of how far the quantized outputs stray from float, each by its task.
+
+    A classifier's error is the share of samples whose top-1 class changed (what its accuracy
+    feels), with the RMSE of its probabilities as a tie-break; an embedding's, one minus the mean
+    cosine; anything else, the RMSE relative to the float output's spread.
+    """
+    from .tasks import detect
+
     errors = []
     for name, expected in reference.items():
+        got = outputs[name].astype(np.float64)
         spread = float(np.std(expected)) or 1.0
-        errors.append(float(np.sqrt(np.mean((outputs[name].astype(np.float64) - expected) ** 2))) / spread)
+        rmse = float(np.sqrt(np.mean((got - expected) ** 2))) / spread
+        task = detect(expected)
+        if task == "classification" and expected.ndim >= 2 and expected.shape[-1] > 1:
+            changed = float(np.mean(got.argmax(axis=-1) != expected.argmax(axis=-1)))
+            errors.append(changed + 0.01 * rmse)
+        elif task == "embedding":
+            rows, ref = got.reshape(-1, got.shape[-1]), expected.reshape(-1, expected.shape[-1]).astype(np.float64)
+            cosine = np.sum(rows * ref, axis=1) / np.maximum(np.linalg.norm(rows, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)
+            errors.append(1.0 - float(np.mean(cosine)))
+        else:
+            errors.append(rmse)
     return float(np.mean(errors))
-
-
-def method_of(name: Optional[str]) -> str:
-    from .errors import RecipeError
-
-    name = name or "auto"
-    if name not in METHODS:
-        raise RecipeError(f"ranges: unknown method {name!r}; expected one of: {', '.join(METHODS)}")
-    return name

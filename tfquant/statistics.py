@@ -43,6 +43,14 @@ class Statistics:
     histograms: dict[int, Histogram] = field(default_factory=dict)
     input_means: dict[str, np.ndarray] = field(default_factory=dict)
     samples: int = 0
+    # Per activation tensor: the sum over samples of each sample's own min and max.
+    extreme_sums: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def average_extremes(self) -> dict[int, tuple[float, float]]:
+        """Per tensor, the mean over samples of each sample's min and max (zero kept inside)."""
+        count = max(1, self.samples)
+        return {index: (min(0.0, float(low / count)), max(0.0, float(high / count)))
+                for index, (low, high) in self.extreme_sums.items()}
 
 
 def collect(calibrated: bytes, calibration: Dataset, *, limit: int = 64) -> Statistics:
@@ -77,7 +85,10 @@ def collect(calibrated: bytes, calibration: Dataset, *, limit: int = 64) -> Stat
             break
         runner(**{name: sample[name].astype(details[name]["dtype"], copy=False) for name in details})
         for index, histogram in stats.histograms.items():
-            histogram.add(interpreter.get_tensor(index))
+            values = interpreter.get_tensor(index)
+            histogram.add(values)
+            extremes = np.array([values.min(), values.max()], np.float64)
+            stats.extreme_sums[index] = stats.extreme_sums[index] + extremes if index in stats.extreme_sums else extremes
         for name, index in weight_inputs.items():
             x = interpreter.get_tensor(index)
             if x.dtype.kind == "f":

@@ -143,6 +143,7 @@ def _build(hint: Any, value: Any) -> Any:
 
 
 QUANTIZERS = ("converter", "litert")
+RANGE_METHODS = ("auto", "minmax", "mse", "average")
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,8 @@ class Recipe(Record):
         if isinstance(self.calib_samples, bool) or not isinstance(self.calib_samples, int) or self.calib_samples < 1:
             raise RecipeError(f"calib_samples: expected a whole number >= 1, found {self.calib_samples!r}")
         object.__setattr__(self, "denylist", tuple(self.denylist))
-        if self.ranges not in ("auto", "minmax", "mse"):
-            raise RecipeError(f"ranges: unknown method {self.ranges!r}; expected one of: auto, minmax, mse")
+        if self.ranges not in RANGE_METHODS:
+            raise RecipeError(f"ranges: unknown method {self.ranges!r}; expected one of: {', '.join(RANGE_METHODS)}")
         if not isinstance(self.bias_correction, bool):
             raise RecipeError(f"bias_correction: expected true or false, found {self.bias_correction!r}")
         if self.denylist and mode is not Mode.INT8:
