@@ -9,6 +9,8 @@ into each op's int32 bias. The weights and every scale stay as they are.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
@@ -20,11 +22,7 @@ _DTYPES = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int
 
 def correct(quantized: bytes, float_tflite: bytes, input_means: dict[str, np.ndarray]) -> tuple[bytes, int]:
     """The quantized file with each int8 weight op's bias corrected; returns it and how many ops changed."""
-    reference = flatbuffer_utils.read_model_from_bytearray(bytearray(float_tflite))
-    float_graph = reference.subgraphs[0]
-    float_codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in reference.operatorCodes]
-    float_ops = {_name(float_graph.tensors[op.outputs[0]]): op for op in float_graph.operators
-                 if float_codes[op.opcodeIndex] in WEIGHT_OPS}
+    float_weights = _float_weights(float_tflite)
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(quantized))
     graph = model.subgraphs[0]
     codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
@@ -34,13 +32,10 @@ def correct(quantized: bytes, float_tflite: bytes, input_means: dict[str, np.nda
         if code not in WEIGHT_OPS or len(op.inputs) < 3 or op.inputs[2] < 0:
             continue
         name = _name(graph.tensors[op.outputs[0]])
-        float_op, means = float_ops.get(name), input_means.get(name)
+        exact, means = float_weights.get(name), input_means.get(name)
         weights, bias = graph.tensors[op.inputs[1]], graph.tensors[op.inputs[2]]
-        if float_op is None or means is None or weights.type != schema.TensorType.INT8 or \
-                bias.type != schema.TensorType.INT32 or weights.quantization is None:
-            continue
-        exact = _values(reference, float_graph.tensors[float_op.inputs[1]])
-        if exact is None or exact.shape != tuple(weights.shape):
+        if exact is None or means is None or weights.type != schema.TensorType.INT8 or \
+                bias.type != schema.TensorType.INT32 or weights.quantization is None or exact.shape != tuple(weights.shape):
             continue
         scales = np.asarray(weights.quantization.scale, np.float64)
         shape = [1] * len(weights.shape)
@@ -60,6 +55,22 @@ def correct(quantized: bytes, float_tflite: bytes, input_means: dict[str, np.nda
     if not changed:
         return quantized, 0
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), changed
+
+
+@functools.lru_cache(maxsize=2)
+def _float_weights(float_tflite: bytes) -> dict[str, np.ndarray]:
+    """Per weight op of the float file (by output tensor name), its float weights. Read once: auto
+    range selection corrects a handful of candidates against the same float file."""
+    reference = flatbuffer_utils.read_model_from_bytearray(bytearray(float_tflite))
+    graph = reference.subgraphs[0]
+    codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in reference.operatorCodes]
+    weights = {}
+    for op in graph.operators:
+        if codes[op.opcodeIndex] in WEIGHT_OPS and len(op.inputs) > 1:
+            values = _values(reference, graph.tensors[op.inputs[1]])
+            if values is not None:
+                weights[_name(graph.tensors[op.outputs[0]])] = values
+    return weights
 
 
 def _shift(code: int, delta: np.ndarray, means: np.ndarray):

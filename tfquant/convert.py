@@ -146,20 +146,24 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
     if recipe.mode is not Mode.INT8 or (recipe.ranges == "minmax" and not recipe.bias_correction):
         return Calibration(exported.tflite, calibrated, ranges="minmax"), replace(recipe, ranges="minmax") \
             if recipe.mode is Mode.INT8 else recipe
-    # Ranges are fitted on one half of the samples and judged on the other: a range that clips
-    # must hold on samples it was not fitted to.
-    fit, check = calibration.halves()
+    # One pass over the samples, in two halves: auto fits ranges on each half in turn and checks
+    # them on the other; the method is then fitted on both (the same arithmetic whether auto chose
+    # it or a recipe names it, so a replayed recipe gives the same bytes).
+    halves = calibration.halves()
     try:
-        stats = statistics.collect(calibrated, fit)
+        stats = [statistics.collect(calibrated, half) for half in halves]
     except (RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor of this graph
         log.info("calibration statistics skipped: %s", " ".join(str(exc).split())[:160])
         return Calibration(exported.tflite, calibrated), replace(recipe, ranges="minmax")
-    means = stats.input_means if recipe.bias_correction else {}
-    base = Calibration(exported.tflite, calibrated, means)
-    choice = ranges.choose(exported.tflite, calibrated, check, stats,
-                           lambda candidate: replace(base, calibrated=candidate).quantize(recipe, source=source),
-                           method=recipe.ranges)
-    return replace(base, calibrated=choice.calibrated, ranges=choice.method), replace(recipe, ranges=choice.method)
+    bias = recipe.bias_correction
+
+    def quantize(candidate: bytes, fitted: statistics.Statistics) -> bytes:
+        """A candidate's int8 file, bias-corrected with the means of the samples it was fitted on."""
+        return Calibration(exported.tflite, candidate, fitted.input_means if bias else {}).quantize(recipe, source=source)
+
+    choice = ranges.choose(exported.tflite, calibrated, list(zip(stats, halves)), quantize, method=recipe.ranges)
+    means = stats[0].merge(stats[1]).input_means if bias else {}
+    return Calibration(exported.tflite, choice.calibrated, means, ranges=choice.method), replace(recipe, ranges=choice.method)
 
 
 def convert(exported: Exported, recipe: Recipe, *, calibrated: Optional[Calibration] = None,
