@@ -103,10 +103,14 @@ def quantize_calibrated(calibrated: bytes, recipe: Recipe, *, source: str = "<mo
     quantize = _FROM_CALIBRATED.get(recipe.mode)
     if quantize is None:
         raise RecipeError(f"mode {recipe.mode.value} is not quantized from calibration statistics")
+    return _run(source, f"a model TFLiteConverter can quantize to {recipe.mode.value}", lambda: quantize(calibrated, recipe))
+
+
+def deduplicated(tflite: bytes) -> bytes:
+    """One buffer for identical constants (zero biases, shared shapes): the file as it is shipped."""
     from tensorflow.lite.python.convert import deduplicate_readonly_buffers
 
-    model = _run(source, f"a model TFLiteConverter can quantize to {recipe.mode.value}", lambda: quantize(calibrated, recipe))
-    return bytes(deduplicate_readonly_buffers(model))
+    return bytes(deduplicate_readonly_buffers(tflite))
 
 
 @dataclass
@@ -120,7 +124,9 @@ class Calibration:
     ranges: str = "minmax"
     samples: list = field(default_factory=list)  # the calibration samples, for LiteRT Quantizer
 
-    def quantize(self, recipe: Recipe, *, source: str = "<model>") -> bytes:
+    def quantize(self, recipe: Recipe, *, source: str = "<model>", final: bool = True) -> bytes:
+        """The file `recipe` asks for. `final=False` (a candidate that is only measured) skips merging
+        identical buffers, which changes the bytes and never the outputs."""
         if recipe.quantizer == "litert":
             from . import litert
 
@@ -129,8 +135,9 @@ class Calibration:
         if recipe.mode is Mode.INT8 and recipe.bias_correction and self.input_means:
             from .bias import correct
 
+            # Before deduplication: each bias has a buffer of its own to be corrected in place.
             data = correct(data, self.float_tflite, self.input_means)[0]
-        return data
+        return deduplicated(data) if final else data
 
 
 def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
@@ -147,17 +154,25 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
     if recipe.mode is not Mode.INT8 or (recipe.ranges == "minmax" and not recipe.bias_correction):
         return Calibration(exported.tflite, calibrated, ranges="minmax"), replace(recipe, ranges="minmax") \
             if recipe.mode is Mode.INT8 else recipe
+    # One pass over the samples, in two halves: auto fits ranges on each half in turn and checks
+    # them on the other; the method is then fitted on both (the same arithmetic whether auto chose
+    # it or a recipe names it, so a replayed recipe gives the same bytes).
+    halves = calibration.halves()
     try:
-        stats = statistics.collect(calibrated, calibration)
+        stats = [statistics.collect(calibrated, half) for half in halves]
     except (RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor of this graph
         log.info("calibration statistics skipped: %s", " ".join(str(exc).split())[:160])
         return Calibration(exported.tflite, calibrated), replace(recipe, ranges="minmax")
-    means = stats.input_means if recipe.bias_correction else {}
-    base = Calibration(exported.tflite, calibrated, means)
-    choice = ranges.choose(exported.tflite, calibrated, calibration, stats,
-                           lambda candidate: replace(base, calibrated=candidate).quantize(recipe, source=source),
-                           method=recipe.ranges)
-    return replace(base, calibrated=choice.calibrated, ranges=choice.method), replace(recipe, ranges=choice.method)
+    bias = recipe.bias_correction
+
+    def quantize(candidate: bytes, fitted: statistics.Statistics) -> bytes:
+        """A candidate's int8 file, bias-corrected with the means of the samples it was fitted on."""
+        return Calibration(exported.tflite, candidate, fitted.input_means if bias else {}).quantize(
+            recipe, source=source, final=False)
+
+    choice = ranges.choose(exported.tflite, calibrated, list(zip(stats, halves)), quantize, method=recipe.ranges)
+    means = stats[0].merge(stats[1]).input_means if bias else {}
+    return Calibration(exported.tflite, choice.calibrated, means, ranges=choice.method), replace(recipe, ranges=choice.method)
 
 
 def convert(exported: Exported, recipe: Recipe, *, calibrated: Optional[Calibration] = None,

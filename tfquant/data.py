@@ -58,6 +58,13 @@ class Dataset:
         rng = np.random.default_rng(CALIBRATION_SEED)
         return self.take(np.sort(rng.choice(len(self), size=count, replace=False)))
 
+    def halves(self) -> tuple["Dataset", "Dataset"]:
+        """Every other sample, twice: one half to fit statistics on, the other to check them on
+        (a single sample is both)."""
+        if len(self) < 2:
+            return self, self
+        return self.take(np.arange(0, len(self), 2)), self.take(np.arange(1, len(self), 2))
+
     def sample_shapes(self) -> dict[str, tuple]:
         """The shape of one sample of each input (what fixes a model's open dims at export)."""
         return {name: tuple(array.shape[1:]) for name, array in self.inputs.items()}

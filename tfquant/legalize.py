@@ -168,6 +168,14 @@ def floor_ranges(calibrated: bytes, *, relative: float = RELATIVE_FLOOR) -> tupl
     `TINY_RANGE` are touched. Returns the file and how many ranges were widened.
     """
     model = _read(calibrated)
+    widened = floor_model_ranges(model, relative=relative)
+    if not widened:
+        return calibrated, 0
+    return _write(model), widened
+
+
+def floor_model_ranges(model, *, relative: float = RELATIVE_FLOOR) -> int:
+    """`floor_ranges` on a model already read (`_read`), in place; returns how many ranges were widened."""
     widened = 0
     for _ in range(2):  # a second pass carries a widened range on to the next op
         changed = 0
@@ -186,9 +194,7 @@ def floor_ranges(calibrated: bytes, *, relative: float = RELATIVE_FLOOR) -> tupl
         widened += changed
         if not changed:
             break
-    if not widened:
-        return calibrated, 0
-    return _write(model), widened
+    return widened
 
 
 def _has_range(tensor) -> bool:

@@ -1,9 +1,18 @@
 """One pass of the calibration samples through the calibrated float file, for what min/max does not tell.
 
-It gathers, per activation tensor, a histogram of its values over the calibration samples (for
-MSE-optimal ranges, `tfquant.ranges`) and, per weight op (conv, depthwise conv, fully connected),
-the mean of its input per channel (for bias correction, `tfquant.bias`). The pass runs TFLite's
-builtin kernels with every intermediate tensor kept; it costs about one calibration.
+TFLite's calibrator keeps one number per side of each activation: the extreme over every
+calibration sample. Choosing a range needs more (`tfquant.ranges`), so this pass gathers, per
+activation tensor:
+
+- each sample's own min and max (`extremes`), from which a range that covers whole samples but
+  not the single most extreme one can be read (a quantile over samples), or their mean;
+- a histogram of its values over all samples, for MSE-optimal clipping;
+
+and, per weight op (conv, depthwise conv, fully connected), the mean of its input per channel,
+for bias correction (`tfquant.bias`). The pass runs TFLite's builtin kernels with every
+intermediate tensor kept and costs about one calibration. Statistics of two disjoint sets of
+samples merge into those of their union (`merge`), so the samples can be split to fit ranges on
+one part and check them on the other without running anything twice.
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ WEIGHT_OPS = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_C
 
 @dataclass
 class Histogram:
+    """Counts of a tensor's values in `BINS` equal bins over its calibrated [low, high]."""
+
     low: float
     high: float
     counts: np.ndarray
@@ -38,15 +49,29 @@ class Histogram:
 
 @dataclass
 class Statistics:
-    """Histograms by tensor index (of the calibrated file); input means by the weight op's output tensor name."""
+    """Per activation tensor (by index in the calibrated file): its histogram and each sample's
+    [min, max] (`extremes`, shape [samples, 2]); per weight op's output tensor name: the mean of
+    its input per channel."""
 
     histograms: dict[int, Histogram] = field(default_factory=dict)
+    extremes: dict[int, np.ndarray] = field(default_factory=dict)
     input_means: dict[str, np.ndarray] = field(default_factory=dict)
     samples: int = 0
 
+    def merge(self, other: "Statistics") -> "Statistics":
+        """The statistics of both sets of samples together (the same calibrated file for both)."""
+        total = self.samples + other.samples
+        histograms = {index: Histogram(h.low, h.high, h.counts + other.histograms[index].counts)
+                      for index, h in self.histograms.items() if index in other.histograms}
+        extremes = {index: np.concatenate([e, other.extremes[index]])
+                    for index, e in self.extremes.items() if index in other.extremes}
+        means = {name: (m * self.samples + other.input_means[name] * other.samples) / max(1, total)
+                 for name, m in self.input_means.items() if name in other.input_means}
+        return Statistics(histograms, extremes, means, total)
 
-def collect(calibrated: bytes, calibration: Dataset, *, limit: int = 64) -> Statistics:
-    """Run up to `limit` calibration samples through `calibrated` and gather the statistics."""
+
+def collect(calibrated: bytes, calibration: Dataset) -> Statistics:
+    """Run every calibration sample through `calibrated` and gather the statistics."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
     from ai_edge_litert.tools import flatbuffer_utils
 
@@ -71,19 +96,21 @@ def collect(calibrated: bytes, calibration: Dataset, *, limit: int = 64) -> Stat
                               experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     runner = interpreter.get_signature_runner()
     details = runner.get_input_details()
+    extremes: dict[int, list] = {index: [] for index in stats.histograms}
     sums: dict[str, np.ndarray] = {}
-    for count, sample in enumerate(calibration.samples()):
-        if count >= limit:
-            break
+    for sample in calibration.samples():
         runner(**{name: sample[name].astype(details[name]["dtype"], copy=False) for name in details})
         for index, histogram in stats.histograms.items():
-            histogram.add(interpreter.get_tensor(index))
+            values = interpreter.get_tensor(index)
+            histogram.add(values)
+            extremes[index].append((values.min(), values.max()))
         for name, index in weight_inputs.items():
             x = interpreter.get_tensor(index)
             if x.dtype.kind == "f":
                 mean = x.reshape(-1, x.shape[-1]).mean(axis=0, dtype=np.float64)
                 sums[name] = sums[name] + mean if name in sums else mean
         stats.samples += 1
+    stats.extremes = {index: np.asarray(pairs, np.float64).reshape(-1, 2) for index, pairs in extremes.items()}
     stats.input_means = {name: total / max(1, stats.samples) for name, total in sums.items()}
     return stats
 

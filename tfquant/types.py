@@ -144,7 +144,7 @@ def _build(hint: Any, value: Any) -> Any:
 
 
 QUANTIZERS = ("converter", "litert")
-RANGE_METHODS = ("auto", "minmax", "mse")
+RANGE_METHODS = ("auto", "percentile", "minmax", "mse", "average")  # auto and tfquant.ranges.ESTIMATORS
 
 
 @dataclass(frozen=True)
@@ -165,9 +165,12 @@ class Recipe(Record):
             from the calibration data. Defaults to `200`.
         per_channel: per-channel weight scales for conv and dense kernels. Defaults to `True`.
         denylist: names of ops to keep in float (selective quantization). Defaults to none.
-        ranges: activation ranges for int8: `"minmax"`, `"mse"` (MSE-optimal clipping per
-            tensor) or `"auto"` (whichever keeps the outputs closer to float on the calibration
-            data; a report's recipe records the one chosen). Defaults to `"auto"`.
+        ranges: activation ranges for int8 (`tfquant.ranges`): `"percentile"` (per side, the
+            95th percentile over samples of each sample's extreme), `"minmax"`, `"mse"`
+            (MSE-optimal clipping per tensor), `"average"` (the mean of each sample's extremes,
+            as LiteRT Quantizer) or `"auto"` (percentile unless min/max or MSE keeps the outputs
+            clearly closer to float on held-out calibration samples; a report's recipe records
+            the one chosen). Defaults to `"auto"`.
         bias_correction: fold the mean shift of int8 weight rounding into the biases. Defaults
             to `True`.
         quantizer: who quantizes the float file: `"converter"` (TFLiteConverter's MLIR quantizer,

@@ -1,0 +1,142 @@
+"""Activation range estimators and how `auto` chooses among them (`tfquant.ranges`, `tfquant.statistics`)."""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+
+from tfquant import ranges
+from tfquant.statistics import BINS, Histogram, Statistics
+from tfquant.types import RANGE_METHODS
+
+
+def _stats(values: np.ndarray) -> Statistics:
+    """The statistics of one activation (tensor 0) whose values on sample i are values[i]."""
+    low, high = float(values.min()), float(values.max())
+    histogram = Histogram(low, high, np.zeros(BINS, np.int64))
+    for row in values:
+        histogram.add(row)
+    extremes = np.stack([values.min(axis=1), values.max(axis=1)], axis=1)
+    return Statistics({0: histogram}, {0: extremes}, {}, len(values))
+
+
+def test_every_range_method_is_auto_or_an_estimator():
+    assert set(RANGE_METHODS) == {"auto", *ranges.ESTIMATORS}
+    assert set(ranges.AUTO) <= set(ranges.ESTIMATORS) and ranges.AUTO[0] == "percentile"
+
+
+def test_percentile_range_is_the_quantile_of_each_samples_extreme_and_does_not_grow_with_samples():
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((2000, 1000))
+    # A sample's max of 1000 normals is <= x with probability Phi(x)^1000.
+    expected = NormalDist().inv_cdf(ranges.PERCENTILE ** (1 / 1000))  # 3.89
+    few, many = _stats(values[:100]), _stats(values)
+    low, high = ranges.percentile_ranges(many, stretch=1.0)[0]
+    assert high == pytest.approx(expected, rel=0.03) and low == pytest.approx(-expected, rel=0.03)
+    assert ranges.percentile_ranges(few, stretch=1.0)[0][1] == pytest.approx(expected, rel=0.06)
+    # Min/max is only ~15 % wider here: not worth clipping, the calibrated range stays.
+    assert ranges.percentile_ranges(many) == {} and ranges.minmax_ranges(many) == {}
+    # Min/max keeps growing with the number of samples; the mean of each sample's max is lower still.
+    assert values.max() > values[:100].max() > high
+    assert ranges.average_ranges(many)[0][1] == pytest.approx(values.max(axis=1).mean()) and \
+        ranges.average_ranges(many)[0][1] < high
+
+
+def test_one_odd_sample_sets_min_max_but_not_the_percentile_range():
+    rng = np.random.default_rng(1)
+    values = np.abs(rng.standard_normal((200, 500)))  # a ReLU-like activation: zero stays inside
+    odd = values.copy()
+    odd[17, 3] = 100.0
+    assert _stats(odd).histograms[0].high == 100.0
+    # 100 stretches the range far beyond what 19 samples in 20 reach (~4): clipped to the quantile.
+    low, high = ranges.percentile_ranges(_stats(odd))[0]
+    assert low == 0.0 and high == pytest.approx(np.quantile(odd.max(axis=1), ranges.PERCENTILE)) and high < 5
+
+
+def test_mse_range_clips_a_long_tail_for_less_expected_error():
+    rng = np.random.default_rng(2)
+    values = rng.laplace(size=(100, 1000))
+    histogram = _stats(values).histograms[0]
+    low, high = ranges.mse_ranges(_stats(values))[0]
+    assert values.min() < low < 0 < high < values.max()
+
+    def error(lo, hi):
+        return ranges._error(histogram.centers(), histogram.counts.astype(float), lo, hi)
+
+    assert error(low, high) < 0.98 * error(values.min(), values.max())
+
+
+def test_merged_statistics_are_those_of_all_samples():
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal((10, 50))
+    first, second = _stats(values[:6]), _stats(values[6:])
+    # Both halves binned over the same calibrated range, as `collect` does.
+    second.histograms[0] = Histogram(first.histograms[0].low, first.histograms[0].high, np.zeros(BINS, np.int64))
+    for row in values[6:]:
+        second.histograms[0].add(row)
+    first.input_means, second.input_means = {"conv": np.array([1.0, 2.0])}, {"conv": np.array([3.0, 6.0])}
+    merged = first.merge(second)
+    assert merged.samples == 10 and merged.histograms[0].counts.sum() == 500
+    np.testing.assert_array_equal(merged.extremes[0], _stats(values).extremes[0])
+    np.testing.assert_allclose(merged.input_means["conv"], [1.8, 3.6])  # (6 * 1 + 4 * 3) / 10
+
+
+def test_pick_keeps_the_first_candidate_unless_another_is_better_beyond_noise():
+    rng = np.random.default_rng(4)
+    flips = (rng.random(100) < 0.08).astype(float)
+    one_fewer = flips.copy()
+    one_fewer[np.flatnonzero(flips)[0]] = 0.0
+    # One flip fewer in a hundred samples is noise.
+    assert ranges.pick({"percentile": flips, "minmax": one_fewer}) == "percentile"
+    # A candidate whose error is lower on most samples wins; of two such, the lower mean.
+    base = rng.random(100) + 1.0
+    assert ranges.pick({"percentile": base, "minmax": base - 0.5, "mse": base - 0.4}) == "minmax"
+    assert ranges.pick({"percentile": base, "minmax": base + 0.5}) == "percentile"
+    assert ranges.pick({"percentile": np.array([1.0]), "minmax": np.array([0.0])}) == "percentile"  # one sample
+
+
+def test_sample_errors_by_task():
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]])
+    flipped = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    errors = ranges.sample_errors({"p": probabilities}, {"p": flipped})
+    assert errors[0] == 0.0 and 1.0 < errors[1] < 1.02
+    embedding = np.array([[0.6, -0.8], [-1.0, 0.0]])  # unit rows, not probabilities
+    turned = np.array([[0.6 * np.cos(0.1) + 0.8 * np.sin(0.1), 0.6 * np.sin(0.1) - 0.8 * np.cos(0.1)], [-1.0, 0.0]])
+    np.testing.assert_allclose(ranges.sample_errors({"e": embedding}, {"e": turned}), [1 - np.cos(0.1), 0.0])
+    target = np.array([[1.0], [3.0]])  # spread 1
+    np.testing.assert_allclose(ranges.sample_errors({"y": target}, {"y": target + [[0.5], [0.0]]}), [0.5, 0.0])
+
+
+def test_auto_judges_candidates_on_held_out_samples_and_falls_back_when_clipping_hurts(monkeypatch):
+    """A regression whose odd samples (one in 25) run ten times hotter: the percentile range clips
+    them, the held-out samples show it, and auto keeps min/max, which covers them."""
+    from tfquant import convert
+    from tfquant._keras import keras
+    from tfquant.prepare import prepare
+    from tfquant.types import Recipe
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), name="x")
+    hidden = keras.layers.Dense(16, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1, name="y")(hidden))
+    x = np.random.default_rng(5).random((200, 8)).astype(np.float32)
+    x[::25] *= 10.0
+    prepared = prepare(model, recipe=Recipe(), calibration_data=x)
+    judged, measure = [], ranges.sample_errors
+
+    def spy(reference, outputs):
+        errors = measure(reference, outputs)
+        judged.append(errors)
+        return errors
+
+    monkeypatch.setattr(ranges, "sample_errors", spy)
+    calibration, recipe = convert.calibration_for(prepared.exported, prepared.calibration, Recipe())
+    assert recipe.ranges == "minmax" and calibration.ranges == "minmax"
+    # Each candidate judged on both halves, each half by the ranges fitted on the other.
+    assert [len(e) for e in judged] == [100] * 2 * len(ranges.AUTO)
+    percentile, minmax = np.concatenate(judged[:2]), np.concatenate(judged[2:4])
+    assert percentile.mean() > 2 * minmax.mean()
+    forced, _ = convert.calibration_for(prepared.exported, prepared.calibration, Recipe(ranges="percentile"))
+    assert forced.ranges == "percentile" and forced.calibrated != calibration.calibrated
