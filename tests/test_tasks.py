@@ -43,7 +43,8 @@ def test_classification_metrics_and_budget():
     assert f.accuracy == pytest.approx(0.90) and q.accuracy == pytest.approx(0.85) and q.agreement == pytest.approx(0.95)
     assert tasks.violations(f, q, Budget(max_drop=0.06)) == []
     assert tasks.violations(f, q, Budget(max_drop=0.01)) == [
-        "output 'probs': expected an accuracy drop of at most 0.0100, found 0.0500 (float 0.9000, quantized 0.8500)"]
+        "output 'probs': expected an accuracy drop of at most 0.0100 (max_drop), found 0.0500 (float 0.9000, quantized "
+        "0.8500)"]
     one_hot = np.eye(10)[labels]
     assert np.array_equal(tasks.check_labels("classification", "probs", probs, one_hot, "d.npz"), labels)
     with pytest.raises(DataError, match=r"d.npz: expected labels in 0..9 for output 'probs' \(10 classes\), found labels 0..12"):
@@ -60,7 +61,8 @@ def test_regression_is_judged_relative_to_the_float_spread():
     assert 0.98 < m.r2 < 1.0
     off = tasks.measure("regression", "price", reference * 1.3, reference=reference)
     assert tasks.violations(m, off, Budget())[0].startswith(
-        "output 'price': expected an RMSE of at most 0.050 of the float output's standard deviation, found 0.3")
+        "output 'price': expected an RMSE of at most 0.050 of the float output's standard deviation (max_rel_rmse), "
+        "found 0.3")
 
 
 def test_embedding_cosine_and_retrieval():

@@ -5,6 +5,7 @@ A clean checkout trains them; a second `make test` on the same machine loads the
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import inspect
 from dataclasses import dataclass
@@ -47,15 +48,18 @@ def trained(name: str, version: int, *, epochs: Optional[int] = None, test_sampl
     folder = CACHE / f"{name}_k{version}_{key}"
     path = folder / "model.keras"
     data = zoo.ZOO[name].data()
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        model, _ = zoo.train(name, version, epochs=epochs, train_samples=train_samples)
-        partial = folder / ".model.keras"
-        model.save(partial)
-        partial.rename(path)
+    folder.mkdir(parents=True, exist_ok=True)
     calib, test = folder / "calib.npz", folder / "test.npz"
-    if not test.exists():
-        count = test_samples or (160 if heavy else None)
-        np.savez(calib, **{k: v[:200] for k, v in data.train.items() if not k.startswith("y")})
-        np.savez(test, **{k: v[:count] for k, v in data.test.items()})
+    # One trainer per model: test workers running side by side wait for the first one's file.
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            model, _ = zoo.train(name, version, epochs=epochs, train_samples=train_samples)
+            partial = folder / ".model.keras"
+            model.save(partial)
+            partial.rename(path)
+        if not test.exists():
+            count = test_samples or (160 if heavy else None)
+            np.savez(calib, **{k: v[:200] for k, v in data.train.items() if not k.startswith("y")})
+            np.savez(test, **{k: v[:count] for k, v in data.test.items()})
     return Trained(name, version, path, calib, test)
