@@ -94,6 +94,11 @@ def test_bench_compare_interleaves_both_files(tflite_files, capsys):
 
 # --- bad input: exit 2, one line naming the file, what was expected and what was found, no output ---
 
+def _copy(source: Path, target: Path) -> Path:
+    target.write_bytes(source.read_bytes())
+    return target
+
+
 def _npz(path: Path, **arrays) -> Path:
     np.savez(path, **arrays)
     return path
@@ -140,6 +145,8 @@ def _bad_inputs(tmp: Path, model_files, train_npz, test_npz, digits):
         "corrupt keras": ([corrupt_keras, "--calib", train_npz],
                           "corrupt.keras: expected a .keras zip archive, found 1000 bytes that are not a zip archive"),
         "corrupt h5": ([corrupt_h5, "--calib", train_npz], "corrupt.h5: expected an HDF5 Keras model, found 700 bytes that are not HDF5"),
+        "h5 named .keras": ([_copy(model_files["h5"], tmp / "misnamed.keras"), "--calib", train_npz],
+                            "misnamed.keras: expected a .keras zip archive, found an HDF5 file (rename it to .h5)"),
         "unknown format": ([onnx, "--calib", train_npz],
                            "model.onnx: expected a Keras model (.keras, .h5) or a SavedModel folder, found a file ending in '.onnx'"),
         "missing data": ([model, "--calib", tmp / "nope.npz"],
@@ -157,7 +164,7 @@ def _bad_inputs(tmp: Path, model_files, train_npz, test_npz, digits):
 
 CASES = ["wrong rank", "wrong shape", "non-numeric", "NaN", "Inf in eval", "empty", "label count", "label range",
          "labels of no output", "missing model", "corrupt keras", "corrupt h5", "unknown format", "missing data", "corrupt data",
-         "mode/io", "drop without eval", "no calibration", "bad recipe"]
+         "mode/io", "drop without eval", "no calibration", "bad recipe", "h5 named .keras"]
 
 
 @pytest.mark.parametrize("case", CASES)
