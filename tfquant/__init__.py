@@ -40,6 +40,8 @@ _LAZY = {
     "quantize": "pipeline",
     "qat": "optimize.qat",
     "prune": "optimize.prune",
+    "cluster": "optimize.cluster",
+    "collaborate": "optimize.cluster",
     "QuantizationResult": "pipeline",
     "evaluate": "harness",
     "load_model": "models",
@@ -69,7 +71,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "__version__", "quantize", "qat", "prune", "diagnose", "evaluate", "benchmark", "inspect", "load_model", "load_data",
+    "__version__", "quantize", "qat", "prune", "cluster", "collaborate", "diagnose", "evaluate", "benchmark", "inspect", "load_model", "load_data",
     "QuantizationResult", "Recipe", "Report", "Metrics", "ModelInfo", "BenchmarkResult", "Mode", "IOType",
     "TfquantError", "ModelLoadError", "DataError", "RecipeError", "ConversionError", "TFLiteFileError",
     "OutputError", "GateError", "AccuracyBudgetError", "StrictModeError",

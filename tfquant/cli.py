@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 
 from ._version import __version__
 from .errors import GateError, RecipeError, TfquantError, naming
+from .spec import SPECS, TRAINING
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -111,11 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(p)
     _add_data_options(p)
 
-    p = sub.add_parser("qat", parents=[common], help="quantization-aware fine-tuning, then full int8")
-    _add_training_options(p, "qat")
-
-    p = sub.add_parser("prune", parents=[common], help="magnitude pruning while fine-tuning, then full int8")
-    _add_training_options(p, "prune")
+    for name, about in (("qat", "quantization-aware fine-tuning, then full int8"),
+                        ("prune", "magnitude pruning while fine-tuning, then full int8"),
+                        ("cluster", "weight clustering (shared values) while fine-tuning, then full int8"),
+                        ("optimize", "prune, then cluster, then QAT (any of them, in that order), each measured")):
+        _add_training_options(sub.add_parser(name, parents=[common], help=about), name)
 
     p = sub.add_parser("diagnose", parents=[common], help="find the tensors and ops where int8 loses accuracy")
     p.add_argument("model", help=".keras, .h5 or SavedModel folder")
@@ -195,7 +196,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ns = parser.parse_args(argv)
     try:
         with naming("command"):
-            if ns.command in ("convert", "qat", "prune"):
+            if ns.command in SPECS:
                 ns.spec = _spec(ns)
             problem = _usage_problem(ns)
     except RecipeError as exc:
@@ -294,7 +295,7 @@ def _log_to(sink, *, verbose: bool) -> None:
 
 
 # Commands whose work runs TensorFlow's native code: the console runs them in a watched child.
-ISOLATED = ("convert", "qat", "prune", "diagnose")
+ISOLATED = ("convert", "diagnose", *TRAINING)
 
 
 def run() -> None:  # pragma: no cover - console entry point
@@ -366,20 +367,16 @@ def _training(ns: argparse.Namespace) -> dict:
                 safe_mode=not ns.allow_unsafe_models)
 
 
-@command("qat")
-def _qat(ns: argparse.Namespace) -> int:
-    from .optimize.qat import qat
+def _train(ns: argparse.Namespace) -> int:
+    """qat, prune, cluster, optimize: the spec's function, the same files and reports as convert."""
+    from .spec import training_function
 
     outputs = _outputs(ns)
-    return _finish(ns, qat(ns.model, ns.train, **_training(ns)), outputs)
+    return _finish(ns, training_function(ns.command)(ns.model, ns.train, **_training(ns)), outputs)
 
 
-@command("prune")
-def _prune(ns: argparse.Namespace) -> int:
-    from .optimize.prune import prune
-
-    outputs = _outputs(ns)
-    return _finish(ns, prune(ns.model, ns.train, **_training(ns)), outputs)
+for _name in TRAINING:
+    command(_name)(_train)
 
 
 @command("diagnose")

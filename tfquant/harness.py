@@ -26,6 +26,7 @@ from .errors import DataError, TFLiteFileError, problem
 from .types import P99_RUNS, BenchmarkResult, Latency, Metrics, Runtime, TensorSpec
 
 DEFAULT_BATCH = 64
+BUILTIN = "none (XNNPACK could not prepare this graph)"
 SIGNATURE = "serving_default"
 _QUANTIZED_KINDS = "iu"
 
@@ -219,7 +220,7 @@ class Runner:
         except TFLiteFileError as exc:
             if self.delegate != "XNNPACK" or "XNNPACK" not in str(exc) and "delegate" not in str(exc).lower():
                 raise
-            self.delegate = "none (XNNPACK could not prepare this graph)"
+            self.delegate = BUILTIN
             self._open(delegates=False)
             return self._predict(data, batch_size, progress, label)
 
@@ -353,21 +354,27 @@ class _Timer:
         rss_before = _current_rss_mb()
         started = time.perf_counter()
         self.runner = Runner(model, num_threads=num_threads)
-        self.runner.allocate()
+        try:
+            self.runner.allocate()
+        except TFLiteFileError:  # the default delegate cannot prepare this graph: time the builtin kernels
+            self._without_delegate()
         self.init_ms = (time.perf_counter() - started) * 1e3
         self.memory_delta = _current_rss_mb() - rss_before
         started = time.perf_counter()
         try:
             self._first()
-        except RuntimeError:  # the default delegate cannot prepare this graph: time the builtin kernels
-            self.runner.delegate = "none (XNNPACK could not prepare this graph)"
-            self.runner._open(delegates=False)
-            self.runner.allocate()
+        except RuntimeError:
+            self._without_delegate()
             started = time.perf_counter()
             self._first()
         self.first_ms = (time.perf_counter() - started) * 1e3
         self.samples: list[float] = []
         self.warmup: list[float] = []
+
+    def _without_delegate(self) -> None:
+        self.runner.delegate = BUILTIN
+        self.runner._open(delegates=False)
+        self.runner.allocate()
 
     def _first(self) -> None:
         interp = self.runner.interpreter
@@ -394,6 +401,7 @@ class _Timer:
             memory_footprint_delta_mb=round(self.memory_delta, 3),
             peak_memory_mb=peak_rss_mb(),
             runtime=runtime(self.runner.num_threads),
+            delegate=self.runner.delegate,
         )
 
 

@@ -127,12 +127,24 @@ def training_lines(report: Report) -> list[str]:
     if t.sparsity:
         lines.append("  sparsity in the .tflite weights: " + ", ".join(f"{k.split('/')[-2] if '/' in k else k} "
                                                                        f"{100 * v:.1f} %" for k, v in t.sparsity.items()))
+    if t.stages:
+        lines.append("  stage        accuracy       bytes        gzip")
+        lines += [f"  {s.name:10} {_pct(s.accuracy):>10} {s.tflite_bytes:>11,} {s.gzip_bytes:>11,}" for s in t.stages]
+    if t.unique_values:
+        lines.append(f"  distinct values in the .tflite weights ({t.clusters} clusters): "
+                     + ", ".join(f"{_short_name(k)} {v}" for k, v in t.unique_values.items()))
+    if t.sparse is not None:
+        lines.append("  " + t.sparse.summary())
     special = [layer for layer in t.layers if layer.treatment.startswith("tfquant")]
     if t.layers:
         lines.append(f"  layers: {len(t.layers) - len(special)} by tfmot's default scheme or not wrapped, "
                      f"{len(special)} by tfquant's registry" + (":" if special else ""))
         lines += [f"    {layer.name} ({layer.layer_class}): {layer.treatment}" for layer in special]
     return lines
+
+
+def _short_name(name: str) -> str:
+    return name.split("/")[-2] if name.count("/") >= 1 else name
 
 
 def _quant_text(q: Optional[QuantParams]) -> str:

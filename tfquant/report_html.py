@@ -116,7 +116,8 @@ def training_section(report: Report) -> list[str]:
     esc = html.escape
     spec = report.spec or {}
     facts = [("stage", t.kind), ("epochs", str(t.epochs))]
-    for key in ("learning_rate", "batch_size", "schedule", "block", "then", "keep_best"):
+    for key in ("learning_rate", "batch_size", "schedule", "block", "then", "keep_best", "clusters", "init", "prune",
+                "cluster", "qat", "sparse"):
         if spec.get(key) is not None:
             facts.append((key.replace("_", " "), str(spec[key])))
     if t.target_sparsity is not None:
@@ -140,6 +141,24 @@ def training_section(report: Report) -> list[str]:
                      "<tr><th>weight tensor</th><th>zeros</th></tr>")
         parts += [f"<tr>{_name_cell(name)}<td>{100 * value:.1f} %</td></tr>" for name, value in t.sparsity.items()]
         parts.append("</table>")
+    if t.stages:
+        parts.append("<h3>Each stage as an int8 file, on the interpreter</h3><table><tr><th>stage</th>"
+                     "<th>accuracy</th><th>bytes</th><th>gzip bytes</th></tr>" + "".join(
+                         _row((s.name, _pct(s.accuracy), f"{s.tflite_bytes:,}", f"{s.gzip_bytes:,}"))
+                         for s in t.stages) + "</table>")
+    if t.unique_values:
+        parts.append(f"<h3>Distinct values of each weight tensor, read from the .tflite file ({t.clusters} clusters)"
+                     "</h3><table class='names'><colgroup><col style='width:75%'><col></colgroup>"
+                     "<tr><th>weight tensor</th><th>values</th></tr>")
+        parts += [f"<tr>{_name_cell(name)}<td>{count}</td></tr>" for name, count in t.unique_values.items()]
+        parts.append("</table>")
+    if t.sparse is not None:
+        parts.append(f"<h3>Sparse storage</h3><p>{esc(t.sparse.summary())}</p>")
+        if t.sparse.dense_tensors:
+            parts.append("<table class='names'><colgroup><col style='width:50%'><col></colgroup>"
+                         "<tr><th>left dense</th><th>why</th></tr>")
+            parts += [f"<tr>{_name_cell(name)}<td>{esc(why)}</td></tr>" for name, why in t.sparse.dense_tensors.items()]
+            parts.append("</table>")
     special = [layer for layer in t.layers if layer.treatment.startswith("tfquant")]
     if special:
         parts.append("<h3>Layers tfquant's QAT registry handled</h3><table class='names'>"

@@ -36,7 +36,7 @@ from typing import Any, Callable, ClassVar, Iterator, Optional
 from .errors import RecipeError, called, naming, spell
 from .types import QUANTIZERS, RANGE_METHODS, SCHEMA_VERSION, Budget, IOType, Mode, Recipe, migrate
 
-__all__ = ["ConvertSpec", "QATSpec", "PruneSpec", "SPECS", "Option", "called", "naming", "spec_for",
+__all__ = ["ConvertSpec", "QATSpec", "PruneSpec", "ClusterSpec", "OptimizeSpec", "SPECS", "Option", "called", "naming", "spec_for",
            "add_options", "from_flags", "json_schema", "replay"]
 
 # The arguments that are not options (files, the trust policy), as each kind of caller spells them.
@@ -353,6 +353,8 @@ _TRAIN_IO = tuple(t.value for t in IOType if t is not IOType.INT16)
 class TrainSpec(Spec):
     """What every training stage takes: fine-tuning, then a full int8 file checked like a conversion."""
 
+    entry: ClassVar[str] = ""  # "module:function" that runs the command, imported when it runs
+
     epochs: int = option(low=1, recipe=True, help="fine-tuning epochs")
     batch_size: int = option(32, low=1, recipe=True, help="training batch size")
     learning_rate: float = option(1e-4, low=0, low_open=True, flag="--lr", recipe=True, help="Adam learning rate")
@@ -381,6 +383,7 @@ class QATSpec(TrainSpec):
     """Quantization-aware fine-tuning (`tfquant qat`)."""
 
     command: ClassVar[str] = "qat"
+    entry: ClassVar[str] = "tfquant.optimize.qat:qat"
 
     learning_rate: float = option(1e-4, low=0, low_open=True, flag="--lr", recipe=True,
                                   help="Adam learning rate; fine-tuning wants it small")
@@ -392,6 +395,7 @@ class PruneSpec(TrainSpec):
     """Magnitude pruning while fine-tuning, then PTQ or sparsity-preserving QAT (`tfquant prune`)."""
 
     command: ClassVar[str] = "prune"
+    entry: ClassVar[str] = "tfquant.optimize.prune:prune"
 
     sparsity: float = option(low=0, high=1, low_open=True, high_open=True, recipe=True,
                              help="final fraction of zero weights in every pruned layer, e.g. 0.8")
@@ -405,12 +409,71 @@ class PruneSpec(TrainSpec):
     learning_rate: float = option(1e-3, low=0, low_open=True, flag="--lr", recipe=True,
                                   help="Adam learning rate; pruning recovers at tfmot's usual 1e-3")
     log_dir: Optional[str] = option(None, service=False, help="write tfmot's pruning summaries for TensorBoard here")
+    sparse: bool = option(False, recipe=True, help="write the pruned weights in TFLite's sparse format (a smaller raw "
+                                                   "file; the interpreter densifies them when it loads the file)")
 
 
-SPECS: dict[str, type[Spec]] = {cls.command: cls for cls in (ConvertSpec, QATSpec, PruneSpec)}
+CLUSTER_INITS = ("kmeans_plus_plus", "linear", "density", "random")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterSpec(TrainSpec):
+    """Weight clustering (weight sharing) while fine-tuning, then PTQ or cluster-preserving QAT (`tfquant cluster`)."""
+
+    command: ClassVar[str] = "cluster"
+    entry: ClassVar[str] = "tfquant.optimize.cluster:cluster"
+
+    clusters: int = option(16, low=2, high=256, recipe=True,
+                           help="shared values per weight tensor (each layer's kernel keeps only this many)")
+    init: str = option("kmeans_plus_plus", choices=CLUSTER_INITS, recipe=True,
+                       help="how the centroids start: k-means++, evenly spaced, by the weights' density, or random")
+    then: str = option("ptq", choices=("ptq", "qat"), recipe=True,
+                       help="ptq: calibrate and convert; qat: cluster-preserving QAT (CQAT), then convert")
+    qat_epochs: Optional[int] = option(None, low=1, recipe=True,
+                                       help="epochs of the QAT step with {then} qat (default: half the clustering epochs)")
+    learning_rate: float = option(1e-4, low=0, low_open=True, flag="--lr", recipe=True,
+                                  help="Adam learning rate; the centroids fine-tune at a small one")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizeSpec(TrainSpec):
+    """Collaborative optimization (`tfquant optimize`): pruning, then clustering that keeps the zeros, then QAT
+    that keeps both (PCQAT), each stage measured as an int8 file."""
+
+    command: ClassVar[str] = "optimize"
+    entry: ClassVar[str] = "tfquant.optimize.cluster:collaborate"
+
+    prune: Optional[float] = option(None, low=0, high=1, low_open=True, high_open=True, recipe=True,
+                                    help="prune first, to this fraction of zero weights, e.g. 0.5")
+    cluster: Optional[int] = option(None, low=2, high=256, recipe=True,
+                                    help="then cluster each weight tensor to this many shared values, e.g. 16")
+    qat: bool = option(False, recipe=True, help="then quantization-aware training that keeps the zeros and the clusters")
+    init: str = option("kmeans_plus_plus", choices=CLUSTER_INITS, recipe=True, help="the clusters' initial centroids")
+    sparse: bool = option(False, recipe=True, help="write the zero weights in TFLite's sparse format")
+
+    def check(self) -> None:
+        if self.prune is None and self.cluster is None and not self.qat:
+            raise RecipeError(f"optimize needs a stage: {called('prune')}, {called('cluster')} or {called('qat')}")
+        if self.sparse and self.prune is None:
+            raise RecipeError(f"{called('sparse')} writes pruned weights sparse: it needs {called('prune')}")
+
+
+SPECS: dict[str, type[Spec]] = {cls.command: cls for cls in (ConvertSpec, QATSpec, PruneSpec, ClusterSpec,
+                                                             OptimizeSpec)}
 for _cls in SPECS.values():
     for _field, _option, _ in _cls.options():
         spell(_field.name, command=_flag(_field.name, _option), service=_field.name)
+
+
+TRAINING = tuple(name for name, cls in SPECS.items() if issubclass(cls, TrainSpec))
+
+
+def training_function(command: str):
+    """The function that runs a training command (`qat`, `prune`, `cluster`, `optimize`), imported now."""
+    import importlib
+
+    module, name = SPECS[command].entry.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def recipe_file(report) -> bytes:

@@ -396,6 +396,7 @@ class BenchmarkResult(Record):
     memory_footprint_delta_mb: float
     peak_memory_mb: float
     runtime: Runtime
+    delegate: str = "XNNPACK"  # or TFLite's builtin kernels, when XNNPACK cannot prepare the graph
 
 
 @dataclass(frozen=True)
@@ -528,8 +529,43 @@ class FileSize(Record):
 
 
 @dataclass(frozen=True)
+class Stage(Record):
+    """One stage of a collaborative optimization, as the int8 file it gives on its own: measured on the interpreter."""
+
+    name: str  # "float", "int8", "pruned", "clustered", "qat"
+    accuracy: Optional[float]  # the first classification output's accuracy (or agreement), if any
+    tflite_bytes: int
+    gzip_bytes: int
+
+
+@dataclass(frozen=True)
+class SparseFile(Record):
+    """The file with its zero weights in TFLite's sparse format, next to the dense one."""
+
+    tflite_bytes: int
+    gzip_bytes: int
+    dense_bytes: int
+    sparse_tensors: list[str] = field(default_factory=list)  # weight tensors stored sparse
+    dense_tensors: dict[str, str] = field(default_factory=dict)  # weight tensors left dense, and why
+    latency_p50_ms: Optional[float] = None
+    dense_latency_p50_ms: Optional[float] = None
+    runs_on: str = ""  # which kernels ran it (XNNPACK or TFLite's builtin)
+    written: bool = True  # False: the sparse file was not smaller, so the dense one was written
+
+    def summary(self) -> str:
+        """One line: bytes against the dense file, tensors, latency, which file was written."""
+        verdict = "written" if self.written else "not written (no smaller than the dense file, which was written)"
+        latency = "" if self.latency_p50_ms is None else (
+            f"; latency p50 {self.latency_p50_ms:.3f} ms against {self.dense_latency_p50_ms:.3f} ms dense, "
+            f"on {self.runs_on}")
+        return (f"sparse file: {self.tflite_bytes:,} bytes against {self.dense_bytes:,} dense "
+                f"({self.tflite_bytes / self.dense_bytes:.2f}×), {verdict}; {len(self.sparse_tensors)} weight "
+                f"tensor(s) stored sparse, {len(self.dense_tensors)} left dense{latency}")
+
+
+@dataclass(frozen=True)
 class Training(Record):
-    """The training-time stage of a report: QAT, pruning, or pruning then sparsity-preserving QAT."""
+    """The training-time stage of a report: QAT, pruning, clustering, or several of them in a row."""
 
     kind: str
     epochs: int
@@ -541,6 +577,10 @@ class Training(Record):
     ptq_accuracy: Optional[float] = None  # plain post-training int8 of the same model, on the same data
     qat_accuracy: Optional[float] = None
     kept: Optional[str] = None  # "qat" or "ptq" (keep_best)
+    clusters: Optional[int] = None
+    unique_values: dict[str, int] = field(default_factory=dict)  # per weight tensor, read from the .tflite
+    stages: list[Stage] = field(default_factory=list)
+    sparse: Optional[SparseFile] = None
 
 
 @dataclass(frozen=True)

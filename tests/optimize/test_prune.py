@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tfquant.errors import RecipeError
-from tfquant.optimize.prune import prune, tflite_sparsity
+from tfquant.optimize.prune import prune
+from tfquant.optimize.weights import sparsity as tflite_sparsity
 
 from checks import assert_every_op_integer
 

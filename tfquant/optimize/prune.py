@@ -1,8 +1,10 @@
 """Magnitude pruning with tfmot schedules, then full int8: PTQ or sparsity-preserving QAT.
 
 Pruning makes weights zero, but a .tflite file stores zeros like any other value: the file
-shrinks only once it is compressed. So the report gives raw and gzip bytes of the float, int8
-and pruned-int8 files, and the sparsity of every weight tensor as read from the .tflite file.
+shrinks only once it is compressed, or when its zeros are written in TFLite's sparse format
+(`sparse=True`). So the report gives raw and gzip bytes of the float, int8 and pruned-int8 files
+(and of the sparse file, with its latency next to the dense one's), and the sparsity of every
+weight tensor as read from the .tflite file (`tfquant.optimize.weights`).
 """
 
 from __future__ import annotations
@@ -11,12 +13,9 @@ import math
 import time
 from typing import Optional
 
-import numpy as np
-
 from .._keras import keras
-from ..types import FileSize, Training
+from ..types import FileSize, SparseFile, Training
 
-WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 
 
 def _sparsity():
@@ -60,33 +59,43 @@ def wrap_for_pruning(model, *, sparsity: float, schedule: str, end_step: int, bl
     return keras.models.clone_model(base, clone_function=wrap)
 
 
-def tflite_sparsity(tflite: bytes) -> dict[str, float]:
-    """Fraction of zeros in each constant weight tensor of CONV/FC ops, read from the file itself."""
-    from ai_edge_litert.tools import flatbuffer_utils
+def prune_stage(keras_model, train, *, sparsity: float, epochs: int, batch_size: int, learning_rate: float,
+                schedule: str = "polynomial", block: Optional[str] = None, log_dir: Optional[str] = None,
+                callbacks: Optional[list] = None, verbose: int = 0, probabilities: Optional[bool] = None):
+    """Fine-tune `keras_model` while pruning it to `sparsity` (the schedule ends at 3/4 of the steps, the
+    rest lets the network recover); returns the stripped model, its zeros in its kernels."""
+    from .training import fit
 
-    from ..inspect import inspect
+    steps = math.ceil(len(train) / batch_size) * epochs
+    pruning = wrap_for_pruning(keras_model, sparsity=sparsity, schedule=schedule, end_step=max(1, int(steps * 0.75)),
+                               block=block)
+    sk = _sparsity()
+    steps_callbacks = [sk.UpdatePruningStep()] + ([sk.PruningSummaries(log_dir=log_dir)] if log_dir else [])
+    fit(pruning, train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+        callbacks=steps_callbacks + list(callbacks or []), verbose=verbose, probabilities=probabilities)
+    return sk.strip_pruning(pruning)
 
-    info = inspect(tflite)
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
-    tensors = model.subgraphs[0].tensors
-    result = {}
-    for op in info.ops:
-        if op.name not in WEIGHT_OPS or op.subgraph != 0 or len(op.inputs) < 2:
-            continue
-        tensor_info = info.tensors[op.inputs[1]]
-        if not tensor_info.constant:
-            continue
-        tensor = tensors[op.inputs[1]]
-        dtype = {"int8": np.int8, "float32": np.float32, "float16": np.float16}.get(tensor_info.dtype)
-        if dtype is None:
-            continue
-        raw = model.buffers[tensor.buffer].data
-        values = np.frombuffer(bytes(bytearray(raw)), dtype=dtype)
-        zero = 0
-        if tensor_info.quantization is not None and tensor_info.quantization.zero_point:
-            zero = tensor_info.quantization.zero_point[0]  # symmetric int8 weights: 0
-        result[tensor_info.name.split(";")[0]] = round(float(np.mean(values == zero)), 4) if values.size else 0.0
-    return result
+
+def sparse_file(tflite: bytes, *, num_threads: Optional[int] = None) -> tuple[bytes, SparseFile]:
+    """The file with its zeros stored sparse, and what that did: bytes, tensors, latency against the dense file.
+
+    Where the sparse encoding (values plus their indices) is not smaller than the dense file, at
+    moderate sparsity, the dense file is returned and the record says so."""
+    from .. import console, harness
+    from ..verify import gzip_size
+    from .weights import write_sparse
+
+    with console.step("writing the zero weights in TFLite's sparse format"):
+        sparse, stored, dense = write_sparse(tflite)
+    dense_bench, sparse_bench = harness.benchmark(tflite, sparse, runs=30, warmup=3, num_threads=num_threads,
+                                                  max_seconds=3.0)
+    written = len(sparse) < len(tflite)
+    record = SparseFile(tflite_bytes=len(sparse), gzip_bytes=gzip_size(sparse), dense_bytes=len(tflite),
+                        sparse_tensors=stored, dense_tensors=dense, latency_p50_ms=sparse_bench.inference_ms.p50,
+                        dense_latency_p50_ms=dense_bench.inference_ms.p50, written=written,
+                        runs_on="XNNPACK" if sparse_bench.delegate == "XNNPACK" else
+                        "TFLite's builtin kernels (XNNPACK does not take the densified weights)")
+    return (sparse if written else tflite), record
 
 
 def prune(
@@ -128,6 +137,7 @@ def prune(
     from ..verify import gzip_size, verify
     from .qat import quantize_aware
     from .training import fit, keras_accuracy, outputs_probabilities, start
+    from .weights import sparsity as weight_sparsity
 
     spec = PruneSpec.from_options(spec, **options)
     recipe, epochs, batch_size, learning_rate = spec.recipe, spec.epochs, spec.batch_size, spec.learning_rate
@@ -141,14 +151,9 @@ def prune(
     seconds = {"unpruned_int8": time.perf_counter() - started}
 
     started = time.perf_counter()
-    steps = math.ceil(len(begun.train) / batch_size) * epochs
-    pruning = wrap_for_pruning(keras_model, sparsity=spec.sparsity, schedule=spec.schedule,
-                               end_step=max(1, int(steps * 0.75)), block=spec.block)
-    sk = _sparsity()
-    steps_callbacks = [sk.UpdatePruningStep()] + ([sk.PruningSummaries(log_dir=spec.log_dir)] if spec.log_dir else [])
-    fit(pruning, begun.train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-        callbacks=steps_callbacks + list(callbacks or []), verbose=verbose, probabilities=probabilities)
-    stripped = sk.strip_pruning(pruning)
+    stripped = prune_stage(keras_model, begun.train, sparsity=spec.sparsity, epochs=epochs, batch_size=batch_size,
+                           learning_rate=learning_rate, schedule=spec.schedule, block=spec.block, log_dir=spec.log_dir,
+                           callbacks=callbacks, verbose=verbose, probabilities=probabilities)
     seconds["prune"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -169,13 +174,17 @@ def prune(
         trained = export(prepared.loaded.trained(stripped), shapes=prepared.exported.sample_shapes())
         tflite = convert(trained, recipe, calibration=prepared.calibration, source=prepared.source)
     seconds["convert"] = time.perf_counter() - started
+    files = [("float", float_tflite), ("int8", unpruned_int8), ("pruned_int8", tflite)]
+    sparse = None
+    if spec.sparse:
+        tflite, sparse = sparse_file(tflite, num_threads=spec.num_threads)
+        files.append(("pruned_int8_sparse", tflite))
 
     training = Training(
         kind=kind, epochs=total_epochs,
         keras_accuracy=None if prepared.evaluation is None else keras_accuracy(final_model, prepared.evaluation),
-        layers=layers, target_sparsity=spec.sparsity, sparsity=tflite_sparsity(tflite),
-        files={name: FileSize(len(data), gzip_size(data)) for name, data in
-               (("float", float_tflite), ("int8", unpruned_int8), ("pruned_int8", tflite))},
+        layers=layers, target_sparsity=spec.sparsity, sparsity=weight_sparsity(files[2][1]),
+        files={name: FileSize(len(data), gzip_size(data)) for name, data in files}, sparse=sparse,
     )
     return verify(prepared, recipe, tflite, seconds=seconds, budget=spec.budget, strict=spec.strict,
                   num_threads=spec.num_threads, bench_runs=spec.bench_runs, progress=progress,

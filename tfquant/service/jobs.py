@@ -17,11 +17,14 @@ from ..errors import ModelLoadError, RecipeError, naming, problem
 MODEL_SUFFIXES = (".keras", ".h5", ".zip")
 DATA_SUFFIXES = (".npz", ".npy")
 
-INPUTS = {
-    "convert": ({"model", "calib"}, {"eval"}),
-    "qat": ({"model", "train"}, {"calib", "eval"}),
-    "prune": ({"model", "train"}, {"calib", "eval"}),
-}
+def _inputs() -> dict[str, tuple[set[str], set[str]]]:
+    from ..spec import TRAINING
+
+    return {"convert": ({"model", "calib"}, {"eval"}), **{name: ({"model", "train"}, {"calib", "eval"})
+                                                          for name in TRAINING}}
+
+
+INPUTS = _inputs()
 
 
 def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
@@ -156,16 +159,14 @@ def public_report(report, paths: dict[str, Path], inputs: dict[str, dict[str, st
 
 def run(command: str, options: dict[str, Any], paths: dict[str, Path], *, safe_mode: bool, num_threads=None):
     """Run the job's pipeline: the same calls, with the same spec, as the `tfquant` command."""
-    from ..optimize.prune import prune
-    from ..optimize.qat import qat
     from ..pipeline import quantize
+    from ..spec import training_function
 
     spec = spec_of(command, options).replace(num_threads=num_threads)
     if command == "convert":
         return quantize(paths["model"], paths["calib"], eval_data=paths.get("eval"), spec=spec, safe_mode=safe_mode,
                         progress=False)
-    train = qat if command == "qat" else prune
-    return train(paths["model"], paths["train"], calibration_data=paths.get("calib"), eval_data=paths.get("eval"),
+    return training_function(command)(paths["model"], paths["train"], calibration_data=paths.get("calib"), eval_data=paths.get("eval"),
                  spec=spec, safe_mode=safe_mode, progress=False)
 
 
