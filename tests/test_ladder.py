@@ -9,6 +9,7 @@ import pytest
 
 import tfquant
 from tfquant import ranges
+from tfquant.diagnose import SENSITIVITY_CANDIDATES
 from tfquant.cli import main, parse_args
 from tfquant.errors import RecipeError
 from tfquant.types import Mode, Recipe
@@ -32,14 +33,20 @@ def test_plain_int8_collapses_and_the_lint_names_the_concat(plain_mismatched):
     assert warning.message in report.warnings
 
 
-def test_diagnostics_rank_tensors_worst_first(plain_mismatched, int8_result):
+def test_diagnostics_rank_the_op_that_breaks_the_outputs_first(plain_mismatched, int8_result):
+    """By the error each op alone puts on the outputs: the concatenation, whose own RMSE/scale is small
+    (0.07) while the MEAN of a near-constant feature tops that ranking (2.9) and costs the outputs nothing."""
     errors = plain_mismatched.report.diagnostics
-    values = [e.rmse_per_scale for e in errors]
-    assert values == sorted(values, reverse=True)
-    healthy = [e.rmse_per_scale for e in int8_result.report.diagnostics]
-    # Information lost stands well above the rounding (and range clipping) noise of a healthy model.
-    assert values[0] > 2.0 and values[0] > 2 * max(healthy)
+    assert errors[0].op == "CONCATENATION" and errors[0].tensor.endswith("joined/concat")
+    measured = [round(e.output_error, 4) for e in errors if e.output_error is not None]  # equal to 1e-4: a tie
+    assert measured == sorted(measured, reverse=True) and measured[0] > 0.5
+    assert errors[0].rmse_per_scale < 1.0 < max(e.rmse_per_scale for e in errors)
+    by_own_error = max(errors, key=lambda e: e.rmse_per_scale)
+    assert by_own_error.op == "MEAN" and by_own_error.output_error < 0.1
+    # A healthy model: no lint, so no output measurements, and its worst tensor is rounding noise by comparison.
     assert int8_result.report.range_lint == []
+    assert all(e.output_error is None for e in int8_result.report.diagnostics)
+    assert by_own_error.rmse_per_scale > 2 * max(e.rmse_per_scale for e in int8_result.report.diagnostics)
 
 
 def test_ladder_returns_a_mostly_integer_file_within_budget(laddered):
@@ -61,7 +68,8 @@ def test_ladder_returns_a_mostly_integer_file_within_budget(laddered):
     assert calls["export"] == 1
     # Quantizing is cheap and may run for every candidate, and to choose the ranges twice (once
     # per held-out half) for each method auto tries.
-    assert len(report.ladder) <= calls["quantize"] <= len(report.ladder) + 2 * len(ranges.AUTO)
+    # The ladder's candidates, auto's range candidates (two folds), the suspects' output measurements.
+    assert len(report.ladder) <= calls["quantize"] <= len(report.ladder) + 2 * len(ranges.AUTO) + SENSITIVITY_CANDIDATES
 
 
 def test_recipe_replay_is_byte_identical(laddered, mismatched, train_npz):
@@ -123,4 +131,4 @@ def test_diagnose_command(mismatched, train_npz, test_npz, capsys):
     found = json.loads(out)
     assert found["float_accuracy"] - found["int8_accuracy"] > 0.5
     assert found["range_lint"][0]["op"] == "CONCATENATION"
-    assert found["errors"][0]["rmse_per_scale"] > 1.0
+    assert found["errors"][0]["tensor"].endswith("joined/concat") and found["errors"][0]["output_error"] > 0.5

@@ -12,7 +12,7 @@ from typing import Any, Optional
 from . import console, ladder
 from .convert import calibration_for, convert
 from .data import ImageOptions
-from .diagnose import layer_errors, range_lint
+from .diagnose import layer_errors, output_sensitivity, range_lint, rank_by_outputs, sensitivity_candidates
 from .prepare import Prepared, check_budget, prepare
 from .spec import ConvertSpec
 from .types import Mode, Recipe
@@ -93,7 +93,7 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
     diagnostics, lint = [], []
     if spec.diagnose and calibrated is not None and calibrated.calibrated and recipe.mode is Mode.INT8:
         started = time.perf_counter()
-        diagnostics, lint = _diagnose(calibrated.calibrated, prepared.evaluation or prepared.calibration, recipe)
+        diagnostics, lint = _diagnose(calibrated, prepared.evaluation or prepared.calibration, recipe)
         for warning in lint:
             console.warn(warning.message)
         seconds["diagnose"] = time.perf_counter() - started
@@ -126,12 +126,18 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
                          "chosen": None if climbed is None else climbed.candidates.index(climbed.chosen)})
 
 
-def _diagnose(calibrated: bytes, data, recipe: Recipe) -> tuple[list, list]:
-    """Per-tensor int8 errors (worst first) and the range lint of a calibrated file."""
+def _diagnose(calibrated, data, recipe: Recipe) -> tuple[list, list]:
+    """Per-tensor int8 errors and the range lint of a calibrated file. When the lint finds something, the
+    suspects are ranked by the error each one alone puts on the outputs (`diagnose.output_sensitivity`)."""
     diagnostics = []
     with console.step("ranking tensors by int8 error and linting their ranges"):
         try:
-            diagnostics = layer_errors(calibrated, data, per_channel=recipe.per_channel)
+            diagnostics = layer_errors(calibrated.calibrated, data, per_channel=recipe.per_channel)
         except (RuntimeError, ValueError) as exc:  # the debugger's interpreter cannot run every graph
             log.info("per-tensor diagnostics skipped: %s", " ".join(str(exc).split())[:160])
-        return diagnostics, range_lint(calibrated)
+        lint = range_lint(calibrated.calibrated)
+    if lint and diagnostics:
+        with console.step("measuring what each suspect op does to the outputs"):
+            found = output_sensitivity(calibrated, recipe, data, sensitivity_candidates(diagnostics, lint))
+            diagnostics = rank_by_outputs(diagnostics, found, lint)
+    return diagnostics, lint

@@ -480,6 +480,9 @@ class LayerError(Record):
     mean_error: float
     max_abs_error: float
     scale: float
+    # The model's output error (`ranges.sample_errors`, mean over samples) when this op alone is int8
+    # and every other op float: what its quantization does to the outputs, not only to itself.
+    output_error: Optional[float] = None
 
 
 @dataclass(frozen=True)
