@@ -19,6 +19,19 @@ from checks import counted
 ADAPTERS = {"QUANTIZE", "DEQUANTIZE"}
 
 
+def test_default_int8_splits_the_mismatched_join_and_stays_fully_integer(mismatched, train_npz, test_npz):
+    """The join's readers split per input (and the logits centered before the softmax): within a point,
+    every op integer, int8 activations and IO."""
+    result = tfquant.quantize(mismatched, train_npz, eval_data=test_npz, bench_runs=2, max_drop=0.01)
+    report = result.report
+    assert report.accuracy_drop <= 0.01 and report.float_file.accuracy > 0.75
+    assert result.info.fully_integer and report.float_ops == [] and report.range_lint == []
+    assert {op.name for op in result.info.ops} >= {"ADD", "FULLY_CONNECTED"} and "CONCATENATION" not in {
+        op.name for op in result.info.ops}
+    assert report.recipe.mode is Mode.INT8 and {t.dtype for t in report.io} == {"int8"}
+    assert any("centered across its classes" in note for note in report.export.notes)
+
+
 def test_plain_int8_collapses_and_the_lint_names_the_concat(plain_mismatched):
     report = plain_mismatched.report
     assert report.float_file.accuracy > 0.75
@@ -41,12 +54,12 @@ def test_diagnostics_rank_the_op_that_breaks_the_outputs_first(plain_mismatched,
     measured = [round(e.output_error, 4) for e in errors if e.output_error is not None]  # equal to 1e-4: a tie
     assert measured == sorted(measured, reverse=True) and measured[0] > 0.5
     assert errors[0].rmse_per_scale < 1.0 < max(e.rmse_per_scale for e in errors)
-    by_own_error = max(errors, key=lambda e: e.rmse_per_scale)
-    assert by_own_error.op == "MEAN" and by_own_error.output_error < 0.1
+    mean = next(e for e in errors if e.op == "MEAN")  # ten times rounding noise at its own scale, nothing at the outputs
+    assert mean.rmse_per_scale > 2.0 and mean.output_error < 0.05
     # A healthy model: no lint, so no output measurements, and its worst tensor is rounding noise by comparison.
     assert int8_result.report.range_lint == []
     assert all(e.output_error is None for e in int8_result.report.diagnostics)
-    assert by_own_error.rmse_per_scale > 2 * max(e.rmse_per_scale for e in int8_result.report.diagnostics)
+    assert mean.rmse_per_scale > 2 * max(e.rmse_per_scale for e in int8_result.report.diagnostics)
 
 
 def test_ladder_returns_a_mostly_integer_file_within_budget(laddered):
@@ -102,6 +115,25 @@ def test_report_html_has_both_charts(laddered, tmp_path):
     assert "Fallback ladder" in page and "Per-tensor quantization error" in page
 
 
+def test_an_io_change_is_announced_and_a_pinned_io_is_kept():
+    """A budget int8 cannot meet (a regression held to 0.1 % of its spread): past int8, the ladder says the
+    file's IO type changed; with the IO pinned to int8 it stays int8 and the gate fails."""
+    from tfquant.errors import AccuracyBudgetError
+    from zoo_cache import trained
+
+    model = trained("tabular_regression", 2)
+    options = dict(max_drop=0.01, max_rel_rmse=0.001, fallback="auto", bench_runs=2)
+    result = tfquant.quantize(model.path, model.calib, eval_data=model.test, **options)
+    chosen = result.report.recipe
+    assert chosen.io.value != "int8" and result.report.ladder[0].recipe.io.value == "int8"
+    assert any(w.startswith(f"the ladder chose {chosen.mode.value} with {chosen.io.value} inputs and outputs, not int8")
+               for w in result.report.warnings)
+    with pytest.raises(AccuracyBudgetError) as caught:
+        tfquant.quantize(model.path, model.calib, eval_data=model.test, io="int8", **options)
+    pinned = caught.value.result.report
+    assert {c.recipe.io.value for c in pinned.ladder} == {"int8"} and pinned.recipe.io.value == "int8"
+
+
 def test_ladder_needs_a_budget(digits_model, train_npz, test_npz):
     with pytest.raises(RecipeError, match="fallback auto needs max_drop"):
         tfquant.quantize(digits_model, train_npz, eval_data=test_npz, fallback="auto")
@@ -112,7 +144,7 @@ def test_ladder_needs_a_budget(digits_model, train_npz, test_npz):
 def test_command_climbs_writes_recipe_and_replays(mismatched, train_npz, test_npz, tmp_path, capsys):
     out = tmp_path / "a" / "m.tflite"
     code = main(parse_args(["convert", str(mismatched), "--calib", str(train_npz), "--eval", str(test_npz),
-                            "--max-drop", "0.01", "--fallback", "auto", "-o", str(out)]))
+                            "--max-drop", "0.01", "--fallback", "auto", "--no-split-joins", "-o", str(out)]))
     printed, err = capsys.readouterr()
     assert code == 0 and err == ""  # warnings are in the summary and the report, not on stderr
     assert "warning: CONCATENATION 'mismatched_concat/joined/concat' joins inputs whose ranges differ" in printed
@@ -125,7 +157,8 @@ def test_command_climbs_writes_recipe_and_replays(mismatched, train_npz, test_np
 
 
 def test_diagnose_command(mismatched, train_npz, test_npz, capsys):
-    code = main(parse_args(["diagnose", str(mismatched), "--calib", str(train_npz), "--eval", str(test_npz), "--json"]))
+    code = main(parse_args(["diagnose", str(mismatched), "--calib", str(train_npz), "--eval", str(test_npz), "--json",
+                            "--no-split-joins"]))
     out, _ = capsys.readouterr()
     assert code == 0
     found = json.loads(out)

@@ -118,11 +118,12 @@ class Calibration:
     """What every quantized candidate starts from: the calibrated float file (ranges chosen) and the
     statistics bias correction needs."""
 
-    float_tflite: bytes
+    float_tflite: bytes  # the float file quantized from: the export, or the export with its mismatched joins split
     calibrated: bytes
     input_means: dict = field(default_factory=dict)
     ranges: str = "minmax"
     samples: list = field(default_factory=list)  # the calibration samples, for LiteRT Quantizer
+    rewrites: list = field(default_factory=list)  # the joins split in the float file (`tfquant.joins`)
 
     def quantize(self, recipe: Recipe, *, source: str = "<model>", final: bool = True) -> bytes:
         """The file `recipe` asks for. `final=False` (a candidate that is only measured) skips merging
@@ -150,10 +151,14 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
 
     if recipe.quantizer == "litert":  # it calibrates the float file itself, on the same samples
         return Calibration(exported.tflite, b"", samples=list(calibration.samples())), recipe
-    calibrated = calibrate(exported.tflite, calibration, source=source)
+    float_tflite = exported.tflite
+    calibrated = calibrate(float_tflite, calibration, source=source)
+    rewrites = []
+    if recipe.split_joins and recipe.mode is Mode.INT8:
+        float_tflite, calibrated, rewrites = _joins_split(float_tflite, calibrated, calibration, source)
     if recipe.mode is not Mode.INT8 or (recipe.ranges == "minmax" and not recipe.bias_correction):
-        return Calibration(exported.tflite, calibrated, ranges="minmax"), replace(recipe, ranges="minmax") \
-            if recipe.mode is Mode.INT8 else recipe
+        return Calibration(float_tflite, calibrated, ranges="minmax", rewrites=rewrites), \
+            replace(recipe, ranges="minmax") if recipe.mode is Mode.INT8 else recipe
     # One pass over the samples, in two halves: auto fits ranges on each half in turn and checks
     # them on the other; the method is then fitted on both (the same arithmetic whether auto chose
     # it or a recipe names it, so a replayed recipe gives the same bytes).
@@ -162,17 +167,36 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
         stats = [statistics.collect(calibrated, half) for half in halves]
     except (RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor of this graph
         log.info("calibration statistics skipped: %s", " ".join(str(exc).split())[:160])
-        return Calibration(exported.tflite, calibrated), replace(recipe, ranges="minmax")
+        return Calibration(float_tflite, calibrated, rewrites=rewrites), replace(recipe, ranges="minmax")
     bias = recipe.bias_correction
 
     def quantize(candidate: bytes, fitted: statistics.Statistics) -> bytes:
         """A candidate's int8 file, bias-corrected with the means of the samples it was fitted on."""
-        return Calibration(exported.tflite, candidate, fitted.input_means if bias else {}).quantize(
+        return Calibration(float_tflite, candidate, fitted.input_means if bias else {}).quantize(
             recipe, source=source, final=False)
 
-    choice = ranges.choose(exported.tflite, calibrated, list(zip(stats, halves)), quantize, method=recipe.ranges)
+    choice = ranges.choose(float_tflite, calibrated, list(zip(stats, halves)), quantize, method=recipe.ranges)
     means = stats[0].merge(stats[1]).input_means if bias else {}
-    return Calibration(exported.tflite, choice.calibrated, means, ranges=choice.method), replace(recipe, ranges=choice.method)
+    return Calibration(float_tflite, choice.calibrated, means, ranges=choice.method, rewrites=rewrites), \
+        replace(recipe, ranges=choice.method)
+
+
+def _joins_split(float_tflite: bytes, calibrated: bytes, calibration: Dataset, source: str):
+    """The float file with the readers of its mismatched joins split (`tfquant.joins`) and calibrated again,
+    or as it was."""
+    from . import console
+    from .diagnose import range_lint
+    from .joins import split_joins
+
+    joins = [w.tensor for w in range_lint(calibrated) if w.op == "CONCATENATION"]
+    if not joins:
+        return float_tflite, calibrated, []
+    rewritten, rewrites = split_joins(float_tflite, joins)
+    if not rewrites:
+        return float_tflite, calibrated, []
+    for rewrite in rewrites:
+        console.note(rewrite.describe())
+    return rewritten, calibrate(rewritten, calibration, source=source), rewrites
 
 
 def convert(exported: Exported, recipe: Recipe, *, calibrated: Optional[Calibration] = None,

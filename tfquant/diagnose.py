@@ -238,6 +238,7 @@ def diagnose(
     samples: int = DEFAULT_DEBUG_SAMPLES,
     threshold: float = DEFAULT_RANGE_RATIO,
     safe_mode: bool = True,
+    split_joins: bool = True,
 ) -> Diagnosis:
     """Calibrate `model` once, then rank its tensors by int8 error and lint its ranges.
 
@@ -252,6 +253,8 @@ def diagnose(
         calib_samples: samples for calibration. Defaults to `200`.
         samples: samples the debugger runs. Defaults to `64`.
         threshold: range ratio above which the lint warns. Defaults to `16`.
+        split_joins: look at the file `convert` makes, its mismatched joins split (`tfquant.joins`);
+            `False` looks at the model's own joins. Defaults to `True`.
     """
     from .convert import calibration_for
     from .prepare import prepare
@@ -260,7 +263,7 @@ def diagnose(
 
     if not threshold > 1:
         raise RecipeError(f"threshold: expected a range ratio above 1, found {threshold!r}")
-    recipe = Recipe(mode=Mode.INT8, calib_samples=calib_samples)
+    recipe = Recipe(mode=Mode.INT8, calib_samples=calib_samples, split_joins=split_joins)
     prepared = prepare(model, recipe=recipe, calibration_data=calibration_data, eval_data=eval_data, safe_mode=safe_mode)
     calibrated, recipe = calibration_for(prepared.exported, prepared.calibration, recipe, source=prepared.source)
     data = prepared.evaluation or prepared.calibration

@@ -1,13 +1,18 @@
-"""The accuracy-guarded fallback ladder.
+"""The accuracy-guarded fallback ladder: int8 for as long as it can be.
 
 Candidates, tried in order until one's accuracy drop, measured on the interpreter, is within
 the budget:
 
-    int8  ->  int8 with the k worst ops kept in float  ->  int16x8  ->  dynamic  ->  float16  ->  float32
+    int8 (ranges chosen, bias corrected, mismatched joins split)
+      ->  int8 with the k most suspect ops kept in float (int8 inputs and outputs still)
+      ->  int16x8  ->  dynamic  ->  float16  ->  float32
 
 Every integer candidate is quantized from the one calibrated model (no second calibration); k
 is searched by doubling and then bisecting, not stepped one by one. Suspects are ordered by the
-range lint first (ops that put mismatched ranges on one scale) and then by per-tensor RMSE/scale.
+range lint first (ops that put mismatched ranges on one scale, and the ops after them) and then
+by the diagnostics' ranking. The later modes change the file's inputs and outputs (int16 for
+int16x8, float32 after it), which an int8-only accelerator does not take: with the IO type
+pinned (`io`), the ladder stops before them; otherwise it says so, in the log and the report.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from . import console, harness
 from .convert import Calibration, convert
 from .inspect import inspect
 from .prepare import Prepared
+from .errors import called
 from .types import Budget, Candidate, LayerError, Mode, RangeWarning, Recipe
 from .verify import Reference
 
@@ -59,9 +65,14 @@ def climb(
     suspect_tensors: list[str],
     num_threads: Optional[int] = None,
     bench_runs: int = 10,
+    io_pinned: bool = False,
     on_candidate: Optional[Callable[[Candidate], None]] = None,
 ) -> LadderResult:
-    """Try candidates in order; return the first within `budget` (float32 always is) and all that were tried."""
+    """Try candidates in order; return the first within `budget` and all that were tried.
+
+    Without `io_pinned`, float32 ends the ladder and is always within budget. With it, only candidates
+    with the recipe's IO type are tried, and when none is within budget the best of them is returned
+    (outside the budget: the caller's gate fails)."""
     tried: list[Candidate] = []
     files: dict[int, tuple[bytes, dict]] = {}
     source = prepared.source
@@ -109,6 +120,8 @@ def climb(
         if chosen is not None:
             return done(chosen)
 
+    if io_pinned:
+        return done(max(tried, key=lambda c: (c.accuracy is not None, c.accuracy or 0.0, -c.float_ops)))
     for mode in LATER_MODES:
         if mode is recipe.mode:
             continue
@@ -119,6 +132,15 @@ def climb(
             return done(candidate)
 
     return done(measure("float32", Recipe(mode=Mode.FLOAT32), lambda: prepared.exported.tflite))
+
+
+def io_change(first: Recipe, chosen: Recipe) -> Optional[str]:
+    """What an app must do differently when the ladder's choice has other inputs and outputs than int8."""
+    if chosen.io is first.io:
+        return None
+    return (f"the ladder chose {chosen.mode.value} with {chosen.io.value} inputs and outputs, not {first.io.value}: "
+            f"an app feeds and reads {chosen.io.value}, and an {first.io.value}-only accelerator cannot run the file; "
+            f"pin the IO type ({called('io')} {first.io.value}) to keep {first.io.value} and fail instead")
 
 
 def _search_k(try_k: Callable[[int], Candidate], k_max: int) -> Optional[Candidate]:

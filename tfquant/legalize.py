@@ -73,11 +73,11 @@ def make_quantizable(data: bytes) -> tuple[bytes, list[str]]:
                 counts[entry[0]] = counts.get(entry[0], 0) + 1
     if not counts:
         return data, []
-    _drop_unused_opcodes(model)
+    drop_unused_opcodes(model)
     return _write(model), [f"{description} ({count}×), so that int8 covers it" for description, count in counts.items()]
 
 
-def _drop_unused_opcodes(model) -> None:
+def drop_unused_opcodes(model) -> None:
     """Forget operator codes no op uses any more: an interpreter registers every listed code, used or not."""
     used = sorted({op.opcodeIndex for graph in model.subgraphs for op in graph.operators})
     remap = {old: new for new, old in enumerate(used)}
@@ -87,7 +87,8 @@ def _drop_unused_opcodes(model) -> None:
             op.opcodeIndex = remap[op.opcodeIndex]
 
 
-def _opcode(model, builtin: int) -> int:
+def opcode(model, builtin: int) -> int:
+    """The index of `builtin`'s operator code in the model, added if the model has none."""
     for index, code in enumerate(model.operatorCodes):
         if flatbuffer_utils.get_builtin_code_from_operator_code(code) == builtin:
             return index
@@ -100,7 +101,7 @@ def _opcode(model, builtin: int) -> int:
 
 
 def _as_mul(model, op) -> None:
-    op.opcodeIndex = _opcode(model, schema.BuiltinOperator.MUL)
+    op.opcodeIndex = opcode(model, schema.BuiltinOperator.MUL)
     op.builtinOptionsType = schema.BuiltinOptions.MulOptions
     options = schema.MulOptionsT()
     options.fusedActivationFunction = schema.ActivationFunctionType.NONE
@@ -150,6 +151,57 @@ def _square(model, graph, op) -> bool:
     op.inputs = [op.inputs[0], op.inputs[0]]
     _as_mul(model, op)
     return True
+
+
+@_registers(schema.BuiltinOperator.SOFTMAX, "dense weights before a SOFTMAX centered across its classes")
+def _center_logits(model, graph, op) -> bool:
+    """Softmax is blind to a shift every logit of a sample shares; int8 is not: a dense layer whose
+    outputs carry a large common offset (an unnormalized input feeding every class alike) spends
+    the logits' 256 levels on the offset. Subtracting each input's mean weight over the classes
+    (and the mean bias) removes that offset and leaves the softmax's output as it was."""
+    logits = int(op.inputs[0])
+    producer = next((p for p in graph.operators if logits in [int(o) for o in p.outputs]), None)
+    readers = [r for r in graph.operators if logits in [int(i) for i in r.inputs]]
+    if producer is None or len(readers) != 1 or logits in [int(o) for o in graph.outputs] or \
+            flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[producer.opcodeIndex]) != \
+            schema.BuiltinOperator.FULLY_CONNECTED or producer.builtinOptions is None or \
+            producer.builtinOptions.fusedActivationFunction != schema.ActivationFunctionType.NONE:
+        return False
+    weights = float_constant(model, graph, int(producer.inputs[1]))
+    if weights is None or weights.ndim != 2 or weights.shape[0] < 2:
+        return False
+    centered = weights - weights.mean(axis=0, keepdims=True)
+    if np.allclose(centered, weights):
+        return False
+    replace_constant(model, graph, int(producer.inputs[1]), centered)
+    bias = int(producer.inputs[2]) if len(producer.inputs) > 2 else -1
+    values = float_constant(model, graph, bias) if bias >= 0 else None
+    if values is not None:
+        replace_constant(model, graph, bias, values - values.mean())
+    return True
+
+
+def float_constant(model, graph, index: int):
+    """A float32 constant's values, or None."""
+    tensor = graph.tensors[index]
+    data = model.buffers[tensor.buffer].data if 0 < tensor.buffer < len(model.buffers) else None
+    if tensor.type != schema.TensorType.FLOAT32 or data is None or not len(data):
+        return None
+    return np.frombuffer(bytes(data), np.float32).reshape(tensor.shape)
+
+
+def replace_constant(model, graph, index: int, values: np.ndarray) -> None:
+    """New values for a float32 constant: in its buffer, or in a buffer of its own if others share it."""
+    data = np.ascontiguousarray(values, np.float32).tobytes()
+    tensor = graph.tensors[index]
+    shared = sum(t.buffer == tensor.buffer for g in model.subgraphs for t in g.tensors) > 1
+    if not shared:
+        model.buffers[tensor.buffer].data = data
+        return
+    buffer = schema.BufferT()
+    buffer.data = data
+    model.buffers.append(buffer)
+    tensor.buffer = len(model.buffers) - 1
 
 
 RELATIVE_FLOOR = 1e-3
@@ -245,5 +297,5 @@ def shapes_read_integers(data: bytes) -> tuple[bytes, int]:
                                    and int(op.outputs[0]) in dequantized and int(op.outputs[0]) not in read)]
     if not moved:
         return data, 0
-    _drop_unused_opcodes(model)
+    drop_unused_opcodes(model)
     return _write(model), moved

@@ -99,17 +99,21 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
         seconds["diagnose"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    reference, climbed, outputs = None, None, None
+    reference, climbed, outputs, notes = None, None, None, []
     if spec.fallback == "auto":
         reference = Reference.measure(prepared.exported.tflite, prepared.evaluation, chosen=tasks,
                                       num_threads=num_threads, progress=False)
         climbed = ladder.climb(
             prepared, recipe, calibrated, reference, budget=budget, suspect_tensors=ladder.suspects(lint, diagnostics),
-            num_threads=num_threads,
+            num_threads=num_threads, io_pinned=spec.io is not None,
             on_candidate=lambda c: console.note(
                 f"candidate {c.name:<24} " + ("" if c.accuracy is None else f"accuracy {c.accuracy:.4f}  drop {c.drop:+.4f}  ")
                 + ("accepted" if c.accepted else "over budget")),
         )
+        changed = ladder.io_change(recipe, climbed.chosen.recipe)
+        if changed:
+            console.warn(changed)
+            notes.append(changed)
         recipe, tflite, outputs = climbed.chosen.recipe, climbed.tflite, climbed.outputs
     else:
         with console.step(f"quantizing to {recipe.mode.value}"):
@@ -120,7 +124,8 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
                   quantized_outputs=outputs, tasks_chosen=tasks, strict=spec.strict, allow_float=spec.fallback == "auto",
                   num_threads=num_threads, bench_runs=spec.bench_runs, progress=progress,
                   spec=spec.with_recipe(recipe).replace(fallback="off"),
-                  warnings=[w.message for w in lint],
+                  rewrites=[] if calibrated is None else [r.describe() for r in calibrated.rewrites],
+                  warnings=[w.message for w in lint] + notes,
                   extra={"diagnostics": diagnostics[:DIAGNOSTICS_IN_REPORT], "range_lint": lint,
                          "ladder": [] if climbed is None else climbed.candidates,
                          "chosen": None if climbed is None else climbed.candidates.index(climbed.chosen)})

@@ -15,11 +15,12 @@ from typing import Any, Optional
 
 from .errors import RecipeError, called
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # What each older schema version meant, applied to its records so that they replay as they did.
 _MIGRATIONS: dict[int, dict[str, Any]] = {
     1: {"ranges": "minmax", "bias_correction": False},  # v1: min/max ranges, no bias correction
     2: {},  # v2: a recipe held only the Recipe's fields; v3 recipe files are the options of a command
+    3: {"split_joins": False},  # v3: mismatched joins were left as they were
 }
 
 
@@ -173,6 +174,9 @@ class Recipe(Record):
             the one chosen). Defaults to `"auto"`.
         bias_correction: fold the mean shift of int8 weight rounding into the biases. Defaults
             to `True`.
+        split_joins: where a concatenation's inputs' ranges differ more than 16x, split the dense
+            and conv ops that read it into one op per input and ADDs in the float file, so that no
+            int8 scale is shared across them (`tfquant.joins`). Defaults to `True`.
         quantizer: who quantizes the float file: `"converter"` (TFLiteConverter's MLIR quantizer,
             from TFLite's calibrator) or `"litert"` (LiteRT Quantizer, `ai-edge-quantizer`, int8
             only, with its own min/max calibration on the same samples). Defaults to `"converter"`.
@@ -186,6 +190,7 @@ class Recipe(Record):
     ranges: str = "auto"
     bias_correction: bool = True
     quantizer: str = "converter"
+    split_joins: bool = True
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -217,9 +222,10 @@ class Recipe(Record):
                                   f"or float32 and no {called('denylist')}, found {called('mode')} {mode.value}, "
                                   f"{called('io')} {io.value}"
                                   + (f", denylist of {len(self.denylist)} op(s)" if self.denylist else ""))
-            # LiteRT Quantizer chooses its own min/max ranges and does no bias correction.
+            # LiteRT Quantizer chooses its own min/max ranges, does no bias correction and gets the export as it is.
             object.__setattr__(self, "ranges", "minmax")
             object.__setattr__(self, "bias_correction", False)
+            object.__setattr__(self, "split_joins", False)
         if self.schema_version != SCHEMA_VERSION:
             raise RecipeError(
                 f"recipe schema_version: expected {SCHEMA_VERSION}, found {self.schema_version!r}"

@@ -115,6 +115,7 @@ def verify(
     warnings: Optional[list[str]] = None,
     extra: Optional[dict[str, Any]] = None,
     spec: Any = None,
+    rewrites: Optional[list[str]] = None,
 ) -> QuantizationResult:
     """Measure `tflite` next to the float file on the interpreter, build the report, apply the gates.
 
@@ -193,7 +194,8 @@ def verify(
         seconds={k: round(v, 3) for k, v in {**prepared.seconds, **seconds}.items()},
         outputs=outputs_report,
         io=_io(tflite),
-        export=ExportInfo(route=exported.route, seconds=round(exported.seconds, 3), notes=list(exported.notes)),
+        export=ExportInfo(route=exported.route, seconds=round(exported.seconds, 3),
+                          notes=list(exported.notes) + list(rewrites or [])),
         float_ops=float_ops,
         budget=budget,
         spec={} if spec is None else {"command": spec.command, **spec.to_dict()},
