@@ -1,8 +1,12 @@
-"""tfquant against the plain TensorFlow flow, side by side, in one run: `make bench`.
+"""The interpreter harness against the plain TensorFlow flow, side by side, in one run: `make bench`.
 
-Writes bench/results.json and bench/results.md, and puts the table into README.md between the
-bench markers. Every comparison runs both flows in the same run, interleaved, `--reps` times,
-and reports the median and the ratio. Targets are checked and printed as met or missed.
+Per bench model: accuracy and bytes of each mode's file, evaluation throughput of `tfquant eval`
+against the tutorial's per-sample loop and bare batched invokes, latency per mode, the fallback
+ladder's cost, and the converter service. The whole `tfquant convert` command against the
+tutorial flow is `bench/command.py`. Writes bench/results.json and bench/results.md, and puts the
+table into README.md between the bench markers. Every comparison runs both flows in the same run,
+interleaved, `--reps` times, and reports the median and the ratio. Targets are checked and printed
+as met or missed.
 """
 
 from __future__ import annotations
@@ -14,9 +18,7 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -35,7 +37,6 @@ TARGETS = {
     "eval_speedup_digits": 3.0,
     "eval_speedup_mobilenetv2_96": 1.8,
     "harness_overhead": 0.10,
-    "conversion_ratio": 1.10,
     "int8_bytes_ratio": 0.30,
 }
 
@@ -57,27 +58,6 @@ def environment() -> dict:
                 ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy", "tfquant")}
     return {"date": datetime.date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
             "python": platform.python_version(), "versions": versions}
-
-
-def worker(flow: str, model: Path, calib: Path, out: Path) -> dict:
-    done = subprocess.run([sys.executable, str(HERE / "convert_worker.py"), flow, str(model), str(calib), str(out)],
-                          capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def conversion(model: Path, calibration: np.ndarray, reps: int) -> dict:
-    """tfquant's conversion (calibrate once + quantize) against the tutorial's, each in a fresh process."""
-    with tempfile.TemporaryDirectory() as tmp:
-        calib = Path(tmp) / "calib.npy"
-        np.save(calib, calibration)
-        runs = {"tfquant": [], "baseline": []}
-        for _ in range(reps):
-            for flow in ("tfquant", "baseline"):  # interleaved
-                runs[flow].append(worker(flow, model, calib, Path(tmp) / f"{flow}.tflite"))
-    median = {flow: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_rss_mb")}
-              for flow, rs in runs.items()}
-    median["ratio_seconds"] = median["tfquant"]["seconds"] / median["baseline"]["seconds"]
-    return median
 
 
 def throughput(int8: bytes, x: np.ndarray, y: np.ndarray, reps: int) -> dict:
@@ -165,7 +145,8 @@ def qat_accuracy(spec: dict) -> float:
 
 
 def ladder_timing(reps: int) -> dict:
-    """The fallback ladder on a model that needs it, against one plain int8 conversion of it."""
+    """The fallback ladder on a model that needs it (its mismatched join as it is), against one plain int8
+    conversion of it."""
     import tfquant
     from tfquant import zoo
 
@@ -179,6 +160,7 @@ def ladder_timing(reps: int) -> dict:
     for _ in range(reps):
         for fallback in ("off", "auto"):
             options = {"max_drop": 0.01, "fallback": "auto"} if fallback == "auto" else {}
+            options["split_joins"] = False
             try:
                 result = tfquant.quantize(path, x[:200], eval_data=(x_test, y_test), bench_runs=2, **options)
             except tfquant.AccuracyBudgetError as exc:
@@ -191,24 +173,6 @@ def ladder_timing(reps: int) -> dict:
             "ratio": statistics.median(ladder) / statistics.median(plain), "candidates": candidates}
 
 
-def scaling() -> list[dict]:
-    """Conversion cost of MobileNetV2 at four widths (96x96, untrained weights: cost, not accuracy)."""
-    rows = []
-    rng = np.random.default_rng(0)
-    calibration = rng.random((100, 96, 96, 3), dtype=np.float32)
-    for alpha in (0.35, 0.5, 0.75, 1.0):
-        path = bench_models.CACHE / f"mobilenetv2_96_a{alpha}.keras"
-        if not path.exists():
-            bench_models.mobilenet_v2(96, alpha).save(path)
-        from tfquant._keras import keras
-
-        params = keras.models.load_model(path, compile=False).count_params()
-        row = {"alpha": alpha, "params": params, **conversion(path, calibration, reps=2)}
-        rows.append(row)
-        log(f"scaling alpha {alpha}: {params:,} params, {row['tfquant']['seconds']:.1f} s")
-    return rows
-
-
 def markdown(results: dict) -> str:
     env = results["environment"]
     v = env["versions"]
@@ -219,18 +183,15 @@ def markdown(results: dict) -> str:
         "post-training integer quantization tutorial (`bench/baselines/tutorial.py`).",
         "",
         "| model | float acc | int8 acc | QAT int8 acc | float bytes | int8 bytes (gzip) | int8/float | "
-        "convert s: tfquant / tutorial | peak RSS MB: tfquant / tutorial | eval samples/s: tfquant / per-sample loop | "
-        "harness overhead |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "eval samples/s: tfquant / per-sample loop | harness overhead |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in results["models"].items():
-        acc, sizes, conv, tp = r["accuracy"], r["sizes"], r["conversion"], r["throughput"]
+        acc, sizes, tp = r["accuracy"], r["sizes"], r["throughput"]
         qat = "–" if r.get("qat_accuracy") is None else f"{100 * r['qat_accuracy']:.2f} %"
         lines.append(
             f"| {name} | {100 * acc['float32']:.2f} % | {100 * acc['int8']:.2f} % | {qat} | {sizes['float32']['bytes']:,} | "
             f"{sizes['int8']['bytes']:,} ({sizes['int8']['gzip']:,}) | {sizes['int8']['bytes'] / sizes['float32']['bytes']:.2f}× | "
-            f"{conv['tfquant']['seconds']:.2f} / {conv['baseline']['seconds']:.2f} ({conv['ratio_seconds']:.2f}×) | "
-            f"{conv['tfquant']['peak_rss_mb']:.0f} / {conv['baseline']['peak_rss_mb']:.0f} | "
             f"{tp['samples_per_s']['tfquant']:,.0f} / {tp['samples_per_s']['per_sample']:,.0f} ({tp['speedup']:.1f}×) | "
             f"{100 * tp['overhead']:+.1f} % |")
     lines += ["", "Latency p50 (ms) on the interpreter, batch 1:", "",
@@ -242,13 +203,7 @@ def markdown(results: dict) -> str:
     lad = results["ladder"]
     lines += ["", f"Fallback ladder on the mismatched-concat model: {lad['ladder_seconds']:.2f} s for "
               f"{lad['candidates']} candidates against {lad['plain_seconds']:.2f} s for one plain int8 conversion "
-              f"({lad['ratio']:.2f}×; calibration runs once, candidates are quantized from it).", "",
-              "Conversion cost against model size (MobileNetV2 widths, 96×96):", "",
-              "| alpha | parameters | tfquant s | tutorial s | tfquant peak RSS MB | tutorial peak RSS MB |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for row in results["scaling"]:
-        lines.append(f"| {row['alpha']} | {row['params']:,} | {row['tfquant']['seconds']:.2f} | {row['baseline']['seconds']:.2f} | "
-                     f"{row['tfquant']['peak_rss_mb']:.0f} | {row['baseline']['peak_rss_mb']:.0f} |")
+              f"({lad['ratio']:.2f}×; calibration runs once, candidates are quantized from it)."]
     svc = results.get("service")
     if svc:
         from bench import service
@@ -271,7 +226,6 @@ def verdicts(results: dict) -> list[str]:
           TARGETS["eval_speedup_mobilenetv2_96"], True, "{:.2f}×")
     for name, r in models.items():
         check(f"harness overhead over bare batched invokes, {name}", r["throughput"]["overhead"], TARGETS["harness_overhead"], False, "{:.1%}")
-        check(f"conversion time against the tutorial, {name}", r["conversion"]["ratio_seconds"], TARGETS["conversion_ratio"], False, "{:.2f}×")
         sizes = r["sizes"]
         check(f"int8 bytes / float bytes, {name}", sizes["int8"]["bytes"] / sizes["float32"]["bytes"], TARGETS["int8_bytes_ratio"], False, "{:.2f}×")
     return out
@@ -300,8 +254,6 @@ def main() -> None:
             continue
         log(f"{name}: files and accuracy")
         row, files = files_and_accuracy(name, spec)
-        log(f"{name}: conversion, {args.reps} interleaved repetitions")
-        row["conversion"] = conversion(spec["path"], spec["calib"], args.reps)
         log(f"{name}: evaluation throughput")
         row["throughput"] = throughput(files["int8"], spec["x_test"], spec["y_test"], args.reps)
         log(f"{name}: latency")
@@ -310,8 +262,6 @@ def main() -> None:
         results["models"][name] = row
     log("fallback ladder")
     results["ladder"] = ladder_timing(args.reps)
-    log("scaling")
-    results["scaling"] = scaling()
     log("converter service")
     from bench import service
 
