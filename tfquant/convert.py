@@ -185,7 +185,7 @@ def _joins_split(float_tflite: bytes, calibrated: bytes, calibration: Dataset, s
     """The float file with the readers of its mismatched joins split (`tfquant.joins`) and calibrated again,
     or as it was."""
     from . import console
-    from .diagnose import range_lint
+    from .lint import range_lint
     from .joins import split_joins
 
     joins = [w.tensor for w in range_lint(calibrated) if w.op == "CONCATENATION"]

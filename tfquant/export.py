@@ -60,13 +60,16 @@ class Exported:
         return legalize.name_signature(data, [s.name for s in self.inputs], [s.name for s in self.outputs])
 
 
-def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None) -> Exported:
+def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, keep_weights: bool = False) -> Exported:
     """The float32 `.tflite` of `loaded`, its inputs and outputs named as the model names them.
 
     Args:
         loaded: from `models.load_model`.
         shapes: per input name, the shape of one sample (without the batch dim), as the data has
             it; it fixes the dims the model leaves open (a sequence length, an image size).
+        keep_weights: leave every weight value as the model has it (a pruned, clustered or
+            quantization-aware model): no rewrite that changes weights (`legalize`). Defaults to
+            `False`.
 
     Raises:
         DataError: a recurrent layer whose sequence length neither the model nor the data fixes.
@@ -75,9 +78,9 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None) ->
     started = time.perf_counter()
     inputs = [_fixed(spec, (shapes or {}).get(spec.name)) for spec in loaded.inputs]
     if loaded.keras_model is not None:
-        result = _export_keras(loaded, inputs)
+        result = _export_keras(loaded, inputs, keep_weights)
     else:
-        result = _export_saved_model(loaded, inputs)
+        result = _export_saved_model(loaded, inputs, keep_weights)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -89,7 +92,7 @@ def _fixed(spec: TensorSpec, sample: Optional[tuple]) -> TensorSpec:
     return TensorSpec(spec.name, dims, spec.dtype)
 
 
-def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec]) -> Exported:
+def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: bool) -> Exported:
     tf = _keras.tf
     model = loaded.keras_model
     keras_names = _call_names(model)
@@ -108,12 +111,12 @@ def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec]) -> Exported:
     notes += softmax_notes
     data = _converted(loaded.source, lambda: tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
     data = legalize.name_signature(data, [s.name for s in inputs], _flat_keys(output_names))
-    data, rewrites = legalize.make_quantizable(data)
+    data, rewrites = legalize.make_quantizable(data, keep_weights=keep_weights)
     return Exported(data, "concrete function", inputs, _outputs(data, loaded.outputs), notes + rewrites,
                     function=frozen)
 
 
-def _export_saved_model(loaded: LoadedModel, inputs: list[TensorSpec]) -> Exported:
+def _export_saved_model(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: bool) -> Exported:
     tf = _keras.tf
     signature = tf.saved_model.load(loaded.saved_model_dir).signatures["serving_default"]
     _, kwargs = signature.structured_input_signature
@@ -130,7 +133,7 @@ def _export_saved_model(loaded: LoadedModel, inputs: list[TensorSpec]) -> Export
         converter = tf.lite.TFLiteConverter.from_saved_model(loaded.saved_model_dir)
         data = _converted(loaded.source, converter.convert)
         route = "SavedModel"
-    data, rewrites = legalize.make_quantizable(data)
+    data, rewrites = legalize.make_quantizable(data, keep_weights=keep_weights)
     return Exported(data, route, inputs, _outputs(data, loaded.outputs), rewrites, function=frozen)
 
 

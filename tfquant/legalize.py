@@ -19,12 +19,12 @@ from ai_edge_litert.tools import flatbuffer_utils
 
 SIGNATURE = "serving_default"
 _Rewrite = Callable[[object, object, object], bool]
-_REWRITES: dict[int, tuple[str, _Rewrite]] = {}
+_REWRITES: dict[int, tuple[str, _Rewrite, bool]] = {}
 
 
-def _registers(op: int, description: str):
+def _registers(op: int, description: str, *, changes_weights: bool = False):
     def wrap(func: _Rewrite) -> _Rewrite:
-        _REWRITES[op] = (description, func)
+        _REWRITES[op] = (description, func, changes_weights)
         return func
 
     return wrap
@@ -61,15 +61,18 @@ def _tensor_map(name: str, index: int):
     return entry
 
 
-def make_quantizable(data: bytes) -> tuple[bytes, list[str]]:
-    """Rewrite float ops the int8 quantizer cannot handle into equivalent ones it can; returns the notes."""
+def make_quantizable(data: bytes, *, keep_weights: bool = False) -> tuple[bytes, list[str]]:
+    """Rewrite float ops the int8 quantizer cannot handle into equivalent ones it can; returns the notes.
+
+    `keep_weights` leaves every weight value as it is (a pruned or clustered model, whose zeros and
+    shared values are the point): rewrites that change weights are skipped."""
     model = _read(data)
     codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
     counts: dict[str, int] = {}
     for graph in model.subgraphs:
         for op in graph.operators:
             entry = _REWRITES.get(codes[op.opcodeIndex])
-            if entry is not None and entry[1](model, graph, op):
+            if entry is not None and not (keep_weights and entry[2]) and entry[1](model, graph, op):
                 counts[entry[0]] = counts.get(entry[0], 0) + 1
     if not counts:
         return data, []
@@ -153,12 +156,14 @@ def _square(model, graph, op) -> bool:
     return True
 
 
-@_registers(schema.BuiltinOperator.SOFTMAX, "dense weights before a SOFTMAX centered across its classes")
+@_registers(schema.BuiltinOperator.SOFTMAX, "dense weights before a SOFTMAX centered across its classes",
+            changes_weights=True)
 def _center_logits(model, graph, op) -> bool:
-    """Softmax is blind to a shift every logit of a sample shares; int8 is not: a dense layer whose
-    outputs carry a large common offset (an unnormalized input feeding every class alike) spends
-    the logits' 256 levels on the offset. Subtracting each input's mean weight over the classes
-    (and the mean bias) removes that offset and leaves the softmax's output as it was."""
+    """Softmax is blind to a shift every logit of a sample shares; int8 is not: what every class's
+    logit gets alike (an unnormalized feature weighed alike by every class, and the sum of many
+    small common parts) spends the logits' 256 levels on an offset. Subtracting each input
+    column's mean weight over the classes (and the mean bias) removes it and leaves the softmax's
+    output as it was."""
     logits = int(op.inputs[0])
     producer = next((p for p in graph.operators if logits in [int(o) for o in p.outputs]), None)
     readers = [r for r in graph.operators if logits in [int(i) for i in r.inputs]]

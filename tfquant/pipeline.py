@@ -12,7 +12,8 @@ from typing import Any, Optional
 from . import console, ladder
 from .convert import calibration_for, convert
 from .data import ImageOptions
-from .diagnose import layer_errors, output_sensitivity, range_lint, rank_by_outputs, sensitivity_candidates
+from .diagnose import layer_errors, output_sensitivity, rank_by_outputs, sensitivity_candidates
+from .lint import range_lint
 from .prepare import Prepared, check_budget, prepare
 from .spec import ConvertSpec
 from .types import Mode, Recipe

@@ -179,7 +179,9 @@ def _collaborate(model, train_data, spec, *, sparsity: Optional[float], clusters
         files[name] = data
 
     def as_int8(keras_model, stage_recipe: Recipe) -> bytes:
-        exported = export(prepared.loaded.trained(keras_model), shapes=prepared.exported.sample_shapes())
+        # Trained weights as they are: their zeros and shared values are what the stage made.
+        exported = export(prepared.loaded.trained(keras_model), shapes=prepared.exported.sample_shapes(),
+                          keep_weights=True)
         return convert(exported, stage_recipe, calibration=prepared.calibration, source=prepared.source)
 
     stages.append(Stage(name="float", accuracy=None if reference is None else reference.score(reference.metrics),

@@ -167,11 +167,12 @@ def prune(
         fit(aware, begun.train, epochs=extra_epochs, batch_size=batch_size, learning_rate=learning_rate,
             verbose=verbose, probabilities=probabilities)
         kind, total_epochs, final_model = "prune+qat", epochs + extra_epochs, aware
-        trained = export(prepared.loaded.trained(aware, quantization_aware=True), shapes=prepared.exported.sample_shapes())
+        trained = export(prepared.loaded.trained(aware, quantization_aware=True), shapes=prepared.exported.sample_shapes(),
+                         keep_weights=True)
         tflite = convert_quantization_aware(trained, recipe, prepared.calibration, source=prepared.source)
     else:
         final_model = stripped
-        trained = export(prepared.loaded.trained(stripped), shapes=prepared.exported.sample_shapes())
+        trained = export(prepared.loaded.trained(stripped), shapes=prepared.exported.sample_shapes(), keep_weights=True)
         tflite = convert(trained, recipe, calibration=prepared.calibration, source=prepared.source)
     seconds["convert"] = time.perf_counter() - started
     files = [("float", float_tflite), ("int8", unpruned_int8), ("pruned_int8", tflite)]

@@ -205,7 +205,7 @@ def _qat_files(prepared, original, qat_model, recipe, notes: list[str]) -> list[
     shapes = prepared.exported.sample_shapes()
     found: list[tuple[str, bytes]] = []
     try:
-        trained = export(prepared.loaded.trained(qat_model, quantization_aware=True), shapes=shapes)
+        trained = export(prepared.loaded.trained(qat_model, quantization_aware=True), shapes=shapes, keep_weights=True)
         data = convert_quantization_aware(trained, recipe, prepared.calibration, source=prepared.source)
         if inspect(data).fully_integer and _runs_on_the_default_delegate(data):
             found.append(("the fake-quant ranges", data))

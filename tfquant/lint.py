@@ -1,0 +1,95 @@
+"""The range lint: ops that put inputs of very different ranges on one int8 scale.
+
+A CONCATENATION's or PACK's output holds every input as it is, and an ADD's or SUB's output scale
+is sized for the sum: where the inputs' calibrated ranges differ by more than `threshold`×, the
+narrow input keeps only a few of the 256 levels. A MUL is not linted: each of its inputs keeps its
+own scale, and a product keeps the relative precision of both. Read from the calibrated float file;
+no data runs.
+"""
+
+from __future__ import annotations
+
+from .errors import called
+from .types import RangeWarning
+
+RANGE_OPS = ("CONCATENATION", "ADD", "SUB", "PACK")
+DEFAULT_RANGE_RATIO = 16.0
+
+
+def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> list[RangeWarning]:
+    """Flag CONCATENATION, ADD, SUB and PACK ops whose inputs' calibrated ranges differ by more than `threshold`×.
+
+    An input whose range is no wider than a constant's (`legalize.TINY_RANGE`: the zero initial
+    state of a recurrent step, a padding branch) carries nothing to lose and is not compared.
+    """
+    from .legalize import TINY_RANGE
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    found = []
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators or []:
+            op_name = names.get(flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex]))
+            if op_name not in RANGE_OPS:
+                continue
+            spans = []
+            for index in op.inputs:
+                tensor = subgraph.tensors[index] if index >= 0 else None
+                q = tensor.quantization if tensor is not None else None
+                if q is None or q.min is None or q.max is None or len(q.min) != 1:
+                    continue  # constants and per-channel tensors carry no activation range
+                if float(q.max[0]) - float(q.min[0]) > TINY_RANGE:
+                    spans.append((_name(tensor), float(q.min[0]), float(q.max[0])))
+            widths = [hi - lo for _, lo, hi in spans if hi - lo > 0]
+            if len(spans) < 2 or len(widths) < 2:
+                continue
+            ratio = max(widths) / min(widths)
+            if ratio <= threshold:
+                continue
+            output = _name(subgraph.tensors[op.outputs[0]])
+            downstream = [_name(subgraph.tensors[o.outputs[0]]) for o in _downstream(subgraph, op)]
+            found.append(RangeWarning(
+                op=op_name, tensor=output, inputs=[n for n, _, _ in spans],
+                ranges=[[lo, hi] for _, lo, hi in spans], ratio=ratio,
+                message=_range_message(op_name, output, spans, ratio), downstream=downstream,
+            ))
+    return found
+
+
+def _downstream(subgraph, op) -> list:
+    """Ops that depend on `op`'s output, breadth first (nearest consumers first)."""
+    readers: dict[int, list] = {}
+    for other in subgraph.operators:
+        for index in other.inputs:
+            readers.setdefault(int(index), []).append(other)
+    order, seen, frontier = [], {id(op)}, [int(i) for i in op.outputs]
+    while frontier:
+        following = []
+        for tensor in frontier:
+            for reader in readers.get(tensor, []):
+                if id(reader) not in seen:
+                    seen.add(id(reader))
+                    order.append(reader)
+                    following.extend(int(i) for i in reader.outputs)
+        frontier = following
+    return order
+
+
+def _name(tensor) -> str:
+    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+
+
+def _range_message(op: str, output: str, spans, ratio: float) -> str:
+    small = min(spans, key=lambda s: s[2] - s[1])
+    large = max(spans, key=lambda s: s[2] - s[1])
+    levels = max(1, int(255 * (small[2] - small[1]) / (large[2] - large[1])))
+    verb = "joins" if op in ("CONCATENATION", "PACK") else "combines"
+    return (
+        f"{op} {output!r} {verb} inputs whose ranges differ {ratio:.0f}×: {small[0]!r} in "
+        f"[{small[1]:.3g}, {small[2]:.3g}] and {large[0]!r} in [{large[1]:.3g}, {large[2]:.3g}]; "
+        f"one int8 scale leaves the small input about {levels} of 256 levels. Fix: rescale or normalize "
+        f"the large input before this op (e.g. divide it, or a Normalization layer), or keep the op in "
+        f"float ({called('fallback')} auto)"
+    )
