@@ -146,3 +146,23 @@ def test_untranslatable_keras3_model_says_why(tmp_path, train_npz):
     model(np.zeros((1, 8, 8, 1), np.float32))
     with pytest.raises(ModelLoadError, match=r"<keras model>: expected a built model with a known input shape"):
         qat(model, train_npz, epochs=1)
+
+
+def test_qat_ranges_start_where_the_float_model_puts_each_activation(digits_model, digits):
+    """Not at tfmot's [-6, 6]: the inputs at [0, 1], every ReLU output at its min/max on the calibration
+    samples, the logits before the softmax at theirs."""
+    from tfquant.data import load_data
+    from tfquant.optimize.qat import quantize_aware
+    from tfquant.types import TensorSpec
+
+    samples = load_data(digits["x"][:200], [TensorSpec("image", (None, 8, 8, 1), "float32")])
+    wrapped, _ = quantize_aware(digits_model, samples=samples)
+    ranges = {w.name.split(":")[0]: float(np.ravel(w.numpy())[0]) for w in wrapped.weights
+              if w.name.split("/")[-1].split(":")[0].endswith(("activation_min", "activation_max", "layer_min",
+                                                                "layer_max"))}
+    assert ranges["quantize_layer/quantize_layer_min"] == 0.0
+    assert ranges["quantize_layer/quantize_layer_max"] == pytest.approx(float(digits["x"][:200].max()))
+    dense = keras.Model(digits_model.inputs, digits_model.get_layer("dense").output).predict(digits["x"][:200], verbose=0)
+    assert ranges["quant_dense/post_activation_max"] == pytest.approx(float(dense.max()), rel=1e-5)
+    logits = ranges["quant_probs/pre_activation_max"] - ranges["quant_probs/pre_activation_min"]
+    assert logits != 12.0 and all(v not in (-6.0, 6.0) for v in ranges.values())

@@ -211,7 +211,8 @@ def _collaborate(model, train_data, spec, *, sparsity: Optional[float], clusters
     if qat:
         started = time.perf_counter()
         aware, layers = quantize_aware(current, scheme=_qat_scheme(pruned=sparsity is not None,
-                                                                   clustered=clusters is not None))
+                                                                   clustered=clusters is not None),
+                                       samples=prepared.calibration)
         fit(aware, begun.train, epochs=qat_epochs, callbacks=callbacks, **fitting)
         # The fine-tuned weights keep the zeros and the shared values: calibrated as in PTQ, per tensor once clustered.
         current = stripped_weights(current, aware)
