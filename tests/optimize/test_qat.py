@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -157,12 +158,14 @@ def test_qat_ranges_start_where_the_float_model_puts_each_activation(digits_mode
 
     samples = load_data(digits["x"][:200], [TensorSpec("image", (None, 8, 8, 1), "float32")])
     wrapped, _ = quantize_aware(digits_model, samples=samples)
-    ranges = {w.name.split(":")[0]: float(np.ravel(w.numpy())[0]) for w in wrapped.weights
-              if w.name.split("/")[-1].split(":")[0].endswith(("activation_min", "activation_max", "layer_min",
-                                                                "layer_max"))}
+    # Layer and variable names get a "_1" when another test built the same layers in this process first.
+    names = {w.name: re.sub(r"_\d+(?=/|_min|_max|$)", "", w.name.split(":")[0]) for w in wrapped.weights}
+    ranges = {names[w.name]: float(np.ravel(w.numpy())[0]) for w in wrapped.weights
+              if names[w.name].endswith(("activation_min", "activation_max", "layer_min", "layer_max"))}
     assert ranges["quantize_layer/quantize_layer_min"] == 0.0
     assert ranges["quantize_layer/quantize_layer_max"] == pytest.approx(float(digits["x"][:200].max()))
-    dense = keras.Model(digits_model.inputs, digits_model.get_layer("dense").output).predict(digits["x"][:200], verbose=0)
+    hidden = next(layer for layer in digits_model.layers if isinstance(layer, keras.layers.Dense) and layer.name != "probs")
+    dense = keras.Model(digits_model.inputs, hidden.output).predict(digits["x"][:200], verbose=0)
     assert ranges["quant_dense/post_activation_max"] == pytest.approx(float(dense.max()), rel=1e-5)
     logits = ranges["quant_probs/pre_activation_max"] - ranges["quant_probs/pre_activation_min"]
     assert logits != 12.0 and all(v not in (-6.0, 6.0) for v in ranges.values())

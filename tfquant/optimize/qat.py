@@ -16,6 +16,7 @@ its registry does not know. tfquant resolves each layer through its own registry
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -222,7 +223,8 @@ def start_ranges(qat_model, float_model, samples) -> int:
     for layer in qat_model.layers:
         found, before = {}, False
         for weight in layer.weights:
-            short = weight.name.split("/")[-1].split(":")[0]
+            # A second model built in the same process names its variables "quantize_layer_1_min".
+            short = re.sub(r"_\d+(?=_min$|_max$)", "", weight.name.split("/")[-1].split(":")[0])
             for stem in _ACTIVATION_RANGES:
                 if short in (f"{stem}_min", f"{stem}_max"):
                     found[short[-3:]] = weight
