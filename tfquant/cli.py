@@ -454,7 +454,11 @@ def _serve(ns: argparse.Namespace) -> int:
                            replica=f"{socket.gethostname()}:{ns.port}")
     # The port first: a second server on the same port must fail before it recovers "its" jobs.
     listening = bind(ns.host, ns.port)
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except BaseException:
+        listening.close()
+        raise
     print(f"tfquant service on http://{ns.host}:{ns.port} (API docs at /docs), data in {ns.data_dir}", file=sys.stderr)
     serve(app, listening)
     return 0

@@ -184,18 +184,25 @@ def _connect(ray, address: Optional[str]) -> None:
             raise BackendError(problem(where, "a running Ray cluster (ray start --head)",
                                        f"{type(exc).__name__}: {exc}")) from None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a service does not report its usage anywhere
-    local = {} if address else {"_node_ip_address": "127.0.0.1"}
+    if not address:
+        # A Ray that no other machine joins: its processes talk over loopback, not the host's address.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 ignore_reinit_error=True, **local)
+                 ignore_reinit_error=True)
     except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
         raise BackendError(problem(where, "a Ray cluster to join", _detail(exc))) from None
 
 
 def _detail(exc: BaseException) -> str:
-    """Ray's reason on one line: the exit detail of a dead worker if it gives one, else its first line."""
+    """Ray's reason on one line: the exit detail of a dead worker if it gives one, without Ray's
+    list of possible causes (a killed worker's is "exits with a connection error ... End of file")."""
     text = " ".join(str(exc).split())
     for marker in ("Worker exit detail: ", "The actor is dead because "):
         if marker in text:
-            return text[text.index(marker) + len(marker):][:300]
+            text = text[text.index(marker) + len(marker):]
+            break
+    text = text.split(" Some common causes")[0]
+    if "connection error" in text and "End of file" in text:
+        text += " (killed from outside, out of memory, or a crash in native code)"
     return text[:300]
