@@ -116,6 +116,21 @@ def test_twenty_jobs_through_replicas_sharing_postgres_run_once_each_with_the_sa
         client.close()
 
 
+def test_a_job_cancelled_through_another_replica_stops_where_it_runs(replicas, files):
+    servers, store = replicas["servers"], replicas["store"]
+    with Client(servers[0].url, TOKEN) as client:
+        job = client.submit(files["model"], command="prune", train=files["train"], epochs=40, sparsity=0.5)
+    running = wait_for(lambda: (lambda j: j if j.status == "running" and j.pid else None)(store.get(job)))
+    other = next(s for s in servers if _owner(s) != running.owner)
+    with Client(other.url, TOKEN) as client:
+        assert client.cancel(job)["status"] == "cancelled"
+    cancelled = time.monotonic()
+    wait_for(lambda: not _alive(running.pid), timeout=10)
+    assert time.monotonic() - cancelled < LEASE  # the replica running it finds out at its next renewal
+    assert [a["outcome"] for a in store.attempts_of(job)] == ["cancelled"]
+    assert store.get(job).status == "cancelled"
+
+
 def test_kill_9_of_a_replica_leaves_its_jobs_to_another_within_the_lease(replicas, files):
     servers, store = replicas["servers"], replicas["store"]
     with Client(servers[0].url, TOKEN) as client:

@@ -81,7 +81,7 @@ class PostgresStore(Store):
         except psycopg.Error as exc:
             raise BackendError(problem(f"--store {redact(url)}", "a PostgreSQL server that accepts the connection",
                                        first_line(exc))) from None
-        self._pool = ConnectionPool(url, min_size=1, max_size=connections, open=True, name="tfquant-store",
+        self._pool = ConnectionPool(url, min_size=1, max_size=connections, open=True, name="tfquant-store", timeout=10,
                                     kwargs={"autocommit": True, "row_factory": dict_row})
 
     @property

@@ -188,7 +188,8 @@ def _connect(ray, address: Optional[str]) -> None:
         # A Ray that no other machine joins: its processes talk over loopback, not the host's address.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+        # "local": a new Ray of this server's own, never a cluster that `ray start` left on this machine.
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False,
                  ignore_reinit_error=True)
     except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
         raise BackendError(problem(where, "a Ray cluster to join", _detail(exc))) from None
