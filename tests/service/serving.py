@@ -43,7 +43,9 @@ class Server:
                 time.sleep(0.1)
             if self.process.poll() is not None:
                 break
-        self.log.flush()
+        self.process.kill()
+        self.process.wait()
+        self.log.close()
         raise RuntimeError(f"server did not start: {Path(self.log.name).read_text()[-2000:]}")
 
     @property

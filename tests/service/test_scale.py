@@ -75,11 +75,17 @@ def replicas(tmp_path_factory, files, postgres, ray_head, ray_env):
     data = tmp_path_factory.mktemp("replicas") / "data"
     shared = ("--store", url, "--workers", "1", "--lease-seconds", str(LEASE), "--memory-mb", "2000")
     ray = ("--executor", "ray", "--ray-address", ray_head)
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        started = list(pool.map(lambda extra: Server(data, files["token"], *shared, *extra, env=ray_env),
-                                (ray, ray, ())))
+    started: list[Server] = []
+
+    def start(extra: tuple) -> Server:
+        server = Server(data, files["token"], *shared, *extra, env=ray_env)
+        started.append(server)
+        return server
+
     try:
-        yield {"servers": started, "store": open_store(data, url)}
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            servers = list(pool.map(start, (ray, ray, ())))
+        yield {"servers": servers, "store": open_store(data, url)}
     finally:
         for server in started:
             if server.process.poll() is None:
