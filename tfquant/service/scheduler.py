@@ -194,6 +194,7 @@ class Scheduler(threading.Thread):
             if not self.executor.launch(job):
                 self.store.requeue([job.id], reason="queued again: its worker died before it started",
                                    owner=self.settings.replica)
+                return  # the next poll reaps that worker and starts another
 
     def _ended(self, ended: Ended) -> None:
         if ended.retry:

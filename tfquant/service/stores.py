@@ -17,8 +17,6 @@ from .postgres_store import PostgresStore
 from .sqlite_store import SQLiteStore
 from .store import Store
 
-ENVIRONMENT = "TFQUANT_STORE"
-
 STORES: dict[str, Callable[[Path, str], Store]] = {
     "": lambda data_dir, location: SQLiteStore(data_dir, Path(location) if location else None),
     "postgresql": PostgresStore,
