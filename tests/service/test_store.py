@@ -148,6 +148,7 @@ def test_collector_removes_old_jobs_and_unreferenced_blobs_only(store):
     removed = store.collect(retain_seconds=30 * 86400, grace_seconds=600, keep={held})
     assert removed == {"jobs": 1, "blobs": 3}  # the old job's model and artifact, and the orphan
     assert store.get(old_id) is None and store.attempts_of(old_id) == [] and not (store.logs / f"{old_id}.log").exists()
+    assert not store.blob(orphan).exists()
     assert store.get(new_id) is not None
     remaining = {p.name for p in store.blobs.iterdir()}
     assert remaining == {new_blob, store.get(new_id).artifacts["model.tflite"], held}
