@@ -45,14 +45,22 @@ def _image_size(text: str) -> tuple[int, int]:
     return height, width
 
 
-def _positive(text: str) -> int:
+def _whole(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, found {value}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _whole(text, 1)
+
+
+def _non_negative(text: str) -> int:
+    return _whole(text, 0)
 
 
 def _positive_float(text: str) -> float:
@@ -145,6 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retain-days", type=_positive_float, default=30.0,
                    help="finished jobs and their files are deleted after this many days (default: 30)")
     p.add_argument("--allow-unsafe-models", action="store_true", help="load models holding code (Lambda layers)")
+    p.add_argument("--store", metavar="PATH|URL",
+                   help="job store: a SQLite file (default: DATA_DIR/jobs.sqlite) or postgresql://USER@HOST/DB, "
+                        "which replicas share (pip install 'tfquant[postgres]')")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where jobs run: processes of this host (default), or Ray actors (pip install 'tfquant[ray]')")
+    p.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="the Ray cluster to join (ray start --head); default: a local Ray on this machine")
+    p.add_argument("--retries", type=_non_negative, default=0,
+                   help="more attempts for a job whose worker process or node died (default: 0)")
+    p.add_argument("--lease-seconds", type=_positive_float, default=30.0,
+                   help="a replica that stops renewing its claims loses them to another after this (default: 30)")
 
     p = sub.add_parser("jobs", parents=[common], help="submit to and follow a converter service")
     p.add_argument("action", choices=["submit", "status", "wait", "download", "list", "cancel", "ready"],
@@ -419,15 +438,28 @@ def _token(path: Optional[Path]) -> Optional[str]:
 def _serve(ns: argparse.Namespace) -> int:
     try:
         from .service.app import ServiceConfig, create_app
-        from .service.server import serve
+        from .service.server import bind, serve
     except ImportError as exc:
         raise RecipeError(f"tfquant serve needs the service extra: pip install 'tfquant[service]' ({exc})") from None
+    import socket
+
+    if ns.ray_address and ns.executor != "ray":
+        raise RecipeError(f"--ray-address: expected with --executor ray, found --executor {ns.executor}")
     config = ServiceConfig(data_dir=ns.data_dir, token=_token(ns.token_file), workers=ns.workers,
                            validators=ns.validators, max_upload_mb=ns.max_upload_mb, time_limit=ns.time_limit,
                            memory_mb=ns.memory_mb, allow_unsafe_models=ns.allow_unsafe_models,
-                           retain_days=ns.retain_days)
+                           retain_days=ns.retain_days, store=ns.store, executor=ns.executor,
+                           ray_address=ns.ray_address, retries=ns.retries, lease_seconds=ns.lease_seconds,
+                           replica=f"{socket.gethostname()}:{ns.port}")
+    # The port first: a second server on the same port must fail before it recovers "its" jobs.
+    listening = bind(ns.host, ns.port)
+    try:
+        app = create_app(config)
+    except BaseException:
+        listening.close()
+        raise
     print(f"tfquant service on http://{ns.host}:{ns.port} (API docs at /docs), data in {ns.data_dir}", file=sys.stderr)
-    serve(create_app(config), host=ns.host, port=ns.port)
+    serve(app, listening)
     return 0
 
 

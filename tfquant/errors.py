@@ -74,6 +74,10 @@ class OutputError(TfquantError):
     """An output path already exists (without overwrite) or cannot be written."""
 
 
+class BackendError(TfquantError):
+    """A store or an executor the service was pointed at cannot be used: unreachable, or the wrong kind."""
+
+
 class ServiceError(TfquantError):
     """The converter service refused a request or a job failed; the message is the server's."""
 

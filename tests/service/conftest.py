@@ -34,3 +34,13 @@ def server(tmp_path_factory, files):
 def client(server):
     with Client(server.url, TOKEN) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of this test session (see postgres.py)."""
+    from postgres import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.stop()

@@ -24,15 +24,16 @@ def free_port() -> int:
 class Server:
     """`tfquant serve` in a subprocess; stop() sends SIGTERM (a graceful stop), stop(SIGKILL) kills it."""
 
-    def __init__(self, data_dir: Path, token_file: Path, *extra: str, upload_mb: str = "4"):
+    def __init__(self, data_dir: Path, token_file: Path, *extra: str, upload_mb: str = "4", port: int = 0,
+                 env: dict | None = None):
         self.data_dir = data_dir
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(data_dir.parent / f"server-{self.port}.log", "wb")
+        self.log = open(data_dir.parent / f"server-{self.port}.log", "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from tfquant.cli import run; run()", "serve", "--port", str(self.port),
              "--data-dir", str(data_dir), "--token-file", str(token_file), "--max-upload-mb", upload_mb,
-             "--time-limit", "300", *extra], stdout=self.log, stderr=subprocess.STDOUT)
+             "--time-limit", "300", *extra], stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -40,7 +41,12 @@ class Server:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
-        raise RuntimeError("server did not start")
+            if self.process.poll() is not None:
+                break
+        self.process.kill()
+        self.process.wait()
+        self.log.close()
+        raise RuntimeError(f"server did not start: {Path(self.log.name).read_text()[-2000:]}")
 
     @property
     def pid(self) -> int:

@@ -20,7 +20,7 @@ from serving import AUTH, TOKEN, Server, wait_for, worker_processes
 from tfquant.cli import main, parse_args
 from tfquant.client import Client
 from tfquant.errors import ServiceError
-from tfquant.service.store import Store
+from tfquant.service.stores import open_store
 
 
 def compact_lambda_h5(folder: Path) -> tuple[Path, Path]:
@@ -63,7 +63,7 @@ def test_kill_9_of_the_server_orphans_nothing_and_runs_every_job_once(tmp_path, 
     first = Server(data, files["token"], "--workers", "2")
     with Client(first.url, TOKEN) as client:
         ids = [client.submit(files["model"], calib=files["calib"], eval=files["eval"]) for _ in range(4)]
-    store = Store(data)
+    store = open_store(data)
     wait_for(lambda: sum(store.get(j).status == "running" and store.get(j).pid is not None for j in ids) == 2)
     first.stop(signal.SIGKILL)
     time.sleep(3)
@@ -80,7 +80,8 @@ def test_kill_9_of_the_server_orphans_nothing_and_runs_every_job_once(tmp_path, 
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    second = Server(data, files["token"], "--workers", "2")
+    # Restarted as the same replica (host and port), it takes its own jobs back at once.
+    second = Server(data, files["token"], "--workers", "2", port=first.port)
     try:
         with Client(second.url, TOKEN) as client:
             final = [client.wait(job, timeout=300, poll=0.3)["status"] for job in ids]
@@ -102,7 +103,7 @@ def test_sigterm_exits_0_within_10_s_and_the_job_finishes_after_restart(tmp_path
     first = Server(data, files["token"], "--workers", "1")
     with Client(first.url, TOKEN) as client:
         job = client.submit(files["model"], command="prune", train=files["train"], epochs=3, sparsity=0.5)
-    store = Store(data)
+    store = open_store(data)
     wait_for(lambda: store.get(job).status == "running" and store.get(job).pid)
     started = time.monotonic()
     assert first.stop(signal.SIGTERM) == 0
@@ -237,7 +238,7 @@ def test_refused_uploads_are_deleted(server, client, files, tmp_path):
 
 def test_stale_temp_folders_are_swept_at_start(tmp_path, files):
     data = tmp_path / "data"
-    Store(data)
+    open_store(data)
     stale = data / "tmp" / "job-deadbeef-xyz"
     stale.mkdir(parents=True)
     (stale / "calib.npz").write_bytes(b"x" * 1000)

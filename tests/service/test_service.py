@@ -15,7 +15,7 @@ import pytest
 
 from tfquant.cli import main, parse_args
 from tfquant.errors import ServiceError
-from tfquant.service.store import Store
+from tfquant.service.stores import open_store
 
 from serving import TOKEN, wait_for
 
@@ -106,7 +106,7 @@ def test_bad_options_are_422(client, files, recipe, message):
 
 
 def test_kill_9_of_a_worker_fails_only_its_job(server, client, files):
-    store = Store(server.data_dir)
+    store = open_store(server.data_dir)
     slow = client.submit(files["model"], command="prune", train=files["train"], calib=files["calib"], epochs=40, sparsity=0.5)
     pid = wait_for(lambda: (store.get(slow).pid if store.get(slow).status == "running" else None))
     time.sleep(1.0)
@@ -120,7 +120,7 @@ def test_kill_9_of_a_worker_fails_only_its_job(server, client, files):
 
 
 def test_cancel_kills_a_running_worker(server, client, files):
-    store = Store(server.data_dir)
+    store = open_store(server.data_dir)
     slow = client.submit(files["model"], command="prune", train=files["train"], epochs=40, sparsity=0.5)
     pid = wait_for(lambda: (store.get(slow).pid if store.get(slow).status == "running" else None))
     assert client.cancel(slow)["status"] == "cancelled"

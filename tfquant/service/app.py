@@ -8,6 +8,9 @@
     GET    /healthz                          no token needed
     GET    /metrics                          Prometheus text format
 
+Replicas of this server may share one store (`--store postgresql://...`): each runs the jobs it
+claims on its executor (local processes, or Ray with `--executor ray`) and answers for every job.
+
 The server process never deserializes an upload and never imports TensorFlow. A submission is
 streamed to disk under the size limits, checked by its headers (zip directories, `.npy`
 headers), and then loaded by a validator process under the job limits; only then is the job
@@ -21,6 +24,8 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +41,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .._version import __version__
 from ..errors import TfquantError
 from . import jobs, uploads
+from .executor import Limits, WorkerSettings
 from .metrics import CONTENT_TYPE, Metrics
-from .scheduler import Limits, Scheduler
-from .store import FINAL, STATUSES, Store
+from .scheduler import EXECUTORS, Scheduler
+from .store import FINAL, STATUSES
+from .stores import open_store
 from .worker import ARTIFACTS
 
 log = logging.getLogger("tfquant.service")
@@ -60,6 +67,12 @@ class ServiceConfig:
     allow_unsafe_models: bool = False
     threads: Optional[int] = None
     retain_days: float = 30.0
+    store: Optional[str] = None  # a path or postgresql://...; None: jobs.sqlite in data_dir
+    executor: str = "local"  # or "ray"
+    ray_address: Optional[str] = None  # None with "ray": a local Ray on this machine
+    retries: int = 0  # more attempts for a job whose worker (process or node) died
+    lease_seconds: float = 30.0  # a dead replica's jobs go to another after this
+    replica: str = ""  # this server's name in the store (host:port); host:pid when empty
 
 
 class Problem(BaseModel):
@@ -150,14 +163,19 @@ def _with_spec_schemas(app: FastAPI) -> Callable[[], dict]:
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
-    store = Store(config.data_dir)
+    """The app, its store open and its executor connected: an unreachable store or cluster raises
+    `BackendError` here, before the server listens."""
+    store = open_store(config.data_dir, config.store)
     limits = uploads.Limits.from_mb(config.max_upload_mb)
+    settings = WorkerSettings(
+        workers=config.workers, allow_unsafe_models=config.allow_unsafe_models, threads=config.threads,
+        limits=Limits(time_limit=config.time_limit, memory_mb=config.memory_mb, expanded_bytes=limits.expanded_bytes),
+        replica=config.replica or f"{socket.gethostname()}:{os.getpid()}", address=config.ray_address)
     metrics_box: dict[str, Metrics] = {}
     scheduler = Scheduler(
-        store, workers=config.workers, validators=config.validators,
-        limits=Limits(time_limit=config.time_limit, memory_mb=config.memory_mb, expanded_bytes=limits.expanded_bytes),
-        allow_unsafe_models=config.allow_unsafe_models, threads=config.threads,
-        retain_seconds=config.retain_days * 86400.0, on_finished=lambda job_id: metrics_box["m"].job_finished(job_id),
+        store, EXECUTORS[config.executor](store, settings), settings=settings, validators=config.validators,
+        retries=config.retries, lease_seconds=config.lease_seconds, retain_seconds=config.retain_days * 86400.0,
+        on_finished=lambda job_id: metrics_box["m"].job_finished(job_id),
     )
     metrics = metrics_box["m"] = Metrics(store, lambda: len(scheduler.running))
 
@@ -166,6 +184,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         scheduler.begin()
         yield
         await run_in_threadpool(scheduler.stop)
+        store.close()
 
     app = FastAPI(title="tfquant converter service", version=__version__, lifespan=lifespan)
     app.state.store, app.state.scheduler, app.state.metrics = store, scheduler, metrics

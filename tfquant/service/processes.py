@@ -6,18 +6,126 @@ own process group, so that killing the group ends anything it started too. A PID
 not name a process for long (PIDs are reused), so a worker is identified by its PID and its
 kernel start time; the server records both per attempt and, after a crash, kills only a
 process whose pair matches.
+
+The server starts them (`spawn`) ahead of need and talks to each over its stdin and stdout: a
+worker says `ready` once TensorFlow is imported, then gets one request line per job or validation.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import re
+import select
 import signal
+import subprocess
+import sys
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 PR_SET_PDEATHSIG = 1
 WORKER_NICENESS = 19  # workers yield the CPU to the API, so health and status stay fast
+READY = b"ready\n"
+STORE_ENVIRONMENT = "TFQUANT_STORE"  # the store's location (a URL may hold a password: never on argv)
+
+
+@dataclass
+class WorkerProcess:
+    """A `python -m tfquant.service.worker ROLE ...` process and what the server knows of it."""
+
+    role: str  # "job" or "validator"
+    process: subprocess.Popen
+    ticks: Optional[int]
+    ready: bool = False
+    job: Optional[tuple[str, int]] = None  # (job id, attempt) once handed a job
+    validation: Any = None  # the scheduler's Validation being answered
+    deadline: float = float("inf")
+    served: int = 0
+    buffer: bytes = b""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None or self.validation is not None
+
+
+def folder_key(replica: str) -> str:
+    """A replica's name (host:port) as a piece of a file name."""
+    return re.sub(r"[^A-Za-z0-9.]+", "_", replica)
+
+
+def spawn(role: str, *, data_dir, store_location: str, options: list[str]) -> WorkerProcess:
+    """Start a worker of this role; its stderr goes to the role's log in the data folder."""
+    command = [sys.executable, "-m", "tfquant.service.worker", role, str(data_dir), str(os.getpid()), *options]
+    with open(os.path.join(data_dir, "logs", f"{role}-workers.log"), "ab") as log_file:
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,
+                                   start_new_session=True, cwd=str(data_dir),
+                                   env={**os.environ, STORE_ENVIRONMENT: store_location})
+    os.set_blocking(process.stdout.fileno(), False)
+    return WorkerProcess(role, process, start_ticks(process.pid))
+
+
+def read_lines(procs: list[WorkerProcess]) -> list[tuple[WorkerProcess, bytes]]:
+    """Mark workers that said `ready`; return every other complete line, without blocking."""
+    alive = [p for p in procs if p.process.poll() is None]
+    if not alive:
+        return []
+    readable, _, _ = select.select([p.process.stdout for p in alive], [], [], 0)
+    lines = []
+    for proc in alive:
+        if proc.process.stdout not in readable:
+            continue
+        try:
+            chunk = os.read(proc.process.stdout.fileno(), 1 << 16)
+        except BlockingIOError:
+            continue
+        proc.buffer += chunk
+        while b"\n" in proc.buffer:
+            line, proc.buffer = proc.buffer.split(b"\n", 1)
+            if line + b"\n" == READY:
+                proc.ready = True
+            else:
+                lines.append((proc, line))
+    return lines
+
+
+def send(proc: WorkerProcess, request: dict) -> bool:
+    """Write one request line; a job worker gets one only, so its stdin is closed after it."""
+    try:
+        proc.process.stdin.write((json.dumps(request) + "\n").encode())
+        proc.process.stdin.flush()
+        if proc.role == "job":
+            proc.process.stdin.close()
+        return True
+    except (BrokenPipeError, OSError):
+        kill_group(proc.pid)
+        return False
+
+
+def close_pipes(proc: WorkerProcess) -> None:
+    for pipe in (proc.process.stdin, proc.process.stdout):
+        try:
+            pipe.close()
+        except (OSError, ValueError):
+            pass
+
+
+def death(code: int) -> str:
+    """How a process ended, from its exit status, in the words a job's error uses."""
+    if code >= 0:
+        return f"exited with code {code}"
+    name = signal.Signals(-code).name
+    reason = f"was killed by {name}"
+    if name == "SIGKILL":
+        reason += " (killed from outside, or out of memory)"
+    elif name in ("SIGSEGV", "SIGBUS", "SIGABRT"):
+        reason += " (a crash in native code)"
+    return reason
 
 
 def start_ticks(pid: int) -> Optional[int]:

@@ -1,12 +1,17 @@
-"""The supervisor: one thread that owns every worker process of the server.
+"""The supervisor: one thread that owns every worker of the server and this replica's claims.
 
-It keeps `workers` job workers and `validators` validators started ahead of need (TensorFlow
-already imported), hands each queued job to a ready job worker (one process per job, never more
-than `workers` at once), passes submissions to validators, holds both to the time and memory
-limits, and turns a worker's death into its job's failure with the reason. At start it kills any
-worker still alive from before a crash (matched by PID and start time) before the job is queued
-again; at stop it ends every worker and queues their jobs again. Every few minutes it collects
-finished jobs past the retention and blobs no job refers to.
+It keeps `validators` validator processes started ahead of need (TensorFlow already imported)
+and passes submissions to them; it claims a queued job from the store whenever its executor
+(`executor.py`: local processes by default, Ray actors with `--executor ray`) has a worker ready,
+and turns a worker's death into the job's failure with the reason, or into another attempt (at
+most `retries`). It renews the leases of the jobs it runs, kills a worker whose job it no longer
+holds (cancelled through another replica, or its lease lost), and queues again the jobs of any
+replica whose lease has passed.
+
+At start it kills any worker still alive from this replica's earlier life (matched by host, PID
+and start time) before their jobs are queued again; at stop it ends every worker and queues their
+jobs again. Every few minutes it collects finished jobs past the retention and blobs no job
+refers to.
 
 Starting every process from this one long-lived thread matters: a worker's parent-death signal
 fires when the thread that started it exits.
@@ -18,50 +23,27 @@ import collections
 import concurrent.futures
 import json
 import logging
-import os
-import select
 import shutil
-import signal
+import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from . import processes
-from .store import Store
-from .worker import READY
+from .executor import Ended, Executor, WorkerSettings
+from .local_executor import LocalExecutor
+from .ray_executor import RayExecutor
+from .store import FINAL, Store
 
 log = logging.getLogger("tfquant.service")
 POLL_SECONDS = 0.1
 COLLECT_SECONDS = 600.0
 VALIDATOR_REQUESTS = 200  # a validator is replaced after this many submissions
+RENEW_SECONDS = 2.0  # at most; a quarter of the lease when that is shorter
 
-
-@dataclass
-class Limits:
-    time_limit: float = 3600.0
-    memory_mb: float = 8192.0
-    expanded_bytes: Optional[int] = None
-
-
-@dataclass
-class _Process:
-    role: str  # "job" or "validator"
-    process: subprocess.Popen
-    ticks: Optional[int]
-    log_path: str
-    ready: bool = False
-    job: Optional[tuple[str, int]] = None  # (job id, attempt) once handed a job
-    validation: Optional["Validation"] = None
-    deadline: float = float("inf")
-    served: int = 0
-    buffer: bytes = b""
-
-    @property
-    def busy(self) -> bool:
-        return self.job is not None or self.validation is not None
+EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor, "ray": RayExecutor}
 
 
 @dataclass
@@ -71,33 +53,35 @@ class Validation:
 
 
 class Scheduler(threading.Thread):
-    def __init__(self, store: Store, *, workers: int = 2, validators: int = 1, limits: Limits = Limits(),
-                 allow_unsafe_models: bool = False, threads: Optional[int] = None,
-                 retain_seconds: float = 30 * 86400.0, on_finished: Optional[Callable[[str], None]] = None):
+    def __init__(self, store: Store, executor: Executor, *, settings: WorkerSettings, validators: int = 1,
+                 retries: int = 0, lease_seconds: float = 30.0, retain_seconds: float = 30 * 86400.0,
+                 on_finished: Optional[Callable[[str], None]] = None):
         super().__init__(name="tfquant-supervisor", daemon=True)
         self.store = store
-        self.workers = workers
+        self.executor = executor
+        self.settings = settings
         self.validators = validators
-        self.limits = limits
-        self.allow_unsafe_models = allow_unsafe_models
-        self.threads = threads
+        self.retries = retries
+        self.lease_seconds = lease_seconds
         self.retain_seconds = retain_seconds
         self.on_finished = on_finished
+        self.host = socket.gethostname()
         self._pending: collections.Counter[str] = collections.Counter()  # blobs of submissions in flight
-        self._procs: list[_Process] = []
+        self._procs: list[processes.WorkerProcess] = []  # the validators
         self._queue: collections.deque[Validation] = collections.deque()
         self._lock = threading.RLock()
         self._halt = threading.Event()
         self._wake = threading.Event()
         self._next_collect = 0.0
+        self._next_renew = 0.0
 
     # --- what the API calls ---
 
     @property
     def running(self) -> dict[str, int]:
-        """Job id -> worker PID for every job running now."""
+        """Job id -> worker PID for every job this replica runs now."""
         with self._lock:
-            return {p.job[0]: p.process.pid for p in self._procs if p.job is not None}
+            return self.executor.running()
 
     def begin(self) -> None:
         """Recover from an earlier run, then start supervising."""
@@ -109,7 +93,7 @@ class Scheduler(threading.Thread):
         item = Validation(request)
         with self._lock:
             if self._halt.is_set():
-                item.future.set_result({"ok": False, "error": "unavailable", "message": "the server is stopping"})
+                item.future.set_result(_refused("the server is stopping"))
             else:
                 self._queue.append(item)
         self._wake.set()
@@ -132,39 +116,56 @@ class Scheduler(threading.Thread):
 
     def cancel(self, job_id: str) -> None:
         with self._lock:
-            for proc in self._procs:
-                if proc.job is not None and proc.job[0] == job_id:
-                    processes.kill_group(proc.process.pid)
+            self.executor.cancel(job_id)
 
     def stop(self) -> None:
-        """Stop supervising; end every worker; their jobs run again at the next start."""
+        """Stop supervising; end every worker; their jobs run again (here at the next start, or elsewhere)."""
         self._halt.set()
         self._wake.set()
         if self.is_alive():
             self.join(timeout=5)
         with self._lock:
+            self.executor.stop()
             for proc in self._procs:
-                processes.kill_group(proc.process.pid)
+                processes.kill_group(proc.pid)
             for proc in self._procs:
                 try:
                     proc.process.wait(timeout=5)
                 except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not wait
                     pass
+                processes.close_pipes(proc)
                 if proc.validation is not None:
                     proc.validation.future.set_result(_refused("the server stopped while validating"))
             self._procs.clear()
             while self._queue:
                 self._queue.popleft().future.set_result(_refused("the server is stopping"))
-        self.store.requeue(reason="queued again after the server stopped")
+        self.store.requeue(reason="queued again after the server stopped", owner=self.settings.replica)
 
     def recover(self) -> None:
-        """Kill workers that outlived an earlier server, queue their jobs again, sweep their temp folders."""
-        for attempt in self.store.open_attempts():
-            if processes.kill_stale(attempt.pid, attempt.start_ticks):
+        """Kill workers that outlived this replica's earlier life, queue their jobs again, sweep temp folders.
+
+        Only this replica's own jobs (same host and port) are queued again at once: those of other
+        replicas are theirs until their lease passes.
+        """
+        for attempt in self.store.open_attempts(owner=self.settings.replica):
+            if attempt.node in (None, self.host) and processes.kill_stale(attempt.pid, attempt.start_ticks):
                 log.warning("killed worker %s of job %s left from before a restart", attempt.pid, attempt.job_id)
-        self.store.requeue(reason="queued again after a restart")
-        for stale in self.store.tmp.iterdir():
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        self.store.requeue(reason="queued again after a restart", owner=self.settings.replica)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Delete temp folders no live worker uses: a job's while it does not run as that attempt, and
+        this replica's validators'. Other replicas' validators may share the data folder."""
+        mine = f"validate-{processes.folder_key(self.settings.replica)}-"
+        for entry in self.store.tmp.iterdir():
+            parts = entry.name.split("-")
+            if parts[0] == "job" and len(parts) >= 4:
+                job = self.store.get(parts[1])
+                if job is not None and job.status == "running" and str(job.attempts) == parts[2]:
+                    continue
+            elif parts[0] == "validate" and not entry.name.startswith(mine):
+                continue
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
     # --- the loop ---
 
@@ -172,10 +173,11 @@ class Scheduler(threading.Thread):
         while not self._halt.is_set():
             try:
                 with self._lock:
-                    self._reap()
-                    self._read()
-                    self._watch()
-                    self._spawn()
+                    self._supervise_validators()
+                    for ended in self.executor.poll():
+                        self._ended(ended)
+                    if time.monotonic() >= self._next_renew:
+                        self._leases()
                     self._assign()
                 if time.monotonic() >= self._next_collect:
                     self._collect()
@@ -184,145 +186,104 @@ class Scheduler(threading.Thread):
             self._wake.wait(POLL_SECONDS)
             self._wake.clear()
 
-    def _spawn(self) -> None:
-        for role, wanted in (("job", self.workers), ("validator", self.validators)):
-            while sum(p.role == role for p in self._procs) < wanted:
-                self._procs.append(self._start(role))
-
-    def _start(self, role: str) -> _Process:
-        command = [sys.executable, "-m", "tfquant.service.worker", role, str(self.store.dir), str(os.getpid())]
-        if self.allow_unsafe_models and role == "job":
-            command.append("--allow-unsafe-models")
-        if self.threads:
-            command += ["--threads", str(self.threads)]
-        if self.limits.expanded_bytes:
-            command += ["--expanded-bytes", str(self.limits.expanded_bytes)]
-        log_path = str(self.store.logs / f"{role}-workers.log")
-        with open(log_path, "ab") as log_file:
-            process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,
-                                       start_new_session=True, cwd=str(self.store.dir))
-        os.set_blocking(process.stdout.fileno(), False)
-        return _Process(role, process, processes.start_ticks(process.pid), log_path)
-
-    def _read(self) -> None:
-        """Collect `ready` lines and validators' answers without blocking."""
-        readable = [p for p in self._procs if p.process.poll() is None]
-        if not readable:
-            return
-        ready, _, _ = select.select([p.process.stdout for p in readable], [], [], 0)
-        for proc in readable:
-            if proc.process.stdout not in ready:
-                continue
-            try:
-                chunk = os.read(proc.process.stdout.fileno(), 1 << 16)
-            except BlockingIOError:
-                continue
-            proc.buffer += chunk
-            while b"\n" in proc.buffer:
-                line, proc.buffer = proc.buffer.split(b"\n", 1)
-                if line + b"\n" == READY:
-                    proc.ready = True
-                elif proc.validation is not None:
-                    proc.validation.future.set_result(json.loads(line))
-                    proc.validation, proc.deadline = None, float("inf")
-                    proc.served += 1
-                    if proc.served >= VALIDATOR_REQUESTS:
-                        processes.kill_group(proc.process.pid)
-
     def _assign(self) -> None:
-        for proc in self._procs:
-            if not proc.ready or proc.busy or proc.process.poll() is not None:
-                continue
-            if proc.role == "validator":
-                if not self._queue:
-                    continue
-                item = self._queue.popleft()
-                if not self._send(proc, item.request):
-                    item.future.set_result(_refused("the validating process died; try again"))
-                    continue
-                proc.validation, proc.deadline = item, time.monotonic() + self.limits.time_limit
-                continue
-            job = self.store.claim()
+        while self.executor.free() > 0:
+            job = self.store.claim(owner=self.settings.replica, lease_seconds=self.lease_seconds)
             if job is None:
+                return
+            if not self.executor.launch(job):
+                self.store.requeue([job.id], reason="queued again: its worker died before it started",
+                                   owner=self.settings.replica)
+                return  # the next poll reaps that worker and starts another
+
+    def _ended(self, ended: Ended) -> None:
+        if ended.retry:
+            status = self.store.fail_attempt(ended.job_id, ended.attempt, ended.reason, retries=self.retries)
+            if status == "queued":
+                log.warning("job %s: %s; queued again", ended.job_id, ended.reason)
+        else:
+            self.store.finish(ended.job_id, "failed", error=ended.reason, attempt=ended.attempt)
+        if self.on_finished is not None:
+            self.on_finished(ended.job_id)
+
+    def _leases(self) -> None:
+        """Renew this replica's leases; stop the jobs it lost; queue again those of replicas gone silent."""
+        self._next_renew = time.monotonic() + min(RENEW_SECONDS, self.lease_seconds / 4)
+        held = self.store.renew(self.settings.replica, self.lease_seconds)
+        for job_id in set(self.executor.running()) - held:
+            job = self.store.get(job_id)
+            if job is None or job.status not in FINAL or job.status == "cancelled":
+                log.warning("job %s is no longer this replica's (%s): stopping its worker", job_id,
+                            "gone" if job is None else job.status)
+                self.executor.cancel(job_id)
+        for attempt in self.store.expire():
+            log.warning("job %s queued again: the lease of replica %s expired", attempt.job_id, attempt.owner)
+            if attempt.node == self.host:
+                processes.kill_stale(attempt.pid, attempt.start_ticks)
+
+    def _supervise_validators(self) -> None:
+        self._reap_validators()
+        for proc, line in processes.read_lines(self._procs):
+            if proc.validation is None:
                 continue
-            proc.job = (job.id, job.attempts)
-            self.store.set_worker(job.id, job.attempts, proc.process.pid, proc.ticks)
-            proc.deadline = time.monotonic() + self.limits.time_limit
-            if not self._send(proc, {"job": job.id, "attempt": job.attempts}):
-                self.store.requeue([job.id], reason="queued again: its worker died before it started")
-                proc.job = None
-
-    @staticmethod
-    def _send(proc: _Process, request: dict) -> bool:
-        try:
-            proc.process.stdin.write((json.dumps(request) + "\n").encode())
-            proc.process.stdin.flush()
-            if proc.role == "job":
-                proc.process.stdin.close()
-            return True
-        except (BrokenPipeError, OSError):
-            processes.kill_group(proc.process.pid)
-            return False
-
-    def _watch(self) -> None:
+            proc.validation.future.set_result(json.loads(line))
+            proc.validation, proc.deadline = None, float("inf")
+            proc.served += 1
+            if proc.served >= VALIDATOR_REQUESTS:
+                processes.kill_group(proc.pid)
+        self._watch_validators()
+        while len(self._procs) < self.validators:
+            self._procs.append(processes.spawn("validator", data_dir=self.store.dir,
+                                               store_location=self.store.location, options=self._validator_options()))
         for proc in self._procs:
-            if not proc.busy or proc.process.poll() is not None:
+            if not self._queue or not proc.ready or proc.busy or proc.process.poll() is not None:
+                continue
+            item = self._queue.popleft()
+            if not processes.send(proc, item.request):
+                item.future.set_result(_refused("the validating process died; try again"))
+                continue
+            proc.validation, proc.deadline = item, time.monotonic() + self.settings.limits.time_limit
+
+    def _validator_options(self) -> list[str]:
+        found = ["--replica", self.settings.replica]
+        if self.settings.threads:
+            found += ["--threads", str(self.settings.threads)]
+        if self.settings.limits.expanded_bytes:
+            found += ["--expanded-bytes", str(self.settings.limits.expanded_bytes)]
+        return found
+
+    def _watch_validators(self) -> None:
+        limits = self.settings.limits
+        for proc in self._procs:
+            if proc.validation is None or proc.process.poll() is not None:
                 continue
             reason = None
             if time.monotonic() > proc.deadline:
-                reason = f"time limit of {self.limits.time_limit:g} s exceeded"
+                reason = f"time limit of {limits.time_limit:g} s exceeded"
             else:
-                rss = processes.rss_mb(proc.process.pid)
-                if rss > self.limits.memory_mb:
-                    reason = f"memory limit of {self.limits.memory_mb:g} MB exceeded ({rss:.0f} MB resident)"
-            if reason is None:
-                continue
-            if proc.job is not None:
-                self.store.finish(proc.job[0], "failed", error=reason, attempt=proc.job[1])
-            else:
+                rss = processes.rss_mb(proc.pid)
+                if rss > limits.memory_mb:
+                    reason = f"memory limit of {limits.memory_mb:g} MB exceeded ({rss:.0f} MB resident)"
+            if reason is not None:
                 proc.validation.future.set_result(_refused(f"validation stopped: {reason}"))
                 proc.validation = None
-            processes.kill_group(proc.process.pid)
+                processes.kill_group(proc.pid)
 
-    def _reap(self) -> None:
+    def _reap_validators(self) -> None:
         for proc in list(self._procs):
             code = proc.process.poll()
             if code is None:
                 continue
             self._procs.remove(proc)
-            for pipe in (proc.process.stdin, proc.process.stdout):
-                try:
-                    pipe.close()
-                except (OSError, ValueError):
-                    pass
+            processes.close_pipes(proc)
             if proc.validation is not None:
-                proc.validation.future.set_result(_refused(f"the validating process {_death(code)}"))
-            if proc.job is None:
-                continue
-            job_id, attempt = proc.job
-            # A worker that exits 0 has recorded its result, unless something went wrong before that.
-            reason = "the worker exited without recording a result" if code == 0 else f"the worker process {_death(code)}"
-            self.store.finish(job_id, "failed", error=reason, attempt=attempt)
-            if self.on_finished is not None:
-                self.on_finished(job_id)
+                proc.validation.future.set_result(_refused(f"the validating process {processes.death(code)}"))
 
     def _collect(self) -> None:
         self._next_collect = time.monotonic() + COLLECT_SECONDS
         removed = self.store.collect(retain_seconds=self.retain_seconds, keep=self.held())
         if any(removed.values()):
             log.info("collected %d finished jobs and %d unreferenced blobs", removed["jobs"], removed["blobs"])
-
-
-def _death(code: int) -> str:
-    if code >= 0:
-        return f"exited with code {code}"
-    name = signal.Signals(-code).name
-    reason = f"was killed by {name}"
-    if name == "SIGKILL":
-        reason += " (killed from outside, or out of memory)"
-    elif name in ("SIGSEGV", "SIGBUS", "SIGABRT"):
-        reason += " (a crash in native code)"
-    return reason
 
 
 def _refused(message: str) -> dict:

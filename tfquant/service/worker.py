@@ -12,7 +12,9 @@ that TensorFlow is already imported when work arrives:
   models in safe mode only and is replaced after a number of requests or a crash.
 
 Both die with the server (`processes.die_with_parent`) and run under the server's time and
-memory limits.
+memory limits. They open the server's store from its location in `TFQUANT_STORE`. With
+`--executor ray`, `run_job` runs in a Ray actor instead (`ray_executor.py`): the same function,
+so the same messages and files.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import traceback
 from pathlib import Path
 
 ARTIFACTS = ("model.tflite", "report.json", "report.md", "report.html", "recipe.json")
-READY = b"ready\n"
 
 
 class _Progress(logging.Handler):
@@ -43,7 +44,7 @@ class _Progress(logging.Handler):
         self.store.progress(self.job_id, min(0.9, 0.1 + 0.1 * self.steps), stage, attempt=self.attempt)
 
 
-def _warm_up() -> None:
+def warm_up() -> None:
     """Import what every job needs, so that the import is paid before the job is handed over."""
     from .. import pipeline  # noqa: F401  (TensorFlow, tf_keras, the converter)
 
@@ -66,7 +67,8 @@ def run_job(store, job_id: str, attempt: int, *, safe_mode: bool, threads, expan
     logger.setLevel(logging.INFO)
     logger.addHandler(_Progress(store, job.id, attempt, rename))
     finish = lambda status, **kw: store.finish(job.id, status, attempt=attempt, **kw)  # noqa: E731
-    with tempfile.TemporaryDirectory(prefix=f"job-{job_id}-", dir=store.tmp) as tmp:
+    # Named by job and attempt: a replica starting sweeps the folders of attempts that no longer run.
+    with tempfile.TemporaryDirectory(prefix=f"job-{job_id}-{attempt}-", dir=store.tmp) as tmp:
         try:
             paths = jobs.materialize(store, job.inputs, Path(tmp), limit=expanded_bytes)
             result = jobs.run(job.command, job.options, paths, safe_mode=safe_mode, num_threads=threads)
@@ -94,13 +96,13 @@ def run_job(store, job_id: str, attempt: int, *, safe_mode: bool, threads, expan
     finish("succeeded", artifacts=artifacts)
 
 
-def validate(store, request: dict, *, expanded_bytes=None) -> dict:
+def validate(store, request: dict, *, folder_prefix: str = "validate-", expanded_bytes=None) -> dict:
     """Load the model and every data file as the job would; the answer line for the server."""
     from ..errors import TfquantError
     from . import jobs
 
     inputs = request["inputs"]
-    with tempfile.TemporaryDirectory(prefix="validate-", dir=store.tmp) as tmp:
+    with tempfile.TemporaryDirectory(prefix=folder_prefix, dir=store.tmp) as tmp:
         paths: dict = {}
         try:
             paths = jobs.materialize(store, inputs, Path(tmp), limit=expanded_bytes)
@@ -110,6 +112,14 @@ def validate(store, request: dict, *, expanded_bytes=None) -> dict:
         finally:
             _forget_models()
     return {"ok": True}
+
+
+def log_to(store, job_id: str) -> None:
+    """Send this process's stdout and stderr (Python's and native code's) to the job's log."""
+    log = os.open(store.logs / f"{job_id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
 
 
 def _forget_models() -> None:
@@ -130,9 +140,10 @@ def main(argv=None) -> int:
     parser.add_argument("--allow-unsafe-models", action="store_true")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--expanded-bytes", type=int, help="what an uploaded archive may unpack to")
+    parser.add_argument("--replica", default="", help="the server's name (host:port), in a validator's temp folders")
     args = parser.parse_args(argv)
 
-    from .processes import die_with_parent
+    from .processes import STORE_ENVIRONMENT, die_with_parent
 
     die_with_parent(args.parent)
     # The protocol has stdout to itself: library chatter goes to the log on stderr.
@@ -140,10 +151,10 @@ def main(argv=None) -> int:
     os.dup2(2, 1)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from .store import Store
+    from .stores import open_store
 
-    store = Store(args.data_dir)
-    _warm_up()
+    store = open_store(args.data_dir, os.environ.get(STORE_ENVIRONMENT))
+    warm_up()
     from ..errors import naming
 
     with naming("service"):
@@ -151,11 +162,14 @@ def main(argv=None) -> int:
 
 
 def _serve(args, store, protocol) -> int:
+    from .processes import READY, folder_key
+
     protocol.write(READY)
     if args.role == "validator":
+        prefix = f"validate-{folder_key(args.replica)}-"
         for line in sys.stdin:
             try:
-                answer = validate(store, json.loads(line), expanded_bytes=args.expanded_bytes)
+                answer = validate(store, json.loads(line), folder_prefix=prefix, expanded_bytes=args.expanded_bytes)
             except Exception as exc:  # noqa: BLE001 - an answer for every request, whatever happened
                 traceback.print_exc()
                 answer = {"ok": False, "error": "internal", "message": f"internal error: {type(exc).__name__}"}
@@ -165,9 +179,7 @@ def _serve(args, store, protocol) -> int:
     if not line:
         return 0
     request = json.loads(line)
-    log = os.open(store.logs / f"{request['job']}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
+    log_to(store, request["job"])
     run_job(store, request["job"], request["attempt"], safe_mode=not args.allow_unsafe_models, threads=args.threads,
             expanded_bytes=args.expanded_bytes)
     return 0
