@@ -46,7 +46,7 @@ def rows_for(name: str, spec: dict, train: tuple, folder: Path) -> list[dict]:
     common = dict(calibration_data=calib, eval_data=test, bench_runs=50)
 
     def row(label: str, result) -> dict:
-        from tfquant.verify import gzip_size
+        from tfquant.sizes import gzip_size
 
         report = result.report
         return {"model": name, "file": label, "accuracy": report.quantized.accuracy, "bytes": len(result.tflite),

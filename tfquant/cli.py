@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_positive, default=15, help="tensors to list (default: 15)")
     p.add_argument("--no-split-joins", dest="split_joins", action="store_false",
                    help="look at the model's own joins, as convert --no-split-joins quantizes them")
+    p.add_argument("--parallel", type=_positive, default=1,
+                   help="ops of the sensitivity sweep measured at a time, in worker processes (default: 1)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--allow-unsafe-models", action="store_true")
 
@@ -405,7 +407,8 @@ def _diagnose(ns: argparse.Namespace) -> int:
     from .diagnose import diagnose, summary
 
     found = diagnose(ns.model, ns.calib, eval_data=ns.eval_data, calib_samples=ns.calib_samples, samples=ns.samples,
-                     threshold=ns.threshold, safe_mode=not ns.allow_unsafe_models, split_joins=ns.split_joins)
+                     threshold=ns.threshold, safe_mode=not ns.allow_unsafe_models, split_joins=ns.split_joins,
+                     parallel=ns.parallel)
     if ns.json:
         print(json.dumps(found.to_dict(), indent=2))
         return 0

@@ -67,30 +67,48 @@ SENSITIVITY_CANDIDATES = 10  # ops whose effect on the outputs is measured: the 
 
 
 def output_sensitivity(calibration, recipe, data: Dataset, candidates: list[str], *,
-                       samples: int = DEFAULT_DEBUG_SAMPLES) -> dict[str, float]:
+                       samples: int = DEFAULT_DEBUG_SAMPLES, parallel: int = 1) -> dict[str, float]:
     """Per candidate op (by its output tensor's name), the outputs' error against float when that op alone
     is int8 and every other op float: the error it propagates to what the model answers.
 
     A tensor can have a large error in units of its own scale and cost the outputs nothing (a MEAN
     of a near-constant feature), or a small one and cost everything (a concatenation whose shared
-    scale erases one input). Measured on `samples` of `data`, one quantization per candidate.
+    scale erases one input). Measured on `samples` of `data`, one quantization per candidate, each
+    independent of the others: `parallel` > 1 measures them that many at a time (`tfquant.fanout`),
+    with the same numbers.
     """
+    from .fanout import fan_out
+    from .harness import Runner
+
+    everything = _op_outputs(calibration.calibrated)
+    subset = data.calibration_subset(samples)
+    reference = Runner(calibration.float_tflite).predict(subset, progress=False)
+    names = [name for name in dict.fromkeys(candidates) if name in everything]
+    tasks = [_Alone(calibration, recipe, subset, reference, tuple(n for n in everything if n != name))
+             for name in names]
+    return dict(zip(names, fan_out(_alone_error, tasks, parallel=parallel)))
+
+
+@dataclass(frozen=True)
+class _Alone:
+    """One op of the sweep: the calibration, the samples and float outputs, every other op denied."""
+
+    calibration: object
+    recipe: object
+    subset: Dataset
+    reference: dict
+    denied: tuple[str, ...]
+
+
+def _alone_error(task: _Alone) -> float:
     from dataclasses import replace
 
     from .harness import Runner
     from .ranges import sample_errors
 
-    everything = _op_outputs(calibration.calibrated)
-    subset = data.calibration_subset(samples)
-    reference = Runner(calibration.float_tflite).predict(subset, progress=False)
-    found = {}
-    for name in dict.fromkeys(candidates):
-        if name not in everything:
-            continue
-        alone = replace(recipe, denylist=tuple(n for n in everything if n != name))
-        outputs = Runner(calibration.quantize(alone, final=False)).predict(subset, progress=False)
-        found[name] = float(sample_errors(reference, outputs).mean())
-    return found
+    alone = replace(task.recipe, denylist=task.denied)
+    outputs = Runner(task.calibration.quantize(alone, final=False)).predict(task.subset, progress=False)
+    return float(sample_errors(task.reference, outputs).mean())
 
 
 def rank_by_outputs(errors: list[LayerError], sensitivity: dict[str, float],
@@ -156,6 +174,7 @@ def diagnose(
     threshold: float = DEFAULT_RANGE_RATIO,
     safe_mode: bool = True,
     split_joins: bool = True,
+    parallel: int = 1,
 ) -> Diagnosis:
     """Calibrate `model` once, then rank its tensors by int8 error and lint its ranges.
 
@@ -172,6 +191,8 @@ def diagnose(
         threshold: range ratio above which the lint warns. Defaults to `16`.
         split_joins: look at the file `convert` makes, its mismatched joins split (`tfquant.joins`);
             `False` looks at the model's own joins. Defaults to `True`.
+        parallel: measure the per-op sensitivity sweep this many ops at a time (`tfquant.fanout`);
+            the numbers are the serial ones. Defaults to `1`.
     """
     from .convert import calibration_for
     from .prepare import prepare
@@ -186,7 +207,8 @@ def diagnose(
     data = prepared.evaluation or prepared.calibration
     errors = layer_errors(calibrated.calibrated, data, samples=samples)
     lint = range_lint(calibrated.calibrated, threshold=threshold)
-    sensitivity = output_sensitivity(calibrated, recipe, data, sensitivity_candidates(errors, lint), samples=samples)
+    sensitivity = output_sensitivity(calibrated, recipe, data, sensitivity_candidates(errors, lint), samples=samples,
+                                     parallel=parallel)
     errors = rank_by_outputs(errors, sensitivity, lint)
     accuracies = [None, None]
     if prepared.evaluation is not None:

@@ -55,6 +55,47 @@ def suspects(lint: list[RangeWarning], errors: list[LayerError]) -> list[str]:
     return list(dict.fromkeys([*flagged, *(e.tensor for e in errors)]))
 
 
+@dataclass(frozen=True)
+class _Trial:
+    """One candidate to measure, as plain data: what a sweep worker needs and nothing else."""
+
+    name: str
+    recipe: Recipe
+    calibrated: Calibration
+    source: str
+    evaluation: object  # the evaluation Dataset
+    reference: Reference
+    budget: Budget
+    num_threads: Optional[int]
+    bench_runs: int
+
+
+def _measure_trial(trial: _Trial) -> tuple[Candidate, bytes, dict]:
+    """Quantize one candidate, run it on the evaluation data and judge it: (candidate, file, outputs)."""
+    return _measure(trial, lambda: trial.calibrated.quantize(trial.recipe, source=trial.source))
+
+
+def _measure(trial: _Trial, build: Callable[[], bytes]) -> tuple[Candidate, bytes, dict]:
+    started = time.perf_counter()
+    data = build()
+    outputs = harness.Runner(data, num_threads=trial.num_threads).predict(trial.evaluation, progress=False)
+    reference = trial.reference
+    judged = reference.judge(outputs)
+    problems = reference.violations(judged, trial.budget)
+    score, float_score = reference.score(judged), reference.score(reference.metrics)
+    (bench,) = harness.benchmark(data, runs=trial.bench_runs, warmup=2, num_threads=trial.num_threads,
+                                 max_seconds=0.5)
+    info = inspect(data)
+    candidate = Candidate(
+        name=trial.name, recipe=trial.recipe, accuracy=score,
+        drop=None if score is None or float_score is None else round(float_score - score, 6),
+        tflite_bytes=len(data), fully_integer=info.fully_integer, float_ops=len(info.float_ops), ops=len(info.ops),
+        latency_p50_ms=bench.inference_ms.p50, seconds=round(time.perf_counter() - started, 3),
+        accepted=not problems, violations=problems,
+    )
+    return candidate, data, outputs
+
+
 def climb(
     prepared: Prepared,
     recipe: Recipe,
@@ -66,57 +107,67 @@ def climb(
     num_threads: Optional[int] = None,
     bench_runs: int = 10,
     io_pinned: bool = False,
+    parallel: int = 1,
     on_candidate: Optional[Callable[[Candidate], None]] = None,
 ) -> LadderResult:
     """Try candidates in order; return the first within `budget` and all that were tried.
 
     Without `io_pinned`, float32 ends the ladder and is always within budget. With it, only candidates
     with the recipe's IO type are tried, and when none is within budget the best of them is returned
-    (outside the budget: the caller's gate fails)."""
+    (outside the budget: the caller's gate fails). With `parallel` > 1, the k search measures the
+    candidates it may need next `parallel` at a time (`tfquant.fanout`) and then decides as the serial
+    search does: the same candidate is chosen, and the candidates reported are the ones the serial
+    search tries."""
     tried: list[Candidate] = []
     files: dict[int, tuple[bytes, dict]] = {}
     source = prepared.source
 
-    def measure(name: str, candidate_recipe: Recipe, build: Callable[[], bytes]) -> Candidate:
-        with console.step(f"trying candidate {name}"):
-            return _measure(name, candidate_recipe, build)
+    def trial(name: str, candidate_recipe: Recipe) -> _Trial:
+        return _Trial(name, candidate_recipe, calibrated, source, prepared.evaluation, reference, budget,
+                      num_threads, bench_runs)
 
-    def _measure(name: str, candidate_recipe: Recipe, build: Callable[[], bytes]) -> Candidate:
-        started = time.perf_counter()
-        data = build()
-        outputs = harness.Runner(data, num_threads=num_threads).predict(prepared.evaluation, progress=False)
-        judged = reference.judge(outputs)
-        problems = reference.violations(judged, budget)
-        score, float_score = reference.score(judged), reference.score(reference.metrics)
-        (bench,) = harness.benchmark(data, runs=bench_runs, warmup=2, num_threads=num_threads, max_seconds=0.5)
-        info = inspect(data)
-        candidate = Candidate(
-            name=name, recipe=candidate_recipe, accuracy=score,
-            drop=None if score is None or float_score is None else round(float_score - score, 6),
-            tflite_bytes=len(data), fully_integer=info.fully_integer, float_ops=len(info.float_ops), ops=len(info.ops),
-            latency_p50_ms=bench.inference_ms.p50, seconds=round(time.perf_counter() - started, 3),
-            accepted=not problems, violations=problems,
-        )
+    def record(measured: tuple[Candidate, bytes, dict]) -> Candidate:
+        candidate, data, outputs = measured
         files[len(tried)] = (data, outputs)
         tried.append(candidate)
         if on_candidate is not None:
             on_candidate(candidate)
         return candidate
 
+    def measure(name: str, candidate_recipe: Recipe, build: Callable[[], bytes]) -> Candidate:
+        with console.step(f"trying candidate {name}"):
+            return record(_measure(trial(name, candidate_recipe), build))
+
     def done(candidate: Candidate) -> LadderResult:
         data, outputs = files[tried.index(candidate)]
         return LadderResult(chosen=candidate, tflite=data, candidates=tried, outputs=outputs)
 
+    def k_trial(k: int) -> _Trial:
+        return trial(f"int8, {k} op(s) in float", replace(recipe, denylist=tuple(suspect_tensors[:k])))
+
+    measured_ahead: dict[int, tuple[Candidate, bytes, dict]] = {}
+
+    def ahead(ks: list[int]) -> None:
+        ks = [k for k in dict.fromkeys(ks) if k not in measured_ahead]
+        if parallel > 1 and len(ks) > 1:
+            from .fanout import fan_out
+
+            with console.step(f"trying {len(ks)} candidates, {parallel} at a time"):
+                measured_ahead.update(zip(ks, fan_out(_measure_trial, [k_trial(k) for k in ks], parallel=parallel)))
+
     def int8_with(k: int) -> Candidate:
-        denied = replace(recipe, denylist=tuple(suspect_tensors[:k]))
-        return measure(f"int8, {k} op(s) in float", denied, lambda: calibrated.quantize(denied, source=source))
+        if k in measured_ahead:
+            return record(measured_ahead[k])
+        with console.step(f"trying candidate int8, {k} op(s) in float"):
+            return record(_measure_trial(k_trial(k)))
 
     first = measure(recipe.mode.value, recipe, lambda: calibrated.quantize(recipe, source=source))
     if first.accepted:
         return done(first)
 
     if recipe.mode is Mode.INT8 and suspect_tensors:
-        chosen = _search_k(int8_with, max(1, int(len(suspect_tensors) * MAX_FLOAT_SHARE)))
+        chosen = _search_k(int8_with, max(1, int(len(suspect_tensors) * MAX_FLOAT_SHARE)),
+                           ahead=ahead if parallel > 1 else None, width=parallel)
         if chosen is not None:
             return done(chosen)
 
@@ -143,11 +194,18 @@ def io_change(first: Recipe, chosen: Recipe) -> Optional[str]:
             f"pin the IO type ({called('io')} {first.io.value}) to keep {first.io.value} and fail instead")
 
 
-def _search_k(try_k: Callable[[int], Candidate], k_max: int) -> Optional[Candidate]:
-    """The smallest k whose candidate is accepted: double k until one passes, then bisect."""
+def _search_k(try_k: Callable[[int], Candidate], k_max: int, *,
+              ahead: Optional[Callable[[list[int]], None]] = None, width: int = 1) -> Optional[Candidate]:
+    """The smallest k whose candidate is accepted: double k until one passes, then bisect.
+
+    With `ahead`, before each step the k values the search may try next (the next `width` of the
+    doubling, or the next levels of the bisection's tree) are handed to `ahead` to be measured at
+    once; the decisions, and so the answer, are the serial search's."""
     failed, passed = 0, None
     k = 1
     while k <= k_max:
+        if ahead is not None:
+            ahead(_doublings(k, k_max)[:width])
         candidate = try_k(k)
         if candidate.accepted:
             passed = (k, candidate)
@@ -161,6 +219,8 @@ def _search_k(try_k: Callable[[int], Candidate], k_max: int) -> Optional[Candida
     best_k, best = passed
     low, high = failed, best_k  # low fails (or is 0), high passes
     while high - low > 1:
+        if ahead is not None:
+            ahead(_bisections(low, high, width))
         middle = (low + high) // 2
         candidate = try_k(middle)
         if candidate.accepted:
@@ -168,3 +228,25 @@ def _search_k(try_k: Callable[[int], Candidate], k_max: int) -> Optional[Candida
         else:
             low = middle
     return best
+
+
+def _doublings(k: int, k_max: int) -> list[int]:
+    """k, 2k, 4k, ... up to k_max: the doubling phase's next tries."""
+    found = [k]
+    while found[-1] < k_max:
+        found.append(min(2 * found[-1], k_max))
+    return found
+
+
+def _bisections(low: int, high: int, width: int) -> list[int]:
+    """The bisection's next `width` tries, level by level: the middle, then the middles of both halves..."""
+    found, level = [], [(low, high)]
+    while level and len(found) < width:
+        following = []
+        for a, b in level:
+            if b - a > 1:
+                middle = (a + b) // 2
+                found.append(middle)
+                following += [(a, middle), (middle, b)]
+        level = following
+    return found[:width]

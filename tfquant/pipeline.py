@@ -17,7 +17,8 @@ from .lint import range_lint
 from .prepare import Prepared, check_budget, prepare
 from .spec import ConvertSpec
 from .types import Mode, Recipe
-from .verify import QuantizationResult, Reference, gzip_size, verify
+from .sizes import gzip_size, gzip_size_soon
+from .verify import QuantizationResult, Reference, verify
 
 log = logging.getLogger("tfquant")
 
@@ -94,7 +95,8 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
     diagnostics, lint = [], []
     if spec.diagnose and calibrated is not None and calibrated.calibrated and recipe.mode is Mode.INT8:
         started = time.perf_counter()
-        diagnostics, lint = _diagnose(calibrated, prepared.evaluation or prepared.calibration, recipe)
+        diagnostics, lint = _diagnose(calibrated, prepared.evaluation or prepared.calibration, recipe,
+                                      parallel=spec.parallel)
         for warning in lint:
             console.warn(warning.message)
         seconds["diagnose"] = time.perf_counter() - started
@@ -106,7 +108,7 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
                                       num_threads=num_threads, progress=False)
         climbed = ladder.climb(
             prepared, recipe, calibrated, reference, budget=budget, suspect_tensors=ladder.suspects(lint, diagnostics),
-            num_threads=num_threads, io_pinned=spec.io is not None,
+            num_threads=num_threads, io_pinned=spec.io is not None, parallel=spec.parallel,
             on_candidate=lambda c: console.note(
                 f"candidate {c.name:<24} " + ("" if c.accuracy is None else f"accuracy {c.accuracy:.4f}  drop {c.drop:+.4f}  ")
                 + ("accepted" if c.accepted else "over budget")),
@@ -119,6 +121,7 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
     else:
         with console.step(f"quantizing to {recipe.mode.value}"):
             tflite = convert(prepared.exported, recipe, calibrated=calibrated, source=source)
+    gzip_size_soon(tflite)  # while it is evaluated
     seconds["convert"] = time.perf_counter() - started
 
     return verify(prepared, recipe, tflite, seconds=seconds, budget=budget, reference=reference,
@@ -132,7 +135,7 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
                          "chosen": None if climbed is None else climbed.candidates.index(climbed.chosen)})
 
 
-def _diagnose(calibrated, data, recipe: Recipe) -> tuple[list, list]:
+def _diagnose(calibrated, data, recipe: Recipe, *, parallel: int = 1) -> tuple[list, list]:
     """Per-tensor int8 errors and the range lint of a calibrated file. When the lint finds something, the
     suspects are ranked by the error each one alone puts on the outputs (`diagnose.output_sensitivity`)."""
     diagnostics = []
@@ -144,6 +147,7 @@ def _diagnose(calibrated, data, recipe: Recipe) -> tuple[list, list]:
         lint = range_lint(calibrated.calibrated)
     if lint and diagnostics:
         with console.step("measuring what each suspect op does to the outputs"):
-            found = output_sensitivity(calibrated, recipe, data, sensitivity_candidates(diagnostics, lint))
+            found = output_sensitivity(calibrated, recipe, data, sensitivity_candidates(diagnostics, lint),
+                                       parallel=parallel)
             diagnostics = rank_by_outputs(diagnostics, found, lint)
     return diagnostics, lint

@@ -114,6 +114,9 @@ class ConvertSpec(Spec):
     num_threads: Optional[int] = option(None, low=1, flag="--threads", service=False,
                                         help="interpreter threads for evaluation and latency (default: every core)")
     bench_runs: int = option(30, low=1, help="timed invokes per file for the report's latency")
+    parallel: int = option(1, low=1, high=64,
+                           help="measure the ladder's int8 candidates and the per-op sensitivity sweep this many at "
+                                "a time (worker processes, or Ray tasks in a job on Ray); the result is the serial one")
     schema_version: int = SCHEMA_VERSION
 
     def check(self) -> None:

@@ -7,7 +7,6 @@ report is built here.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import time
 from dataclasses import dataclass
@@ -23,17 +22,14 @@ from .errors import AccuracyBudgetError, StrictModeError
 from .inspect import explain_float_ops, float_ops_message, inspect
 from .prepare import Prepared
 from .report import write_report_files
+from .sizes import gzip_size
 from .types import (Agreement, Budget, ExportInfo, FileSummary, IOTensor, Mode, ModelInfo, OutputReport, Recipe,
                     Report)
 
 log = logging.getLogger("tfquant")
-GZIP_LEVEL = 9
 REPORT_BENCH_SECONDS = 3.0  # the report's latency: more runs until the medians are known within +-5 %, or this
 
 
-def gzip_size(data: bytes) -> int:
-    """Bytes after gzip -9: what an app store download or an OTA update actually costs."""
-    return len(gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0))
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,8 @@ def _collaborate(model, train_data, spec, *, sparsity: Optional[float], clusters
     from ..convert import convert
     from ..export import export
     from ..harness import Runner
-    from ..verify import Reference, gzip_size, verify
+    from ..sizes import gzip_size
+    from ..verify import Reference, verify
     from .prune import prune_stage, sparse_file
     from .qat import quantize_aware, stripped_weights
     from .training import fit, keras_accuracy, outputs_probabilities, start

@@ -82,7 +82,7 @@ def sparse_file(tflite: bytes, *, num_threads: Optional[int] = None) -> tuple[by
     Where the sparse encoding (values plus their indices) is not smaller than the dense file, at
     moderate sparsity, the dense file is returned and the record says so."""
     from .. import console, harness
-    from ..verify import gzip_size
+    from ..sizes import gzip_size
     from .weights import write_sparse
 
     with console.step("writing the zero weights in TFLite's sparse format"):
@@ -134,7 +134,8 @@ def prune(
     from ..convert import convert, convert_quantization_aware
     from ..export import export
     from ..spec import PruneSpec
-    from ..verify import gzip_size, verify
+    from ..sizes import gzip_size
+    from ..verify import verify
     from .qat import quantize_aware
     from .training import fit, keras_accuracy, outputs_probabilities, start
     from .weights import sparsity as weight_sparsity
