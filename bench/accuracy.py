@@ -18,7 +18,6 @@ README's table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -108,6 +107,7 @@ def mismatched(folder: Path) -> dict[str, Path]:
 
 def main() -> None:
     from bench.command import models
+    from bench.publish import publish
     from bench.run import environment
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -124,15 +124,8 @@ def main() -> None:
             log(f"{name}")
             rows.append(measure(name, files))
     env = environment()
-    (HERE / "accuracy.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
     table = markdown(rows, env)
-    (HERE / "accuracy.md").write_text(table)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
-    if start in text and end in text and not args.only:
-        head, rest = text.split(start, 1)
-        readme.write_text(f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}")
+    publish("accuracy", {"environment": env, "rows": rows}, table, readme=not args.only)
     print(table)
 
 

@@ -11,7 +11,6 @@ bench/cluster.md and the README's table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -105,6 +104,7 @@ def markdown(rows: list[dict], environment: dict) -> str:
 
 def main() -> None:
     from bench import models as bench_models
+    from bench.publish import publish
     from bench.run import environment
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -120,15 +120,8 @@ def main() -> None:
                 continue
             rows += rows_for(name, specs[name], trains[name], Path(tmp))
     env = environment()
-    (HERE / "cluster.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
     table = markdown(rows, env)
-    (HERE / "cluster.md").write_text(table)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- cluster:start -->", "<!-- cluster:end -->"
-    if start in text and end in text and not args.only:
-        head, rest = text.split(start, 1)
-        readme.write_text(f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}")
+    publish("cluster", {"environment": env, "rows": rows}, table, readme=not args.only)
     print(table)
 
 

@@ -167,6 +167,7 @@ def markdown(rows: list[dict], environment: dict, reps: int) -> str:
 
 
 def main() -> None:
+    from bench.publish import publish
     from bench.run import environment
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -183,15 +184,8 @@ def main() -> None:
         done = {r["model"] for r in rows}
         rows = [r for r in json.loads((HERE / "command.json").read_text())["rows"] if r["model"] not in done] + rows
     env = environment()
-    (HERE / "command.json").write_text(json.dumps({"environment": env, "reps": args.reps, "rows": rows}, indent=2) + "\n")
     table = markdown(rows, env, args.reps)
-    (HERE / "command.md").write_text(table)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- command:start -->", "<!-- command:end -->"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        readme.write_text(f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}")
+    publish("command", {"environment": env, "reps": args.reps, "rows": rows}, table)
     print(table)
 
 

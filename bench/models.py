@@ -20,6 +20,20 @@ def digits():
         return train["x"], train["y"], test["x"], test["y"]
 
 
+def service_digits_cnn(folder: Path) -> tuple[Path, np.ndarray]:
+    """The digits CNN the service benches submit (6 epochs, seed 0), saved in `folder`: (its path,
+    the training inputs, whose first rows are the jobs' calibration data)."""
+    from tfquant import zoo
+
+    with np.load(ROOT / "data" / "digits_train.npz") as train:
+        x, y = train["x"], train["y"]
+    model = zoo.digits_cnn(seed=0)
+    zoo.fit_classifier(model, x, y, epochs=6, seed=0)
+    path = Path(folder) / "digits_cnn.keras"
+    model.save(path)
+    return path, x
+
+
 def upscale(x: np.ndarray, size: int) -> np.ndarray:
     """8x8 grey digits -> size x size RGB in [0, 1], bilinear, in chunks to bound memory."""
     import tensorflow as tf

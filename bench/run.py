@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gzip
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,7 @@ import numpy as np  # noqa: E402
 
 from bench import models as bench_models  # noqa: E402
 from bench.baselines.tutorial import evaluate_per_sample  # noqa: E402
+from bench.publish import publish, update_readme  # noqa: E402
 
 TARGETS = {
     "eval_speedup_digits": 3.0,
@@ -231,16 +231,6 @@ def verdicts(results: dict) -> list[str]:
     return out
 
 
-def update_readme(table: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        readme.write_text(f"{head}{start}\n{table}{end}{tail}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
@@ -267,13 +257,10 @@ def main() -> None:
 
     digits_spec = specs["digits_cnn"]
     results["service"] = service.run(digits_spec["path"], digits_spec["calib"])
-    service.update_readme(service.markdown(results["service"], results["environment"]))
+    update_readme("service-bench", service.markdown(results["service"], results["environment"]))
     results["verdicts"] = verdicts(results)
-    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
-    (HERE / "results.md").write_text(table)
-    if not args.only:
-        update_readme(table)
+    publish("results", results, table, marker="bench", readme=not args.only)
     print(table)
 
 

@@ -13,7 +13,6 @@ is what Ray itself costs. Bounded: each run stops after `timeout` seconds.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import signal
 import socket
@@ -135,34 +134,17 @@ def markdown(rows: list[dict], environment: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(table: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- scale-bench:start -->", "<!-- scale-bench:end -->"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        readme.write_text(f"{head}{start}\n{table}{end}{tail}")
-
-
 def main() -> None:
+    from bench.models import service_digits_cnn
+    from bench.publish import publish
     from bench.run import environment
 
-    from tfquant import zoo
-
     with tempfile.TemporaryDirectory(prefix="tfquant-bench-model-") as tmp:
-        with np.load(ROOT / "data" / "digits_train.npz") as train:
-            x, y = train["x"], train["y"]
-        model = zoo.digits_cnn(seed=0)
-        zoo.fit_classifier(model, x, y, epochs=6, seed=0)
-        path = Path(tmp) / "digits_cnn.keras"
-        model.save(path)
+        path, x = service_digits_cnn(Path(tmp))
         rows = run(path, x[:300])
     env = environment()
-    (HERE / "scale.json").write_text(json.dumps({"environment": env, "runs": rows}, indent=2) + "\n")
     table = markdown(rows, env)
-    (HERE / "scale.md").write_text(table)
-    update_readme(table)
+    publish("scale", {"environment": env, "runs": rows}, table, marker="scale-bench")
     print(table)
 
 

@@ -12,7 +12,6 @@ the jobs end or after `timeout` seconds.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -160,33 +159,17 @@ def markdown(result: dict, environment: dict) -> str:
     )
 
 
-def update_readme(table: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- service-bench:start -->", "<!-- service-bench:end -->"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        readme.write_text(f"{head}{start}\n{table}{end}{tail}")
-
-
 def main() -> None:
+    from bench.models import service_digits_cnn
+    from bench.publish import publish
     from bench.run import environment
 
-    from tfquant import zoo
-
     with tempfile.TemporaryDirectory(prefix="tfquant-bench-model-") as tmp:
-        with np.load(ROOT / "data" / "digits_train.npz") as train:
-            x, y = train["x"], train["y"]
-        model = zoo.digits_cnn(seed=0)
-        zoo.fit_classifier(model, x, y, epochs=6, seed=0)
-        path = Path(tmp) / "digits_cnn.keras"
-        model.save(path)
+        path, x = service_digits_cnn(Path(tmp))
         result = run(path, x[:300])
     env = environment()
-    (HERE / "service.json").write_text(json.dumps({"environment": env, **result}, indent=2) + "\n")
     table = markdown(result, env)
-    update_readme(table)
+    publish("service", {"environment": env, **result}, table, marker="service-bench")
     print(table)
 
 

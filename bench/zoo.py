@@ -164,6 +164,7 @@ def markdown(rows: list[dict], environment: dict) -> str:
 
 
 def main() -> None:
+    from bench.publish import publish
     from bench.run import environment
     from tfquant import zoo
 
@@ -188,16 +189,8 @@ def main() -> None:
         order = {name: i for i, name in enumerate(zoo.ZOO)}
         rows = sorted(kept + rows, key=lambda r: (order.get(r["model"], 99), -r["keras"]))
     env = environment()
-    (HERE / "zoo.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
     table = markdown(rows, env)
-    (HERE / "zoo.md").write_text(table)
-    if not args.only or args.merge:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        start, end = "<!-- zoo:start -->", "<!-- zoo:end -->"
-        if start in text and end in text:
-            head, rest = text.split(start, 1)
-            readme.write_text(f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}")
+    publish("zoo", {"environment": env, "rows": rows}, table, readme=not args.only or args.merge)
     print(table)
 
 
