@@ -79,13 +79,7 @@ class LocalExecutor(Executor):
         for proc in self._procs:
             if proc.job is None or proc.process.poll() is not None:
                 continue
-            reason = None
-            if time.monotonic() > proc.deadline:
-                reason = f"time limit of {limits.time_limit:g} s exceeded"
-            else:
-                rss = processes.rss_mb(proc.pid)
-                if rss > limits.memory_mb:
-                    reason = f"memory limit of {limits.memory_mb:g} MB exceeded ({rss:.0f} MB resident)"
+            reason = processes.over_limit(proc.pid, proc.deadline, limits)
             if reason is not None:
                 ended.append(Ended(*proc.job, reason=reason))
                 proc.job = None  # handled here: its death is not the job's failure too

@@ -115,6 +115,16 @@ def close_pipes(proc: WorkerProcess) -> None:
             pass
 
 
+def over_limit(pid: int, deadline: float, limits) -> Optional[str]:
+    """Why a worker must stop now (its time or memory limit), or None."""
+    if time.monotonic() > deadline:
+        return f"time limit of {limits.time_limit:g} s exceeded"
+    rss = rss_mb(pid)
+    if rss > limits.memory_mb:
+        return f"memory limit of {limits.memory_mb:g} MB exceeded ({rss:.0f} MB resident)"
+    return None
+
+
 def death(code: int) -> str:
     """How a process ended, from its exit status, in the words a job's error uses."""
     if code >= 0:

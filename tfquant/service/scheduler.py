@@ -257,13 +257,7 @@ class Scheduler(threading.Thread):
         for proc in self._procs:
             if proc.validation is None or proc.process.poll() is not None:
                 continue
-            reason = None
-            if time.monotonic() > proc.deadline:
-                reason = f"time limit of {limits.time_limit:g} s exceeded"
-            else:
-                rss = processes.rss_mb(proc.pid)
-                if rss > limits.memory_mb:
-                    reason = f"memory limit of {limits.memory_mb:g} MB exceeded ({rss:.0f} MB resident)"
+            reason = processes.over_limit(proc.pid, proc.deadline, limits)
             if reason is not None:
                 proc.validation.future.set_result(_refused(f"validation stopped: {reason}"))
                 proc.validation = None
