@@ -125,7 +125,7 @@ def main() -> None:
             rows.append(measure(name, files))
     env = environment()
     table = markdown(rows, env)
-    publish("accuracy", {"environment": env, "rows": rows}, table, readme=not args.only)
+    publish("accuracy", {"environment": env, "rows": rows}, table)
     print(table)
 
 

@@ -123,7 +123,7 @@ def markdown(rows: list[dict], environment: dict) -> str:
              f"TensorFlow {environment['versions']['tensorflow']}, `bench/zoo.py`: each model trained from scratch for "
              "a few epochs on the digits (as images, rows, tokens or features), then `tfquant.quantize` with default "
              "options (full int8) on 300 calibration samples, measured on the 359 held-out digits.", "",
-             "", "The last two columns: the same float file and samples through LiteRT Quantizer "
+             "The last two columns: the same float file and samples through LiteRT Quantizer "
              "(`--quantizer litert`), its loss and whether its file is fully integer (else its float ops).", "",
              "| model | Keras | output | float | int8 | loss: points below float, RMSE or cosine | bytes float → int8 | latency int8/float | fully integer | s "
              "| LiteRT Quantizer: loss | fully integer |",
