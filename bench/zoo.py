@@ -51,7 +51,8 @@ def row(name: str, version: int, folder: Path, *, with_qat: bool = False) -> dic
         result = getattr(exc, "result", None)
         error = str(exc)
     seconds = time.perf_counter() - started
-    entry = {"model": name, "keras": version, "kind": zoo.ZOO[name].kind, "train_seconds": round(trained, 1),
+    entry = {"model": name, "keras": version, "kind": zoo.ZOO[name].kind, "measured": time.strftime("%Y-%m-%d"),
+             "train_seconds": round(trained, 1),
              "quantize_seconds": round(seconds, 1), "error": error}
     if result is not None:
         report = result.report
@@ -108,6 +109,9 @@ def litert_row(path: Path, calib: Path, test: Path) -> dict:
     return entry
 
 
+EARLIER = "2026-11-23"  # rows of bench/zoo.json written before each row carried its date
+
+
 def metric_text(output: dict) -> tuple[str, str, str]:
     f, q = output["float"], output["quantized"]
     if output["task"] == "classification":
@@ -147,6 +151,12 @@ def markdown(rows: list[dict], environment: dict) -> str:
                 + (f"{r['float_bytes']:,} → {r['int8_bytes']:,} | {r['latency_ratio']:.2f}× | "
                    f"{'yes' if r['fully_integer'] else 'NO'} | {r['quantize_seconds']:.1f} |" if first else "| | | |")
                 + f" {other_change} | {integer if first else ''} |")
+    earlier = sorted({r.get("measured", EARLIER) for r in rows} - {environment["date"]})
+    if earlier:
+        lines += ["", "Rows of models not re-run on " + environment["date"] + " are from an earlier run of the same bench ("
+                  + ", ".join(f"{r['model']} (Keras {r['keras']}): {r.get('measured', EARLIER)}" for r in rows
+                              if r.get("measured", EARLIER) != environment["date"])
+                  + "), before the range choice and bias correction of today's default and without LiteRT Quantizer."]
     qat = [r for r in rows if r.get("qat")]
     if qat:
         lines += ["", "`tfquant qat` (1 epoch on 600 samples; the file kept is the better of QAT and PTQ on the "
