@@ -79,3 +79,27 @@ def test_the_sensitivity_sweep_as_ray_tasks_gives_the_serial_numbers(mismatched,
     measured = [(e.tensor, e.output_error) for e in serial.errors if e.output_error is not None]
     assert len(measured) >= 2
     assert [(e.tensor, e.output_error) for e in fanned.errors] == [(e.tensor, e.output_error) for e in serial.errors]
+
+
+def test_the_command_sweeps_in_worker_processes(mismatched, train_npz, tmp_path):
+    """`python -m tfquant diagnose --parallel 2`, as a user runs it: worker processes spawned from the
+    command's watched child give the serial numbers, and stderr stays empty with --json."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = mismatched  # the saved model's path
+    root = Path(__file__).resolve().parents[1]
+    runs = {}
+    for parallel in (1, 2):
+        done = subprocess.run([sys.executable, "-m", "tfquant", "diagnose", str(model), "--calib", str(train_npz),
+                               "--no-split-joins", "--parallel", str(parallel), "--json"], capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)}, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stderr == ""
+        runs[parallel] = json.loads(done.stdout)
+    measured = [(e["tensor"], e["output_error"]) for e in runs[1]["errors"]]
+    assert sum(error is not None for _, error in measured) >= 2
+    assert [(e["tensor"], e["output_error"]) for e in runs[2]["errors"]] == measured
