@@ -8,7 +8,6 @@ signal fires when the thread that started it exits, so that thread must live as 
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 from . import processes
@@ -95,12 +94,5 @@ class LocalExecutor(Executor):
                 processes.kill_group(proc.pid)
 
     def stop(self) -> None:
-        for proc in self._procs:
-            processes.kill_group(proc.pid)
-        for proc in self._procs:
-            try:
-                proc.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not wait
-                pass
-            processes.close_pipes(proc)
+        processes.stop_all(self._procs)
         self._procs.clear()

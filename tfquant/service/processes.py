@@ -115,6 +115,21 @@ def close_pipes(proc: WorkerProcess) -> None:
             pass
 
 
+def stop_all(procs: list, *, each=None) -> None:
+    """End every worker: kill each process group, wait for each (up to 5 s), close its pipes, then
+    call `each(proc)` if given."""
+    for proc in procs:
+        kill_group(proc.pid)
+    for proc in procs:
+        try:
+            proc.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not wait
+            pass
+        close_pipes(proc)
+        if each is not None:
+            each(proc)
+
+
 def over_limit(pid: int, deadline: float, limits) -> Optional[str]:
     """Why a worker must stop now (its time or memory limit), or None."""
     if time.monotonic() > deadline:

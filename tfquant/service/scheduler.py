@@ -25,7 +25,6 @@ import json
 import logging
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -126,16 +125,7 @@ class Scheduler(threading.Thread):
             self.join(timeout=5)
         with self._lock:
             self.executor.stop()
-            for proc in self._procs:
-                processes.kill_group(proc.pid)
-            for proc in self._procs:
-                try:
-                    proc.process.wait(timeout=5)
-                except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not wait
-                    pass
-                processes.close_pipes(proc)
-                if proc.validation is not None:
-                    proc.validation.future.set_result(_refused("the server stopped while validating"))
+            processes.stop_all(self._procs, each=_refuse_validation)
             self._procs.clear()
             while self._queue:
                 self._queue.popleft().future.set_result(_refused("the server is stopping"))
@@ -278,6 +268,11 @@ class Scheduler(threading.Thread):
         removed = self.store.collect(retain_seconds=self.retain_seconds, keep=self.held())
         if any(removed.values()):
             log.info("collected %d finished jobs and %d unreferenced blobs", removed["jobs"], removed["blobs"])
+
+
+def _refuse_validation(proc) -> None:
+    if proc.validation is not None:
+        proc.validation.future.set_result(_refused("the server stopped while validating"))
 
 
 def _refused(message: str) -> dict:
