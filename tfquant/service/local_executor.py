@@ -22,14 +22,8 @@ class LocalExecutor(Executor):
 
     def options(self) -> list[str]:
         """The worker command line's options for this server's settings."""
-        found = []
-        if self.settings.allow_unsafe_models:
-            found.append("--allow-unsafe-models")
-        if self.settings.threads:
-            found += ["--threads", str(self.settings.threads)]
-        if self.settings.limits.expanded_bytes:
-            found += ["--expanded-bytes", str(self.settings.limits.expanded_bytes)]
-        return found
+        unsafe = ["--allow-unsafe-models"] if self.settings.allow_unsafe_models else []
+        return unsafe + processes.settings_options(self.settings)
 
     def free(self) -> int:
         return len(self._idle())

@@ -115,6 +115,17 @@ def close_pipes(proc: WorkerProcess) -> None:
             pass
 
 
+def settings_options(settings) -> list[str]:
+    """The worker command line's options every worker process shares: interpreter threads and the
+    upload expansion limit."""
+    found = []
+    if settings.threads:
+        found += ["--threads", str(settings.threads)]
+    if settings.limits.expanded_bytes:
+        found += ["--expanded-bytes", str(settings.limits.expanded_bytes)]
+    return found
+
+
 def stop_all(procs: list, *, each=None) -> None:
     """End every worker: kill each process group, wait for each (up to 5 s), close its pipes, then
     call `each(proc)` if given."""

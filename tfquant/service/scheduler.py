@@ -235,12 +235,7 @@ class Scheduler(threading.Thread):
             proc.validation, proc.deadline = item, time.monotonic() + self.settings.limits.time_limit
 
     def _validator_options(self) -> list[str]:
-        found = ["--replica", self.settings.replica]
-        if self.settings.threads:
-            found += ["--threads", str(self.settings.threads)]
-        if self.settings.limits.expanded_bytes:
-            found += ["--expanded-bytes", str(self.settings.limits.expanded_bytes)]
-        return found
+        return ["--replica", self.settings.replica] + processes.settings_options(self.settings)
 
     def _watch_validators(self) -> None:
         limits = self.settings.limits
