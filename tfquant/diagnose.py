@@ -84,31 +84,31 @@ def output_sensitivity(calibration, recipe, data: Dataset, candidates: list[str]
     subset = data.calibration_subset(samples)
     reference = Runner(calibration.float_tflite).predict(subset, progress=False)
     names = [name for name in dict.fromkeys(candidates) if name in everything]
-    tasks = [_Alone(calibration, recipe, subset, reference, tuple(n for n in everything if n != name))
-             for name in names]
-    return dict(zip(names, fan_out(_alone_error, tasks, parallel=parallel)))
+    sweep = _Sweep(calibration, recipe, subset, reference, tuple(everything))
+    return dict(zip(names, fan_out(_alone_error, sweep, names, parallel=parallel)))
 
 
 @dataclass(frozen=True)
-class _Alone:
-    """One op of the sweep: the calibration, the samples and float outputs, every other op denied."""
+class _Sweep:
+    """What every op of the sweep needs: the calibration, the samples, their float outputs, every op."""
 
     calibration: object
     recipe: object
     subset: Dataset
     reference: dict
-    denied: tuple[str, ...]
+    ops: tuple[str, ...]
 
 
-def _alone_error(task: _Alone) -> float:
+def _alone_error(sweep: _Sweep, name: str) -> float:
+    """The outputs' mean error when op `name` alone is int8."""
     from dataclasses import replace
 
     from .harness import Runner
     from .ranges import sample_errors
 
-    alone = replace(task.recipe, denylist=task.denied)
-    outputs = Runner(task.calibration.quantize(alone, final=False)).predict(task.subset, progress=False)
-    return float(sample_errors(task.reference, outputs).mean())
+    alone = replace(sweep.recipe, denylist=tuple(n for n in sweep.ops if n != name))
+    outputs = Runner(sweep.calibration.quantize(alone, final=False)).predict(sweep.subset, progress=False)
+    return float(sample_errors(sweep.reference, outputs).mean())
 
 
 def rank_by_outputs(errors: list[LayerError], sensitivity: dict[str, float],

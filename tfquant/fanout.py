@@ -3,15 +3,16 @@
 The ladder's int8 candidates and the per-op sensitivity sweep of the diagnostics are many
 measurements of one calibration, each independent of the others. `fan_out` runs them `parallel`
 at a time and returns their results in the order of the items, so a caller that decides from
-them decides exactly as the serial run does:
+them decides exactly as the serial run does. What every item needs (the calibration's bytes, the
+evaluation data) is `shared`, sent once to each worker process or put once in Ray's object store,
+never with each item:
 
 - in a job that runs on Ray (`tfquant serve --executor ray`), as Ray tasks, which the cluster
   places wherever it has a free CPU, while the job's own process measures too;
 - anywhere else, in worker processes started for the sweep (spawned, not forked: TensorFlow's
   threads do not survive a fork).
 
-The function and the items travel by pickle: a module-level function and plain data (the
-calibration's bytes, datasets of arrays).
+The function, `shared` and the items travel by pickle: a module-level function and plain data.
 """
 
 from __future__ import annotations
@@ -21,19 +22,21 @@ import sys
 from typing import Callable, Sequence, TypeVar
 
 Item = TypeVar("Item")
+Shared = TypeVar("Shared")
 Result = TypeVar("Result")
 
 log = logging.getLogger(__name__)
 
 
-def fan_out(function: Callable[[Item], Result], items: Sequence[Item], *, parallel: int = 1) -> list[Result]:
-    """`[function(item) for item in items]`, `parallel` at a time; results in the items' order."""
+def fan_out(function: Callable[[Shared, Item], Result], shared: Shared, items: Sequence[Item], *,
+            parallel: int = 1) -> list[Result]:
+    """`[function(shared, item) for item in items]`, `parallel` at a time; results in the items' order."""
     items = list(items)
     if parallel <= 1 or len(items) <= 1:
-        return [function(item) for item in items]
+        return [function(shared, item) for item in items]
     if on_ray():
-        return _on_ray(function, items, parallel)
-    return _on_processes(function, items, parallel)
+        return _on_ray(function, shared, items, parallel)
+    return _on_processes(function, shared, items, parallel)
 
 
 def on_ray() -> bool:
@@ -45,7 +48,7 @@ def on_ray() -> bool:
 STALL_SECONDS = 60.0  # no Ray task done for this long and no CPU free: the rest runs here
 
 
-def _on_ray(function, items: list, parallel: int) -> list:
+def _on_ray(function, shared, items: list, parallel: int) -> list:
     """Up to `parallel - 1` items as Ray tasks of one CPU each, the others here, in the caller's process.
 
     A job on Ray holds its actor's CPUs while it waits, and Ray does not lend them to the tasks it
@@ -58,6 +61,7 @@ def _on_ray(function, items: list, parallel: int) -> list:
     import ray
 
     task = ray.remote(num_cpus=1, max_retries=1)(function)
+    shared_ref = ray.put(shared)  # once; each task gets the object, not a copy in its arguments
     results: dict[int, object] = {}
     queue = list(range(len(items)))
     pending: dict = {}  # Ray object ref -> item index
@@ -74,10 +78,10 @@ def _on_ray(function, items: list, parallel: int) -> list:
     while queue:
         while len(queue) > 1 and len(pending) < parallel - 1:
             index = queue.pop()  # the tasks take the last items, this process the first
-            pending[task.remote(items[index])] = index
+            pending[task.remote(shared_ref, items[index])] = index
             remote += 1
         index = queue.pop(0)
-        results[index] = function(items[index])
+        results[index] = function(shared, items[index])
         collect(0)
     stalled = time.monotonic()
     while pending:
@@ -88,30 +92,40 @@ def _on_ray(function, items: list, parallel: int) -> list:
                      len(pending))
             for ref, index in list(pending.items()):
                 ray.cancel(ref, force=True)
-                results[index] = function(items[index])
+                results[index] = function(shared, items[index])
             pending.clear()
     log.info("%d measurements, %d of them as Ray tasks, up to %d at a time", len(items), remote, parallel)
     return [results[index] for index in range(len(items))]
 
 
-def _on_processes(function, items: list, parallel: int) -> list:
+def _on_processes(function, shared, items: list, parallel: int) -> list:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     workers = min(parallel, len(items))
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_quiet_worker) as pool:
-        results = list(pool.map(function, items))
+                             initializer=_start_worker, initargs=(function, shared)) as pool:
+        results = list(pool.map(_call, items))
     log.info("%d measurements in %d worker processes", len(items), workers)
     return results
 
 
-def _quiet_worker() -> None:
+_WORKER: tuple = ()  # in a sweep worker: (function, shared), sent once when it starts
+
+
+def _start_worker(function, shared) -> None:
     """A sweep worker: TensorFlow's and the interpreter's notices stay out of the user's terminal."""
     import os
 
+    global _WORKER
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
+    _WORKER = (function, shared)
+
+
+def _call(item):
+    function, shared = _WORKER
+    return function(shared, item)

@@ -56,11 +56,9 @@ def suspects(lint: list[RangeWarning], errors: list[LayerError]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class _Trial:
-    """One candidate to measure, as plain data: what a sweep worker needs and nothing else."""
+class _Context:
+    """What measuring any candidate needs, as plain data: sent once to each sweep worker."""
 
-    name: str
-    recipe: Recipe
     calibrated: Calibration
     source: str
     evaluation: object  # the evaluation Dataset
@@ -70,24 +68,26 @@ class _Trial:
     bench_runs: int
 
 
-def _measure_trial(trial: _Trial) -> tuple[Candidate, bytes, dict]:
-    """Quantize one candidate, run it on the evaluation data and judge it: (candidate, file, outputs)."""
-    return _measure(trial, lambda: trial.calibrated.quantize(trial.recipe, source=trial.source))
+def _measure_quantized(context: _Context, candidate: tuple[str, Recipe]) -> tuple[Candidate, bytes, dict]:
+    """Quantize one candidate from the calibration, run it on the evaluation data and judge it."""
+    name, recipe = candidate
+    return _measure(context, name, recipe, lambda: context.calibrated.quantize(recipe, source=context.source))
 
 
-def _measure(trial: _Trial, build: Callable[[], bytes]) -> tuple[Candidate, bytes, dict]:
+def _measure(context: _Context, name: str, recipe: Recipe, build: Callable[[], bytes]) -> tuple[Candidate, bytes, dict]:
+    """(candidate, file, outputs on the evaluation data) of the file `build` makes."""
     started = time.perf_counter()
     data = build()
-    outputs = harness.Runner(data, num_threads=trial.num_threads).predict(trial.evaluation, progress=False)
-    reference = trial.reference
+    outputs = harness.Runner(data, num_threads=context.num_threads).predict(context.evaluation, progress=False)
+    reference = context.reference
     judged = reference.judge(outputs)
-    problems = reference.violations(judged, trial.budget)
+    problems = reference.violations(judged, context.budget)
     score, float_score = reference.score(judged), reference.score(reference.metrics)
-    (bench,) = harness.benchmark(data, runs=trial.bench_runs, warmup=2, num_threads=trial.num_threads,
+    (bench,) = harness.benchmark(data, runs=context.bench_runs, warmup=2, num_threads=context.num_threads,
                                  max_seconds=0.5)
     info = inspect(data)
     candidate = Candidate(
-        name=trial.name, recipe=trial.recipe, accuracy=score,
+        name=name, recipe=recipe, accuracy=score,
         drop=None if score is None or float_score is None else round(float_score - score, 6),
         tflite_bytes=len(data), fully_integer=info.fully_integer, float_ops=len(info.float_ops), ops=len(info.ops),
         latency_p50_ms=bench.inference_ms.p50, seconds=round(time.perf_counter() - started, 3),
@@ -122,9 +122,7 @@ def climb(
     files: dict[int, tuple[bytes, dict]] = {}
     source = prepared.source
 
-    def trial(name: str, candidate_recipe: Recipe) -> _Trial:
-        return _Trial(name, candidate_recipe, calibrated, source, prepared.evaluation, reference, budget,
-                      num_threads, bench_runs)
+    context = _Context(calibrated, source, prepared.evaluation, reference, budget, num_threads, bench_runs)
 
     def record(measured: tuple[Candidate, bytes, dict]) -> Candidate:
         candidate, data, outputs = measured
@@ -136,30 +134,32 @@ def climb(
 
     def measure(name: str, candidate_recipe: Recipe, build: Callable[[], bytes]) -> Candidate:
         with console.step(f"trying candidate {name}"):
-            return record(_measure(trial(name, candidate_recipe), build))
+            return record(_measure(context, name, candidate_recipe, build))
 
     def done(candidate: Candidate) -> LadderResult:
         data, outputs = files[tried.index(candidate)]
         return LadderResult(chosen=candidate, tflite=data, candidates=tried, outputs=outputs)
 
-    def k_trial(k: int) -> _Trial:
-        return trial(f"int8, {k} op(s) in float", replace(recipe, denylist=tuple(suspect_tensors[:k])))
+    def with_k(k: int) -> tuple[str, Recipe]:
+        return f"int8, {k} op(s) in float", replace(recipe, denylist=tuple(suspect_tensors[:k]))
 
     measured_ahead: dict[int, tuple[Candidate, bytes, dict]] = {}
 
     def ahead(ks: list[int]) -> None:
         ks = [k for k in dict.fromkeys(ks) if k not in measured_ahead]
-        if parallel > 1 and len(ks) > 1:
+        if len(ks) > 1:
             from .fanout import fan_out
 
             with console.step(f"trying {len(ks)} candidates, {parallel} at a time"):
-                measured_ahead.update(zip(ks, fan_out(_measure_trial, [k_trial(k) for k in ks], parallel=parallel)))
+                measured_ahead.update(zip(ks, fan_out(_measure_quantized, context, [with_k(k) for k in ks],
+                                                      parallel=parallel)))
 
     def int8_with(k: int) -> Candidate:
         if k in measured_ahead:
             return record(measured_ahead[k])
-        with console.step(f"trying candidate int8, {k} op(s) in float"):
-            return record(_measure_trial(k_trial(k)))
+        name, denied = with_k(k)
+        with console.step(f"trying candidate {name}"):
+            return record(_measure_quantized(context, (name, denied)))
 
     first = measure(recipe.mode.value, recipe, lambda: calibrated.quantize(recipe, source=source))
     if first.accepted:
