@@ -85,6 +85,7 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
     recipe, budget, tasks, num_threads = spec.recipe, spec.budget, spec.tasks, spec.num_threads
     seconds: dict[str, float] = {}
     source = prepared.source
+    gzip_size_soon(prepared.exported.tflite)  # the report's float gzip bytes, while the conversion goes on
     started = time.perf_counter()
     calibrated = None
     if recipe.needs_calibration:

@@ -19,7 +19,6 @@ from .data import Dataset, ImageOptions, load_data
 from .errors import RecipeError, called
 from .export import Exported, export
 from .models import LoadedModel, load_model
-from .sizes import gzip_size_soon
 from .types import Recipe
 
 log = logging.getLogger("tfquant")
@@ -99,7 +98,6 @@ def prepare(
         shapes.update(input_shapes or {})
         with console.step(f"exporting {loaded.source} to a float32 .tflite file"):
             exported = export(loaded, shapes=shapes)
-            gzip_size_soon(exported.tflite)  # the report's float gzip bytes, while the conversion goes on
         seconds["export"] = exported.seconds
         for note in exported.notes:
             log.info("export: %s", note)
