@@ -148,18 +148,22 @@ def test_kill_9_of_a_replica_leaves_its_jobs_to_another_within_the_lease(replica
     victim.stop(signal.SIGKILL)
     killed = time.monotonic()
     wait_for(lambda: not _alive(running.pid), timeout=10)  # its worker went with it
-    taken = wait_for(lambda: (lambda j: j if j.attempts == running.attempts + 1 and j.status != "queued" else None)(
-        store.get(running.id)), timeout=4 * LEASE)
-    takeover = time.monotonic() - killed
-    print(f"\njob taken over {takeover:.1f} s after kill -9 of its replica (lease {LEASE:g} s)")
-    assert takeover < LEASE + 3  # the lease, one renewal period and a poll
+    # A survivor queues the job again once the lease has passed. When one of them claims it then
+    # depends on when a worker of its own is free (a worker restarted by the test before imports
+    # TensorFlow first), so only the release is timed.
+    wait_for(lambda: store.get(running.id).attempts > running.attempts or store.get(running.id).status == "queued",
+             timeout=4 * LEASE)
+    released = time.monotonic() - killed
+    print(f"\njob released {released:.1f} s after kill -9 of its replica (lease {LEASE:g} s)")
+    assert released < LEASE + 3  # the lease, one renewal period and a poll
     survivor = next(s for s in servers if s.process.poll() is None)
     with Client(survivor.url, TOKEN) as client:
         assert client.wait(job, timeout=300, poll=0.3)["status"] == "succeeded"
     attempts = store.attempts_of(job)
-    assert [(a["outcome"], a["owner"]) for a in attempts] == [("expired", running.owner), ("succeeded", taken.owner)]
+    assert [a["outcome"] for a in attempts] == ["expired", "succeeded"]
+    assert attempts[0]["owner"] == running.owner and attempts[1]["owner"] != running.owner
     assert attempts[0]["error"] == f"queued again: the lease of replica {running.owner} expired"
-    assert taken.owner != running.owner and attempts[0]["finished"] <= attempts[1]["started"]
+    assert attempts[0]["finished"] <= attempts[1]["started"]
 
 
 def _alive(pid: int) -> bool:
