@@ -2,9 +2,15 @@
 
 A weight op computes `y = W x + b`. With int8 weights `W_q`, the expected output moves by
 `(W_q - W) E[x]` per output channel — small per weight, but not zero on average for narrow
-layers (depthwise convolutions above all), and it adds up layer after layer. With `E[x]` per
-input channel measured on the calibration samples (`tfquant.statistics`), the shift is folded
-into each op's int32 bias. The weights and every scale stay as they are.
+layers (depthwise convolutions above all), and it adds up layer after layer. With `E[x]`
+measured on the calibration samples (`tfquant.statistics`), the shift is folded into each op's
+int32 bias. The weights and every scale stay as they are.
+
+For a convolution, `E[x]` is kept per position: the shift of one output channel is its mean
+over the output positions, where each tap of the kernel reads the mean input it actually reads
+there, the padding's zeros included. On the small feature maps at the end of a mobile network
+(2×2 or 1×1 under a 5×5 depthwise kernel) most taps read padding, and a shift computed as if
+every tap saw the channel's mean would add an error instead of removing one.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ def correct(quantized: bytes, float_tflite: bytes, input_means: dict[str, np.nda
         axis = [1] * len(shape)
         axis[weights.Quantization().QuantizedDimension()] = -1
         delta = _values(model, weights).astype(np.float64) * scales.reshape(axis) - exact
-        shift = _shift(code, delta, means)
+        shift = _shift(code, delta, means, _conv_options(code, op))
         values = _values(model, bias)
         if shift is None or values is None or shift.shape != values.shape:
             continue
@@ -88,15 +94,55 @@ def _location(model, index: int) -> tuple[int, int]:
     return buffer.Offset(), buffer.Size()  # stored after the flatbuffer (files over 2 GB)
 
 
-def _shift(code: int, delta: np.ndarray, means: np.ndarray):
-    """(W_q - W) E[x] per output channel, the input taken constant over space."""
-    if code == schema.BuiltinOperator.DEPTHWISE_CONV_2D:  # [1, kh, kw, C]
-        return (delta[0] * means.reshape(1, 1, -1)).sum(axis=(0, 1)) if delta.shape[-1] == means.size else None
-    if code == schema.BuiltinOperator.CONV_2D:  # [out, kh, kw, in]
-        return (delta * means.reshape(1, 1, 1, -1)).sum(axis=(1, 2, 3)) if delta.shape[-1] == means.size else None
+def _shift(code: int, delta: np.ndarray, means: np.ndarray, options=(True, 1, 1, 1, 1)):
+    """(W_q - W) E[x] per output channel, averaged over the output positions of a convolution."""
+    if code in (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D):
+        taps = _tap_means(means, delta.shape[1:3], options) if means.ndim == 3 else \
+            np.broadcast_to(means.reshape(1, 1, -1), delta.shape[1:3] + (means.shape[-1],))
+        if code == schema.BuiltinOperator.DEPTHWISE_CONV_2D:  # [1, kh, kw, C * multiplier]
+            if delta.shape[-1] % taps.shape[-1]:
+                return None
+            return (delta[0] * np.repeat(taps, delta.shape[-1] // taps.shape[-1], axis=-1)).sum(axis=(0, 1))
+        if delta.shape[-1] != taps.shape[-1]:  # CONV_2D [out, kh, kw, in]
+            return None
+        return (delta * taps[None]).sum(axis=(1, 2, 3))
     if delta.ndim == 2 and delta.shape[1] == means.size:  # FULLY_CONNECTED [out, in]
         return delta @ means
     return None
+
+
+def _conv_options(code: int, op) -> tuple[bool, int, int, int, int]:
+    """(same padding, stride h, stride w, dilation h, dilation w) of a CONV_2D or DEPTHWISE_CONV_2D."""
+    table = op.BuiltinOptions() if code in (schema.BuiltinOperator.CONV_2D,
+                                            schema.BuiltinOperator.DEPTHWISE_CONV_2D) else None
+    if table is None:
+        return True, 1, 1, 1, 1
+    options = schema.Conv2DOptions() if code == schema.BuiltinOperator.CONV_2D else schema.DepthwiseConv2DOptions()
+    options.Init(table.Bytes, table.Pos)
+    return (options.Padding() == schema.Padding.SAME, options.StrideH(), options.StrideW(),
+            options.DilationHFactor(), options.DilationWFactor())
+
+
+def _tap_means(means: np.ndarray, kernel: tuple[int, int], options: tuple[bool, int, int, int, int]) -> np.ndarray:
+    """[kh, kw, C]: for each tap, the mean over output positions of the input it reads (zero in the padding)."""
+    same, *steps = options
+    padded, starts, counts = [], [], []
+    for axis, (size, k) in enumerate(zip(means.shape[:2], kernel)):
+        stride, dilation = steps[axis], steps[axis + 2]
+        span = (k - 1) * dilation + 1
+        out = -(-size // stride) if same else (size - span) // stride + 1
+        pad = max((out - 1) * stride + span - size, 0) if same else 0
+        padded.append((pad // 2, pad - pad // 2))
+        starts.append([i * dilation for i in range(k)])
+        counts.append((out, stride))
+    grid = np.pad(means, padded + [(0, 0)])
+    (out_h, stride_h), (out_w, stride_w) = counts
+    taps = np.empty(tuple(kernel) + (means.shape[-1],))
+    for i, top in enumerate(starts[0]):
+        for j, left in enumerate(starts[1]):
+            window = grid[top:top + (out_h - 1) * stride_h + 1:stride_h, left:left + (out_w - 1) * stride_w + 1:stride_w]
+            taps[i, j] = window.mean(axis=(0, 1))
+    return taps
 
 
 def _values(model, tensor):

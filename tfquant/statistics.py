@@ -107,7 +107,9 @@ def collect(calibrated: bytes, calibration: Dataset) -> Statistics:
         for name, index in weight_inputs.items():
             x = interpreter.get_tensor(index)
             if x.dtype.kind == "f":
-                mean = x.reshape(-1, x.shape[-1]).mean(axis=0, dtype=np.float64)
+                # A conv's input keeps its spatial layout: the taps at a border read padding there.
+                mean = x[0].astype(np.float64) if x.ndim == 4 and len(x) == 1 else \
+                    x.reshape(-1, x.shape[-1]).mean(axis=0, dtype=np.float64)
                 sums[name] = sums[name] + mean if name in sums else mean
         stats.samples += 1
     stats.extremes = {index: np.asarray(pairs, np.float64).reshape(-1, 2) for index, pairs in extremes.items()}
