@@ -133,6 +133,8 @@ def training_lines(report: Report) -> list[str]:
     if t.unique_values:
         lines.append(f"  distinct values in the .tflite weights ({t.clusters} clusters): "
                      + ", ".join(f"{_short_name(k)} {v}" for k, v in t.unique_values.items()))
+    if t.folded:
+        lines.append(f"  {len(t.folded)} BatchNormalization folded into their kernels before clustering")
     if t.sparse is not None:
         lines.append("  " + t.sparse.summary())
     special = [layer for layer in t.layers if layer.treatment.startswith("tfquant")]

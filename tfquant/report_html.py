@@ -152,6 +152,9 @@ def training_section(report: Report) -> list[str]:
                      "<tr><th>weight tensor</th><th>values</th></tr>")
         parts += [f"<tr>{_name_cell(name)}<td>{count}</td></tr>" for name, count in t.unique_values.items()]
         parts.append("</table>")
+    if t.folded:
+        parts.append(f"<p>{len(t.folded)} BatchNormalization folded into their kernels before clustering, so that "
+                     "the converter's own fold leaves the shared values as they are.</p>")
     if t.sparse is not None:
         parts.append(f"<h3>Sparse storage</h3><p>{esc(t.sparse.summary())}</p>")
         if t.sparse.dense_tensors:

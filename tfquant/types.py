@@ -588,6 +588,7 @@ class Training(Record):
     kept: Optional[str] = None  # "qat" or "ptq" (keep_best)
     clusters: Optional[int] = None
     unique_values: dict[str, int] = field(default_factory=dict)  # per weight tensor, read from the .tflite
+    folded: list[str] = field(default_factory=list)  # BatchNormalizations folded into their kernels before clustering
     stages: list[Stage] = field(default_factory=list)
     sparse: Optional[SparseFile] = None
 

@@ -112,3 +112,55 @@ def test_a_keras3_model_is_clustered(tmp_path, digits):
     result = tfquant.cluster(model, (digits["x"], digits["y"]), clusters=8, epochs=1, bench_runs=2)
     values = file_weights(result.tflite)
     assert len(values) == 2 and all(len(np.unique(v)) <= 8 for v in values.values())
+
+
+@pytest.fixture(scope="module")
+def normalized_cnn(digits):
+    """Conv and depthwise kernels each followed by BatchNormalization (the MobileNet pattern), and one
+    conv whose output feeds two readers (its BatchNormalization cannot be folded)."""
+    from tfquant._keras import keras
+
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs)))
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(32, 3, padding="same", use_bias=False)(x)))
+    x = layers.ReLU()(layers.BatchNormalization()(layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)))
+    shared = layers.Conv2D(32, 1, name="shared")(x)
+    x = layers.Add()([layers.BatchNormalization(name="kept")(shared), shared])
+    outputs = layers.Dense(10, activation="softmax")(layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(digits["x"], digits["y"], epochs=6, verbose=0)
+    return model
+
+
+def test_batch_norms_fold_into_their_kernels_with_the_same_outputs(normalized_cnn, digits):
+    from tfquant._keras import keras
+    from tfquant.optimize.fold import fold_batch_norms
+
+    model = normalized_cnn
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    folded = fold_batch_norms(copy)
+    assert len(folded) == 3 and "kept" not in folded
+    x = digits["x_test"][:64]
+    assert np.max(np.abs(model(x).numpy() - copy(x).numpy())) < 1e-5
+    for name in folded:
+        norm = copy.get_layer(name)
+        assert not norm.trainable and np.all(norm.gamma.numpy() == 1) and np.all(norm.moving_mean.numpy() == 0)
+        assert np.all(np.float32(norm.moving_variance.numpy()) + np.float32(norm.epsilon) == np.float32(1))
+    assert not np.all(copy.get_layer("kept").gamma.numpy() == 1)
+
+
+def test_cqat_of_a_batch_normalized_cnn_keeps_16_values_per_tensor_in_the_file(normalized_cnn, digits):
+    result = tfquant.cluster(normalized_cnn, (digits["x"], digits["y"]), clusters=16, epochs=2, then="qat",
+                             eval_data=(digits["x_test"], digits["y_test"]), bench_runs=2)
+    report = result.report
+    assert len(report.training.folded) == 3
+    assert_every_op_integer(result.info)
+    counts = {name: len(np.unique(values)) for name, values in file_weights(result.tflite).items()}
+    assert len(counts) == 5 and max(counts.values()) <= 16, counts
+    assert report.accuracy_drop <= 0.02
+    stages = {s.name: s for s in report.training.stages}
+    assert stages["qat"].gzip_bytes < stages["int8"].gzip_bytes

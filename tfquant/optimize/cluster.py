@@ -24,6 +24,8 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+import numpy as np
+
 from .._keras import keras
 from ..types import FileSize, Mode, Recipe, Stage, Training
 
@@ -44,6 +46,38 @@ def clusterable(layer) -> bool:
     return bool(layer.trainable_weights) and ClusteringRegistry.supports(layer)
 
 
+_DEPTHWISE: dict[str, type] = {}
+
+
+def _clusterable_depthwise() -> type:
+    """DepthwiseConv2D with its kernel offered for clustering (tfmot's registry clusters none of its
+    weights, so a MobileNet's depthwise kernels would keep every value they have)."""
+    if not _DEPTHWISE:
+        class ClusterableDepthwiseConv2D(keras.layers.DepthwiseConv2D, _clustering().ClusterableLayer):
+            def get_clusterable_weights(self):
+                return [("depthwise_kernel", self.depthwise_kernel)]
+
+        _DEPTHWISE["class"] = ClusterableDepthwiseConv2D
+    return _DEPTHWISE["class"]
+
+
+def _same_layer(layer, kind: type):
+    """`layer` as a new layer of class `kind`, with its config and weights."""
+    copy = kind.from_config(layer.get_config())
+    copy.build(layer.input_shape)
+    copy.set_weights(layer.get_weights())
+    return copy
+
+
+def _plain_depthwise(model):
+    """`model` with the clusterable depthwise layers back as DepthwiseConv2D (what tfmot's QAT knows)."""
+    depthwise = _clusterable_depthwise()
+    if not any(isinstance(layer, depthwise) for layer in model.layers):
+        return model
+    return keras.models.clone_model(model, clone_function=lambda layer: _same_layer(
+        layer, keras.layers.DepthwiseConv2D) if isinstance(layer, depthwise) else layer)
+
+
 def wrap_for_clustering(model, *, clusters: int, init: str = "kmeans_plus_plus", preserve_sparsity: bool = False):
     """A copy of `model` with every clusterable layer wrapped by tfmot's `cluster_weights` (the others as they are)."""
     ck = _clustering()
@@ -52,7 +86,9 @@ def wrap_for_clustering(model, *, clusters: int, init: str = "kmeans_plus_plus",
     base.set_weights(model.get_weights())
 
     def wrap(layer):
-        if not clusterable(layer):
+        if type(layer) is keras.layers.DepthwiseConv2D:
+            layer = _same_layer(layer, _clusterable_depthwise())
+        elif not clusterable(layer):
             return layer
         return ck.cluster_weights(layer, number_of_clusters=clusters, cluster_centroids_init=centroids,
                                   preserve_sparsity=preserve_sparsity)
@@ -69,7 +105,34 @@ def cluster_stage(keras_model, train, *, clusters: int, init: str, epochs: int, 
     wrapped = wrap_for_clustering(keras_model, clusters=clusters, init=init, preserve_sparsity=preserve_sparsity)
     fit(wrapped, train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, callbacks=callbacks,
         verbose=verbose, probabilities=probabilities)
-    return _clustering().strip_clustering(wrapped)
+    return _plain_depthwise(_clustering().strip_clustering(wrapped))
+
+
+def retie(clustered, tuned, clusters: int):
+    """`tuned`'s clustered kernels back to one set of shared values per tensor, in place.
+
+    tfmot's cluster-preserving QAT trains one set of centroids per output channel of a Conv2D
+    whose channels each hold all the clusters, so its fine-tuned kernel holds up to `clusters`
+    values per channel. The file has one scale per tensor: each shared value of `clustered`
+    (the kernel before QAT) becomes the mean of what QAT made of it; a zero stays zero.
+    """
+    before = {layer.name: layer for layer in clustered.layers}
+    for layer in tuned.layers:
+        source = before.get(layer.name)
+        if source is None or not clusterable(layer):
+            continue
+        values = []
+        for old, new in zip(source.get_weights(), layer.get_weights()):
+            shared, index = np.unique(old, return_inverse=True)
+            if old.shape == new.shape and old.size > clusters >= len(shared):
+                counts = np.bincount(index.ravel(), minlength=len(shared))
+                means = np.bincount(index.ravel(), weights=new.ravel().astype(np.float64),
+                                    minlength=len(shared)) / counts
+                means[shared == 0] = 0.0
+                new = means[index].reshape(new.shape).astype(new.dtype)
+            values.append(new)
+        layer.set_weights(values)
+    return tuned
 
 
 def _qat_scheme(*, pruned: bool, clustered: bool):
@@ -152,6 +215,7 @@ def _collaborate(model, train_data, spec, *, sparsity: Optional[float], clusters
     from ..harness import Runner
     from ..sizes import gzip_size
     from ..verify import Reference, verify
+    from .fold import folded_copy
     from .prune import prune_stage, sparse_file
     from .qat import quantize_aware, stripped_weights
     from .training import fit, keras_accuracy, outputs_probabilities, start
@@ -192,7 +256,7 @@ def _collaborate(model, train_data, spec, *, sparsity: Optional[float], clusters
         measure("int8", convert(prepared.exported, recipe, calibration=prepared.calibration, source=prepared.source))
     seconds["int8"] = time.perf_counter() - started
 
-    current, kinds, epochs, layers = begun.keras_model, [], 0, []
+    current, kinds, epochs, layers, folded = begun.keras_model, [], 0, [], []
     fitting = dict(batch_size=spec.batch_size, learning_rate=spec.learning_rate, verbose=verbose,
                    probabilities=probabilities)
     if sparsity is not None:
@@ -204,6 +268,7 @@ def _collaborate(model, train_data, spec, *, sparsity: Optional[float], clusters
         seconds["prune"] = time.perf_counter() - started
     if clusters is not None:
         started = time.perf_counter()
+        current, folded = folded_copy(current, prepared.calibration)
         current = cluster_stage(current, begun.train, clusters=clusters, init=spec.init, epochs=spec.epochs,
                                 preserve_sparsity=sparsity is not None, callbacks=callbacks, **fitting)
         measure("clustered", as_int8(current, file_recipe))
@@ -216,7 +281,8 @@ def _collaborate(model, train_data, spec, *, sparsity: Optional[float], clusters
                                        samples=prepared.calibration)
         fit(aware, begun.train, epochs=qat_epochs, callbacks=callbacks, **fitting)
         # The fine-tuned weights keep the zeros and the shared values: calibrated as in PTQ, per tensor once clustered.
-        current = stripped_weights(current, aware)
+        current = stripped_weights(current, aware) if clusters is None else \
+            retie(current, stripped_weights(current, aware), clusters)
         measure("qat", as_int8(current, file_recipe))
         kinds, epochs = kinds + ["qat"], epochs + qat_epochs
         seconds["qat"] = time.perf_counter() - started
@@ -233,7 +299,8 @@ def _collaborate(model, train_data, spec, *, sparsity: Optional[float], clusters
         keras_accuracy=None if prepared.evaluation is None else keras_accuracy(current, prepared.evaluation),
         layers=layers, target_sparsity=sparsity, sparsity=weight_sparsity(files[stages[-1].name]) if sparsity else {},
         files={name: FileSize(len(data), gzip_size(data)) for name, data in files.items()},
-        clusters=clusters, unique_values=unique_values(files[stages[-1].name]) if clusters else {}, stages=stages,
+        clusters=clusters, unique_values=unique_values(files[stages[-1].name]) if clusters else {}, folded=folded,
+        stages=stages,
         sparse=sparse_record, ptq_accuracy=stages[1].accuracy,
     )
     return verify(prepared, file_recipe if clusters else recipe, tflite, seconds=seconds, budget=spec.budget,
