@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ai_edge_litert import schema_py_generated as schema
 
 from tfquant._keras import tf
 from tfquant.bias import _shift
-from ai_edge_litert import schema_py_generated as schema
 
 
 @pytest.mark.parametrize("same, stride, dilation, size, kernel", [
