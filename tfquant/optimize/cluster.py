@@ -9,9 +9,13 @@ What ships is the int8 file, so the clusters must survive quantization:
 
 - the file uses one scale per weight tensor (per-channel scales would turn 16 shared values into
   16 per output channel, and a conv kernel's distinct codes into hundreds);
+- BatchNormalization is folded into the kernel before clustering (`fold.py`): the converter's own
+  fold would multiply the shared values by one factor per channel;
+- depthwise kernels are clustered as well (tfmot's registry leaves them out);
 - `then="qat"` fine-tunes with tfmot's cluster-preserving QAT scheme (CQAT), which trains the
-  centroids through the fake-quant ops instead of the weights one by one; its fine-tuned weights
-  are still clustered and are calibrated like PTQ's;
+  centroids through the fake-quant ops instead of the weights one by one; where it trained one
+  set of centroids per channel, `retie` brings each tensor back to one set; the fine-tuned
+  weights are then calibrated like PTQ's;
 - `collaborate()` (`tfquant optimize`) chains pruning, clustering that keeps the zeros (sparsity-preserving clustering)
   and QAT that keeps zeros and clusters (PCQAT), and measures every stage as an int8 file.
 
