@@ -134,9 +134,17 @@ def test_auto_judges_candidates_on_held_out_samples_and_falls_back_when_clipping
     monkeypatch.setattr(ranges, "sample_errors", spy)
     calibration, recipe = convert.calibration_for(prepared.exported, prepared.calibration, Recipe())
     assert recipe.ranges == "minmax" and calibration.ranges == "minmax"
-    # Each candidate judged on both halves, each half by the ranges fitted on the other.
-    assert [len(e) for e in judged] == [100] * 2 * len(ranges.AUTO)
+    # Each candidate judged on both halves, each half by the ranges fitted on the other; then the
+    # chosen one once more with bias correction (unless that changed no byte), kept only if it did
+    # clearly better there.
+    assert [len(e) for e in judged] in ([100] * 2 * len(ranges.AUTO), [100] * 2 * (len(ranges.AUTO) + 1))
     percentile, minmax = np.concatenate(judged[:2]), np.concatenate(judged[2:4])
     assert percentile.mean() > 2 * minmax.mean()
+    corrected = np.concatenate(judged[4:6]) if len(judged) > 4 else minmax
+    assert recipe.bias_correction == (ranges.pick({"no": minmax, "yes": corrected}) == "yes")
+    assert bool(calibration.input_means) == recipe.bias_correction
+    pinned, _ = convert.calibration_for(prepared.exported, prepared.calibration,
+                                        Recipe(ranges="minmax", bias_correction=True))
+    assert pinned.input_means  # a recipe that names its ranges gets the correction it asks for
     forced, _ = convert.calibration_for(prepared.exported, prepared.calibration, Recipe(ranges="percentile"))
     assert forced.ranges == "percentile" and forced.calibrated != calibration.calibrated

@@ -160,25 +160,30 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
         return Calibration(float_tflite, calibrated, ranges="minmax", rewrites=rewrites), \
             replace(recipe, ranges="minmax") if recipe.mode is Mode.INT8 else recipe
     # One pass over the samples, in two halves: auto fits ranges on each half in turn and checks
-    # them on the other; the method is then fitted on both (the same arithmetic whether auto chose
-    # it or a recipe names it, so a replayed recipe gives the same bytes).
+    # them on the other, then checks bias correction the same way; the method is then fitted on
+    # both (the same arithmetic whether auto chose it or a recipe names it, so a replayed recipe,
+    # which names the method and whether the biases were corrected, gives the same bytes).
     halves = calibration.halves()
     try:
         stats = [statistics.collect(calibrated, half) for half in halves]
     except (RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor of this graph
         log.info("calibration statistics skipped: %s", " ".join(str(exc).split())[:160])
         return Calibration(float_tflite, calibrated, rewrites=rewrites), replace(recipe, ranges="minmax")
-    bias = recipe.bias_correction
-
-    def quantize(candidate: bytes, fitted: statistics.Statistics) -> bytes:
-        """A candidate's int8 file, bias-corrected with the means of the samples it was fitted on."""
-        return Calibration(float_tflite, candidate, fitted.input_means if bias else {}).quantize(
+    def quantize(candidate: bytes, fitted: statistics.Statistics, corrected: bool = False) -> bytes:
+        """A candidate's int8 file, bias-corrected (if asked) with the means of the samples it was fitted on."""
+        return Calibration(float_tflite, candidate, fitted.input_means if corrected else {}).quantize(
             recipe, source=source, final=False)
 
-    choice = ranges.choose(float_tflite, calibrated, list(zip(stats, halves)), quantize, method=recipe.ranges)
+    auto = recipe.ranges == "auto"
+    choice = ranges.choose(float_tflite, calibrated, list(zip(stats, halves)),
+                           lambda c, f: quantize(c, f, corrected=recipe.bias_correction and not auto),
+                           method=recipe.ranges,
+                           corrected=(lambda c, f: quantize(c, f, corrected=True)) if auto and recipe.bias_correction
+                           else None)
+    bias = choice.bias_correction if auto else recipe.bias_correction
     means = stats[0].merge(stats[1]).input_means if bias else {}
     return Calibration(float_tflite, choice.calibrated, means, ranges=choice.method, rewrites=rewrites), \
-        replace(recipe, ranges=choice.method)
+        replace(recipe, ranges=choice.method, bias_correction=bias)
 
 
 def _joins_split(float_tflite: bytes, calibrated: bytes, calibration: Dataset, source: str):

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -159,42 +159,71 @@ class Choice:
     method: str  # one of types.RANGE_METHODS other than auto
     calibrated: bytes  # the calibrated file with the method's ranges, fitted on all samples
     errors: dict[str, float]  # auto only: per candidate, its mean error on the held-out samples
+    bias_correction: bool = False  # auto only: whether bias correction won on the held-out samples
+
+
+class HeldOut:
+    """Two disjoint halves of the calibration samples: a file fitted on one half is judged on the
+    other, both ways round, so every sample is held out once."""
+
+    def __init__(self, float_tflite: bytes, halves: Sequence[tuple[Statistics, Dataset]]):
+        from .harness import Runner
+
+        self.halves = halves
+        float_runner = Runner(float_tflite)
+        self.references = [float_runner.predict(data, progress=False) for _, data in halves]
+        self._judged: dict = {}  # (fold, quantized bytes) -> errors: candidates may coincide
+
+    def errors(self, fitted: Sequence[bytes], quantize: Callable[[bytes, Statistics], bytes]) -> np.ndarray:
+        """Per held-out sample, the error of `quantize(fitted[fold], statistics of fold)` on the other half."""
+        from .harness import Runner
+
+        folds = []
+        for fold, (statistics, _) in enumerate(self.halves):
+            quantized = quantize(fitted[fold], statistics)
+            if (fold, quantized) not in self._judged:
+                outputs = Runner(quantized).predict(self.halves[1 - fold][1], progress=False)
+                self._judged[fold, quantized] = sample_errors(self.references[1 - fold], outputs)
+            folds.append(self._judged[fold, quantized])
+        return np.concatenate(folds)
 
 
 def choose(float_tflite: bytes, calibrated: bytes, halves: Sequence[tuple[Statistics, Dataset]],
-           quantize: Callable[[bytes, Statistics], bytes], *, method: str = "auto") -> Choice:
+           quantize: Callable[[bytes, Statistics], bytes], *, method: str = "auto",
+           corrected: Optional[Callable[[bytes, Statistics], bytes]] = None) -> Choice:
     """The calibration to quantize from: `method`'s ranges or, for auto, the candidate chosen on
     held-out samples, fitted on all of them.
 
     `halves` are two disjoint parts of the calibration samples with their statistics; `quantize`
-    turns a calibrated file into the int8 file, with the statistics it was fitted on (for bias
-    correction). For auto, each candidate is fitted on one half and judged on the other, both ways
-    round, so every sample is held out once.
+    turns a calibrated file into the int8 file. For auto, each candidate is fitted on one half and
+    judged on the other (`HeldOut`); then, if `corrected` is given (the same with bias correction
+    from the statistics it was fitted on), the chosen candidate is judged once more with it, and
+    bias correction is kept only where the held-out samples show it helps: it estimates a mean
+    shift from the calibration samples, and with few samples or a shift that is already small, the
+    estimate can add more error than it removes.
     """
     everything = halves[0][0].merge(halves[1][0])
     summary: dict[str, float] = {}
+    bias = False
     if method == "auto":
-        from .harness import Runner
-
-        float_runner = Runner(float_tflite)
-        references = [float_runner.predict(data, progress=False) for _, data in halves]
-        errors, judged = {}, {}  # judged: per fold and calibrated file, its errors (candidates may coincide)
+        held_out = HeldOut(float_tflite, halves)
+        errors = {}
         for name in AUTO:
-            folds = []
-            for fold, (fit, _) in enumerate(halves):
-                held_out, reference = halves[1 - fold][1], references[1 - fold]
-                fitted = apply_ranges(calibrated, ESTIMATORS[name](fit))
-                if (fold, fitted) not in judged:
-                    outputs = Runner(quantize(fitted, fit)).predict(held_out, progress=False)
-                    judged[fold, fitted] = sample_errors(reference, outputs)
-                folds.append(judged[fold, fitted])
-            errors[name] = np.concatenate(folds)
+            errors[name] = held_out.errors([apply_ranges(calibrated, ESTIMATORS[name](fit)) for fit, _ in halves],
+                                           quantize)
         method = pick(errors)
         summary = {name: float(e.mean()) for name, e in errors.items()}
         log.info("activation ranges: %s (mean error on %d held-out calibration samples: %s)", method,
                  len(errors[method]), ", ".join(f"{name} {e:.4g}" for name, e in summary.items()))
+        if corrected is not None:
+            fitted = [apply_ranges(calibrated, ESTIMATORS[method](fit)) for fit, _ in halves]
+            trial = {"as rounded": errors[method], "bias corrected": held_out.errors(fitted, corrected)}
+            bias = pick(trial) == "bias corrected"
+            summary["bias corrected"] = float(trial["bias corrected"].mean())
+            log.info("bias correction: %s (mean held-out error %.4g, without %.4g)", "kept" if bias else "left out",
+                     trial["bias corrected"].mean(), trial["as rounded"].mean())
     chosen = apply_ranges(calibrated, ESTIMATORS[method](everything))
-    return Choice(method, chosen, summary)
+    return Choice(method, chosen, summary, bias)
 
 
 def pick(errors: dict[str, np.ndarray]) -> str:

@@ -85,7 +85,8 @@ class ConvertSpec(Spec):
                          help="int8 activation ranges: min/max, MSE-optimal, the average of each sample's extremes, "
                               "or auto (whichever keeps the outputs closest to float on held-out calibration samples)")
     bias_correction: bool = option(True, recipe=True, flag="--no-bias-correction",
-                                   help="fold the mean shift of int8 weight rounding into the biases")
+                                   help="fold the mean shift of int8 weight rounding into the biases (with "
+                                        "ranges auto: where held-out calibration samples show it helps)")
     per_channel: bool = option(True, recipe=True, flag="--no-per-channel", help="per-channel weight scales")
     split_joins: bool = option(True, recipe=True, flag="--no-split-joins",
                                help="where a concatenation's inputs' ranges differ more than 16x, split the dense and "
