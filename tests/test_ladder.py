@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 
 import pytest
@@ -109,9 +110,12 @@ def test_report_html_has_both_charts(laddered, tmp_path):
     result, _ = laddered
     result.save(tmp_path / "m.tflite", reports=True)
     page = (tmp_path / "report.html").read_text()
-    images = [part.split("'")[0] for part in page.split("src='data:image/png;base64,")[1:]]
-    assert len(images) == 2
-    assert all(base64.b64decode(image)[:8] == b"\x89PNG\r\n\x1a\n" for image in images)
+    (scatter,) = [part.split("'")[0] for part in page.split("src='data:image/png;base64,")[1:]]
+    assert base64.b64decode(scatter)[:8] == b"\x89PNG\r\n\x1a\n"
+    (bars,) = [part.split("'")[0] for part in page.split("src='data:image/svg+xml;base64,")[1:]]
+    svg = base64.b64decode(bars).decode()
+    worst = result.report.diagnostics[:12]
+    assert svg.count("<rect x=") == len(worst) and html.escape(worst[0].op) in svg
     assert "Fallback ladder" in page and "Per-tensor quantization error" in page
 
 

@@ -1,7 +1,8 @@
 """report.html: the report's tables with the two charts a person would rather look at than read.
 
 The worst tensors by quantization error (bar chart), and after a fallback ladder every
-candidate's accuracy against its bytes (scatter). Charts are PNGs embedded in the page.
+candidate's accuracy against its bytes (scatter). Both are embedded in the page: the bars as
+SVG written here, the scatter as a matplotlib PNG (imported only when a ladder ran).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -43,19 +45,50 @@ def _short(tensor: str, width: int = 44) -> str:
 
 
 def worst_layers_chart(report: Report, top: int = 12) -> str | None:
+    """The worst tensors' RMSE/scale as horizontal bars, drawn as SVG: nothing to import, sharp at any zoom."""
     if not report.diagnostics:
         return None
-    plt = _pyplot()
-    rows = report.diagnostics[:top][::-1]
-    figure, axes = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
-    labels = [f"{r.op}  {_short(r.tensor)}" for r in rows]
-    axes.barh(labels, [r.rmse_per_scale for r in rows], color=["#c0392b" if r.rmse_per_scale > 1 else "#2e86c1" for r in rows])
-    axes.axvline(NOISE_FLOOR, color="grey", linestyle="--", linewidth=1)
-    axes.text(NOISE_FLOOR, -0.9, " rounding noise", color="grey", fontsize=8)
-    axes.set_xlabel("RMSE / scale (int8 vs float, per tensor)")
-    axes.set_title("Worst tensors after int8 quantization")
-    axes.tick_params(axis="y", labelsize=7)
-    return _png(figure)
+    rows = report.diagnostics[:top]
+    label_width, bar_width, row_height, top_margin = 340, 360, 22, 40
+    height = top_margin + row_height * len(rows) + 46
+    largest = max([r.rmse_per_scale for r in rows] + [NOISE_FLOOR]) * 1.08
+    step = _tick_step(largest)
+
+    def x(value: float) -> float:
+        return label_width + bar_width * value / largest
+
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{label_width + bar_width + 20}' height='{height}' "
+             "font-family='sans-serif' font-size='11'>",
+             "<rect width='100%' height='100%' fill='white'/>",
+             f"<text x='{label_width + bar_width / 2}' y='18' font-size='13' text-anchor='middle'>"
+             "Worst tensors after int8 quantization</text>"]
+    for index, row in enumerate(rows):
+        y = top_margin + index * row_height
+        colour = "#c0392b" if row.rmse_per_scale > 1 else "#2e86c1"
+        parts.append(f"<text x='{label_width - 6}' y='{y + 15}' text-anchor='end'>"
+                     f"{html.escape(f'{row.op}  {_short(row.tensor)}')}</text>")
+        parts.append(f"<rect x='{label_width}' y='{y + 3}' width='{max(0.5, x(row.rmse_per_scale) - label_width):.1f}'"
+                     f" height='{row_height - 6}' fill='{colour}'/>")
+    axis = top_margin + row_height * len(rows) + 2
+    parts.append(f"<line x1='{label_width}' y1='{axis}' x2='{label_width + bar_width}' y2='{axis}' stroke='black'/>")
+    tick = 0.0
+    while tick <= largest:
+        parts.append(f"<line x1='{x(tick):.1f}' y1='{axis}' x2='{x(tick):.1f}' y2='{axis + 4}' stroke='black'/>"
+                     f"<text x='{x(tick):.1f}' y='{axis + 16}' text-anchor='middle'>{tick:g}</text>")
+        tick = round(tick + step, 10)
+    parts.append(f"<line x1='{x(NOISE_FLOOR):.1f}' y1='{top_margin - 4}' x2='{x(NOISE_FLOOR):.1f}' y2='{axis}' "
+                 "stroke='grey' stroke-dasharray='4 3'/>"
+                 f"<text x='{x(NOISE_FLOOR) + 3:.1f}' y='{top_margin - 6}' fill='grey' font-size='10'>rounding noise</text>")
+    parts.append(f"<text x='{label_width + bar_width / 2}' y='{axis + 34}' text-anchor='middle'>"
+                 "RMSE / scale (int8 vs float, per tensor)</text></svg>")
+    return "data:image/svg+xml;base64," + base64.b64encode("".join(parts).encode()).decode()
+
+
+def _tick_step(largest: float) -> float:
+    """A round tick spacing giving about five ticks up to `largest`."""
+    raw = largest / 5
+    magnitude = 10 ** math.floor(math.log10(raw))
+    return next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
 
 
 def ladder_chart(report: Report) -> str | None:
