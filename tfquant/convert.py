@@ -165,7 +165,7 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
     # which names the method and whether the biases were corrected, gives the same bytes).
     halves = calibration.halves()
     try:
-        stats = [statistics.collect(calibrated, half) for half in halves]
+        stats = [statistics.collect(calibrated, half, counts=recipe.ranges == "mse") for half in halves]
     except (RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor of this graph
         log.info("calibration statistics skipped: %s", " ".join(str(exc).split())[:160])
         return Calibration(float_tflite, calibrated, rewrites=rewrites), replace(recipe, ranges="minmax")

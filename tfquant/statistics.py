@@ -70,8 +70,9 @@ class Statistics:
         return Statistics(histograms, extremes, means, total)
 
 
-def collect(calibrated: bytes, calibration: Dataset) -> Statistics:
-    """Run every calibration sample through `calibrated` and gather the statistics."""
+def collect(calibrated: bytes, calibration: Dataset, *, counts: bool = True) -> Statistics:
+    """Run every calibration sample through `calibrated` and gather the statistics. `counts=False`
+    leaves the histograms' bins empty (only MSE ranges read them), keeping their calibrated range."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
     from ai_edge_litert.tools import flatbuffer_utils
 
@@ -102,7 +103,8 @@ def collect(calibrated: bytes, calibration: Dataset) -> Statistics:
         runner(**{name: sample[name].astype(details[name]["dtype"], copy=False) for name in details})
         for index, histogram in stats.histograms.items():
             values = interpreter.get_tensor(index)
-            histogram.add(values)
+            if counts:
+                histogram.add(values)
             extremes[index].append((values.min(), values.max()))
         for name, index in weight_inputs.items():
             x = interpreter.get_tensor(index)
