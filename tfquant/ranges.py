@@ -172,15 +172,24 @@ class HeldOut:
         self.halves = halves
         float_runner = Runner(float_tflite)
         self.references = [float_runner.predict(data, progress=False) for _, data in halves]
+        self._files: dict = {}  # (way, calibrated bytes[, fold]) -> quantized bytes
         self._judged: dict = {}  # (fold, quantized bytes) -> errors: candidates may coincide
 
-    def errors(self, fitted: Sequence[bytes], quantize: Callable[[bytes, Statistics], bytes]) -> np.ndarray:
-        """Per held-out sample, the error of `quantize(fitted[fold], statistics of fold)` on the other half."""
+    def errors(self, fitted: Sequence[bytes], quantize: Callable[[bytes, Statistics], bytes], *,
+               way: str = "plain", reads_statistics: bool = False) -> np.ndarray:
+        """Per held-out sample, the error of `quantize(fitted[fold], statistics of fold)` on the other half.
+
+        A calibrated file is quantized once per `way`, for both folds, unless the quantization
+        `reads_statistics` of the half it was fitted on (bias correction).
+        """
         from .harness import Runner
 
         folds = []
         for fold, (statistics, _) in enumerate(self.halves):
-            quantized = quantize(fitted[fold], statistics)
+            key = (way, fitted[fold]) + ((fold,) if reads_statistics else ())
+            if key not in self._files:
+                self._files[key] = quantize(fitted[fold], statistics)
+            quantized = self._files[key]
             if (fold, quantized) not in self._judged:
                 outputs = Runner(quantized).predict(self.halves[1 - fold][1], progress=False)
                 self._judged[fold, quantized] = sample_errors(self.references[1 - fold], outputs)
@@ -195,7 +204,8 @@ def choose(float_tflite: bytes, calibrated: bytes, halves: Sequence[tuple[Statis
     held-out samples, fitted on all of them.
 
     `halves` are two disjoint parts of the calibration samples with their statistics; `quantize`
-    turns a calibrated file into the int8 file. For auto, each candidate is fitted on one half and
+    turns a calibrated file into the int8 file (without reading the statistics: a file fitted
+    alike on both halves, min/max's, is quantized once). For auto, each candidate is fitted on one half and
     judged on the other (`HeldOut`); then, if `corrected` is given (the same with bias correction
     from the statistics it was fitted on), the chosen candidate is judged once more with it, and
     bias correction is kept only where the held-out samples show it helps: it estimates a mean
@@ -217,7 +227,8 @@ def choose(float_tflite: bytes, calibrated: bytes, halves: Sequence[tuple[Statis
                  len(errors[method]), ", ".join(f"{name} {e:.4g}" for name, e in summary.items()))
         if corrected is not None:
             fitted = [apply_ranges(calibrated, ESTIMATORS[method](fit)) for fit, _ in halves]
-            trial = {"as rounded": errors[method], "bias corrected": held_out.errors(fitted, corrected)}
+            trial = {"as rounded": errors[method],
+                     "bias corrected": held_out.errors(fitted, corrected, way="corrected", reads_statistics=True)}
             bias = pick(trial) == "bias corrected"
             summary["bias corrected"] = float(trial["bias corrected"].mean())
             log.info("bias correction: %s (mean held-out error %.4g, without %.4g)", "kept" if bias else "left out",
