@@ -169,17 +169,20 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
     except (RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor of this graph
         log.info("calibration statistics skipped: %s", " ".join(str(exc).split())[:160])
         return Calibration(float_tflite, calibrated, rewrites=rewrites), replace(recipe, ranges="minmax")
-    def quantize(candidate: bytes, fitted: statistics.Statistics, corrected: bool = False) -> bytes:
-        """A candidate's int8 file, bias-corrected (if asked) with the means of the samples it was fitted on."""
-        return Calibration(float_tflite, candidate, fitted.input_means if corrected else {}).quantize(
-            recipe, source=source, final=False)
+
+    def quantize(candidate: bytes) -> bytes:
+        """A candidate's int8 file as it is rounded (biases not corrected; buffers not merged, so that
+        each bias can still be corrected in place)."""
+        return Calibration(float_tflite, candidate).quantize(recipe, source=source, final=False)
+
+    def correct(quantized: bytes, fitted: statistics.Statistics) -> bytes:
+        from .bias import correct as corrected
+
+        return corrected(quantized, float_tflite, fitted.input_means)[0]
 
     auto = recipe.ranges == "auto"
-    choice = ranges.choose(float_tflite, calibrated, list(zip(stats, halves)),
-                           lambda c, f: quantize(c, f, corrected=recipe.bias_correction and not auto),
-                           method=recipe.ranges,
-                           corrected=(lambda c, f: quantize(c, f, corrected=True)) if auto and recipe.bias_correction
-                           else None)
+    choice = ranges.choose(float_tflite, calibrated, list(zip(stats, halves)), quantize, method=recipe.ranges,
+                           correct=correct if auto and recipe.bias_correction else None)
     bias = choice.bias_correction if auto else recipe.bias_correction
     means = stats[0].merge(stats[1]).input_means if bias else {}
     return Calibration(float_tflite, choice.calibrated, means, ranges=choice.method, rewrites=rewrites), \

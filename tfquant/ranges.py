@@ -172,24 +172,26 @@ class HeldOut:
         self.halves = halves
         float_runner = Runner(float_tflite)
         self.references = [float_runner.predict(data, progress=False) for _, data in halves]
-        self._files: dict = {}  # (way, calibrated bytes[, fold]) -> quantized bytes
+        self._files: dict = {}  # calibrated bytes -> quantized bytes
         self._judged: dict = {}  # (fold, quantized bytes) -> errors: candidates may coincide
 
-    def errors(self, fitted: Sequence[bytes], quantize: Callable[[bytes, Statistics], bytes], *,
-               way: str = "plain", reads_statistics: bool = False) -> np.ndarray:
-        """Per held-out sample, the error of `quantize(fitted[fold], statistics of fold)` on the other half.
+    def errors(self, fitted: Sequence[bytes], quantize: Callable[[bytes], bytes],
+               then: Optional[Callable[[bytes, Statistics], bytes]] = None) -> np.ndarray:
+        """Per held-out sample, the error of `quantize(fitted[fold])` on the other half, each file
+        passed through `then(file, statistics of the half it was fitted on)` if given.
 
-        A calibrated file is quantized once per `way`, for both folds, unless the quantization
-        `reads_statistics` of the half it was fitted on (bias correction).
+        Each calibrated file is quantized once (min/max's is the same file for both folds, and a
+        file judged again with `then` is not quantized again).
         """
         from .harness import Runner
 
         folds = []
         for fold, (statistics, _) in enumerate(self.halves):
-            key = (way, fitted[fold]) + ((fold,) if reads_statistics else ())
-            if key not in self._files:
-                self._files[key] = quantize(fitted[fold], statistics)
-            quantized = self._files[key]
+            if fitted[fold] not in self._files:
+                self._files[fitted[fold]] = quantize(fitted[fold])
+            quantized = self._files[fitted[fold]]
+            if then is not None:
+                quantized = then(quantized, statistics)
             if (fold, quantized) not in self._judged:
                 outputs = Runner(quantized).predict(self.halves[1 - fold][1], progress=False)
                 self._judged[fold, quantized] = sample_errors(self.references[1 - fold], outputs)
@@ -198,16 +200,15 @@ class HeldOut:
 
 
 def choose(float_tflite: bytes, calibrated: bytes, halves: Sequence[tuple[Statistics, Dataset]],
-           quantize: Callable[[bytes, Statistics], bytes], *, method: str = "auto",
-           corrected: Optional[Callable[[bytes, Statistics], bytes]] = None) -> Choice:
+           quantize: Callable[[bytes], bytes], *, method: str = "auto",
+           correct: Optional[Callable[[bytes, Statistics], bytes]] = None) -> Choice:
     """The calibration to quantize from: `method`'s ranges or, for auto, the candidate chosen on
     held-out samples, fitted on all of them.
 
     `halves` are two disjoint parts of the calibration samples with their statistics; `quantize`
-    turns a calibrated file into the int8 file (without reading the statistics: a file fitted
-    alike on both halves, min/max's, is quantized once). For auto, each candidate is fitted on one half and
-    judged on the other (`HeldOut`); then, if `corrected` is given (the same with bias correction
-    from the statistics it was fitted on), the chosen candidate is judged once more with it, and
+    turns a calibrated file into the int8 file. For auto, each candidate is fitted on one half and
+    judged on the other (`HeldOut`); then, if `correct` is given (an int8 file bias-corrected with
+    the statistics it was fitted on), the chosen candidate is judged once more with it, and
     bias correction is kept only where the held-out samples show it helps: it estimates a mean
     shift from the calibration samples, and with few samples or a shift that is already small, the
     estimate can add more error than it removes.
@@ -225,10 +226,10 @@ def choose(float_tflite: bytes, calibrated: bytes, halves: Sequence[tuple[Statis
         summary = {name: float(e.mean()) for name, e in errors.items()}
         log.info("activation ranges: %s (mean error on %d held-out calibration samples: %s)", method,
                  len(errors[method]), ", ".join(f"{name} {e:.4g}" for name, e in summary.items()))
-        if corrected is not None:
+        if correct is not None:
             fitted = [apply_ranges(calibrated, ESTIMATORS[method](fit)) for fit, _ in halves]
             trial = {"as rounded": errors[method],
-                     "bias corrected": held_out.errors(fitted, corrected, way="corrected", reads_statistics=True)}
+                     "bias corrected": held_out.errors(fitted, quantize, then=correct)}
             bias = pick(trial) == "bias corrected"
             summary["bias corrected"] = float(trial["bias corrected"].mean())
             log.info("bias correction: %s (mean held-out error %.4g, without %.4g)", "kept" if bias else "left out",
