@@ -218,18 +218,15 @@ def choose(float_tflite: bytes, calibrated: bytes, halves: Sequence[tuple[Statis
     bias = False
     if method == "auto":
         held_out = HeldOut(float_tflite, halves)
-        errors = {}
-        for name in AUTO:
-            errors[name] = held_out.errors([apply_ranges(calibrated, ESTIMATORS[name](fit)) for fit, _ in halves],
-                                           quantize)
+        fitted = {name: [apply_ranges(calibrated, ESTIMATORS[name](fit)) for fit, _ in halves] for name in AUTO}
+        errors = {name: held_out.errors(fitted[name], quantize) for name in AUTO}
         method = pick(errors)
         summary = {name: float(e.mean()) for name, e in errors.items()}
         log.info("activation ranges: %s (mean error on %d held-out calibration samples: %s)", method,
                  len(errors[method]), ", ".join(f"{name} {e:.4g}" for name, e in summary.items()))
         if correct is not None:
-            fitted = [apply_ranges(calibrated, ESTIMATORS[method](fit)) for fit, _ in halves]
             trial = {"as rounded": errors[method],
-                     "bias corrected": held_out.errors(fitted, quantize, then=correct)}
+                     "bias corrected": held_out.errors(fitted[method], quantize, then=correct)}
             bias = pick(trial) == "bias corrected"
             summary["bias corrected"] = float(trial["bias corrected"].mean())
             log.info("bias correction: %s (mean held-out error %.4g, without %.4g)", "kept" if bias else "left out",
