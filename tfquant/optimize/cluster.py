@@ -25,6 +25,7 @@ Every count of distinct values and zeros in the report is read from the .tflite 
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Optional
 
@@ -50,19 +51,15 @@ def clusterable(layer) -> bool:
     return bool(layer.trainable_weights) and ClusteringRegistry.supports(layer)
 
 
-_DEPTHWISE: dict[str, type] = {}
-
-
+@functools.cache
 def _clusterable_depthwise() -> type:
     """DepthwiseConv2D with its kernel offered for clustering (tfmot's registry clusters none of its
     weights, so a MobileNet's depthwise kernels would keep every value they have)."""
-    if not _DEPTHWISE:
-        class ClusterableDepthwiseConv2D(keras.layers.DepthwiseConv2D, _clustering().ClusterableLayer):
-            def get_clusterable_weights(self):
-                return [("depthwise_kernel", self.depthwise_kernel)]
+    class ClusterableDepthwiseConv2D(keras.layers.DepthwiseConv2D, _clustering().ClusterableLayer):
+        def get_clusterable_weights(self):
+            return [("depthwise_kernel", self.depthwise_kernel)]
 
-        _DEPTHWISE["class"] = ClusterableDepthwiseConv2D
-    return _DEPTHWISE["class"]
+    return ClusterableDepthwiseConv2D
 
 
 def _same_layer(layer, kind: type):
@@ -285,8 +282,8 @@ def _collaborate(model, train_data, spec, *, sparsity: Optional[float], clusters
                                        samples=prepared.calibration)
         fit(aware, begun.train, epochs=qat_epochs, callbacks=callbacks, **fitting)
         # The fine-tuned weights keep the zeros and the shared values: calibrated as in PTQ, per tensor once clustered.
-        current = stripped_weights(current, aware) if clusters is None else \
-            retie(current, stripped_weights(current, aware), clusters)
+        tuned = stripped_weights(current, aware)
+        current = tuned if clusters is None else retie(current, tuned, clusters)
         measure("qat", as_int8(current, file_recipe))
         kinds, epochs = kinds + ["qat"], epochs + qat_epochs
         seconds["qat"] = time.perf_counter() - started
