@@ -35,12 +35,13 @@ def digits_cnn(*, seed: int = 0, input_shape=(8, 8, 1), classes: int = 10) -> ke
     """The example CNN for the 8x8 UCI digits: two convs, a pool, a dense layer. ~151k parameters."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(input_shape, name="image")
-    x = layers.Conv2D(32, 3, padding="same", activation="relu")(inputs)
-    x = layers.Conv2D(64, 3, padding="same", activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(128, activation="relu")(x)
-    x = layers.Dropout(0.2)(x)
+    # Named, so that the file's tensor names do not depend on the models made before in the process.
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2d")(inputs)
+    x = layers.Conv2D(64, 3, padding="same", activation="relu", name="conv2d_1")(x)
+    x = layers.MaxPooling2D(name="max_pooling2d")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(128, activation="relu", name="dense")(x)
+    x = layers.Dropout(0.2, name="dropout")(x)
     outputs = layers.Dense(classes, activation="softmax", name="probs")(x)
     return keras.Model(inputs, outputs, name="digits_cnn")
 
