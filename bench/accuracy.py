@@ -7,7 +7,9 @@ added one at a time, and LiteRT Quantizer's `static_wi8_ai8` for comparison:
 - + ranges: activation ranges chosen on held-out calibration samples (`ranges="auto"`);
 - + bias correction: the mean shift of int8 weight rounding folded into the biases;
 - tfquant default: the above and mismatched joins split (`split_joins`);
-- LiteRT Quantizer: `--quantizer litert`.
+- LiteRT Quantizer: `--quantizer litert`;
+- per-tensor weight scales (`per_channel=False`, as some accelerators require): min/max alone,
+  tfquant's default without cross-layer equalization, and the default (equalized: `equalize`).
 
 Each cell: top-1 accuracy on the held-out digits (and whether the file is fully integer). Models:
 the zoo's keras.applications CNNs (Keras 3, trained as `bench/command.py` trains and caches them)
@@ -35,6 +37,10 @@ TECHNIQUES = {
     "+ bias correction": dict(ranges="auto", bias_correction=True, split_joins=False),
     "tfquant default": {},
     "LiteRT Quantizer": dict(quantizer="litert"),
+    "per-tensor: min/max": dict(per_channel=False, ranges="minmax", bias_correction=False, split_joins=False,
+                                equalize=False),
+    "per-tensor: default, not equalized": dict(per_channel=False, equalize=False),
+    "per-tensor: default": dict(per_channel=False),
 }
 
 

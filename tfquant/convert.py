@@ -151,11 +151,13 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
 
     if recipe.quantizer == "litert":  # it calibrates the float file itself, on the same samples
         return Calibration(exported.tflite, b"", samples=list(calibration.samples())), recipe
-    float_tflite = exported.tflite
+    float_tflite, rewrites = exported.tflite, []
+    if recipe.equalize and not recipe.per_channel and recipe.mode is Mode.INT8:
+        float_tflite, rewrites = _equalized(float_tflite, calibration)
     calibrated = calibrate(float_tflite, calibration, source=source)
-    rewrites = []
     if recipe.split_joins and recipe.mode is Mode.INT8:
-        float_tflite, calibrated, rewrites = _joins_split(float_tflite, calibrated, calibration, source)
+        float_tflite, calibrated, splits = _joins_split(float_tflite, calibrated, calibration, source)
+        rewrites += splits
     if recipe.mode is not Mode.INT8 or (recipe.ranges == "minmax" and not recipe.bias_correction):
         return Calibration(float_tflite, calibrated, ranges="minmax", rewrites=rewrites), \
             replace(recipe, ranges="minmax") if recipe.mode is Mode.INT8 else recipe
@@ -187,6 +189,32 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
     means = stats[0].merge(stats[1]).input_means if bias else {}
     return Calibration(float_tflite, choice.calibrated, means, ranges=choice.method, rewrites=rewrites), \
         replace(recipe, ranges=choice.method, bias_correction=bias)
+
+
+def _equalized(float_tflite: bytes, calibration: Dataset) -> tuple[bytes, list]:
+    """The float file with its weights equalized across layers (`tfquant.equalize`), once its outputs on a few
+    calibration samples are checked to be the float file's; else the file as it was."""
+    from . import console
+    from .equalize import equalize
+    from .harness import Runner
+
+    rewritten, done = equalize(float_tflite)
+    if not done:
+        return float_tflite, []
+    few = calibration.take(np.arange(min(8, len(calibration))))
+    before, after = Runner(float_tflite).predict(few), Runner(rewritten).predict(few)
+    for name, values in before.items():
+        scale = float(np.abs(values).max()) or 1.0
+        if not np.allclose(after[name], values, rtol=0, atol=EQUAL_FLOAT * scale):
+            log.info("weights not equalized: output %r moved by %.3g of its largest value", name,
+                     float(np.abs(after[name] - values).max()) / scale)
+            return float_tflite, []
+    for rewrite in done:
+        console.note(rewrite.describe())
+    return rewritten, done
+
+
+EQUAL_FLOAT = 1e-4  # a rewrite of the float file may move an output by this much of its largest value (rounding)
 
 
 def _joins_split(float_tflite: bytes, calibrated: bytes, calibration: Dataset, source: str):

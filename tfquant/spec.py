@@ -91,6 +91,10 @@ class ConvertSpec(Spec):
     split_joins: bool = option(True, recipe=True, flag="--no-split-joins",
                                help="where a concatenation's inputs' ranges differ more than 16x, split the dense and "
                                     "conv ops that read it per input (and ADDs), so that no int8 scale is shared")
+    equalize: bool = option(True, recipe=True, flag="--no-equalize",
+                            help="with per-tensor weight scales (see {per_channel}): rescale the channels of "
+                                 "conv/dense pairs joined by no activation or a RELU so that their weight ranges match "
+                                 "(cross-layer equalization; the same float function)")
     denylist: tuple[str, ...] = option((), recipe=True, metavar="OP", flag="--keep-float",
                                        help="an op (by its output tensor name) to keep in float; repeatable")
     input_shapes: dict[str, tuple[int, ...]] = option(factory=dict, recipe=True, pairs="shape", flag="--input-shape",
@@ -132,7 +136,7 @@ class ConvertSpec(Spec):
     def recipe(self) -> Recipe:
         return Recipe(mode=self.mode, io=self.io, calib_samples=self.calib_samples, per_channel=self.per_channel,
                       denylist=self.denylist, ranges=self.ranges, bias_correction=self.bias_correction,
-                      quantizer=self.quantizer, split_joins=self.split_joins)
+                      quantizer=self.quantizer, split_joins=self.split_joins, equalize=self.equalize)
 
     @property
     def budget(self) -> Budget:
@@ -143,7 +147,8 @@ class ConvertSpec(Spec):
         return dataclasses.replace(
             self, mode=recipe.mode.value, io=recipe.io.value, calib_samples=recipe.calib_samples,
             per_channel=recipe.per_channel, denylist=tuple(recipe.denylist), ranges=recipe.ranges,
-            bias_correction=recipe.bias_correction, quantizer=recipe.quantizer, split_joins=recipe.split_joins)
+            bias_correction=recipe.bias_correction, quantizer=recipe.quantizer, split_joins=recipe.split_joins,
+            equalize=recipe.equalize)
 
 
 _TRAIN_IO = tuple(t.value for t in IOType if t is not IOType.INT16)
