@@ -169,3 +169,30 @@ def test_qat_ranges_start_where_the_float_model_puts_each_activation(digits_mode
     assert ranges["quant_dense/post_activation_max"] == pytest.approx(float(dense.max()), rel=1e-5)
     logits = ranges["quant_probs/pre_activation_max"] - ranges["quant_probs/pre_activation_min"]
     assert logits != 12.0 and all(v not in (-6.0, 6.0) for v in ranges.values())
+
+
+def test_qat_fine_tunes_with_the_float_models_batch_norm_statistics(digits):
+    """A BatchNormalization in training mode would pull its moving statistics toward the last batches
+    of a short fine-tuning (ResNet50: 13 points below PTQ after one epoch); QAT keeps them."""
+    from tfquant.data import Dataset
+    from tfquant.optimize.qat import quantize_aware, stripped_weights
+    from tfquant.optimize.training import fit
+
+    model = zoo.residual_cnn(seed=0)
+    zoo.fit_classifier(model, digits["x"][:300], digits["y"][:300], epochs=1, seed=0)
+    wrapped, _ = quantize_aware(model)
+    statistics = [w for w in wrapped.weights if re.search(r"moving_(mean|variance)", w.name)]
+    assert len(statistics) == 2 * sum(isinstance(layer, L.BatchNormalization) for layer in model.layers) > 0
+    before = [w.numpy().copy() for w in statistics]
+    # Inputs scaled 3x: batch statistics far from the moving ones, which training mode would chase.
+    fit(wrapped, Dataset("x", {"image": 3 * digits["x"][:128]}, {"probs": digits["y"][:128]}), epochs=1)
+    for weight, value in zip(statistics, before):
+        np.testing.assert_array_equal(weight.numpy(), value)
+    # The fine-tuned weights go back into a plain copy of the model, each matched by name and shape.
+    copy = stripped_weights(model, wrapped)
+    for layer in copy.layers:
+        if isinstance(layer, L.BatchNormalization):  # gamma, beta, then the moving mean and variance
+            for mine, theirs in zip(layer.get_weights()[2:], model.get_layer(layer.name).get_weights()[2:]):
+                np.testing.assert_array_equal(mine, theirs)
+    kernel = next(layer for layer in copy.layers if isinstance(layer, L.Conv2D)).name
+    assert not np.array_equal(copy.get_layer(kernel).get_weights()[0], model.get_layer(kernel).get_weights()[0])
