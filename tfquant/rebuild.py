@@ -95,8 +95,8 @@ def _translated(operation, cache: dict[int, Any]):
 def _make(operation):
     import keras as keras3
 
-    if isinstance(operation, keras3.Model):  # a nested model: rebuilt the same way, then called
-        return _WeightsAfterCall(to_keras2(operation), None)
+    if isinstance(operation, keras3.Model):  # a nested model: its layers called in its caller's graph
+        return _Inlined(operation)
     if isinstance(operation, keras3.layers.InputLayer):
         return lambda x: x
     if isinstance(operation, keras3.layers.Layer):
@@ -109,6 +109,23 @@ def _make(operation):
                                    f"to tf_keras: {' '.join(str(exc).split())[:160]}") from None
             return _WeightsAfterCall(layer, operation)
     return _OpCaller(operation)
+
+
+class _Inlined:
+    """A nested functional or Sequential model, inlined: its graph is run on the caller's tensors with
+    each of its layers translated once (a model called twice shares its layers, as it shares its
+    weights). tfmot wraps layers, not models: a model inside a model is one layer it refuses."""
+
+    def __init__(self, model):
+        self.graph = getattr(model, "_functional", None) or model
+        if not hasattr(self.graph, "_run_through_graph") or not getattr(self.graph, "inputs", None):
+            raise RebuildError(f"the nested {type(model).__name__} {model.name!r} is a subclassed model; only "
+                               "functional and Sequential models rebuild as tf_keras")
+        self.cache: dict[int, Any] = {}
+
+    def __call__(self, *args, **kwargs):  # training= and mask= are the caller's business
+        inputs = args[0] if len(args) == 1 else list(args)
+        return self.graph._run_through_graph(inputs, operation_fn=lambda op: _translated(op, self.cache))
 
 
 class _WeightsAfterCall:

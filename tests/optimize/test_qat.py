@@ -116,12 +116,19 @@ def test_keras3_model_is_rebuilt_for_tfmot(digits, tmp_path, test_npz):
     inputs = k3.Input((8, 8, 1), name="image")
     a = k3.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
     b = k3.layers.BatchNormalization()(k3.layers.Conv2D(8, 3, padding="same")(inputs))
-    x = k3.layers.GlobalAveragePooling2D()(k3.layers.Concatenate()([k3.layers.Add()([a, b]), a]))
+    # A nested Sequential model (as keras.applications' ConvNeXt has), called on two branches.
+    tower = k3.Sequential([k3.Input((8, 8, 8)), k3.layers.Conv2D(8, 1, activation="relu", name="tower_conv")],
+                          name="tower")
+    x = k3.layers.GlobalAveragePooling2D()(k3.layers.Concatenate()([k3.layers.Add()([tower(a), tower(b)]), a]))
     model = k3.Model(inputs, k3.layers.Dense(10, activation="softmax")(x))
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(digits["x"], digits["y"], epochs=2, verbose=0)
-    np.testing.assert_allclose(to_keras2(model).predict(digits["x_test"], verbose=0),
+    rebuilt = to_keras2(model)
+    np.testing.assert_allclose(rebuilt.predict(digits["x_test"], verbose=0),
                                model.predict(digits["x_test"], verbose=0), atol=1e-5)
+    # tfmot wraps layers, not models: the tower's layer is inlined, once, and shared by both calls.
+    assert not any(isinstance(layer, keras.Model) for layer in rebuilt.layers)
+    assert [layer.name for layer in rebuilt.layers].count("tower_conv") == 1
     path = tmp_path / "k3.keras"
     model.save(path)
     result = qat(path, (digits["x"], digits["y"]), epochs=1, eval_data=test_npz, calib_samples=64, bench_runs=1)
@@ -196,3 +203,13 @@ def test_qat_fine_tunes_with_the_float_models_batch_norm_statistics(digits):
                 np.testing.assert_array_equal(mine, theirs)
     kernel = next(layer for layer in copy.layers if isinstance(layer, L.Conv2D)).name
     assert not np.array_equal(copy.get_layer(kernel).get_weights()[0], model.get_layer(kernel).get_weights()[0])
+
+
+def test_a_tf_keras_model_with_a_nested_model_says_which(train_npz):
+    """tfmot wraps layers, not models: a tf_keras model inside a model is named, before any training."""
+    tower = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(4, 3, activation="relu")], name="tower")
+    inputs = keras.Input((8, 8, 1), name="image")
+    model = keras.Model(inputs, L.Dense(10, activation="softmax")(L.Flatten()(tower(inputs))))
+    with pytest.raises(ModelLoadError, match=r"<keras model>: expected a model whose layers are layers for tfquant qat .* "
+                                             r"found the nested model\(s\) 'tower'"):
+        qat(model, train_npz, epochs=1)

@@ -166,4 +166,9 @@ def keras2_model(loaded, stage: str, samples=None):
             return revive_keras2(loaded)
         except ModelLoadError as exc:
             raise ModelLoadError(f"{exc}; {stage} needs a SavedModel written by tf_keras") from None
+    nested = [layer.name for layer in loaded.keras_model.layers if isinstance(layer, keras.Model)]
+    if nested:
+        raise ModelLoadError(f"{loaded.source}: expected a model whose layers are layers for {stage} "
+                             f"(tensorflow-model-optimization wraps layers, not models), found the nested model(s) "
+                             f"{', '.join(map(repr, nested[:3]))}: call their layers in the outer model instead")
     return loaded.keras_model
