@@ -53,8 +53,10 @@ class Keras3Op(keras.layers.Layer):
         self.key = id(self)
         _LIVE[self.key] = (operation, arguments)
 
-    def call(self, *tensors):
-        args, kwargs = _fill(self.arguments, list(tensors))
+    def call(self, tensors):
+        # One list argument: tf_keras records only a layer's first positional argument as its node's
+        # inputs, and a clone (tfmot's) is rebuilt from those; a list of one may come back unwrapped.
+        args, kwargs = _fill(self.arguments, list(tensors) if isinstance(tensors, (list, tuple)) else [tensors])
         return self.operation(*args, **kwargs)
 
     def get_config(self):
@@ -161,7 +163,7 @@ class _OpCaller:
             self.layer = Keras3Op(self.operation, template, name=_op_name(self.operation))
         else:
             self.layer.arguments = template
-        return self.layer(*tensors)
+        return self.layer(tensors)
 
 
 def _template(value, tensors: list):

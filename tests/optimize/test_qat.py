@@ -116,10 +116,11 @@ def test_keras3_model_is_rebuilt_for_tfmot(digits, tmp_path, test_npz):
     inputs = k3.Input((8, 8, 1), name="image")
     a = k3.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
     b = k3.layers.BatchNormalization()(k3.layers.Conv2D(8, 3, padding="same")(inputs))
-    # A nested Sequential model (as keras.applications' ConvNeXt has), called on two branches.
+    # A nested Sequential model (as keras.applications' ConvNeXt has), called on two branches, and an
+    # operation on two tensors (ConvNeXt's residual `inputs + x`).
     tower = k3.Sequential([k3.Input((8, 8, 8)), k3.layers.Conv2D(8, 1, activation="relu", name="tower_conv")],
                           name="tower")
-    x = k3.layers.GlobalAveragePooling2D()(k3.layers.Concatenate()([k3.layers.Add()([tower(a), tower(b)]), a]))
+    x = k3.layers.GlobalAveragePooling2D()(k3.layers.Concatenate()([tower(a) + tower(b), a]))
     model = k3.Model(inputs, k3.layers.Dense(10, activation="softmax")(x))
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(digits["x"], digits["y"], epochs=2, verbose=0)
