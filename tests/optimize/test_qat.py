@@ -120,7 +120,9 @@ def test_keras3_model_is_rebuilt_for_tfmot(digits, tmp_path, test_npz):
     # operation on two tensors (ConvNeXt's residual `inputs + x`).
     tower = k3.Sequential([k3.Input((8, 8, 8)), k3.layers.Conv2D(8, 1, activation="relu", name="tower_conv")],
                           name="tower")
-    x = k3.layers.GlobalAveragePooling2D()(k3.layers.Concatenate()([tower(a) + tower(b), a]))
+    from keras.src.applications.convnext import LayerScale  # a layer of keras.applications, not of keras.layers
+
+    x = k3.layers.GlobalAveragePooling2D()(k3.layers.Concatenate()([tower(a) + tower(b), LayerScale(0.5, 8)(a)]))
     model = k3.Model(inputs, k3.layers.Dense(10, activation="softmax")(x))
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(digits["x"], digits["y"], epochs=2, verbose=0)

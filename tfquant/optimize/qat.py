@@ -193,8 +193,10 @@ def quantize_aware(model, *, scheme=None, samples=None) -> tuple[object, list[La
     annotated = keras.models.clone_model(model, clone_function=annotate)
     annotated.set_weights(model.get_weights())
     # quantize_apply clones the model again: user-defined layer classes must be in scope by name.
+    # So must the layer classes that live outside `tf_keras.layers` (user-defined, or keras.applications'
+    # own, such as ConvNeXt's LayerScale).
     custom = {type(layer).__name__: type(layer) for layer in model.layers
-              if not type(layer).__module__.startswith(("tf_keras.", "keras."))}
+              if getattr(keras.layers, type(layer).__name__, None) is not type(layer)}
     with qk.quantize_scope({**custom, **classes}):
         wrapped = qk.quantize_apply(annotated, scheme) if scheme is not None else qk.quantize_apply(annotated)
     if samples is not None:
