@@ -225,7 +225,9 @@ def _collaborate(model, train_data, spec, *, sparsity: Optional[float], clusters
 
     recipe = spec.recipe
     # Per-tensor weight scales once clustered: a cluster's value is then one int8 code in the whole tensor.
-    file_recipe = Recipe(mode=Mode.INT8, io=recipe.io, calib_samples=recipe.calib_samples, per_channel=clusters is None)
+    # Not equalized: rescaling each channel by its own factor would split every shared value.
+    file_recipe = Recipe(mode=Mode.INT8, io=recipe.io, calib_samples=recipe.calib_samples, per_channel=clusters is None,
+                         equalize=False)
     begun = start(model, train_data, stage=f"tfquant {spec.command}", calibration_data=calibration_data,
                   eval_data=eval_data, recipe=recipe, max_drop=spec.max_drop, safe_mode=safe_mode)
     prepared = begun.prepared
