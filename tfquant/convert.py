@@ -191,6 +191,9 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
         replace(recipe, ranges=choice.method, bias_correction=bias)
 
 
+EQUAL_FLOAT = 1e-4  # a rewrite of the float file may move an output by this much of its largest value (rounding)
+
+
 def _equalized(float_tflite: bytes, calibration: Dataset) -> tuple[bytes, list]:
     """The float file with its weights equalized across layers (`tfquant.equalize`), once its outputs on a few
     calibration samples are checked to be the float file's; else the file as it was."""
@@ -213,8 +216,6 @@ def _equalized(float_tflite: bytes, calibration: Dataset) -> tuple[bytes, list]:
         console.note(rewrite.describe())
     return rewritten, done
 
-
-EQUAL_FLOAT = 1e-4  # a rewrite of the float file may move an output by this much of its largest value (rounding)
 
 
 def _joins_split(float_tflite: bytes, calibrated: bytes, calibration: Dataset, source: str):

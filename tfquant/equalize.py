@@ -62,12 +62,15 @@ def equalize(float_tflite: bytes) -> tuple[bytes, list[Equalized]]:
     pairs = _pairs(model, graph, codes)
     if not pairs:
         return float_tflite, []
-    weights = {int(op.inputs[1]): float_constant(model, graph, int(op.inputs[1])).copy()
-               for pair in pairs for op in (pair.first, pair.second)}
-    biases = {int(p.first.inputs[2]): _bias(model, graph, p.first).copy()
-              for p in pairs if _bias(model, graph, p.first) is not None and _bias(model, graph, p.first).any()}
-    touched = sorted(weights)
-    before = _spread([weights[i] for i in touched], [codes[_op_of(pairs, i).opcodeIndex] for i in touched])
+    weights, kinds, biases = {}, {}, {}  # by tensor index: the weights, their op's code; the nonzero biases
+    for op in (op for pair in pairs for op in (pair.first, pair.second)):
+        weights[int(op.inputs[1])] = float_constant(model, graph, int(op.inputs[1])).copy()
+        kinds[int(op.inputs[1])] = codes[op.opcodeIndex]
+    for pair in pairs:
+        bias = _bias(model, graph, pair.first)
+        if bias is not None and bias.any():  # a zero bias stays zero
+            biases[int(pair.first.inputs[2])] = bias.copy()
+    before = _spread(weights, kinds)
     for _ in range(SWEEPS):
         largest = 0.0
         for pair in pairs:
@@ -88,8 +91,7 @@ def equalize(float_tflite: bytes) -> tuple[bytes, list[Equalized]]:
             break
     for index, values in {**weights, **biases}.items():
         replace_constant(model, graph, index, values)
-    after = _spread([weights[i] for i in touched], [codes[_op_of(pairs, i).opcodeIndex] for i in touched])
-    return _write(model), [Equalized(len(pairs), before, after)]
+    return _write(model), [Equalized(len(pairs), before, _spread(weights, kinds))]
 
 
 def _pairs(model, graph, codes) -> list[_Pair]:
@@ -146,10 +148,6 @@ def _bias(model, graph, op):
     return None if bias < 0 else float_constant(model, graph, bias)
 
 
-def _op_of(pairs: list[_Pair], weights: int):
-    return next(op for p in pairs for op in (p.first, p.second) if int(op.inputs[1]) == weights)
-
-
 def _output_ranges(w: np.ndarray, code: int) -> np.ndarray:
     """max|w| per output channel: conv [O,kh,kw,I] and dense [O,I] on axis 0, depthwise [1,kh,kw,O] on the last."""
     w = np.abs(w)
@@ -172,11 +170,11 @@ def _scale_inputs(w: np.ndarray, code: int, factor: np.ndarray, multiplier: int)
     return w * (np.repeat(factor, multiplier) if code == _DEPTHWISE else factor)
 
 
-def _spread(tensors: list[np.ndarray], codes: list[int]) -> float:
+def _spread(weights: dict[int, np.ndarray], kinds: dict[int, int]) -> float:
     """The largest over tensors of (widest channel's max|w|) / (median channel's max|w|), per output channel."""
     ratios = []
-    for w, code in zip(tensors, codes):
-        ranges = _output_ranges(w, code)
+    for index, w in weights.items():
+        ranges = _output_ranges(w, kinds[index])
         middle = float(np.median(ranges))
         if middle > 0:
             ratios.append(float(ranges.max()) / middle)

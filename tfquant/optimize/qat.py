@@ -205,9 +205,9 @@ def quantize_aware(model, *, scheme=None, samples=None) -> tuple[object, list[La
     return wrapped, treatments
 
 
-def freeze_batch_norm(model) -> int:
+def freeze_batch_norm(model) -> None:
     """Fine-tune with every BatchNormalization in inference mode: its moving statistics kept as the
-    float model has them (tfmot's wrapper still lets gamma and beta fine-tune). Returns how many.
+    float model has them (tfmot's wrapper still lets gamma and beta fine-tune).
 
     In training mode a BatchNormalization normalizes each batch by the batch's own statistics and
     pulls its moving statistics toward them. With QAT's short fine-tuning on a few hundred samples,
@@ -216,12 +216,9 @@ def freeze_batch_norm(model) -> int:
     QAT file 13 points below PTQ. A non-trainable BatchNormalization runs in inference mode
     (tf_keras), and the convolutions around it adapt to fixed statistics instead.
     """
-    count = 0
     for layer in model.layers:
         if isinstance(getattr(layer, "layer", layer), keras.layers.BatchNormalization):
             layer.trainable = False  # a tfmot wrapper passes it on to its layer
-            count += 1
-    return count
 
 
 # The fake-quant variables of an activation: a wrapped layer's output (before its activation, for a
