@@ -66,3 +66,25 @@ def test_unbuilt_model(tmp_path):
         load_model(keras.Sequential([keras.layers.Dense(3)]))
     with pytest.raises(ModelLoadError, match="model: expected a Keras model .* found ndarray"):
         load_model(np.zeros(3))
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_layers_tf_keras_applications_leave_unregistered_load_back(tmp_path, fmt):
+    """ConvNeXt's LayerScale and StochasticDepth are defined in tf_keras.applications without being
+    registered: tf_keras alone cannot load the file it saved ('str' object is not callable)."""
+    import tf_keras as k
+    from tf_keras.src.applications.convnext import LayerScale, StochasticDepth
+
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1))
+    x = k.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = LayerScale(0.5, 4, name="scale")(x)
+    x = StochasticDepth(0.1, name="drop_path")(x)
+    model = k.Model(inputs, k.layers.Dense(3, name="head")(k.layers.Flatten()(x)))
+    path = tmp_path / f"model.{fmt}"
+    model.save(path)
+    loaded = load_model(path)
+    assert loaded.flavor == "keras2"
+    assert [type(layer).__name__ for layer in loaded.keras_model.layers[2:4]] == ["LayerScale", "StochasticDepth"]
+    x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
+    np.testing.assert_array_equal(loaded.keras_model(x).numpy(), model(x).numpy())

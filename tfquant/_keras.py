@@ -54,6 +54,20 @@ def keras3():
     return _keras3
 
 
+# Layers that tf_keras' own applications define without registering them, so that its loader
+# cannot find them by the names a saved file gives (ConvNeXt's). They are library code, not code
+# from the file.
+_APPLICATION_LAYERS = {"tf_keras.src.applications.convnext": ("LayerScale", "StochasticDepth")}
+
+
+def application_layers() -> dict[str, type]:
+    """`custom_objects` for tf_keras' loader: the unregistered layer classes of its applications."""
+    import importlib
+
+    return {name: getattr(importlib.import_module(module), name)
+            for module, names in _APPLICATION_LAYERS.items() for name in names}
+
+
 def is_keras3_model(model: object) -> bool:
     """True for a model object built with Keras 3 (`keras.*`, subclasses too), False for tf_keras."""
     package = sys.modules.get("keras")

@@ -116,7 +116,8 @@ def _load_keras_file(path: Path, safe_mode: bool) -> LoadedModel:
     else:
         loader, flavor = _keras.keras.models.load_model, "keras2"
         with _plain_file_reads():
-            model = _call_loader(path, lambda: loader(str(path), compile=False, safe_mode=safe_mode), safe_mode)
+            model = _call_loader(path, lambda: loader(str(path), compile=False, safe_mode=safe_mode,
+                                                      custom_objects=_keras.application_layers()), safe_mode)
     return _from_keras(model, str(path), flavor)
 
 
@@ -167,7 +168,8 @@ def _load_h5(path: Path, safe_mode: bool) -> LoadedModel:
     if major == 3:
         loader = lambda: _keras.keras3().saving.load_model(str(path), compile=False, safe_mode=safe_mode)  # noqa: E731
     else:
-        loader = lambda: _keras.keras.models.load_model(str(path), compile=False, safe_mode=safe_mode)  # noqa: E731
+        loader = lambda: _keras.keras.models.load_model(  # noqa: E731
+            str(path), compile=False, safe_mode=safe_mode, custom_objects=_keras.application_layers())
     model = _call_loader(path, loader, safe_mode)
     return _from_keras(model, str(path), "keras3" if major == 3 else "keras2")
 
@@ -202,7 +204,9 @@ def revive_keras2(loaded: LoadedModel):
     path = Path(loaded.saved_model_dir)
     if loaded.safe_mode:
         model_config.refuse_code(path, model_config.read_config(path))
-    return _call_loader(path, lambda: _keras.keras.models.load_model(str(path), compile=False), loaded.safe_mode)
+    custom = _keras.application_layers()
+    return _call_loader(path, lambda: _keras.keras.models.load_model(str(path), compile=False, custom_objects=custom),
+                        loaded.safe_mode)
 
 
 def _call_loader(path: Path, load, safe_mode: bool = True):
