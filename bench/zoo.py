@@ -160,7 +160,7 @@ def markdown(rows: list[dict], environment: dict) -> str:
     qat = [r for r in rows if r.get("qat")]
     if qat:
         lines += ["", "`tfquant qat` (1 epoch on 600 samples; the file kept is the better of QAT and PTQ on the "
-                  "evaluation data, as `--keep-best` does):", "",
+                  "evaluation data, as `tfquant qat` does unless `--no-keep-best` is given):", "",
                   "| model | Keras | PTQ int8 | QAT int8 | kept | fully integer | s |", "| --- | ---: | ---: | ---: | --- | --- | ---: |"]
         for r in qat:
             q = r["qat"]

@@ -103,7 +103,7 @@ def test_errors_name_the_option_as_each_caller_knows_it(cls, options, python, co
     ({"command": "qat"}, "recipe: qat needs 'epochs'"),
     ({"command": "train"}, "recipe: unknown command 'train'; expected one of: convert, qat, prune"),
     ({"num_threads": 4}, "recipe: num_threads: decided by the server, not an option of a job"),
-    ({"schema_version": 99}, "recipe: convert options schema_version: expected 5 (or an older one: 1, 2, 3, 4), found 99"),
+    ({"schema_version": 99}, "recipe: convert options schema_version: expected 6 (or an older one: 1, 2, 3, 4, 5), found 99"),
     ({"calib_samples": True}, "recipe: calib_samples: expected a whole number at least 1, found True"),
 ])
 def test_a_job_refuses_what_the_spec_does_not_know(data, message):
@@ -126,6 +126,23 @@ def test_a_recipe_of_the_previous_schema_replays(tmp_path):
     path.write_text(json.dumps(first))
     spec = parse_args(["convert", "m.keras", "--calib", "c.npz", "-o", "o.tflite", "--recipe", str(path)]).spec
     assert (spec.ranges, spec.bias_correction) == ("minmax", False)  # what schema 1 meant
+
+
+def test_a_qat_recipe_of_an_older_schema_replays_as_it_meant(tmp_path):
+    """Each migration touches only the options of the command the recipe is of: a v4 QAT recipe gets
+    no convert-only `equalize`, and keeps the QAT file as v4 and v5 did (keep_best was off)."""
+    old = {"command": "qat", "epochs": 2, "learning_rate": 1e-5, "calib_samples": 100, "schema_version": 4}
+    spec = QATSpec.from_dict(old)
+    assert (spec.epochs, spec.learning_rate, spec.keep_best, spec.schema_version) == (2, 1e-5, False, SCHEMA_VERSION)
+    assert QATSpec(epochs=2).keep_best is True
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(old))
+    spec = parse_args(["qat", "m.keras", "--train", "t.npz", "-o", "o.tflite", "--recipe", str(path)]).spec
+    assert (spec.epochs, spec.keep_best) == (2, False)
+    assert parse_args(["qat", "m.keras", "--train", "t.npz", "--epochs", "1", "-o", "o.tflite",
+                       "--no-keep-best"]).spec.keep_best is False
+    with pytest.raises(RecipeError, match="unknown option"):
+        QATSpec.from_dict({**old, "equalize": True})
 
 
 def test_recipe_file_and_flags_may_not_clash(tmp_path, capsys):

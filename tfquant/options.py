@@ -102,9 +102,9 @@ class Spec:
         """A spec from JSON: unknown keys refused, older schema versions migrated, missing keys defaulted."""
         if not isinstance(data, dict):
             raise RecipeError(f"{cls.command} options: expected a JSON object, found {type(data).__name__}")
-        data = migrate(dict(data), f"{cls.command} options")
-        data.pop("command", None)
         names = {f.name for f, _, _ in cls.options()}
+        data = migrate(dict(data), f"{cls.command} options", names)
+        data.pop("command", None)
         unknown = sorted(set(data) - names - {"schema_version"})
         if unknown:
             raise RecipeError(f"unknown option(s) {', '.join(unknown)} for {cls.command}; expected some of: "
@@ -269,9 +269,10 @@ def add_options(parser, cls: type[Spec]) -> None:
             number = _parser_for(hint, opt)
             metavar = opt.metavar or (None if opt.choices else {"int": "N", "float": "F"}.get(getattr(number, "__name__", ""),
                                                                                              "TEXT"))
+            if default is dataclasses.MISSING:  # checked when the spec is built: a --recipe file may set it
+                text += " (required, unless a --recipe file sets it)"
             parser.add_argument(flag, dest=f.name, default=None, help=text, metavar=metavar,
-                                choices=list(opt.choices) or None, type=number,
-                                required=default is dataclasses.MISSING)
+                                choices=list(opt.choices) or None, type=number)
 
 
 def _parser_for(hint: Any, opt: Option) -> Optional[Callable[[str], Any]]:
@@ -336,7 +337,7 @@ def replay(text: str, cls: type[Spec], where: str) -> dict[str, Any]:
             cls.from_dict(data)  # checked now, with the file's name in the message
     except RecipeError as exc:
         raise RecipeError(f"{where}: {exc}") from None
-    data = migrate(dict(data), "recipe")
+    data = migrate(dict(data), "recipe", (f.name for f, _, _ in cls.options()))
     data.pop("command", None)
     data.pop("schema_version", None)
     return data

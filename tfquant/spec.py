@@ -192,7 +192,8 @@ class QATSpec(TrainSpec):
 
     learning_rate: float = option(1e-4, low=0, low_open=True, flag="--lr", recipe=True,
                                   help="Adam learning rate; fine-tuning wants it small")
-    keep_best: bool = option(False, recipe=True, help="keep the plain PTQ file when QAT ends below it")
+    keep_best: bool = option(True, recipe=True, flag="--no-keep-best",
+                             help="keep the plain PTQ file when the QAT file scores below it on the evaluation data")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,32 +11,35 @@ import enum
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from .errors import RecipeError, called
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # What each older schema version meant, applied to its records so that they replay as they did.
 _MIGRATIONS: dict[int, dict[str, Any]] = {
     1: {"ranges": "minmax", "bias_correction": False},  # v1: min/max ranges, no bias correction
     2: {},  # v2: a recipe held only the Recipe's fields; v3 recipe files are the options of a command
     3: {"split_joins": False},  # v3: mismatched joins were left as they were
     4: {"equalize": False},  # v4: weights were not equalized across layers
+    5: {"keep_best": False},  # v5: QAT kept its own file even when it ended below PTQ
 }
 
 
-def migrate(data: dict[str, Any], what: str) -> dict[str, Any]:
-    """A recipe dict of an older schema version, brought to the current one."""
+def migrate(data: dict[str, Any], what: str, fields: Iterable[str]) -> dict[str, Any]:
+    """A recipe dict of an older schema version, brought to the current one: each change since then
+    that concerns one of `fields` (the options of what the dict describes) is set to its old meaning."""
     version = data.get("schema_version", SCHEMA_VERSION)
     if version == SCHEMA_VERSION:
         return data
     if version not in _MIGRATIONS:
         raise RecipeError(f"{what} schema_version: expected {SCHEMA_VERSION} (or an older one: "
                           f"{', '.join(map(str, sorted(_MIGRATIONS)))}), found {version!r}")
-    migrated = dict(data)
+    migrated, fields = dict(data), set(fields)
     for old in sorted(v for v in _MIGRATIONS if v >= version):
         for key, value in _MIGRATIONS[old].items():
-            migrated.setdefault(key, value)
+            if key in fields:
+                migrated.setdefault(key, value)
     migrated["schema_version"] = SCHEMA_VERSION
     return migrated
 
@@ -246,7 +249,7 @@ class Recipe(Record):
     def from_dict(cls, data: dict[str, Any]) -> "Recipe":
         """A recipe from JSON; older schema versions are migrated to replay as they did."""
         if isinstance(data, dict):
-            data = migrate(data, "recipe")
+            data = migrate(data, "recipe", (f.name for f in dataclasses.fields(cls)))
         return super().from_dict(data)
 
     @property

@@ -216,3 +216,21 @@ def test_a_tf_keras_model_with_a_nested_model_says_which(train_npz):
     with pytest.raises(ModelLoadError, match=r"<keras model>: expected a model whose layers are layers for tfquant qat .* "
                                              r"found the nested model\(s\) 'tower'"):
         qat(model, train_npz, epochs=1)
+
+
+def test_qat_below_ptq_returns_the_ptq_file_unless_asked_not_to(digits_model, train_npz, test_npz, tmp_path):
+    """Fine-tuning at a learning rate that wrecks the model: by default the PTQ file comes back and
+    the report says why; with keep_best=False the worse QAT file is kept, and the report says so."""
+    path = tmp_path / "digits.keras"
+    digits_model.save(path)
+    kept = tfquant.qat(path, train_npz, epochs=1, eval_data=test_npz, learning_rate=0.3, bench_runs=1)
+    training = kept.report.training
+    assert training.qat_accuracy < training.ptq_accuracy - 0.1
+    assert training.kept == "ptq" and kept.report.quantized.accuracy == training.ptq_accuracy
+    assert any("below plain PTQ" in w and "the PTQ file is kept" in w for w in kept.report.warnings)
+    asked = tfquant.qat(path, train_npz, epochs=1, eval_data=test_npz, learning_rate=0.3, bench_runs=1,
+                        keep_best=False)
+    training = asked.report.training
+    assert training.kept == "qat" and asked.report.quantized.accuracy == training.qat_accuracy
+    assert asked.report.quantized.accuracy < training.ptq_accuracy - 0.1
+    assert any("the QAT file is kept as asked (keep_best=False)" in w for w in asked.report.warnings)

@@ -423,7 +423,7 @@ def qat(
         eval_data: labelled data for the report's float, PTQ, QAT-in-Keras and int8 accuracies.
         spec: every option (`tfquant.spec.QATSpec`); keyword `options` build or override it:
             `epochs` (required), `batch_size` (32), `learning_rate` (1e-4: fine-tuning wants it
-            small), `io` (int8), `calib_samples` (200), `max_drop`, `strict`, `keep_best` (when the
+            small), `io` (int8), `calib_samples` (200), `max_drop`, `strict`, `keep_best` (True: when the
             QAT file scores below plain PTQ on the evaluation data, return the PTQ file; the report
             says so), `num_threads`, `bench_runs`.
         callbacks: extra Keras callbacks for `fit` (e.g. `tfquant.callbacks.Int8Validation`).
@@ -478,10 +478,12 @@ def qat(
             if spec.keep_best:
                 tflite, kept = ptq_tflite, "ptq"
                 notes.append(f"QAT int8 scored {qat_score:.4f}, below plain PTQ int8 at {ptq_score:.4f}: "
-                             "the PTQ file is kept (keep_best)")
+                             "the PTQ file is kept; fine-tune longer or with a smaller learning rate")
             else:
-                notes.append(f"QAT int8 scored {qat_score:.4f}, below plain PTQ int8 at {ptq_score:.4f}: fine-tune "
-                             f"longer or with a smaller learning rate, or keep the PTQ file ({called('keep_best')})")
+                asked = called("keep_best")
+                asked = asked if asked.startswith("--") else f"{asked}=False"
+                notes.append(f"QAT int8 scored {qat_score:.4f}, below plain PTQ int8 at {ptq_score:.4f}, and the QAT "
+                             f"file is kept as asked ({asked}): fine-tune longer or with a smaller learning rate")
     training = Training(kind="qat", epochs=epochs, keras_accuracy=keras_acc, layers=layers, ptq_accuracy=ptq_score,
                         qat_accuracy=qat_score, kept=kept)
     return verify(prepared, recipe, tflite, seconds=seconds, budget=spec.budget, reference=reference,
