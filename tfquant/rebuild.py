@@ -86,6 +86,48 @@ def to_keras2(model) -> Any:
     return rebuilt
 
 
+def inline_nested(model) -> Any:
+    """A tf_keras functional model whose nested functional and Sequential models are called layer by
+    layer in the outer graph (tf_keras' ConvNeXt has its stem and downsampling blocks as Sequential
+    models; tfmot wraps layers, not models). The same layers, so the same weights; `model` itself is
+    returned when nothing is nested."""
+    if not any(isinstance(layer, keras.Model) for layer in model.layers):
+        return model
+    inputs = [keras.Input(shape=tuple(t.shape[1:]), batch_size=t.shape[0], dtype=_dtype(t.dtype), name=_input_name(t))
+              for t in model.inputs]
+    outputs = _graph_outputs(model, inputs)
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
+                       name=model.name)
+
+
+def _graph_outputs(model, inputs: list) -> list:
+    """`model`'s graph called on `inputs` (tf_keras tensors) node by node, as tf_keras' own
+    `Functional._run_internal_graph` does, with a nested model's graph run in its place."""
+    if not getattr(model, "_is_graph_network", False):
+        if not isinstance(model, keras.Sequential):
+            raise RebuildError(f"the nested {type(model).__name__} {model.name!r} is a subclassed model; only "
+                               "functional and Sequential models are inlined")
+        x = inputs[0] if len(inputs) == 1 else inputs
+        for layer in model.layers:
+            x = _graph_outputs(layer, tf.nest.flatten(x)) if isinstance(layer, keras.Model) else layer(x)
+            x = x[0] if isinstance(x, list) and len(x) == 1 else x
+        return tf.nest.flatten(x)
+    uses = model._tensor_usage_count
+    tensors = {str(id(ref)): [new] * uses[str(id(ref))] for ref, new in zip(model.inputs, inputs)}
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input or any(ref not in tensors for ref in node.flat_input_ids):
+                continue
+            args, kwargs = node.map_arguments(tensors)
+            if isinstance(node.layer, keras.Model):  # training= and mask= are the caller's business
+                outputs = _graph_outputs(node.layer, tf.nest.flatten(args))
+            else:
+                outputs = node.layer(*args, **kwargs)
+            for ref, new in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
+                tensors[ref] = [new] * uses[ref]
+    return [tensors[str(id(ref))].pop() for ref in model.outputs]
+
+
 def _translated(operation, cache: dict[int, Any]):
     """The tf_keras callable for one Keras 3 operation, made once per operation (shared layers stay shared)."""
     key = id(operation)
@@ -301,8 +343,8 @@ def _dtype(dtype) -> str:
 
 def _input_name(tensor) -> str:
     history = getattr(tensor, "_keras_history", None)
-    if history is not None:
-        return history.operation.name
+    if history is not None:  # Keras 3's names the operation, tf_keras' the layer
+        return getattr(history, "operation", None).name if hasattr(history, "operation") else history.layer.name
     return getattr(tensor, "name", "input").split(":")[0]
 
 

@@ -208,14 +208,28 @@ def test_qat_fine_tunes_with_the_float_models_batch_norm_statistics(digits):
     assert not np.array_equal(copy.get_layer(kernel).get_weights()[0], model.get_layer(kernel).get_weights()[0])
 
 
-def test_a_tf_keras_model_with_a_nested_model_says_which(train_npz):
-    """tfmot wraps layers, not models: a tf_keras model inside a model is named, before any training."""
-    tower = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(4, 3, activation="relu")], name="tower")
+def test_a_tf_keras_model_with_nested_models_is_inlined_for_tfmot(digits, train_npz, test_npz):
+    """tfmot wraps layers, not models: nested Sequential (with and without an Input) and functional
+    models, one called twice, are called layer by layer in the outer graph, with the same function."""
+    from tfquant.rebuild import inline_nested
+
+    keras.utils.set_random_seed(0)
+    tower = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(8, 3, activation="relu")], name="tower")
+    inner = keras.Input((6, 6, 8))
+    block = keras.Model(inner, L.Add()([inner, L.Conv2D(8, 1, activation="relu")(inner)]), name="block")
+    head = keras.Sequential([L.Flatten(), L.Dense(10, activation="softmax")], name="head")
     inputs = keras.Input((8, 8, 1), name="image")
-    model = keras.Model(inputs, L.Dense(10, activation="softmax")(L.Flatten()(tower(inputs))))
-    with pytest.raises(ModelLoadError, match=r"<keras model>: expected a model whose layers are layers for tfquant qat .* "
-                                             r"found the nested model\(s\) 'tower'"):
-        qat(model, train_npz, epochs=1)
+    model = keras.Model(inputs, head(block(block(tower(inputs)))))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(digits["x"], digits["y"], epochs=4, verbose=0)
+    inlined = inline_nested(model)
+    # the block's two calls share its layers, as they share its weights
+    assert [type(layer).__name__ for layer in inlined.layers] == ["InputLayer", "Conv2D", "Conv2D", "Add", "Flatten", "Dense"]
+    assert inlined.input_names == ["image"] and len(inlined.get_weights()) == len(model.get_weights())
+    np.testing.assert_array_equal(inlined(digits["x"][:32]).numpy(), model(digits["x"][:32]).numpy())
+    result = qat(model, train_npz, epochs=1, eval_data=test_npz, bench_runs=1)
+    assert_every_op_integer(result.info)
+    assert result.report.quantized.accuracy > 0.9
 
 
 def test_qat_below_ptq_returns_the_ptq_file_unless_asked_not_to(digits_model, train_npz, test_npz, tmp_path):

@@ -167,8 +167,16 @@ def keras2_model(loaded, stage: str, samples=None):
         except ModelLoadError as exc:
             raise ModelLoadError(f"{exc}; {stage} needs a SavedModel written by tf_keras") from None
     nested = [layer.name for layer in loaded.keras_model.layers if isinstance(layer, keras.Model)]
-    if nested:
-        raise ModelLoadError(f"{loaded.source}: expected a model whose layers are layers for {stage} "
-                             f"(tensorflow-model-optimization wraps layers, not models), found the nested model(s) "
-                             f"{', '.join(map(repr, nested[:3]))}: call their layers in the outer model instead")
-    return loaded.keras_model
+    if not nested:
+        return loaded.keras_model
+    from ..rebuild import RebuildError, check_outputs, inline_nested
+
+    try:  # tensorflow-model-optimization wraps layers, not models: the nested models' layers are called in place
+        inlined = inline_nested(loaded.keras_model)
+        if samples is not None:
+            check_outputs(loaded.keras_model, inlined, samples)
+        return inlined
+    except RebuildError as exc:
+        raise ModelLoadError(f"{loaded.source}: expected a model whose nested models ({', '.join(map(repr, nested[:3]))}) "
+                             f"can be inlined for {stage} (tensorflow-model-optimization wraps layers, not models), "
+                             f"found {exc}") from None
