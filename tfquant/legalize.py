@@ -3,9 +3,10 @@
 The converter emits a few float ops that TFLite's int8 quantizer cannot make integer although
 an equivalent integer form exists: `NEG` (Keras 3's LayerNormalization, ConvNeXt), `SQUARE`
 (Keras 3's UnitNormalization and `ops.normalize`), `ZEROS_LIKE` (the state a masked recurrent
-step keeps). Left alone, each stays float between a DEQUANTIZE and a QUANTIZE. Rewritten on the
-float file — `NEG(x)` as `MUL(x, -1)`, `SQUARE(x)` as `MUL(x, x)`, `ZEROS_LIKE(x)` as
-`MUL(x, 0)` — they compute the same values in float and quantize like any MUL. Every rewrite is
+step keeps), `ELU` (the activation, in both Keras versions). Left alone, each stays float between
+a DEQUANTIZE and a QUANTIZE. Rewritten on the float file — `NEG(x)` as `MUL(x, -1)`, `SQUARE(x)`
+as `MUL(x, x)`, `ZEROS_LIKE(x)` as `MUL(x, 0)`, `ELU(x)` as `x + EXP(m) - 1 - m` with `m = -RELU(-x)` —
+they compute the same values in float and quantize like any MUL, ADD or EXP. Every rewrite is
 listed in the export's notes.
 """
 
@@ -70,7 +71,7 @@ def make_quantizable(data: bytes, *, keep_weights: bool = False) -> tuple[bytes,
     codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
     counts: dict[str, int] = {}
     for graph in model.subgraphs:
-        for op in graph.operators:
+        for op in list(graph.operators):  # a rewrite may insert ops (and operator codes) before `op`
             entry = _REWRITES.get(codes[op.opcodeIndex])
             if entry is not None and not (keep_weights and entry[2]) and entry[1](model, graph, op):
                 counts[entry[0]] = counts.get(entry[0], 0) + 1
@@ -105,10 +106,7 @@ def opcode(model, builtin: int) -> int:
 
 def _as_mul(model, op) -> None:
     op.opcodeIndex = opcode(model, schema.BuiltinOperator.MUL)
-    op.builtinOptionsType = schema.BuiltinOptions.MulOptions
-    options = schema.MulOptionsT()
-    options.fusedActivationFunction = schema.ActivationFunctionType.NONE
-    op.builtinOptions = options
+    op.builtinOptionsType, op.builtinOptions = _options(schema.BuiltinOperator.MUL)
 
 
 def _float(graph, index: int) -> bool:
@@ -154,6 +152,68 @@ def _square(model, graph, op) -> bool:
     op.inputs = [op.inputs[0], op.inputs[0]]
     _as_mul(model, op)
     return True
+
+
+@_registers(schema.BuiltinOperator.ELU, "ELU(x) as x + EXP(m) - 1 - m, m = -RELU(-x)")
+def _elu(model, graph, op) -> bool:
+    """TFLite's int8 quantizer leaves ELU float. Spelled with MUL, RELU, EXP and ADD, each int8,
+    and none that ties its input's scale to its output's: with MINIMUM(x, 0), the quantizer gave
+    x the scale of the negative half and clipped every positive value."""
+    x, out = int(op.inputs[0]), int(op.outputs[0])
+    if not _float(graph, x):
+        return False
+    name = graph.tensors[out].name or b"elu"
+    made = {part: _like(graph, x, name + b"/" + part) for part in (b"neg", b"relu_neg", b"min0", b"exp", b"exp_minus_one", b"rest")}
+    ops = [
+        _op(model, schema.BuiltinOperator.MUL, [x, _scalar(model, graph, -1.0, name, b"minus_one_a")], [made[b"neg"]]),
+        _op(model, schema.BuiltinOperator.RELU, [made[b"neg"]], [made[b"relu_neg"]]),
+        _op(model, schema.BuiltinOperator.MUL, [made[b"relu_neg"], _scalar(model, graph, -1.0, name, b"minus_one_b")],
+            [made[b"min0"]]),
+        _op(model, schema.BuiltinOperator.EXP, [made[b"min0"]], [made[b"exp"]]),
+        _op(model, schema.BuiltinOperator.ADD, [made[b"exp"], _scalar(model, graph, -1.0, name, b"minus_one_c")],
+            [made[b"exp_minus_one"]]),
+        _op(model, schema.BuiltinOperator.ADD, [made[b"exp_minus_one"], made[b"relu_neg"]], [made[b"rest"]]),
+    ]
+    at = graph.operators.index(op)
+    graph.operators[at:at] = ops  # before the op that becomes the sum: the graph runs in list order
+    op.inputs = [x, made[b"rest"]]
+    op.opcodeIndex = opcode(model, schema.BuiltinOperator.ADD)
+    op.builtinOptionsType, op.builtinOptions = _options(schema.BuiltinOperator.ADD)
+    return True
+
+
+def _like(graph, index: int, name: bytes) -> int:
+    """A new float32 tensor of `index`'s shape in `graph`; returns its index."""
+    source, tensor = graph.tensors[index], schema.TensorT()
+    tensor.shape = None if source.shape is None else list(source.shape)
+    tensor.shapeSignature = None if source.shapeSignature is None else list(source.shapeSignature)
+    tensor.type = schema.TensorType.FLOAT32
+    tensor.buffer = 0
+    tensor.name = name
+    graph.tensors.append(tensor)
+    return len(graph.tensors) - 1
+
+
+def _options(builtin: int):
+    """(builtinOptionsType, builtinOptions) of a new op: no fused activation where it has one."""
+    kinds = {schema.BuiltinOperator.ADD: (schema.BuiltinOptions.AddOptions, schema.AddOptionsT),
+             schema.BuiltinOperator.MUL: (schema.BuiltinOptions.MulOptions, schema.MulOptionsT),
+             schema.BuiltinOperator.EXP: (schema.BuiltinOptions.ExpOptions, schema.ExpOptionsT)}
+    if builtin not in kinds:
+        return schema.BuiltinOptions.NONE, None
+    kind, make = kinds[builtin]
+    options = make()
+    if hasattr(options, "fusedActivationFunction"):
+        options.fusedActivationFunction = schema.ActivationFunctionType.NONE
+    return kind, options
+
+
+def _op(model, builtin: int, inputs: list[int], outputs: list[int]):
+    new = schema.OperatorT()
+    new.opcodeIndex = opcode(model, builtin)
+    new.inputs, new.outputs = list(inputs), list(outputs)
+    new.builtinOptionsType, new.builtinOptions = _options(builtin)
+    return new
 
 
 @_registers(schema.BuiltinOperator.SOFTMAX, "dense weights before a SOFTMAX centered across its classes",

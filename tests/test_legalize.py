@@ -1,0 +1,61 @@
+"""Float ops TFLite's int8 quantizer leaves float, rewritten on the float file as ops it quantizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tfquant
+from tfquant.harness import Runner
+from tfquant.inspect import inspect
+from tfquant.data import Dataset
+from tfquant.export import export
+from tfquant.models import load_model
+
+from checks import assert_every_op_integer
+
+
+def _elu_model(k, digits):
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="x")
+    x = k.layers.Activation("elu")(k.layers.Conv2D(16, 3, padding="same")(inputs))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax")(k.layers.Flatten()(x)))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(digits["x"], digits["y"], epochs=3, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_elu_becomes_integer_with_the_accuracy_of_a_float_elu(version, digits, tmp_path, train_npz, test_npz):
+    """ELU in both Keras versions: the rewritten float file computes what ELU does, and the int8 file is
+    fully integer and as accurate as one that keeps ELU float (with MINIMUM(x, 0) in the rewrite, the
+    quantizer clipped the conv's positive outputs and lost 4.5 points)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from tfquant._keras import keras, keras3
+    from tfquant.legalize import _REWRITES
+
+    path = tmp_path / "elu.keras"
+    _elu_model(keras3() if version == 3 else keras, digits).save(path)
+    result = tfquant.quantize(path, train_npz, eval_data=test_npz, bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    assert "EXP" in {op.name for op in result.info.ops} and "ELU" not in {op.name for op in result.info.ops}
+    assert any("ELU(x) as" in note for note in result.report.export.notes)
+
+    exported = export(load_model(path))
+    assert "ELU" not in {op.name for op in inspect(exported.tflite).ops}
+    entry = _REWRITES.pop(schema.BuiltinOperator.ELU)
+    try:
+        plain = export(load_model(path))
+        with pytest.raises(tfquant.StrictModeError, match=r"found float ops: ELU#\d+ in layer") as caught:
+            tfquant.quantize(path, train_npz, eval_data=test_npz, bench_runs=1, diagnose=False)
+    finally:
+        _REWRITES[schema.BuiltinOperator.ELU] = entry
+    kept = caught.value.result  # ELU left float between a DEQUANTIZE and a QUANTIZE
+    assert "ELU" in {op.name for op in inspect(plain.tflite).ops}
+    x = np.random.default_rng(0).normal(0, 3, (16, 8, 8, 1)).astype(np.float32)
+    data = Dataset("random", {"x": x})
+    ours, theirs = Runner(exported.tflite).predict(data), Runner(plain.tflite).predict(data)
+    for name in theirs:
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=0, atol=1e-6)
+    assert result.report.quantized.accuracy >= kept.report.quantized.accuracy - 0.003
