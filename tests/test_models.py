@@ -62,7 +62,9 @@ def test_folder_without_saved_model(tmp_path):
 def test_unbuilt_model(tmp_path):
     from tfquant._keras import keras
 
-    with pytest.raises(ModelLoadError, match="expected a built model with a known input shape"):
+    with pytest.raises(ModelLoadError, match=r"<keras model>: expected a model with a known input shape \(Input layers, "
+                                             r"or a subclassed model called once on a batch of one tensor\), found a "
+                                             r"model never called so"):
         load_model(keras.Sequential([keras.layers.Dense(3)]))
     with pytest.raises(ModelLoadError, match="model: expected a Keras model .* found ndarray"):
         load_model(np.zeros(3))
@@ -88,3 +90,51 @@ def test_layers_tf_keras_applications_leave_unregistered_load_back(tmp_path, fmt
     assert [type(layer).__name__ for layer in loaded.keras_model.layers[2:4]] == ["LayerScale", "StochasticDepth"]
     x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
     np.testing.assert_array_equal(loaded.keras_model(x).numpy(), model(x).numpy())
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_subclassed_model_called_once_converts_to_full_int8(version, digits, train_npz, test_npz):
+    """TensorFlow's "advanced" quickstart subclasses keras.Model: no Input layers, so its signature is
+    what its first call recorded (tf_keras: each tensor's spec; Keras 3: the shape), its outputs what
+    it returns. A tf_keras model that takes token ids keeps an int32 input."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+
+    class Net(k.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = k.layers.Conv2D(16, 3, activation="relu")
+            self.flat = k.layers.Flatten()
+            self.out = k.layers.Dense(10, activation="softmax")
+
+        def call(self, x):
+            return self.out(self.flat(self.conv(x)))
+
+    k.utils.set_random_seed(0)
+    model = Net()
+    with pytest.raises(ModelLoadError, match="found a model never called so"):
+        load_model(model)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(digits["x"], digits["y"], epochs=3, verbose=0)
+    loaded = load_model(model)
+    assert [(s.shape, s.dtype) for s in loaded.inputs] == [((None, 8, 8, 1), "float32")]
+    assert [(s.name, s.shape) for s in loaded.outputs] == [("output_0", (None, 10))]
+    result = tfquant.quantize(model, train_npz, eval_data=test_npz, bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    assert result.report.outputs[0].float.accuracy > 0.9 and result.report.accuracy_drop <= 0.01
+    with pytest.raises(ModelLoadError, match=r"<keras model>: expected a .*, found .*subclassed model"):
+        tfquant.qat(model, train_npz, epochs=1)  # tfmot rebuilds models from their graph: one line, no traceback
+    if version == 2:
+        class Tokens(k.Model):
+            def __init__(self):
+                super().__init__()
+                self.embed = k.layers.Embedding(18, 8)
+                self.out = k.layers.Dense(10, activation="softmax")
+
+            def call(self, ids):
+                return self.out(k.layers.GlobalAveragePooling1D()(self.embed(ids)))
+
+        tokens = Tokens()
+        tokens(np.zeros((2, 32), np.int32))
+        assert [(s.shape, s.dtype) for s in load_model(tokens).inputs] == [((None, 32), "int32")]

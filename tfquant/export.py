@@ -95,7 +95,7 @@ def _fixed(spec: TensorSpec, sample: Optional[tuple]) -> TensorSpec:
 def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: bool) -> Exported:
     tf = _keras.tf
     model = loaded.keras_model
-    keras_names = _call_names(model)
+    keras_names = _call_names(model) if getattr(model, "inputs", None) else [s.name for s in inputs]
     output_names = [s.name for s in loaded.outputs]
     tensor_specs = [tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=spec.name) for spec in inputs]
 

@@ -77,12 +77,55 @@ def load_model(source: Any, *, safe_mode: bool = True) -> LoadedModel:
 
 def _from_keras(model: Any, source: str, flavor: str) -> LoadedModel:
     if not getattr(model, "inputs", None):
-        raise ModelLoadError(
-            problem(source, "a built model with a known input shape (call it once or give an Input layer)", "an unbuilt model")
-        )
+        return _from_called(model, source, flavor)
     inputs = [_spec(t, i) for i, t in enumerate(model.inputs)]
     outputs = [_spec(t, i) for i, t in enumerate(model.outputs)]
     return LoadedModel(source=source, flavor=flavor, inputs=inputs, outputs=outputs, keras_model=model)
+
+
+def _from_called(model: Any, source: str, flavor: str) -> LoadedModel:
+    """A subclassed model has no Input layers; called once on a batch, it recorded what it takes. Its
+    outputs are what it returns for one sample of that shape ("output_0", ... or a dict's keys)."""
+    import numpy as np
+
+    inputs = _called_inputs(model, flavor)
+    if inputs is None:
+        raise ModelLoadError(problem(source, "a model with a known input shape (Input layers, or a subclassed model "
+                                             "called once on a batch of one tensor)", "a model never called so"))
+    sample = [np.zeros((1, *(1 if d is None else d for d in spec.shape[1:])), spec.dtype) for spec in inputs]
+    returned = model(sample[0] if len(sample) == 1 else sample, training=False)
+    if isinstance(returned, dict):
+        named = list(returned.items())
+    else:
+        values = list(returned) if isinstance(returned, (list, tuple)) else [returned]
+        named = [(f"output_{i}", value) for i, value in enumerate(values)]
+    outputs = [TensorSpec(name, (None, *map(int, value.shape[1:])), getattr(value.dtype, "name", str(value.dtype)))
+               for name, value in named]
+    return LoadedModel(source=source, flavor=flavor, inputs=inputs, outputs=outputs, keras_model=model)
+
+
+def _called_inputs(model: Any, flavor: str) -> Optional[list[TensorSpec]]:
+    """The inputs a subclassed model recorded at its first call, batch dim open: tf_keras keeps each
+    tensor's spec; Keras 3 only the shape of its first argument (taken as float32)."""
+    if flavor == "keras2":
+        recorded = model.save_spec(dynamic_batch=True) if model.built else None
+        if not recorded:
+            return None
+        from ._keras import tf
+
+        specs = tf.nest.flatten(recorded[0])
+        return [TensorSpec((spec.name or f"input_{i}").split(":")[0], (None, *spec.shape[1:]), spec.dtype.name)
+                for i, spec in enumerate(specs)] or None
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    if len(shapes) != 1 or not model.built:
+        return None
+    shape = next(iter(shapes.values()))
+    if not isinstance(shape, (tuple, list)) or not shape or not all(d is None or isinstance(d, int) for d in shape):
+        return None
+    import inspect
+
+    name = next(iter(inspect.signature(model.call).parameters), "x")
+    return [TensorSpec(name, (None, *shape[1:]), "float32")]
 
 
 def _spec(tensor: Any, index: int) -> TensorSpec:

@@ -166,6 +166,11 @@ def keras2_model(loaded, stage: str, samples=None):
             return revive_keras2(loaded)
         except ModelLoadError as exc:
             raise ModelLoadError(f"{exc}; {stage} needs a SavedModel written by tf_keras") from None
+    if not getattr(loaded.keras_model, "_is_graph_network", False) and not isinstance(loaded.keras_model, keras.Sequential):
+        raise ModelLoadError(f"{loaded.source}: expected a functional or Sequential model for {stage} "
+                             "(tensorflow-model-optimization rebuilds a model layer by layer from its graph), found the "
+                             f"subclassed model {type(loaded.keras_model).__name__} {loaded.keras_model.name!r}: build it "
+                             "with keras.Input, or quantize it without training (tfquant convert)")
     nested = [layer.name for layer in loaded.keras_model.layers if isinstance(layer, keras.Model)]
     if not nested:
         return loaded.keras_model
