@@ -59,3 +59,36 @@ def test_elu_becomes_integer_with_the_accuracy_of_a_float_elu(version, digits, t
     for name in theirs:
         np.testing.assert_allclose(ours[name], theirs[name], rtol=0, atol=1e-6)
     assert result.report.quantized.accuracy >= kept.report.quantized.accuracy - 0.003
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_masking_a_float_sequence_stays_integer(version, tmp_path):
+    """Masking(0.0) on float rows before an LSTM: its NOT_EQUAL(x, 0) reads the int8 input (0 is the
+    zero point, on the grid), and tf_keras' mask multiply, x * CAST(mask), is x itself."""
+    from tfquant import zoo
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    data = zoo.rows()
+    rng = np.random.default_rng(0)
+    for rows in (data.train["rows"], data.test["rows"]):  # every other sequence padded with 1-3 zero steps
+        for i in range(0, len(rows), 2):
+            rows[i, :int(rng.integers(1, 4))] = 0.0
+    assert (data.test["rows"] == 0).all(axis=2).any(axis=1).mean() >= 0.5
+    inputs = k.Input((8, 8), name="rows")
+    x = k.layers.LSTM(32)(k.layers.Masking(mask_value=0.0)(inputs))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax")(x))
+    model.compile(optimizer=k.optimizers.Adam(5e-3), loss="sparse_categorical_crossentropy")
+    model.fit(data.train["rows"], data.train["y"], epochs=6, verbose=0)
+    path = tmp_path / "masking.keras"
+    model.save(path)
+    np.savez(tmp_path / "calib.npz", rows=data.train["rows"][:200])
+    np.savez(tmp_path / "test.npz", **data.test)
+    result = tfquant.quantize(path, tmp_path / "calib.npz", eval_data=tmp_path / "test.npz", bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    compare = next(op for op in result.info.ops if op.name == "NOT_EQUAL")
+    assert compare.input_dtypes == ["int8", "int8"] and compare.output_dtypes == ["bool"]
+    assert "CAST" not in {op.name for op in result.info.ops}
+    output = result.report.outputs[0]
+    assert output.float.accuracy > 0.8 and output.float.accuracy - output.quantized.accuracy <= 0.01

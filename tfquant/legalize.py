@@ -182,6 +182,112 @@ def _elu(model, graph, op) -> bool:
     return True
 
 
+@_registers(schema.BuiltinOperator.CAST, "the mask multiply of Masking(0) as MUL(x, 1)")
+def _masking_multiply(model, graph, op) -> bool:
+    """tf_keras' Masking(mask_value=0) returns x * CAST(REDUCE_ANY(NOT_EQUAL(x, 0))): where the mask is
+    0 every feature of x already is 0, so the product is x. The CAST (bool to float) has no int8
+    form; MUL(x, 1) has, and the CAST is dropped."""
+    codes = lambda o: flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[o.opcodeIndex])  # noqa: E731
+    cast_out = int(op.outputs[0])
+    if graph.tensors[int(op.inputs[0])].type != schema.TensorType.BOOL or not _float(graph, cast_out):
+        return False
+    producer = {int(out): o for o in graph.operators for out in o.outputs}
+    reduce_any = producer.get(int(op.inputs[0]))
+    if reduce_any is None or codes(reduce_any) != schema.BuiltinOperator.REDUCE_ANY:
+        return False
+    compare = producer.get(int(reduce_any.inputs[0]))
+    if compare is None or codes(compare) != schema.BuiltinOperator.NOT_EQUAL:
+        return False
+    x, mask_value = (int(i) for i in compare.inputs)
+    values = float_constant(model, graph, mask_value)
+    if values is None or np.any(values != 0):
+        return False
+    readers = [o for o in graph.operators if cast_out in [int(i) for i in o.inputs]]
+    if not readers or cast_out in [int(i) for i in graph.outputs] or any(
+            codes(r) != schema.BuiltinOperator.MUL or sorted(int(i) for i in r.inputs) != sorted([x, cast_out])
+            or (r.builtinOptions is not None and r.builtinOptions.fusedActivationFunction
+                != schema.ActivationFunctionType.NONE) for r in readers):
+        return False
+    one = _scalar(model, graph, 1.0, graph.tensors[cast_out].name, b"one")
+    for reader in readers:
+        reader.inputs = [x, one]
+    graph.operators.remove(op)
+    return True
+
+
+def integer_comparisons(data: bytes) -> bytes:
+    """An int8 file in which a comparison (EQUAL, NOT_EQUAL, LESS, ...) still reads a DEQUANTIZE of an
+    int8 tensor and a float constant (Masking's NOT_EQUAL(x, 0) on a float sequence) compares the
+    int8 tensor with the constant in its scale instead: TFLite's comparison kernels take int8, its
+    quantizer leaves them float. Only where every constant value lies on the int8 grid, so that
+    every answer is the float comparison's."""
+    model = _read(data)
+    codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
+    changed = False
+    for graph in model.subgraphs:
+        producer = {int(out): o for o in graph.operators for out in o.outputs}
+        for op in list(graph.operators):
+            if codes[op.opcodeIndex] not in _COMPARISONS or len(op.inputs) != 2:
+                continue
+            sources = [producer.get(int(i)) for i in op.inputs]
+            at = next((k for k, p in enumerate(sources) if p is not None and codes[p.opcodeIndex] ==
+                       schema.BuiltinOperator.DEQUANTIZE and graph.tensors[int(p.inputs[0])].type ==
+                       schema.TensorType.INT8), None)
+            if at is None:
+                continue
+            quantized = int(sources[at].inputs[0])
+            q = graph.tensors[quantized].quantization
+            if q is None or q.scale is None or len(q.scale) != 1:
+                continue
+            scale, zero = float(q.scale[0]), int(q.zeroPoint[0])
+            other = int(op.inputs[1 - at])
+            values = float_constant(model, graph, other)
+            if values is None:
+                continue
+            levels = np.round(values / scale) + zero
+            if np.any(levels < -128) or np.any(levels > 127) or \
+                    not np.allclose((levels - zero) * scale, values, rtol=0, atol=1e-6 * max(scale, 1e-12)):
+                continue
+            inputs = list(op.inputs)
+            inputs[at], inputs[1 - at] = quantized, _int8_constant(model, graph, levels, scale, zero,
+                                                                   graph.tensors[other].name)
+            op.inputs = inputs
+            code = model.operatorCodes[op.opcodeIndex]
+            code.version = max(code.version, 2)  # the int8 version of every comparison
+            changed = True
+        _drop_unread(graph, codes, schema.BuiltinOperator.DEQUANTIZE)
+    if not changed:
+        return data
+    drop_unused_opcodes(model)
+    return _write(model)
+
+
+_COMPARISONS = {schema.BuiltinOperator.EQUAL, schema.BuiltinOperator.NOT_EQUAL, schema.BuiltinOperator.LESS,
+                schema.BuiltinOperator.LESS_EQUAL, schema.BuiltinOperator.GREATER, schema.BuiltinOperator.GREATER_EQUAL}
+
+
+def _int8_constant(model, graph, levels: np.ndarray, scale: float, zero: int, near: bytes) -> int:
+    buffer = schema.BufferT()
+    buffer.data = levels.astype(np.int8).tobytes()
+    model.buffers.append(buffer)
+    tensor = schema.TensorT()
+    tensor.shape = list(levels.shape)
+    tensor.type = schema.TensorType.INT8
+    tensor.buffer = len(model.buffers) - 1
+    tensor.name = (near or b"const") + b"/int8"
+    tensor.quantization = schema.QuantizationParametersT()
+    tensor.quantization.scale, tensor.quantization.zeroPoint = [scale], [zero]
+    graph.tensors.append(tensor)
+    return len(graph.tensors) - 1
+
+
+def _drop_unread(graph, codes: list[int], builtin: int) -> None:
+    """Remove the `builtin` ops whose outputs nothing reads any more."""
+    read = {int(i) for o in graph.operators for i in o.inputs} | {int(i) for i in graph.outputs}
+    graph.operators = [o for o in graph.operators
+                       if codes[o.opcodeIndex] != builtin or any(int(out) in read for out in o.outputs)]
+
+
 def _like(graph, index: int, name: bytes) -> int:
     """A new float32 tensor of `index`'s shape in `graph`; returns its index."""
     source, tensor = graph.tensors[index], schema.TensorT()
