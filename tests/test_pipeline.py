@@ -104,9 +104,14 @@ def test_calibration_draw_is_deterministic(digits_model, train_npz):
 def test_accuracy_collapse_is_caught(digits_model, digits, test_npz, tmp_path):
     """Calibrating on unrepresentative data (inputs 20x too small) clips real inputs: the gate must fire."""
     bad_calibration = digits["x"][:200] * 0.05
-    with pytest.raises(AccuracyBudgetError, match=r"expected an accuracy drop of at most 0\.0100.*found 0\.[1-9]") as caught:
+    with pytest.raises(AccuracyBudgetError, match=r"expected an accuracy drop of at most 0\.0100.*found 0\.[1-9]") \
+            as caught:
         tfquant.quantize(digits_model, bad_calibration, eval_data=test_npz, max_drop=0.01, bench_runs=1)
     report = caught.value.result.report
+    worst = report.diagnostics[0]  # the message says where the error starts, and what to try
+    assert str(caught.value).endswith(f"; the largest int8 error is at {worst.tensor!r} ({worst.op}, "
+                                      f"{worst.rmse_per_scale:.1f} int8 steps RMS): fallback auto with a budget may "
+                                      "keep such ops float")
     assert report.accuracy_drop > 0.1
     assert report.agreement.top1 < 0.9
     assert any("agreement" in w for w in report.warnings)

@@ -18,7 +18,7 @@ import numpy as np
 from . import harness, tasks
 from ._version import __version__
 from .data import Dataset
-from .errors import AccuracyBudgetError, StrictModeError
+from .errors import AccuracyBudgetError, StrictModeError, called
 from .inspect import explain_float_ops, float_ops_message, inspect
 from .prepare import Prepared
 from .report import write_report_files
@@ -202,8 +202,17 @@ def verify(
     if not info.fully_integer and (strict or (integer_mode and not allow_float)):
         raise StrictModeError(float_ops_message(prepared.source, float_ops), result)
     if violations:
-        raise AccuracyBudgetError(f"{prepared.source}: " + "; ".join(violations), result)
+        raise AccuracyBudgetError(f"{prepared.source}: " + "; ".join(violations) + _where_it_starts(report), result)
     return result
+
+
+def _where_it_starts(report: Report) -> str:
+    """For a budget failure: the op whose int8 output strays furthest from float (the diagnostics' first)."""
+    if not report.diagnostics:
+        return ""
+    worst = report.diagnostics[0]
+    return (f"; the largest int8 error is at {worst.tensor!r} ({worst.op}, {worst.rmse_per_scale:.1f} int8 steps RMS): "
+            f"{called('fallback')} auto with a budget may keep such ops float")
 
 
 def _io(tflite: bytes) -> list[IOTensor]:
