@@ -143,3 +143,24 @@ def test_save_is_atomic_and_refuses_to_clobber(int8_result, tmp_path):
     with pytest.raises(OutputError, match="model.tflite: expected a path that does not exist yet"):
         int8_result.save(path)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.tflite", "report.html", "report.json", "report.md"]
+
+
+def test_a_graph_tflite_cannot_prepare_with_an_open_batch_is_exported_with_batch_1(digits, train_npz, test_npz):
+    """tf_keras' GroupNormalization converts with an open batch dim to a BROADCAST_TO that TFLite cannot
+    prepare; exported again with the batch fixed at 1, it runs, and quantizes fully integer."""
+    from tfquant._keras import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="x")
+    x = keras.layers.GroupNormalization(groups=4)(keras.layers.Conv2D(16, 3)(inputs))
+    x = keras.layers.Flatten()(keras.layers.Activation("relu")(x))
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(digits["x"], digits["y"], epochs=3, verbose=0)
+    result = tfquant.quantize(model, train_npz, eval_data=test_npz, bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    notes = [note for note in result.report.export.notes if note.startswith("exported with the batch fixed at 1")]
+    assert len(notes) == 1 and "Output shape must be broadcastable" in notes[0] and "(BROADCAST_TO) failed to prepare" \
+        in notes[0], result.report.export.notes
+    output = result.report.outputs[0]
+    assert output.float.accuracy > 0.9 and output.float.accuracy - output.quantized.accuracy <= 0.01

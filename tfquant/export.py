@@ -79,10 +79,37 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
     inputs = [_fixed(spec, (shapes or {}).get(spec.name)) for spec in loaded.inputs]
     if loaded.keras_model is not None:
         result = _export_keras(loaded, inputs, keep_weights)
+        failure = _first_run_fails(result.tflite, inputs)
+        if failure and any(spec.shape and spec.shape[0] is None for spec in inputs):
+            # Some graphs convert with an open batch dim and then fail to prepare in TFLite (tf_keras'
+            # GroupNormalization: a BROADCAST_TO of a shape computed from the batch); with the batch fixed
+            # at 1 the converter folds those shapes away. The harness runs a fixed batch sample by sample.
+            fixed = _export_keras(loaded, [TensorSpec(s.name, (1, *s.shape[1:]), s.dtype) for s in inputs], keep_weights)
+            if not _first_run_fails(fixed.tflite, fixed.inputs):
+                fixed.notes.append(f"exported with the batch fixed at 1: with an open batch dim, {failure}")
+                result = fixed
     else:
         result = _export_saved_model(loaded, inputs, keep_weights)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _first_run_fails(data: bytes, inputs: list[TensorSpec]) -> Optional[str]:
+    """Why the float file cannot run one all-zero sample on TFLite's builtin kernels, or None."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    if any(d is None for spec in inputs for d in spec.shape[1:]):
+        return None  # an open dim besides the batch: nothing to run yet
+    try:
+        interpreter = Interpreter(model_content=data,
+                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        runner = interpreter.get_signature_runner()
+        details = runner.get_input_details()
+        runner(**{name: np.zeros((1, *d["shape"][1:]), d["dtype"]) for name, d in details.items()})
+    except (RuntimeError, ValueError) as exc:
+        return " ".join(str(exc).split())[:200]
+    return None
 
 
 def _fixed(spec: TensorSpec, sample: Optional[tuple]) -> TensorSpec:
