@@ -149,16 +149,10 @@ def keras2_model(loaded, stage: str, samples=None):
     from ..errors import ModelLoadError
 
     if loaded.flavor == "keras3":
-        from ..rebuild import RebuildError, check_outputs, to_keras2
+        from ..rebuild import to_keras2
 
-        try:
-            rebuilt = to_keras2(loaded.keras_model)
-            if samples is not None:
-                check_outputs(loaded.keras_model, rebuilt, samples)
-            return rebuilt
-        except RebuildError as exc:
-            raise ModelLoadError(f"{loaded.source}: expected a Keras 3 model that rebuilds as tf_keras for {stage} "
-                                 f"(tensorflow-model-optimization needs Keras 2), found {exc}") from None
+        return _checked(to_keras2, loaded.keras_model, samples, f"{loaded.source}: expected a Keras 3 model that "
+                        f"rebuilds as tf_keras for {stage} (tensorflow-model-optimization needs Keras 2)")
     if loaded.keras_model is None:  # a SavedModel folder: tf_keras can revive its own
         from ..models import revive_keras2
 
@@ -174,14 +168,23 @@ def keras2_model(loaded, stage: str, samples=None):
     nested = [layer.name for layer in loaded.keras_model.layers if isinstance(layer, keras.Model)]
     if not nested:
         return loaded.keras_model
-    from ..rebuild import RebuildError, check_outputs, inline_nested
+    from ..rebuild import inline_nested
 
-    try:  # tensorflow-model-optimization wraps layers, not models: the nested models' layers are called in place
-        inlined = inline_nested(loaded.keras_model)
+    # tensorflow-model-optimization wraps layers, not models: the nested models' layers are called in place
+    return _checked(inline_nested, loaded.keras_model, samples, f"{loaded.source}: expected a model whose nested models "
+                    f"({', '.join(map(repr, nested[:3]))}) can be inlined for {stage} (tensorflow-model-optimization "
+                    "wraps layers, not models)")
+
+
+def _checked(make, original, samples, expected: str):
+    """`make(original)`, its outputs checked against the original's on `samples`; else the error `expected`."""
+    from ..errors import ModelLoadError
+    from ..rebuild import RebuildError, check_outputs
+
+    try:
+        made = make(original)
         if samples is not None:
-            check_outputs(loaded.keras_model, inlined, samples)
-        return inlined
+            check_outputs(original, made, samples)
+        return made
     except RebuildError as exc:
-        raise ModelLoadError(f"{loaded.source}: expected a model whose nested models ({', '.join(map(repr, nested[:3]))}) "
-                             f"can be inlined for {stage} (tensorflow-model-optimization wraps layers, not models), "
-                             f"found {exc}") from None
+        raise ModelLoadError(f"{expected}, found {exc}") from None
