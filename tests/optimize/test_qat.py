@@ -140,7 +140,8 @@ def test_keras3_model_is_rebuilt_for_tfmot(digits, tmp_path, test_npz):
 
 
 def test_untranslatable_keras3_model_says_why(tmp_path, train_npz):
-    """A subclassed Keras 3 model has no graph to rebuild from (and no input signature): a clear error."""
+    """A subclassed Keras 3 model converts (its first call gave the signature), but it has no graph to
+    rebuild as tf_keras from: a clear error."""
     from tfquant._keras import keras3
 
     k3 = keras3()
@@ -155,7 +156,8 @@ def test_untranslatable_keras3_model_says_why(tmp_path, train_npz):
 
     model = Subclassed()
     model(np.zeros((1, 8, 8, 1), np.float32))
-    with pytest.raises(ModelLoadError, match=r"<keras model>: expected a built model with a known input shape"):
+    with pytest.raises(ModelLoadError, match=r"<keras model>: expected a Keras 3 model that rebuilds as tf_keras for "
+                                             r"tfquant qat .*, found Subclassed 'subclassed' is a subclassed model"):
         qat(model, train_npz, epochs=1)
 
 
