@@ -64,7 +64,7 @@ def row(name: str, version: int, folder: Path, *, with_qat: bool = False) -> dic
             "float_ops": [f"{o.op} ({o.layer})" for o in report.float_ops],
         })
     entry["litert"] = litert_row(path, calib, test)
-    if with_qat and zoo.ZOO[name].classifier and not isinstance(zoo.ZOO[name].loss, dict):
+    if with_qat and zoo.ZOO[name].classifier:
         entry["qat"] = qat_row(path, data, calib, test, folder)
     return entry
 

@@ -119,7 +119,7 @@ CLASSIFIERS = [name for name in LIGHT if zoo.ZOO[name].classifier and not isinst
 # tests/optimize/test_qat.py covers the CNN layer kinds (squeeze-excite, hard-swish, BatchNorm
 # after activation, a Keras 3 model rebuilt) one by one.
 QAT_CASES = [pytest.param(n, 3, id=f"{n}-k3") for n in
-             ("embedding_lstm", "bidirectional_lstm", "gru", "transformer", "two_inputs")]
+             ("embedding_lstm", "bidirectional_lstm", "gru", "transformer", "two_inputs", "two_outputs")]
 
 
 @pytest.mark.parametrize("name, version", QAT_CASES)
@@ -138,3 +138,4 @@ def test_qat_reaches_a_fully_integer_file_no_worse_than_ptq(name, version, tmp_p
     training = result.report.training
     assert training.ptq_accuracy is not None
     assert result.report.quantized.accuracy >= training.ptq_accuracy - 1e-9
+    assert all(output.within_budget for output in result.report.outputs)  # a regression head beside it too

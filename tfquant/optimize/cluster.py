@@ -99,7 +99,7 @@ def wrap_for_clustering(model, *, clusters: int, init: str = "kmeans_plus_plus",
 
 def cluster_stage(keras_model, train, *, clusters: int, init: str, epochs: int, batch_size: int, learning_rate: float,
                   preserve_sparsity: bool = False, callbacks: Optional[list] = None, verbose: int = 0,
-                  probabilities: Optional[bool] = None):
+                  probabilities: Optional[dict[str, bool]] = None):
     """Fine-tune `keras_model` with clustered kernels; returns the stripped model, `clusters` values per kernel."""
     from .training import fit
 

@@ -61,7 +61,7 @@ def wrap_for_pruning(model, *, sparsity: float, schedule: str, end_step: int, bl
 
 def prune_stage(keras_model, train, *, sparsity: float, epochs: int, batch_size: int, learning_rate: float,
                 schedule: str = "polynomial", block: Optional[str] = None, log_dir: Optional[str] = None,
-                callbacks: Optional[list] = None, verbose: int = 0, probabilities: Optional[bool] = None):
+                callbacks: Optional[list] = None, verbose: int = 0, probabilities: Optional[dict[str, bool]] = None):
     """Fine-tune `keras_model` while pruning it to `sparsity` (the schedule ends at 3/4 of the steps, the
     rest lets the network recover); returns the stripped model, its zeros in its kernels."""
     from .training import fit

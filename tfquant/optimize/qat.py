@@ -449,18 +449,20 @@ def qat(
     started = time.perf_counter()
     ptq_tflite = convert(prepared.exported, recipe, calibration=prepared.calibration, source=prepared.source)
     reference = ptq_score = None
+    ptq_misses: list[str] = []
     if prepared.evaluation is not None:
         reference = Reference.measure(prepared.exported.tflite, prepared.evaluation, num_threads=num_threads)
-        ptq_score = reference.score(reference.judge(Runner(ptq_tflite, num_threads=num_threads).predict(
-            prepared.evaluation, progress=False)))
+        judged = reference.judge(Runner(ptq_tflite, num_threads=num_threads).predict(prepared.evaluation, progress=False))
+        ptq_score, ptq_misses = reference.score(judged), reference.violations(judged, spec.budget)
     seconds["ptq"] = time.perf_counter() - started
 
     started = time.perf_counter()
     qat_model, layers = quantize_aware(begun.keras_model, samples=prepared.calibration)
+    probabilities = outputs_probabilities(begun.keras_model)  # by the names the wrappers change
     fit(qat_model, begun.train, epochs=epochs, batch_size=spec.batch_size, learning_rate=spec.learning_rate,
-        callbacks=callbacks, verbose=verbose, probabilities=outputs_probabilities(begun.keras_model))
+        callbacks=callbacks, verbose=verbose, probabilities=probabilities)
     seconds["train"] = time.perf_counter() - started
-    keras_acc = None if prepared.evaluation is None else keras_accuracy(qat_model, prepared.evaluation)
+    keras_acc = None if prepared.evaluation is None else keras_accuracy(qat_model, prepared.evaluation, probabilities)
 
     started = time.perf_counter()
     notes: list[str] = []
@@ -469,12 +471,19 @@ def qat(
     kept, qat_score = "qat", None
     tflite = candidates[0][1]
     if reference is not None:
-        scored = [(reference.score(reference.judge(Runner(data, num_threads=num_threads).predict(
-            prepared.evaluation, progress=False))) or 0.0, route, data) for route, data in candidates]
-        qat_score, route, tflite = max(scored, key=lambda item: item[0])
+        scored = []
+        for route, data in candidates:
+            judged = reference.judge(Runner(data, num_threads=num_threads).predict(prepared.evaluation, progress=False))
+            scored.append((reference.score(judged) or 0.0, route, data, reference.violations(judged, spec.budget)))
+        # within budget first (a regression head beside the classifier), then the higher score
+        qat_score, route, tflite, misses = max(scored, key=lambda item: (not item[3], item[0]))
         if len(scored) > 1:
-            notes.append(f"QAT int8 from {route} (" + ", ".join(f"{r}: {s:.4f}" for s, r, _ in scored) + ")")
-        if qat_score is not None and ptq_score is not None and qat_score < ptq_score:
+            notes.append(f"QAT int8 from {route} (" + ", ".join(f"{r}: {s:.4f}" for s, r, _, _ in scored) + ")")
+        if misses and not ptq_misses and spec.keep_best:
+            tflite, kept = ptq_tflite, "ptq"
+            notes.append(f"QAT int8 is outside the budget ({'; '.join(misses)}) where plain PTQ int8 is within it: the "
+                         "PTQ file is kept")
+        elif qat_score is not None and ptq_score is not None and qat_score < ptq_score:
             if spec.keep_best:
                 tflite, kept = ptq_tflite, "ptq"
                 notes.append(f"QAT int8 scored {qat_score:.4f}, below plain PTQ int8 at {ptq_score:.4f}: "

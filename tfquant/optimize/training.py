@@ -10,14 +10,21 @@ from .._keras import keras
 from ..data import Dataset
 
 
-def outputs_probabilities(model) -> bool:
-    """True when the model ends in softmax/sigmoid (probabilities), False for logits."""
-    last = model.layers[-1]
-    while hasattr(last, "layer"):  # QuantizeWrapper, PruneLowMagnitude
-        last = last.layer
-    activation = getattr(last, "activation", None)
-    name = getattr(activation, "__name__", "") or type(last).__name__.lower()
-    return name in ("softmax", "sigmoid")
+def outputs_probabilities(model) -> dict[str, bool]:
+    """Per output, by the name of the layer that makes it and in the model's output order: True when
+    it ends in softmax/sigmoid (probabilities), False otherwise (logits, a regression, an embedding)."""
+    layers = [getattr(getattr(t, "_keras_history", None), "layer", None) for t in (model.outputs or [])]
+    if not layers or None in layers:
+        layers = [model.layers[-1]]
+    found = {}
+    for layer in layers:
+        name = layer.name
+        while hasattr(layer, "layer"):  # QuantizeWrapper, PruneLowMagnitude
+            layer = layer.layer
+        activation = getattr(layer, "activation", None)
+        kind = getattr(activation, "__name__", "") or type(layer).__name__.lower()
+        found[name] = kind in ("softmax", "sigmoid")
+    return found
 
 
 def fit(
@@ -30,23 +37,35 @@ def fit(
     validation: Optional[Dataset] = None,
     callbacks: Optional[list[Any]] = None,
     verbose: int = 0,
-    probabilities: Optional[bool] = None,
+    probabilities: Optional[dict[str, bool]] = None,
 ):
-    """Compile `model` for integer labels (Adam, sparse categorical cross-entropy) and fit it.
+    """Compile `model` (Adam) and fit it: an output with class labels by sparse categorical
+    cross-entropy, one with float labels by mean squared error, one without labels not at all.
 
-    `probabilities` says whether the model ends in softmax/sigmoid; pass it for wrapped models,
-    whose wrappers hide the original activation. Defaults to reading it off `model`.
+    `probabilities` (from `outputs_probabilities`) names the outputs in the model's order and says
+    which end in softmax/sigmoid; pass it for wrapped models, whose wrappers hide both. Defaults to
+    reading it off `model`.
     """
     if probabilities is None:
         probabilities = outputs_probabilities(model)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities),
-        metrics=["accuracy"],
-    )
-    validation_data = None if validation is None else (_inputs(validation), _labels(validation))
+    losses, metrics = [], []
+    for name, probs in probabilities.items():
+        labels = train.labels.get(name) if len(probabilities) > 1 else next(iter(train.labels.values()), None)
+        if labels is None:
+            losses.append(None)
+            metrics.append([])
+        elif _class_labels(labels, probs):
+            losses.append(keras.losses.SparseCategoricalCrossentropy(from_logits=not probs))
+            metrics.append(["accuracy"])
+        else:
+            losses.append(keras.losses.MeanSquaredError())
+            metrics.append([])
+    single = len(losses) == 1
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses[0] if single else losses,
+                  metrics=metrics[0] if single else metrics)
+    validation_data = None if validation is None else (_inputs(validation), _targets(validation, probabilities))
     steps = -(-len(train) // batch_size)
-    return model.fit(_inputs(train), _labels(train), epochs=epochs, batch_size=batch_size, shuffle=True,
+    return model.fit(_inputs(train), _targets(train, probabilities), epochs=epochs, batch_size=batch_size, shuffle=True,
                      validation_data=validation_data, callbacks=[epoch_progress(epochs, steps), *(callbacks or [])],
                      verbose=verbose)
 
@@ -107,25 +126,27 @@ def start(model, train_data, *, stage: str, calibration_data, eval_data, recipe,
     started = time.perf_counter()
     prepared = prepare(model, recipe=recipe, calibration_data=calibration_data, eval_data=eval_data,
                        train_data=train_data, safe_mode=safe_mode)
-    classes = [name for name in prepared.train.labels]
-    if len(prepared.loaded.outputs) != 1:
-        raise RecipeError(f"{stage} fine-tunes classifiers with one output; the model has "
-                          f"{len(prepared.loaded.outputs)} outputs ({', '.join(s.name for s in prepared.loaded.outputs)})")
-    if not classes:
+    if not prepared.train.labels:
         raise RecipeError(f"{stage} needs labels 'y' in the training data")
     sample = {name: array[:16] for name, array in prepared.train.inputs.items()}
     keras_model = keras2_model(prepared.loaded, stage, samples=next(iter(sample.values())) if len(sample) == 1 else sample)
     return Start(prepared, keras_model, time.perf_counter() - started)
 
 
-def keras_accuracy(model, data: Dataset) -> Optional[float]:
-    """Top-1 accuracy of the Keras model itself (what training sees, before any conversion)."""
+def keras_accuracy(model, data: Dataset, probabilities: Optional[dict[str, bool]] = None) -> Optional[float]:
+    """Top-1 accuracy of the Keras model itself (what training sees, before any conversion), on its
+    first output that has class labels. `probabilities` as for `fit` (a wrapped model's layers are
+    renamed), by default read off `model`."""
     import numpy as np
 
-    if not data.labels:
-        return None
+    probabilities = probabilities or outputs_probabilities(model)
     scores = model.predict(_inputs(data), batch_size=256, verbose=0)
-    return float(np.mean(np.argmax(scores, axis=-1) == _labels(data)))
+    scores = list(scores) if isinstance(scores, (list, tuple)) else [scores]
+    for (name, probs), score in zip(probabilities.items(), scores):
+        labels = data.labels.get(name) if len(probabilities) > 1 else next(iter(data.labels.values()), None)
+        if labels is not None and _class_labels(labels, probs):
+            return float(np.mean(np.argmax(score, axis=-1) == _class_ids(labels)))
+    return None
 
 
 def _inputs(data: Dataset):
@@ -133,14 +154,39 @@ def _inputs(data: Dataset):
     return arrays[0] if len(arrays) == 1 else dict(data.inputs)
 
 
-def _labels(data: Dataset):
-    """Integer class labels of the one output (one-hot rows become ids)."""
+def _class_labels(labels, probabilities: bool = False) -> bool:
+    """Integer class ids, one-hot rows, or (for an output of probabilities) whole numbers stored as floats."""
     import numpy as np
 
-    (labels,) = data.labels.values()
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "biu":
+        return True
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        return bool(np.isin(labels, (0, 1)).all())
+    return probabilities and labels.size > 0 and bool((labels == np.round(labels)).all()) and labels.min() >= 0
+
+
+def _class_ids(labels):
+    import numpy as np
+
+    labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] > 1:
         labels = labels.argmax(axis=1)
-    return np.asarray(labels).reshape(len(labels)).astype(np.int64)
+    return labels.reshape(len(labels)).astype(np.int64)
+
+
+def _targets(data: Dataset, probabilities: dict[str, bool]):
+    """Each output's training targets in the model's order (zeros where an output has no labels)."""
+    import numpy as np
+
+    found = []
+    for name, probs in probabilities.items():
+        labels = data.labels.get(name) if len(probabilities) > 1 else next(iter(data.labels.values()), None)
+        if labels is None:
+            found.append(np.zeros((len(data), 1), np.float32))
+        else:
+            found.append(_class_ids(labels) if _class_labels(labels, probs) else np.asarray(labels, np.float32))
+    return found[0] if len(found) == 1 else found
 
 
 def keras2_model(loaded, stage: str, samples=None):
