@@ -168,8 +168,11 @@ def markdown(rows: list[dict], environment: dict) -> str:
                 lines.append(f"| {r['model']} | {r['keras']} | | | error: {q['error'][:80]} | | {q['seconds']:.1f} |")
                 continue
             pct = lambda v: "–" if v is None else f"{100 * v:.2f} %"
+            kept = q["kept"]
+            if kept == "ptq" and (q["qat_accuracy"] or 0) >= (q["ptq_accuracy"] or 0):
+                kept = "ptq (an output of QAT's file outside its budget)"
             lines.append(f"| {r['model']} | {r['keras']} | {pct(q['ptq_accuracy'])} | {pct(q['qat_accuracy'])} | "
-                         f"{q['kept']} | {'yes' if q['fully_integer'] else 'NO'} | {q['seconds']:.1f} |")
+                         f"{kept} | {'yes' if q['fully_integer'] else 'NO'} | {q['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -182,7 +185,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--versions", nargs="*", type=int, default=[3, 2])
     parser.add_argument("--qat", action="store_true", help="also run `tfquant qat` on every classifier")
-    parser.add_argument("--merge", action="store_true", help="keep the rows of bench/zoo.json that this run does not redo")
+    parser.add_argument("--merge", action="store_true", help="keep the rows of bench/zoo.json that this run does not "
+                                                              "redo (and their QAT results when it runs no QAT)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="tfquant-zoo-") as tmp:
@@ -194,8 +198,12 @@ def main() -> None:
                 rows.append(row(name, version, Path(tmp), with_qat=args.qat))
                 log(json.dumps({k: v for k, v in rows[-1].items() if k != "outputs"}))
     if args.merge and (HERE / "zoo.json").exists():
+        earlier = {(r["model"], r["keras"]): r for r in json.loads((HERE / "zoo.json").read_text())["rows"]}
+        for r in rows:  # a run without --qat keeps the row's earlier QAT result
+            if "qat" not in r and "qat" in earlier.get((r["model"], r["keras"]), {}):
+                r["qat"] = earlier[(r["model"], r["keras"])]["qat"]
         done = {(r["model"], r["keras"]) for r in rows}
-        kept = [r for r in json.loads((HERE / "zoo.json").read_text())["rows"] if (r["model"], r["keras"]) not in done]
+        kept = [r for key, r in earlier.items() if key not in done]
         order = {name: i for i, name in enumerate(zoo.ZOO)}
         rows = sorted(kept + rows, key=lambda r: (order.get(r["model"], 99), -r["keras"]))
     env = environment()
