@@ -211,7 +211,8 @@ def _where_it_starts(report: Report) -> str:
     if not report.diagnostics:
         return ""
     worst = report.diagnostics[0]
-    return (f"; the largest int8 error is at {worst.tensor!r} ({worst.op}, {worst.rmse_per_scale:.1f} int8 steps RMS): "
+    name = worst.tensor.split(";")[0]  # a fused op's tensor is named after each op fused into it
+    return (f"; the largest int8 error is at {name!r} ({worst.op}, {worst.rmse_per_scale:.1f} int8 steps RMS): "
             f"{called('fallback')} auto with a budget may keep such ops float")
 
 
