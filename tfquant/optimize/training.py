@@ -48,14 +48,16 @@ def fit(
     """
     if probabilities is None:
         probabilities = outputs_probabilities(model)
+    units = _units(model)
     losses, metrics = [], []
-    for name, probs in probabilities.items():
+    for (name, probs), width in zip(probabilities.items(), units):
         labels = train.labels.get(name) if len(probabilities) > 1 else next(iter(train.labels.values()), None)
         if labels is None:
             losses.append(None)
             metrics.append([])
-        elif _class_labels(labels, probs):
-            losses.append(keras.losses.SparseCategoricalCrossentropy(from_logits=not probs))
+        elif _class_labels(labels, width):
+            loss = keras.losses.BinaryCrossentropy if width == 1 else keras.losses.SparseCategoricalCrossentropy
+            losses.append(loss(from_logits=not probs))
             metrics.append(["accuracy"])
         else:
             losses.append(keras.losses.MeanSquaredError())
@@ -63,9 +65,9 @@ def fit(
     single = len(losses) == 1
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses[0] if single else losses,
                   metrics=metrics[0] if single else metrics)
-    validation_data = None if validation is None else (_inputs(validation), _targets(validation, probabilities))
+    validation_data = None if validation is None else (_inputs(validation), _targets(validation, probabilities, units))
     steps = -(-len(train) // batch_size)
-    return model.fit(_inputs(train), _targets(train, probabilities), epochs=epochs, batch_size=batch_size, shuffle=True,
+    return model.fit(_inputs(train), _targets(train, probabilities, units), epochs=epochs, batch_size=batch_size, shuffle=True,
                      validation_data=validation_data, callbacks=[epoch_progress(epochs, steps), *(callbacks or [])],
                      verbose=verbose)
 
@@ -144,8 +146,10 @@ def keras_accuracy(model, data: Dataset, probabilities: Optional[dict[str, bool]
     scores = list(scores) if isinstance(scores, (list, tuple)) else [scores]
     for (name, probs), score in zip(probabilities.items(), scores):
         labels = data.labels.get(name) if len(probabilities) > 1 else next(iter(data.labels.values()), None)
-        if labels is not None and _class_labels(labels, probs):
-            return float(np.mean(np.argmax(score, axis=-1) == _class_ids(labels)))
+        width = score.shape[-1] if score.ndim > 1 else 1
+        if labels is not None and _class_labels(labels, width):
+            chosen = np.argmax(score, axis=-1) if width > 1 else (score.reshape(len(score)) > (0.5 if probs else 0.0))
+            return float(np.mean(chosen == _class_ids(labels)))
     return None
 
 
@@ -154,8 +158,13 @@ def _inputs(data: Dataset):
     return arrays[0] if len(arrays) == 1 else dict(data.inputs)
 
 
-def _class_labels(labels, probabilities: bool = False) -> bool:
-    """Integer class ids, one-hot rows, or (for an output of probabilities) whole numbers stored as floats."""
+def _units(model) -> list[int]:
+    """The last dim of each output (1 where it is open)."""
+    return [int(t.shape[-1]) if t.shape.rank and t.shape[-1] is not None else 1 for t in model.outputs]
+
+
+def _class_labels(labels, units: int) -> bool:
+    """Integer class ids, one-hot rows, or (for an output of several units) whole numbers stored as floats."""
     import numpy as np
 
     labels = np.asarray(labels)
@@ -163,7 +172,7 @@ def _class_labels(labels, probabilities: bool = False) -> bool:
         return True
     if labels.ndim == 2 and labels.shape[1] > 1:
         return bool(np.isin(labels, (0, 1)).all())
-    return probabilities and labels.size > 0 and bool((labels == np.round(labels)).all()) and labels.min() >= 0
+    return units > 1 and labels.size > 0 and bool((labels == np.round(labels)).all()) and labels.min() >= 0
 
 
 def _class_ids(labels):
@@ -175,17 +184,17 @@ def _class_ids(labels):
     return labels.reshape(len(labels)).astype(np.int64)
 
 
-def _targets(data: Dataset, probabilities: dict[str, bool]):
+def _targets(data: Dataset, probabilities: dict[str, bool], units: list[int]):
     """Each output's training targets in the model's order (zeros where an output has no labels)."""
     import numpy as np
 
     found = []
-    for name, probs in probabilities.items():
+    for name, width in zip(probabilities, units):
         labels = data.labels.get(name) if len(probabilities) > 1 else next(iter(data.labels.values()), None)
         if labels is None:
             found.append(np.zeros((len(data), 1), np.float32))
         else:
-            found.append(_class_ids(labels) if _class_labels(labels, probs) else np.asarray(labels, np.float32))
+            found.append(_class_ids(labels) if _class_labels(labels, width) else np.asarray(labels, np.float32))
     return found[0] if len(found) == 1 else found
 
 

@@ -1,0 +1,41 @@
+"""The one fine-tuning loop: each output trained by what its labels are."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfquant._keras import keras
+from tfquant.data import Dataset
+from tfquant.optimize.training import fit, keras_accuracy, outputs_probabilities
+
+
+def _digits_dataset(digits, labels):
+    return Dataset("digits", {"x": digits["x"]}, labels)
+
+
+@pytest.mark.parametrize("case", ["binary sigmoid", "logits with float class labels", "two heads"])
+def test_each_output_is_trained_by_what_its_labels_are(case, digits):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="x")
+    hidden = keras.layers.Dense(32, activation="relu")(keras.layers.Flatten()(inputs))
+    even = (digits["y"] % 2 == 0).astype(np.int64)
+    if case == "binary sigmoid":
+        model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="even")(hidden))
+        data = _digits_dataset(digits, {"even": even})
+    elif case == "logits with float class labels":
+        model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(hidden))
+        data = _digits_dataset(digits, {"logits": digits["y"].astype(np.float32)})
+    else:
+        ink = 10 * digits["x"].mean(axis=(1, 2, 3)).astype(np.float32)[:, None]
+        model = keras.Model(inputs, [keras.layers.Dense(10, activation="softmax", name="digit")(hidden),
+                                     keras.layers.Dense(1, name="ink")(hidden)])
+        data = _digits_dataset(digits, {"digit": digits["y"], "ink": ink})
+    probabilities = outputs_probabilities(model)
+    assert list(probabilities) == list(data.labels)  # by output layer, in the model's order
+    history = fit(model, data, epochs=5, learning_rate=3e-3, probabilities=probabilities)
+    assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
+    assert keras_accuracy(model, data, probabilities) > 0.9
+    if case == "two heads":
+        ink_error = np.abs(model.predict(digits["x"], verbose=0)[1] - data.labels["ink"]).mean()
+        assert ink_error < 0.5 * np.abs(data.labels["ink"] - data.labels["ink"].mean()).mean()
