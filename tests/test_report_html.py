@@ -37,7 +37,7 @@ def test_a_cnn_report_with_fused_names_fits_the_page(tmp_path):
     import tfquant
     from zoo_cache import trained
 
-    model = trained("mobilenet_v3_small", 2)
+    model = trained("mobilenet_v3_small", 3)  # the one the zoo and service tests train too
     result = tfquant.quantize(model.path, model.calib, eval_data=model.test, bench_runs=2)
     assert max(len(d.tensor) for d in result.report.diagnostics) > 200
     layout = render(_page(result, tmp_path / "cnn"), tmp_path / "cnn.png")
