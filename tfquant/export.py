@@ -79,8 +79,9 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
     inputs = [_fixed(spec, (shapes or {}).get(spec.name)) for spec in loaded.inputs]
     if loaded.keras_model is not None:
         result = _export_keras(loaded, inputs, keep_weights)
-        failure = _first_run_fails(result.tflite, inputs)
-        if failure and any(spec.shape and spec.shape[0] is None for spec in inputs):
+        open_batch = any(spec.shape and spec.shape[0] is None for spec in inputs)
+        failure = _first_run_fails(result.tflite, inputs) if open_batch else None
+        if failure:
             # Some graphs convert with an open batch dim and then fail to prepare in TFLite (tf_keras'
             # GroupNormalization: a BROADCAST_TO of a shape computed from the batch); with the batch fixed
             # at 1 the converter folds those shapes away. The harness runs a fixed batch sample by sample.

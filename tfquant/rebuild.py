@@ -344,7 +344,7 @@ def _dtype(dtype) -> str:
 def _input_name(tensor) -> str:
     history = getattr(tensor, "_keras_history", None)
     if history is not None:  # Keras 3's names the operation, tf_keras' the layer
-        return getattr(history, "operation", None).name if hasattr(history, "operation") else history.layer.name
+        return history.operation.name if hasattr(history, "operation") else history.layer.name
     return getattr(tensor, "name", "input").split(":")[0]
 
 

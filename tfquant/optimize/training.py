@@ -48,14 +48,16 @@ def fit(
     """
     if probabilities is None:
         probabilities = outputs_probabilities(model)
+    # Each output's kind, decided once from the training labels; validation targets follow it.
     units = _units(model)
+    classes = [None if labels is None else _class_labels(labels, width)
+               for labels, width in zip(_each_output(train, probabilities), units)]
     losses, metrics = [], []
-    for (name, probs), width in zip(probabilities.items(), units):
-        labels = train.labels.get(name) if len(probabilities) > 1 else next(iter(train.labels.values()), None)
-        if labels is None:
+    for probs, is_class, width in zip(probabilities.values(), classes, units):
+        if is_class is None:
             losses.append(None)
             metrics.append([])
-        elif _class_labels(labels, width):
+        elif is_class:
             loss = keras.losses.BinaryCrossentropy if width == 1 else keras.losses.SparseCategoricalCrossentropy
             losses.append(loss(from_logits=not probs))
             metrics.append(["accuracy"])
@@ -65,11 +67,12 @@ def fit(
     single = len(losses) == 1
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses[0] if single else losses,
                   metrics=metrics[0] if single else metrics)
-    validation_data = None if validation is None else (_inputs(validation), _targets(validation, probabilities, units))
+    validation_data = None if validation is None else \
+        (_inputs(validation), _targets(validation, probabilities, classes))
     steps = -(-len(train) // batch_size)
-    return model.fit(_inputs(train), _targets(train, probabilities, units), epochs=epochs, batch_size=batch_size, shuffle=True,
-                     validation_data=validation_data, callbacks=[epoch_progress(epochs, steps), *(callbacks or [])],
-                     verbose=verbose)
+    return model.fit(_inputs(train), _targets(train, probabilities, classes), epochs=epochs, batch_size=batch_size,
+                     shuffle=True, validation_data=validation_data,
+                     callbacks=[epoch_progress(epochs, steps), *(callbacks or [])], verbose=verbose)
 
 
 def epoch_progress(epochs: int, steps: int):
@@ -144,8 +147,7 @@ def keras_accuracy(model, data: Dataset, probabilities: Optional[dict[str, bool]
     probabilities = probabilities or outputs_probabilities(model)
     scores = model.predict(_inputs(data), batch_size=256, verbose=0)
     scores = list(scores) if isinstance(scores, (list, tuple)) else [scores]
-    for (name, probs), score in zip(probabilities.items(), scores):
-        labels = data.labels.get(name) if len(probabilities) > 1 else next(iter(data.labels.values()), None)
+    for probs, labels, score in zip(probabilities.values(), _each_output(data, probabilities), scores):
         width = score.shape[-1] if score.ndim > 1 else 1
         if labels is not None and _class_labels(labels, width):
             chosen = np.argmax(score, axis=-1) if width > 1 else (score.reshape(len(score)) > (0.5 if probs else 0.0))
@@ -184,17 +186,23 @@ def _class_ids(labels):
     return labels.reshape(len(labels)).astype(np.int64)
 
 
-def _targets(data: Dataset, probabilities: dict[str, bool], units: list[int]):
+def _each_output(data: Dataset, probabilities: dict[str, bool]) -> list:
+    """Each output's labels in the model's order, or None (a one-output model's labels, whatever their name)."""
+    if len(probabilities) == 1:
+        return [next(iter(data.labels.values()), None)]
+    return [data.labels.get(name) for name in probabilities]
+
+
+def _targets(data: Dataset, probabilities: dict[str, bool], classes: list[Optional[bool]]):
     """Each output's training targets in the model's order (zeros where an output has no labels)."""
     import numpy as np
 
     found = []
-    for name, width in zip(probabilities, units):
-        labels = data.labels.get(name) if len(probabilities) > 1 else next(iter(data.labels.values()), None)
-        if labels is None:
+    for labels, is_class in zip(_each_output(data, probabilities), classes):
+        if labels is None or is_class is None:
             found.append(np.zeros((len(data), 1), np.float32))
         else:
-            found.append(_class_ids(labels) if _class_labels(labels, width) else np.asarray(labels, np.float32))
+            found.append(_class_ids(labels) if is_class else np.asarray(labels, np.float32))
     return found[0] if len(found) == 1 else found
 
 
