@@ -450,10 +450,15 @@ def qat(
     ptq_tflite = convert(prepared.exported, recipe, calibration=prepared.calibration, source=prepared.source)
     reference = ptq_score = None
     ptq_misses: list[str] = []
+
+    def measured(data: bytes) -> tuple[Optional[float], list[str]]:
+        """A file's score on the evaluation data and the budgets it misses."""
+        judged = reference.judge(Runner(data, num_threads=num_threads).predict(prepared.evaluation, progress=False))
+        return reference.score(judged), reference.violations(judged, spec.budget)
+
     if prepared.evaluation is not None:
         reference = Reference.measure(prepared.exported.tflite, prepared.evaluation, num_threads=num_threads)
-        judged = reference.judge(Runner(ptq_tflite, num_threads=num_threads).predict(prepared.evaluation, progress=False))
-        ptq_score, ptq_misses = reference.score(judged), reference.violations(judged, spec.budget)
+        ptq_score, ptq_misses = measured(ptq_tflite)
     seconds["ptq"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -473,8 +478,8 @@ def qat(
     if reference is not None:
         scored = []
         for route, data in candidates:
-            judged = reference.judge(Runner(data, num_threads=num_threads).predict(prepared.evaluation, progress=False))
-            scored.append((reference.score(judged) or 0.0, route, data, reference.violations(judged, spec.budget)))
+            score, misses = measured(data)
+            scored.append((score or 0.0, route, data, misses))
         # within budget first (a regression head beside the classifier), then the higher score
         qat_score, route, tflite, misses = max(scored, key=lambda item: (not item[3], item[0]))
         if len(scored) > 1:
