@@ -7,6 +7,8 @@ added one at a time, and LiteRT Quantizer's `static_wi8_ai8` for comparison:
 - + ranges: activation ranges chosen on held-out calibration samples (`ranges="auto"`);
 - + bias correction: the mean shift of int8 weight rounding folded into the biases;
 - tfquant default: the above and mismatched joins split (`split_joins`);
+- + MSE weight scales: the default with each weight channel's int8 scale clipped to its least
+  squared error (`weight_scales="mse"`, not the default);
 - LiteRT Quantizer: `--quantizer litert`;
 - per-tensor weight scales (`per_channel=False`, as some accelerators require): min/max alone,
   tfquant's default without cross-layer equalization, and the default (equalized: `equalize`).
@@ -36,6 +38,7 @@ TECHNIQUES = {
     "+ ranges": dict(ranges="auto", bias_correction=False, split_joins=False),
     "+ bias correction": dict(ranges="auto", bias_correction=True, split_joins=False),
     "tfquant default": {},
+    "+ MSE weight scales": dict(weight_scales="mse"),
     "LiteRT Quantizer": dict(quantizer="litert"),
     "per-tensor: min/max": dict(per_channel=False, ranges="minmax", bias_correction=False, split_joins=False,
                                 equalize=False),
@@ -75,7 +78,9 @@ def markdown(rows: list[dict], environment: dict) -> str:
     lines = [f"Measured {environment['date']} on {environment['cpu']} ({environment['cores']} cores), TensorFlow "
              f"{environment['versions']['tensorflow']}, `bench/accuracy.py`: the same float file and calibration "
              "samples, top-1 accuracy of each int8 file on the held-out digits (change from float in points; "
-             "`*` marks a file that is not fully integer).", "",
+             "`*` marks a file that is not fully integer) and its top-1 agreement with the float file (the share "
+             "of samples whose class is unchanged: one changed prediction moves accuracy by 0.28 points either way, "
+             "agreement only down).", "",
              "| model | float | " + " | ".join(TECHNIQUES) + " |", "| --- | ---: |" + " ---: |" * len(TECHNIQUES)]
     for r in rows:
         cells = []
@@ -85,7 +90,9 @@ def markdown(rows: list[dict], environment: dict) -> str:
                 cells.append("error")
                 continue
             change = 100 * (cell["accuracy"] - r["float"])
-            cells.append(f"{100 * cell['accuracy']:.2f} % ({change:+.2f}){'' if cell['fully_integer'] else ' *'}")
+            agrees = "" if cell.get("agreement") is None else f" · {100 * cell['agreement']:.1f} %"
+            cells.append(f"{100 * cell['accuracy']:.2f} % ({change:+.2f}){'' if cell['fully_integer'] else ' *'}"
+                         f"{agrees}")
         lines.append(f"| {r['model']} | {100 * r['float']:.2f} % | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -30,21 +30,12 @@ def correct(quantized: bytes, float_tflite: bytes, input_means: dict[str, np.nda
     with the flatbuffer's own accessors: no unpacking and repacking of the whole model. A bias
     buffer shared by several tensors (after buffer deduplication) is left alone.
     """
-    reference = schema.Model.GetRootAs(float_tflite, 0)
-    float_graph = reference.Subgraphs(0)
-    float_codes = _codes(reference)
-    float_weights = {}
-    for i in range(float_graph.OperatorsLength()):
-        op = float_graph.Operators(i)
-        if float_codes[op.OpcodeIndex()] in WEIGHT_OPS and op.InputsLength() > 1:
-            float_weights[_name(float_graph.Tensors(op.Outputs(0)))] = float_graph.Tensors(op.Inputs(1))
+    reference, float_weights = float_weight_tensors(float_tflite)
     data = bytearray(quantized)
     model = schema.Model.GetRootAs(data, 0)
     graph = model.Subgraphs(0)
     codes = _codes(model)
-    uses: dict[int, int] = {}
-    for t in range(graph.TensorsLength()):
-        uses[graph.Tensors(t).Buffer()] = uses.get(graph.Tensors(t).Buffer(), 0) + 1
+    uses = buffer_uses(graph)
     changed = 0
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
@@ -76,6 +67,27 @@ def correct(quantized: bytes, float_tflite: bytes, input_means: dict[str, np.nda
         data[start:start + length] = corrected.astype("<i4").tobytes()
         changed += 1
     return (bytes(data), changed) if changed else (quantized, 0)
+
+
+def float_weight_tensors(float_tflite: bytes) -> tuple[object, dict]:
+    """The float file's model and, per weight op (by its output tensor's name), its weights tensor."""
+    reference = schema.Model.GetRootAs(float_tflite, 0)
+    graph = reference.Subgraphs(0)
+    codes = _codes(reference)
+    found = {}
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        if codes[op.OpcodeIndex()] in WEIGHT_OPS and op.InputsLength() > 1:
+            found[_name(graph.Tensors(op.Outputs(0)))] = graph.Tensors(op.Inputs(1))
+    return reference, found
+
+
+def buffer_uses(graph) -> dict[int, int]:
+    """Per buffer index, how many tensors of the graph read it (a shared buffer is not rewritten in place)."""
+    uses: dict[int, int] = {}
+    for t in range(graph.TensorsLength()):
+        uses[graph.Tensors(t).Buffer()] = uses.get(graph.Tensors(t).Buffer(), 0) + 1
+    return uses
 
 
 def _codes(model) -> list[int]:

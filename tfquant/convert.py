@@ -136,6 +136,10 @@ class Calibration:
 
             return litert.quantize(self.float_tflite, self.samples, recipe, source=source)
         data = quantize_calibrated(self.calibrated, recipe, source=source)
+        if recipe.mode is Mode.INT8 and recipe.weight_scales == "mse":
+            from .weights import mse_scales
+
+            data = mse_scales(data, self.float_tflite)[0]  # before bias correction, which reads the rounded weights
         if recipe.mode is Mode.INT8 and recipe.bias_correction and self.input_means:
             from .bias import correct
 

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Optional
 from .errors import RecipeError, called, naming, spell
 from .options import (Option, Spec, add_options, flag_of, flags, from_flags, given_flags, json_schema, option,
                       replay)
-from .types import QUANTIZERS, RANGE_METHODS, SCHEMA_VERSION, Budget, IOType, Mode, Recipe
+from .types import QUANTIZERS, RANGE_METHODS, SCHEMA_VERSION, WEIGHT_SCALES, Budget, IOType, Mode, Recipe
 
 __all__ = ["ConvertSpec", "QATSpec", "PruneSpec", "ClusterSpec", "OptimizeSpec", "SPECS", "TRAINING", "Option", "Spec",
            "called", "naming", "spec_for", "training_function", "recipe_file", "add_options", "from_flags", "flags",
@@ -95,6 +95,9 @@ class ConvertSpec(Spec):
                             help="with per-tensor weight scales (see {per_channel}): rescale the channels of "
                                  "conv/dense pairs joined by no activation or a RELU so that their weight ranges match "
                                  "(cross-layer equalization; the same float function)")
+    weight_scales: str = option("max", choices=WEIGHT_SCALES, recipe=True,
+                                help="int8 weight scales per channel: max (max|w| / 127, the quantizer's own) or mse "
+                                     "(clipped to the least squared rounding-plus-clipping error)")
     denylist: tuple[str, ...] = option((), recipe=True, metavar="OP", flag="--keep-float",
                                        help="an op (by its output tensor name) to keep in float; repeatable")
     input_shapes: dict[str, tuple[int, ...]] = option(factory=dict, recipe=True, pairs="shape", flag="--input-shape",
@@ -136,7 +139,8 @@ class ConvertSpec(Spec):
     def recipe(self) -> Recipe:
         return Recipe(mode=self.mode, io=self.io, calib_samples=self.calib_samples, per_channel=self.per_channel,
                       denylist=self.denylist, ranges=self.ranges, bias_correction=self.bias_correction,
-                      quantizer=self.quantizer, split_joins=self.split_joins, equalize=self.equalize)
+                      quantizer=self.quantizer, split_joins=self.split_joins, equalize=self.equalize,
+                      weight_scales=self.weight_scales)
 
     @property
     def budget(self) -> Budget:
@@ -148,7 +152,7 @@ class ConvertSpec(Spec):
             self, mode=recipe.mode.value, io=recipe.io.value, calib_samples=recipe.calib_samples,
             per_channel=recipe.per_channel, denylist=tuple(recipe.denylist), ranges=recipe.ranges,
             bias_correction=recipe.bias_correction, quantizer=recipe.quantizer, split_joins=recipe.split_joins,
-            equalize=recipe.equalize)
+            equalize=recipe.equalize, weight_scales=recipe.weight_scales)
 
 
 _TRAIN_IO = tuple(t.value for t in IOType if t is not IOType.INT16)

@@ -1,0 +1,120 @@
+"""Weight scales: per output channel, the int8 scale of least rounding-plus-clipping error.
+
+The quantizer sizes each channel's scale by its largest weight (`max|w| / 127`, symmetric). A
+channel with one outlier then rounds every other weight on a coarse grid: common in depthwise
+kernels, where a channel holds only 9 or 25 weights and one of them is often several times the
+others. `mse_scales` searches, per channel, the clipping factor `alpha` in [`LOWEST`, 1] whose
+scale `alpha * max|w| / 127` gives the least squared error between the float weights and their
+int8 values; the outlier is clipped a little and the rest rounded on a finer grid. It is data
+free: only the weights are looked at.
+
+The rewrite is in place: the int8 values, the channel scales and the int32 bias (whose scale is
+the input scale times the weight scale) keep their length and layout. Whether a model's outputs
+are better for it is judged on held-out calibration samples (`tfquant.ranges.choose`), as bias
+correction is: on a channel of a few weights, less weight error is not always less output error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+from .bias import _codes, _location, _name, _values, buffer_uses, float_weight_tensors
+from .statistics import WEIGHT_OPS
+
+LOWEST = 0.5  # the smallest share of max|w| a channel's range is clipped to
+STEPS = 51  # clipping factors tried per channel, evenly spaced in [LOWEST, 1]
+GAIN = 0.98  # a channel's scale changes only where its squared error falls below this share of max|w|'s
+_SCALE_FIELD = 8  # QuantizationParameters.scale in the flatbuffer's vtable
+
+
+def best_scales(weights: np.ndarray, axis: int) -> np.ndarray:
+    """Per channel along `axis`, the scale of least squared int8 error for these float weights."""
+    channels = np.moveaxis(weights.astype(np.float64), axis, 0).reshape(weights.shape[axis], -1)
+    largest = np.abs(channels).max(axis=1)
+    largest[largest == 0] = 1.0
+    plain = largest / 127.0
+    best, best_error = plain, _squared_error(channels, plain)
+    threshold = best_error * GAIN
+    for alpha in np.linspace(LOWEST, 1.0, STEPS)[:-1]:
+        scale = plain * alpha
+        error = _squared_error(channels, scale)
+        better = error < np.minimum(threshold, best_error)
+        best, best_error = np.where(better, scale, best), np.where(better, error, best_error)
+    return best
+
+
+def _squared_error(channels: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    step = scales[:, None]
+    return np.sum((np.clip(np.round(channels / step), -127, 127) * step - channels) ** 2, axis=1)
+
+
+def mse_scales(quantized: bytes, float_tflite: bytes) -> tuple[bytes, int]:
+    """The int8 file with each weight op's per-channel scales chosen by `best_scales`, its int8
+    weights rounded again on them from the float file's weights and its bias put on the new scale;
+    returns it and how many ops changed. A weight or bias buffer shared by several tensors is left
+    alone, and so is an op whose weights are not symmetric int8 with one scale per channel (or one)."""
+    reference, exact_weights = float_weight_tensors(float_tflite)
+    data = bytearray(quantized)
+    model = schema.Model.GetRootAs(data, 0)
+    graph = model.Subgraphs(0)
+    codes = _codes(model)
+    uses = buffer_uses(graph)
+    changed = 0
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        if codes[op.OpcodeIndex()] not in WEIGHT_OPS or op.InputsLength() < 2:
+            continue
+        weights = graph.Tensors(op.Inputs(1))
+        bias = graph.Tensors(op.Inputs(2)) if op.InputsLength() > 2 and op.Inputs(2) >= 0 else None
+        exact_tensor = exact_weights.get(_name(graph.Tensors(op.Outputs(0))))
+        if exact_tensor is None or not _rewritable(weights, schema.TensorType.INT8, uses) or \
+                (bias is not None and not _rewritable(bias, schema.TensorType.INT32, uses)):
+            continue
+        exact = _values(reference, exact_tensor)
+        values = _values(model, weights)
+        quantization = weights.Quantization()
+        scales = quantization.ScaleAsNumpy().astype(np.float64)
+        zero_points = quantization.ZeroPointAsNumpy() if quantization.ZeroPointLength() else np.zeros(1)
+        source = graph.Tensors(op.Inputs(0)).Quantization()
+        if exact is None or values is None or exact.shape != values.shape or np.any(zero_points) or \
+                (bias is not None and (bias.Quantization().ScaleLength() != scales.size
+                                       or source is None or source.ScaleLength() != 1)):
+            continue
+        axis = quantization.QuantizedDimension() if scales.size > 1 else None
+        if axis is not None and exact.shape[axis] != scales.size:
+            continue
+        new = best_scales(exact, axis) if axis is not None else best_scales(exact.reshape(1, -1), 0)
+        new = new.astype(np.float32).astype(np.float64)  # as the file stores it
+        if np.array_equal(new, scales):
+            continue
+        shape = [1] * exact.ndim
+        if axis is not None:
+            shape[axis] = -1
+        rounded = np.clip(np.round(exact / new.reshape(shape)), -127, 127).astype(np.int8)
+        start, length = _location(model, weights.Buffer())
+        data[start:start + length] = rounded.tobytes()
+        _write_scales(data, quantization, new)
+        if bias is not None:  # on the input's scale times the weights'
+            input_scale = float(source.Scale(0))
+            old_bias_scales = bias.Quantization().ScaleAsNumpy().astype(np.float64)
+            new_bias_scales = (np.float32(input_scale) * new.astype(np.float32)).astype(np.float64)
+            exact_bias = _values(model, bias).astype(np.float64) * old_bias_scales
+            start, length = _location(model, bias.Buffer())
+            data[start:start + length] = np.clip(np.round(exact_bias / new_bias_scales), -2**31, 2**31 - 1) \
+                .astype("<i4").tobytes()
+            _write_scales(data, bias.Quantization(), new_bias_scales)
+        changed += 1
+    return (bytes(data), changed) if changed else (quantized, 0)
+
+
+def _rewritable(tensor, dtype: int, uses: dict[int, int]) -> bool:
+    quantization = tensor.Quantization()
+    return tensor.Type() == dtype and quantization is not None and quantization.ScaleLength() > 0 and \
+        uses.get(tensor.Buffer(), 0) == 1
+
+
+def _write_scales(data: bytearray, quantization, scales: np.ndarray) -> None:
+    """Overwrite a tensor's float32 scale vector in place (same length)."""
+    start = quantization._tab.Vector(quantization._tab.Offset(_SCALE_FIELD))
+    data[start:start + 4 * scales.size] = scales.astype("<f4").tobytes()
