@@ -164,3 +164,27 @@ def test_a_graph_tflite_cannot_prepare_with_an_open_batch_is_exported_with_batch
         in notes[0], result.report.export.notes
     output = result.report.outputs[0]
     assert output.float.accuracy > 0.9 and output.float.accuracy - output.quantized.accuracy <= 0.01
+
+
+def test_a_multi_label_output_is_measured_per_decision_and_budgeted_by_it(digits, train_npz, tmp_path):
+    """Four sigmoid units with 0/1 labels each: a classifier of four decisions, not a regression."""
+    from tfquant._keras import keras
+
+    def tags(y):
+        return np.stack([y % 2 == 0, y >= 5, np.isin(y, [2, 3, 5, 7]), y % 3 == 0], axis=-1).astype(np.int64)
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="x")
+    x = keras.layers.Flatten()(keras.layers.Conv2D(16, 3, activation="relu")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="sigmoid", name="tags")(x))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
+    model.fit(digits["x"], tags(digits["y"]), epochs=8, verbose=0)
+    np.savez(tmp_path / "eval.npz", x=digits["x_test"], y=tags(digits["y_test"]))
+    result = tfquant.quantize(model, train_npz, eval_data=tmp_path / "eval.npz", bench_runs=1, diagnose=False,
+                              max_drop=0.02)
+    output = result.report.outputs[0]
+    assert output.task == "classification"
+    keras_decisions = model.predict(digits["x_test"], verbose=0) > 0.5  # the float file's, within rounding
+    assert output.float.accuracy == pytest.approx(np.mean(keras_decisions == tags(digits["y_test"])), abs=0.002)
+    assert output.float.accuracy > 0.9 and output.quantized.agreement > 0.97
+    assert output.float.accuracy - output.quantized.accuracy <= 0.02

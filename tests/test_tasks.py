@@ -51,6 +51,26 @@ def test_classification_metrics_and_budget():
         tasks.check_labels("classification", "probs", probs, np.arange(100) % 13, "d.npz")
 
 
+def test_a_multi_label_output_is_judged_per_decision():
+    probs = 1 / (1 + np.exp(-3 * RNG.standard_normal((100, 4))))  # four independent sigmoid units
+    labels = (probs > 0.5).astype(np.float32)
+    labels[:10, 0] = 1 - labels[:10, 0]  # 10 of 400 decisions wrong in float
+    assert tasks.detect(probs) == "regression"  # no labels: nothing says these are decisions
+    assert tasks.detect(probs, labels) == "classification"
+    assert tasks.detect(softmax(RNG.standard_normal((100, 4))), np.eye(4)[RNG.integers(0, 4, 100)]) == "classification"
+    checked = tasks.check_labels("classification", "tags", probs, labels, "d.npz")
+    assert checked.shape == (100, 4)  # kept per unit, not reduced to a class id as one-hot labels are
+    quantized = probs.copy()
+    quantized[10:16, 1] = 1 - quantized[10:16, 1]  # six more decisions flip
+    f = tasks.measure("classification", "tags", probs, labels=checked)
+    q = tasks.measure("classification", "tags", quantized, labels=checked, reference=probs)
+    assert f.accuracy == pytest.approx(390 / 400) and q.agreement == pytest.approx(394 / 400)
+    assert q.accuracy == pytest.approx(384 / 400)
+    assert tasks.violations(f, q, Budget(max_drop=0.01)) == [
+        "output 'tags': expected an accuracy drop of at most 0.0100 (max_drop), found 0.0150 (float 0.9750, quantized "
+        "0.9600)"]
+
+
 def test_regression_is_judged_relative_to_the_float_spread():
     reference = RNG.standard_normal((200, 1)) * 3.0
     quantized = reference + 0.03  # 1 % of the standard deviation

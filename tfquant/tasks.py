@@ -7,7 +7,9 @@ overrides the choice. Every task is registered with a small decorator, and each 
 
 - **classification**: top-1 (and top-5) accuracy against labels; for the quantized file, top-1
   agreement with the float file; its budget is the accuracy drop (or, without labels, the share
-  of samples whose top-1 class changed).
+  of samples whose top-1 class changed). A multi-label output (independent sigmoid units, with
+  0/1 labels of the output's own shape) is judged per decision: accuracy and agreement are the
+  share of (sample, label) decisions at 0.5 that match.
 - **regression**: RMSE of the quantized output against the float output, relative to the float
   output's standard deviation, and the max abs error; R² against labels when given.
 - **embedding**: mean and min cosine between quantized and float embeddings; nearest-neighbour
@@ -81,7 +83,19 @@ def detect(values: np.ndarray, labels: Optional[np.ndarray] = None) -> str:
     if labels is not None and _whole(labels) and labels.shape == values.shape[:-1] and \
             labels.min() >= 0 and labels.max() < values.shape[-1]:
         return "classification"  # logits
+    if labels is not None and multi_label(values, labels):
+        return "classification"
     return "regression"
+
+
+def multi_label(values: np.ndarray, labels: np.ndarray) -> bool:
+    """Independent sigmoid units with 0/1 labels, one per unit: rows of values in [0, 1] that do not sum
+    to one (a softmax's do, and its one-hot labels name one class)."""
+    if values.ndim < 2 or values.shape[-1] < 2 or labels.shape != values.shape or values.min() < 0 or values.max() > 1:
+        return False
+    if not set(np.unique(labels).tolist()) <= {0, 1}:
+        return False
+    return not np.allclose(values.reshape(-1, values.shape[-1]).sum(axis=1), 1.0, atol=1e-3)
 
 
 def _whole(labels: np.ndarray) -> bool:
@@ -99,6 +113,8 @@ def check_labels(task: str, name: str, values: np.ndarray, labels: np.ndarray, w
     if task in ("classification", "embedding"):
         y = labels
         classes = values.shape[-1] if values.ndim >= 2 and values.shape[-1] > 1 else 2
+        if task == "classification" and multi_label(values, y):
+            return y.astype(np.int64)  # one 0/1 decision per unit
         if task == "classification" and y.ndim == values.ndim and y.shape == values.shape and values.shape[-1] > 1:
             y = y.argmax(axis=-1)  # one-hot
         elif y.ndim == values.ndim and y.shape[-1] == 1:
@@ -123,6 +139,11 @@ def check_labels(task: str, name: str, values: np.ndarray, labels: np.ndarray, w
 
 @_task("classification")
 def _classification(name, values, labels, reference) -> OutputMetrics:
+    if labels is not None and labels.shape == values.shape and values.ndim >= 2 and values.shape[-1] > 1:
+        predicted = values > 0.5  # multi-label: every unit a decision of its own
+        agree = None if reference is None else float(np.mean(predicted == (reference > 0.5)))
+        return OutputMetrics(name=name, task="classification", samples=len(values),
+                             accuracy=float(np.mean(predicted == labels.astype(bool))), agreement=agree)
     if values.ndim < 2 or values.shape[-1] == 1:
         predicted = (values.reshape(len(values), -1)[:, 0] > 0.5).astype(np.int64)
         top5 = None

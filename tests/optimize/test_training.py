@@ -14,7 +14,7 @@ def _digits_dataset(digits, labels):
     return Dataset("digits", {"x": digits["x"]}, labels)
 
 
-@pytest.mark.parametrize("case", ["binary sigmoid", "logits with float class labels", "two heads"])
+@pytest.mark.parametrize("case", ["binary sigmoid", "logits with float class labels", "two heads", "multi-label"])
 def test_each_output_is_trained_by_what_its_labels_are(case, digits):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1), name="x")
@@ -26,6 +26,11 @@ def test_each_output_is_trained_by_what_its_labels_are(case, digits):
     elif case == "logits with float class labels":
         model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(hidden))
         data = _digits_dataset(digits, {"logits": digits["y"].astype(np.float32)})
+    elif case == "multi-label":
+        y = digits["y"]
+        tags = np.stack([y % 2 == 0, y >= 5, np.isin(y, [2, 3, 5, 7]), y % 3 == 0], axis=-1).astype(np.int64)
+        model = keras.Model(inputs, keras.layers.Dense(4, activation="sigmoid", name="tags")(hidden))
+        data = _digits_dataset(digits, {"tags": tags})
     else:
         ink = 10 * digits["x"].mean(axis=(1, 2, 3)).astype(np.float32)[:, None]
         model = keras.Model(inputs, [keras.layers.Dense(10, activation="softmax", name="digit")(hidden),
@@ -35,6 +40,12 @@ def test_each_output_is_trained_by_what_its_labels_are(case, digits):
     assert list(probabilities) == list(data.labels)  # by output layer, in the model's order
     history = fit(model, data, epochs=5, learning_rate=3e-3, probabilities=probabilities)
     assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
+    if case == "multi-label":  # each unit its own 0/1 decision, by binary cross-entropy
+        assert type(model.loss).__name__ == "BinaryCrossentropy"
+        decisions = model.predict(digits["x"], verbose=0) > 0.5
+        assert np.mean(decisions == data.labels["tags"].astype(bool)) > 0.9
+        assert keras_accuracy(model, data, probabilities) is None  # no single class to be right about
+        return
     assert keras_accuracy(model, data, probabilities) > 0.9
     if case == "two heads":
         ink_error = np.abs(model.predict(digits["x"], verbose=0)[1] - data.labels["ink"]).mean()

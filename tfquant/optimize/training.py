@@ -40,7 +40,8 @@ def fit(
     probabilities: Optional[dict[str, bool]] = None,
 ):
     """Compile `model` (Adam) and fit it: an output with class labels by sparse categorical
-    cross-entropy, one with float labels by mean squared error, one without labels not at all.
+    cross-entropy, one with multi-hot 0/1 rows by binary cross-entropy, one with other float labels
+    by mean squared error, one without labels not at all.
 
     `probabilities` (from `outputs_probabilities`) names the outputs in the model's order and says
     which end in softmax/sigmoid; pass it for wrapped models, whose wrappers hide both. Defaults to
@@ -50,10 +51,10 @@ def fit(
         probabilities = outputs_probabilities(model)
     # Each output's kind, decided once from the training labels; validation targets follow it.
     units = _units(model)
-    classes = [None if labels is None else _class_labels(labels, width)
-               for labels, width in zip(_each_output(train, probabilities), units)]
+    labelled = _each_output(train, probabilities)
+    classes = [None if labels is None else _class_labels(labels, width) for labels, width in zip(labelled, units)]
     losses, metrics = [], []
-    for probs, is_class, width in zip(probabilities.values(), classes, units):
+    for probs, is_class, width, labels in zip(probabilities.values(), classes, units, labelled):
         if is_class is None:
             losses.append(None)
             metrics.append([])
@@ -61,6 +62,9 @@ def fit(
             loss = keras.losses.BinaryCrossentropy if width == 1 else keras.losses.SparseCategoricalCrossentropy
             losses.append(loss(from_logits=not probs))
             metrics.append(["accuracy"])
+        elif _multi_hot(labels):  # independent 0/1 decisions, one per unit
+            losses.append(keras.losses.BinaryCrossentropy(from_logits=not probs))
+            metrics.append([])
         else:
             losses.append(keras.losses.MeanSquaredError())
             metrics.append([])
@@ -170,11 +174,22 @@ def _class_labels(labels, units: int) -> bool:
     import numpy as np
 
     labels = np.asarray(labels)
+    if _multi_hot(labels):
+        return False
     if labels.dtype.kind in "biu":
         return True
     if labels.ndim == 2 and labels.shape[1] > 1:
         return bool(np.isin(labels, (0, 1)).all())
     return units > 1 and labels.size > 0 and bool((labels == np.round(labels)).all()) and labels.min() >= 0
+
+
+def _multi_hot(labels) -> bool:
+    """0/1 rows that are not one-hot: a multi-label output's labels, fitted as they are."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    return labels.ndim == 2 and labels.shape[1] > 1 and bool(np.isin(labels, (0, 1)).all()) and \
+        not bool((labels.sum(axis=1) == 1).all())
 
 
 def _class_ids(labels):
