@@ -191,9 +191,9 @@ class Recipe(Record):
             with them. Defaults to `True`.
         weight_scales: int8 weight scales per channel: `"max"` (the quantizer's own, `max|w| / 127`)
             or `"mse"` (the clipped scale of least squared rounding-plus-clipping error per channel,
-            `tfquant.weights`). Not the default: at 8 bits it left top-1 agreement with float
-            unchanged on four zoo CNNs and lowered it on EfficientNetB0 (89.1 to 86.9 %) and
-            NASNetMobile (97.5 to 96.9 %). Defaults to `"max"`.
+            `tfquant.weights`). Not the default: at 8 bits it moved the zoo CNNs' top-1
+            agreement with float both ways, by up to 2.2 points (EfficientNetB0 88.9 to 91.1 % on
+            one trained model, 89.1 to 86.9 % on another), with no consistent gain. Defaults to `"max"`.
         quantizer: who quantizes the float file: `"converter"` (TFLiteConverter's MLIR quantizer,
             from TFLite's calibrator) or `"litert"` (LiteRT Quantizer, `ai-edge-quantizer`, int8
             only, with its own min/max calibration on the same samples). Defaults to `"converter"`.
