@@ -30,64 +30,79 @@ def correct(quantized: bytes, float_tflite: bytes, input_means: dict[str, np.nda
     with the flatbuffer's own accessors: no unpacking and repacking of the whole model. A bias
     buffer shared by several tensors (after buffer deduplication) is left alone.
     """
-    reference, float_weights = float_weight_tensors(float_tflite)
-    data = bytearray(quantized)
-    model = schema.Model.GetRootAs(data, 0)
-    graph = model.Subgraphs(0)
-    codes = _codes(model)
-    uses = buffer_uses(graph)
-    changed = 0
-    for i in range(graph.OperatorsLength()):
-        op = graph.Operators(i)
-        code = codes[op.OpcodeIndex()]
-        if code not in WEIGHT_OPS or op.InputsLength() < 3 or op.Inputs(2) < 0:
+    rewrite = WeightOps(quantized, float_tflite)
+    for op, code, name, exact_tensor in rewrite:
+        means = input_means.get(name)
+        if op.InputsLength() < 3 or op.Inputs(2) < 0 or exact_tensor is None or means is None:
             continue
-        name = _name(graph.Tensors(op.Outputs(0)))
-        exact_tensor, means = float_weights.get(name), input_means.get(name)
-        weights, bias = graph.Tensors(op.Inputs(1)), graph.Tensors(op.Inputs(2))
-        if exact_tensor is None or means is None or weights.Type() != schema.TensorType.INT8 or \
-                bias.Type() != schema.TensorType.INT32 or weights.Quantization() is None or \
-                bias.Quantization() is None or uses.get(bias.Buffer(), 0) != 1:
+        weights, bias = rewrite.graph.Tensors(op.Inputs(1)), rewrite.graph.Tensors(op.Inputs(2))
+        if weights.Type() != schema.TensorType.INT8 or bias.Type() != schema.TensorType.INT32 or \
+                weights.Quantization() is None or bias.Quantization() is None or not rewrite.own(bias):
             continue
-        exact = _values(reference, exact_tensor)
+        exact = _values(rewrite.reference, exact_tensor)
         shape = tuple(weights.ShapeAsNumpy())
         if exact is None or exact.shape != shape:
             continue
         scales = weights.Quantization().ScaleAsNumpy().astype(np.float64)
         axis = [1] * len(shape)
         axis[weights.Quantization().QuantizedDimension()] = -1
-        delta = _values(model, weights).astype(np.float64) * scales.reshape(axis) - exact
+        delta = _values(rewrite.model, weights).astype(np.float64) * scales.reshape(axis) - exact
         shift = _shift(code, delta, means, _conv_options(code, op))
-        values = _values(model, bias)
+        values = _values(rewrite.model, bias)
         if shift is None or values is None or shift.shape != values.shape:
             continue
         bias_scales = bias.Quantization().ScaleAsNumpy().astype(np.float64)
-        corrected = np.clip(values.astype(np.int64) - np.round(shift / bias_scales), -2**31, 2**31 - 1).astype(np.int32)
-        start, length = _location(model, bias.Buffer())
-        data[start:start + length] = corrected.astype("<i4").tobytes()
-        changed += 1
-    return (bytes(data), changed) if changed else (quantized, 0)
+        rewrite.write(bias, np.clip(values.astype(np.int64) - np.round(shift / bias_scales), -2**31, 2**31 - 1)
+                      .astype("<i4"))
+    return rewrite.result(quantized)
 
 
-def float_weight_tensors(float_tflite: bytes) -> tuple[object, dict]:
-    """The float file's model and, per weight op (by its output tensor's name), its weights tensor."""
-    reference = schema.Model.GetRootAs(float_tflite, 0)
-    graph = reference.Subgraphs(0)
-    codes = _codes(reference)
-    found = {}
-    for i in range(graph.OperatorsLength()):
-        op = graph.Operators(i)
-        if codes[op.OpcodeIndex()] in WEIGHT_OPS and op.InputsLength() > 1:
-            found[_name(graph.Tensors(op.Outputs(0)))] = graph.Tensors(op.Inputs(1))
-    return reference, found
+class WeightOps:
+    """An int8 file opened for rewriting its weight ops' constants in place (same length, same
+    layout), beside the float file it was quantized from. Iterating gives each weight op with its
+    code, its output tensor's name and the float file's weights tensor of the same op (or None)."""
 
+    def __init__(self, quantized: bytes, float_tflite: bytes):
+        self.reference = schema.Model.GetRootAs(float_tflite, 0)
+        reference_graph, reference_codes = self.reference.Subgraphs(0), _codes(self.reference)
+        self._float_weights = {}
+        for i in range(reference_graph.OperatorsLength()):
+            op = reference_graph.Operators(i)
+            if reference_codes[op.OpcodeIndex()] in WEIGHT_OPS and op.InputsLength() > 1:
+                self._float_weights[_name(reference_graph.Tensors(op.Outputs(0)))] = reference_graph.Tensors(op.Inputs(1))
+        self.data = bytearray(quantized)
+        self.model = schema.Model.GetRootAs(self.data, 0)
+        self.graph = self.model.Subgraphs(0)
+        self._codes = _codes(self.model)
+        self._uses: dict[int, int] = {}
+        for t in range(self.graph.TensorsLength()):
+            buffer = self.graph.Tensors(t).Buffer()
+            self._uses[buffer] = self._uses.get(buffer, 0) + 1
+        self.changed: set[int] = set()
 
-def buffer_uses(graph) -> dict[int, int]:
-    """Per buffer index, how many tensors of the graph read it (a shared buffer is not rewritten in place)."""
-    uses: dict[int, int] = {}
-    for t in range(graph.TensorsLength()):
-        uses[graph.Tensors(t).Buffer()] = uses.get(graph.Tensors(t).Buffer(), 0) + 1
-    return uses
+    def __iter__(self):
+        for i in range(self.graph.OperatorsLength()):
+            op = self.graph.Operators(i)
+            code = self._codes[op.OpcodeIndex()]
+            if code in WEIGHT_OPS and op.InputsLength() > 1:
+                name = _name(self.graph.Tensors(op.Outputs(0)))
+                yield op, code, name, self._float_weights.get(name)
+
+    def own(self, tensor) -> bool:
+        """Whether the tensor's buffer is its own (a shared one, after deduplication, is not rewritten)."""
+        return self._uses.get(tensor.Buffer(), 0) == 1
+
+    def write(self, tensor, values: np.ndarray) -> None:
+        """Overwrite the tensor's buffer with `values` (their bytes are as long as the buffer's)."""
+        start, length = _location(self.model, tensor.Buffer())
+        raw = values.tobytes()
+        assert len(raw) == length, (len(raw), length)
+        self.data[start:start + length] = raw
+        self.changed.add(tensor.Buffer())
+
+    def result(self, unchanged: bytes) -> tuple[bytes, int]:
+        """The rewritten file and how many buffers changed (the file as it was when none did)."""
+        return (bytes(self.data), len(self.changed)) if self.changed else (unchanged, 0)
 
 
 def _codes(model) -> list[int]:

@@ -19,8 +19,7 @@ from __future__ import annotations
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from .bias import _codes, _location, _name, _values, buffer_uses, float_weight_tensors
-from .statistics import WEIGHT_OPS
+from .bias import WeightOps, _values
 
 LOWEST = 0.5  # the smallest share of max|w| a channel's range is clipped to
 STEPS = 51  # clipping factors tried per channel, evenly spaced in [LOWEST, 1]
@@ -54,25 +53,16 @@ def mse_scales(quantized: bytes, float_tflite: bytes) -> tuple[bytes, int]:
     weights rounded again on them from the float file's weights and its bias put on the new scale;
     returns it and how many ops changed. A weight or bias buffer shared by several tensors is left
     alone, and so is an op whose weights are not symmetric int8 with one scale per channel (or one)."""
-    reference, exact_weights = float_weight_tensors(float_tflite)
-    data = bytearray(quantized)
-    model = schema.Model.GetRootAs(data, 0)
-    graph = model.Subgraphs(0)
-    codes = _codes(model)
-    uses = buffer_uses(graph)
-    changed = 0
-    for i in range(graph.OperatorsLength()):
-        op = graph.Operators(i)
-        if codes[op.OpcodeIndex()] not in WEIGHT_OPS or op.InputsLength() < 2:
-            continue
+    rewrite = WeightOps(quantized, float_tflite)
+    graph, changed = rewrite.graph, 0
+    for op, _, _, exact_tensor in rewrite:
         weights = graph.Tensors(op.Inputs(1))
         bias = graph.Tensors(op.Inputs(2)) if op.InputsLength() > 2 and op.Inputs(2) >= 0 else None
-        exact_tensor = exact_weights.get(_name(graph.Tensors(op.Outputs(0))))
-        if exact_tensor is None or not _rewritable(weights, schema.TensorType.INT8, uses) or \
-                (bias is not None and not _rewritable(bias, schema.TensorType.INT32, uses)):
+        if exact_tensor is None or not _rewritable(rewrite, weights, schema.TensorType.INT8) or \
+                (bias is not None and not _rewritable(rewrite, bias, schema.TensorType.INT32)):
             continue
-        exact = _values(reference, exact_tensor)
-        values = _values(model, weights)
+        exact = _values(rewrite.reference, exact_tensor)
+        values = _values(rewrite.model, weights)
         quantization = weights.Quantization()
         scales = quantization.ScaleAsNumpy().astype(np.float64)
         zero_points = quantization.ZeroPointAsNumpy() if quantization.ZeroPointLength() else np.zeros(1)
@@ -91,27 +81,21 @@ def mse_scales(quantized: bytes, float_tflite: bytes) -> tuple[bytes, int]:
         shape = [1] * exact.ndim
         if axis is not None:
             shape[axis] = -1
-        rounded = np.clip(np.round(exact / new.reshape(shape)), -127, 127).astype(np.int8)
-        start, length = _location(model, weights.Buffer())
-        data[start:start + length] = rounded.tobytes()
-        _write_scales(data, quantization, new)
+        rewrite.write(weights, np.clip(np.round(exact / new.reshape(shape)), -127, 127).astype(np.int8))
+        _write_scales(rewrite.data, quantization, new)
         if bias is not None:  # on the input's scale times the weights'
-            input_scale = float(source.Scale(0))
             old_bias_scales = bias.Quantization().ScaleAsNumpy().astype(np.float64)
-            new_bias_scales = (np.float32(input_scale) * new.astype(np.float32)).astype(np.float64)
-            exact_bias = _values(model, bias).astype(np.float64) * old_bias_scales
-            start, length = _location(model, bias.Buffer())
-            data[start:start + length] = np.clip(np.round(exact_bias / new_bias_scales), -2**31, 2**31 - 1) \
-                .astype("<i4").tobytes()
-            _write_scales(data, bias.Quantization(), new_bias_scales)
+            new_bias_scales = (np.float32(source.Scale(0)) * new.astype(np.float32)).astype(np.float64)
+            exact_bias = _values(rewrite.model, bias).astype(np.float64) * old_bias_scales
+            rewrite.write(bias, np.clip(np.round(exact_bias / new_bias_scales), -2**31, 2**31 - 1).astype("<i4"))
+            _write_scales(rewrite.data, bias.Quantization(), new_bias_scales)
         changed += 1
-    return (bytes(data), changed) if changed else (quantized, 0)
+    return rewrite.result(quantized)[0], changed
 
 
-def _rewritable(tensor, dtype: int, uses: dict[int, int]) -> bool:
+def _rewritable(rewrite: WeightOps, tensor, dtype: int) -> bool:
     quantization = tensor.Quantization()
-    return tensor.Type() == dtype and quantization is not None and quantization.ScaleLength() > 0 and \
-        uses.get(tensor.Buffer(), 0) == 1
+    return tensor.Type() == dtype and quantization is not None and quantization.ScaleLength() > 0 and rewrite.own(tensor)
 
 
 def _write_scales(data: bytearray, quantization, scales: np.ndarray) -> None:
