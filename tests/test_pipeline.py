@@ -188,3 +188,51 @@ def test_a_multi_label_output_is_measured_per_decision_and_budgeted_by_it(digits
     assert output.float.accuracy == pytest.approx(np.mean(keras_decisions == tags(digits["y_test"])), abs=0.002)
     assert output.float.accuracy > 0.9 and output.quantized.agreement > 0.97
     assert output.float.accuracy - output.quantized.accuracy <= 0.02
+
+
+@pytest.mark.parametrize("kind", ["per-pixel classes (U-Net)", "shared encoder (Siamese)"])
+def test_other_kinds_of_model_convert_fully_integer_and_keep_their_decisions(kind, digits, tmp_path):
+    """A segmentation net (a softmax per pixel, skip joined by Concatenate after UpSampling2D) and a
+    Siamese net (one nested encoder called on both inputs, a squared difference, a sigmoid)."""
+    from tfquant._keras import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    if kind.startswith("per-pixel"):
+        def split(x, y):
+            return {"x": x}, np.digitize(x[..., 0], [0.25, 0.6])  # background, faint, ink: per pixel
+        inputs = keras.Input((8, 8, 1), name="x")
+        a = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+        b = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(keras.layers.MaxPooling2D()(a))
+        c = keras.layers.Concatenate()([a, keras.layers.UpSampling2D()(b)])
+        c = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(c)
+        model = keras.Model(inputs, keras.layers.Conv2D(3, 1, activation="softmax", name="mask")(c))
+        loss = "sparse_categorical_crossentropy"
+    else:
+        def split(x, y):
+            other = rng.permutation(len(y))
+            for i in range(0, len(y), 2):  # half the pairs of one class
+                same = np.flatnonzero(y == y[i])
+                other[i] = same[rng.integers(len(same))]
+            return {"left": x, "right": x[other]}, (y == y[other]).astype(np.int64)
+        encoder_input = keras.Input((8, 8, 1))
+        e = keras.layers.Flatten()(keras.layers.Conv2D(16, 3, activation="relu")(encoder_input))
+        encoder = keras.Model(encoder_input, keras.layers.Dense(16, activation="relu")(e), name="encoder")
+        left, right = keras.Input((8, 8, 1), name="left"), keras.Input((8, 8, 1), name="right")
+        difference = keras.layers.Subtract()([encoder(left), encoder(right)])
+        squared = keras.layers.Multiply()([difference, difference])
+        model = keras.Model([left, right], keras.layers.Dense(1, activation="sigmoid", name="same")(squared))
+        loss = "binary_crossentropy"
+    train_x, train_y = split(digits["x"], digits["y"])
+    test_x, test_y = split(digits["x_test"], digits["y_test"])
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss)
+    model.fit(train_x, train_y, epochs=8, verbose=0)
+    np.savez(tmp_path / "calib.npz", **{k: v[:200] for k, v in train_x.items()})
+    np.savez(tmp_path / "eval.npz", **test_x, y=test_y)
+    result = tfquant.quantize(model, tmp_path / "calib.npz", eval_data=tmp_path / "eval.npz", bench_runs=1,
+                              diagnose=False)
+    assert_every_op_integer(result.info)
+    output = result.report.outputs[0]
+    assert output.task == "classification"
+    assert output.float.accuracy > 0.8 and output.quantized.agreement > 0.97
+    assert output.float.accuracy - output.quantized.accuracy <= 0.015
