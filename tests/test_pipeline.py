@@ -236,3 +236,34 @@ def test_other_kinds_of_model_convert_fully_integer_and_keep_their_decisions(kin
     assert output.task == "classification"
     assert output.float.accuracy > 0.8 and output.quantized.agreement > 0.97
     assert output.float.accuracy - output.quantized.accuracy <= 0.015
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_conv_lstm_is_unrolled_and_converts_fully_integer(version, digits, tmp_path):
+    """ConvLSTM2D over four frames. tf_keras' ConvRNN runs its loop whatever `unroll` says, and that
+    loop's tensor lists do not convert; for the export it is unrolled like every recurrent layer."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+
+    def frames(x):  # the digit revealed two rows more in each frame
+        rows = np.arange(8)[None, :, None, None]
+        return np.stack([x * (rows < 2 * (t + 1)) for t in range(4)], axis=1).astype(np.float32)
+
+    inputs = k.Input((4, 8, 8, 1), name="frames")
+    x = k.layers.Flatten()(k.layers.ConvLSTM2D(8, 3, padding="same")(inputs))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax")(x))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(frames(digits["x"]), digits["y"], epochs=4, verbose=0)
+    np.savez(tmp_path / "calib.npz", frames=frames(digits["x"][:200]))
+    np.savez(tmp_path / "test.npz", frames=frames(digits["x_test"]), y=digits["y_test"])
+    path = tmp_path / "conv_lstm.keras"
+    model.save(path)
+    result = tfquant.quantize(path, tmp_path / "calib.npz", eval_data=tmp_path / "test.npz", bench_runs=1,
+                              diagnose=False)
+    assert_every_op_integer(result.info)
+    assert not {"WHILE", "UNIDIRECTIONAL_SEQUENCE_LSTM"} & {op.name for op in result.info.ops}
+    assert any("unrolled over 4 steps" in note for note in result.report.export.notes), result.report.export.notes
+    output = result.report.outputs[0]
+    assert output.float.accuracy > 0.9 and output.float.accuracy - output.quantized.accuracy <= 0.01

@@ -7,7 +7,7 @@ SavedModel. The file gets a `serving_default` signature whose input and output n
 model's own, so that data is bound by name everywhere, never by position. Where a graph cannot be
 frozen, the SavedModel route is taken instead, and the result says which route was used.
 
-Recurrent layers (LSTM, GRU, SimpleRNN, and those inside Bidirectional or stacked) are unrolled
+Recurrent layers (LSTM, GRU, SimpleRNN, ConvLSTM, and those inside Bidirectional or stacked) are unrolled
 over their fixed sequence length for the export: the converter then emits plain FULLY_CONNECTED,
 LOGISTIC, TANH, MUL and ADD ops, which quantize to int8 as accurately as any dense layer, where
 the fused or looped forms either do not convert or lose accuracy in int8.
@@ -239,7 +239,10 @@ def unrolled(model, inputs: list[TensorSpec]):
     layers = list(recurrent_layers(model))
     saved = [(layer, layer.unroll, getattr(layer, "_could_use_gpu_kernel", None)) for layer in layers]
     notes: list[str] = []
+    stack = contextlib.ExitStack()
     try:
+        if any(_loops_regardless(layer) for layer in layers):
+            stack.enter_context(_conv_rnn_unrolled())
         for layer in layers:
             steps = _steps(layer, inputs)
             layer.unroll = True
@@ -248,10 +251,43 @@ def unrolled(model, inputs: list[TensorSpec]):
             notes.append(f"{layer.name} ({type(layer).__name__}): unrolled over {steps} steps")
         yield notes
     finally:
+        stack.close()
         for layer, unroll, gpu in saved:
             layer.unroll = unroll
             if gpu is not None:
                 layer._could_use_gpu_kernel = gpu
+
+
+def _loops_regardless(layer) -> bool:
+    """A tf_keras convolutional recurrent layer (ConvLSTM1D/2D/3D): its call runs the loop with the
+    backend's default, whatever its `unroll` says, and that loop's tensor lists do not convert."""
+    from tf_keras.src.layers.rnn.base_conv_rnn import ConvRNN
+
+    return isinstance(layer, ConvRNN)
+
+
+@contextlib.contextmanager
+def _conv_rnn_unrolled():
+    """tf_keras' ConvRNN calls `backend.rnn` without `unroll`: for the trace, its module sees a
+    backend whose `rnn` unrolls (every recurrent layer is unrolled for the export anyway)."""
+    from tf_keras.src.layers.rnn import base_conv_rnn as module
+
+    backend = module.backend
+
+    class Unrolling:
+        def __getattr__(self, name):
+            return getattr(backend, name)
+
+        @staticmethod
+        def rnn(*args, **kwargs):
+            kwargs["unroll"] = True
+            return backend.rnn(*args, **kwargs)
+
+    module.backend = Unrolling()
+    try:
+        yield
+    finally:
+        module.backend = backend
 
 
 def _steps(layer, inputs: list[TensorSpec]) -> int:
