@@ -250,3 +250,25 @@ def test_qat_below_ptq_returns_the_ptq_file_unless_asked_not_to(digits_model, tr
     assert training.kept == "qat" and asked.report.quantized.accuracy == training.qat_accuracy
     assert asked.report.quantized.accuracy < training.ptq_accuracy - 0.1
     assert any("the QAT file is kept as asked (keep_best=False)" in w for w in asked.report.warnings)
+
+
+def test_a_layer_with_several_outputs_is_left_unwrapped_and_trains(digits, tmp_path):
+    """An LSTM with return_state returns three tensors; tfmot's wrapper handles one (it raised
+    "Multiple output tensors not handled currently"). The layer is left unwrapped, calibrated after
+    training like the attention layers, and the file is fully integer."""
+    keras.utils.set_random_seed(0)
+    rows = digits["x"][..., 0]
+    inputs = keras.Input((8, 8), name="rows")
+    sequence, state, cell = L.LSTM(16, return_sequences=True, return_state=True)(inputs)
+    features = L.Concatenate()([L.GlobalAveragePooling1D()(sequence), state, cell])
+    model = keras.Model(inputs, L.Dense(10, activation="softmax")(features))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(rows, digits["y"], epochs=6, verbose=0)
+    np.savez(tmp_path / "train.npz", rows=rows, y=digits["y"])
+    np.savez(tmp_path / "test.npz", rows=digits["x_test"][..., 0], y=digits["y_test"])
+    result = qat(model, tmp_path / "train.npz", epochs=1, eval_data=tmp_path / "test.npz", bench_runs=1)
+    assert_every_op_integer(result.info)
+    treatment = next(t.treatment for t in result.report.training.layers if t.layer_class == "LSTM")
+    assert treatment == "tfquant: several output tensors, not wrapped (calibrated after training)"
+    assert result.report.quantized.accuracy > 0.8
+    assert result.report.quantized.accuracy >= result.report.training.ptq_accuracy

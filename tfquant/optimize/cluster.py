@@ -281,7 +281,7 @@ def _collaborate(model, train_data, spec, *, sparsity: Optional[float], clusters
         started = time.perf_counter()
         aware, layers = quantize_aware(current, scheme=_qat_scheme(pruned=sparsity is not None,
                                                                    clustered=clusters is not None),
-                                       samples=prepared.calibration)
+                                       samples=prepared.calibration, source=prepared.source)
         fit(aware, begun.train, epochs=qat_epochs, callbacks=callbacks, **fitting)
         # The fine-tuned weights keep the zeros and the shared values: calibrated as in PTQ, per tensor once clustered.
         tuned = stripped_weights(current, aware)

@@ -163,7 +163,7 @@ def prune(
         import tensorflow_model_optimization as tfmot
 
         scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
-        aware, layers = quantize_aware(stripped, scheme=scheme, samples=prepared.calibration)
+        aware, layers = quantize_aware(stripped, scheme=scheme, samples=prepared.calibration, source=prepared.source)
         extra_epochs = spec.qat_epochs or max(1, epochs // 2)
         fit(aware, begun.train, epochs=extra_epochs, batch_size=batch_size, learning_rate=learning_rate,
             verbose=verbose, probabilities=probabilities)

@@ -134,6 +134,8 @@ def resolve(layer) -> tuple[Optional[type], str]:
         return None, TF_OP
     if isinstance(layer, MULTI_INPUT_LAYERS):
         return None, MULTI_INPUT
+    if _several_outputs(layer):
+        return None, MULTI_OUTPUT
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_registry
 
     registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
@@ -148,6 +150,17 @@ def resolve(layer) -> tuple[Optional[type], str]:
 MULTI_INPUT_LAYERS = (L.MultiHeadAttention, L.Attention, L.AdditiveAttention)
 MULTI_INPUT = "tfquant: several tensor inputs, not wrapped (calibrated after training)"
 ACTIVATION = "tfquant: activation tfmot does not know, observed output"
+# A layer that returns several tensors (an RNN with return_state): tfmot's wrapper handles one.
+MULTI_OUTPUT = "tfquant: several output tensors, not wrapped (calibrated after training)"
+
+
+def _several_outputs(layer) -> bool:
+    """Whether any call of `layer` in its model returned more than one tensor."""
+    for node in getattr(layer, "_inbound_nodes", None) or []:
+        outputs = getattr(node, "outputs", None)
+        if isinstance(outputs, (list, tuple)) and len(outputs) > 1:
+            return True
+    return False
 
 
 def _tfmot_activation(layer) -> bool:
@@ -157,7 +170,7 @@ def _tfmot_activation(layer) -> bool:
                     "softplus", "selu", "exponential", "hard_sigmoid")
 
 
-def quantize_aware(model, *, scheme=None, samples=None) -> tuple[object, list[LayerTreatment]]:
+def quantize_aware(model, *, scheme=None, samples=None, source: str = "<model>") -> tuple[object, list[LayerTreatment]]:
     """Wrap `model` for quantization-aware training; return it and what each layer got.
 
     Example:
@@ -171,6 +184,11 @@ def quantize_aware(model, *, scheme=None, samples=None) -> tuple[object, list[La
         samples: calibration data (a `tfquant.data.Dataset`): every activation's fake-quant range
             then starts where `model` puts that activation on these samples (`start_ranges`).
             Defaults to tfmot's start, [-6, 6].
+        source: the model's file, for the error when tensorflow-model-optimization cannot wrap it.
+
+    Raises:
+        ModelLoadError: tensorflow-model-optimization refused the wrapped model (one line: the layer
+            and what it said).
     """
     tfmot = _tfmot()
     qk = tfmot.quantization.keras
@@ -179,10 +197,10 @@ def quantize_aware(model, *, scheme=None, samples=None) -> tuple[object, list[La
 
     def annotate(layer):
         config_class, treatment = resolve(layer)
-        if treatment not in (NOT_WRAPPED, TF_OP, MULTI_INPUT) and _reads_integers(layer):
+        if treatment not in (NOT_WRAPPED, TF_OP, MULTI_INPUT, MULTI_OUTPUT) and _reads_integers(layer):
             treatment = INTEGER_INPUT  # ids (tokens, masks, positions): nothing to fake-quantize
         treatments.append(LayerTreatment(layer.name, type(layer).__name__, treatment))
-        if treatment in (NOT_WRAPPED, TF_OP, INTEGER_INPUT, MULTI_INPUT):
+        if treatment in (NOT_WRAPPED, TF_OP, INTEGER_INPUT, MULTI_INPUT, MULTI_OUTPUT):
             return layer.__class__.from_config(layer.get_config())
         clone = layer.__class__.from_config(layer.get_config())
         if config_class is None:
@@ -198,7 +216,18 @@ def quantize_aware(model, *, scheme=None, samples=None) -> tuple[object, list[La
     custom = {type(layer).__name__: type(layer) for layer in model.layers
               if getattr(keras.layers, type(layer).__name__, None) is not type(layer)}
     with qk.quantize_scope({**custom, **classes}):
-        wrapped = qk.quantize_apply(annotated, scheme) if scheme is not None else qk.quantize_apply(annotated)
+        try:
+            wrapped = qk.quantize_apply(annotated, scheme) if scheme is not None else qk.quantize_apply(annotated)
+        except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
+            from ..errors import ModelLoadError, problem
+
+            said = " ".join(str(exc).split())
+            layer = re.search(r'calling layer "([^"]+)"', said)
+            last = [line.strip() for line in str(exc).strip().splitlines() if line.strip()][-1:]
+            raise ModelLoadError(problem(
+                source, "layers tensorflow-model-optimization can wrap for quantization-aware training",
+                (f"layer {layer.group(1)!r}: " if layer else "") + (last[0] if last else said)[:200]
+                + " (tfquant convert quantizes it without training)")) from None
     if samples is not None:
         start_ranges(wrapped, model, samples)
     freeze_batch_norm(wrapped)
@@ -462,7 +491,7 @@ def qat(
     seconds["ptq"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    qat_model, layers = quantize_aware(begun.keras_model, samples=prepared.calibration)
+    qat_model, layers = quantize_aware(begun.keras_model, samples=prepared.calibration, source=prepared.source)
     probabilities = outputs_probabilities(begun.keras_model)  # by the names the wrappers change
     fit(qat_model, begun.train, epochs=epochs, batch_size=spec.batch_size, learning_rate=spec.learning_rate,
         callbacks=callbacks, verbose=verbose, probabilities=probabilities)
