@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ai_edge_litert import schema_py_generated as schema
 
 import tfquant
 from tfquant.harness import Runner
@@ -92,3 +93,35 @@ def test_masking_a_float_sequence_stays_integer(version, tmp_path):
     assert "CAST" not in {op.name for op in result.info.ops}
     output = result.report.outputs[0]
     assert output.float.accuracy > 0.8 and output.float.accuracy - output.quantized.accuracy <= 0.01
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_uint8_image_input_is_read_as_it_is(version, digits, tmp_path):
+    """A model that takes raw uint8 pixels and rescales them: the quantizer leaves CAST(uint8 -> float)
+    before its QUANTIZE; the file's QUANTIZE reads the uint8 input (scale 1, zero point 0) itself."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    pixels = lambda x: np.round(255 * x / x.max()).astype(np.uint8)  # noqa: E731
+    inputs = k.Input((8, 8, 1), dtype="uint8", name="image")
+    x = k.layers.Conv2D(16, 3, activation="relu")(k.layers.Rescaling(1 / 255.0)(inputs))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax")(k.layers.Flatten()(x)))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(pixels(digits["x"]), digits["y"], epochs=8, verbose=0)
+    path = tmp_path / "pixels.keras"
+    model.save(path)
+    np.savez(tmp_path / "calib.npz", image=pixels(digits["x"][:200]))
+    np.savez(tmp_path / "test.npz", image=pixels(digits["x_test"]), y=digits["y_test"])
+    result = tfquant.quantize(path, tmp_path / "calib.npz", eval_data=tmp_path / "test.npz", bench_runs=1,
+                              diagnose=False)
+    assert_every_op_integer(result.info)
+    graph = flatbuffer_utils.read_model_from_bytearray(bytearray(result.tflite)).subgraphs[0]
+    image = graph.tensors[graph.inputs[0]]
+    assert image.type == schema.TensorType.UINT8
+    assert (list(image.quantization.scale), list(image.quantization.zeroPoint)) == ([1.0], [0])
+    assert "CAST" not in {op.name for op in result.info.ops}
+    output = result.report.outputs[0]
+    assert output.float.accuracy > 0.9 and output.float.accuracy - output.quantized.accuracy <= 0.01

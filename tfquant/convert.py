@@ -103,10 +103,10 @@ def quantize_calibrated(calibrated: bytes, recipe: Recipe, *, source: str = "<mo
     quantize = _FROM_CALIBRATED.get(recipe.mode)
     if quantize is None:
         raise RecipeError(f"mode {recipe.mode.value} is not quantized from calibration statistics")
-    from .legalize import integer_comparisons
+    from .legalize import integer_comparisons, integer_inputs
 
     data = _run(source, f"a model TFLiteConverter can quantize to {recipe.mode.value}", lambda: quantize(calibrated, recipe))
-    return integer_comparisons(data) if recipe.mode is Mode.INT8 else data
+    return integer_inputs(integer_comparisons(data)) if recipe.mode is Mode.INT8 else data
 
 
 def deduplicated(tflite: bytes) -> bytes:

@@ -262,6 +262,43 @@ def integer_comparisons(data: bytes) -> bytes:
     return _write(model)
 
 
+def integer_inputs(data: bytes) -> bytes:
+    """An int8 file in which a uint8 or int8 input (raw image bytes, as a camera hands them over) is
+    CAST to float only to be quantized again reads it as it is: its QUANTIZE ops take the input
+    (scale 1, zero point 0: each value is the number itself) and requantize it to int8, and the
+    float CAST goes. The same values reach the int8 graph, and the file is integer throughout."""
+    model = _read(data)
+    codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
+    changed = False
+    for graph in model.subgraphs:
+        readers: dict[int, list] = {}
+        for op in graph.operators:
+            for index in op.inputs:
+                readers.setdefault(int(index), []).append(op)
+        ends = {int(i) for i in graph.outputs}
+        for index in (int(i) for i in graph.inputs):
+            tensor = graph.tensors[index]
+            casts = readers.get(index, [])
+            if tensor.type not in (schema.TensorType.UINT8, schema.TensorType.INT8) or not casts or any(
+                    codes[c.opcodeIndex] != schema.BuiltinOperator.CAST or not _float(graph, int(c.outputs[0]))
+                    or int(c.outputs[0]) in ends for c in casts):
+                continue
+            quantizes = [q for c in casts for q in readers.get(int(c.outputs[0]), [])]
+            if not quantizes or any(codes[q.opcodeIndex] != schema.BuiltinOperator.QUANTIZE or
+                                    graph.tensors[int(q.outputs[0])].type != schema.TensorType.INT8 for q in quantizes):
+                continue
+            tensor.quantization = schema.QuantizationParametersT()
+            tensor.quantization.scale, tensor.quantization.zeroPoint = [1.0], [0]
+            for q in quantizes:
+                q.inputs = [index]
+            graph.operators = [o for o in graph.operators if not any(o is c for c in casts)]
+            changed = True
+    if not changed:
+        return data
+    drop_unused_opcodes(model)
+    return _write(model)
+
+
 _COMPARISONS = {schema.BuiltinOperator.EQUAL, schema.BuiltinOperator.NOT_EQUAL, schema.BuiltinOperator.LESS,
                 schema.BuiltinOperator.LESS_EQUAL, schema.BuiltinOperator.GREATER, schema.BuiltinOperator.GREATER_EQUAL}
 
