@@ -138,3 +138,32 @@ def test_a_subclassed_model_called_once_converts_to_full_int8(version, digits, t
         tokens = Tokens()
         tokens(np.zeros((2, 32), np.int32))
         assert [(s.shape, s.dtype) for s in load_model(tokens).inputs] == [((None, 32), "int32")]
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_mixed_precision_model_computes_in_float32_for_the_export(version, digits, tmp_path):
+    """Layers of policy mixed_float16 (as GPU training sets them) trace to float16 Conv2D and MatMul,
+    which TFLite has no kernels for; they are rebuilt computing in float32 with the same weights."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image")
+    x = k.layers.Conv2D(16, 3, activation="relu", dtype="mixed_float16")(inputs)
+    x = k.layers.Dense(10, dtype="mixed_float16")(k.layers.Flatten(dtype="mixed_float16")(x))
+    model = k.Model(inputs, k.layers.Activation("softmax", dtype="float32", name="probs")(x))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(digits["x"], digits["y"], epochs=6, verbose=0)
+    path = tmp_path / "mixed.keras"
+    model.save(path)
+    np.savez(tmp_path / "calib.npz", image=digits["x"][:200])
+    np.savez(tmp_path / "test.npz", image=digits["x_test"], y=digits["y_test"])
+    result = tfquant.quantize(path, tmp_path / "calib.npz", eval_data=tmp_path / "test.npz", bench_runs=1,
+                              diagnose=False)
+    assert_every_op_integer(result.info)
+    assert any(note.startswith("layers of dtype policy mixed_float16 compute in float32") for note in
+               result.report.export.notes), result.report.export.notes
+    keras_accuracy = float(np.mean(model.predict(digits["x_test"], verbose=0).argmax(axis=1) == digits["y_test"]))
+    output = result.report.outputs[0]
+    assert abs(output.float.accuracy - keras_accuracy) <= 0.006  # float16 rounding, in Keras only
+    assert output.float.accuracy > 0.9 and output.float.accuracy - output.quantized.accuracy <= 0.01

@@ -140,7 +140,7 @@ def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: b
     data = _converted(loaded.source, lambda: tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
     data = legalize.name_signature(data, [s.name for s in inputs], _flat_keys(output_names))
     data, rewrites = legalize.make_quantizable(data, keep_weights=keep_weights)
-    return Exported(data, "concrete function", inputs, _outputs(data, loaded.outputs), notes + rewrites,
+    return Exported(data, "concrete function", inputs, _outputs(data, loaded.outputs), loaded.notes + notes + rewrites,
                     function=frozen)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,6 +33,7 @@ class LoadedModel:
     saved_model_dir: Optional[str] = None
     quantization_aware: bool = False  # holds tfmot fake-quant: the converter reads its ranges
     safe_mode: bool = True  # how a SavedModel's Keras layers may be revived later (QAT, pruning)
+    notes: list[str] = field(default_factory=list)  # what loading changed, for the report's export notes
 
     def trained(self, keras_model: Any, *, quantization_aware: bool = False) -> "LoadedModel":
         """The same signature and source, converting `keras_model` (a fine-tuned tf_keras model) instead."""
@@ -78,9 +79,47 @@ def load_model(source: Any, *, safe_mode: bool = True) -> LoadedModel:
 def _from_keras(model: Any, source: str, flavor: str) -> LoadedModel:
     if not getattr(model, "inputs", None):
         return _from_called(model, source, flavor)
+    notes = []
+    half = sorted({layer.dtype_policy.name for layer in _layers(model) if _half_precision(layer)})
+    if half:
+        model = _computing_in_float32(model)
+        notes.append(f"layers of dtype policy {', '.join(half)} compute in float32 for the export (TFLite has no "
+                     "float16 convolutions or matmuls; the weights are the same)")
     inputs = [_spec(t, i) for i, t in enumerate(model.inputs)]
     outputs = [_spec(t, i) for i, t in enumerate(model.outputs)]
-    return LoadedModel(source=source, flavor=flavor, inputs=inputs, outputs=outputs, keras_model=model)
+    return LoadedModel(source=source, flavor=flavor, inputs=inputs, outputs=outputs, keras_model=model, notes=notes)
+
+
+def _layers(model) -> list:
+    found = []
+    for layer in getattr(model, "layers", []):
+        found.append(layer)
+        if getattr(layer, "layers", None):
+            found.extend(_layers(layer))
+    return found
+
+
+def _half_precision(layer) -> bool:
+    """A layer that computes in float16 or bfloat16 (a mixed-precision policy, as GPU training sets)."""
+    return str(getattr(layer, "compute_dtype", "float32")) in ("float16", "bfloat16") and \
+        not getattr(layer, "_is_input_layer", False) and type(layer).__name__ != "InputLayer"
+
+
+def _computing_in_float32(model):
+    """The same functional or Sequential model with every half-precision layer computing in float32, and
+    the same weights (mixed precision keeps its variables in float32 already)."""
+    def clone(layer):
+        if hasattr(layer, "layers") and hasattr(layer, "inputs") and getattr(layer, "inputs", None):
+            return _computing_in_float32(layer)  # a nested model, rebuilt the same way
+        config = layer.get_config()
+        if _half_precision(layer):
+            config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    keras = _keras.keras3() if _keras.is_keras3_model(model) else _keras.keras
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _from_called(model: Any, source: str, flavor: str) -> LoadedModel:
