@@ -188,6 +188,12 @@ def test_a_multi_label_output_is_measured_per_decision_and_budgeted_by_it(digits
     assert output.float.accuracy == pytest.approx(np.mean(keras_decisions == tags(digits["y_test"])), abs=0.002)
     assert output.float.accuracy > 0.9 and output.quantized.agreement > 0.97
     assert output.float.accuracy - output.quantized.accuracy <= 0.02
+    assert output.quantized.decisions == 4
+    from tfquant.report import rows
+
+    shown = {row[0]: row for row in rows(result.report)}
+    assert "accuracy (per decision)" in shown and "accuracy (top-1)" not in shown
+    assert shown["per decision agreement"][3] == "359 samples × 4 decisions"
 
 
 @pytest.mark.parametrize("kind", ["per-pixel classes (U-Net)", "shared encoder (Siamese)"])

@@ -59,13 +59,15 @@ def _output_rows(out, prefix: str) -> list[tuple[str, str, str, str]]:
     f, q = out.float, out.quantized
     found = []
     if out.task == "classification":
+        kind, unit = ("per decision", f"{q.samples} samples × {q.decisions} decisions") if q.decisions else \
+            ("top-1", f"{q.samples} samples")
         if q.accuracy is not None:
-            found.append((f"{prefix}accuracy (top-1)", _pct(f.accuracy), _pct(q.accuracy),
+            found.append((f"{prefix}accuracy ({kind})", _pct(f.accuracy), _pct(q.accuracy),
                           f"{100 * (f.accuracy - q.accuracy):.2f} pts drop"))
         if q.top5_accuracy is not None:
             found.append((f"{prefix}accuracy (top-5)", _pct(f.top5_accuracy), _pct(q.top5_accuracy), ""))
         if q.agreement is not None:
-            found.append((f"{prefix}top-1 agreement", "", _pct(q.agreement), f"{q.samples} samples"))
+            found.append((f"{prefix}{kind} agreement", "", _pct(q.agreement), unit))
     elif out.task == "regression":
         found.append((f"{prefix}RMSE / float std", "", f"{q.rel_rmse:.4f}", f"max |err| {q.max_abs_error:.4g}"))
         if q.r2 is not None:

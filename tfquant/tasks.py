@@ -143,7 +143,8 @@ def _classification(name, values, labels, reference) -> OutputMetrics:
         predicted = values > 0.5  # multi-label: every unit a decision of its own
         agree = None if reference is None else float(np.mean(predicted == (reference > 0.5)))
         return OutputMetrics(name=name, task="classification", samples=len(values),
-                             accuracy=float(np.mean(predicted == labels.astype(bool))), agreement=agree)
+                             accuracy=float(np.mean(predicted == labels.astype(bool))), agreement=agree,
+                             decisions=int(np.prod(values.shape[1:])))
     if values.ndim < 2 or values.shape[-1] == 1:
         predicted = (values.reshape(len(values), -1)[:, 0] > 0.5).astype(np.int64)
         top5 = None

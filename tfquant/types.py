@@ -302,6 +302,7 @@ class OutputMetrics(Record):
     mean_cosine: Optional[float] = None
     min_cosine: Optional[float] = None
     retrieval: Optional[float] = None
+    decisions: Optional[int] = None  # a multi-label output: its 0/1 decisions per sample, each counted
 
 
 @dataclass(frozen=True)
