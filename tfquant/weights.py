@@ -1,17 +1,19 @@
 """Weight scales: per output channel, the int8 scale of least rounding-plus-clipping error.
 
-The quantizer sizes each channel's scale by its largest weight (`max|w| / 127`, symmetric). A
-channel with one outlier then rounds every other weight on a coarse grid: common in depthwise
-kernels, where a channel holds only 9 or 25 weights and one of them is often several times the
-others. `mse_scales` searches, per channel, the clipping factor `alpha` in [`LOWEST`, 1] whose
-scale `alpha * max|w| / 127` gives the least squared error between the float weights and their
-int8 values; the outlier is clipped a little and the rest rounded on a finer grid. It is data
-free: only the weights are looked at.
+The quantizer sizes each channel's scale by its largest weight (`max|w| / 127`, symmetric), so a
+few far-out weights set the grid every other weight of the channel is rounded on. `mse_scales`
+searches, per channel, the clipping factor `alpha` in [`LOWEST`, 1] whose scale
+`alpha * max|w| / 127` gives the least squared error between the float weights and their int8
+values. It is data free: only the weights are looked at.
+
+At 8 bits the gain is small and only for long channels. A long-tailed channel of 8,192 weights
+gets 5.6 % less squared error. A channel of a few dozen weights with one outlier keeps its max
+scale: clipping the outlier costs more than the finer grid saves. On the zoo CNNs, top-1 agreement
+with float moved both ways by up to 2.2 points, so `weight_scales="mse"` is asked for, not the
+default (`bench/accuracy.py`).
 
 The rewrite is in place: the int8 values, the channel scales and the int32 bias (whose scale is
-the input scale times the weight scale) keep their length and layout. Whether a model's outputs
-are better for it is judged on held-out calibration samples (`tfquant.ranges.choose`), as bias
-correction is: on a channel of a few weights, less weight error is not always less output error.
+the input scale times the weight scale) keep their length and layout.
 """
 
 from __future__ import annotations
