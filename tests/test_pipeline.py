@@ -244,13 +244,12 @@ def test_other_kinds_of_model_convert_fully_integer_and_keep_their_decisions(kin
     assert output.float.accuracy - output.quantized.accuracy <= 0.015
 
 
-@pytest.mark.parametrize("version", [3, 2])
-def test_a_conv_lstm_is_unrolled_and_converts_fully_integer(version, digits, tmp_path):
+def test_a_tf_keras_conv_lstm_is_unrolled_and_converts_fully_integer(digits, tmp_path):
     """ConvLSTM2D over four frames. tf_keras' ConvRNN runs its loop whatever `unroll` says, and that
-    loop's tensor lists do not convert; for the export it is unrolled like every recurrent layer."""
-    from tfquant._keras import keras, keras3
+    loop's tensor lists do not convert; for the export it is unrolled like every recurrent layer
+    (Keras 3's honors `unroll`)."""
+    from tfquant._keras import keras as k
 
-    k = keras3() if version == 3 else keras
     k.utils.set_random_seed(0)
 
     def frames(x):  # the digit revealed two rows more in each frame
