@@ -167,3 +167,26 @@ def test_a_mixed_precision_model_computes_in_float32_for_the_export(version, dig
     output = result.report.outputs[0]
     assert abs(output.float.accuracy - keras_accuracy) <= 0.006  # float16 rounding, in Keras only
     assert output.float.accuracy > 0.9 and output.float.accuracy - output.quantized.accuracy <= 0.01
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_lookup_layer_is_refused_with_what_to_do(version, tmp_path):
+    """IntegerLookup keeps a hash table TFLite has no builtin for: the error names the op and says
+    to map the values to ids before the model."""
+    from tfquant._keras import keras, keras3
+    from tfquant.errors import ConversionError
+
+    k = keras3() if version == 3 else keras
+    inputs = k.Input((1,), dtype="int64", name="bucket")
+    x = k.layers.IntegerLookup(vocabulary=[1, 2, 3, 4], output_mode="one_hot")(inputs)
+    path = tmp_path / "lookup.keras"
+    k.Model(inputs, k.layers.Dense(3, activation="softmax")(x)).save(path)
+    np.savez(tmp_path / "calib.npz", bucket=np.arange(300).reshape(-1, 1) % 5)
+    with pytest.raises(ConversionError) as caught:
+        tfquant.quantize(path, tmp_path / "calib.npz", bench_runs=1, diagnose=False)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: expected a model TFLiteConverter can convert, found ")
+    assert "'tf.LookupTableFindV2' op is neither a custom op nor a flex op" in message
+    assert message.endswith("(the lookup tables of StringLookup, IntegerLookup or TextVectorization have no TFLite "
+                            "builtin: map the values to ids before the model and feed those)")
+    assert "\n" not in message

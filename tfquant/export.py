@@ -402,8 +402,18 @@ def _converted(source: str, step: Callable[[], bytes]) -> bytes:
             absl.setLevel(level)
 
 
+# TensorFlow ops the converter names when it fails, and what they come from in a Keras model.
+_HINTS = {
+    "LookupTable": "the lookup tables of StringLookup, IntegerLookup or TextVectorization have no TFLite "
+                   "builtin: map the values to ids before the model and feed those",
+    "TensorList": "a loop over a sequence kept as a loop: give the sequence a fixed length (--input-shape "
+                  "INPUT=STEPS,...) so that it can be unrolled",
+}
+
+
 def conversion_failure(source: str, expected: str, exc: Exception, log: str) -> str:
     text = " ".join(str(exc).split())
     errors = [m.strip() for m in re.findall(r"error: ([^\n]+)", str(exc) + "\n" + log)]
     detail = "; ".join(dict.fromkeys(errors)) if errors else text
-    return problem(source, expected, detail[:500])
+    hints = [hint for op, hint in _HINTS.items() if f"tf.{op}" in detail]
+    return problem(source, expected, detail[:500] + "".join(f" ({hint})" for hint in hints))
