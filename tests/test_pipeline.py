@@ -272,3 +272,33 @@ def test_a_tf_keras_conv_lstm_is_unrolled_and_converts_fully_integer(digits, tmp
     assert any("unrolled over 4 steps" in note for note in result.report.export.notes), result.report.export.notes
     output = result.report.outputs[0]
     assert output.float.accuracy > 0.9 and output.float.accuracy - output.quantized.accuracy <= 0.01
+
+
+def test_int16x8_of_a_file_whose_constants_share_a_buffer_across_types(digits, tmp_path):
+    """An LSTM sequence autoencoder (encoder, RepeatVector, decoder): the converter gives a float32 and
+    an int32 constant of equal bytes one buffer; TFLite's int16x8 quantizer rewrote it as int16 for
+    both, and the interpreter refused the file. Each constant gets its own buffer first."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from tfquant._keras import keras
+
+    keras.utils.set_random_seed(0)
+    rows = digits["x"][..., 0]
+    inputs = keras.Input((8, 8), name="rows")
+    x = keras.layers.LSTM(16, return_sequences=True)(keras.layers.RepeatVector(8)(keras.layers.LSTM(16)(inputs)))
+    model = keras.Model(inputs, keras.layers.TimeDistributed(keras.layers.Dense(8), name="recon")(x))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse")
+    model.fit(rows, rows, epochs=4, verbose=0)
+    np.savez(tmp_path / "calib.npz", rows=rows[:200])
+    np.savez(tmp_path / "test.npz", rows=digits["x_test"][..., 0], y_recon=digits["x_test"][..., 0])
+    result = tfquant.quantize(model, tmp_path / "calib.npz", eval_data=tmp_path / "test.npz", mode="int16x8",
+                              bench_runs=1, diagnose=False)
+    exported = flatbuffer_utils.read_model_from_bytearray(bytearray(result.float_tflite))
+    types: dict[int, set] = {}
+    for tensor in exported.subgraphs[0].tensors:
+        if tensor.buffer and exported.buffers[tensor.buffer].data is not None:
+            types.setdefault(tensor.buffer, set()).add(tensor.type)
+    assert any(len(found) > 1 for found in types.values())  # the case: one buffer, constants of two types
+    output = result.report.outputs[0]
+    assert output.task == "regression" and output.quantized.rel_rmse < 0.03
+    assert {op.name for op in result.info.ops} >= {"FULLY_CONNECTED", "TANH", "LOGISTIC"}

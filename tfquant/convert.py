@@ -72,9 +72,11 @@ def _int8(calibrated: bytes, recipe: Recipe) -> bytes:
 def _int16x8(calibrated: bytes, recipe: Recipe) -> bytes:
     from tensorflow.lite.python.optimize.calibrator import Calibrator
 
+    from .legalize import unshared_buffers
+
     io = np.dtype(_NUMPY_IO[recipe.io]).num
     # The statistics are already in the model: quantize without feeding the dataset again.
-    return Calibrator(calibrated)._calibrator.QuantizeModel(
+    return Calibrator(unshared_buffers(calibrated))._calibrator.QuantizeModel(
         io, io, False, np.dtype(np.int16).num, np.dtype(np.int64).num, not recipe.per_channel, False
     )
 
