@@ -92,6 +92,18 @@ class Reference:
             return None
         return primary.accuracy if primary.accuracy is not None else primary.agreement
 
+    @staticmethod
+    def budget_used(judged: tasks.Judged, budget: Budget) -> Optional[float]:
+        """For a file without a classification output: the largest share of its budget an output's
+        distance from float uses (a regression's RMSE over `max_rel_rmse`, an embedding's 1 - cosine
+        over 1 - `min_cosine`); lower is closer. None when a classification output decides instead."""
+        if judged.primary() is not None:
+            return None
+        used = [m.rel_rmse / budget.max_rel_rmse for m in judged.outputs.values() if m.rel_rmse is not None] + \
+               [(1 - m.mean_cosine) / max(1 - budget.min_cosine, 1e-12) for m in judged.outputs.values()
+                if m.mean_cosine is not None]
+        return max(used) if used else None
+
 
 def verify(
     prepared: Prepared,

@@ -272,3 +272,29 @@ def test_a_layer_with_several_outputs_is_left_unwrapped_and_trains(digits, tmp_p
     assert treatment == "tfquant: several output tensors, not wrapped (calibrated after training)"
     assert result.report.quantized.accuracy > 0.8
     assert result.report.quantized.accuracy >= result.report.training.ptq_accuracy
+
+
+def test_qat_of_a_regression_model_below_ptq_keeps_ptq(digits, tmp_path):
+    """No classifier to score: an LSTM sequence autoencoder whose PTQ file is already outside the RMSE
+    budget. QAT and PTQ are ranked by the share of the budget their output uses, and a fine-tuning
+    that wrecks the model gives the PTQ file back, saying so."""
+    keras.utils.set_random_seed(0)
+    rows = digits["x"][..., 0]
+    inputs = keras.Input((8, 8), name="rows")
+    x = L.LSTM(16, return_sequences=True)(L.RepeatVector(8)(L.LSTM(16)(inputs)))
+    model = keras.Model(inputs, L.TimeDistributed(L.Dense(8), name="recon")(x))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse")
+    model.fit(rows, rows, epochs=10, verbose=0)
+    np.savez(tmp_path / "train.npz", rows=rows, y_recon=rows)
+    np.savez(tmp_path / "test.npz", rows=digits["x_test"][..., 0], y_recon=digits["x_test"][..., 0])
+    with pytest.raises(tfquant.AccuracyBudgetError) as caught:
+        tfquant.qat(model, tmp_path / "train.npz", epochs=1, eval_data=tmp_path / "test.npz", learning_rate=0.3,
+                    bench_runs=1)
+    report = caught.value.result.report
+    assert report.training.kept == "ptq"
+    note = next(w for w in report.warnings if "of their budget" in w)
+    qat_used, ptq_used = (float(v) for v in re.search(r"use (\d+)% of their budget, plain PTQ int8's (\d+)%",
+                                                       note).groups())
+    assert note.endswith("the PTQ file is kept; fine-tune longer or with a smaller learning rate"), note
+    assert qat_used > ptq_used > 100, note  # both outside the 5 % budget, QAT further
+    assert report.outputs[0].quantized.rel_rmse == pytest.approx(ptq_used / 100 * 0.05, abs=0.0005)

@@ -480,14 +480,18 @@ def qat(
     reference = ptq_score = None
     ptq_misses: list[str] = []
 
-    def measured(data: bytes) -> tuple[Optional[float], list[str]]:
-        """A file's score on the evaluation data and the budgets it misses."""
+    def measured(data: bytes) -> tuple[Optional[float], list[str], float]:
+        """A file's score on the evaluation data, the budgets it misses, and how it ranks (higher is
+        better: the classification score, or without a classifier the budget share its outputs leave)."""
         judged = reference.judge(Runner(data, num_threads=num_threads).predict(prepared.evaluation, progress=False))
-        return reference.score(judged), reference.violations(judged, spec.budget)
+        score, used = reference.score(judged), Reference.budget_used(judged, spec.budget)
+        rank = score if score is not None else (-used if used is not None else 0.0)
+        return score, reference.violations(judged, spec.budget), rank
 
+    ptq_rank = None
     if prepared.evaluation is not None:
         reference = Reference.measure(prepared.exported.tflite, prepared.evaluation, num_threads=num_threads)
-        ptq_score, ptq_misses = measured(ptq_tflite)
+        ptq_score, ptq_misses, ptq_rank = measured(ptq_tflite)
     seconds["ptq"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -507,26 +511,32 @@ def qat(
     if reference is not None:
         scored = []
         for route, data in candidates:
-            score, misses = measured(data)
-            scored.append((score or 0.0, route, data, misses))
-        # within budget first (a regression head beside the classifier), then the higher score
-        qat_score, route, tflite, misses = max(scored, key=lambda item: (not item[3], item[0]))
+            score, misses, rank = measured(data)
+            scored.append((rank, route, data, misses, score))
+        # within budget first (a regression head beside the classifier), then the higher rank
+        qat_rank, route, tflite, misses, qat_score = max(scored, key=lambda item: (not item[3], item[0]))
         if len(scored) > 1:
-            notes.append(f"QAT int8 from {route} (" + ", ".join(f"{r}: {s:.4f}" for s, r, _, _ in scored) + ")")
+            notes.append(f"QAT int8 from {route} (" + ", ".join(
+                f"{r}: {score:.4f}" if score is not None else f"{r}: {-rank:.0%} of the budget"
+                for rank, r, _, _, score in scored) + ")")
+        if qat_score is not None:
+            below = f"QAT int8 scored {qat_score:.4f}, below plain PTQ int8 at {ptq_score:.4f}"
+        else:  # no classifier: the share of the budget the furthest output uses
+            below = (f"QAT int8's outputs use {-qat_rank:.0%} of their budget, plain PTQ int8's {-ptq_rank:.0%}"
+                     if ptq_rank is not None else "")
         if misses and not ptq_misses and spec.keep_best:
             tflite, kept = ptq_tflite, "ptq"
             notes.append(f"QAT int8 is outside the budget ({'; '.join(misses)}) where plain PTQ int8 is within it: the "
                          "PTQ file is kept")
-        elif qat_score is not None and ptq_score is not None and qat_score < ptq_score:
+        elif ptq_rank is not None and qat_rank < ptq_rank and bool(misses) >= bool(ptq_misses):
             if spec.keep_best:
                 tflite, kept = ptq_tflite, "ptq"
-                notes.append(f"QAT int8 scored {qat_score:.4f}, below plain PTQ int8 at {ptq_score:.4f}: "
-                             "the PTQ file is kept; fine-tune longer or with a smaller learning rate")
+                notes.append(f"{below}: the PTQ file is kept; fine-tune longer or with a smaller learning rate")
             else:
                 asked = called("keep_best")
                 asked = asked if asked.startswith("--") else f"{asked}=False"
-                notes.append(f"QAT int8 scored {qat_score:.4f}, below plain PTQ int8 at {ptq_score:.4f}, and the QAT "
-                             f"file is kept as asked ({asked}): fine-tune longer or with a smaller learning rate")
+                notes.append(f"{below}, and the QAT file is kept as asked ({asked}): fine-tune longer or with a "
+                             "smaller learning rate")
     training = Training(kind="qat", epochs=epochs, keras_accuracy=keras_acc, layers=layers, ptq_accuracy=ptq_score,
                         qat_accuracy=qat_score, kept=kept)
     return verify(prepared, recipe, tflite, seconds=seconds, budget=spec.budget, reference=reference,
