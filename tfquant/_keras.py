@@ -16,6 +16,7 @@ import sys
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any, Iterator
 
 from .console import captured_stderr
 
@@ -96,3 +97,14 @@ def saved_keras_major(path: Path) -> int | None:
         return None
     head = version.split(".")[0]
     return int(head) if head.isdigit() else None
+
+
+def all_layers(layer) -> Iterator[Any]:
+    """Every layer inside `layer`, at any depth (nested models, Bidirectional and other wrappers)."""
+    flatten = getattr(layer, "_flatten_layers", None)
+    if flatten is not None:
+        yield from flatten(include_self=False, recursive=True)
+        return
+    for child in getattr(layer, "layers", []) or []:
+        yield child
+        yield from all_layers(child)

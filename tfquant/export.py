@@ -212,22 +212,12 @@ def _outputs(data: bytes, declared: list[TensorSpec]) -> list[TensorSpec]:
 def recurrent_layers(model) -> Iterator[Any]:
     """Every recurrent layer of `model`, at any depth (inside Bidirectional, Sequential, wrappers)."""
     seen = set()
-    for layer in _all_layers(model):
+    for layer in _keras.all_layers(model):
         if id(layer) in seen:
             continue
         seen.add(id(layer))
         if hasattr(layer, "cell") and hasattr(layer, "unroll"):
             yield layer
-
-
-def _all_layers(layer) -> Iterator[Any]:
-    flatten = getattr(layer, "_flatten_layers", None)
-    if flatten is not None:
-        yield from flatten(include_self=False, recursive=True)
-        return
-    for child in getattr(layer, "layers", []) or []:
-        yield child
-        yield from _all_layers(child)
 
 
 @contextlib.contextmanager
@@ -339,13 +329,13 @@ def quantizable_masking(model):
     """
     tf = _keras.tf
     patched = []
-    for layer in _all_layers(model):
+    for layer in _keras.all_layers(model):
         if type(layer).__name__ == "Softmax" and "call" not in vars(layer):
             patched.append(layer)
     # Keras 3's MultiHeadAttention takes a fused path (ops.dot_product_attention, which masks the
     # logits the same way) unless it has dropout; a dropout rate that inference ignores sends it
     # through its own Softmax layer, patched here like any other.
-    fused = [layer for layer in _all_layers(model)
+    fused = [layer for layer in _keras.all_layers(model)
              if hasattr(layer, "_masked_softmax") and getattr(layer, "_dropout", None) == 0.0]
     for layer in patched:
         layer.call = _masked_softmax(layer, tf)

@@ -80,7 +80,7 @@ def _from_keras(model: Any, source: str, flavor: str) -> LoadedModel:
     if not getattr(model, "inputs", None):
         return _from_called(model, source, flavor)
     notes = []
-    half = sorted({layer.dtype_policy.name for layer in _layers(model) if _half_precision(layer)})
+    half = sorted({layer.dtype_policy.name for layer in _keras.all_layers(model) if _half_precision(layer)})
     if half:
         model = _computing_in_float32(model)
         notes.append(f"layers of dtype policy {', '.join(half)} compute in float32 for the export (TFLite has no "
@@ -88,15 +88,6 @@ def _from_keras(model: Any, source: str, flavor: str) -> LoadedModel:
     inputs = [_spec(t, i) for i, t in enumerate(model.inputs)]
     outputs = [_spec(t, i) for i, t in enumerate(model.outputs)]
     return LoadedModel(source=source, flavor=flavor, inputs=inputs, outputs=outputs, keras_model=model, notes=notes)
-
-
-def _layers(model) -> list:
-    found = []
-    for layer in getattr(model, "layers", []):
-        found.append(layer)
-        if getattr(layer, "layers", None):
-            found.extend(_layers(layer))
-    return found
 
 
 def _half_precision(layer) -> bool:

@@ -239,6 +239,6 @@ def _io(tflite: bytes) -> list[IOTensor]:
 def _layer_names(model) -> list[str]:
     if model is None:
         return []
-    from .export import _all_layers
+    from ._keras import all_layers
 
-    return [layer.name for layer in _all_layers(model)]
+    return [layer.name for layer in all_layers(model)]
