@@ -141,6 +141,34 @@ def test_a_subclassed_model_called_once_converts_to_full_int8(version, digits, t
 
 
 @pytest.mark.parametrize("version", [3, 2])
+def test_a_model_whose_input_fixes_a_batch_of_8_is_run_one_sample_per_invoke(version, digits, tmp_path):
+    """`Input(..., batch_size=8)`: traced at 8, Keras 3's Flatten bakes 8 x 576 into its RESHAPE and
+    no sample could be run alone; the file takes one sample per invoke, and says so."""
+    from tfquant._keras import keras, keras3
+    from tfquant.harness import Runner
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image", batch_size=8)
+    x = k.layers.Flatten()(k.layers.Conv2D(16, 3, activation="relu")(inputs))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(digits["x"][:1432], digits["y"][:1432], batch_size=8, epochs=3, verbose=0)
+    path = tmp_path / "batch8.keras"
+    model.save(path)
+    np.savez(tmp_path / "calib.npz", image=digits["x"][:200])
+    np.savez(tmp_path / "test.npz", image=digits["x_test"], y=digits["y_test"])
+    result = tfquant.quantize(path, tmp_path / "calib.npz", eval_data=tmp_path / "test.npz", bench_runs=1,
+                              diagnose=False)
+    assert_every_op_integer(result.info)
+    assert [p.signature for p in Runner(result.tflite, num_threads=1).inputs] == [(1, 8, 8, 1)]
+    assert result.report.export.notes[0] == \
+        "image: the model fixes its batch at 8; exported with a batch of 1, one sample per invoke"
+    output = result.report.outputs[0]
+    assert output.float.accuracy > 0.9 and output.float.accuracy - output.quantized.accuracy <= 0.01
+
+
+@pytest.mark.parametrize("version", [3, 2])
 def test_a_mixed_precision_model_computes_in_float32_for_the_export(version, digits, tmp_path):
     """Layers of policy mixed_float16 (as GPU training sets them) trace to float16 Conv2D and MatMul,
     which TFLite has no kernels for; they are rebuilt computing in float32 with the same weights."""

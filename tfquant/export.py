@@ -78,7 +78,9 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
     started = time.perf_counter()
     inputs = [_fixed(spec, (shapes or {}).get(spec.name)) for spec in loaded.inputs]
     if loaded.keras_model is not None:
+        inputs, batch_notes = _one_sample_per_invoke(inputs)
         result = _export_keras(loaded, inputs, keep_weights)
+        result.notes[:0] = batch_notes
         open_batch = any(spec.shape and spec.shape[0] is None for spec in inputs)
         failure = _first_run_fails(result.tflite, inputs) if open_batch else None
         if failure:
@@ -111,6 +113,24 @@ def _first_run_fails(data: bytes, inputs: list[TensorSpec]) -> Optional[str]:
     except (RuntimeError, ValueError) as exc:
         return " ".join(str(exc).split())[:200]
     return None
+
+
+def _one_sample_per_invoke(inputs: list[TensorSpec]) -> tuple[list[TensorSpec], list[str]]:
+    """Inputs whose batch the model fixes above 1 (`Input(..., batch_size=8)`) traced with a batch of 1.
+
+    The file is calibrated, measured and run on device one sample per invoke; a graph traced at the
+    declared batch bakes it into its reshapes (Keras 3's Flatten: 576 elements read as 8 × 576).
+    """
+    notes = []
+    traced = []
+    for spec in inputs:
+        batch = spec.shape[0] if spec.shape else None
+        if batch is not None and batch > 1:
+            notes.append(f"{spec.name}: the model fixes its batch at {batch}; exported with a batch of 1, "
+                         "one sample per invoke")
+            spec = TensorSpec(spec.name, (1, *spec.shape[1:]), spec.dtype)
+        traced.append(spec)
+    return traced, notes
 
 
 def _fixed(spec: TensorSpec, sample: Optional[tuple]) -> TensorSpec:
