@@ -47,6 +47,21 @@ def test_plain_int8_collapses_and_the_lint_names_the_concat(plain_mismatched):
     assert warning.message in report.warnings
 
 
+def test_the_lint_is_silent_on_a_recurrent_steps_zero_initial_state(digits):
+    """The first step of an unrolled GRU adds h0 @ U = 0 to x @ W: its range is floored to a constant's
+    ([-0.0005, 0.0005]) and carries nothing the sum could lose."""
+    from tfquant._keras import keras3
+
+    k = keras3()
+    k.utils.set_random_seed(0)
+    inputs = k.Input((None, 8), name="rows")
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax")(k.layers.GRU(16)(inputs)))
+    result = tfquant.quantize(model, digits["x"][:100, :, :, 0], eval_data=(digits["x_test"][:, :, :, 0],
+                                                                             digits["y_test"]), bench_runs=1)
+    assert result.info.fully_integer
+    assert result.report.range_lint == []  # was three warnings, "ranges differ 1199×" and up
+
+
 def test_diagnostics_rank_the_op_that_breaks_the_outputs_first(plain_mismatched, int8_result):
     """By the error each op alone puts on the outputs: the concatenation, whose own RMSE/scale is small
     (0.07) while the MEAN of a near-constant feature tops that ranking (2.9) and costs the outputs nothing."""

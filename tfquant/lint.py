@@ -40,7 +40,8 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
                 q = tensor.quantization if tensor is not None else None
                 if q is None or q.min is None or q.max is None or len(q.min) != 1:
                     continue  # constants and per-channel tensors carry no activation range
-                if float(q.max[0]) - float(q.min[0]) > TINY_RANGE:
+                # float32 storage of a floored range ([-0.0005, 0.0005]) reads back a hair wider
+                if float(q.max[0]) - float(q.min[0]) > TINY_RANGE * (1 + 1e-6):
                     spans.append((_name(tensor), float(q.min[0]), float(q.max[0])))
             widths = [hi - lo for _, lo, hi in spans if hi - lo > 0]
             if len(spans) < 2 or len(widths) < 2:
