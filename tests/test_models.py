@@ -169,6 +169,27 @@ def test_a_model_whose_input_fixes_a_batch_of_8_is_run_one_sample_per_invoke(ver
 
 
 @pytest.mark.parametrize("version", [3, 2])
+def test_dict_outputs_are_named_by_their_keys_whatever_the_order_a_call_returns_them_in(version, digits):
+    """A dict of outputs flattens by sorted key while a call returns it in insertion order: the outputs
+    were bound in one order and named in the other."""
+    from tfquant._keras import keras, keras3
+    from tfquant.harness import Runner
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image")
+    x = k.layers.Flatten()(inputs)
+    model = k.Model(inputs, {"probs": k.layers.Dense(10, activation="softmax", name="dense_a")(x),
+                             "ink": k.layers.Dense(1, name="dense_b")(x)})
+    assert [o.name for o in load_model(model).outputs] == ["ink", "probs"]
+    result = tfquant.quantize(model, digits["x"][:100], eval_data=digits["x_test"], bench_runs=1, diagnose=False,
+                              max_rel_rmse=0.5)  # an untrained head: what is measured is which output is which
+    assert {o.name: o.task for o in result.report.outputs} == {"ink": "regression", "probs": "classification"}
+    assert {p.name: p.signature[1:] for p in Runner(result.tflite, num_threads=1).outputs} == {"ink": (1,),
+                                                                                              "probs": (10,)}
+
+
+@pytest.mark.parametrize("version", [3, 2])
 def test_a_mixed_precision_model_computes_in_float32_for_the_export(version, digits, tmp_path):
     """Layers of policy mixed_float16 (as GPU training sets them) trace to float16 Conv2D and MatMul,
     which TFLite has no kernels for; they are rebuilt computing in float32 with the same weights."""

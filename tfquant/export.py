@@ -150,6 +150,8 @@ def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: b
     def serve(*args):
         feed = args[0] if len(args) == 1 else dict(zip(keras_names, args))
         out = model(feed, training=False)
+        if isinstance(out, dict) and set(out) == set(output_names):
+            return {name: out[name] for name in output_names}  # by key: a call returns them in its own order
         out = list(out.values()) if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else [out]
         return dict(zip(output_names, out))
 
