@@ -189,6 +189,32 @@ def test_dict_outputs_are_named_by_their_keys_whatever_the_order_a_call_returns_
                                                                                               "probs": (10,)}
 
 
+def test_a_keras3_argmax_in_the_graph_converts_and_its_class_ids_are_judged_as_classes(digits, tmp_path):
+    """`ops.argmax` traced to a BitwiseAnd (Keras 3's -0.0 handling) that TFLite has no builtin for; the
+    int32 class ids were judged as a regression (RMSE against the float file's ids)."""
+    from tfquant._keras import keras3
+
+    k = keras3()
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image")
+    x = k.layers.Flatten()(k.layers.Conv2D(16, 3, activation="relu")(inputs))
+    probs = k.layers.Dense(10, activation="softmax", name="probs")(x)
+    model = k.Model(inputs, probs)
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(digits["x"], digits["y"], epochs=4, verbose=0)
+    deployed = k.Model(inputs, {"probs": probs, "label": k.ops.argmax(probs, axis=-1)})
+    np.savez(tmp_path / "test.npz", image=digits["x_test"], y_probs=digits["y_test"], y_label=digits["y_test"])
+    result = tfquant.quantize(deployed, digits["x"][:200], eval_data=tmp_path / "test.npz", bench_runs=1,
+                              diagnose=False)
+    assert_every_op_integer(result.info)
+    assert "ARG_MAX" in {op.name for op in result.info.ops}
+    outputs = {o.name: o for o in result.report.outputs}
+    assert outputs["label"].task == "classification" and outputs["label"].dtype == "int32"
+    keras_accuracy = float(np.mean(model.predict(digits["x_test"], verbose=0).argmax(axis=1) == digits["y_test"]))
+    assert outputs["label"].float.accuracy == pytest.approx(keras_accuracy, abs=0.003) and keras_accuracy > 0.9
+    assert outputs["label"].quantized.agreement == outputs["probs"].quantized.agreement >= 0.98
+
+
 @pytest.mark.parametrize("version", [3, 2])
 def test_a_mixed_precision_model_computes_in_float32_for_the_export(version, digits, tmp_path):
     """Layers of policy mixed_float16 (as GPU training sets them) trace to float16 Conv2D and MatMul,

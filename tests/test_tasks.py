@@ -71,6 +71,26 @@ def test_a_multi_label_output_is_judged_per_decision():
         "0.9600)"]
 
 
+def test_class_ids_a_model_picks_itself_are_compared_as_they_are():
+    """An argmax in the graph: an int32 output of one class id per sample (or per token)."""
+    ids = RNG.integers(0, 10, 100).astype(np.int32)
+    assert tasks.detect(ids) == "classification" and tasks.detect(ids[:, None]) == "classification"
+    labels = ids.astype(np.float32)[:, None]  # as a label file may hold them
+    labels[:8] = (labels[:8] + 1) % 10
+    checked = tasks.check_labels("classification", "label", ids, labels, "d.npz")
+    assert checked.shape == (100,) and checked.dtype == np.int64
+    quantized = ids.copy()
+    quantized[8:11] = (quantized[8:11] + 1) % 10
+    f = tasks.measure("classification", "label", ids, labels=checked)
+    q = tasks.measure("classification", "label", quantized, labels=checked, reference=ids)
+    assert (f.accuracy, q.accuracy, q.agreement, q.decisions) == (0.92, 0.89, 0.97, None)
+    tokens = RNG.integers(0, 5, (20, 6)).astype(np.int64)  # a tag per token
+    assert tasks.measure("classification", "tags", tokens, reference=np.where(tokens == 4, 0, tokens)).decisions == 6
+    with pytest.raises(DataError, match=r"d.npz: expected one whole-number class id per value of output 'label', "
+                                        r"shape \(100,\), found labels of shape \(100, 2\)"):
+        tasks.check_labels("classification", "label", ids, np.zeros((100, 2)), "d.npz")
+
+
 def test_regression_is_judged_relative_to_the_float_spread():
     reference = RNG.standard_normal((200, 1)) * 3.0
     quantized = reference + 0.03  # 1 % of the standard deviation

@@ -155,7 +155,7 @@ def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: b
         out = list(out.values()) if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else [out]
         return dict(zip(output_names, out))
 
-    with unrolled(model, inputs) as notes, quantizable_masking(model) as softmax_notes:
+    with unrolled(model, inputs) as notes, quantizable_masking(model) as softmax_notes, builtin_argmax():
         function = tf.function(serve).get_concrete_function(*tensor_specs)
         frozen = _freeze(loaded.source, function)
     notes += softmax_notes
@@ -372,6 +372,38 @@ def quantizable_masking(model):
             del layer.call
         for layer in fused:
             layer._dropout = 0.0
+
+
+@contextlib.contextmanager
+def builtin_argmax():
+    """Keras 3's `ops.argmax`/`argmin` as plain `tf.argmax`/`tf.argmin`, for the trace.
+
+    Keras 3 first maps -0.0 to the smallest negative float, finding -0.0 by its sign bit through a
+    bitcast and a BitwiseAnd that TFLite has no builtin for; TFLite's ARG_MAX does not tell -0.0
+    from 0.0, and a model's class ids do not depend on it.
+    """
+    import sys
+
+    numpy_ops = sys.modules.get("keras.src.backend.tensorflow.numpy")
+    if numpy_ops is None:
+        yield
+        return
+    tf = _keras.tf
+    originals = {"argmax": numpy_ops.argmax, "argmin": numpy_ops.argmin}
+
+    def plain(reduce):
+        def arg(x, axis=None, keepdims=False):
+            x = tf.convert_to_tensor(x)
+            y = reduce(tf.reshape(x, [-1]) if axis is None else x, axis=0 if axis is None else axis,
+                       output_type="int32")
+            return numpy_ops._keepdims(x, y, axis) if keepdims else y
+        return arg
+
+    numpy_ops.argmax, numpy_ops.argmin = plain(tf.argmax), plain(tf.argmin)
+    try:
+        yield
+    finally:
+        numpy_ops.argmax, numpy_ops.argmin = originals["argmax"], originals["argmin"]
 
 
 MASK_MARGIN = 16.0  # masked logits sit this far below the smallest real one: exp(-16) < 1e-6

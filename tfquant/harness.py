@@ -80,8 +80,8 @@ class _Port:
         return scaled.astype(self.dtype)
 
     def from_file(self, values: np.ndarray) -> np.ndarray:
-        if not self.quantized:
-            return values.astype(np.float32, copy=False)
+        if not self.quantized:  # integers the graph computes (class ids from an argmax) stay integers
+            return values if values.dtype.kind in "biu" else values.astype(np.float32, copy=False)
         return (values.astype(np.float32) - self.zero_point) * self.scale
 
 

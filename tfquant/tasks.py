@@ -9,7 +9,8 @@ overrides the choice. Every task is registered with a small decorator, and each 
   agreement with the float file; its budget is the accuracy drop (or, without labels, the share
   of samples whose top-1 class changed). A multi-label output (independent sigmoid units, with
   0/1 labels of the output's own shape) is judged per decision: accuracy and agreement are the
-  share of (sample, label) decisions at 0.5 that match.
+  share of (sample, label) decisions at 0.5 that match. An integer output holds class ids the model
+  picks itself (an argmax in the graph): they are compared as they are.
 - **regression**: RMSE of the quantized output against the float output, relative to the float
   output's standard deviation, and the max abs error; R² against labels when given.
 - **embedding**: mean and min cosine between quantized and float embeddings; nearest-neighbour
@@ -68,6 +69,8 @@ def parse_tasks(values) -> dict[str, str]:
 
 def detect(values: np.ndarray, labels: Optional[np.ndarray] = None) -> str:
     """The task of one output, from the float file's values on the evaluation data (and its labels)."""
+    if class_ids(values):
+        return "classification"
     if values.ndim < 2 or values.shape[-1] == 1:
         flat = values.reshape(len(values), -1)[:, 0]
         if labels is not None and _whole(labels) and set(np.unique(labels)) <= {0, 1} and \
@@ -98,6 +101,11 @@ def multi_label(values: np.ndarray, labels: np.ndarray) -> bool:
     return not np.allclose(values.reshape(-1, values.shape[-1]).sum(axis=1), 1.0, atol=1e-3)
 
 
+def class_ids(values: np.ndarray) -> bool:
+    """An output of integers (or booleans): classes the model picks itself, an argmax in the graph."""
+    return values.dtype.kind in "biu"
+
+
 def _whole(labels: np.ndarray) -> bool:
     return labels.dtype.kind in "biu" or (labels.dtype.kind == "f" and bool(np.all(labels == np.round(labels))))
 
@@ -110,6 +118,11 @@ def measure(task: str, name: str, values: np.ndarray, *, labels: Optional[np.nda
 
 def check_labels(task: str, name: str, values: np.ndarray, labels: np.ndarray, where: str) -> np.ndarray:
     """Labels in the form the task needs (class ids for classification and embedding), or a DataError."""
+    if task == "classification" and class_ids(values):
+        if labels.size != values.size or not _whole(labels):
+            raise DataError(problem(where, f"one whole-number class id per value of output {name!r}, "
+                                    f"shape {values.shape}", f"labels of shape {labels.shape}, dtype {labels.dtype}"))
+        return labels.astype(np.int64).reshape(values.shape)
     if task in ("classification", "embedding"):
         y = labels
         classes = values.shape[-1] if values.ndim >= 2 and values.shape[-1] > 1 else 2
@@ -139,6 +152,12 @@ def check_labels(task: str, name: str, values: np.ndarray, labels: np.ndarray, w
 
 @_task("classification")
 def _classification(name, values, labels, reference) -> OutputMetrics:
+    if class_ids(values):  # the file's own decisions: compared as they are
+        per_sample = int(np.prod(values.shape[1:]))
+        agree = None if reference is None else float(np.mean(values == reference))
+        return OutputMetrics(name=name, task="classification", samples=len(values),
+                             accuracy=None if labels is None else float(np.mean(values == labels)), agreement=agree,
+                             decisions=per_sample if per_sample > 1 else None)
     if labels is not None and labels.shape == values.shape and values.ndim >= 2 and values.shape[-1] > 1:
         predicted = values > 0.5  # multi-label: every unit a decision of its own
         agree = None if reference is None else float(np.mean(predicted == (reference > 0.5)))
