@@ -6,6 +6,7 @@ import base64
 import html
 import json
 
+import numpy as np
 import pytest
 
 import tfquant
@@ -60,6 +61,42 @@ def test_the_lint_is_silent_on_a_recurrent_steps_zero_initial_state(digits):
                                                                              digits["y_test"]), bench_runs=1)
     assert result.info.fully_integer
     assert result.report.range_lint == []  # was three warnings, "ranges differ 1199×" and up
+
+
+def test_the_input_lint_names_a_feature_one_int8_scale_leaves_few_levels():
+    from tfquant.lint import input_lint
+
+    rng = np.random.default_rng(0)
+    images = rng.random((50, 8, 8, 3), np.float32)
+    centered = rng.standard_normal((50, 6)).astype(np.float32)
+    assert input_lint({"image": images, "features": centered, "ids": np.arange(50)[:, None]}) == []
+    table = np.concatenate([centered, np.full((50, 1), 7.0, np.float32)], axis=1)  # a constant column
+    assert input_lint({"features": table}) == []
+    table[:, 2] = 1990 + rng.integers(0, 31, 50)  # a year, as it is
+    (message,) = input_lint({"features": table})
+    assert message.startswith("input 'features': its one int8 scale spans [-2.862, 2020] (feature 2 reaches 2020; "
+                              "int8 also holds 0), so feature 1, in [-1.781, 1.97], keeps about 0.47 of 256 levels.")
+    (message,) = input_lint({"year": table[:, 2:3]})
+    assert message.startswith("input 'year': its one int8 scale spans [0, 2020] (its values reach 2020; int8 also "
+                              "holds 0), so its values, in [1990, 2020], keep about 3.8 of 256 levels.")
+
+
+def test_a_budget_failure_names_the_input_whose_feature_int8_cannot_hold(tmp_path):
+    """Raw features near 1000, normalized inside the model: the input's int8 scale must reach 0, each
+    feature keeps a few levels, and the error starts before any op."""
+    from tfquant._keras import keras3
+    from tfquant.errors import AccuracyBudgetError
+
+    k = keras3()
+    k.utils.set_random_seed(0)
+    features = (1000 + 16 * np.random.default_rng(0).random((300, 8))).astype(np.float32)
+    inputs = k.Input((8,), name="features")
+    normalize = k.layers.Normalization()
+    normalize.adapt(features)
+    model = k.Model(inputs, k.layers.Dense(1, name="price")(k.layers.Dense(16, activation="relu")(normalize(inputs))))
+    with pytest.raises(AccuracyBudgetError, match=r"output 'price': expected an RMSE of at most 0.050 .*; input "
+                                                  r"'features': its one int8 scale spans \[0, 1016\] .* keeps about 3.9 of 256 levels"):
+        tfquant.quantize(model, features[:200], eval_data=features[200:], bench_runs=1)
 
 
 def test_diagnostics_rank_the_op_that_breaks_the_outputs_first(plain_mismatched, int8_result):

@@ -9,6 +9,8 @@ no data runs.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .errors import called
 from .types import RangeWarning
 
@@ -94,3 +96,46 @@ def _range_message(op: str, output: str, spans, ratio: float) -> str:
         f"the large input before this op (e.g. divide it, or a Normalization layer), or keep the op in "
         f"float ({called('fallback')} auto)"
     )
+
+
+def input_lint(inputs: dict[str, np.ndarray], *, threshold: float = DEFAULT_RANGE_RATIO) -> list[str]:
+    """Float inputs one of whose features gets fewer than 256/`threshold` of int8's levels.
+
+    An int8 file takes each input on one scale, sized for every feature of it (the last axis: a
+    table's columns, an image's channels) and for 0, which int8 must represent. A feature far from
+    0 (a year, a raw price) or much narrower than its neighbours keeps only a few levels, and no
+    later op can win them back. Constant features carry nothing to lose and are not compared.
+    """
+    found = []
+    for name, values in inputs.items():
+        if values.dtype.kind != "f" or values.size == 0:
+            continue
+        rows = values.reshape(-1, values.shape[-1] if values.ndim >= 2 else 1)
+        low, high = rows.min(axis=0).astype(np.float64), rows.max(axis=0).astype(np.float64)
+        scale_span = max(float(high.max()), 0.0) - min(float(low.min()), 0.0)
+        widths = high - low
+        live = np.flatnonzero(widths > max(TINY_FEATURE * scale_span, 0.0))
+        if scale_span <= 0 or not len(live):
+            continue
+        worst = live[np.argmin(widths[live])]
+        ratio = scale_span / widths[worst]
+        if ratio <= threshold:
+            continue
+        bottom, top = min(float(low.min()), 0.0), max(float(high.max()), 0.0)
+        end = top if abs(top) >= abs(bottom) else bottom
+        setter = int(np.argmax(high)) if end == top else int(np.argmin(low))
+
+        def feature(index: int) -> str:
+            return f"feature {index}" if rows.shape[1] > 1 else "its values"
+
+        found.append(
+            f"input {name!r}: its one int8 scale spans [{bottom:.4g}, {top:.4g}] ({feature(setter)} reach"
+            f"{'es' if rows.shape[1] > 1 else ''} {end:.4g}; int8 also holds 0), so {feature(worst)}, in "
+            f"[{low[worst]:.4g}, {high[worst]:.4g}], keep{'s' if rows.shape[1] > 1 else ''} about "
+            f"{255 / ratio:.2g} of 256 levels. Fix: feed the model centered, scaled features (normalize in the "
+            f"app, not in the model), or keep its normalization float on a float32 input ({called('io')} "
+            f"float32, {called('fallback')} auto)")
+    return found
+
+
+TINY_FEATURE = 1e-6  # a feature this narrow next to the input's span is a constant

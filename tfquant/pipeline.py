@@ -13,7 +13,7 @@ from . import console, ladder
 from .convert import calibration_for, convert
 from .data import ImageOptions
 from .diagnose import layer_errors, output_sensitivity, rank_by_outputs, sensitivity_candidates
-from .lint import range_lint
+from .lint import input_lint, range_lint
 from .prepare import Prepared, check_budget, prepare
 from .spec import ConvertSpec
 from .types import Mode, Recipe
@@ -94,6 +94,9 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
     seconds["calibrate"] = time.perf_counter() - started
 
     diagnostics, lint = [], []
+    narrow_inputs = input_lint(prepared.calibration.inputs) if recipe.mode is Mode.INT8 else []
+    for message in narrow_inputs:
+        console.warn(message)
     if spec.diagnose and calibrated is not None and calibrated.calibrated and recipe.mode is Mode.INT8:
         started = time.perf_counter()
         diagnostics, lint = _diagnose(calibrated, prepared.evaluation or prepared.calibration, recipe,
@@ -130,7 +133,7 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
                   num_threads=num_threads, bench_runs=spec.bench_runs, progress=progress,
                   spec=spec.with_recipe(recipe).replace(fallback="off"),
                   rewrites=[] if calibrated is None else [r.describe() for r in calibrated.rewrites],
-                  warnings=[w.message for w in lint] + notes,
+                  warnings=narrow_inputs + [w.message for w in lint] + notes, narrow_inputs=narrow_inputs,
                   extra={"diagnostics": diagnostics[:DIAGNOSTICS_IN_REPORT], "range_lint": lint,
                          "ladder": [] if climbed is None else climbed.candidates,
                          "chosen": None if climbed is None else climbed.candidates.index(climbed.chosen)})

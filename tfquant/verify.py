@@ -124,12 +124,15 @@ def verify(
     extra: Optional[dict[str, Any]] = None,
     spec: Any = None,
     rewrites: Optional[list[str]] = None,
+    narrow_inputs: Optional[list[str]] = None,
 ) -> QuantizationResult:
     """Measure `tflite` next to the float file on the interpreter, build the report, apply the gates.
 
     A file in an integer mode that is not fully integer fails (`StrictModeError`, naming each
     float op's layer and why) unless `allow_float` (the ladder chose float islands); `strict`
-    holds every mode to it. Outputs outside `budget` fail with `AccuracyBudgetError`.
+    holds every mode to it. Outputs outside `budget` fail with `AccuracyBudgetError`, which names
+    where the error starts: an input `lint.input_lint` found (`narrow_inputs`), else the op whose
+    int8 output strays furthest.
     """
     float_tflite = prepared.exported.tflite
     threads = num_threads or harness.default_threads()
@@ -214,12 +217,16 @@ def verify(
     if not info.fully_integer and (strict or (integer_mode and not allow_float)):
         raise StrictModeError(float_ops_message(prepared.source, float_ops), result)
     if violations:
-        raise AccuracyBudgetError(f"{prepared.source}: " + "; ".join(violations) + _where_it_starts(report), result)
+        raise AccuracyBudgetError(f"{prepared.source}: " + "; ".join(violations) +
+                                  _where_it_starts(report, narrow_inputs or []), result)
     return result
 
 
-def _where_it_starts(report: Report) -> str:
-    """For a budget failure: the op whose int8 output strays furthest from float (the diagnostics' first)."""
+def _where_it_starts(report: Report, narrow_inputs: list[str]) -> str:
+    """For a budget failure: an input whose int8 scale leaves a feature few levels (no op after it can
+    win them back), else the op whose int8 output strays furthest from float (the diagnostics' first)."""
+    if narrow_inputs:
+        return "; " + narrow_inputs[0]
     if not report.diagnostics:
         return ""
     worst = report.diagnostics[0]
