@@ -47,6 +47,9 @@ LAYERS = {
     "slicing (TFOpLambda)": (lambda x: L.Conv2D(8, 3, activation="relu")(x)[:, :, :, :4], "SlicingOpLambda"),
     "Reshape": (lambda x: L.Reshape((8, 8, 1))(L.Dense(64, activation="relu")(L.Flatten()(x))), "Reshape"),
     "unknown custom layer": (lambda x: Gain()(L.Conv2D(8, 3, activation="relu")(x)), "Gain"),
+    # activation= functions tfmot's QuantizeAwareActivation refuses, and an Activation layer its config refuses
+    "activations tfmot does not wrap": (lambda x: L.Dense(32, activation="softplus")(L.Flatten()(L.Activation("selu")(
+        L.Conv2D(16, 3, activation="relu6")(L.Conv2D(8, 3, padding="same", activation="elu")(x))))), "Activation"),
 }
 
 

@@ -74,6 +74,28 @@ class KernelAndOutputConfig(ObservedOutputConfig):
         layer.kernel = quantize_weights[0]
 
 
+class TfmotWeightsObservedOutputConfig(ObservedOutputConfig):
+    """tfmot's own weight fake-quant for the layer; its activation computed float inside, output observed.
+
+    For a layer tfmot knows whose `activation=` tfmot's QuantizeAwareActivation refuses (elu, selu,
+    softplus, relu6, hard_sigmoid, leaky_relu...). Holds no state: tfmot's config is looked up from
+    the layer each time, so the config serializes as it is.
+    """
+
+    @staticmethod
+    def _tfmot_config(layer):
+        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+            default_8bit_quantize_registry)
+
+        return default_8bit_quantize_registry.Default8BitQuantizeRegistry().get_quantize_config(layer)
+
+    def get_weights_and_quantizers(self, layer):
+        return self._tfmot_config(layer).get_weights_and_quantizers(layer)
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        self._tfmot_config(layer).set_quantize_weights(layer, quantize_weights)
+
+
 def _as_quantize_config(cls):
     """Make a plain class a tfmot QuantizeConfig subclass (tfmot imported lazily)."""
     return type(cls.__name__, (cls, _tfmot().quantization.keras.QuantizeConfig), {})
@@ -142,6 +164,8 @@ def resolve(layer) -> tuple[Optional[type], str]:
     if registry.supports(layer):
         if isinstance(layer, L.Activation) and not _tfmot_activation(layer):
             return ObservedOutputConfig, ACTIVATION
+        if not isinstance(layer, L.Activation) and not _activation_tfmot_wraps(layer):
+            return TfmotWeightsObservedOutputConfig, KERNEL_ACTIVATION
         return None, TFMOT_DEFAULT
     return ObservedOutputConfig, UNKNOWN
 
@@ -164,10 +188,21 @@ def _several_outputs(layer) -> bool:
 
 
 def _tfmot_activation(layer) -> bool:
-    """Whether tfmot's default activation config handles this Activation layer's function."""
-    name = getattr(layer.activation, "__name__", "")
-    return name in ("relu", "relu6", "linear", "softmax", "sigmoid", "tanh", "elu", "swish", "gelu", "softsign",
-                    "softplus", "selu", "exponential", "hard_sigmoid")
+    """Whether tfmot's default activation config handles this Activation layer's function (it raises
+    'Activation ... not supported' for any other)."""
+    return getattr(layer.activation, "__name__", "") in ("relu", "relu6", "swish", "gelu", "linear", "softmax",
+                                                         "sigmoid", "tanh")
+
+
+# The functions tfmot's QuantizeAwareActivation takes as a layer's `activation=`; it raises 'Only some
+# Keras activations ... are supported' for any other (elu, selu, softplus, relu6, hard_sigmoid...).
+WRAPPED_ACTIVATIONS = ("linear", "relu", "swish", "gelu", "softmax", "sigmoid", "tanh")
+KERNEL_ACTIVATION = "tfquant: tfmot's weights; an activation tfmot does not wrap, computed inside, observed output"
+
+
+def _activation_tfmot_wraps(layer) -> bool:
+    activation = getattr(layer, "activation", None)
+    return activation is None or getattr(activation, "__name__", None) in WRAPPED_ACTIVATIONS
 
 
 def quantize_aware(model, *, scheme=None, samples=None, source: str = "<model>") -> tuple[object, list[LayerTreatment]]:
