@@ -6,8 +6,9 @@ an equivalent integer form exists: `NEG` (Keras 3's LayerNormalization, ConvNeXt
 step keeps), `ELU` (the activation, in both Keras versions). Left alone, each stays float between
 a DEQUANTIZE and a QUANTIZE. Rewritten on the float file — `NEG(x)` as `MUL(x, -1)`, `SQUARE(x)`
 as `MUL(x, x)`, `ZEROS_LIKE(x)` as `MUL(x, 0)`, `ELU(x)` as `x + EXP(m) - 1 - m` with `m = -RELU(-x)` —
-they compute the same values in float and quantize like any MUL, ADD or EXP. Every rewrite is
-listed in the export's notes.
+they compute the same values in float and quantize like any MUL, ADD or EXP. Softplus, which
+converts as `LOG(EXP(x) + 1)` (integer, but with EXP's int8 scale spanning e^max), becomes
+`RELU(x) + LOG(EXP(-|x|) + 1)`. Every rewrite is listed in the export's notes.
 """
 
 from __future__ import annotations
@@ -180,6 +181,62 @@ def _elu(model, graph, op) -> bool:
     op.opcodeIndex = opcode(model, schema.BuiltinOperator.ADD)
     op.builtinOptionsType, op.builtinOptions = _options(schema.BuiltinOperator.ADD)
     return True
+
+
+@_registers(schema.BuiltinOperator.LOG, "softplus LOG(EXP(x) + 1) as RELU(x) + LOG(EXP(-|x|) + 1)")
+def _softplus(model, graph, op) -> bool:
+    """The converter spells softplus LOG(EXP(x) + 1). In int8 EXP(x) spans [0, e^max]: its scale rounds
+    every value below a few units to 0 or 1, and LOG then returns a handful of levels (a Dense with
+    softplus lost 11 points of 92). RELU(x) + LOG(EXP(-|x|) + 1) is the same function whose EXP
+    stays in (0, 1] and whose LOG in (0, ln 2], each with a scale of its own."""
+    codes = lambda o: flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[o.opcodeIndex])  # noqa: E731
+    producer = {int(out): o for o in graph.operators for out in o.outputs}
+    readers: dict[int, int] = {}
+    for other in graph.operators:
+        for index in other.inputs:
+            readers[int(index)] = readers.get(int(index), 0) + 1
+    add = producer.get(int(op.inputs[0]))
+    if add is None or codes(add) != schema.BuiltinOperator.ADD or add.builtinOptions is None or \
+            add.builtinOptions.fusedActivationFunction != schema.ActivationFunctionType.NONE:
+        return False
+    exp = next((producer.get(int(i)) for i in add.inputs if producer.get(int(i)) is not None), None)
+    one = [int(i) for i in add.inputs if producer.get(int(i)) is None]
+    if exp is None or codes(exp) != schema.BuiltinOperator.EXP or len(one) != 1 or \
+            _constant(model, graph, one[0]) != 1.0:
+        return False
+    outputs = {int(o) for o in graph.outputs}
+    if any(readers.get(t, 0) != 1 or t in outputs for t in (int(exp.outputs[0]), int(add.outputs[0]))):
+        return False
+    x, out = int(exp.inputs[0]), int(op.outputs[0])
+    if not _float(graph, x):
+        return False
+    name = graph.tensors[out].name or b"softplus"
+    made = {part: _like(graph, x, name + b"/" + part) for part in (b"neg", b"relu_neg", b"relu", b"abs", b"minus_abs",
+                                                                   b"log1p")}
+    before_exp = [
+        _op(model, schema.BuiltinOperator.MUL, [x, _scalar(model, graph, -1.0, name, b"minus_one_a")], [made[b"neg"]]),
+        _op(model, schema.BuiltinOperator.RELU, [made[b"neg"]], [made[b"relu_neg"]]),
+        _op(model, schema.BuiltinOperator.RELU, [x], [made[b"relu"]]),
+        _op(model, schema.BuiltinOperator.ADD, [made[b"relu"], made[b"relu_neg"]], [made[b"abs"]]),
+        _op(model, schema.BuiltinOperator.MUL, [made[b"abs"], _scalar(model, graph, -1.0, name, b"minus_one_b")],
+            [made[b"minus_abs"]]),
+    ]
+    exp.inputs = [made[b"minus_abs"]]
+    op.outputs = [made[b"log1p"]]
+    at = graph.operators.index(exp)
+    graph.operators[at:at] = before_exp
+    graph.operators.insert(graph.operators.index(op) + 1,
+                           _op(model, schema.BuiltinOperator.ADD, [made[b"relu"], made[b"log1p"]], [out]))
+    return True
+
+
+def _constant(model, graph, index: int):
+    """The value of a float32 scalar (or one-element) constant tensor, else None."""
+    tensor = graph.tensors[index]
+    data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
+    if tensor.type != schema.TensorType.FLOAT32 or data is None or len(data) != 4:
+        return None
+    return float(np.frombuffer(bytes(data), np.float32)[0])
 
 
 @_registers(schema.BuiltinOperator.CAST, "the mask multiply of Masking(0) as MUL(x, 1)")
