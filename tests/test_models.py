@@ -140,6 +140,18 @@ def test_a_subclassed_model_called_once_converts_to_full_int8(version, digits, t
         assert [(s.shape, s.dtype) for s in load_model(tokens).inputs] == [((None, 32), "int32")]
 
 
+def _trained_and_quantized(k, model, digits, tmp_path, *, epochs: int, batch_size: int = 32, samples=None):
+    """Fit `model` on the digits, save it as .keras and convert the file with default options."""
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(digits["x"][:samples], digits["y"][:samples], batch_size=batch_size, epochs=epochs, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    np.savez(tmp_path / "calib.npz", image=digits["x"][:200])
+    np.savez(tmp_path / "test.npz", image=digits["x_test"], y=digits["y_test"])
+    return tfquant.quantize(path, tmp_path / "calib.npz", eval_data=tmp_path / "test.npz", bench_runs=1,
+                            diagnose=False)
+
+
 @pytest.mark.parametrize("version", [3, 2])
 def test_a_model_whose_input_fixes_a_batch_of_8_is_run_one_sample_per_invoke(version, digits, tmp_path):
     """`Input(..., batch_size=8)`: traced at 8, Keras 3's Flatten bakes 8 x 576 into its RESHAPE and
@@ -152,14 +164,7 @@ def test_a_model_whose_input_fixes_a_batch_of_8_is_run_one_sample_per_invoke(ver
     inputs = k.Input((8, 8, 1), name="image", batch_size=8)
     x = k.layers.Flatten()(k.layers.Conv2D(16, 3, activation="relu")(inputs))
     model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
-    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    model.fit(digits["x"][:1432], digits["y"][:1432], batch_size=8, epochs=3, verbose=0)
-    path = tmp_path / "batch8.keras"
-    model.save(path)
-    np.savez(tmp_path / "calib.npz", image=digits["x"][:200])
-    np.savez(tmp_path / "test.npz", image=digits["x_test"], y=digits["y_test"])
-    result = tfquant.quantize(path, tmp_path / "calib.npz", eval_data=tmp_path / "test.npz", bench_runs=1,
-                              diagnose=False)
+    result = _trained_and_quantized(k, model, digits, tmp_path, batch_size=8, epochs=3, samples=1432)
     assert_every_op_integer(result.info)
     assert [p.signature for p in Runner(result.tflite, num_threads=1).inputs] == [(1, 8, 8, 1)]
     assert result.report.export.notes[0] == \
@@ -227,14 +232,7 @@ def test_a_mixed_precision_model_computes_in_float32_for_the_export(version, dig
     x = k.layers.Conv2D(16, 3, activation="relu", dtype="mixed_float16")(inputs)
     x = k.layers.Dense(10, dtype="mixed_float16")(k.layers.Flatten(dtype="mixed_float16")(x))
     model = k.Model(inputs, k.layers.Activation("softmax", dtype="float32", name="probs")(x))
-    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    model.fit(digits["x"], digits["y"], epochs=6, verbose=0)
-    path = tmp_path / "mixed.keras"
-    model.save(path)
-    np.savez(tmp_path / "calib.npz", image=digits["x"][:200])
-    np.savez(tmp_path / "test.npz", image=digits["x_test"], y=digits["y_test"])
-    result = tfquant.quantize(path, tmp_path / "calib.npz", eval_data=tmp_path / "test.npz", bench_runs=1,
-                              diagnose=False)
+    result = _trained_and_quantized(k, model, digits, tmp_path, epochs=6)
     assert_every_op_integer(result.info)
     assert any(note.startswith("layers of dtype policy mixed_float16 compute in float32") for note in
                result.report.export.notes), result.report.export.notes
