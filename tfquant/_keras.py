@@ -16,7 +16,7 @@ import sys
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from .console import captured_stderr
 
@@ -108,3 +108,13 @@ def all_layers(layer) -> Iterator[Any]:
     for child in getattr(layer, "layers", []) or []:
         yield child
         yield from all_layers(child)
+
+
+def output_keys(model) -> Optional[list[str]]:
+    """A functional model's output dict keys, in the order of `model.outputs` (a dict flattens by sorted
+    key); None when its outputs are a tensor or a list. The keys are the names it returns its outputs by,
+    whatever its layers are called."""
+    struct = getattr(model, "_outputs_struct", None)  # Keras 3
+    if struct is None:
+        struct = getattr(model, "_nested_outputs", None)  # tf_keras
+    return sorted(str(key) for key in struct) if isinstance(struct, dict) else None

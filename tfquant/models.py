@@ -87,20 +87,10 @@ def _from_keras(model: Any, source: str, flavor: str) -> LoadedModel:
                      "float16 convolutions or matmuls; the weights are the same)")
     inputs = [_spec(t, i) for i, t in enumerate(model.inputs)]
     outputs = [_spec(t, i) for i, t in enumerate(model.outputs)]
-    keys = _output_keys(model)
+    keys = _keras.output_keys(model)
     if keys is not None and len(keys) == len(outputs):
         outputs = [TensorSpec(key, spec.shape, spec.dtype) for key, spec in zip(keys, outputs)]
     return LoadedModel(source=source, flavor=flavor, inputs=inputs, outputs=outputs, keras_model=model, notes=notes)
-
-
-def _output_keys(model: Any) -> Optional[list[str]]:
-    """A functional model's output dict keys, in the order of `model.outputs` (a dict flattens by sorted
-    key); None when its outputs are a tensor or a list. The keys are the names it returns its outputs by,
-    whatever its layers are called."""
-    struct = getattr(model, "_outputs_struct", None)  # Keras 3
-    if struct is None:
-        struct = getattr(model, "_nested_outputs", None)  # tf_keras
-    return sorted(str(key) for key in struct) if isinstance(struct, dict) else None
 
 
 def _half_precision(layer) -> bool:

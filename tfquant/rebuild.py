@@ -78,12 +78,10 @@ def to_keras2(model) -> Any:
               for t in graph.inputs]
     cache: dict[int, Any] = {}
     outputs = graph._run_through_graph(inputs, operation_fn=lambda op: _translated(op, cache))
+    if isinstance(outputs, dict):  # kept a dict: its keys name the outputs, in sorted order, as Keras 3's do
+        return keras.Model(inputs if len(inputs) > 1 else inputs[0], dict(outputs), name=model.name)
     flat = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    if isinstance(outputs, dict):
-        flat = list(outputs.values())
-    rebuilt = keras.Model(inputs if len(inputs) > 1 else inputs[0], flat if len(flat) > 1 else flat[0],
-                          name=model.name)
-    return rebuilt
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0], flat if len(flat) > 1 else flat[0], name=model.name)
 
 
 def inline_nested(model) -> Any:

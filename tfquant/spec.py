@@ -172,6 +172,9 @@ class TrainSpec(Spec):
     calib_samples: int = option(200, low=1, recipe=True, help="representative samples for integer IO")
     max_drop: Optional[float] = option(None, low=0, high=1,
                                        help="largest accepted accuracy drop against the float model, as a fraction")
+    max_rel_rmse: float = option(0.05, low=0, low_open=True,
+                                 help="regression budget: RMSE against float, as a fraction of float's standard deviation")
+    min_cosine: float = option(0.99, low=-1, high=1, help="embedding budget: mean cosine to the float embeddings")
     strict: bool = option(False, help="fail unless every op besides the IO adapters is integer")
     num_threads: Optional[int] = option(None, low=1, flag="--threads", service=False,
                                         help="interpreter threads for evaluation and latency (default: every core)")
@@ -184,7 +187,7 @@ class TrainSpec(Spec):
 
     @property
     def budget(self) -> Budget:
-        return Budget(max_drop=self.max_drop)
+        return Budget(max_drop=self.max_drop, max_rel_rmse=self.max_rel_rmse, min_cosine=self.min_cosine)
 
 
 @dataclass(frozen=True, kw_only=True)

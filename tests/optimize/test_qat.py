@@ -277,6 +277,33 @@ def test_a_layer_with_several_outputs_is_left_unwrapped_and_trains(digits, tmp_p
     assert result.report.quantized.accuracy >= result.report.training.ptq_accuracy
 
 
+def test_a_keras3_model_with_a_dict_of_outputs_fine_tunes_each_on_its_labels(digits, tmp_path):
+    """Outputs named by their dict keys (not their layers), in an order a call does not return them in:
+    the tf_keras rebuild keeps the dict, and fine-tuning finds each output's labels by key (it found
+    none: "No loss found")."""
+    from tfquant._keras import keras3
+
+    k = keras3()
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image")
+    hidden = k.layers.Flatten()(k.layers.Conv2D(16, 3, activation="relu")(inputs))
+    model = k.Model(inputs, {"probs": k.layers.Dense(10, activation="softmax", name="dense_a")(hidden),
+                             "ink": k.layers.Dense(1, name="dense_b")(hidden)})
+    ink = 10 * digits["x"].mean(axis=(1, 2, 3))[:, None]
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss={"probs": "sparse_categorical_crossentropy", "ink": "mse"})
+    model.fit(digits["x"], {"probs": digits["y"], "ink": ink}, epochs=4, verbose=0)
+    np.savez(tmp_path / "train.npz", image=digits["x"][:600], y_probs=digits["y"][:600], y_ink=ink[:600])
+    np.savez(tmp_path / "test.npz", image=digits["x_test"], y_probs=digits["y_test"],
+             y_ink=10 * digits["x_test"].mean(axis=(1, 2, 3))[:, None])
+    result = qat(model, tmp_path / "train.npz", epochs=1, eval_data=tmp_path / "test.npz", bench_runs=1,
+                 max_rel_rmse=0.2)
+    assert_every_op_integer(result.info)
+    outputs = {o.name: o for o in result.report.outputs}
+    assert {name: o.task for name, o in outputs.items()} == {"ink": "regression", "probs": "classification"}
+    assert result.report.training.keras_accuracy > 0.9 and outputs["probs"].quantized.accuracy > 0.9
+    assert outputs["ink"].quantized.r2 > 0.8
+
+
 def test_qat_of_a_regression_model_below_ptq_keeps_ptq(digits, tmp_path):
     """No classifier to score: an LSTM sequence autoencoder whose PTQ file is already outside the RMSE
     budget. QAT and PTQ are ranked by the share of the budget their output uses, and a fine-tuning

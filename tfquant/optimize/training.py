@@ -6,12 +6,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .._keras import keras
+from .._keras import keras, output_keys
 from ..data import Dataset
 
 
 def outputs_probabilities(model) -> dict[str, bool]:
-    """Per output, by the name of the layer that makes it and in the model's output order: True when
+    """Per output, by the name of the layer that makes it (a dict's key) and in the model's output order: True when
     it ends in softmax/sigmoid (probabilities), False otherwise (logits, a regression, an embedding)."""
     layers = [getattr(getattr(t, "_keras_history", None), "layer", None) for t in (model.outputs or [])]
     if not layers or None in layers:
@@ -24,6 +24,9 @@ def outputs_probabilities(model) -> dict[str, bool]:
         activation = getattr(layer, "activation", None)
         kind = getattr(activation, "__name__", "") or type(layer).__name__.lower()
         found[name] = kind in ("softmax", "sigmoid")
+    keys = output_keys(model)  # a dict of outputs is named by its keys, as tfquant.models names it
+    if keys is not None and len(keys) == len(found):
+        found = dict(zip(keys, found.values()))
     return found
 
 
@@ -69,12 +72,14 @@ def fit(
             losses.append(keras.losses.MeanSquaredError())
             metrics.append([])
     single = len(losses) == 1
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses[0] if single else losses,
-                  metrics=metrics[0] if single else metrics)
+    by_key = output_keys(model) is not None and not single  # a dict of outputs takes dicts, keyed alike
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=losses[0] if single else dict(zip(probabilities, losses)) if by_key else losses,
+                  metrics=metrics[0] if single else dict(zip(probabilities, metrics)) if by_key else metrics)
     validation_data = None if validation is None else \
-        (_inputs(validation), _targets(validation, probabilities, classes))
+        (_inputs(validation), _targets(validation, probabilities, classes, by_key))
     steps = -(-len(train) // batch_size)
-    return model.fit(_inputs(train), _targets(train, probabilities, classes), epochs=epochs, batch_size=batch_size,
+    return model.fit(_inputs(train), _targets(train, probabilities, classes, by_key), epochs=epochs, batch_size=batch_size,
                      shuffle=True, validation_data=validation_data,
                      callbacks=[epoch_progress(epochs, steps), *(callbacks or [])], verbose=verbose)
 
@@ -150,6 +155,8 @@ def keras_accuracy(model, data: Dataset, probabilities: Optional[dict[str, bool]
 
     probabilities = probabilities or outputs_probabilities(model)
     scores = model.predict(_inputs(data), batch_size=256, verbose=0)
+    if isinstance(scores, dict):  # a dict of outputs: in the order of `probabilities`, which its keys name
+        scores = [scores[name] for name in probabilities]
     scores = list(scores) if isinstance(scores, (list, tuple)) else [scores]
     for probs, labels, score in zip(probabilities.values(), _each_output(data, probabilities), scores):
         width = score.shape[-1] if score.ndim > 1 else 1
@@ -208,8 +215,9 @@ def _each_output(data: Dataset, probabilities: dict[str, bool]) -> list:
     return [data.labels.get(name) for name in probabilities]
 
 
-def _targets(data: Dataset, probabilities: dict[str, bool], classes: list[Optional[bool]]):
-    """Each output's training targets in the model's order (zeros where an output has no labels)."""
+def _targets(data: Dataset, probabilities: dict[str, bool], classes: list[Optional[bool]], by_key: bool = False):
+    """Each output's training targets in the model's order (zeros where an output has no labels); by
+    output name for a model whose outputs are a dict."""
     import numpy as np
 
     found = []
@@ -218,7 +226,9 @@ def _targets(data: Dataset, probabilities: dict[str, bool], classes: list[Option
             found.append(np.zeros((len(data), 1), np.float32))
         else:
             found.append(_class_ids(labels) if is_class else np.asarray(labels, np.float32))
-    return found[0] if len(found) == 1 else found
+    if len(found) == 1:
+        return found[0]
+    return dict(zip(probabilities, found)) if by_key else found
 
 
 def keras2_model(loaded, stage: str, samples=None):
