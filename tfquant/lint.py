@@ -9,6 +9,9 @@ no data runs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import numpy as np
 
 from .errors import called
@@ -98,44 +101,89 @@ def _range_message(op: str, output: str, spans, ratio: float) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Narrow:
+    """The feature (last axis) of a tensor that one int8 scale, sized for every feature and for 0, leaves
+    the fewest levels."""
+
+    feature: int
+    features: int
+    low: float  # its range
+    high: float
+    bottom: float  # the scale's range
+    top: float
+    setter: int  # the feature that reaches the scale's far end
+    levels: float
+
+    def describe(self, what: str, unit: str) -> str:
+        def named(index: int) -> str:
+            return f"{unit} {index}" if self.features > 1 else "its values"
+
+        end = self.top if abs(self.top) >= abs(self.bottom) else self.bottom
+        plural = self.features > 1
+        return (f"{what}: its one int8 scale spans [{self.bottom:.4g}, {self.top:.4g}] ({named(self.setter)} "
+                f"reach{'es' if plural else ''} {end:.4g}; int8 also holds 0), so {named(self.feature)}, in "
+                f"[{self.low:.4g}, {self.high:.4g}], keep{'s' if plural else ''} about {self.levels:.2g} of 256 levels")
+
+
+def narrowest(values: np.ndarray, *, threshold: float = DEFAULT_RANGE_RATIO) -> Optional[Narrow]:
+    """The feature of `values` that keeps fewer than 256/`threshold` levels on the one int8 scale of all
+    of them, if any. Constant features carry nothing to lose and are not compared."""
+    if values.dtype.kind != "f" or values.size == 0:
+        return None
+    rows = values.reshape(-1, values.shape[-1] if values.ndim >= 2 else 1)
+    low, high = rows.min(axis=0).astype(np.float64), rows.max(axis=0).astype(np.float64)
+    bottom, top = min(float(low.min()), 0.0), max(float(high.max()), 0.0)
+    widths = high - low
+    live = np.flatnonzero(widths > TINY_FEATURE * (top - bottom))
+    if top - bottom <= 0 or not len(live):
+        return None
+    worst = int(live[np.argmin(widths[live])])
+    ratio = (top - bottom) / widths[worst]
+    if ratio <= threshold:
+        return None
+    end = top if abs(top) >= abs(bottom) else bottom
+    setter = int(np.argmax(high)) if end == top else int(np.argmin(low))
+    return Narrow(worst, rows.shape[1], float(low[worst]), float(high[worst]), bottom, top, setter, 255 / ratio)
+
+
 def input_lint(inputs: dict[str, np.ndarray], *, threshold: float = DEFAULT_RANGE_RATIO) -> list[str]:
     """Float inputs one of whose features gets fewer than 256/`threshold` of int8's levels.
 
     An int8 file takes each input on one scale, sized for every feature of it (the last axis: a
     table's columns, an image's channels) and for 0, which int8 must represent. A feature far from
     0 (a year, a raw price) or much narrower than its neighbours keeps only a few levels, and no
-    later op can win them back. Constant features carry nothing to lose and are not compared.
+    later op can win them back.
     """
     found = []
     for name, values in inputs.items():
-        if values.dtype.kind != "f" or values.size == 0:
-            continue
-        rows = values.reshape(-1, values.shape[-1] if values.ndim >= 2 else 1)
-        low, high = rows.min(axis=0).astype(np.float64), rows.max(axis=0).astype(np.float64)
-        scale_span = max(float(high.max()), 0.0) - min(float(low.min()), 0.0)
-        widths = high - low
-        live = np.flatnonzero(widths > max(TINY_FEATURE * scale_span, 0.0))
-        if scale_span <= 0 or not len(live):
-            continue
-        worst = live[np.argmin(widths[live])]
-        ratio = scale_span / widths[worst]
-        if ratio <= threshold:
-            continue
-        bottom, top = min(float(low.min()), 0.0), max(float(high.max()), 0.0)
-        end = top if abs(top) >= abs(bottom) else bottom
-        setter = int(np.argmax(high)) if end == top else int(np.argmin(low))
-
-        def feature(index: int) -> str:
-            return f"feature {index}" if rows.shape[1] > 1 else "its values"
-
-        found.append(
-            f"input {name!r}: its one int8 scale spans [{bottom:.4g}, {top:.4g}] ({feature(setter)} reach"
-            f"{'es' if rows.shape[1] > 1 else ''} {end:.4g}; int8 also holds 0), so {feature(worst)}, in "
-            f"[{low[worst]:.4g}, {high[worst]:.4g}], keep{'s' if rows.shape[1] > 1 else ''} about "
-            f"{255 / ratio:.2g} of 256 levels. Fix: feed the model centered, scaled features (normalize in the "
-            f"app, not in the model), or keep its normalization float on a float32 input ({called('io')} "
-            f"float32, {called('fallback')} auto)")
+        narrow = narrowest(values, threshold=threshold)
+        if narrow is not None:
+            found.append(f"{narrow.describe(f'input {name!r}', 'feature')}. Fix: feed the model centered, scaled "
+                         f"features (normalize in the app, not in the model), or keep its normalization float on a "
+                         f"float32 input ({called('io')} float32, {called('fallback')} auto)")
     return found
+
+
+def output_lint(name: str, expected: np.ndarray, got: np.ndarray, *,
+                threshold: float = DEFAULT_RANGE_RATIO) -> Optional[str]:
+    """A regression output one of whose columns (targets of different units: a price beside a count)
+    keeps few levels on the output's one int8 scale, with that column's RMSE against float relative
+    to its own spread: the output's relative RMSE is the wide column's, and says nothing of it."""
+    narrow = narrowest(expected, threshold=threshold)
+    if narrow is None:
+        return None
+    column = expected.reshape(-1, narrow.features)[:, narrow.feature].astype(np.float64)
+    error = got.reshape(-1, narrow.features)[:, narrow.feature].astype(np.float64) - column
+    spread = float(np.std(column)) or 1.0
+    return (f"{narrow.describe(f'output {name!r}', 'column')}: its RMSE against float is "
+            f"{_percent(100 * float(np.sqrt(np.mean(error ** 2))) / spread)} % of its own standard deviation. Fix: give "
+            f"the targets similar scales (train on standardized targets, rescale in the app) or make each its own "
+            f"output")
+
+
+def _percent(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 TINY_FEATURE = 1e-6  # a feature this narrow next to the input's span is a constant

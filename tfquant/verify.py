@@ -20,6 +20,7 @@ from ._version import __version__
 from .data import Dataset
 from .errors import AccuracyBudgetError, StrictModeError, called
 from .inspect import explain_float_ops, float_ops_message, inspect
+from .lint import output_lint
 from .prepare import Prepared
 from .report import write_report_files
 from .sizes import gzip_size
@@ -164,6 +165,11 @@ def verify(
             outputs_report.append(OutputReport(name=name, task=metrics.task, dtype=dtypes.get(name, "?"),
                                                float=reference.metrics.outputs[name], quantized=metrics,
                                                within_budget=not per_output))
+        for name, metrics in judged.outputs.items():
+            narrow = None if metrics.task != "regression" or recipe.mode is not Mode.INT8 else \
+                output_lint(name, reference.outputs[name], quantized_outputs[name])
+            if narrow is not None:
+                notes.append(narrow)
         seconds["evaluate"] = time.perf_counter() - started + reference.seconds
         primary = judged.primary()
         if primary is not None and primary.agreement is not None and primary.agreement < 0.9:
