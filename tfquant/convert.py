@@ -314,16 +314,15 @@ def fuse_requantize(tflite: bytes) -> bytes:
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
+    from .legalize import readers_of
+
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
     codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
     integer = {schema.TensorType.INT8, schema.TensorType.UINT8, schema.TensorType.INT16}
     changed = False
     for subgraph in model.subgraphs:
         operators = list(subgraph.operators or [])
-        readers: dict[int, list] = {}
-        for op in operators:
-            for index in op.inputs:
-                readers.setdefault(int(index), []).append(op)
+        readers = readers_of(subgraph)
         outputs = {int(i) for i in subgraph.outputs}
         for op in list(operators):
             if codes[op.opcodeIndex] != schema.BuiltinOperator.DEQUANTIZE:

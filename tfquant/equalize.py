@@ -24,7 +24,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from .legalize import _read, _write, float_constant, replace_constant
+from .legalize import _read, _write, float_constant, readers_of, replace_constant
 
 _CONV = schema.BuiltinOperator.CONV_2D
 _DEPTHWISE = schema.BuiltinOperator.DEPTHWISE_CONV_2D
@@ -95,10 +95,7 @@ def equalize(float_tflite: bytes) -> tuple[bytes, list[Equalized]]:
 
 
 def _pairs(model, graph, codes) -> list[_Pair]:
-    readers: dict[int, list] = {}
-    for op in graph.operators:
-        for index in op.inputs:
-            readers.setdefault(int(index), []).append(op)
+    readers = readers_of(graph)
     outputs = {int(i) for i in graph.outputs}
     pairs = []
     for first in graph.operators:

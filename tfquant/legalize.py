@@ -114,6 +114,25 @@ def _float(graph, index: int) -> bool:
     return graph.tensors[index].type == schema.TensorType.FLOAT32
 
 
+def builtin_of(model, op) -> int:
+    """The builtin operator `op` runs."""
+    return flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
+
+
+def producers_of(graph) -> dict[int, object]:
+    """Per tensor index, the op that writes it."""
+    return {int(out): op for op in graph.operators or [] for out in op.outputs}
+
+
+def readers_of(graph) -> dict[int, list]:
+    """Per tensor index, the ops that read it, in graph order (an op once for each input it reads it as)."""
+    found: dict[int, list] = {}
+    for op in graph.operators or []:
+        for index in op.inputs:
+            found.setdefault(int(index), []).append(op)
+    return found
+
+
 @_registers(schema.BuiltinOperator.NEG, "NEG(x) as MUL(x, -1)")
 def _neg(model, graph, op) -> bool:
     if not _float(graph, op.inputs[0]):
@@ -189,23 +208,18 @@ def _softplus(model, graph, op) -> bool:
     every value below a few units to 0 or 1, and LOG then returns a handful of levels (a Dense with
     softplus lost 11 points of 92). RELU(x) + LOG(EXP(-|x|) + 1) is the same function whose EXP
     stays in (0, 1] and whose LOG in (0, ln 2], each with a scale of its own."""
-    codes = lambda o: flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[o.opcodeIndex])  # noqa: E731
-    producer = {int(out): o for o in graph.operators for out in o.outputs}
-    readers: dict[int, int] = {}
-    for other in graph.operators:
-        for index in other.inputs:
-            readers[int(index)] = readers.get(int(index), 0) + 1
+    producer, readers = producers_of(graph), readers_of(graph)
     add = producer.get(int(op.inputs[0]))
-    if add is None or codes(add) != schema.BuiltinOperator.ADD or add.builtinOptions is None or \
+    if add is None or builtin_of(model, add) != schema.BuiltinOperator.ADD or add.builtinOptions is None or \
             add.builtinOptions.fusedActivationFunction != schema.ActivationFunctionType.NONE:
         return False
     exp = next((producer.get(int(i)) for i in add.inputs if producer.get(int(i)) is not None), None)
-    one = [int(i) for i in add.inputs if producer.get(int(i)) is None]
-    if exp is None or codes(exp) != schema.BuiltinOperator.EXP or len(one) != 1 or \
-            _constant(model, graph, one[0]) != 1.0:
+    one = [float_constant(model, graph, int(i)) for i in add.inputs if producer.get(int(i)) is None]
+    if exp is None or builtin_of(model, exp) != schema.BuiltinOperator.EXP or len(one) != 1 or one[0] is None or \
+            one[0].size != 1 or float(one[0].reshape(-1)[0]) != 1.0:
         return False
     outputs = {int(o) for o in graph.outputs}
-    if any(readers.get(t, 0) != 1 or t in outputs for t in (int(exp.outputs[0]), int(add.outputs[0]))):
+    if any(len(readers.get(t, [])) != 1 or t in outputs for t in (int(exp.outputs[0]), int(add.outputs[0]))):
         return False
     x, out = int(exp.inputs[0]), int(op.outputs[0])
     if not _float(graph, x):
@@ -230,38 +244,28 @@ def _softplus(model, graph, op) -> bool:
     return True
 
 
-def _constant(model, graph, index: int):
-    """The value of a float32 scalar (or one-element) constant tensor, else None."""
-    tensor = graph.tensors[index]
-    data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
-    if tensor.type != schema.TensorType.FLOAT32 or data is None or len(data) != 4:
-        return None
-    return float(np.frombuffer(bytes(data), np.float32)[0])
-
-
 @_registers(schema.BuiltinOperator.CAST, "the mask multiply of Masking(0) as MUL(x, 1)")
 def _masking_multiply(model, graph, op) -> bool:
     """tf_keras' Masking(mask_value=0) returns x * CAST(REDUCE_ANY(NOT_EQUAL(x, 0))): where the mask is
     0 every feature of x already is 0, so the product is x. The CAST (bool to float) has no int8
     form; MUL(x, 1) has, and the CAST is dropped."""
-    codes = lambda o: flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[o.opcodeIndex])  # noqa: E731
     cast_out = int(op.outputs[0])
     if graph.tensors[int(op.inputs[0])].type != schema.TensorType.BOOL or not _float(graph, cast_out):
         return False
-    producer = {int(out): o for o in graph.operators for out in o.outputs}
+    producer = producers_of(graph)
     reduce_any = producer.get(int(op.inputs[0]))
-    if reduce_any is None or codes(reduce_any) != schema.BuiltinOperator.REDUCE_ANY:
+    if reduce_any is None or builtin_of(model, reduce_any) != schema.BuiltinOperator.REDUCE_ANY:
         return False
     compare = producer.get(int(reduce_any.inputs[0]))
-    if compare is None or codes(compare) != schema.BuiltinOperator.NOT_EQUAL:
+    if compare is None or builtin_of(model, compare) != schema.BuiltinOperator.NOT_EQUAL:
         return False
     x, mask_value = (int(i) for i in compare.inputs)
     values = float_constant(model, graph, mask_value)
     if values is None or np.any(values != 0):
         return False
-    readers = [o for o in graph.operators if cast_out in [int(i) for i in o.inputs]]
+    readers = readers_of(graph).get(cast_out, [])
     if not readers or cast_out in [int(i) for i in graph.outputs] or any(
-            codes(r) != schema.BuiltinOperator.MUL or sorted(int(i) for i in r.inputs) != sorted([x, cast_out])
+            builtin_of(model, r) != schema.BuiltinOperator.MUL or sorted(int(i) for i in r.inputs) != sorted([x, cast_out])
             or (r.builtinOptions is not None and r.builtinOptions.fusedActivationFunction
                 != schema.ActivationFunctionType.NONE) for r in readers):
         return False
@@ -282,7 +286,7 @@ def integer_comparisons(data: bytes) -> bytes:
     codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
     changed = False
     for graph in model.subgraphs:
-        producer = {int(out): o for o in graph.operators for out in o.outputs}
+        producer = producers_of(graph)
         for op in list(graph.operators):
             if codes[op.opcodeIndex] not in _COMPARISONS or len(op.inputs) != 2:
                 continue
@@ -328,10 +332,7 @@ def integer_inputs(data: bytes) -> bytes:
     codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
     changed = False
     for graph in model.subgraphs:
-        readers: dict[int, list] = {}
-        for op in graph.operators:
-            for index in op.inputs:
-                readers.setdefault(int(index), []).append(op)
+        readers = readers_of(graph)
         ends = {int(i) for i in graph.outputs}
         for index in (int(i) for i in graph.inputs):
             tensor = graph.tensors[index]
@@ -450,11 +451,10 @@ def _center_logits(model, graph, op) -> bool:
     column's mean weight over the classes (and the mean bias) removes it and leaves the softmax's
     output as it was."""
     logits = int(op.inputs[0])
-    producer = next((p for p in graph.operators if logits in [int(o) for o in p.outputs]), None)
-    readers = [r for r in graph.operators if logits in [int(i) for i in r.inputs]]
+    producer = producers_of(graph).get(logits)
+    readers = readers_of(graph).get(logits, [])
     if producer is None or len(readers) != 1 or logits in [int(o) for o in graph.outputs] or \
-            flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[producer.opcodeIndex]) != \
-            schema.BuiltinOperator.FULLY_CONNECTED or producer.builtinOptions is None or \
+            builtin_of(model, producer) != schema.BuiltinOperator.FULLY_CONNECTED or producer.builtinOptions is None or \
             producer.builtinOptions.fusedActivationFunction != schema.ActivationFunctionType.NONE:
         return False
     weights = float_constant(model, graph, int(producer.inputs[1]))

@@ -27,7 +27,7 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
     An input whose range is no wider than a constant's (`legalize.TINY_RANGE`: the zero initial
     state of a recurrent step, a padding branch) carries nothing to lose and is not compared.
     """
-    from .legalize import TINY_RANGE
+    from .legalize import TINY_RANGE, builtin_of
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
@@ -36,7 +36,7 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
     found = []
     for subgraph in model.subgraphs:
         for op in subgraph.operators or []:
-            op_name = names.get(flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex]))
+            op_name = names.get(builtin_of(model, op))
             if op_name not in RANGE_OPS:
                 continue
             spans = []
@@ -66,10 +66,9 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
 
 def _downstream(subgraph, op) -> list:
     """Ops that depend on `op`'s output, breadth first (nearest consumers first)."""
-    readers: dict[int, list] = {}
-    for other in subgraph.operators:
-        for index in other.inputs:
-            readers.setdefault(int(index), []).append(other)
+    from .legalize import readers_of
+
+    readers = readers_of(subgraph)
     order, seen, frontier = [], {id(op)}, [int(i) for i in op.outputs]
     while frontier:
         following = []
