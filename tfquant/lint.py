@@ -19,6 +19,7 @@ from .types import RangeWarning
 
 RANGE_OPS = ("CONCATENATION", "ADD", "SUB", "PACK")
 DEFAULT_RANGE_RATIO = 16.0
+TINY_FEATURE = 1e-6  # a feature this narrow next to its tensor's int8 span is a constant
 
 
 def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> list[RangeWarning]:
@@ -184,5 +185,3 @@ def output_lint(name: str, expected: np.ndarray, got: np.ndarray, *,
 def _percent(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
-
-TINY_FEATURE = 1e-6  # a feature this narrow next to the input's span is a constant

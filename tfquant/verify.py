@@ -165,7 +165,6 @@ def verify(
             outputs_report.append(OutputReport(name=name, task=metrics.task, dtype=dtypes.get(name, "?"),
                                                float=reference.metrics.outputs[name], quantized=metrics,
                                                within_budget=not per_output))
-        for name, metrics in judged.outputs.items():
             narrow = None if metrics.task != "regression" or recipe.mode is not Mode.INT8 else \
                 output_lint(name, reference.outputs[name], quantized_outputs[name])
             if narrow is not None:

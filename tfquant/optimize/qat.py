@@ -82,18 +82,19 @@ class TfmotWeightsObservedOutputConfig(ObservedOutputConfig):
     the layer each time, so the config serializes as it is.
     """
 
-    @staticmethod
-    def _tfmot_config(layer):
-        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-            default_8bit_quantize_registry)
-
-        return default_8bit_quantize_registry.Default8BitQuantizeRegistry().get_quantize_config(layer)
-
     def get_weights_and_quantizers(self, layer):
-        return self._tfmot_config(layer).get_weights_and_quantizers(layer)
+        return _default_registry().get_quantize_config(layer).get_weights_and_quantizers(layer)
 
     def set_quantize_weights(self, layer, quantize_weights):
-        self._tfmot_config(layer).set_quantize_weights(layer, quantize_weights)
+        _default_registry().get_quantize_config(layer).set_quantize_weights(layer, quantize_weights)
+
+
+def _default_registry():
+    """tfmot's default 8-bit registry: which layers tfmot wraps itself, and how."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry)
+
+    return default_8bit_quantize_registry.Default8BitQuantizeRegistry()
 
 
 def _as_quantize_config(cls):
@@ -158,10 +159,7 @@ def resolve(layer) -> tuple[Optional[type], str]:
         return None, MULTI_INPUT
     if _several_outputs(layer):
         return None, MULTI_OUTPUT
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_registry
-
-    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
-    if registry.supports(layer):
+    if _default_registry().supports(layer):
         if isinstance(layer, L.Activation) and not _tfmot_activation(layer):
             return ObservedOutputConfig, ACTIVATION
         if not isinstance(layer, L.Activation) and not _activation_tfmot_wraps(layer):
@@ -187,16 +185,19 @@ def _several_outputs(layer) -> bool:
     return False
 
 
-def _tfmot_activation(layer) -> bool:
-    """Whether tfmot's default activation config handles this Activation layer's function (it raises
-    'Activation ... not supported' for any other)."""
-    return getattr(layer.activation, "__name__", "") in ("relu", "relu6", "swish", "gelu", "linear", "softmax",
-                                                         "sigmoid", "tanh")
-
-
+# The functions tfmot's config for an Activation layer takes; it raises 'Activation ... not supported'
+# for any other.
+ACTIVATION_LAYER_FUNCTIONS = ("relu", "relu6", "swish", "gelu", "linear", "softmax", "sigmoid", "tanh")
 # The functions tfmot's QuantizeAwareActivation takes as a layer's `activation=`; it raises 'Only some
 # Keras activations ... are supported' for any other (elu, selu, softplus, relu6, hard_sigmoid...).
 WRAPPED_ACTIVATIONS = ("linear", "relu", "swish", "gelu", "softmax", "sigmoid", "tanh")
+
+
+def _tfmot_activation(layer) -> bool:
+    """Whether tfmot's default activation config handles this Activation layer's function."""
+    return getattr(layer.activation, "__name__", "") in ACTIVATION_LAYER_FUNCTIONS
+
+
 KERNEL_ACTIVATION = "tfquant: tfmot's weights; an activation tfmot does not wrap, computed inside, observed output"
 
 
