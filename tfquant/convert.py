@@ -314,7 +314,7 @@ def fuse_requantize(tflite: bytes) -> bytes:
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
-    from .legalize import readers_of
+    from .flatbuffer import readers_of
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
     codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]

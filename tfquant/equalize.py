@@ -24,7 +24,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from .legalize import _read, _write, float_constant, readers_of, replace_constant
+from .flatbuffer import float_constant, read_model, readers_of, replace_constant, write_model
 
 _CONV = schema.BuiltinOperator.CONV_2D
 _DEPTHWISE = schema.BuiltinOperator.DEPTHWISE_CONV_2D
@@ -56,7 +56,7 @@ class _Pair:
 
 def equalize(float_tflite: bytes) -> tuple[bytes, list[Equalized]]:
     """The float file with every equalizable pair of weighted ops rescaled; returns it and what was done."""
-    model = _read(float_tflite)
+    model = read_model(float_tflite)
     graph = model.subgraphs[0]
     codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
     pairs = _pairs(model, graph, codes)
@@ -91,7 +91,7 @@ def equalize(float_tflite: bytes) -> tuple[bytes, list[Equalized]]:
             break
     for index, values in {**weights, **biases}.items():
         replace_constant(model, graph, index, values)
-    return _write(model), [Equalized(len(pairs), before, _spread(weights, kinds))]
+    return write_model(model), [Equalized(len(pairs), before, _spread(weights, kinds))]
 
 
 def _pairs(model, graph, codes) -> list[_Pair]:

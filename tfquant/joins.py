@@ -28,7 +28,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from .legalize import float_constant, _read, _write, drop_unused_opcodes, opcode
+from .flatbuffer import drop_unused_opcodes, float_constant, opcode, read_model, write_model
 
 _READERS = (schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D)
 
@@ -48,7 +48,7 @@ class Split:
 def split_joins(float_tflite: bytes, joins: list[str]) -> tuple[bytes, list[Split]]:
     """The float file with the readers of these CONCATENATION ops (by output tensor name) split per input,
     where every reader is a dense or conv op taking the join's channels; returns it and what was split."""
-    model = _read(float_tflite)
+    model = read_model(float_tflite)
     graph = model.subgraphs[0]
     codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
     graph_outputs = {int(i) for i in graph.outputs}
@@ -75,7 +75,7 @@ def split_joins(float_tflite: bytes, joins: list[str]) -> tuple[bytes, list[Spli
     if not done:
         return float_tflite, []
     drop_unused_opcodes(model)  # the join's, when it was the last: an interpreter registers every listed code
-    return _write(model), done
+    return write_model(model), done
 
 
 def _splittable(model, graph, codes, op, join: int, width: int) -> bool:

@@ -19,6 +19,9 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
+from .flatbuffer import (builtin_of, drop_unused_opcodes, float_constant, float_tensor_like, is_float, new_op, op_options,
+                         opcode, producers_of, read_model, readers_of, replace_constant, scalar_constant, write_model)
+
 SIGNATURE = "serving_default"
 _Rewrite = Callable[[object, object, object], bool]
 _REWRITES: dict[int, tuple[str, _Rewrite, bool]] = {}
@@ -32,17 +35,9 @@ def _registers(op: int, description: str, *, changes_weights: bool = False):
     return wrap
 
 
-def _read(data: bytes):
-    return flatbuffer_utils.read_model_from_bytearray(bytearray(data))
-
-
-def _write(model) -> bytes:
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
 def name_signature(data: bytes, inputs: list[str], outputs: list[str]) -> bytes:
     """Give the file a `serving_default` signature: the main graph's inputs and outputs, in order, by these names."""
-    model = _read(data)
+    model = read_model(data)
     graph = model.subgraphs[0]
     if len(graph.inputs) != len(inputs) or len(graph.outputs) != len(outputs):
         raise ValueError(f"the file has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs, "
@@ -53,7 +48,7 @@ def name_signature(data: bytes, inputs: list[str], outputs: list[str]) -> bytes:
     signature.inputs = [_tensor_map(name, index) for name, index in zip(inputs, graph.inputs)]
     signature.outputs = [_tensor_map(name, index) for name, index in zip(outputs, graph.outputs)]
     model.signatureDefs = [signature]
-    return _write(model)
+    return write_model(model)
 
 
 def _tensor_map(name: str, index: int):
@@ -68,7 +63,7 @@ def make_quantizable(data: bytes, *, keep_weights: bool = False) -> tuple[bytes,
 
     `keep_weights` leaves every weight value as it is (a pruned or clustered model, whose zeros and
     shared values are the point): rewrites that change weights are skipped."""
-    model = _read(data)
+    model = read_model(data)
     codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
     counts: dict[str, int] = {}
     for graph in model.subgraphs:
@@ -79,95 +74,35 @@ def make_quantizable(data: bytes, *, keep_weights: bool = False) -> tuple[bytes,
     if not counts:
         return data, []
     drop_unused_opcodes(model)
-    return _write(model), [f"{description} ({count}×), so that int8 covers it" for description, count in counts.items()]
-
-
-def drop_unused_opcodes(model) -> None:
-    """Forget operator codes no op uses any more: an interpreter registers every listed code, used or not."""
-    used = sorted({op.opcodeIndex for graph in model.subgraphs for op in graph.operators})
-    remap = {old: new for new, old in enumerate(used)}
-    model.operatorCodes = [model.operatorCodes[i] for i in used]
-    for graph in model.subgraphs:
-        for op in graph.operators:
-            op.opcodeIndex = remap[op.opcodeIndex]
-
-
-def opcode(model, builtin: int) -> int:
-    """The index of `builtin`'s operator code in the model, added if the model has none."""
-    for index, code in enumerate(model.operatorCodes):
-        if flatbuffer_utils.get_builtin_code_from_operator_code(code) == builtin:
-            return index
-    code = schema.OperatorCodeT()
-    code.builtinCode = builtin
-    code.deprecatedBuiltinCode = min(builtin, 127)
-    code.version = 1
-    model.operatorCodes.append(code)
-    return len(model.operatorCodes) - 1
+    return write_model(model), [f"{description} ({count}×), so that int8 covers it" for description, count in counts.items()]
 
 
 def _as_mul(model, op) -> None:
     op.opcodeIndex = opcode(model, schema.BuiltinOperator.MUL)
-    op.builtinOptionsType, op.builtinOptions = _options(schema.BuiltinOperator.MUL)
-
-
-def _float(graph, index: int) -> bool:
-    return graph.tensors[index].type == schema.TensorType.FLOAT32
-
-
-def builtin_of(model, op) -> int:
-    """The builtin operator `op` runs."""
-    return flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
-
-
-def producers_of(graph) -> dict[int, object]:
-    """Per tensor index, the op that writes it."""
-    return {int(out): op for op in graph.operators or [] for out in op.outputs}
-
-
-def readers_of(graph) -> dict[int, list]:
-    """Per tensor index, the ops that read it, in graph order (an op once for each input it reads it as)."""
-    found: dict[int, list] = {}
-    for op in graph.operators or []:
-        for index in op.inputs:
-            found.setdefault(int(index), []).append(op)
-    return found
+    op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.MUL)
 
 
 @_registers(schema.BuiltinOperator.NEG, "NEG(x) as MUL(x, -1)")
 def _neg(model, graph, op) -> bool:
-    if not _float(graph, op.inputs[0]):
+    if not is_float(graph, op.inputs[0]):
         return False
-    op.inputs = [op.inputs[0], _scalar(model, graph, -1.0, graph.tensors[op.outputs[0]].name, b"minus_one")]
+    op.inputs = [op.inputs[0], scalar_constant(model, graph, -1.0, graph.tensors[op.outputs[0]].name, b"minus_one")]
     _as_mul(model, op)
     return True
 
 
 @_registers(schema.BuiltinOperator.ZEROS_LIKE, "ZEROS_LIKE(x) as MUL(x, 0)")
 def _zeros_like(model, graph, op) -> bool:
-    if not _float(graph, op.inputs[0]):
+    if not is_float(graph, op.inputs[0]):
         return False
-    op.inputs = [op.inputs[0], _scalar(model, graph, 0.0, graph.tensors[op.outputs[0]].name, b"zero")]
+    op.inputs = [op.inputs[0], scalar_constant(model, graph, 0.0, graph.tensors[op.outputs[0]].name, b"zero")]
     _as_mul(model, op)
     return True
 
 
-def _scalar(model, graph, value: float, near: bytes, suffix: bytes) -> int:
-    """A new float32 scalar constant in `graph`; returns its tensor index."""
-    buffer = schema.BufferT()
-    buffer.data = np.array([value], np.float32).tobytes()
-    model.buffers.append(buffer)
-    tensor = schema.TensorT()
-    tensor.shape = []
-    tensor.type = schema.TensorType.FLOAT32
-    tensor.buffer = len(model.buffers) - 1
-    tensor.name = (near or b"const") + b"/" + suffix
-    graph.tensors.append(tensor)
-    return len(graph.tensors) - 1
-
-
 @_registers(schema.BuiltinOperator.SQUARE, "SQUARE(x) as MUL(x, x)")
 def _square(model, graph, op) -> bool:
-    if not _float(graph, op.inputs[0]):
+    if not is_float(graph, op.inputs[0]):
         return False
     op.inputs = [op.inputs[0], op.inputs[0]]
     _as_mul(model, op)
@@ -180,25 +115,25 @@ def _elu(model, graph, op) -> bool:
     and none that ties its input's scale to its output's: with MINIMUM(x, 0), the quantizer gave
     x the scale of the negative half and clipped every positive value."""
     x, out = int(op.inputs[0]), int(op.outputs[0])
-    if not _float(graph, x):
+    if not is_float(graph, x):
         return False
     name = graph.tensors[out].name or b"elu"
-    made = {part: _like(graph, x, name + b"/" + part) for part in (b"neg", b"relu_neg", b"min0", b"exp", b"exp_minus_one", b"rest")}
+    made = {part: float_tensor_like(graph, x, name + b"/" + part) for part in (b"neg", b"relu_neg", b"min0", b"exp", b"exp_minus_one", b"rest")}
     ops = [
-        _op(model, schema.BuiltinOperator.MUL, [x, _scalar(model, graph, -1.0, name, b"minus_one_a")], [made[b"neg"]]),
-        _op(model, schema.BuiltinOperator.RELU, [made[b"neg"]], [made[b"relu_neg"]]),
-        _op(model, schema.BuiltinOperator.MUL, [made[b"relu_neg"], _scalar(model, graph, -1.0, name, b"minus_one_b")],
+        new_op(model, schema.BuiltinOperator.MUL, [x, scalar_constant(model, graph, -1.0, name, b"minus_one_a")], [made[b"neg"]]),
+        new_op(model, schema.BuiltinOperator.RELU, [made[b"neg"]], [made[b"relu_neg"]]),
+        new_op(model, schema.BuiltinOperator.MUL, [made[b"relu_neg"], scalar_constant(model, graph, -1.0, name, b"minus_one_b")],
             [made[b"min0"]]),
-        _op(model, schema.BuiltinOperator.EXP, [made[b"min0"]], [made[b"exp"]]),
-        _op(model, schema.BuiltinOperator.ADD, [made[b"exp"], _scalar(model, graph, -1.0, name, b"minus_one_c")],
+        new_op(model, schema.BuiltinOperator.EXP, [made[b"min0"]], [made[b"exp"]]),
+        new_op(model, schema.BuiltinOperator.ADD, [made[b"exp"], scalar_constant(model, graph, -1.0, name, b"minus_one_c")],
             [made[b"exp_minus_one"]]),
-        _op(model, schema.BuiltinOperator.ADD, [made[b"exp_minus_one"], made[b"relu_neg"]], [made[b"rest"]]),
+        new_op(model, schema.BuiltinOperator.ADD, [made[b"exp_minus_one"], made[b"relu_neg"]], [made[b"rest"]]),
     ]
     at = graph.operators.index(op)
     graph.operators[at:at] = ops  # before the op that becomes the sum: the graph runs in list order
     op.inputs = [x, made[b"rest"]]
     op.opcodeIndex = opcode(model, schema.BuiltinOperator.ADD)
-    op.builtinOptionsType, op.builtinOptions = _options(schema.BuiltinOperator.ADD)
+    op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.ADD)
     return True
 
 
@@ -222,17 +157,17 @@ def _softplus(model, graph, op) -> bool:
     if any(len(readers.get(t, [])) != 1 or t in outputs for t in (int(exp.outputs[0]), int(add.outputs[0]))):
         return False
     x, out = int(exp.inputs[0]), int(op.outputs[0])
-    if not _float(graph, x):
+    if not is_float(graph, x):
         return False
     name = graph.tensors[out].name or b"softplus"
-    made = {part: _like(graph, x, name + b"/" + part) for part in (b"neg", b"relu_neg", b"relu", b"abs", b"minus_abs",
+    made = {part: float_tensor_like(graph, x, name + b"/" + part) for part in (b"neg", b"relu_neg", b"relu", b"abs", b"minus_abs",
                                                                    b"log1p")}
     before_exp = [
-        _op(model, schema.BuiltinOperator.MUL, [x, _scalar(model, graph, -1.0, name, b"minus_one_a")], [made[b"neg"]]),
-        _op(model, schema.BuiltinOperator.RELU, [made[b"neg"]], [made[b"relu_neg"]]),
-        _op(model, schema.BuiltinOperator.RELU, [x], [made[b"relu"]]),
-        _op(model, schema.BuiltinOperator.ADD, [made[b"relu"], made[b"relu_neg"]], [made[b"abs"]]),
-        _op(model, schema.BuiltinOperator.MUL, [made[b"abs"], _scalar(model, graph, -1.0, name, b"minus_one_b")],
+        new_op(model, schema.BuiltinOperator.MUL, [x, scalar_constant(model, graph, -1.0, name, b"minus_one_a")], [made[b"neg"]]),
+        new_op(model, schema.BuiltinOperator.RELU, [made[b"neg"]], [made[b"relu_neg"]]),
+        new_op(model, schema.BuiltinOperator.RELU, [x], [made[b"relu"]]),
+        new_op(model, schema.BuiltinOperator.ADD, [made[b"relu"], made[b"relu_neg"]], [made[b"abs"]]),
+        new_op(model, schema.BuiltinOperator.MUL, [made[b"abs"], scalar_constant(model, graph, -1.0, name, b"minus_one_b")],
             [made[b"minus_abs"]]),
     ]
     exp.inputs = [made[b"minus_abs"]]
@@ -240,7 +175,7 @@ def _softplus(model, graph, op) -> bool:
     at = graph.operators.index(exp)
     graph.operators[at:at] = before_exp
     graph.operators.insert(graph.operators.index(op) + 1,
-                           _op(model, schema.BuiltinOperator.ADD, [made[b"relu"], made[b"log1p"]], [out]))
+                           new_op(model, schema.BuiltinOperator.ADD, [made[b"relu"], made[b"log1p"]], [out]))
     return True
 
 
@@ -250,7 +185,7 @@ def _masking_multiply(model, graph, op) -> bool:
     0 every feature of x already is 0, so the product is x. The CAST (bool to float) has no int8
     form; MUL(x, 1) has, and the CAST is dropped."""
     cast_out = int(op.outputs[0])
-    if graph.tensors[int(op.inputs[0])].type != schema.TensorType.BOOL or not _float(graph, cast_out):
+    if graph.tensors[int(op.inputs[0])].type != schema.TensorType.BOOL or not is_float(graph, cast_out):
         return False
     producer = producers_of(graph)
     reduce_any = producer.get(int(op.inputs[0]))
@@ -269,7 +204,7 @@ def _masking_multiply(model, graph, op) -> bool:
             or (r.builtinOptions is not None and r.builtinOptions.fusedActivationFunction
                 != schema.ActivationFunctionType.NONE) for r in readers):
         return False
-    one = _scalar(model, graph, 1.0, graph.tensors[cast_out].name, b"one")
+    one = scalar_constant(model, graph, 1.0, graph.tensors[cast_out].name, b"one")
     for reader in readers:
         reader.inputs = [x, one]
     graph.operators.remove(op)
@@ -282,7 +217,7 @@ def integer_comparisons(data: bytes) -> bytes:
     int8 tensor with the constant in its scale instead: TFLite's comparison kernels take int8, its
     quantizer leaves them float. Only where every constant value lies on the int8 grid, so that
     every answer is the float comparison's."""
-    model = _read(data)
+    model = read_model(data)
     codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
     changed = False
     for graph in model.subgraphs:
@@ -320,7 +255,7 @@ def integer_comparisons(data: bytes) -> bytes:
     if not changed:
         return data
     drop_unused_opcodes(model)
-    return _write(model)
+    return write_model(model)
 
 
 def integer_inputs(data: bytes) -> bytes:
@@ -328,7 +263,7 @@ def integer_inputs(data: bytes) -> bytes:
     CAST to float only to be quantized again reads it as it is: its QUANTIZE ops take the input
     (scale 1, zero point 0: each value is the number itself) and requantize it to int8, and the
     float CAST goes. The same values reach the int8 graph, and the file is integer throughout."""
-    model = _read(data)
+    model = read_model(data)
     codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
     changed = False
     for graph in model.subgraphs:
@@ -338,7 +273,7 @@ def integer_inputs(data: bytes) -> bytes:
             tensor = graph.tensors[index]
             casts = readers.get(index, [])
             if tensor.type not in (schema.TensorType.UINT8, schema.TensorType.INT8) or not casts or any(
-                    codes[c.opcodeIndex] != schema.BuiltinOperator.CAST or not _float(graph, int(c.outputs[0]))
+                    codes[c.opcodeIndex] != schema.BuiltinOperator.CAST or not is_float(graph, int(c.outputs[0]))
                     or int(c.outputs[0]) in ends for c in casts):
                 continue
             quantizes = [q for c in casts for q in readers.get(int(c.outputs[0]), [])]
@@ -354,7 +289,7 @@ def integer_inputs(data: bytes) -> bytes:
     if not changed:
         return data
     drop_unused_opcodes(model)
-    return _write(model)
+    return write_model(model)
 
 
 def unshared_buffers(data: bytes) -> bytes:
@@ -363,7 +298,7 @@ def unshared_buffers(data: bytes) -> bytes:
     TFLite's int16x8 quantizer then rewrites the shared bytes as int16 for the float one and leaves
     the int32 one reading 2 bytes where it needs 4, a file the interpreter refuses. Identical
     buffers are merged again when the file is written (`convert.deduplicated`)."""
-    model = _read(data)
+    model = read_model(data)
     changed = False
     for graph in model.subgraphs:
         seen: set[int] = set()
@@ -379,7 +314,7 @@ def unshared_buffers(data: bytes) -> bytes:
                 tensor.buffer = len(model.buffers) - 1
                 changed = True
             seen.add(index)
-    return _write(model) if changed else data
+    return write_model(model) if changed else data
 
 
 _COMPARISONS = {schema.BuiltinOperator.EQUAL, schema.BuiltinOperator.NOT_EQUAL, schema.BuiltinOperator.LESS,
@@ -406,40 +341,6 @@ def _drop_unread(graph, codes: list[int], builtin: int) -> None:
     read = {int(i) for o in graph.operators for i in o.inputs} | {int(i) for i in graph.outputs}
     graph.operators = [o for o in graph.operators
                        if codes[o.opcodeIndex] != builtin or any(int(out) in read for out in o.outputs)]
-
-
-def _like(graph, index: int, name: bytes) -> int:
-    """A new float32 tensor of `index`'s shape in `graph`; returns its index."""
-    source, tensor = graph.tensors[index], schema.TensorT()
-    tensor.shape = None if source.shape is None else list(source.shape)
-    tensor.shapeSignature = None if source.shapeSignature is None else list(source.shapeSignature)
-    tensor.type = schema.TensorType.FLOAT32
-    tensor.buffer = 0
-    tensor.name = name
-    graph.tensors.append(tensor)
-    return len(graph.tensors) - 1
-
-
-def _options(builtin: int):
-    """(builtinOptionsType, builtinOptions) of a new op: no fused activation where it has one."""
-    kinds = {schema.BuiltinOperator.ADD: (schema.BuiltinOptions.AddOptions, schema.AddOptionsT),
-             schema.BuiltinOperator.MUL: (schema.BuiltinOptions.MulOptions, schema.MulOptionsT),
-             schema.BuiltinOperator.EXP: (schema.BuiltinOptions.ExpOptions, schema.ExpOptionsT)}
-    if builtin not in kinds:
-        return schema.BuiltinOptions.NONE, None
-    kind, make = kinds[builtin]
-    options = make()
-    if hasattr(options, "fusedActivationFunction"):
-        options.fusedActivationFunction = schema.ActivationFunctionType.NONE
-    return kind, options
-
-
-def _op(model, builtin: int, inputs: list[int], outputs: list[int]):
-    new = schema.OperatorT()
-    new.opcodeIndex = opcode(model, builtin)
-    new.inputs, new.outputs = list(inputs), list(outputs)
-    new.builtinOptionsType, new.builtinOptions = _options(builtin)
-    return new
 
 
 @_registers(schema.BuiltinOperator.SOFTMAX, "dense weights before a SOFTMAX centered across its classes",
@@ -471,29 +372,6 @@ def _center_logits(model, graph, op) -> bool:
     return True
 
 
-def float_constant(model, graph, index: int):
-    """A float32 constant's values, or None."""
-    tensor = graph.tensors[index]
-    data = model.buffers[tensor.buffer].data if 0 < tensor.buffer < len(model.buffers) else None
-    if tensor.type != schema.TensorType.FLOAT32 or data is None or not len(data):
-        return None
-    return np.frombuffer(bytes(data), np.float32).reshape(tensor.shape)
-
-
-def replace_constant(model, graph, index: int, values: np.ndarray) -> None:
-    """New values for a float32 constant: in its buffer, or in a buffer of its own if others share it."""
-    data = np.ascontiguousarray(values, np.float32).tobytes()
-    tensor = graph.tensors[index]
-    shared = sum(t.buffer == tensor.buffer for g in model.subgraphs for t in g.tensors) > 1
-    if not shared:
-        model.buffers[tensor.buffer].data = data
-        return
-    buffer = schema.BufferT()
-    buffer.data = data
-    model.buffers.append(buffer)
-    tensor.buffer = len(model.buffers) - 1
-
-
 RELATIVE_FLOOR = 1e-3
 TINY_RANGE = 1e-3  # a range this narrow is a constant, not a signal
 
@@ -509,15 +387,15 @@ def floor_ranges(calibrated: bytes, *, relative: float = RELATIVE_FLOOR) -> tupl
     nothing: its values are within one step of the new scale. Only ranges narrower than
     `TINY_RANGE` are touched. Returns the file and how many ranges were widened.
     """
-    model = _read(calibrated)
+    model = read_model(calibrated)
     widened = floor_model_ranges(model, relative=relative)
     if not widened:
         return calibrated, 0
-    return _write(model), widened
+    return write_model(model), widened
 
 
 def floor_model_ranges(model, *, relative: float = RELATIVE_FLOOR) -> int:
-    """`floor_ranges` on a model already read (`_read`), in place; returns how many ranges were widened."""
+    """`floor_ranges` on a model already read (`flatbuffer.read_model`), in place; returns how many ranges were widened."""
     widened = 0
     for _ in range(2):  # a second pass carries a widened range on to the next op
         changed = 0
@@ -569,7 +447,7 @@ def shapes_read_integers(data: bytes) -> tuple[bytes, int]:
     makes the DEQUANTIZE, and so the file's last float ops, go away. Returns the file and how
     many SHAPE ops were re-pointed.
     """
-    model = _read(data)
+    model = read_model(data)
     codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
     integer = {schema.TensorType.INT8, schema.TensorType.UINT8, schema.TensorType.INT16}
     moved = 0
@@ -588,4 +466,4 @@ def shapes_read_integers(data: bytes) -> tuple[bytes, int]:
     if not moved:
         return data, 0
     drop_unused_opcodes(model)
-    return _write(model), moved
+    return write_model(model), moved

@@ -28,7 +28,8 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
     An input whose range is no wider than a constant's (`legalize.TINY_RANGE`: the zero initial
     state of a recurrent step, a padding branch) carries nothing to lose and is not compared.
     """
-    from .legalize import TINY_RANGE, builtin_of
+    from .flatbuffer import builtin_of
+    from .legalize import TINY_RANGE
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
@@ -67,7 +68,7 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
 
 def _downstream(subgraph, op) -> list:
     """Ops that depend on `op`'s output, breadth first (nearest consumers first)."""
-    from .legalize import readers_of
+    from .flatbuffer import readers_of
 
     readers = readers_of(subgraph)
     order, seen, frontier = [], {id(op)}, [int(i) for i in op.outputs]

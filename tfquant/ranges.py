@@ -142,16 +142,17 @@ def apply_ranges(calibrated: bytes, ranges: Ranges) -> bytes:
     Vanishing ranges are widened again as after calibration (`legalize.floor_ranges`): a tensor
     that is constant on most samples may have a percentile range of zero width.
     """
-    from .legalize import _read, _write, floor_model_ranges
+    from .flatbuffer import read_model, write_model
+    from .legalize import floor_model_ranges
 
     if not ranges:
         return calibrated
-    model = _read(calibrated)
+    model = read_model(calibrated)
     tensors = model.subgraphs[0].tensors
     for index, (low, high) in ranges.items():
         tensors[index].quantization.min, tensors[index].quantization.max = [float(low)], [float(high)]
     floor_model_ranges(model)
-    return _write(model)
+    return write_model(model)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,138 @@
+"""Reading, editing and writing a `.tflite` flatbuffer: the helpers every pass over a file shares.
+
+A pass reads the file into the schema's object API (`read_model`), finds ops by what they run and
+tensors by who writes and reads them (`builtin_of`, `producers_of`, `readers_of`), adds constants,
+tensors and ops (`scalar_constant`, `float_tensor_like`, `new_op`), edits float constants in place
+(`float_constant`, `replace_constant`) and writes the file back (`write_model`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.tools import flatbuffer_utils
+
+
+def read_model(data: bytes):
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+
+
+def write_model(model) -> bytes:
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def drop_unused_opcodes(model) -> None:
+    """Forget operator codes no op uses any more: an interpreter registers every listed code, used or not."""
+    used = sorted({op.opcodeIndex for graph in model.subgraphs for op in graph.operators})
+    remap = {old: new for new, old in enumerate(used)}
+    model.operatorCodes = [model.operatorCodes[i] for i in used]
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            op.opcodeIndex = remap[op.opcodeIndex]
+
+
+def opcode(model, builtin: int) -> int:
+    """The index of `builtin`'s operator code in the model, added if the model has none."""
+    for index, code in enumerate(model.operatorCodes):
+        if flatbuffer_utils.get_builtin_code_from_operator_code(code) == builtin:
+            return index
+    code = schema.OperatorCodeT()
+    code.builtinCode = builtin
+    code.deprecatedBuiltinCode = min(builtin, 127)
+    code.version = 1
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def is_float(graph, index: int) -> bool:
+    return graph.tensors[index].type == schema.TensorType.FLOAT32
+
+
+def builtin_of(model, op) -> int:
+    """The builtin operator `op` runs."""
+    return flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
+
+
+def producers_of(graph) -> dict[int, object]:
+    """Per tensor index, the op that writes it."""
+    return {int(out): op for op in graph.operators or [] for out in op.outputs}
+
+
+def readers_of(graph) -> dict[int, list]:
+    """Per tensor index, the ops that read it, in graph order (an op once for each input it reads it as)."""
+    found: dict[int, list] = {}
+    for op in graph.operators or []:
+        for index in op.inputs:
+            found.setdefault(int(index), []).append(op)
+    return found
+
+
+def scalar_constant(model, graph, value: float, near: bytes, suffix: bytes) -> int:
+    """A new float32 scalar constant in `graph`; returns its tensor index."""
+    buffer = schema.BufferT()
+    buffer.data = np.array([value], np.float32).tobytes()
+    model.buffers.append(buffer)
+    tensor = schema.TensorT()
+    tensor.shape = []
+    tensor.type = schema.TensorType.FLOAT32
+    tensor.buffer = len(model.buffers) - 1
+    tensor.name = (near or b"const") + b"/" + suffix
+    graph.tensors.append(tensor)
+    return len(graph.tensors) - 1
+
+
+def float_tensor_like(graph, index: int, name: bytes) -> int:
+    """A new float32 tensor of `index`'s shape in `graph`; returns its index."""
+    source, tensor = graph.tensors[index], schema.TensorT()
+    tensor.shape = None if source.shape is None else list(source.shape)
+    tensor.shapeSignature = None if source.shapeSignature is None else list(source.shapeSignature)
+    tensor.type = schema.TensorType.FLOAT32
+    tensor.buffer = 0
+    tensor.name = name
+    graph.tensors.append(tensor)
+    return len(graph.tensors) - 1
+
+
+def op_options(builtin: int):
+    """(builtinOptionsType, builtinOptions) of a new op: no fused activation where it has one."""
+    kinds = {schema.BuiltinOperator.ADD: (schema.BuiltinOptions.AddOptions, schema.AddOptionsT),
+             schema.BuiltinOperator.MUL: (schema.BuiltinOptions.MulOptions, schema.MulOptionsT),
+             schema.BuiltinOperator.EXP: (schema.BuiltinOptions.ExpOptions, schema.ExpOptionsT)}
+    if builtin not in kinds:
+        return schema.BuiltinOptions.NONE, None
+    kind, make = kinds[builtin]
+    options = make()
+    if hasattr(options, "fusedActivationFunction"):
+        options.fusedActivationFunction = schema.ActivationFunctionType.NONE
+    return kind, options
+
+
+def new_op(model, builtin: int, inputs: list[int], outputs: list[int]):
+    new = schema.OperatorT()
+    new.opcodeIndex = opcode(model, builtin)
+    new.inputs, new.outputs = list(inputs), list(outputs)
+    new.builtinOptionsType, new.builtinOptions = op_options(builtin)
+    return new
+
+
+def float_constant(model, graph, index: int):
+    """A float32 constant's values, or None."""
+    tensor = graph.tensors[index]
+    data = model.buffers[tensor.buffer].data if 0 < tensor.buffer < len(model.buffers) else None
+    if tensor.type != schema.TensorType.FLOAT32 or data is None or not len(data):
+        return None
+    return np.frombuffer(bytes(data), np.float32).reshape(tensor.shape)
+
+
+def replace_constant(model, graph, index: int, values: np.ndarray) -> None:
+    """New values for a float32 constant: in its buffer, or in a buffer of its own if others share it."""
+    data = np.ascontiguousarray(values, np.float32).tobytes()
+    tensor = graph.tensors[index]
+    shared = sum(t.buffer == tensor.buffer for g in model.subgraphs for t in g.tensors) > 1
+    if not shared:
+        model.buffers[tensor.buffer].data = data
+        return
+    buffer = schema.BufferT()
+    buffer.data = data
+    model.buffers.append(buffer)
+    tensor.buffer = len(model.buffers) - 1
