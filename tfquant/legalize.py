@@ -292,31 +292,6 @@ def integer_inputs(data: bytes) -> bytes:
     return write_model(model)
 
 
-def unshared_buffers(data: bytes) -> bytes:
-    """The file with a buffer of its own for every constant tensor. The converter shares one buffer
-    between constants whose bytes are equal, whatever their types (a float32 0.0 and an int32 0);
-    TFLite's int16x8 quantizer then rewrites the shared bytes as int16 for the float one and leaves
-    the int32 one reading 2 bytes where it needs 4, a file the interpreter refuses. Identical
-    buffers are merged again when the file is written (`convert.deduplicated`)."""
-    model = read_model(data)
-    changed = False
-    for graph in model.subgraphs:
-        seen: set[int] = set()
-        for tensor in graph.tensors:
-            index = int(tensor.buffer)
-            source = model.buffers[index] if 0 < index < len(model.buffers) else None
-            if source is None or source.data is None or len(source.data) == 0:
-                continue
-            if index in seen:
-                copy = schema.BufferT()
-                copy.data = bytes(source.data)
-                model.buffers.append(copy)
-                tensor.buffer = len(model.buffers) - 1
-                changed = True
-            seen.add(index)
-    return write_model(model) if changed else data
-
-
 _COMPARISONS = {schema.BuiltinOperator.EQUAL, schema.BuiltinOperator.NOT_EQUAL, schema.BuiltinOperator.LESS,
                 schema.BuiltinOperator.LESS_EQUAL, schema.BuiltinOperator.GREATER, schema.BuiltinOperator.GREATER_EQUAL}
 

@@ -1,0 +1,152 @@
+"""What TFLite's int16x8 quantizer needs around it: a file it can quantize, and its zero scales repaired.
+
+It quantizes a constant once, for whichever op reads it, so each constant gets a buffer, and each
+dense or convolution op a bias (each FILL a value), of its own before it runs (`for_int16x8`): an unrolled recurrent
+layer reads one recurrent bias at every step, each step's state has its own scale, and the bias
+scale is the input's times the weights'. The one bias had been stored for one step's scale (in
+a 32-step GRU, that of the zero initial state: all zeros) and read wrongly by every step.
+
+The zero initial state of a recurrent layer is `FILL(shape, 0.0)`. TFLite's int16x8 quantizer
+gives a FILL's output its value's scale, and a constant 0.0 gets scale 0. A dense op that reads
+that state then gets bias scale `0 × weight scale`: its bias is stored as zeros. In a GRU (whose
+recurrent matmul carries the recurrent bias, `reset_after=True`, the Keras default) the first
+step's gates then start from 0 instead of that bias, and the error runs through every step: a
+token GRU regression missed its budget by 6×, at int16x8 worse than at int8.
+
+The int8 quantizer takes the calibrated (floored, `legalize.floor_model_ranges`) range of such a tensor;
+this pass does the same for int16x8 after the fact: the zero-scale tensor gets the symmetric
+int16 scale of its calibrated range (its values, zeros, stay zero), and the bias of every dense or
+convolution op reading it is quantized again from the float bias with the input's new scale.
+"""
+
+from __future__ import annotations
+
+import copy as copy_module
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+from .flatbuffer import builtin_of, float_constant, read_model, readers_of, write_model
+
+_BIASED = {schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D,
+           schema.BuiltinOperator.DEPTHWISE_CONV_2D}
+# The input whose scale the quantizer derives from the op's other tensors: a bias's is the input's
+# times the weights'; a FILL's value has its output's.
+_SCALED_BY_OP = {**{builtin: 2 for builtin in _BIASED}, schema.BuiltinOperator.FILL: 1}
+_INT16_MAX = 32767
+
+
+def for_int16x8(calibrated: bytes) -> bytes:
+    """`calibrated` with a bias tensor of its own for every dense and convolution op, a value of its
+    own for every FILL, and a buffer of its own for every constant tensor."""
+    return unshared_buffers(unshared_constants(calibrated))
+
+
+def unshared_constants(data: bytes) -> bytes:
+    """The file with its own copy of a shared constant for each op whose input takes a scale from its
+    other tensors (`_SCALED_BY_OP`: a bias, a FILL's value)."""
+    model = read_model(data)
+    changed = False
+    for graph in model.subgraphs:
+        readers = readers_of(graph)
+        for op in graph.operators:
+            position = _SCALED_BY_OP.get(builtin_of(model, op))
+            if position is None or len(op.inputs) <= position or int(op.inputs[position]) < 0:
+                continue
+            constant = int(op.inputs[position])
+            if len(readers.get(constant, [])) > 1 and readers[constant][0] is not op:
+                op.inputs = [*op.inputs[:position], _copy_tensor(graph, constant), *op.inputs[position + 1:]]
+                changed = True
+    return write_model(model) if changed else data
+
+
+def _copy_tensor(graph, index: int) -> int:
+    """A second tensor for the constant `index` (same buffer; `unshared_buffers` gives it its own)."""
+    copy = copy_module.deepcopy(graph.tensors[index])
+    copy.name = graph.tensors[index].name + b"/" + str(len(graph.tensors)).encode()
+    graph.tensors.append(copy)
+    return len(graph.tensors) - 1
+
+
+def unshared_buffers(data: bytes) -> bytes:
+    """The file with a buffer of its own for every constant tensor. The converter shares one buffer
+    between constants whose bytes are equal, whatever their types (a float32 0.0 and an int32 0);
+    TFLite's int16x8 quantizer then rewrites the shared bytes as int16 for the float one and leaves
+    the int32 one reading 2 bytes where it needs 4, a file the interpreter refuses. Identical
+    buffers are merged again when the file is written (`convert.deduplicated`)."""
+    model = read_model(data)
+    changed = False
+    for graph in model.subgraphs:
+        seen: set[int] = set()
+        for tensor in graph.tensors:
+            index = int(tensor.buffer)
+            source = model.buffers[index] if 0 < index < len(model.buffers) else None
+            if source is None or source.data is None or len(source.data) == 0:
+                continue
+            if index in seen:
+                copy = schema.BufferT()
+                copy.data = bytes(source.data)
+                model.buffers.append(copy)
+                tensor.buffer = len(model.buffers) - 1
+                changed = True
+            seen.add(index)
+    return write_model(model) if changed else data
+
+
+def repair_zero_scales(quantized: bytes, calibrated: bytes) -> tuple[bytes, int]:
+    """`quantized` (int16x8, from `calibrated` as `for_int16x8` left it) with its zero-scale int16 tensors given a scale.
+
+    Returns the file and how many tensors were repaired.
+    """
+    model, source = read_model(quantized), read_model(calibrated)
+    repaired = 0
+    for graph, float_graph in zip(model.subgraphs, source.subgraphs):
+        by_name = {tensor.name: index for index, tensor in enumerate(float_graph.tensors)}
+        scales = {}
+        for index, tensor in enumerate(graph.tensors):
+            scale = _calibrated_scale(float_graph, by_name.get(tensor.name)) if _zero_scale(tensor) else None
+            if scale is not None:
+                tensor.quantization.scale, tensor.quantization.zeroPoint = [scale], [0]
+                scales[index] = scale
+        for op in graph.operators:
+            builtin = builtin_of(model, op)
+            if builtin == schema.BuiltinOperator.FILL and int(op.outputs[0]) in scales:
+                value = graph.tensors[int(op.inputs[1])]  # FILL keeps its value's scale
+                value.quantization.scale, value.quantization.zeroPoint = [scales[int(op.outputs[0])]], [0]
+            if builtin in _BIASED and len(op.inputs) > 2 and int(op.inputs[0]) in scales:
+                _requantize_bias(model, graph, op, scales[int(op.inputs[0])], source, float_graph, by_name)
+        repaired += len(scales)
+    return (write_model(model), repaired) if repaired else (quantized, 0)
+
+
+def _zero_scale(tensor) -> bool:
+    q = tensor.quantization
+    return (tensor.type == schema.TensorType.INT16 and q is not None and q.scale is not None
+            and len(q.scale) == 1 and float(q.scale[0]) == 0.0)
+
+
+def _calibrated_scale(float_graph, index):
+    """The symmetric int16 scale of a tensor's calibrated range, or None when it has none."""
+    q = None if index is None else float_graph.tensors[index].quantization
+    if q is None or q.min is None or q.max is None or len(q.min) != 1:
+        return None
+    bound = max(abs(float(q.min[0])), abs(float(q.max[0])))
+    return bound / _INT16_MAX if bound > 0 else None
+
+
+def _requantize_bias(model, graph, op, input_scale: float, source, float_graph, by_name) -> None:
+    bias, weights = graph.tensors[int(op.inputs[2])], graph.tensors[int(op.inputs[1])]
+    float_index = by_name.get(bias.name)
+    values = None if float_index is None else float_constant(source, float_graph, float_index)
+    if values is None or weights.quantization is None or weights.quantization.scale is None:
+        return
+    scales = input_scale * np.asarray(weights.quantization.scale, np.float64)  # one, or one per channel
+    dtype = np.int64 if bias.type == schema.TensorType.INT64 else np.int32
+    limit = np.iinfo(dtype)
+    quantized = np.clip(np.round(values / np.broadcast_to(scales, values.shape)), limit.min, limit.max).astype(dtype)
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(quantized.tobytes(), np.uint8)
+    model.buffers.append(buffer)
+    bias.buffer = len(model.buffers) - 1
+    bias.quantization.scale = [float(s) for s in scales]
+    bias.quantization.zeroPoint = [0] * len(scales)
