@@ -148,3 +148,29 @@ def test_auto_judges_candidates_on_held_out_samples_and_falls_back_when_clipping
     assert pinned.input_means  # a recipe that names its ranges gets the correction it asks for
     forced, _ = convert.calibration_for(prepared.exported, prepared.calibration, Recipe(ranges="percentile"))
     assert forced.ranges == "percentile" and forced.calibrated != calibration.calibrated
+
+
+def test_a_regression_output_beyond_the_calibrated_range_is_not_clipped(tmp_path):
+    """A linear head's range is the most extreme output the calibration samples gave; a held-out
+    sample beyond it read that extreme, clipped. Unbounded outputs get `HEADROOM` of their span."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    import tfquant
+    from tfquant._keras import keras
+
+    rng = np.random.default_rng(0)
+    calibration = rng.uniform(0, 1, (200, 8)).astype(np.float32)
+    inputs = keras.Input((8,), name="features")
+    head = keras.layers.Dense(1, name="score")
+    model = keras.Model(inputs, head(inputs))
+    head.set_weights([np.ones((8, 1), np.float32), np.zeros(1, np.float32)])
+    seen = calibration.sum(axis=1)
+    low, high = float(seen.min()), float(seen.max())
+    beyond = high + 0.15 * (high - low)  # within [0, 1] per feature: the input's own range is not exceeded
+    sample = np.full((1, 8), beyond / 8, np.float32)
+    assert sample.max() <= calibration.max()
+    result = tfquant.quantize(model, {"features": calibration}, io="float32", bench_runs=1, diagnose=False)
+    interpreter = Interpreter(model_content=result.tflite)
+    out = interpreter.get_signature_runner()(features=sample)["score"]
+    step = (high + ranges.HEADROOM * (high - low)) / 255  # the widened range includes zero: [0, high + headroom]
+    assert abs(float(out.ravel()[0]) - beyond) <= 2 * step, (out, beyond, high)

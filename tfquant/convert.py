@@ -95,11 +95,16 @@ def calibrate(float_tflite: bytes, calibration: Dataset, *, source: str = "<mode
     """
     from tensorflow.lite.python.optimize.calibrator import Calibrator
 
-    from .legalize import floor_ranges
+    from .flatbuffer import read_model, write_model
+    from .legalize import floor_model_ranges
+    from .ranges import output_headroom
 
     calibrated = _run(source, "a float file the calibrator can run",
                       lambda: Calibrator(float_tflite).calibrate(calibration.samples))
-    return floor_ranges(calibrated)[0]
+    model = read_model(calibrated)
+    floor_model_ranges(model)
+    output_headroom(model)
+    return write_model(model)
 
 
 def quantize_calibrated(calibrated: bytes, recipe: Recipe, *, source: str = "<model>") -> bytes:

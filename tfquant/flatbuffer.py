@@ -48,6 +48,13 @@ def is_float(graph, index: int) -> bool:
     return graph.tensors[index].type == schema.TensorType.FLOAT32
 
 
+def has_range(tensor) -> bool:
+    """Whether a float tensor carries one calibrated [min, max]."""
+    q = tensor.quantization
+    return (tensor.type == schema.TensorType.FLOAT32 and q is not None and q.min is not None and q.max is not None
+            and len(q.min) == 1 and len(q.max) == 1)
+
+
 def builtin_of(model, op) -> int:
     """The builtin operator `op` runs."""
     return flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])

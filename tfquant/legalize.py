@@ -19,8 +19,8 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from .flatbuffer import (builtin_of, drop_unused_opcodes, float_constant, float_tensor_like, is_float, new_op, op_options,
-                         opcode, producers_of, read_model, readers_of, replace_constant, scalar_constant, write_model)
+from .flatbuffer import (builtin_of, drop_unused_opcodes, float_constant, float_tensor_like, has_range, is_float, new_op,
+                         op_options, opcode, producers_of, read_model, readers_of, replace_constant, scalar_constant, write_model)
 
 SIGNATURE = "serving_default"
 _Rewrite = Callable[[object, object, object], bool]
@@ -351,7 +351,7 @@ RELATIVE_FLOOR = 1e-3
 TINY_RANGE = 1e-3  # a range this narrow is a constant, not a signal
 
 
-def floor_ranges(calibrated: bytes, *, relative: float = RELATIVE_FLOOR) -> tuple[bytes, int]:
+def floor_model_ranges(model, *, relative: float = RELATIVE_FLOOR) -> int:
     """Widen calibrated ranges that are vanishingly small next to the other tensors of the same op.
 
     A tensor that is (almost) constant on the calibration data — the zero initial state of a
@@ -360,23 +360,15 @@ def floor_ranges(calibrated: bytes, *, relative: float = RELATIVE_FLOOR) -> tupl
     leave the range integer kernels accept (XNNPACK refuses such a graph outright). Giving it
     `relative` × the largest range of its op's other activations (at most `TINY_RANGE`) costs
     nothing: its values are within one step of the new scale. Only ranges narrower than
-    `TINY_RANGE` are touched. Returns the file and how many ranges were widened.
+    `TINY_RANGE` are touched. Works in place on a model read with `flatbuffer.read_model`; returns
+    how many ranges were widened.
     """
-    model = read_model(calibrated)
-    widened = floor_model_ranges(model, relative=relative)
-    if not widened:
-        return calibrated, 0
-    return write_model(model), widened
-
-
-def floor_model_ranges(model, *, relative: float = RELATIVE_FLOOR) -> int:
-    """`floor_ranges` on a model already read (`flatbuffer.read_model`), in place; returns how many ranges were widened."""
     widened = 0
     for _ in range(2):  # a second pass carries a widened range on to the next op
         changed = 0
         for graph in model.subgraphs:
             for op in graph.operators:
-                indices = [i for i in list(op.inputs) + list(op.outputs) if i >= 0 and _has_range(graph.tensors[i])]
+                indices = [i for i in list(op.inputs) + list(op.outputs) if i >= 0 and has_range(graph.tensors[i])]
                 if len(indices) < 2:
                     continue
                 spans = {i: _span(graph.tensors[i]) for i in indices}
@@ -390,12 +382,6 @@ def floor_model_ranges(model, *, relative: float = RELATIVE_FLOOR) -> int:
         if not changed:
             break
     return widened
-
-
-def _has_range(tensor) -> bool:
-    q = tensor.quantization
-    return (tensor.type == schema.TensorType.FLOAT32 and q is not None and q.min is not None and q.max is not None
-            and len(q.min) == 1 and len(q.max) == 1)
 
 
 def _span(tensor) -> float:

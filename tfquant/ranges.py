@@ -139,7 +139,7 @@ def _error(centers: np.ndarray, counts: np.ndarray, low: float, high: float) -> 
 def apply_ranges(calibrated: bytes, ranges: Ranges) -> bytes:
     """The calibrated file with these activation ranges in place of its min/max.
 
-    Vanishing ranges are widened again as after calibration (`legalize.floor_ranges`): a tensor
+    Vanishing ranges are widened again as after calibration (`legalize.floor_model_ranges`): a tensor
     that is constant on most samples may have a percentile range of zero width.
     """
     from .flatbuffer import read_model, write_model
@@ -152,7 +152,73 @@ def apply_ranges(calibrated: bytes, ranges: Ranges) -> bytes:
     for index, (low, high) in ranges.items():
         tensors[index].quantization.min, tensors[index].quantization.max = [float(low)], [float(high)]
     floor_model_ranges(model)
+    output_headroom(model)
     return write_model(model)
+
+
+HEADROOM = 0.25  # of its calibrated span, added beyond each side an unbounded output can still grow on
+
+
+def output_headroom(model) -> int:
+    """Widen the ranges of the graph's outputs that no op bounds, in place; returns how many were widened.
+
+    A regression head's (or a logits head's) range is the most extreme value the calibration
+    samples gave, and a sample beyond it is clipped to it: on a GRU regression calibrated on 200
+    samples, the largest output seen was 0.769 and every held-out sample above it (up to 0.852)
+    read 0.769, an RMSE of 7.5 % of the outputs' spread where int8 rounding alone costs about
+    1 %. `HEADROOM` of the span is added beyond each side the op that writes the output leaves
+    open (above only, after a ReLU); a softmax, sigmoid, tanh or L2 normalization bounds its output
+    and keeps its range. It costs a quarter more rounding step on that one tensor.
+    """
+    from .flatbuffer import builtin_of, has_range, producers_of
+
+    widened = 0
+    for graph in model.subgraphs[:1]:
+        producers = producers_of(graph)
+        for output in graph.outputs:
+            chain, op = [int(output)], producers.get(int(output))
+            while op is not None and builtin_of(model, op) in _SAME_SCALE:  # a reshape shares its input's scale
+                chain.append(int(op.inputs[0]))
+                op = producers.get(int(op.inputs[0]))
+            if op is None or not all(has_range(graph.tensors[i]) for i in chain):
+                continue
+            below, above = _open_sides(model, op)
+            if not (below or above):
+                continue
+            for index in chain:
+                q = graph.tensors[index].quantization
+                low, high = float(q.min[0]), float(q.max[0])
+                span = HEADROOM * (high - low)
+                q.min, q.max = [low - span if below else low], [high + span if above else high]
+            widened += 1
+    return widened
+
+
+def _open_sides(model, op) -> tuple[bool, bool]:
+    """Whether `op`'s output can go below and above anything calibration saw: (below, above)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from .flatbuffer import builtin_of
+
+    if builtin_of(model, op) in _BOUNDED:
+        return False, False
+    activation = getattr(op.builtinOptions, "fusedActivationFunction", schema.ActivationFunctionType.NONE)
+    if activation == schema.ActivationFunctionType.NONE:
+        return True, True
+    if activation == schema.ActivationFunctionType.RELU:
+        return False, True
+    return False, False  # RELU6, RELU_N1_TO_1 and the like: bounded
+
+
+def _builtins(*names: str) -> frozenset:
+    from ai_edge_litert import schema_py_generated as schema
+
+    return frozenset(getattr(schema.BuiltinOperator, name) for name in names)
+
+
+_SAME_SCALE = _builtins("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
+_BOUNDED = _builtins("SOFTMAX", "LOGISTIC", "TANH", "L2_NORMALIZATION", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1",
+                     "HARD_SWISH", "ARG_MAX", "ARG_MIN", "MAXIMUM", "MINIMUM")
 
 
 @dataclass(frozen=True)
