@@ -158,10 +158,12 @@ def markdown(rows: list[dict], environment: dict) -> str:
                 + f" {other_change} | {integer if first else ''} |")
     earlier = sorted({r.get("measured", EARLIER) for r in rows} - {environment["date"]})
     if earlier:
-        lines += ["", "Rows of models not re-run on " + environment["date"] + " are from an earlier run of the same bench ("
-                  + ", ".join(f"{r['model']} (Keras {r['keras']}): {r.get('measured', EARLIER)}" for r in rows
-                              if r.get("measured", EARLIER) != environment["date"])
-                  + "), before the range choice and bias correction of today's default and without LiteRT Quantizer."]
+        today = sorted({r["model"] for r in rows if r.get("measured", EARLIER) == environment["date"]})
+        runs = [date if len(earlier) == 1 else
+                f"{date} ({', '.join(sorted({r['model'] for r in rows if r.get('measured', EARLIER) == date}))})"
+                for date in earlier]
+        lines += ["", f"Only {', '.join(today)} {'was' if len(today) == 1 else 'were'} run again on {environment['date']}; "
+                  f"the other rows are from the same bench's {'run' if len(runs) == 1 else 'runs'} on {'; '.join(runs)}."]
     qat = [r for r in rows if r.get("qat")]
     if qat:
         lines += ["", "`tfquant qat` (1 epoch on 600 samples; the file kept is the better of QAT and PTQ on the "
