@@ -87,7 +87,7 @@ def test_native_crash_becomes_one_line_exit_2(model_files, train_npz, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["convert", "m.keras", "--calib", "c.npz", "--fallback", "auto", "-o", "o.tflite"], "--fallback auto needs --max-drop"),
+    (["convert", "m.keras", "--calib", "c.npz", "--fallback", "auto", "-o", "o.tflite"], "--fallback auto needs --eval"),
     (["convert", "m.keras", "--calib", "c.npz", "--max-drop", "0.01", "-o", "o.tflite"], "--max-drop needs --eval"),
     (["qat", "m.keras", "--train", "t.npz", "--epochs", "0", "-o", "o.tflite"],
      "argument --epochs: expected a whole number at least 1, found 0"),

@@ -199,12 +199,13 @@ def test_report_html_has_both_charts(laddered, tmp_path):
 
 def test_an_io_change_is_announced_and_a_pinned_io_is_kept():
     """A budget int8 cannot meet (a regression held to 0.1 % of its spread): past int8, the ladder says the
-    file's IO type changed; with the IO pinned to int8 it stays int8 and the gate fails."""
+    file's IO type changed; with the IO pinned to int8 it stays int8 and the gate fails. A model
+    without a classifier climbs without a --max-drop."""
     from tfquant.errors import AccuracyBudgetError
     from zoo_cache import trained
 
     model = trained("tabular_regression", 2)
-    options = dict(max_drop=0.01, max_rel_rmse=0.001, fallback="auto", bench_runs=2)
+    options = dict(max_rel_rmse=0.001, fallback="auto", bench_runs=2)
     result = tfquant.quantize(model.path, model.calib, eval_data=model.test, **options)
     chosen = result.report.recipe
     assert chosen.io.value != "int8" and result.report.ladder[0].recipe.io.value == "int8"
@@ -217,8 +218,12 @@ def test_an_io_change_is_announced_and_a_pinned_io_is_kept():
 
 
 def test_ladder_needs_a_budget(digits_model, train_npz, test_npz):
-    with pytest.raises(RecipeError, match="fallback auto needs max_drop"):
+    with pytest.raises(RecipeError, match="^fallback auto needs max_drop: output 'probs' is a classifier, and its "
+                                          "budget is the accuracy it may lose$"):
         tfquant.quantize(digits_model, train_npz, eval_data=test_npz, fallback="auto")
+    with pytest.raises(RecipeError, match="^fallback auto needs eval_data: the ladder measures every candidate on "
+                                          "evaluation data$"):
+        tfquant.quantize(digits_model, train_npz, fallback="auto")
     with pytest.raises(RecipeError, match="denylist: keeping ops in float is an int8 option, found mode int16x8"):
         Recipe(mode="int16x8", denylist=("a",))
 

@@ -252,6 +252,8 @@ def _usage_problem(ns: argparse.Namespace) -> Optional[str]:
     spec = getattr(ns, "spec", None)
     if spec is not None and spec.max_drop is not None and not ns.eval_data:
         return "--max-drop needs --eval: the drop is measured on evaluation data"
+    if getattr(spec, "fallback", "off") == "auto" and not ns.eval_data:
+        return "--fallback auto needs --eval: the ladder measures every candidate on evaluation data"
     if ns.command == "convert" and not ns.calib and spec.recipe.needs_calibration:
         return f"--mode {spec.mode} needs calibration data: pass --calib DATA"
     return None

@@ -27,7 +27,7 @@ from . import console, harness
 from .convert import Calibration, convert
 from .inspect import inspect
 from .prepare import Prepared
-from .errors import called
+from .errors import RecipeError, called
 from .types import Budget, Candidate, LayerError, Mode, RangeWarning, Recipe
 from .verify import Reference
 
@@ -94,6 +94,14 @@ def _measure(context: _Context, name: str, recipe: Recipe, build: Callable[[], b
         accepted=not problems, violations=problems,
     )
     return candidate, data, outputs
+
+
+def check_budget(reference: Reference, budget: Budget) -> None:
+    """A classifier output needs an accuracy budget to climb to; regression and embedding outputs have theirs."""
+    classifiers = [name for name, task in reference.tasks.items() if task == "classification"]
+    if classifiers and budget.max_drop is None:
+        raise RecipeError(f"{called('fallback')} auto needs {called('max_drop')}: output {classifiers[0]!r} is a "
+                          "classifier, and its budget is the accuracy it may lose")
 
 
 def climb(

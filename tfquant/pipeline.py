@@ -74,7 +74,7 @@ def quantize(
     spec = ConvertSpec.from_options(spec, **options)
     if recipe is not None:
         spec = spec.with_recipe(recipe)
-    check_budget(spec.max_drop, eval_data)
+    check_budget(spec.max_drop, eval_data, fallback=spec.fallback)
     prepared = prepare(model, recipe=spec.recipe, calibration_data=calibration_data, eval_data=eval_data,
                        images=images, safe_mode=safe_mode, input_shapes=spec.input_shapes)
     return quantize_prepared(prepared, spec, progress=progress)
@@ -86,6 +86,11 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
     seconds: dict[str, float] = {}
     source = prepared.source
     gzip_size_soon(prepared.exported.tflite)  # the report's float gzip bytes, while the conversion goes on
+    reference = None
+    if spec.fallback == "auto":  # first: a classifier without a budget stops before any conversion
+        reference = Reference.measure(prepared.exported.tflite, prepared.evaluation, chosen=tasks,
+                                      num_threads=num_threads, progress=False)
+        ladder.check_budget(reference, budget)
     started = time.perf_counter()
     calibrated = None
     if recipe.needs_calibration:
@@ -106,10 +111,8 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
         seconds["diagnose"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    reference, climbed, outputs, notes = None, None, None, []
-    if spec.fallback == "auto":
-        reference = Reference.measure(prepared.exported.tflite, prepared.evaluation, chosen=tasks,
-                                      num_threads=num_threads, progress=False)
+    climbed, outputs, notes = None, None, []
+    if reference is not None:
         climbed = ladder.climb(
             prepared, recipe, calibrated, reference, budget=budget, suspect_tensors=ladder.suspects(lint, diagnostics),
             num_threads=num_threads, io_pinned=spec.io is not None, parallel=spec.parallel,

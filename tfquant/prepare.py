@@ -40,13 +40,16 @@ class Prepared:
         return self.loaded.source
 
 
-def check_budget(max_drop: Optional[float], eval_data: Any) -> None:
-    """`max_drop` is a fraction in [0, 1] and comes with data to measure the drop on."""
+def check_budget(max_drop: Optional[float], eval_data: Any, *, fallback: str = "off") -> None:
+    """`max_drop` is a fraction in [0, 1] and comes with data to measure the drop on, as does the ladder."""
     if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, (int, float))
                                  or not 0 <= max_drop <= 1):
         raise RecipeError(f"max_drop: expected a fraction between 0 and 1 (0.01 = one point), found {max_drop!r}")
     if max_drop is not None and eval_data is None:
         raise RecipeError(f"{called('max_drop')} needs {called('eval_data')}: the drop is measured on evaluation data")
+    if fallback == "auto" and eval_data is None:
+        raise RecipeError(f"{called('fallback')} auto needs {called('eval_data')}: the ladder measures every candidate on "
+                          "evaluation data")
 
 
 def prepare(

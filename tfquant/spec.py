@@ -106,7 +106,7 @@ class ConvertSpec(Spec):
                                                            "leaves open (a sequence length); repeatable")
     fallback: str = option("off", choices=FALLBACKS,
                            help="auto: try int8, int8 with the worst ops in float, int16x8, dynamic, float16, float32 "
-                                "until every output is within budget (needs {max_drop})")
+                                "until every output is within budget (needs {eval_data}, and {max_drop} for a classifier)")
     max_drop: Optional[float] = option(None, low=0, high=1,
                                        help="largest accepted accuracy drop of a classification output (and retrieval "
                                             "drop of an embedding), as a fraction: 0.01 is one point")
@@ -129,8 +129,6 @@ class ConvertSpec(Spec):
 
     def check(self) -> None:
         recipe = self.recipe  # mode/io, quantizer and denylist rules
-        if self.fallback == "auto" and self.max_drop is None:
-            raise RecipeError(f"{called('fallback')} auto needs {called('max_drop')}: the budget the ladder climbs to")
         if self.fallback == "auto" and recipe.quantizer != "converter":
             raise RecipeError(f"{called('fallback')} auto climbs with {called('quantizer')} converter (it keeps single "
                               f"ops float), found {called('quantizer')} {recipe.quantizer}")

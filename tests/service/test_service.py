@@ -97,6 +97,7 @@ def test_lambda_model_is_422(client, files, tmp_path):
     ({"mode": "int4"}, "recipe: mode: unknown value 'int4'"),
     ({"bits": 4}, "recipe: unknown option(s) bits for convert"),
     ({"max_drop": 0.01}, "convert job: max_drop needs the eval file"),
+    ({"fallback": "auto"}, "convert job: fallback auto needs the eval file: the ladder measures every candidate"),
     ({"command": "qat"}, "recipe: qat needs 'epochs'"),
 ])
 def test_bad_options_are_422(client, files, recipe, message):

@@ -72,6 +72,9 @@ def check_inputs(command: str, names: set[str], options: Optional[dict[str, Any]
         raise RecipeError(f"{command} job: unexpected file field(s) {', '.join(extra)}")
     if (options or {}).get("max_drop") is not None and "eval" not in names:
         raise RecipeError(f"{command} job: max_drop needs the eval file: the drop is measured on evaluation data")
+    if (options or {}).get("fallback") == "auto" and "eval" not in names:
+        raise RecipeError(f"{command} job: fallback auto needs the eval file: the ladder measures every candidate on "
+                          "evaluation data")
 
 
 def suffix_for(field_name: str, filename: str) -> str:
