@@ -67,7 +67,8 @@ def test_litert_float_ops_are_named_never_called_integer():
 
     model = trained("l2_embedding", 3)
     with pytest.raises(StrictModeError, match=r"found float ops: MINIMUM#\d+ in layer '[^']+' "
-                                              r"\(LiteRT Quantizer has no integer form of MINIMUM\)"):
+                                              r"\(LiteRT Quantizer has no integer form of MINIMUM\); keep just these ops in float with "
+                                              r"fallback auto and eval_data, or replace the layer$"):
         tfquant.quantize(model.path, model.calib, bench_runs=1, diagnose=False, recipe=Recipe(quantizer="litert"))
 
 

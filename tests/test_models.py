@@ -242,24 +242,39 @@ def test_a_mixed_precision_model_computes_in_float32_for_the_export(version, dig
     assert output.float.accuracy > 0.9 and output.float.accuracy - output.quantized.accuracy <= 0.01
 
 
+_PREPROCESSING = {
+    "IntegerLookup": (lambda k: k.layers.IntegerLookup(vocabulary=[1, 2, 3, 4], output_mode="one_hot"),
+                      "'tf.LookupTableFindV2' op", "(the lookup tables of StringLookup, IntegerLookup or "
+                      "TextVectorization have no TFLite builtin: map the values to ids before the model and feed those)"),
+    "Hashing": (lambda k: k.layers.Hashing(num_bins=8), "'tf.StringToHashBucketFast' op",
+                "(Hashing hashes each value as a string, which TFLite has no builtin for: hash the values before the "
+                "model and feed the bins)"),
+    "CategoryEncoding": (lambda k: k.layers.CategoryEncoding(num_tokens=5, output_mode="count"), "'tf.DenseBincount' op",
+                         "(CategoryEncoding counts values with a bincount, which TFLite has no builtin for: encode the "
+                         "values before the model, or look them up with an Embedding)"),
+}
+
+
 @pytest.mark.parametrize("version", [3, 2])
-def test_a_lookup_layer_is_refused_with_what_to_do(version, tmp_path):
-    """IntegerLookup keeps a hash table TFLite has no builtin for: the error names the op and says
-    to map the values to ids before the model."""
+@pytest.mark.parametrize("layer", sorted(_PREPROCESSING))
+def test_a_preprocessing_layer_tflite_cannot_run_is_refused_with_what_to_do(layer, version, tmp_path):
+    """A lookup table, a string hash, a bincount: the error names the op and says what to do instead."""
     from tfquant._keras import keras, keras3
     from tfquant.errors import ConversionError
 
     k = keras3() if version == 3 else keras
+    make, op, hint = _PREPROCESSING[layer]
     inputs = k.Input((1,), dtype="int64", name="bucket")
-    x = k.layers.IntegerLookup(vocabulary=[1, 2, 3, 4], output_mode="one_hot")(inputs)
-    path = tmp_path / "lookup.keras"
+    x = make(k)(inputs)
+    if layer == "Hashing":
+        x = k.layers.Flatten()(k.layers.Embedding(8, 3)(x))
+    path = tmp_path / "preprocessing.keras"
     k.Model(inputs, k.layers.Dense(3, activation="softmax")(x)).save(path)
     np.savez(tmp_path / "calib.npz", bucket=np.arange(300).reshape(-1, 1) % 5)
     with pytest.raises(ConversionError) as caught:
         tfquant.quantize(path, tmp_path / "calib.npz", bench_runs=1, diagnose=False)
     message = str(caught.value)
     assert message.startswith(f"{path}: expected a model TFLiteConverter can convert, found ")
-    assert "'tf.LookupTableFindV2' op is neither a custom op nor a flex op" in message
-    assert message.endswith("(the lookup tables of StringLookup, IntegerLookup or TextVectorization have no TFLite "
-                            "builtin: map the values to ids before the model and feed those)")
+    assert f"{op} is neither a custom op nor a flex op" in message
+    assert hint in message and message.endswith(")")  # tf_keras' one-hot IntegerLookup also counts: two hints
     assert "\n" not in message

@@ -452,6 +452,10 @@ _HINTS = {
                    "builtin: map the values to ids before the model and feed those",
     "TensorList": "a loop over a sequence kept as a loop: give the sequence a fixed length (--input-shape "
                   "INPUT=STEPS,...) so that it can be unrolled",
+    "StringToHashBucket": "Hashing hashes each value as a string, which TFLite has no builtin for: hash the values "
+                          "before the model and feed the bins",
+    "Bincount": "CategoryEncoding counts values with a bincount, which TFLite has no builtin for: encode the "
+                "values before the model, or look them up with an Embedding",
 }
 
 
@@ -459,5 +463,5 @@ def conversion_failure(source: str, expected: str, exc: Exception, log: str) -> 
     text = " ".join(str(exc).split())
     errors = [m.strip() for m in re.findall(r"error: ([^\n]+)", str(exc) + "\n" + log)]
     detail = "; ".join(dict.fromkeys(errors)) if errors else text
-    hints = [hint for op, hint in _HINTS.items() if f"tf.{op}" in detail]
+    hints = [hint for op, hint in _HINTS.items() if re.search(rf"'tf\.\w*{op}", detail)]
     return problem(source, expected, detail[:500] + "".join(f" ({hint})" for hint in hints))

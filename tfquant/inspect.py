@@ -173,4 +173,4 @@ def float_ops_message(where: str, float_ops: list[FloatOp]) -> str:
         return (f"{where}: expected a fully integer file ({called('strict')}), found float ops: {named}{more}; "
                 f"use {called('mode')} int8")
     return (f"{where}: expected a fully integer file, found float ops: {named}{more}; keep just these ops in "
-            f"float with {called('fallback')} auto and {called('max_drop')}, or replace the layer")
+            f"float with {called('fallback')} auto and {called('eval_data')}, or replace the layer")
