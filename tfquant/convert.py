@@ -119,10 +119,13 @@ def quantize_calibrated(calibrated: bytes, recipe: Recipe, *, source: str = "<mo
 
 
 def deduplicated(tflite: bytes) -> bytes:
-    """One buffer for identical constants (zero biases, shared shapes): the file as it is shipped."""
+    """One buffer for identical constants (zero biases, shared shapes), and one tensor for identical
+    constant tensors (`flatbuffer.shared_constant_tensors`): the file as it is shipped."""
     from tensorflow.lite.python.convert import deduplicate_readonly_buffers
 
-    return bytes(deduplicate_readonly_buffers(tflite))
+    from .flatbuffer import shared_constant_tensors
+
+    return shared_constant_tensors(bytes(deduplicate_readonly_buffers(tflite)))[0]
 
 
 @dataclass

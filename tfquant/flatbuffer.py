@@ -143,3 +143,61 @@ def replace_constant(model, graph, index: int, values: np.ndarray) -> None:
     buffer.data = data
     model.buffers.append(buffer)
     tensor.buffer = len(model.buffers) - 1
+
+
+def shared_constant_tensors(data: bytes) -> tuple[bytes, int]:
+    """One tensor for constants that are the same in every respect: buffer, type, shape and quantization.
+
+    The quantizer gives each op its own copy of a constant it reads: an unrolled recurrent layer
+    reads its recurrent weights at every step, so a 32-step GRU holds 32 tensors of one buffer
+    (merged already by `convert.deduplicated`), each with its own per-channel scales and zero
+    points (12 bytes a channel). Ops may share a constant input; the copies are dropped and every
+    index renumbered. Returns the file and how many tensors were dropped.
+    """
+    model = read_model(data)
+    dropped = 0
+    for number, graph in enumerate(model.subgraphs):
+        first: dict = {}
+        alias: dict[int, int] = {}
+        for index, tensor in enumerate(graph.tensors):
+            if not (0 < tensor.buffer < len(model.buffers)) or model.buffers[tensor.buffer].data is None \
+                    or tensor.sparsity is not None or tensor.isVariable:
+                continue
+            key = (tensor.buffer, tensor.type, _tuple(tensor.shape), _tuple(tensor.shapeSignature), _quantization(tensor))
+            alias[index] = first.setdefault(key, index)
+        alias = {old: new for old, new in alias.items() if old != new}
+        if not alias:
+            continue
+        for op in graph.operators:
+            op.inputs = [alias.get(int(i), int(i)) for i in op.inputs]
+        kept = [i for i in range(len(graph.tensors)) if i not in alias]
+        renumber = {old: new for new, old in enumerate(kept)}
+        graph.tensors = [graph.tensors[i] for i in kept]
+        for op in graph.operators:
+            op.inputs = [renumber[int(i)] if i >= 0 else int(i) for i in op.inputs]
+            op.outputs = [renumber[int(i)] for i in op.outputs]
+            if op.intermediates is not None and len(op.intermediates):
+                op.intermediates = [renumber[int(i)] for i in op.intermediates]
+        graph.inputs = [renumber[int(i)] for i in graph.inputs]
+        graph.outputs = [renumber[int(i)] for i in graph.outputs]
+        for signature in model.signatureDefs or []:
+            if signature.subgraphIndex == number:
+                for entry in list(signature.inputs or []) + list(signature.outputs or []):
+                    entry.tensorIndex = renumber[int(entry.tensorIndex)]
+        dropped += len(alias)
+    return (write_model(model), dropped) if dropped else (data, 0)
+
+
+def _tuple(values) -> tuple:
+    return () if values is None else tuple(int(v) for v in values)
+
+
+def _quantization(tensor) -> tuple:
+    q = tensor.quantization
+    if q is None:
+        return ()
+    return (None if q.scale is None else np.asarray(q.scale, np.float32).tobytes(),
+            None if q.zeroPoint is None else np.asarray(q.zeroPoint, np.int64).tobytes(),
+            int(q.quantizedDimension or 0),
+            None if q.min is None else np.asarray(q.min, np.float32).tobytes(),
+            None if q.max is None else np.asarray(q.max, np.float32).tobytes())
