@@ -165,7 +165,8 @@ def test_a_uint8_image_input_is_read_as_it_is(version, digits, tmp_path):
 
 def test_an_unrolled_gru_reads_one_copy_of_its_recurrent_weights(digits, monkeypatch):
     """The quantizer gives every step of an unrolled GRU its own tensor of the recurrent weights, each
-    with 12 bytes of scale and zero point per channel; the shipped file keeps one, and computes the same."""
+    with 12 bytes of scale and zero point per channel, and names fused ops after every op fused into
+    them; the shipped file keeps one copy and the first name, and computes the same."""
     from tfquant import flatbuffer
     from tfquant._keras import keras
 
@@ -177,13 +178,17 @@ def test_an_unrolled_gru_reads_one_copy_of_its_recurrent_weights(digits, monkeyp
     model.fit(rows, digits["y"], epochs=2, verbose=0)
     shared = tfquant.quantize(model, {"rows": rows[:200]}, bench_runs=1, diagnose=False).tflite
     with monkeypatch.context() as patch:
-        patch.setattr(flatbuffer, "shared_constant_tensors", lambda data: (data, 0))
+        patch.setattr(flatbuffer, "slimmed", lambda data: (data, 0))
         copies = tfquant.quantize(model, {"rows": rows[:200]}, bench_runs=1, diagnose=False).tflite
     data = Dataset("digits", {"rows": digits["x_test"][..., 0]})
     assert all(np.array_equal(a, b) for a, b in zip(Runner(shared).predict(data).values(),
                                                     Runner(copies).predict(data).values()))
-    _, dropped = flatbuffer.shared_constant_tensors(copies)
+    model = flatbuffer.read_model(copies)
+    dropped = flatbuffer.share_constant_tensors(model)
     assert dropped >= 7  # one weight tensor per step after the first (8 steps)
-    assert flatbuffer.shared_constant_tensors(shared)[1] == 0
+    assert flatbuffer.share_constant_tensors(flatbuffer.read_model(shared)) == 0
+    names = [t.name for t in flatbuffer.read_model(shared).subgraphs[0].tensors]
+    assert flatbuffer.shorten_names(model) > 0 and not any(b";" in name for name in names)
+    assert names == [t.name for t in model.subgraphs[0].tensors]  # the same tensors, as the pass leaves them
     assert len(shared) < len(copies) - dropped * 16 * 12  # at least the scales and zero points of 16 channels each
     assert len(inspect(shared).ops) == len(inspect(copies).ops)

@@ -119,13 +119,13 @@ def quantize_calibrated(calibrated: bytes, recipe: Recipe, *, source: str = "<mo
 
 
 def deduplicated(tflite: bytes) -> bytes:
-    """One buffer for identical constants (zero biases, shared shapes), and one tensor for identical
-    constant tensors (`flatbuffer.shared_constant_tensors`): the file as it is shipped."""
+    """One buffer for identical constants (zero biases, shared shapes), one tensor for identical
+    constant tensors and short names (`flatbuffer.slimmed`): the file as it is shipped."""
     from tensorflow.lite.python.convert import deduplicate_readonly_buffers
 
-    from .flatbuffer import shared_constant_tensors
+    from .flatbuffer import slimmed
 
-    return shared_constant_tensors(bytes(deduplicate_readonly_buffers(tflite)))[0]
+    return slimmed(bytes(deduplicate_readonly_buffers(tflite)))[0]
 
 
 @dataclass
