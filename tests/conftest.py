@@ -47,6 +47,17 @@ def digits_model(digits) -> keras.Model:
 
 
 @pytest.fixture(scope="session")
+def rows_gru(digits) -> keras.Model:
+    """A GRU over the digits' 8 rows of 8 pixels (tf_keras), unrolled over 8 steps when exported."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8), name="rows")
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.GRU(16)(inputs)))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    model.fit(digits["x"][..., 0], digits["y"], epochs=6, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="session")
 def model_files(digits_model, tmp_path_factory) -> dict[str, Path]:
     """The trained digits CNN saved in every format tfquant reads."""
     folder = tmp_path_factory.mktemp("models")

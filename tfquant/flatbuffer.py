@@ -147,7 +147,7 @@ def replace_constant(model, graph, index: int, values: np.ndarray) -> None:
 
 def slimmed(data: bytes) -> tuple[bytes, int]:
     """The file with one tensor for constants alike in every respect (`share_constant_tensors`) and
-    fused tensor names cut to their first op (`shorten_names`); returns it and how many tensors were
+    very long fused tensor names cut short (`shorten_names`); returns it and how many tensors were
     dropped. The interpreter computes the same."""
     model = read_model(data)
     dropped = share_constant_tensors(model)
@@ -155,20 +155,32 @@ def slimmed(data: bytes) -> tuple[bytes, int]:
     return (write_model(model), dropped) if dropped or shortened else (data, 0)
 
 
+LONG_NAME = 256  # bytes: a fused name this long lists a whole unrolled loop's ops
+
+
 def shorten_names(model) -> int:
-    """Cut a fused op's tensor name to its first part, in place; returns how many names were cut.
+    """Cut a very long fused tensor name to its first and last parts, in place; returns how many were cut.
 
     The converter names a fused op's output after every TensorFlow op fused into it, joined by
-    ";": in an unrolled LSTM one name lists all 32 `unstack` outputs (1,014 bytes), and such names
-    were 83 KB of a 230 KB int8 file. The first part names the op and its layer, which is all that
-    tfquant's reports and `inspect` read from it. The file's inputs and outputs keep their names.
+    ";". Around an unrolled loop that can list every step: one tensor of an unrolled LSTM was
+    named after its 32 `unstack` outputs (1,014 bytes), and such names were 61 KB of a 230 KB
+    int8 file. A name over `LONG_NAME` bytes keeps its first part (the op and its layer, all that
+    tfquant's reports and `inspect` read from it) and its last, unless another tensor has that
+    name already; shorter names, and the file's inputs and outputs, stay as they are, so that the
+    float and int8 files name their ops alike.
     """
     shortened = 0
     for graph in model.subgraphs:
         io = {int(i) for i in graph.inputs} | {int(i) for i in graph.outputs}
+        taken = {tensor.name for tensor in graph.tensors}
         for index, tensor in enumerate(graph.tensors):
-            if index not in io and tensor.name and b";" in tensor.name:
-                tensor.name = tensor.name.split(b";")[0]
+            if index in io or not tensor.name or len(tensor.name) <= LONG_NAME or b";" not in tensor.name:
+                continue
+            parts = tensor.name.split(b";")
+            short = parts[0] + b";" + parts[-1]
+            if short not in taken:
+                taken.add(short)
+                tensor.name = short
                 shortened += 1
     return shortened
 
