@@ -102,9 +102,8 @@ def calibrate(float_tflite: bytes, calibration: Dataset, *, source: str = "<mode
     calibrated = _run(source, "a float file the calibrator can run",
                       lambda: Calibrator(float_tflite).calibrate(calibration.samples))
     model = read_model(calibrated)
-    floor_model_ranges(model)
-    output_headroom(model)
-    return write_model(model)
+    changed = floor_model_ranges(model) + output_headroom(model)
+    return write_model(model) if changed else calibrated
 
 
 def quantize_calibrated(calibrated: bytes, recipe: Recipe, *, source: str = "<model>") -> bytes:

@@ -149,6 +149,8 @@ def slimmed(data: bytes) -> tuple[bytes, int]:
     """The file with one tensor for constants alike in every respect (`share_constant_tensors`) and
     very long fused tensor names cut short (`shorten_names`); returns it and how many tensors were
     dropped. The interpreter computes the same."""
+    if not _anything_to_slim(data):  # reading the whole file into objects costs more than this look
+        return data, 0
     model = read_model(data)
     dropped = share_constant_tensors(model)
     shortened = shorten_names(model)
@@ -156,6 +158,28 @@ def slimmed(data: bytes) -> tuple[bytes, int]:
 
 
 LONG_NAME = 256  # bytes: a fused name this long lists a whole unrolled loop's ops
+
+
+def _anything_to_slim(data: bytes) -> bool:
+    """Whether a name is over `LONG_NAME` or two constant tensors share a buffer and a quantization,
+    read from the flatbuffer in place."""
+    model = schema.Model.GetRootAs(data, 0)
+    for g in range(model.SubgraphsLength()):
+        graph, seen = model.Subgraphs(g), set()
+        for t in range(graph.TensorsLength()):
+            tensor = graph.Tensors(t)
+            if len(tensor.Name() or b"") > LONG_NAME:
+                return True
+            buffer = tensor.Buffer()
+            if buffer <= 0 or buffer >= model.BuffersLength() or model.Buffers(buffer).DataLength() == 0:
+                continue
+            q = tensor.Quantization()
+            scales = b"" if q is None or q.ScaleIsNone() else q.ScaleAsNumpy().tobytes()
+            key = (buffer, tensor.Type(), scales)
+            if key in seen:
+                return True
+            seen.add(key)
+    return False
 
 
 def shorten_names(model) -> int:
