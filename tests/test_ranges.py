@@ -174,3 +174,27 @@ def test_a_regression_output_beyond_the_calibrated_range_is_not_clipped(tmp_path
     out = interpreter.get_signature_runner()(features=sample)["score"]
     step = (high + ranges.HEADROOM * (high - low)) / 255  # the widened range includes zero: [0, high + headroom]
     assert abs(float(out.ravel()[0]) - beyond) <= 2 * step, (out, beyond, high)
+
+
+def test_a_logits_head_keeps_its_calibrated_range():
+    """Headroom costs a coarser scale, which a classifier's logits do not repay: an output the evaluation
+    data shows to be a classifier keeps its range; without evaluation data it is treated as a regression."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    import tfquant
+    from tfquant._keras import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (300, 8)).astype(np.float32)
+    inputs = keras.Input((8,), name="features")
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(inputs))
+    labels = np.argmax(model.predict(x, verbose=0), axis=1)
+
+    def output_scale(**options) -> float:
+        result = tfquant.quantize(model, {"features": x[:200]}, bench_runs=1, diagnose=False, **options)
+        (detail,) = Interpreter(model_content=result.tflite).get_output_details()
+        return float(detail["quantization"][0])
+
+    classifier = output_scale(eval_data=({"features": x[200:]}, labels[200:]))
+    unknown = output_scale()
+    assert unknown == pytest.approx(classifier * (1 + 2 * ranges.HEADROOM), rel=1e-3)

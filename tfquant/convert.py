@@ -97,13 +97,11 @@ def calibrate(float_tflite: bytes, calibration: Dataset, *, source: str = "<mode
 
     from .flatbuffer import read_model, write_model
     from .legalize import floor_model_ranges
-    from .ranges import output_headroom
 
     calibrated = _run(source, "a float file the calibrator can run",
                       lambda: Calibrator(float_tflite).calibrate(calibration.samples))
     model = read_model(calibrated)
-    changed = floor_model_ranges(model) + output_headroom(model)
-    return write_model(model) if changed else calibrated
+    return write_model(model) if floor_model_ranges(model) else calibrated
 
 
 def quantize_calibrated(calibrated: bytes, recipe: Recipe, *, source: str = "<model>") -> bytes:
@@ -159,12 +157,25 @@ class Calibration:
         return deduplicated(data) if final else data
 
 
-def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
-                    source: str = "<model>") -> tuple[Calibration, Recipe]:
+def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *, source: str = "<model>",
+                    headroom: Optional[set[str]] = None) -> tuple[Calibration, Recipe]:
     """Calibrate the float file once, gather the statistics and choose the activation ranges.
 
-    Returns the calibration and the recipe with `ranges` resolved ("auto" -> what was chosen).
+    The outputs named in `headroom` (all when None) get room beyond their calibrated range where
+    no op bounds them (`ranges.output_headroom`): give it the regression outputs, not a logits
+    head, whose top classes want the finer scale. Returns the calibration and the recipe with
+    `ranges` resolved ("auto" -> what was chosen).
     """
+    found, recipe = _calibration_for(exported, calibration, recipe, source=source)
+    if found.calibrated:
+        from .ranges import with_headroom
+
+        found = replace(found, calibrated=with_headroom(found.calibrated, headroom))
+    return found, recipe
+
+
+def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
+                     source: str = "<model>") -> tuple[Calibration, Recipe]:
     from . import ranges, statistics
 
     if recipe.quantizer == "litert":  # it calibrates the float file itself, on the same samples

@@ -87,15 +87,17 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
     source = prepared.source
     gzip_size_soon(prepared.exported.tflite)  # the report's float gzip bytes, while the conversion goes on
     reference = None
-    if spec.fallback == "auto":  # first: a classifier without a budget stops before any conversion
+    if prepared.evaluation is not None:  # first: the outputs' tasks, and a classifier without a budget stops here
         reference = Reference.measure(prepared.exported.tflite, prepared.evaluation, chosen=tasks,
-                                      num_threads=num_threads, progress=False)
-        ladder.check_budget(reference, budget)
+                                      num_threads=num_threads, progress=progress)
+        if spec.fallback == "auto":
+            ladder.check_budget(reference, budget)
     started = time.perf_counter()
     calibrated = None
     if recipe.needs_calibration:
         with console.step(f"calibrating on {len(prepared.calibration)} samples"):
-            calibrated, recipe = calibration_for(prepared.exported, prepared.calibration, recipe, source=source)
+            calibrated, recipe = calibration_for(prepared.exported, prepared.calibration, recipe, source=source,
+                                                 headroom=_regression_outputs(prepared, reference, tasks))
     seconds["calibrate"] = time.perf_counter() - started
 
     diagnostics, lint = [], []
@@ -112,7 +114,7 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
 
     started = time.perf_counter()
     climbed, outputs, notes = None, None, []
-    if reference is not None:
+    if spec.fallback == "auto":
         climbed = ladder.climb(
             prepared, recipe, calibrated, reference, budget=budget, suspect_tensors=ladder.suspects(lint, diagnostics),
             num_threads=num_threads, io_pinned=spec.io is not None, parallel=spec.parallel,
@@ -140,6 +142,14 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
                   extra={"diagnostics": diagnostics[:DIAGNOSTICS_IN_REPORT], "range_lint": lint,
                          "ladder": [] if climbed is None else climbed.candidates,
                          "chosen": None if climbed is None else climbed.candidates.index(climbed.chosen)})
+
+
+def _regression_outputs(prepared: Prepared, reference: Optional[Reference], chosen: dict[str, str]) -> set[str]:
+    """The outputs whose int8 range gets headroom: regression outputs, as the evaluation data shows
+    them; without it, every output no `--task` names otherwise."""
+    if reference is not None:
+        return {name for name, task in reference.tasks.items() if task == "regression"}
+    return {spec.name for spec in prepared.exported.outputs if (chosen or {}).get(spec.name, "regression") == "regression"}
 
 
 def _diagnose(calibrated, data, recipe: Recipe, *, parallel: int = 1) -> tuple[list, list]:
