@@ -149,7 +149,8 @@ def _regression_outputs(prepared: Prepared, reference: Optional[Reference], chos
     them; without it, every output no `--task` names otherwise."""
     if reference is not None:
         return {name for name, task in reference.tasks.items() if task == "regression"}
-    return {spec.name for spec in prepared.exported.outputs if (chosen or {}).get(spec.name, "regression") == "regression"}
+    chosen = chosen or {}
+    return {spec.name for spec in prepared.exported.outputs if chosen.get(spec.name, "regression") == "regression"}
 
 
 def _diagnose(calibrated, data, recipe: Recipe, *, parallel: int = 1) -> tuple[list, list]:

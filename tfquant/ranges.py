@@ -231,8 +231,9 @@ def _builtins(*names: str) -> frozenset:
 
 
 _SAME_SCALE = _builtins("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
+# Ops whose output cannot leave a fixed range (a clip is a MAXIMUM and a MINIMUM), or is not a float.
 _BOUNDED = _builtins("SOFTMAX", "LOGISTIC", "TANH", "L2_NORMALIZATION", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1",
-                     "HARD_SWISH", "ARG_MAX", "ARG_MIN", "MAXIMUM", "MINIMUM")
+                     "ARG_MAX", "ARG_MIN", "MAXIMUM", "MINIMUM")
 
 
 @dataclass(frozen=True)
