@@ -94,9 +94,9 @@ def unshared_buffers(data: bytes) -> bytes:
 
 
 def repair_zero_scales(quantized: bytes, calibrated: bytes) -> tuple[bytes, int]:
-    """`quantized` (int16x8, from `calibrated` as `for_int16x8` left it) with its zero-scale int16 tensors given a scale.
+    """`quantized` with its zero-scale int16 tensors given a scale; returns it and how many were repaired.
 
-    Returns the file and how many tensors were repaired.
+    `quantized` is the int16x8 file made from `calibrated`, as `for_int16x8` left it.
     """
     model, source = read_model(quantized), read_model(calibrated)
     repaired = 0
