@@ -226,7 +226,8 @@ def share_constant_tensors(model) -> int:
             if not (0 < tensor.buffer < len(model.buffers)) or model.buffers[tensor.buffer].data is None \
                     or tensor.sparsity is not None or tensor.isVariable:
                 continue
-            key = (tensor.buffer, tensor.type, _tuple(tensor.shape), _tuple(tensor.shapeSignature), _quantization(tensor))
+            key = (tensor.buffer, tensor.type, _tuple(tensor.shape), _tuple(tensor.shapeSignature),
+                   _quantization(tensor))
             alias[index] = first.setdefault(key, index)
         alias = {old: new for old, new in alias.items() if old != new}
         if not alias:

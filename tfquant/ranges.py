@@ -182,8 +182,8 @@ def output_headroom(model, outputs: Optional[set[str]] = None) -> int:
     from .flatbuffer import builtin_of, has_range, producers_of
 
     widened = 0
-    named = {int(entry.tensorIndex): entry.name for signature in model.signatureDefs or [] if signature.subgraphIndex == 0
-             for entry in signature.outputs or []}
+    named = {int(entry.tensorIndex): entry.name for signature in model.signatureDefs or []
+             if signature.subgraphIndex == 0 for entry in signature.outputs or []}
     for graph in model.subgraphs[:1]:
         producers = producers_of(graph)
         for output in graph.outputs:
