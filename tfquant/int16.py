@@ -1,9 +1,9 @@
 """What TFLite's int16x8 quantizer needs around it: a file it can quantize, and its zero scales repaired.
 
 It quantizes a constant once, for whichever op reads it, so each constant gets a buffer, and each
-dense or convolution op a bias (each FILL a value), of its own before it runs (`for_int16x8`): an unrolled recurrent
-layer reads one recurrent bias at every step, each step's state has its own scale, and the bias
-scale is the input's times the weights'. The one bias had been stored for one step's scale (in
+dense or convolution op a bias (each FILL a value), of its own before it runs (`for_int16x8`): an
+unrolled recurrent layer reads one recurrent bias at every step, each step's state has its own
+scale, and the bias scale is the input's times the weights'. The one bias had been stored for one step's scale (in
 a 32-step GRU, that of the zero initial state: all zeros) and read wrongly by every step.
 
 The zero initial state of a recurrent layer is `FILL(shape, 0.0)`. TFLite's int16x8 quantizer
@@ -39,13 +39,15 @@ _INT16_MAX = 32767
 def for_int16x8(calibrated: bytes) -> bytes:
     """`calibrated` with a bias tensor of its own for every dense and convolution op, a value of its
     own for every FILL, and a buffer of its own for every constant tensor."""
-    return unshared_buffers(unshared_constants(calibrated))
+    model = read_model(calibrated)
+    changed = _unshare_constants(model)
+    changed = _unshare_buffers(model) or changed
+    return write_model(model) if changed else calibrated
 
 
-def unshared_constants(data: bytes) -> bytes:
-    """The file with its own copy of a shared constant for each op whose input takes a scale from its
-    other tensors (`_SCALED_BY_OP`: a bias, a FILL's value)."""
-    model = read_model(data)
+def _unshare_constants(model) -> bool:
+    """Give each op whose input takes a scale from its other tensors (`_SCALED_BY_OP`: a bias, a FILL's
+    value) its own copy of a constant that another op reads too, in place; returns whether it did."""
     changed = False
     for graph in model.subgraphs:
         readers = readers_of(graph)
@@ -57,24 +59,25 @@ def unshared_constants(data: bytes) -> bytes:
             if len(readers.get(constant, [])) > 1 and readers[constant][0] is not op:
                 op.inputs = [*op.inputs[:position], _copy_tensor(graph, constant), *op.inputs[position + 1:]]
                 changed = True
-    return write_model(model) if changed else data
+    return changed
 
 
 def _copy_tensor(graph, index: int) -> int:
-    """A second tensor for the constant `index` (same buffer; `unshared_buffers` gives it its own)."""
+    """A second tensor for the constant `index` (same buffer; `_unshare_buffers` gives it its own)."""
     copy = copy_module.deepcopy(graph.tensors[index])
     copy.name = graph.tensors[index].name + b"/" + str(len(graph.tensors)).encode()
     graph.tensors.append(copy)
     return len(graph.tensors) - 1
 
 
-def unshared_buffers(data: bytes) -> bytes:
-    """The file with a buffer of its own for every constant tensor. The converter shares one buffer
-    between constants whose bytes are equal, whatever their types (a float32 0.0 and an int32 0);
-    TFLite's int16x8 quantizer then rewrites the shared bytes as int16 for the float one and leaves
-    the int32 one reading 2 bytes where it needs 4, a file the interpreter refuses. Identical
-    buffers are merged again when the file is written (`convert.deduplicated`)."""
-    model = read_model(data)
+def _unshare_buffers(model) -> bool:
+    """Give every constant tensor a buffer of its own, in place; returns whether any was shared.
+
+    The converter shares one buffer between constants whose bytes are equal, whatever their types
+    (a float32 0.0 and an int32 0); TFLite's int16x8 quantizer then rewrites the shared bytes as
+    int16 for the float one and leaves the int32 one reading 2 bytes where it needs 4, a file the
+    interpreter refuses. Identical buffers are merged again when the file is written
+    (`convert.deduplicated`)."""
     changed = False
     for graph in model.subgraphs:
         seen: set[int] = set()
@@ -90,7 +93,7 @@ def unshared_buffers(data: bytes) -> bytes:
                 tensor.buffer = len(model.buffers) - 1
                 changed = True
             seen.add(index)
-    return write_model(model) if changed else data
+    return changed
 
 
 def repair_zero_scales(quantized: bytes, calibrated: bytes) -> tuple[bytes, int]:
