@@ -232,10 +232,9 @@ def share_constant_tensors(model) -> int:
         alias = {old: new for old, new in alias.items() if old != new}
         if not alias:
             continue
-        for op in graph.operators:
-            op.inputs = [alias.get(int(i), int(i)) for i in op.inputs]
         kept = [i for i in range(len(graph.tensors)) if i not in alias]
         renumber = {old: new for new, old in enumerate(kept)}
+        renumber.update({old: renumber[first] for old, first in alias.items()})  # a copy reads as its first
         graph.tensors = [graph.tensors[i] for i in kept]
         for op in graph.operators:
             op.inputs = [renumber[int(i)] if i >= 0 else int(i) for i in op.inputs]
