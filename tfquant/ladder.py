@@ -96,7 +96,7 @@ def _measure(context: _Context, name: str, recipe: Recipe, build: Callable[[], b
     return candidate, data, outputs
 
 
-def check_budget(reference: Reference, budget: Budget) -> None:
+def check_classifier_budget(reference: Reference, budget: Budget) -> None:
     """A classifier output needs an accuracy budget to climb to; regression and embedding outputs have theirs."""
     classifiers = [name for name, task in reference.tasks.items() if task == "classification"]
     if classifiers and budget.max_drop is None:

@@ -91,7 +91,7 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
         reference = Reference.measure(prepared.exported.tflite, prepared.evaluation, chosen=tasks,
                                       num_threads=num_threads, progress=progress)
         if spec.fallback == "auto":
-            ladder.check_budget(reference, budget)
+            ladder.check_classifier_budget(reference, budget)
     started = time.perf_counter()
     calibrated = None
     if recipe.needs_calibration:
