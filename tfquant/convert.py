@@ -332,12 +332,10 @@ def fuse_requantize(tflite: bytes) -> bytes:
     through float. TFLite's QUANTIZE op requantizes between integer types directly.
     """
     from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
 
-    from .flatbuffer import readers_of
+    from .flatbuffer import builtin_of, read_model, readers_of, write_model
 
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
-    codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
+    model = read_model(tflite)
     integer = {schema.TensorType.INT8, schema.TensorType.UINT8, schema.TensorType.INT16}
     changed = False
     for subgraph in model.subgraphs:
@@ -345,18 +343,16 @@ def fuse_requantize(tflite: bytes) -> bytes:
         readers = readers_of(subgraph)
         outputs = {int(i) for i in subgraph.outputs}
         for op in list(operators):
-            if codes[op.opcodeIndex] != schema.BuiltinOperator.DEQUANTIZE:
+            if builtin_of(model, op) != schema.BuiltinOperator.DEQUANTIZE:
                 continue
             source, middle = int(op.inputs[0]), int(op.outputs[0])
             following = readers.get(middle, [])
             if (subgraph.tensors[source].type not in integer or middle in outputs or len(following) != 1
-                    or codes[following[0].opcodeIndex] != schema.BuiltinOperator.QUANTIZE
+                    or builtin_of(model, following[0]) != schema.BuiltinOperator.QUANTIZE
                     or subgraph.tensors[int(following[0].outputs[0])].type not in integer):
                 continue
             following[0].inputs = [source]
             operators.remove(op)
             changed = True
         subgraph.operators = operators
-    if not changed:
-        return tflite
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return write_model(model) if changed else tflite
