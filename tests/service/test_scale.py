@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from serving import TOKEN, Server, free_port, wait_for
 
@@ -105,6 +106,10 @@ def test_a_dozen_jobs_through_replicas_sharing_postgres_run_once_each_with_the_s
                                                                                           tmp_path):
     servers, store = replicas["servers"], replicas["store"]
     clients = [Client(s.url, TOKEN) for s in servers]
+    # Every replica's worker ready first (a Ray actor imports TensorFlow as it starts): a replica
+    # still starting would leave the jobs to the others, and this test counts who ran them.
+    for server in servers:
+        wait_for(lambda url=server.url: httpx.get(f"{url}/healthz", timeout=5).json()["idle"] == 1, timeout=180)
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=8) as pool:
         ids = list(pool.map(lambda i: clients[i % 2].submit(files["model"], calib=files["calib"], **SPEC.to_dict()),

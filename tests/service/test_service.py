@@ -111,11 +111,15 @@ def test_kill_9_of_a_worker_fails_only_its_job(server, client, files):
     slow = client.submit(files["model"], command="prune", train=files["train"], calib=files["calib"], epochs=40, sparsity=0.5)
     pid = wait_for(lambda: (store.get(slow).pid if store.get(slow).status == "running" else None))
     time.sleep(1.0)
+    health = httpx.get(f"{server.url}/healthz").json()
+    assert (health["workers"], health["running"]) == (2, 1) and health["idle"] <= 1
     os.kill(pid, signal.SIGKILL)
     state = client.wait(slow, timeout=60, poll=0.2)
     assert state["status"] == "failed"
     assert state["error"].startswith("the worker process was killed by SIGKILL")
-    assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
+    # The dead worker is replaced: both are ready for a job again.
+    health = wait_for(lambda: (lambda h: h if h["idle"] == 2 else None)(httpx.get(f"{server.url}/healthz").json()))
+    assert (health["status"], health["running"]) == ("ok", 0)
     after = client.submit(files["model"], calib=files["calib"], mode="dynamic")
     assert client.wait(after, timeout=180, poll=0.3)["status"] == "succeeded"
 

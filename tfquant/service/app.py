@@ -112,6 +112,7 @@ class Health(BaseModel):
     version: str
     workers: int
     running: int
+    idle: int  # workers started ahead of need (TensorFlow imported) and waiting for a job
 
 
 def _problems(*codes: int) -> dict:
@@ -215,7 +216,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
     # thread-pool hop (and no wait behind a busy pool) stands between a poller and its answer.
     @app.get("/healthz", response_model=Health)
     async def healthz():
-        return {"status": "ok", "version": __version__, "workers": config.workers, "running": len(scheduler.running)}
+        return {"status": "ok", "version": __version__, "workers": config.workers, "running": len(scheduler.running),
+                "idle": scheduler.idle}
 
     @app.post("/v1/jobs", status_code=202, response_model=JobRef, openapi_extra=_submit_body(),
               responses=_problems(400, 413, 422, 503))

@@ -82,6 +82,12 @@ class Scheduler(threading.Thread):
         with self._lock:
             return self.executor.running()
 
+    @property
+    def idle(self) -> int:
+        """Workers of this replica ready for a job now: it claims one as soon as a job is queued."""
+        with self._lock:
+            return self.executor.free()
+
     def begin(self) -> None:
         """Recover from an earlier run, then start supervising."""
         self.recover()
