@@ -18,6 +18,15 @@ def functional(*layers) -> dict:
 DENSE = {"class_name": "Dense", "config": {"name": "dense", "units": 4, "activation": "relu"}}
 
 
+def _initializer(class_name: str, config: dict, module: str = "tensorflow.python.ops.init_ops_v2") -> dict:
+    return {"module": module, "class_name": class_name, "config": config, "registered_name": class_name}
+
+
+def _conv(initializer: dict) -> dict:
+    return {"module": "tf_keras.layers", "class_name": "Conv2D", "config": {"name": "c", "filters": 4,
+                                                                           "bias_initializer": initializer}}
+
+
 @pytest.mark.parametrize("config, found", [
     (functional(DENSE), []),
     (functional({"class_name": "Lambda", "config": {"name": "double", "function": ["4wEAAA==", None, None],
@@ -37,6 +46,16 @@ DENSE = {"class_name": "Dense", "config": {"name": "dense", "units": 4, "activat
     (functional({"module": "os", "class_name": "system", "config": {"name": "boom"}}),
      ["system 'boom' from module 'os', which Keras would import"]),
     (functional({"module": "keras.src.applications.convnext", "class_name": "LayerScale", "config": {"name": "ls"}}), []),
+    # tf_keras' EfficientNetV2: a bias initializer stored by TensorFlow's module; only initializers of
+    # plain values pass, not another class of that module, another TensorFlow module, or nested objects.
+    (functional(_conv(_initializer("Constant", {"value": 0}))), []),
+    (functional(_conv(_initializer("VarianceScaling", {"scale": 2.0, "mode": "fan_out", "seed": None}))), []),
+    (functional(_conv(_initializer("Constant", {"value": 0}, module="tensorflow.python.ops.script_ops"))),
+     ["Constant 'Constant' from module 'tensorflow.python.ops.script_ops', which Keras would import"]),
+    (functional(_conv(_initializer("numpy_function", {"value": 0}))),
+     ["numpy_function 'numpy_function' from module 'tensorflow.python.ops.init_ops_v2', which Keras would import"]),
+    (functional(_conv(_initializer("Constant", {"value": {"module": "keras.initializers", "class_name": "Ones"}}))),
+     ["Constant 'Constant' from module 'tensorflow.python.ops.init_ops_v2', which Keras would import"]),
 ])
 def test_code_is_found_wherever_it_hides(config, found):
     assert code_in_config(config) == found

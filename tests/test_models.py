@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 import tfquant
 from tfquant.errors import ModelLoadError
+from tfquant.model_config import read_config
 from tfquant.models import load_model
 
 from checks import assert_every_op_integer
@@ -88,6 +91,27 @@ def test_layers_tf_keras_applications_leave_unregistered_load_back(tmp_path, fmt
     loaded = load_model(path)
     assert loaded.flavor == "keras2"
     assert [type(layer).__name__ for layer in loaded.keras_model.layers[2:4]] == ["LayerScale", "StochasticDepth"]
+    x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
+    np.testing.assert_array_equal(loaded.keras_model(x).numpy(), model(x).numpy())
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_tensorflow_initializers_in_a_tf_keras_file_load_in_safe_mode(tmp_path, fmt):
+    """tf_keras' EfficientNetV2 builds biases with `tf.constant_initializer`, which its file stores by
+    TensorFlow's module (tensorflow.python.ops.init_ops_v2): a weight initializer, not code."""
+    import tensorflow as tf
+    import tf_keras as k
+
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1))
+    x = k.layers.Conv2D(4, 3, bias_initializer=tf.constant_initializer(0.0), name="conv")(inputs)
+    x = k.layers.Dense(3, kernel_initializer=tf.keras.initializers.VarianceScaling(2.0), name="head")(
+        k.layers.Flatten()(x))
+    model = k.Model(inputs, x)
+    path = tmp_path / f"model.{fmt}"
+    model.save(path)
+    assert "tensorflow.python.ops.init_ops_v2" in json.dumps(read_config(path))
+    loaded = load_model(path)
     x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
     np.testing.assert_array_equal(loaded.keras_model(x).numpy(), model(x).numpy())
 

@@ -28,6 +28,12 @@ OP_LAYERS = frozenset({"TFOpLambda", "SlicingOpLambda"})
 _API_SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # Modules a Keras 3 (or tf_keras v3-format) config may name: Keras' own.
 SAFE_MODULES = ("keras", "tf_keras", "builtins")
+# TensorFlow's own initializers, which tf_keras models store by their TensorFlow module (tf_keras'
+# EfficientNetV2 builds its biases with `tf.constant_initializer`): allowed by module and class,
+# with a config of plain values, so that the name picks a weight initializer and nothing else.
+TF_INITIALIZER_MODULES = frozenset({"tensorflow.python.ops.init_ops_v2", "tensorflow.python.ops.init_ops"})
+TF_INITIALIZERS = frozenset({"Constant", "Zeros", "Ones", "RandomUniform", "RandomNormal", "TruncatedNormal",
+                             "VarianceScaling", "Orthogonal", "Identity", "GlorotUniform", "GlorotNormal"})
 H5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 MAX_CONFIG_BYTES = 64 << 20  # an architecture is kilobytes; refuse to parse a JSON bomb
 
@@ -140,12 +146,20 @@ def _findings(node: Any, depth: int = 0) -> Iterator[str]:
             yield f"a {class_name} layer {name!r} whose function is not a TensorFlow API name"
     module = node.get("module")
     registered = node.get("registered_name")
-    if isinstance(module, str) and module.split(".")[0] not in SAFE_MODULES and not (
-            isinstance(registered, str) and _registered(registered)):
+    if isinstance(module, str) and module.split(".")[0] not in SAFE_MODULES and \
+            not (isinstance(registered, str) and _registered(registered)) and \
+            not _tf_initializer(module, class_name, config):
         yield f"{class_name or 'an object'} {name!r} from module {module!r}, which Keras would import"
     for key, value in node.items():
         if key not in ("class_name", "module", "registered_name") and isinstance(value, (dict, list)):
             yield from _findings(value, depth + 1)
+
+
+def _tf_initializer(module: str, class_name: Any, config: dict) -> bool:
+    """One of TensorFlow's weight initializers, its arguments plain values (a number, a string, a list of numbers)."""
+    plain = (int, float, str, bool, type(None))
+    return module in TF_INITIALIZER_MODULES and class_name in TF_INITIALIZERS and all(
+        isinstance(v, plain) or (isinstance(v, list) and all(isinstance(i, plain) for i in v)) for v in config.values())
 
 
 def _registered(name: str) -> bool:
