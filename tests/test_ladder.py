@@ -64,6 +64,36 @@ def test_the_lint_is_silent_on_a_recurrent_steps_zero_initial_state(digits):
     assert result.report.range_lint == []  # was three warnings, "ranges differ 1199×" and up
 
 
+def test_the_lint_names_an_add_that_cancels_and_not_one_that_adds_a_narrow_branch(digits):
+    """An ADD keeps each input's own scale: a narrow branch added to a wide one costs no more than the sum's
+    own rounding. What an ADD loses is cancellation: LayerNormalization of features offset by 100 ends in
+    x * inv + (beta - mean * inv), two inputs near ±380 whose sum spans 4."""
+    from tfquant._keras import keras3
+
+    k = keras3()
+    x, x_test = digits["x"].reshape(-1, 64), digits["x_test"].reshape(-1, 64)
+
+    def trained(inputs, features):
+        model = k.Model(inputs, k.layers.Dense(10, activation="softmax")(features))
+        model.compile("adam", "sparse_categorical_crossentropy")
+        model.fit(x, digits["y"], epochs=10, verbose=0)
+        return tfquant.quantize(model, x[:200], eval_data=(x_test, digits["y_test"]), bench_runs=1).report
+
+    k.utils.set_random_seed(0)
+    inputs = k.Input((64,), name="pixels")
+    normalized = k.layers.LayerNormalization()(k.layers.Rescaling(1.0, offset=100.0)(inputs))
+    report = trained(inputs, k.layers.Dense(32, activation="relu")(normalized))
+    assert report.accuracy_drop > 0.02  # the cancellation costs int8 points
+    (warning,) = report.range_lint
+    assert warning.op == "ADD" and warning.ratio > 50 and "narrower than its input" in warning.message
+
+    k.utils.set_random_seed(0)
+    inputs = k.Input((64,), name="pixels")
+    wide = k.layers.Dense(32, activation="relu")(k.layers.Rescaling(100.0)(inputs))
+    report = trained(inputs, k.layers.Add()([wide, k.layers.Dense(32)(inputs)]))
+    assert report.range_lint == [] and report.accuracy_drop <= 0.01
+
+
 def test_the_input_lint_names_a_feature_one_int8_scale_leaves_few_levels():
     from tfquant.lint import input_lint
 

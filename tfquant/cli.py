@@ -427,7 +427,8 @@ def _diagnose(ns: argparse.Namespace) -> int:
         for warning in found.range_lint:
             print(f"warning: {warning.message}")
     else:
-        print(f"\nrange lint: no op joins inputs whose ranges differ more than {ns.threshold:g}×")
+        print(f"\nrange lint: no join of inputs whose ranges differ more than {ns.threshold:g}×, "
+              f"no sum {ns.threshold:g}× narrower than its input")
     return 0
 
 

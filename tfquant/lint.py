@@ -1,10 +1,13 @@
-"""The range lint: ops that put inputs of very different ranges on one int8 scale.
+"""The range lint: ops whose int8 scales leave a tensor only a few of its 256 levels.
 
-A CONCATENATION's or PACK's output holds every input as it is, and an ADD's or SUB's output scale
-is sized for the sum: where the inputs' calibrated ranges differ by more than `threshold`×, the
-narrow input keeps only a few of the 256 levels. A MUL is not linted: each of its inputs keeps its
-own scale, and a product keeps the relative precision of both. Read from the calibrated float file;
-no data runs.
+A CONCATENATION's or PACK's output holds every input as it is, on one scale: where the inputs'
+calibrated ranges differ by more than `threshold`×, the narrow input keeps only a few levels.
+An ADD or SUB is different: each input keeps its own scale, and the output's scale is sized for
+the result, so a narrow input costs at most the output's own rounding. What an ADD or SUB can lose
+is cancellation: an output far narrower than an input (x - mean(x) where x sits far from zero)
+inherits that input's coarse steps, and keeps only a few of its own levels. A MUL is not linted:
+a product keeps the relative precision of both inputs. Read from the calibrated float file; no
+data runs.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ TINY_FEATURE = 1e-6  # a feature this narrow next to its tensor's int8 span is a
 
 
 def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> list[RangeWarning]:
-    """Flag CONCATENATION, ADD, SUB and PACK ops whose inputs' calibrated ranges differ by more than `threshold`×.
+    """Flag CONCATENATION and PACK ops whose inputs' calibrated ranges differ by more than `threshold`×,
+    and ADD and SUB ops whose output is more than `threshold`× narrower than an input.
 
     An input whose range is no wider than a constant's (`legalize.TINY_RANGE`: the zero initial
     state of a recurrent step, a padding branch) carries nothing to lose and is not compared.
@@ -50,20 +54,49 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
                 # float32 storage of a floored range ([-0.0005, 0.0005]) reads back a hair wider
                 if float(q.max[0]) - float(q.min[0]) > TINY_RANGE * (1 + 1e-6):
                     spans.append((_name(tensor), float(q.min[0]), float(q.max[0])))
-            widths = [hi - lo for _, lo, hi in spans if hi - lo > 0]
-            if len(spans) < 2 or len(widths) < 2:
+            output_tensor = subgraph.tensors[op.outputs[0]]
+            output = _name(output_tensor)
+            if op_name in ("ADD", "SUB"):
+                message, ratio = _cancellation(op_name, output, spans, output_tensor.quantization, threshold)
+            else:
+                message, ratio = _mismatch(op_name, output, spans, threshold)
+            if message is None:
                 continue
-            ratio = max(widths) / min(widths)
-            if ratio <= threshold:
-                continue
-            output = _name(subgraph.tensors[op.outputs[0]])
             downstream = [_name(subgraph.tensors[o.outputs[0]]) for o in _downstream(subgraph, op)]
             found.append(RangeWarning(
                 op=op_name, tensor=output, inputs=[n for n, _, _ in spans],
-                ranges=[[lo, hi] for _, lo, hi in spans], ratio=ratio,
-                message=_range_message(op_name, output, spans, ratio), downstream=downstream,
+                ranges=[[lo, hi] for _, lo, hi in spans], ratio=ratio, message=message, downstream=downstream,
             ))
     return found
+
+
+def _mismatch(op: str, output: str, spans, threshold: float):
+    """(message, ratio) for a join whose inputs' ranges differ by more than `threshold`×, else (None, ratio)."""
+    widths = [hi - lo for _, lo, hi in spans if hi - lo > 0]
+    if len(spans) < 2 or len(widths) < 2:
+        return None, 1.0
+    ratio = max(widths) / min(widths)
+    return (_range_message(op, output, spans, ratio) if ratio > threshold else None), ratio
+
+
+def _cancellation(op: str, output: str, spans, quantization, threshold: float):
+    """(message, ratio) for an ADD or SUB whose output's int8 span is more than `threshold`× narrower than
+    an input's, else (None, ratio). Spans as int8 holds them: every range reaches zero."""
+    if not spans or quantization is None or quantization.min is None or quantization.max is None:
+        return None, 1.0
+    low, high = min(float(quantization.min[0]), 0.0), max(float(quantization.max[0]), 0.0)
+    wide = max(spans, key=lambda s: max(s[2], 0.0) - min(s[1], 0.0))
+    width = max(wide[2], 0.0) - min(wide[1], 0.0)
+    if high - low <= 0:
+        return None, 1.0
+    ratio = width / (high - low)
+    if ratio <= threshold:
+        return None, ratio
+    levels = max(1, int(255 / ratio))
+    return (f"{op} {output!r} outputs [{low:.3g}, {high:.3g}], {ratio:.0f}× narrower than its input {wide[0]!r} "
+            f"in [{wide[1]:.3g}, {wide[2]:.3g}]: that input's int8 steps leave the result about {levels} of 256 "
+            f"levels. Fix: center or rescale that input before this op (e.g. subtract its offset where it is "
+            f"made, or a Normalization layer), or keep the op in float ({called('fallback')} auto)"), ratio
 
 
 def _downstream(subgraph, op) -> list:
@@ -92,9 +125,8 @@ def _range_message(op: str, output: str, spans, ratio: float) -> str:
     small = min(spans, key=lambda s: s[2] - s[1])
     large = max(spans, key=lambda s: s[2] - s[1])
     levels = max(1, int(255 * (small[2] - small[1]) / (large[2] - large[1])))
-    verb = "joins" if op in ("CONCATENATION", "PACK") else "combines"
     return (
-        f"{op} {output!r} {verb} inputs whose ranges differ {ratio:.0f}×: {small[0]!r} in "
+        f"{op} {output!r} joins inputs whose ranges differ {ratio:.0f}×: {small[0]!r} in "
         f"[{small[1]:.3g}, {small[2]:.3g}] and {large[0]!r} in [{large[1]:.3g}, {large[2]:.3g}]; "
         f"one int8 scale leaves the small input about {levels} of 256 levels. Fix: rescale or normalize "
         f"the large input before this op (e.g. divide it, or a Normalization layer), or keep the op in "

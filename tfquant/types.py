@@ -519,7 +519,8 @@ class LayerError(Record):
 
 @dataclass(frozen=True)
 class RangeWarning(Record):
-    """An op whose inputs share one int8 scale although their calibrated ranges differ widely."""
+    """A join whose inputs share one int8 scale although their calibrated ranges differ widely, or an ADD or
+    SUB whose output is far narrower than an input (`tfquant.lint`)."""
 
     op: str
     tensor: str
