@@ -163,6 +163,45 @@ def test_a_uint8_image_input_is_read_as_it_is(version, digits, tmp_path):
     assert output.float.accuracy > 0.9 and output.float.accuracy - output.quantized.accuracy <= 0.01
 
 
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_one_hot_encoding_of_token_ids_stays_integer_and_accurate(version):
+    """Keras 3's CategoryEncoding(one_hot), tf_keras' tf.one_hot (its CategoryEncoding one-hots one id a
+    sample): ONE_HOT copies its stored on and off values into its output, so they are put on the
+    output's scale (on the quantizer's own scales, off = 0 read back as 0.5, and int8 fell to 15 %);
+    Keras 3's CAST int -> float -> int of the ids goes, ONE_HOT reading the ids."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from tfquant import zoo
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    data = zoo.tokens()
+    inputs = k.Input((32,), dtype="int32", name="tokens")
+    if version == 3:
+        encoded = k.layers.CategoryEncoding(num_tokens=18, output_mode="one_hot")(inputs)
+    else:
+        import tensorflow as tf
+
+        encoded = tf.one_hot(inputs, 18)
+    x = k.layers.Flatten()(encoded)
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax")(k.layers.Dense(32, activation="relu")(x)))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(data.train["tokens"], data.train["y"], epochs=5, verbose=0)
+    result = tfquant.quantize(model, data.train["tokens"][:200], eval_data=(data.test["tokens"], data.test["y"]),
+                              bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    assert "CAST" not in {op.name for op in result.info.ops}
+    graph = flatbuffer_utils.read_model_from_bytearray(bytearray(result.tflite)).subgraphs[0]
+    (one_hot,) = [op for op in result.info.ops if op.name == "ONE_HOT"]
+    output = graph.tensors[one_hot.outputs[0]].quantization
+    for index in one_hot.inputs[2:]:  # on, off
+        assert (graph.tensors[index].quantization.scale, graph.tensors[index].quantization.zeroPoint) == \
+            (output.scale, output.zeroPoint)
+    measured = result.report.outputs[0]
+    assert measured.float.accuracy > 0.8 and measured.float.accuracy - measured.quantized.accuracy <= 0.01
+
+
 def test_an_unrolled_gru_reads_one_copy_of_its_recurrent_weights(rows_gru, digits, monkeypatch):
     """The quantizer gives every step of an unrolled GRU its own tensor of the recurrent weights, each
     with 12 bytes of scale and zero point per channel, and names fused ops after every op fused into
