@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
+from .flatbuffer import builtin_codes
 from .statistics import WEIGHT_OPS
 
 _DTYPES = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32}
@@ -64,7 +65,7 @@ class WeightOps:
 
     def __init__(self, quantized: bytes, float_tflite: bytes):
         self.reference = schema.Model.GetRootAs(float_tflite, 0)
-        reference_graph, reference_codes = self.reference.Subgraphs(0), _codes(self.reference)
+        reference_graph, reference_codes = self.reference.Subgraphs(0), builtin_codes(self.reference)
         self._float_weights = {}
         for i in range(reference_graph.OperatorsLength()):
             op = reference_graph.Operators(i)
@@ -73,7 +74,7 @@ class WeightOps:
         self.data = bytearray(quantized)
         self.model = schema.Model.GetRootAs(self.data, 0)
         self.graph = self.model.Subgraphs(0)
-        self._codes = _codes(self.model)
+        self._codes = builtin_codes(self.model)
         self._uses: dict[int, int] = {}
         for t in range(self.graph.TensorsLength()):
             buffer = self.graph.Tensors(t).Buffer()
@@ -103,14 +104,6 @@ class WeightOps:
     def result(self, unchanged: bytes) -> tuple[bytes, int]:
         """The rewritten file and how many buffers changed (the file as it was when none did)."""
         return (bytes(self.data), len(self.changed)) if self.changed else (unchanged, 0)
-
-
-def _codes(model) -> list[int]:
-    codes = []
-    for i in range(model.OperatorCodesLength()):
-        code = model.OperatorCodes(i)
-        codes.append(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
-    return codes
 
 
 def _location(model, index: int) -> tuple[int, int]:

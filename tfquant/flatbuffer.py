@@ -55,6 +55,12 @@ def has_range(tensor) -> bool:
             and len(q.min) == 1 and len(q.max) == 1)
 
 
+def builtin_codes(model) -> list[int]:
+    """The builtin code of each operator code of a model read in place (`schema.Model.GetRootAs`)."""
+    return [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+            for i in range(model.OperatorCodesLength())]
+
+
 def builtin_of(model, op) -> int:
     """The builtin operator `op` runs."""
     return flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])

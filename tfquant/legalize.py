@@ -19,8 +19,9 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from .flatbuffer import (builtin_of, drop_unused_opcodes, float_constant, float_tensor_like, has_range, is_float, new_op,
-                         op_options, opcode, producers_of, read_model, readers_of, replace_constant, scalar_constant, write_model)
+from .flatbuffer import (builtin_codes, builtin_of, drop_unused_opcodes, float_constant, float_tensor_like, has_range,
+                         is_float, new_op, op_options, opcode, producers_of, read_model, readers_of, replace_constant,
+                         scalar_constant, write_model)
 
 SIGNATURE = "serving_default"
 _Rewrite = Callable[[object, object, object], bool]
@@ -306,9 +307,7 @@ def integer_one_hot(data: bytes) -> bytes:
     CAST int -> float -> int of its integer ids, two float ops: ONE_HOT reads the ids themselves
     (the round trip is exact for ids below 2^24), and the CASTs go.
     """
-    flat = schema.Model.GetRootAs(data, 0)
-    if not any(max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode())
-               == schema.BuiltinOperator.ONE_HOT for i in range(flat.OperatorCodesLength())):
+    if schema.BuiltinOperator.ONE_HOT not in builtin_codes(schema.Model.GetRootAs(data, 0)):
         return data
     model = read_model(data)
     codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]

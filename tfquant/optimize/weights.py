@@ -20,6 +20,8 @@ from typing import Iterator
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
+from ..flatbuffer import builtin_codes
+
 WEIGHT_OPS = {schema.BuiltinOperator.CONV_2D: "CONV_2D", schema.BuiltinOperator.DEPTHWISE_CONV_2D: "DEPTHWISE_CONV_2D",
               schema.BuiltinOperator.FULLY_CONNECTED: "FULLY_CONNECTED",
               schema.BuiltinOperator.TRANSPOSE_CONV: "TRANSPOSE_CONV"}
@@ -40,8 +42,7 @@ def weight_tensors(tflite: bytes) -> Iterator[WeightTensor]:
     """Every constant weight tensor of a weight op in the main graph, once each."""
     model = schema.Model.GetRootAs(tflite, 0)
     graph = model.Subgraphs(0)
-    codes = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
-             for i in range(model.OperatorCodesLength())]
+    codes = builtin_codes(model)
     producers = {}  # a DENSIFY's output -> its sparse input: the weight op reads the densified tensor
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
