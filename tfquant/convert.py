@@ -109,11 +109,10 @@ def quantize_calibrated(calibrated: bytes, recipe: Recipe, *, source: str = "<mo
     quantize = _FROM_CALIBRATED.get(recipe.mode)
     if quantize is None:
         raise RecipeError(f"mode {recipe.mode.value} is not quantized from calibration statistics")
-    from .legalize import integer_comparisons, integer_inputs, integer_one_hot
+    from .postquantize import after_quantizer
 
     data = _run(source, f"a model TFLiteConverter can quantize to {recipe.mode.value}", lambda: quantize(calibrated, recipe))
-    data = integer_one_hot(data)
-    return integer_inputs(integer_comparisons(data)) if recipe.mode is Mode.INT8 else data
+    return after_quantizer(data, int8=recipe.mode is Mode.INT8)
 
 
 def deduplicated(tflite: bytes) -> bytes:

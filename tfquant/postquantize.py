@@ -1,0 +1,197 @@
+"""Passes over the quantized file, where TFLite's quantizer leaves an op float or stores it wrong.
+
+`after_quantizer` runs them on every int8 and int16x8 file `convert.quantize_calibrated` makes:
+comparisons that read int8, a uint8 or int8 input read as it is, and ONE_HOT with its values on
+its output's scale. The float file's rewrites, before calibration, are in `legalize`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.tools import flatbuffer_utils
+
+from .flatbuffer import (builtin_codes, drop_unused_opcodes, float_constant, is_float, producers_of, read_model,
+                         readers_of, write_model)
+
+
+def after_quantizer(data: bytes, *, int8: bool) -> bytes:
+    """The quantized file with what TFLite's quantizer leaves float or wrong mended: in an int8 file,
+    comparisons (`_integer_comparisons`) and uint8 or int8 inputs (`_integer_inputs`); in any
+    quantized file, ONE_HOT (`_integer_one_hot`). The file is read and written once, and not read
+    into objects at all when it holds none of the ops these passes look for."""
+    passes = [(_integer_one_hot, {schema.BuiltinOperator.ONE_HOT})]
+    if int8:
+        passes += [(_integer_comparisons, _COMPARISONS), (_integer_inputs, {schema.BuiltinOperator.CAST})]
+    present = set(builtin_codes(schema.Model.GetRootAs(data, 0)))
+    wanted = [mend for mend, ops in passes if present & ops]
+    if not wanted:
+        return data
+    model = read_model(data)
+    codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
+    changed = False
+    for mend in wanted:
+        changed = mend(model, codes) or changed
+    if not changed:
+        return data
+    drop_unused_opcodes(model)
+    return write_model(model)
+
+
+def _integer_comparisons(model, codes: list[int]) -> bool:
+    """In an int8 file, a comparison (EQUAL, NOT_EQUAL, LESS, ...) still reads a DEQUANTIZE of an
+    int8 tensor and a float constant (Masking's NOT_EQUAL(x, 0) on a float sequence) compares the
+    int8 tensor with the constant in its scale instead: TFLite's comparison kernels take int8, its
+    quantizer leaves them float. Only where every constant value lies on the int8 grid, so that
+    every answer is the float comparison's. In place; returns whether anything changed."""
+    changed = False
+    for graph in model.subgraphs:
+        producer = producers_of(graph)
+        for op in list(graph.operators):
+            if codes[op.opcodeIndex] not in _COMPARISONS or len(op.inputs) != 2:
+                continue
+            sources = [producer.get(int(i)) for i in op.inputs]
+            at = next((k for k, p in enumerate(sources) if p is not None and codes[p.opcodeIndex] ==
+                       schema.BuiltinOperator.DEQUANTIZE and graph.tensors[int(p.inputs[0])].type ==
+                       schema.TensorType.INT8), None)
+            if at is None:
+                continue
+            quantized = int(sources[at].inputs[0])
+            q = graph.tensors[quantized].quantization
+            if q is None or q.scale is None or len(q.scale) != 1:
+                continue
+            scale, zero = float(q.scale[0]), int(q.zeroPoint[0])
+            other = int(op.inputs[1 - at])
+            values = float_constant(model, graph, other)
+            if values is None:
+                continue
+            levels = np.round(values / scale) + zero
+            if np.any(levels < -128) or np.any(levels > 127) or \
+                    not np.allclose((levels - zero) * scale, values, rtol=0, atol=1e-6 * max(scale, 1e-12)):
+                continue
+            inputs = list(op.inputs)
+            inputs[at], inputs[1 - at] = quantized, _int8_constant(model, graph, levels, scale, zero,
+                                                                   graph.tensors[other].name)
+            op.inputs = inputs
+            code = model.operatorCodes[op.opcodeIndex]
+            code.version = max(code.version, 2)  # the int8 version of every comparison
+            changed = True
+        _drop_unread(graph, codes, schema.BuiltinOperator.DEQUANTIZE)
+    return changed
+
+
+def _integer_inputs(model, codes: list[int]) -> bool:
+    """In an int8 file, a uint8 or int8 input (raw image bytes, as a camera hands them over) is
+    CAST to float only to be quantized again reads it as it is: its QUANTIZE ops take the input
+    (scale 1, zero point 0: each value is the number itself) and requantize it to int8, and the
+    float CAST goes. The same values reach the int8 graph, and the file is integer throughout. In
+    place; returns whether anything changed."""
+    changed = False
+    for graph in model.subgraphs:
+        readers = readers_of(graph)
+        ends = {int(i) for i in graph.outputs}
+        for index in (int(i) for i in graph.inputs):
+            tensor = graph.tensors[index]
+            casts = readers.get(index, [])
+            if tensor.type not in (schema.TensorType.UINT8, schema.TensorType.INT8) or not casts or any(
+                    codes[c.opcodeIndex] != schema.BuiltinOperator.CAST or not is_float(graph, int(c.outputs[0]))
+                    or int(c.outputs[0]) in ends for c in casts):
+                continue
+            quantizes = [q for c in casts for q in readers.get(int(c.outputs[0]), [])]
+            if not quantizes or any(codes[q.opcodeIndex] != schema.BuiltinOperator.QUANTIZE or
+                                    graph.tensors[int(q.outputs[0])].type != schema.TensorType.INT8 for q in quantizes):
+                continue
+            tensor.quantization = schema.QuantizationParametersT()
+            tensor.quantization.scale, tensor.quantization.zeroPoint = [1.0], [0]
+            for q in quantizes:
+                q.inputs = [index]
+            graph.operators = [o for o in graph.operators if not any(o is c for c in casts)]
+            changed = True
+    return changed
+
+
+_INTEGER_IDS = (schema.TensorType.INT32, schema.TensorType.INT64)
+_LEVELS = {schema.TensorType.INT8: np.int8, schema.TensorType.INT16: np.int16}
+
+
+def _integer_one_hot(model, codes: list[int]) -> bool:
+    """In a quantized file, ONE_HOT computes what the float file's does.
+
+    TFLite's ONE_HOT copies its on and off values into its output as they are stored, so they must
+    be stored on the output's scale; the quantizer gives each constant a scale of its own (off =
+    0.0 then reads back as 0.5 on a [0, 1] output: a Keras 3 CategoryEncoding classifier fell from
+    87.5 to 15.3 %). They are put on the output's scale here. Keras 3 also reaches ONE_HOT through
+    CAST int -> float -> int of its integer ids, two float ops: ONE_HOT reads the ids themselves
+    (the round trip is exact for ids below 2^24), and the CASTs go. In place; returns whether
+    anything changed.
+    """
+    changed = False
+    for graph in model.subgraphs:
+        producer = producers_of(graph)
+        for op in [o for o in graph.operators if codes[o.opcodeIndex] == schema.BuiltinOperator.ONE_HOT]:
+            inputs = [int(i) for i in op.inputs]
+            back = producer.get(inputs[0])
+            cast_back = back is not None and codes[back.opcodeIndex] == schema.BuiltinOperator.CAST
+            there = producer.get(int(back.inputs[0])) if cast_back and is_float(graph, int(back.inputs[0])) else None
+            if there is not None and codes[there.opcodeIndex] == schema.BuiltinOperator.CAST and \
+                    graph.tensors[int(there.inputs[0])].type in _INTEGER_IDS:
+                inputs[0] = int(there.inputs[0])
+                op.inputs = inputs
+                changed = True
+            output = graph.tensors[int(op.outputs[0])]
+            q = output.quantization
+            if output.type not in _LEVELS or len(inputs) != 4 or q is None or q.scale is None or len(q.scale) != 1:
+                continue
+            for index in inputs[2:]:
+                changed |= _on_scale_of(model, graph.tensors[index], output)
+        for _ in range(2):  # the CAST back to integers, then the CAST to float it read
+            _drop_unread(graph, codes, schema.BuiltinOperator.CAST)
+    return changed
+
+
+def _on_scale_of(model, constant, output) -> bool:
+    """Store a quantized scalar constant on `output`'s scale and zero point (a buffer of its own)."""
+    q, mine = output.quantization, constant.quantization
+    buffer = model.buffers[constant.buffer].data if 0 < constant.buffer < len(model.buffers) else None
+    if constant.type != output.type or mine is None or mine.scale is None or len(mine.scale) != 1 or buffer is None \
+            or not len(buffer):
+        return False
+    scale, zero = float(q.scale[0]), int(q.zeroPoint[0])
+    if (float(mine.scale[0]), int(mine.zeroPoint[0])) == (scale, zero):
+        return False
+    dtype = _LEVELS[output.type]
+    value = (np.frombuffer(bytes(buffer), dtype).astype(np.float64) - int(mine.zeroPoint[0])) * float(mine.scale[0])
+    levels = np.clip(np.round(value / scale) + zero, np.iinfo(dtype).min, np.iinfo(dtype).max)
+    fresh = schema.BufferT()
+    fresh.data = levels.astype(dtype).tobytes()
+    model.buffers.append(fresh)
+    constant.buffer = len(model.buffers) - 1
+    constant.quantization = schema.QuantizationParametersT()
+    constant.quantization.scale, constant.quantization.zeroPoint = [scale], [zero]
+    return True
+
+
+_COMPARISONS = {schema.BuiltinOperator.EQUAL, schema.BuiltinOperator.NOT_EQUAL, schema.BuiltinOperator.LESS,
+                schema.BuiltinOperator.LESS_EQUAL, schema.BuiltinOperator.GREATER, schema.BuiltinOperator.GREATER_EQUAL}
+
+
+def _int8_constant(model, graph, levels: np.ndarray, scale: float, zero: int, near: bytes) -> int:
+    buffer = schema.BufferT()
+    buffer.data = levels.astype(np.int8).tobytes()
+    model.buffers.append(buffer)
+    tensor = schema.TensorT()
+    tensor.shape = list(levels.shape)
+    tensor.type = schema.TensorType.INT8
+    tensor.buffer = len(model.buffers) - 1
+    tensor.name = (near or b"const") + b"/int8"
+    tensor.quantization = schema.QuantizationParametersT()
+    tensor.quantization.scale, tensor.quantization.zeroPoint = [scale], [zero]
+    graph.tensors.append(tensor)
+    return len(graph.tensors) - 1
+
+
+def _drop_unread(graph, codes: list[int], builtin: int) -> None:
+    """Remove the `builtin` ops whose outputs nothing reads any more."""
+    read = {int(i) for o in graph.operators for i in o.inputs} | {int(i) for i in graph.outputs}
+    graph.operators = [o for o in graph.operators
+                       if codes[o.opcodeIndex] != builtin or any(int(out) in read for out in o.outputs)]
