@@ -247,6 +247,37 @@ def test_an_io_change_is_announced_and_a_pinned_io_is_kept():
     assert {c.recipe.io.value for c in pinned.ladder} == {"int8"} and pinned.recipe.io.value == "int8"
 
 
+def test_a_mode_the_converter_refuses_is_reported_and_the_ladder_goes_on(tmp_path):
+    """int16x8 has no kernel for ONE_HOT: with a budget int8 cannot meet, the ladder records that rung as
+    refused, with the converter's reason, and goes on to the next mode instead of failing."""
+    import tensorflow as tf
+
+    from tfquant import zoo
+    from tfquant._keras import keras as k
+    from tfquant.report import to_text
+
+    k.utils.set_random_seed(0)
+    data = zoo.tokens()
+    inputs = k.Input((32,), dtype="int32", name="tokens")
+    x = k.layers.Flatten()(tf.one_hot(inputs, 18))
+    model = k.Model(inputs, k.layers.Dense(1, name="value")(k.layers.Dense(16, activation="relu")(x)))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="mse")
+    model.fit(data.train["tokens"], data.train["y"].astype("float32"), epochs=2, verbose=0)
+    result = tfquant.quantize(model, data.train["tokens"][:200], eval_data=data.test["tokens"][:200],
+                              max_rel_rmse=0.0005, fallback="auto", bench_runs=1, diagnose=False)
+    report = result.report
+    names = [c.name for c in report.ladder]
+    assert names[0] == "int8" and not report.ladder[0].accepted
+    (refused,) = [c for c in report.ladder if c.refused]
+    assert refused.name == "int16x8" and "ONE_HOT" in refused.refused and refused.verdict(False) == \
+        "refused by the converter"
+    chosen = report.ladder[report.chosen]
+    assert names.index(chosen.name) > names.index("int16x8") and chosen.accepted and chosen.tflite_bytes > 0
+    line = f"ladder {names.index('int16x8') + 1}: int16x8 "
+    assert any(text.startswith(line) and text.endswith(f"refused by the converter: {refused.refused}")
+               for text in to_text(report).splitlines())
+
+
 def test_ladder_needs_a_budget(digits_model, train_npz, test_npz):
     with pytest.raises(RecipeError, match="^fallback auto needs max_drop: output 'probs' is a classifier, and its "
                                           "budget is the accuracy it may lose$"):

@@ -27,7 +27,7 @@ from . import console, harness
 from .convert import Calibration, convert
 from .inspect import inspect
 from .prepare import Prepared
-from .errors import RecipeError, called
+from .errors import ConversionError, RecipeError, called
 from .types import Budget, Candidate, LayerError, Mode, RangeWarning, Recipe
 from .verify import Reference
 
@@ -144,6 +144,13 @@ def climb(
         with console.step(f"trying candidate {name}"):
             return record(_measure(context, name, candidate_recipe, build))
 
+    def record_refused(name: str, candidate_recipe: Recipe, reason: str) -> None:
+        tried.append(Candidate(name=name, recipe=candidate_recipe, accuracy=None, drop=None, tflite_bytes=0,
+                               fully_integer=False, float_ops=0, ops=0, latency_p50_ms=0.0, seconds=0.0,
+                               accepted=False, violations=[], refused=reason))
+        if on_candidate is not None:
+            on_candidate(tried[-1])
+
     def done(candidate: Candidate) -> LadderResult:
         data, outputs = files[tried.index(candidate)]
         return LadderResult(chosen=candidate, tflite=data, candidates=tried, outputs=outputs)
@@ -185,8 +192,12 @@ def climb(
         if mode is recipe.mode:
             continue
         later = Recipe(mode=mode, calib_samples=recipe.calib_samples, per_channel=recipe.per_channel)
-        candidate = measure(mode.value, later, lambda r=later: convert(prepared.exported, r, calibrated=calibrated,
-                                                                        source=source))
+        try:
+            candidate = measure(mode.value, later, lambda r=later: convert(prepared.exported, r, calibrated=calibrated,
+                                                                            source=source))
+        except ConversionError as exc:  # e.g. int16x8, which the quantizer has no kernel for on some ops
+            record_refused(mode.value, later, str(exc))
+            continue
         if candidate.accepted:
             return done(candidate)
 

@@ -120,7 +120,7 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
             num_threads=num_threads, io_pinned=spec.io is not None, parallel=spec.parallel,
             on_candidate=lambda c: console.note(
                 f"candidate {c.name:<24} " + ("" if c.accuracy is None else f"accuracy {c.accuracy:.4f}  drop {c.drop:+.4f}  ")
-                + ("accepted" if c.accepted else "over budget")),
+                + (f"refused by the converter: {c.refused}" if c.refused else "accepted" if c.accepted else "over budget")),
         )
         changed = ladder.io_change(recipe, climbed.chosen.recipe)
         if changed:

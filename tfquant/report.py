@@ -108,9 +108,10 @@ def to_text(report: Report) -> str:
     if report.training is not None:
         out += "\n".join(training_lines(report)) + "\n"
     for index, c in enumerate(report.ladder):
-        verdict = "chosen" if index == report.chosen else ("within budget" if c.accepted else "over budget")
+        verdict = c.verdict(index == report.chosen)
         scored = "" if c.accuracy is None else f"accuracy {c.accuracy:.4f}  drop {c.drop:+.4f}  "
-        out += f"ladder {index + 1}: {c.name:<24} {scored}{c.tflite_bytes:,} bytes  {verdict}\n"
+        measured = f"{verdict}: {c.refused}" if c.refused else f"{scored}{c.tflite_bytes:,} bytes  {verdict}"
+        out += f"ladder {index + 1}: {c.name:<24} {measured}\n"
     for warning in report.warnings:
         out += f"warning: {warning}\n"
     return out
@@ -217,7 +218,7 @@ def to_markdown(report: Report) -> str:
         lines += ["", "## Fallback ladder", "", "| candidate | accuracy | drop | bytes | float ops | p50 ms | |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
         for index, c in enumerate(report.ladder):
-            verdict = "**chosen**" if index == report.chosen else ("within budget" if c.accepted else "over budget")
+            verdict = "**chosen**" if index == report.chosen else c.verdict(False)
             drop = "–" if c.drop is None else f"{100 * c.drop:.2f} pts"
             lines.append(f"| {c.name} | {_pct(c.accuracy)} | {drop} | {c.tflite_bytes:,} | "
                          f"{c.float_ops} / {c.ops} | {c.latency_p50_ms:.3f} | {verdict} |")

@@ -92,11 +92,12 @@ def _tick_step(largest: float) -> float:
 
 
 def ladder_chart(report: Report) -> str | None:
-    if not report.ladder or any(c.accuracy is None for c in report.ladder):
+    measured = [(index, c) for index, c in enumerate(report.ladder) if not c.refused]  # a refused mode has no file
+    if not measured or any(c.accuracy is None for _, c in measured):
         return None
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.2))
-    for index, c in enumerate(report.ladder):
+    for index, c in measured:
         chosen = index == report.chosen
         axes.scatter(c.tflite_bytes / 1024, 100 * c.accuracy, s=90 if chosen else 40,
                      color="#27ae60" if c.accepted else "#c0392b", edgecolor="black" if chosen else "none", zorder=3)
@@ -241,7 +242,7 @@ def to_html(report: Report, rows: Sequence[tuple[str, str, str, str]]) -> str:
         parts.append("<h2>Fallback ladder</h2><table><tr><th>#</th><th>candidate</th><th>accuracy</th><th>drop</th>"
                      "<th>bytes</th><th>float ops</th><th>p50 ms</th><th>seconds</th><th></th></tr>")
         for index, c in enumerate(report.ladder):
-            verdict = "chosen" if index == report.chosen else ("within budget" if c.accepted else "over budget")
+            verdict = c.verdict(index == report.chosen)
             parts.append(_row((str(index + 1), c.name, _pct(c.accuracy),
                                "–" if c.drop is None else f"{100 * c.drop:.2f} pts", f"{c.tflite_bytes:,}",
                                f"{c.float_ops} / {c.ops}", f"{c.latency_p50_ms:.3f}", f"{c.seconds:.2f}", verdict)))

@@ -547,6 +547,14 @@ class Candidate(Record):
     seconds: float
     accepted: bool
     violations: list[str] = field(default_factory=list)  # how it fell outside the budget
+    refused: Optional[str] = None  # the converter's reason when it refused this mode (nothing was measured)
+
+    def verdict(self, chosen: bool) -> str:
+        if chosen:
+            return "chosen"
+        if self.refused:
+            return "refused by the converter"
+        return "within budget" if self.accepted else "over budget"
 
 
 @dataclass(frozen=True)
