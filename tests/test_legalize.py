@@ -202,6 +202,38 @@ def test_a_one_hot_encoding_of_token_ids_stays_integer_and_accurate(version):
     assert measured.float.accuracy > 0.8 and measured.float.accuracy - measured.quantized.accuracy <= 0.01
 
 
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_masked_average_of_token_embeddings_stays_integer_and_names_an_empty_sequence(version, tmp_path):
+    """Embedding(mask_zero=True) then GlobalAveragePooling1D, the text classifier of Keras' guides:
+    the quantizer left the mask's CAST bool -> float float; it is selected into int8 instead. The
+    average divides by the token count: timing fed ids of 0, all padding, and the int8 DIV stopped
+    the interpreter with a bare RuntimeError. An evaluation sample that is all padding is named."""
+    from tfquant import zoo
+    from tfquant._keras import keras, keras3
+    from tfquant.errors import TFLiteFileError
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    data = zoo.tokens()
+    inputs = k.Input((32,), dtype="int32", name="tokens")
+    pooled = k.layers.GlobalAveragePooling1D()(k.layers.Embedding(18, 16, mask_zero=True)(inputs))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax")(k.layers.Dense(32, activation="relu")(pooled)))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(data.train["tokens"], data.train["y"], epochs=8, verbose=0)
+    calibration, test = data.train["tokens"][:200], (data.test["tokens"], data.test["y"])
+    result = tfquant.quantize(model, calibration, eval_data=test, bench_runs=2, diagnose=False)
+    assert_every_op_integer(result.info)
+    ops = [op.name for op in result.info.ops]
+    assert "CAST" not in ops and "SELECT_V2" in ops and "DIV" in ops
+    measured = result.report.outputs[0]
+    assert measured.float.accuracy > 0.25 and abs(measured.float.accuracy - measured.quantized.accuracy) <= 0.02
+    assert measured.quantized.agreement >= 0.9
+    empty = data.test["tokens"].copy()
+    empty[7] = 0
+    with pytest.raises(TFLiteFileError, match=r"stopped on sample 7 of .*\(a DIV's divisor is 0 on this sample"):
+        Runner(result.tflite).predict(Dataset("tokens.npz", {"tokens": empty}), progress=False)
+
+
 def test_an_unrolled_gru_reads_one_copy_of_its_recurrent_weights(rows_gru, digits, monkeypatch):
     """The quantizer gives every step of an unrolled GRU its own tensor of the recurrent weights, each
     with 12 bytes of scale and zero point per channel, and names fused ops after every op fused into

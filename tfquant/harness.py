@@ -249,12 +249,35 @@ class Runner:
                 try:
                     outputs = self.run(chunk)
                 except RuntimeError as exc:
-                    raise TFLiteFileError(problem(self.where, "a file the interpreter can run",
-                                                  " ".join(str(exc).split())[:300])) from None
+                    raise self._stopped(data, [a[start:start + real] for a in arrays], start, exc) from None
                 for name, values in outputs.items():
                     results[name].append(values[:real].copy())
                 bar.advance(real)
         return {name: np.concatenate(parts) for name, parts in results.items()}
+
+
+    def _stopped(self, data: Dataset, chunk: list[np.ndarray], start: int, exc: RuntimeError) -> TFLiteFileError:
+        """The error for an invoke the interpreter stopped: on which sample, and why where that is known."""
+        found = " ".join(str(exc).split())[:300]
+        where = f"samples {start}-{start + len(chunk[0]) - 1}" if len(chunk[0]) > 1 else f"sample {start}"
+        if len(chunk[0]) > 1 and self.dynamic_batch:  # one at a time, to name the sample
+            self._resize(1)
+            for offset in range(len(chunk[0])):
+                try:
+                    self.run([a[offset:offset + 1] for a in chunk])
+                except RuntimeError:
+                    where = f"sample {start + offset}"
+                    break
+        why = next((f" ({reason})" for marks, reason in _STOPS if all(m in found for m in marks)), "")
+        return TFLiteFileError(problem(self.where, "a file the interpreter can run on every sample",
+                                       f"it stopped on {where} of {data.source}: {found}{why}"))
+
+
+# Interpreter failures that data causes, with what they mean: (substrings of the message, explanation).
+_STOPS = (
+    (("div.cc", "zero_point"), "a DIV's divisor is 0 on this sample: int8 stops there where float gives inf or NaN; "
+                               "an average over a sequence that is all padding divides by 0"),
+)
 
 
 def load_eval_data(runner: Runner, eval_data: Any, *, images: ImageOptions = ImageOptions()) -> Dataset:
@@ -314,7 +337,9 @@ def _random_inputs(runner: Runner, seed: int = 0) -> list[np.ndarray]:
     for detail in runner.interpreter.get_input_details():
         shape, dtype = tuple(detail["shape"]), np.dtype(detail["dtype"])
         if dtype.kind in "iu" and not detail["quantization"][0]:
-            arrays.append(np.zeros(shape, dtype))  # ids (tokens, categories): 0 is valid for any table
+            # ids (tokens, categories): 1 is in any table but the smallest, and not the padding id 0 (a
+            # sequence of padding only is empty: a masked average of it divides by 0)
+            arrays.append(np.ones(shape, dtype))
         elif dtype.kind in "iu":
             info = np.iinfo(dtype)
             arrays.append(rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype))
@@ -350,7 +375,8 @@ def peak_rss_mb() -> float:
 class _Timer:
     """Raw-array feeding for latency: inputs set once in the file's own dtype, no conversion timed."""
 
-    def __init__(self, model: Source, num_threads: Optional[int]):
+    def __init__(self, model: Source, num_threads: Optional[int], sample: Optional[Dataset] = None):
+        self.sample = sample
         rss_before = _current_rss_mb()
         started = time.perf_counter()
         self.runner = Runner(model, num_threads=num_threads)
@@ -366,7 +392,12 @@ class _Timer:
         except RuntimeError:
             self._without_delegate()
             started = time.perf_counter()
-            self._first()
+            try:
+                self._first()
+            except RuntimeError as exc:
+                fed = f"the first sample of {sample.source}" if sample is not None else "synthetic inputs"
+                raise TFLiteFileError(problem(self.runner.where, "a file the interpreter can run",
+                                              f"it stopped on {fed}: {' '.join(str(exc).split())[:300]}")) from None
         self.first_ms = (time.perf_counter() - started) * 1e3
         self.samples: list[float] = []
         self.warmup: list[float] = []
@@ -377,9 +408,15 @@ class _Timer:
         self.runner.allocate()
 
     def _first(self) -> None:
+        """Set the inputs every timed run reads (the sample's first, else synthetic ones) and run once."""
         interp = self.runner.interpreter
-        for detail, values in zip(interp.get_input_details(), _random_inputs(self.runner)):
-            interp.set_tensor(detail["index"], values)
+        if self.sample is not None:
+            batch = max(1, self.runner.inputs[0].signature[0]) if self.runner.inputs else 1
+            for port, values in zip(self.runner.inputs, self.runner.bind(self.sample)):
+                interp.set_tensor(port.index, port.to_file(np.repeat(values[:1], batch, axis=0)))
+        else:
+            for detail, values in zip(interp.get_input_details(), _random_inputs(self.runner)):
+                interp.set_tensor(detail["index"], values)
         interp.invoke()
 
     def once(self) -> float:
@@ -433,7 +470,7 @@ TARGET_MARGIN = 0.05  # the median's confidence interval: within +-5 %
 
 def benchmark(
     *models: Source, runs: int = 50, warmup: int = 5, num_threads: Optional[int] = None,
-    max_seconds: float = 10.0,
+    max_seconds: float = 10.0, sample: Optional[Dataset] = None,
 ) -> list[BenchmarkResult]:
     """Latency of one or more files at batch 1, measured interleaved in one run.
 
@@ -453,13 +490,15 @@ def benchmark(
         warmup: untimed invokes per file before timing. Defaults to `5`.
         num_threads: interpreter threads. Defaults to every core.
         max_seconds: stop adding runs after this long. Defaults to `10`.
+        sample: data whose first sample every run is fed (an empty or out-of-range synthetic input
+            can take another path through a model, or stop it). Defaults to synthetic inputs.
     """
     from .errors import RecipeError
 
     if runs < 1 or warmup < 0 or not max_seconds > 0:
         raise RecipeError(f"bench: expected runs >= 1, warmup >= 0 and max_seconds > 0, found runs={runs}, "
                           f"warmup={warmup}, max_seconds={max_seconds}")
-    timers = [_Timer(m, num_threads) for m in models]
+    timers = [_Timer(m, num_threads, sample) for m in models]
     for _ in range(warmup):
         for timer in timers:
             timer.warmup.append(timer.once())

@@ -84,7 +84,7 @@ def _measure(context: _Context, name: str, recipe: Recipe, build: Callable[[], b
     problems = reference.violations(judged, context.budget)
     score, float_score = reference.score(judged), reference.score(reference.metrics)
     (bench,) = harness.benchmark(data, runs=context.bench_runs, warmup=2, num_threads=context.num_threads,
-                                 max_seconds=0.5)
+                                 max_seconds=0.5, sample=context.evaluation)
     info = inspect(data)
     candidate = Candidate(
         name=name, recipe=recipe, accuracy=score,

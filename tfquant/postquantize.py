@@ -1,8 +1,8 @@
 """Passes over the quantized file, where TFLite's quantizer leaves an op float or stores it wrong.
 
 `after_quantizer` runs them on every int8 and int16x8 file `convert.quantize_calibrated` makes:
-comparisons that read int8, a uint8 or int8 input read as it is, and ONE_HOT with its values on
-its output's scale. The float file's rewrites, before calibration, are in `legalize`.
+comparisons that read int8, a uint8 or int8 input read as it is, boolean masks selected straight
+into int8, and ONE_HOT with its values on its output's scale. The float file's rewrites, before calibration, are in `legalize`.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from .flatbuffer import (builtin_codes, drop_unused_opcodes, float_constant, is_
 
 def after_quantizer(data: bytes, *, int8: bool) -> bytes:
     """The quantized file with what TFLite's quantizer leaves float or wrong mended: in an int8 file,
-    comparisons (`_integer_comparisons`) and uint8 or int8 inputs (`_integer_inputs`); in any
+    comparisons (`_integer_comparisons`), uint8 or int8 inputs (`_integer_inputs`) and boolean masks
+    (`_integer_masks`); in any
     quantized file, ONE_HOT (`_integer_one_hot`). The file is read and written once, and not read
     into objects at all when it holds none of the ops these passes look for."""
     passes = [(_integer_one_hot, {schema.BuiltinOperator.ONE_HOT})]
     if int8:
-        passes += [(_integer_comparisons, _COMPARISONS), (_integer_inputs, {schema.BuiltinOperator.CAST})]
+        passes += [(_integer_comparisons, _COMPARISONS), (_integer_inputs, {schema.BuiltinOperator.CAST}),
+                   (_integer_masks, {schema.BuiltinOperator.CAST})]
     present = set(builtin_codes(schema.Model.GetRootAs(data, 0)))
     wanted = [mend for mend, ops in passes if present & ops]
     if not wanted:
@@ -106,6 +108,45 @@ def _integer_inputs(model, codes: list[int]) -> bool:
             for q in quantizes:
                 q.inputs = [index]
             graph.operators = [o for o in graph.operators if not any(o is c for c in casts)]
+            changed = True
+    return changed
+
+
+def _integer_masks(model, codes: list[int]) -> bool:
+    """In an int8 file, a boolean mask CAST to float only to be quantized is selected straight into
+    int8: SELECT_V2(mask, 1, 0), with 1 and 0 stored on the QUANTIZE's output scale, writes what the
+    QUANTIZE wrote, and the float CAST goes. A masked average (Embedding(mask_zero=True) and then
+    GlobalAveragePooling1D) counts its tokens this way; the quantizer leaves that CAST float. In
+    place (`codes` grows with any opcode added); returns whether anything changed."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from .flatbuffer import new_op
+
+    changed = False
+    for graph in model.subgraphs:
+        readers = readers_of(graph)
+        ends = {int(i) for i in graph.outputs}
+        for cast in [o for o in graph.operators if codes[o.opcodeIndex] == schema.BuiltinOperator.CAST]:
+            mask, middle = int(cast.inputs[0]), int(cast.outputs[0])
+            quantizes = readers.get(middle, [])
+            if graph.tensors[mask].type != schema.TensorType.BOOL or not is_float(graph, middle) or middle in ends \
+                    or not quantizes or any(codes[q.opcodeIndex] != schema.BuiltinOperator.QUANTIZE or
+                                            graph.tensors[int(q.outputs[0])].type != schema.TensorType.INT8
+                                            for q in quantizes):
+                continue
+            for quantize in quantizes:
+                output = int(quantize.outputs[0])
+                q = graph.tensors[output].quantization
+                scale, zero = float(q.scale[0]), int(q.zeroPoint[0])
+                name = graph.tensors[output].name
+                one = _int8_constant(model, graph, np.array(np.clip(round(1.0 / scale) + zero, -128, 127)), scale,
+                                     zero, name + b"/true")
+                zero_level = _int8_constant(model, graph, np.array(zero), scale, zero, name + b"/false")
+                select = new_op(model, schema.BuiltinOperator.SELECT_V2, [mask, one, zero_level], [output])
+                codes += [flatbuffer_utils.get_builtin_code_from_operator_code(c)
+                          for c in model.operatorCodes[len(codes):]]
+                graph.operators[next(i for i, o in enumerate(graph.operators) if o is quantize)] = select
+            graph.operators = [o for o in graph.operators if o is not cast]
             changed = True
     return changed
 

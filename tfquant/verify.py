@@ -177,7 +177,8 @@ def verify(
 
     started = time.perf_counter()
     float_bench, quant_bench = harness.benchmark(float_tflite, tflite, runs=bench_runs, warmup=3, num_threads=threads,
-                                                 max_seconds=REPORT_BENCH_SECONDS)
+                                                 max_seconds=REPORT_BENCH_SECONDS,
+                                                 sample=evaluation if evaluation is not None else prepared.calibration)
     seconds["benchmark"] = time.perf_counter() - started
 
     primary_f = None if reference is None else reference.metrics.primary()
