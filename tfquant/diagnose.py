@@ -35,13 +35,15 @@ def layer_errors(calibrated: bytes, data: Dataset, *, samples: int = DEFAULT_DEB
     from tensorflow.lite.python.convert import mlir_quantize
 
     from .harness import Runner
+    from .postquantize import after_quantizer
 
     tf = _keras.tf
     subset = data.calibration_subset(samples)
     names = [port.name for port in Runner(calibrated, num_threads=1).inputs]  # the debugger feeds by position
     with captured_stderr(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        debug_model = mlir_quantize(calibrated, disable_per_channel=not per_channel, enable_numeric_verify=True)
+        debug_model = after_quantizer(mlir_quantize(calibrated, disable_per_channel=not per_channel,
+                                                    enable_numeric_verify=True), int8=True)
         debugger = tf.lite.experimental.QuantizationDebugger(
             quant_debug_model_content=debug_model,
             debug_dataset=lambda: ([sample[n] for n in names] for sample in subset.samples()),
