@@ -14,16 +14,16 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from .flatbuffer import (builtin_codes, drop_unused_opcodes, float_constant, is_float, producers_of, read_model,
-                         readers_of, write_model)
+from .flatbuffer import (builtin_codes, drop_unused_opcodes, float_constant, is_float, new_op, producers_of,
+                         read_model, readers_of, write_model)
 
 
 def after_quantizer(data: bytes, *, int8: bool) -> bytes:
     """The quantized file with what TFLite's quantizer leaves float or wrong mended: in an int8 file,
     comparisons (`_integer_comparisons`), uint8 or int8 inputs (`_integer_inputs`) and boolean masks
-    (`_integer_masks`); in any
-    quantized file, ONE_HOT (`_integer_one_hot`) and ops that copy values (`_copies_requantized`). The file is read and written once, and not read
-    into objects at all when it holds none of the ops these passes look for."""
+    (`_integer_masks`); in any quantized file, ONE_HOT (`_integer_one_hot`) and ops that copy values
+    (`_copies_requantized`). The file is read and written once, and not read into objects at all
+    when it holds none of the ops these passes look for."""
     passes = [(_integer_one_hot, {schema.BuiltinOperator.ONE_HOT}), (_copies_requantized, set(_COPIES))]
     if int8:
         passes += [(_integer_comparisons, _COMPARISONS), (_integer_inputs, {schema.BuiltinOperator.CAST}),
@@ -121,10 +121,6 @@ def _integer_masks(model, codes: list[int]) -> bool:
     QUANTIZE wrote, and the float CAST goes. A masked average (Embedding(mask_zero=True) and then
     GlobalAveragePooling1D) counts its tokens this way; the quantizer leaves that CAST float. In
     place (`codes` grows with any opcode added); returns whether anything changed."""
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    from .flatbuffer import new_op
-
     changed = False
     for graph in model.subgraphs:
         readers = readers_of(graph)
@@ -145,9 +141,7 @@ def _integer_masks(model, codes: list[int]) -> bool:
                 one = _int8_constant(model, graph, np.array(np.clip(round(1.0 / scale) + zero, -128, 127)), scale,
                                      zero, name + b"/true")
                 zero_level = _int8_constant(model, graph, np.array(zero), scale, zero, name + b"/false")
-                select = new_op(model, schema.BuiltinOperator.SELECT_V2, [mask, one, zero_level], [output])
-                codes += [flatbuffer_utils.get_builtin_code_from_operator_code(c)
-                          for c in model.operatorCodes[len(codes):]]
+                select = _added(model, codes, schema.BuiltinOperator.SELECT_V2, [mask, one, zero_level], [output])
                 graph.operators[next(i for i, o in enumerate(graph.operators) if o is quantize)] = select
             graph.operators = [o for o in graph.operators if o is not cast]
             changed = True
@@ -171,10 +165,6 @@ def _copies_requantized(model, codes: list[int]) -> bool:
     of a Bidirectional layer with return_sequences, and a Bidirectional GRU regression read its
     backward features 1.3 times too large and shifted (int8 RMSE 113 % of the outputs' spread). In
     place (`codes` grows with any opcode added); returns whether anything changed."""
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    from .flatbuffer import new_op
-
     changed = False
     for graph in model.subgraphs:
         ordered = []
@@ -198,12 +188,17 @@ def _copies_requantized(model, codes: list[int]) -> bool:
                 outputs = [int(o) for o in op.outputs]
                 outputs[position] = len(graph.tensors) - 1
                 op.outputs = outputs
-                ordered.append(new_op(model, schema.BuiltinOperator.QUANTIZE, [len(graph.tensors) - 1], [index]))
-                codes += [flatbuffer_utils.get_builtin_code_from_operator_code(c)
-                          for c in model.operatorCodes[len(codes):]]
+                ordered.append(_added(model, codes, schema.BuiltinOperator.QUANTIZE, [len(graph.tensors) - 1], [index]))
                 changed = True
         graph.operators = ordered
     return changed
+
+
+def _added(model, codes: list[int], builtin: int, inputs: list[int], outputs: list[int]):
+    """A new op (`flatbuffer.new_op`), with `codes` grown by any operator code it added."""
+    op = new_op(model, builtin, inputs, outputs)
+    codes += [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes[len(codes):]]
+    return op
 
 
 def _scale(tensor) -> Optional[tuple[list[float], list[int]]]:
