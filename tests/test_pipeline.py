@@ -27,7 +27,9 @@ def test_int8_is_fully_integer_small_and_accurate(int8_result):
     assert report.calibration_samples == 200 and report.eval_samples == 359
     assert report.latency_ms["quantized"].count >= 10 and report.latency_ms["quantized"].p50_margin is not None
     latency = report.latency_ms["quantized"]
-    assert latency.p50_low <= latency.p50 <= latency.p50_high <= latency.p90
+    # The median's interval is read off the order statistics: at 10 runs its upper end is the slowest run,
+    # which can lie above p90 (interpolated between the two slowest).
+    assert latency.min <= latency.p50_low <= latency.p50 <= latency.p50_high and latency.p50 <= latency.p90
     assert (latency.p99 is None) == (latency.count < 100)
 
 
