@@ -96,12 +96,19 @@ def scalar_constant(model, graph, value: float, near: bytes, suffix: bytes) -> i
 
 def float_tensor_like(graph, index: int, name: bytes) -> int:
     """A new float32 tensor of `index`'s shape in `graph`; returns its index."""
+    return tensor_like(graph, index, name, schema.TensorType.FLOAT32)
+
+
+def tensor_like(graph, index: int, name: bytes, tensor_type: int, quantization=None) -> int:
+    """A new tensor of `index`'s shape in `graph`, of `tensor_type` (with `quantization`, if given);
+    returns its index."""
     source, tensor = graph.tensors[index], schema.TensorT()
     tensor.shape = None if source.shape is None else list(source.shape)
     tensor.shapeSignature = None if source.shapeSignature is None else list(source.shapeSignature)
-    tensor.type = schema.TensorType.FLOAT32
+    tensor.type = tensor_type
     tensor.buffer = 0
     tensor.name = name
+    tensor.quantization = quantization
     graph.tensors.append(tensor)
     return len(graph.tensors) - 1
 

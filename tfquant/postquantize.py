@@ -15,7 +15,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from .flatbuffer import (builtin_codes, drop_unused_opcodes, float_constant, is_float, new_op, producers_of,
-                         read_model, readers_of, write_model)
+                         read_model, readers_of, tensor_like, write_model)
 
 
 def after_quantizer(data: bytes, *, int8: bool) -> bytes:
@@ -103,8 +103,7 @@ def _integer_inputs(model, codes: list[int]) -> bool:
                     or int(c.outputs[0]) in ends for c in casts):
                 continue
             quantizes = [q for c in casts for q in readers.get(int(c.outputs[0]), [])]
-            if not quantizes or any(codes[q.opcodeIndex] != schema.BuiltinOperator.QUANTIZE or
-                                    graph.tensors[int(q.outputs[0])].type != schema.TensorType.INT8 for q in quantizes):
+            if not quantizes or not all(_quantizes_to_int8(graph, codes, q) for q in quantizes):
                 continue
             tensor.quantization = schema.QuantizationParametersT()
             tensor.quantization.scale, tensor.quantization.zeroPoint = [1.0], [0]
@@ -113,6 +112,11 @@ def _integer_inputs(model, codes: list[int]) -> bool:
             graph.operators = [o for o in graph.operators if not any(o is c for c in casts)]
             changed = True
     return changed
+
+
+def _quantizes_to_int8(graph, codes: list[int], op) -> bool:
+    return codes[op.opcodeIndex] == schema.BuiltinOperator.QUANTIZE and \
+        graph.tensors[int(op.outputs[0])].type == schema.TensorType.INT8
 
 
 def _integer_masks(model, codes: list[int]) -> bool:
@@ -129,19 +133,18 @@ def _integer_masks(model, codes: list[int]) -> bool:
             mask, middle = int(cast.inputs[0]), int(cast.outputs[0])
             quantizes = readers.get(middle, [])
             if graph.tensors[mask].type != schema.TensorType.BOOL or not is_float(graph, middle) or middle in ends \
-                    or not quantizes or any(codes[q.opcodeIndex] != schema.BuiltinOperator.QUANTIZE or
-                                            graph.tensors[int(q.outputs[0])].type != schema.TensorType.INT8
-                                            for q in quantizes):
+                    or not quantizes or not all(_quantizes_to_int8(graph, codes, q) for q in quantizes):
                 continue
             for quantize in quantizes:
                 output = int(quantize.outputs[0])
                 q = graph.tensors[output].quantization
                 scale, zero = float(q.scale[0]), int(q.zeroPoint[0])
                 name = graph.tensors[output].name
-                one = _int8_constant(model, graph, np.array(np.clip(round(1.0 / scale) + zero, -128, 127)), scale,
-                                     zero, name + b"/true")
-                zero_level = _int8_constant(model, graph, np.array(zero), scale, zero, name + b"/false")
-                select = _added(model, codes, schema.BuiltinOperator.SELECT_V2, [mask, one, zero_level], [output])
+                on = _int8_constant(model, graph, _on_grid(np.array(1.0), scale, zero, np.int8), scale, zero,
+                                    name + b"/true")
+                off = _int8_constant(model, graph, _on_grid(np.array(0.0), scale, zero, np.int8), scale, zero,
+                                     name + b"/false")
+                select = _added(model, codes, schema.BuiltinOperator.SELECT_V2, [mask, on, off], [output])
                 graph.operators[next(i for i, o in enumerate(graph.operators) if o is quantize)] = select
             graph.operators = [o for o in graph.operators if o is not cast]
             changed = True
@@ -174,21 +177,19 @@ def _copies_requantized(model, codes: list[int]) -> bool:
             if at is None or len(op.inputs) <= at:
                 continue
             source = graph.tensors[int(op.inputs[at])]
+            on_source = _scale(source)
             for position, index in enumerate(int(o) for o in op.outputs):
                 output = graph.tensors[index]
-                if output.type != source.type or output.type not in _LEVELS or _scale(source) is None or \
-                        _scale(output) is None or _scale(output) == _scale(source):
+                if output.type != source.type or output.type not in _LEVELS or on_source is None or \
+                        _scale(output) in (None, on_source):
                     continue
-                copied = schema.TensorT()
-                copied.shape, copied.shapeSignature, copied.type = output.shape, output.shapeSignature, output.type
-                copied.name = output.name + b"/copied"
-                copied.quantization = schema.QuantizationParametersT()
-                copied.quantization.scale, copied.quantization.zeroPoint = _scale(source)
-                graph.tensors.append(copied)
+                quantization = schema.QuantizationParametersT()
+                quantization.scale, quantization.zeroPoint = on_source
+                copied = tensor_like(graph, index, output.name + b"/copied", output.type, quantization)
                 outputs = [int(o) for o in op.outputs]
-                outputs[position] = len(graph.tensors) - 1
+                outputs[position] = copied
                 op.outputs = outputs
-                ordered.append(_added(model, codes, schema.BuiltinOperator.QUANTIZE, [len(graph.tensors) - 1], [index]))
+                ordered.append(_added(model, codes, schema.BuiltinOperator.QUANTIZE, [copied], [index]))
                 changed = True
         graph.operators = ordered
     return changed
@@ -260,14 +261,18 @@ def _on_scale_of(model, constant, output) -> bool:
         return False
     dtype = _LEVELS[output.type]
     value = (np.frombuffer(bytes(buffer), dtype).astype(np.float64) - int(mine.zeroPoint[0])) * float(mine.scale[0])
-    levels = np.clip(np.round(value / scale) + zero, np.iinfo(dtype).min, np.iinfo(dtype).max)
     fresh = schema.BufferT()
-    fresh.data = levels.astype(dtype).tobytes()
+    fresh.data = _on_grid(value, scale, zero, dtype).tobytes()
     model.buffers.append(fresh)
     constant.buffer = len(model.buffers) - 1
     constant.quantization = schema.QuantizationParametersT()
     constant.quantization.scale, constant.quantization.zeroPoint = [scale], [zero]
     return True
+
+
+def _on_grid(values: np.ndarray, scale: float, zero: int, dtype) -> np.ndarray:
+    """Float values as the `dtype` levels of this scale and zero point (rounded, clipped)."""
+    return np.clip(np.round(values / scale) + zero, np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
 
 
 _COMPARISONS = {schema.BuiltinOperator.EQUAL, schema.BuiltinOperator.NOT_EQUAL, schema.BuiltinOperator.LESS,
