@@ -21,7 +21,7 @@ import numpy as np
 from . import _keras
 from .console import captured_stderr
 from .data import Dataset
-from .errors import ConversionError, RecipeError, problem
+from .errors import ConversionError, RecipeError, one_line, problem
 from .export import Exported, conversion_failure
 from .types import IOType, Mode, Recipe
 
@@ -198,7 +198,7 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
     try:
         stats = [statistics.collect(calibrated, half, counts=recipe.ranges == "mse") for half in halves]
     except (RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor of this graph
-        log.info("calibration statistics skipped: %s", " ".join(str(exc).split())[:160])
+        log.info("calibration statistics skipped: %s", one_line(exc, 160))
         return Calibration(float_tflite, calibrated, rewrites=rewrites), replace(recipe, ranges="minmax")
 
     def quantize(candidate: bytes) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 # How the caller spells an option: "python" (a keyword argument), "command" (a flag) or "service"
 # (a JSON key or a form field). The command sets "command" at its edge; messages use `called()`.
@@ -43,6 +43,12 @@ class TfquantError(Exception):
     """Base class of every error tfquant raises on purpose."""
 
     exit_code = 2
+
+
+def one_line(exc: BaseException, limit: Optional[int] = None) -> str:
+    """An exception's message on one line (every run of whitespace one space), cut at `limit` characters."""
+    text = " ".join(str(exc).split())
+    return text if limit is None else text[:limit]
 
 
 def problem(where: object, expected: str, found: object) -> str:

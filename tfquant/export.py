@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from . import _keras, legalize
 from .console import captured_stderr
-from .errors import ConversionError, DataError, called, problem
+from .errors import ConversionError, DataError, called, one_line, problem
 from .models import LoadedModel
 from .types import TensorSpec
 
@@ -111,7 +111,7 @@ def _first_run_fails(data: bytes, inputs: list[TensorSpec]) -> Optional[str]:
         details = runner.get_input_details()
         runner(**{name: np.zeros((1, *d["shape"][1:]), d["dtype"]) for name, d in details.items()})
     except (RuntimeError, ValueError) as exc:
-        return " ".join(str(exc).split())[:200]
+        return one_line(exc, 200)
     return None
 
 
@@ -196,7 +196,7 @@ def _freeze(source: str, function):
             return convert_variables_to_constants_v2(function)
     except Exception as exc:  # lookup tables and some control flow cannot be frozen
         raise ConversionError(problem(source, "a graph whose variables can be frozen",
-                                      f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")) from None
+                                      f"{type(exc).__name__}: {one_line(exc, 200)}")) from None
 
 
 def _call_names(model) -> list[str]:
@@ -460,7 +460,7 @@ _HINTS = {
 
 
 def conversion_failure(source: str, expected: str, exc: Exception, log: str) -> str:
-    text = " ".join(str(exc).split())
+    text = one_line(exc)
     errors = [m.strip() for m in re.findall(r"error: ([^\n]+)", str(exc) + "\n" + log)]
     detail = "; ".join(dict.fromkeys(errors)) if errors else text
     hints = [hint for op, hint in _HINTS.items() if re.search(rf"'tf\.\w*{op}", detail)]

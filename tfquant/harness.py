@@ -22,7 +22,7 @@ from . import console
 from .console import captured_stderr
 from .inspect import Source, read_flatbuffer
 from .data import Dataset, ImageOptions, load_data
-from .errors import DataError, TFLiteFileError, problem
+from .errors import DataError, TFLiteFileError, one_line, problem
 from .types import P99_RUNS, BenchmarkResult, Latency, Metrics, Runtime, TensorSpec
 
 DEFAULT_BATCH = 64
@@ -114,7 +114,7 @@ def _make_interpreter(data: bytes, num_threads: int, where: str, delegates: bool
         with captured_stderr():  # the runtime's own notices ("Created TensorFlow Lite XNNPACK delegate")
             return interpreter_class(model_content=data, num_threads=num_threads, **options)
     except (ValueError, RuntimeError) as exc:
-        raise TFLiteFileError(problem(where, "a file the interpreter can run", " ".join(str(exc).split())[:300])) from None
+        raise TFLiteFileError(problem(where, "a file the interpreter can run", one_line(exc, 300))) from None
 
 
 class Runner:
@@ -165,7 +165,7 @@ class Runner:
             with captured_stderr():  # XNNPACK announces itself on the first allocation
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise TFLiteFileError(problem(self.where, "a file the interpreter can run", " ".join(str(exc).split())[:300])) from None
+            raise TFLiteFileError(problem(self.where, "a file the interpreter can run", one_line(exc, 300))) from None
 
     @property
     def specs(self) -> list[TensorSpec]:
@@ -258,7 +258,7 @@ class Runner:
 
     def _stopped(self, data: Dataset, chunk: list[np.ndarray], start: int, exc: RuntimeError) -> TFLiteFileError:
         """The error for an invoke the interpreter stopped: on which sample, and why where that is known."""
-        found = " ".join(str(exc).split())[:300]
+        found = one_line(exc, 300)
         where = f"samples {start}-{start + len(chunk[0]) - 1}" if len(chunk[0]) > 1 else f"sample {start}"
         if len(chunk[0]) > 1 and self.dynamic_batch:  # one at a time, to name the sample
             self._resize(1)
@@ -397,7 +397,7 @@ class _Timer:
             except RuntimeError as exc:
                 fed = f"the first sample of {sample.source}" if sample is not None else "synthetic inputs"
                 raise TFLiteFileError(problem(self.runner.where, "a file the interpreter can run",
-                                              f"it stopped on {fed}: {' '.join(str(exc).split())[:300]}")) from None
+                                              f"it stopped on {fed}: {one_line(exc, 300)}")) from None
         self.first_ms = (time.perf_counter() - started) * 1e3
         self.samples: list[float] = []
         self.warmup: list[float] = []

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import _keras, model_config
-from .errors import ModelLoadError, called, problem
+from .errors import ModelLoadError, called, one_line, problem
 from .types import TensorSpec
 
 EXPECTED_MODEL = "a Keras model (.keras, .h5) or a SavedModel folder"
@@ -297,7 +297,7 @@ def _call_loader(path: Path, load, safe_mode: bool = True):
         with keras2_serialization.SafeModeScope(safe_mode):  # Keras 3 enforces the safe_mode= it is given
             return load()
     except Exception as exc:  # Keras raises ValueError, TypeError, OSError... for a bad file
-        message = " ".join(str(exc).split())
+        message = one_line(exc)
         if "safe_mode" in message or "Lambda" in message:
             raise ModelLoadError(
                 problem(path, "a model without code", "a layer that would run stored Python code (e.g. Lambda); "

@@ -12,6 +12,7 @@ from typing import Any, Optional
 from . import console, ladder
 from .convert import calibration_for, convert
 from .data import ImageOptions
+from .errors import one_line
 from .diagnose import layer_errors, output_sensitivity, rank_by_outputs, sensitivity_candidates
 from .lint import input_lint, range_lint
 from .prepare import Prepared, check_budget, prepare
@@ -161,7 +162,7 @@ def _diagnose(calibrated, data, recipe: Recipe, *, parallel: int = 1) -> tuple[l
         try:
             diagnostics = layer_errors(calibrated.calibrated, data, per_channel=recipe.per_channel)
         except (RuntimeError, ValueError) as exc:  # the debugger's interpreter cannot run every graph
-            log.info("per-tensor diagnostics skipped: %s", " ".join(str(exc).split())[:160])
+            log.info("per-tensor diagnostics skipped: %s", one_line(exc, 160))
         lint = range_lint(calibrated.calibrated)
     if lint and diagnostics:
         with console.step("measuring what each suspect op does to the outputs"):

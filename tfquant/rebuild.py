@@ -26,6 +26,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ._keras import keras, tf
+from .errors import one_line
 
 # Keys Keras 3 adds to layer configs that tf_keras does not take.
 _KERAS3_ONLY = {"optional", "lora_rank", "lora_alpha", "quantization_config", "synchronized", "input_axes",
@@ -148,7 +149,7 @@ def _make(operation):
                 layer = target.from_config(_accepted(target, _layer_config(operation.get_config())))
             except (TypeError, ValueError, KeyError) as exc:
                 raise RebuildError(f"layer {operation.name!r} ({type(operation).__name__}) does not translate "
-                                   f"to tf_keras: {' '.join(str(exc).split())[:160]}") from None
+                                   f"to tf_keras: {one_line(exc, 160)}") from None
             return _WeightsAfterCall(layer, operation)
     return _OpCaller(operation)
 
@@ -184,7 +185,7 @@ class _WeightsAfterCall:
                 self.layer.set_weights(weights)
             except ValueError as exc:
                 raise RebuildError(f"layer {self.source.name!r} ({type(self.source).__name__}): its weights do not "
-                                   f"fit the tf_keras layer ({' '.join(str(exc).split())[:160]})") from None
+                                   f"fit the tf_keras layer ({one_line(exc, 160)})") from None
             self.done = True
         return out
 

@@ -14,7 +14,7 @@ import re
 from typing import Optional
 
 from .._keras import keras
-from ..errors import called
+from ..errors import called, one_line
 from ..types import LayerTreatment
 from .registry import (INTEGER_INPUT, MULTI_INPUT, MULTI_OUTPUT, NOT_WRAPPED, TF_OP, as_quantize_config, reads_integers,
                        resolve, tfmot_module)
@@ -73,7 +73,7 @@ def quantize_aware(model, *, scheme=None, samples=None, source: str = "<model>")
         except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
             from ..errors import ModelLoadError, problem
 
-            said = " ".join(str(exc).split())
+            said = one_line(exc)
             layer = re.search(r'calling layer "([^"]+)"', said)
             last = [line.strip() for line in str(exc).strip().splitlines() if line.strip()][-1:]
             raise ModelLoadError(problem(
@@ -151,7 +151,7 @@ def start_ranges(qat_model, float_model, samples) -> int:
         try:
             probe = keras.Model(float_model.inputs, tensors)
         except ValueError as exc:  # a graph the probe cannot cut: tfmot's own start, and the log says so
-            log.info("QAT ranges start at tfmot's [-6, 6]: %s", " ".join(str(exc).split())[:160])
+            log.info("QAT ranges start at tfmot's [-6, 6]: %s", one_line(exc, 160))
             return 0
         outputs = probe.predict(inputs, batch_size=64, verbose=0)
         outputs = outputs if len(tensors) > 1 else [outputs]

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
-from ..errors import ModelLoadError, RecipeError, naming, problem
+from ..errors import ModelLoadError, RecipeError, naming, one_line, problem
 
 MODEL_SUFFIXES = (".keras", ".h5", ".zip")
 DATA_SUFFIXES = (".npz", ".npy")
@@ -130,7 +130,7 @@ def _unzip_saved_model(blob: Path, target: Path, name: str, limit: Optional[int]
                                                          "more"))
                         out.write(chunk)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError, OSError) as exc:
-        raise ModelLoadError(problem(name, expected, f"a damaged archive ({' '.join(str(exc).split())[:120]})")) from None
+        raise ModelLoadError(problem(name, expected, f"a damaged archive ({one_line(exc, 120)})")) from None
     found = sorted(p.parent for p in target.rglob("saved_model.pb"))
     if not found:
         raise ModelLoadError(problem(name, "a zip holding a SavedModel folder (with saved_model.pb)", "none"))

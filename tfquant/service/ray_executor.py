@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..errors import BackendError, naming, problem
+from ..errors import BackendError, naming, one_line, problem
 from . import processes, worker
 from .executor import Ended, Executor
 from .store import Job
@@ -198,7 +198,7 @@ def _connect(ray, address: Optional[str]) -> None:
 def _detail(exc: BaseException) -> str:
     """Ray's reason on one line: the exit detail of a dead worker if it gives one, without Ray's
     list of possible causes (a killed worker's is "exits with a connection error ... End of file")."""
-    text = " ".join(str(exc).split())
+    text = one_line(exc)
     for marker in ("Worker exit detail: ", "The actor is dead because "):
         if marker in text:
             text = text[text.index(marker) + len(marker):]

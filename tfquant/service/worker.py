@@ -50,7 +50,7 @@ def warm_up() -> None:
 
 
 def run_job(store, job_id: str, attempt: int, *, safe_mode: bool, threads, expanded_bytes=None) -> None:
-    from ..errors import GateError, TfquantError
+    from ..errors import GateError, TfquantError, one_line
     from ..report import write_report_files
     from ..spec import recipe_file
     from . import jobs
@@ -87,7 +87,7 @@ def run_job(store, job_id: str, attempt: int, *, safe_mode: bool, threads, expan
             return
         except Exception as exc:  # the job fails with its reason; the server carries on
             traceback.print_exc()
-            finish("failed", error=f"internal error: {type(exc).__name__}: {rename(' '.join(str(exc).split()))[:300]}")
+            finish("failed", error=f"internal error: {type(exc).__name__}: {rename(one_line(exc))[:300]}")
             return
     report = jobs.public_report(result.report, paths, job.inputs)
     artifacts = {p.name: store.put(d) for p, d in write_report_files(report, Path(".")).items()}
