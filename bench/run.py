@@ -126,7 +126,7 @@ def files_and_accuracy(name: str, spec: dict) -> tuple[dict, dict]:
 
 
 def latency(files: dict) -> dict:
-    from tfquant.harness import benchmark
+    from tfquant.timing import benchmark
 
     out = {}
     for threads in (1, 2):

@@ -92,7 +92,7 @@ def test_benchmark_fields(tflite_files):
 def test_runs_go_on_until_the_median_is_known_within_5_percent(tflite_files):
     """Latency noise: a median is reported with its 95 % interval, from as many interleaved runs as it takes
     (or until the time cap); p99 only from 100 runs on."""
-    from tfquant.harness import benchmark, median_interval
+    from tfquant.timing import benchmark, median_interval
 
     fp, q = benchmark(tflite_files["float32"], tflite_files["int8"], runs=20, warmup=2, num_threads=1, max_seconds=20)
     for result in (fp, q):

@@ -55,7 +55,7 @@ def benchmark(tflite, *, runs: int = 50, warmup: int = 5, threads=None, compare=
 
     Returns one `BenchmarkResult`, or a pair `(result, compare_result)` when `compare` is given.
     """
-    from .harness import benchmark as _bench
+    from .timing import benchmark as _bench
 
     results = _bench(tflite, *([compare] if compare is not None else []), runs=runs, warmup=warmup, num_threads=threads)
     return results[0] if compare is None else tuple(results)

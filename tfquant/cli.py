@@ -465,7 +465,7 @@ def _eval(ns: argparse.Namespace) -> int:
 
 @command("bench")
 def _bench(ns: argparse.Namespace) -> int:
-    from .harness import benchmark
+    from .timing import benchmark
     from .report import latency_text
 
     if ns.warmup < 0:

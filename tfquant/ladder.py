@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import console, harness
+from . import console, harness, timing
 from .convert import Calibration, convert
 from .inspect import inspect
 from .prepare import Prepared
@@ -83,7 +83,7 @@ def _measure(context: _Context, name: str, recipe: Recipe, build: Callable[[], b
     judged = reference.judge(outputs)
     problems = reference.violations(judged, context.budget)
     score, float_score = reference.score(judged), reference.score(reference.metrics)
-    (bench,) = harness.benchmark(data, runs=context.bench_runs, warmup=2, num_threads=context.num_threads,
+    (bench,) = timing.benchmark(data, runs=context.bench_runs, warmup=2, num_threads=context.num_threads,
                                  max_seconds=0.5, sample=context.evaluation)
     info = inspect(data)
     candidate = Candidate(

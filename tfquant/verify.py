@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import harness, tasks
+from . import harness, tasks, timing
 from ._version import __version__
 from .data import Dataset
 from .errors import AccuracyBudgetError, StrictModeError, called
@@ -176,7 +176,7 @@ def verify(
                          "run `tfquant diagnose` to find the layers that lose accuracy")
 
     started = time.perf_counter()
-    float_bench, quant_bench = harness.benchmark(float_tflite, tflite, runs=bench_runs, warmup=3, num_threads=threads,
+    float_bench, quant_bench = timing.benchmark(float_tflite, tflite, runs=bench_runs, warmup=3, num_threads=threads,
                                                  max_seconds=REPORT_BENCH_SECONDS,
                                                  sample=evaluation if evaluation is not None else prepared.calibration)
     seconds["benchmark"] = time.perf_counter() - started

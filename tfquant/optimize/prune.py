@@ -81,13 +81,13 @@ def sparse_file(tflite: bytes, *, num_threads: Optional[int] = None) -> tuple[by
 
     Where the sparse encoding (values plus their indices) is not smaller than the dense file, at
     moderate sparsity, the dense file is returned and the record says so."""
-    from .. import console, harness
+    from .. import console, timing
     from ..sizes import gzip_size
     from .weights import write_sparse
 
     with console.step("writing the zero weights in TFLite's sparse format"):
         sparse, stored, dense = write_sparse(tflite)
-    dense_bench, sparse_bench = harness.benchmark(tflite, sparse, runs=30, warmup=3, num_threads=num_threads,
+    dense_bench, sparse_bench = timing.benchmark(tflite, sparse, runs=30, warmup=3, num_threads=num_threads,
                                                   max_seconds=3.0)
     written = len(sparse) < len(tflite)
     record = SparseFile(tflite_bytes=len(sparse), gzip_bytes=gzip_size(sparse), dense_bytes=len(tflite),

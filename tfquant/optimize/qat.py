@@ -232,14 +232,12 @@ def _qat_files(prepared, original, qat_model, recipe, notes: list[str]) -> list[
 
 
 def _runs_on_the_default_delegate(data: bytes) -> bool:
-    from ..harness import Runner, _random_inputs
+    from ..harness import Runner
+    from ..timing import invoke_once
 
     runner = Runner(data, num_threads=1)
     try:
-        runner.allocate()
-        for port, values in zip(runner.interpreter.get_input_details(), _random_inputs(runner)):
-            runner.interpreter.set_tensor(port["index"], values)
-        runner.interpreter.invoke()
+        invoke_once(runner)
         return True
     except RuntimeError:
         return False
