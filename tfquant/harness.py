@@ -255,7 +255,6 @@ class Runner:
                 bar.advance(real)
         return {name: np.concatenate(parts) for name, parts in results.items()}
 
-
     def _stopped(self, data: Dataset, chunk: list[np.ndarray], start: int, exc: RuntimeError) -> TFLiteFileError:
         """The error for an invoke the interpreter stopped: on which sample, and why where that is known."""
         found = one_line(exc, 300)
