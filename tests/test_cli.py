@@ -281,3 +281,51 @@ def test_int8_file_from_command_is_integer_everywhere(tflite_files):
     from tfquant import inspect
 
     assert_every_op_integer(inspect(tflite_files["int8"]))
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_csv_tables_feed_a_model_with_one_input_per_column(version, tmp_path, capsys):
+    """The structured-data shape of Keras' guides: one (N, 1) input per CSV column, each normalized in the
+    model, joined, a sigmoid unit. Features on unlike scales (years, counts, money) each get their own
+    int8 input scale, so nothing is lost to a shared one."""
+    from tfquant import zoo
+
+    k = zoo.keras_module(version)
+    k.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    n = 800
+    table = {"age": rng.uniform(18, 90, n), "visits": rng.integers(0, 12, n).astype(float),
+             "income": rng.lognormal(10, 0.5, n)}
+    score = (table["age"] - 50) / 20 + (table["visits"] - 6) / 3 - (np.log(table["income"]) - 10) / 0.5
+    table["y"] = (score + rng.normal(0, 0.3, n) > 0).astype(float)
+    inputs, normalized = [], []
+    for name in ("age", "visits", "income"):
+        column = k.Input((1,), name=name)
+        layer = k.layers.Normalization()
+        layer.adapt(table[name][:600, None].astype(np.float32))
+        inputs.append(column)
+        normalized.append(layer(column))
+    hidden = k.layers.Dense(16, activation="relu")(k.layers.Concatenate()(normalized))
+    model = k.Model(inputs, k.layers.Dense(1, activation="sigmoid", name="likely")(hidden))
+    model.compile(optimizer=k.optimizers.Adam(1e-2), loss="binary_crossentropy")
+    model.fit([table[c][:600, None] for c in ("age", "visits", "income")], table["y"][:600], epochs=20, verbose=0)
+    model.save(tmp_path / "m.keras")
+    header = ["y", "income", "age", "visits"]  # any column order: bound by name
+    for part, rows in (("train", slice(0, 600)), ("test", slice(600, None))):
+        np.savetxt(tmp_path / f"{part}.csv", np.stack([table[c][rows] for c in header], 1), delimiter=",",
+                   header=",".join(header), comments="", fmt="%.6g")
+    code, stdout, err = tfquant(["convert", tmp_path / "m.keras", "--calib", tmp_path / "train.csv", "--eval",
+                                 tmp_path / "test.csv", "-o", tmp_path / "out" / "m.tflite", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["quantized"]["fully_integer"] is True and report["eval_samples"] == 200
+    assert sorted(t["name"] for t in report["io"] if t["kind"] == "input") == ["age", "income", "visits"]
+    (likely,) = report["outputs"]
+    assert likely["task"] == "classification" and likely["float"]["accuracy"] >= 0.9
+    assert likely["quantized"]["agreement"] >= 0.98, likely
+    (tmp_path / "bad.csv").write_text("age,visits,income\n41,2,n/a\n")
+    code, _, err = tfquant(["convert", tmp_path / "m.keras", "--calib", tmp_path / "bad.csv", "-o",
+                            tmp_path / "bad" / "m.tflite"], capsys)
+    assert code == 2 and not (tmp_path / "bad").exists()
+    assert one_line(err).endswith("bad.csv: expected a number in every cell (encode text categories as numbers first), "
+                                  "found 'n/a' in column 'income' on line 2")

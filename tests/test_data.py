@@ -122,3 +122,45 @@ def test_calibration_subset_is_seeded_and_ordered():
     assert len(first) == 50 and np.all(np.diff(first) > 0)  # file order, no repeats
     assert first.max() > 500  # drawn across the file, not its head
     assert data.calibration_subset(5000) is data
+
+
+def test_csv_feeds_one_vector_input_or_one_input_per_column(tmp_path, caplog):
+    import logging
+
+    features = [TensorSpec("features", (None, 3), "float32")]
+    score = [TensorSpec("score", (None, 1), "float32")]
+    (tmp_path / "rows.csv").write_text("\ufeffa,b,c,y\n1,2,3,0.5\n\n4,5.5,-6,1.5\n")  # Excel's BOM, a blank line
+    table = load_data(tmp_path / "rows.csv", features, outputs=score)
+    assert table.inputs["features"].tolist() == [[1, 2, 3], [4, 5.5, -6]] and table.inputs["features"].dtype == np.float32
+    assert table.labels["score"].tolist() == [0.5, 1.5]
+    per_column = [TensorSpec("age", (None, 1), "float32"), TensorSpec("visits", (None, 1), "int32")]
+    (tmp_path / "named.csv").write_text("visits,note,age,y\n3,7,41.5,1\n0,7,29,0\n")
+    with caplog.at_level(logging.WARNING, logger="tfquant"):
+        named = load_data(tmp_path / "named.csv", per_column, outputs=PROBS)
+    assert named.inputs["age"].tolist() == [[41.5], [29.0]]
+    assert named.inputs["visits"].dtype == np.int32 and named.inputs["visits"].tolist() == [[3], [0]]
+    assert named.labels["probs"].dtype == np.int64 and "columns 'note' are not model inputs" in caplog.text
+
+
+def test_csv_errors_name_the_line_and_column(tmp_path):
+    features = [TensorSpec("features", (None, 2), "float32")]
+    cases = {
+        "text.csv": ("a,b\n1,2\n3,red\n", r"text.csv: expected a number in every cell \(encode text categories as "
+                                          r"numbers first\), found 'red' in column 'b' on line 3"),
+        "short.csv": ("a,b\n1,2\n3\n", r"short.csv: expected 2 cells per row \(one per header column\), found 1 on line 3"),
+        "empty.csv": ("", r"empty.csv: expected a header row of column names, then one row per sample, found an empty file"),
+        "header.csv": ("a,a\n1,2\n", r"header.csv: expected a header row of distinct, non-empty column names"),
+        "wide.csv": ("a,b,c\n1,2,3\n", r"wide.csv: expected shape \(N, 2\) for input 'features', found \(1, 3\)"),
+        "nan.csv": ("a,b\n1,nan\n", r"nan.csv: expected finite values for input 'features', found NaN or Inf in 1 sample"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError, match=message):
+            load_data(tmp_path / name, features)
+    two = [TensorSpec("age", (None, 1), "float32"), TensorSpec("visits", (None, 1), "float32")]
+    (tmp_path / "two.csv").write_text("age,y\n1,0\n")
+    with pytest.raises(DataError, match=r"two.csv: expected one column per model input, named 'age', 'visits', found columns 'age'"):
+        load_data(tmp_path / "two.csv", two)
+    (tmp_path / "latin.csv").write_bytes("a,b\n1,\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.csv: expected a CSV text file \(UTF-8, comma-separated\), found UnicodeDecodeError"):
+        load_data(tmp_path / "latin.csv", features)

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", parents=[common], help="convert a Keras model and verify the file on the interpreter")
     p.add_argument("model", help=".keras, .h5 or SavedModel folder")
-    p.add_argument("--calib", help="calibration data: .npz, .npy or an image folder")
+    p.add_argument("--calib", help="calibration data: .npz, .npy, .csv or an image folder")
     p.add_argument("--eval", dest="eval_data", help="labelled evaluation data (adds accuracy and agreement)")
     _add_spec(p, "convert")
     _add_output_options(p)

@@ -1,7 +1,8 @@
 """Calibration, evaluation and training data, validated against a model's input signature.
 
 Sources: `.npz` (one array per input name, or `x`; labels `y` or `y_<output name>`), `.npy` (inputs only),
-a folder of images with one sub-folder per class, NumPy arrays, `(x, y)` tuples, dicts,
+`.csv` (a header row; labels in columns `y` or `y_<output name>`), a folder of images with one sub-folder
+per class, NumPy arrays, `(x, y)` tuples, dicts,
 `tf.data.Dataset`s and generators (of `[x]` lists as TFLite's representative datasets yield,
 or of `(x, y)` batches). Everything is checked before any conversion: shape, dtype, NaN/Inf,
 emptiness; labels by output name (what each output's labels must be is its task's business).
@@ -178,7 +179,7 @@ def _match_labels(where: str, raw: dict[str, np.ndarray], outputs: Sequence[Tens
 
 def _load_path(path: Path, specs: Sequence[TensorSpec], images: ImageOptions) -> Raw:
     if not path.exists():
-        raise DataError(problem(path, "a data file (.npz, .npy) or an image folder", "no such file or folder"))
+        raise DataError(problem(path, "a data file (.npz, .npy, .csv) or an image folder", "no such file or folder"))
     key = "" if path.is_dir() else path.suffix.lower()
     loader = _LOADERS.get(key)
     if loader is None:
@@ -213,6 +214,60 @@ def _load_npy(path: Path, specs: Sequence[TensorSpec], images: ImageOptions) -> 
     except Exception as exc:
         raise DataError(problem(path, "a NumPy .npy array", f"an unreadable file ({type(exc).__name__}: {exc})")) from None
     return [array], {}
+
+
+@register_loader(".csv")
+def _load_csv(path: Path, specs: Sequence[TensorSpec], images: ImageOptions) -> Raw:
+    """A table with a header row, for tabular models. Columns named as the model's inputs feed those
+    inputs (one column each: a model with one `(N, 1)` input per feature, as Keras' structured-data
+    guides build); otherwise a model with one `(N, F)` input takes the F other columns in file order.
+    Labels are in columns `y` or `y_<output name>`. Every cell must be a number: a text category has
+    to be encoded before it reaches an int8 file."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(problem(path, "a CSV text file (UTF-8, comma-separated)", f"{type(exc).__name__}: {exc}")) from None
+    if not rows:
+        raise DataError(problem(path, "a header row of column names, then one row per sample", "an empty file"))
+    header = [name.strip() for name in rows[0]]
+    if not all(header) or len(set(header)) != len(header):
+        raise DataError(problem(path, "a header row of distinct, non-empty column names", f"{rows[0]}"))
+    table = np.empty((len(rows) - 1, len(header)), np.float64)
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise DataError(problem(path, f"{len(header)} cells per row (one per header column)",
+                                    f"{len(row)} on line {line}"))
+        for column, cell in enumerate(row):
+            try:
+                table[line - 2, column] = float(cell)
+            except ValueError:
+                raise DataError(problem(path, "a number in every cell (encode text categories as numbers first)",
+                                        f"{cell.strip()!r} in column {header[column]!r} on line {line}")) from None
+    columns = {name: table[:, i] for i, name in enumerate(header)}
+    labels = {k: _whole_or_float(columns.pop(k)) for k in [k for k in header if k == "y" or k.startswith("y_")]}
+    names = [spec.name for spec in specs]
+    if all(name in columns for name in names):
+        unused = [k for k in columns if k not in names]
+        if unused:
+            log.warning("%s: columns %s are not model inputs and were not read", path, ", ".join(map(repr, unused)))
+        return {spec.name: _column_as(spec, columns[spec.name]) for spec in specs}, labels
+    if len(specs) == 1 and len(specs[0].shape) == 2:
+        return {names[0]: np.stack(list(columns.values()), axis=1).astype(np.float32)}, labels
+    expected = "one column per model input, named " + ", ".join(map(repr, names))
+    raise DataError(problem(path, expected, "columns " + (", ".join(map(repr, columns)) or "(none)")))
+
+
+def _column_as(spec: TensorSpec, values: np.ndarray) -> np.ndarray:
+    """One CSV column in the shape of an input that takes one value per sample: (N,) or (N, 1)."""
+    return values.astype(np.float32).reshape((len(values),) + (1,) * (len(spec.shape) - 1))
+
+
+def _whole_or_float(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.int64) if np.all(values == np.round(values)) and np.isfinite(values).all() else \
+        values.astype(np.float32)
 
 
 @register_loader("")
