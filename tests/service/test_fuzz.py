@@ -44,11 +44,11 @@ def test_loaders_raise_only_typed_errors_on_any_bytes(tmp_path_factory, data):
 
     folder = tmp_path_factory.mktemp("fuzz")
     spec = [TensorSpec("image", (None, 8, 8, 1), "float32")]
-    for suffix in (".npz", ".npy", ".keras", ".h5", ".zip"):
+    for suffix in (".npz", ".npy", ".csv", ".keras", ".h5", ".zip"):
         path = folder / f"blob{suffix}"
         path.write_bytes(data)
         loaders = [lambda: check_headers(path, suffix, path.name, Limits.from_mb(1))]
-        if suffix in (".npz", ".npy"):
+        if suffix in (".npz", ".npy", ".csv"):
             loaders.append(lambda: load_data(path, spec))
         elif suffix != ".zip":
             loaders.append(lambda: load_model(path))
@@ -59,3 +59,26 @@ def test_loaders_raise_only_typed_errors_on_any_bytes(tmp_path_factory, data):
                 pass
             except Exception as exc:  # the service maps TooLarge to 413 itself
                 assert type(exc).__name__ == "TooLarge", f"{suffix}: {type(exc).__name__}: {exc}"
+
+
+def test_a_csv_upload_is_checked_by_its_first_line(tmp_path):
+    import pytest
+
+    from tfquant.errors import DataError
+    from tfquant.service.uploads import CSV_HEADER_BYTES, Limits, TooLarge, check_headers
+
+    limits = Limits.from_mb(1)
+    cases = {"nul.csv": (b"a,b\n1,\x002\n", r"nul.csv: expected a CSV text file, found binary data \(a NUL byte\)"),
+             "latin.csv": ("\xe2ge,b\n1,2\n".encode("latin-1"), r"latin.csv: expected a CSV text file \(UTF-8, comma-separated\), "
+                                                                  r"found UnicodeDecodeError"),
+             "long.csv": (b"a" * (CSV_HEADER_BYTES + 10), r"long.csv: expected a header row within the first 64 KB, "
+                                                           r"found no line break there")}
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError, match=message):
+            check_headers(tmp_path / name, ".csv", name, limits)
+    (tmp_path / "ok.csv").write_bytes("\ufeffâge,y\n1,2\n".encode("utf-8"))
+    check_headers(tmp_path / "ok.csv", ".csv", "ok.csv", limits)
+    (tmp_path / "big.csv").write_bytes(b"a,y\n" + b"1,2\n" * 100_000)  # 400 KB: 1.6 MB of floats
+    with pytest.raises(TooLarge, match=r"upload 'big.csv': expected a table of at most 0.25 MB, found 0.4 MB"):
+        check_headers(tmp_path / "big.csv", ".csv", "big.csv", Limits(1 << 20, 2 << 20, 1 << 20))

@@ -133,7 +133,7 @@ def _submit_body() -> dict:
                 "required": ["model"],
                 "properties": {
                     "model": {"type": "string", "format": "binary", "description": ".keras, .h5 or a SavedModel .zip"},
-                    **{name: {"type": "string", "format": "binary", "description": ".npz or .npy"}
+                    **{name: {"type": "string", "format": "binary", "description": ".npz, .npy or .csv"}
                        for name in ("calib", "eval", "train")},
                     "recipe": {"type": "string", "contentMediaType": "application/json", "contentSchema": {"oneOf": refs},
                                "description": 'JSON: {"command": "convert" | "qat" | "prune", ...options}; the options '

@@ -15,7 +15,7 @@ from typing import Any, Optional
 from ..errors import ModelLoadError, RecipeError, naming, one_line, problem
 
 MODEL_SUFFIXES = (".keras", ".h5", ".zip")
-DATA_SUFFIXES = (".npz", ".npy")
+DATA_SUFFIXES = (".npz", ".npy", ".csv")
 
 def _inputs() -> dict[str, tuple[set[str], set[str]]]:
     from ..spec import TRAINING

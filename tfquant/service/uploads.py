@@ -5,7 +5,7 @@ Nothing here expands, decompresses or deserializes an upload. The body is parsed
 refused the moment a part or the whole body passes its limit, so nothing past the limit is
 spooled. Then `check_headers` reads only what a file says about itself — the zip directory of a
 `.keras`, `.npz` or SavedModel `.zip` (member sizes, compression methods, names), the header of
-every `.npy` array (dtype, shape), the HDF5 signature — and refuses what would expand past the
+every `.npy` array (dtype, shape), the HDF5 signature, the header row of a `.csv` — and refuses what would expand past the
 expanded-size limit. Loading the model and the arrays happens in a separate process (`worker`).
 """
 
@@ -29,6 +29,8 @@ MAX_PARTS = 8
 MAX_ZIP_MEMBERS = 20_000
 SUPPORTED_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 NPY_SUFFIX = ".npy"
+CSV_SUFFIX = ".csv"
+CSV_HEADER_BYTES = 64 << 10
 
 
 class TooLarge(Exception):
@@ -236,6 +238,9 @@ def check_headers(path: Path, suffix: str, name: str, limits: Limits) -> None:
         with open(path, "rb") as handle:
             _npy_size(handle, name, path.stat().st_size, limits)
         return
+    if suffix == CSV_SUFFIX:
+        _csv_header(path, name, limits)
+        return
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError):
@@ -272,6 +277,28 @@ def check_headers(path: Path, suffix: str, name: str, limits: Limits) -> None:
                         _npy_size(handle, f"{name}:{member.filename}", member.file_size, limits)
                 except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as exc:
                     raise DataError(problem(name, "a readable .npz archive", f"a damaged member ({exc})")) from None
+
+
+def _csv_header(path: Path, name: str, limits: Limits) -> None:
+    """A table's first line: UTF-8 text with a header row in its first 64 KB. Its cells become 8-byte
+    floats, at most 4x the file (each takes a character and a comma), which the expanded-size limit
+    of 4x an upload holds; the loader streams the rest and stops at its first bad cell."""
+    size = path.stat().st_size
+    if 4 * size > limits.expanded_bytes:
+        raise TooLarge(f"upload {name!r}: expected a table of at most {_mb(limits.expanded_bytes // 4)}, "
+                       f"found {size / 2**20:.1f} MB", size)
+    with open(path, "rb") as handle:
+        head = handle.read(CSV_HEADER_BYTES)
+    first, newline, _ = head.partition(b"\n")
+    if b"\0" in head:
+        raise DataError(problem(name, "a CSV text file", "binary data (a NUL byte)"))
+    try:
+        first.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(problem(name, "a CSV text file (UTF-8, comma-separated)", f"UnicodeDecodeError: {exc}")) from None
+    if not newline and size > CSV_HEADER_BYTES:
+        raise DataError(problem(name, f"a header row within the first {CSV_HEADER_BYTES // 1024} KB",
+                                "no line break there"))
 
 
 def _npy_size(handle, name: str, stored: int, limits: Limits) -> None:
