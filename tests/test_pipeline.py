@@ -119,6 +119,23 @@ def test_accuracy_collapse_is_caught(digits_model, digits, test_npz, tmp_path):
     assert any("agreement" in w for w in report.warnings)
 
 
+def test_a_model_that_ignores_its_input_is_said_to(digits_model, train_npz, test_npz, int8_result):
+    """A collapsed model (its last layer's weights all zero: softmax of the bias for every image) gives one
+    answer for every sample; agreement then compares rounding between near ties, and the report says so."""
+    from tfquant._keras import keras
+
+    collapsed = keras.models.clone_model(digits_model)
+    collapsed.set_weights(digits_model.get_weights())
+    kernel, bias = collapsed.layers[-1].get_weights()
+    collapsed.layers[-1].set_weights([np.zeros_like(kernel), np.linspace(-0.01, 0.01, len(bias)).astype(np.float32)])
+    report = tfquant.quantize(collapsed, train_npz, eval_data=test_npz, bench_runs=1, diagnose=False).report
+    (warning,) = report.warnings  # and not "run tfquant diagnose": no layer of the file is at fault
+    assert warning.startswith(f"output {report.outputs[0].name!r}: the float file gives the same values for all 359 "
+                              "evaluation samples (they differ by at most 0):")
+    assert report.outputs[0].float.accuracy == pytest.approx(np.mean(np.load(test_npz)["y"] == 9))
+    assert not any("does not use its input" in w for w in int8_result.report.warnings)
+
+
 def test_strict_refuses_a_float_file(digits_model, train_npz):
     with pytest.raises(StrictModeError, match=r"expected a fully integer file \(strict\), found float ops: CONV_2D#0 "
                                               r"in layer 'conv2d' \(mode dynamic computes it in float\)"):

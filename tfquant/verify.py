@@ -106,6 +106,22 @@ class Reference:
         return max(used) if used else None
 
 
+def constant_output(named: tuple[str, np.ndarray]) -> Optional[str]:
+    """A warning when the float file gives one answer whatever the sample: a model that does not use
+    its input (untrained, collapsed, or fed data scaled unlike its training data). Its int8 agreement
+    and error then measure rounding between near ties, not the model."""
+    name, values = named
+    if len(values) < 2 or values.dtype.kind != "f":
+        return None
+    spread = float(np.ptp(values.astype(np.float64), axis=0).max())
+    size = float(np.abs(values).max())
+    if spread > 1e-5 * size:
+        return None
+    return (f"output {name!r}: the float file gives the same values for all {len(values)} evaluation samples "
+            f"(they differ by at most {spread:.2g}): the model does not use its input (untrained, collapsed, or "
+            "fed data scaled unlike its training data), so agreement and error figures compare rounding, not the model")
+
+
 def verify(
     prepared: Prepared,
     recipe: Recipe,
@@ -169,9 +185,11 @@ def verify(
                 output_lint(name, reference.outputs[name], quantized_outputs[name])
             if narrow is not None:
                 notes.append(narrow)
+        constant = [message for message in map(constant_output, reference.outputs.items()) if message]
+        notes += constant
         seconds["evaluate"] = time.perf_counter() - started + reference.seconds
         primary = judged.primary()
-        if primary is not None and primary.agreement is not None and primary.agreement < 0.9:
+        if primary is not None and primary.agreement is not None and primary.agreement < 0.9 and not constant:
             notes.append(f"top-1 agreement with the float file is only {primary.agreement:.3f}: "
                          "run `tfquant diagnose` to find the layers that lose accuracy")
 
