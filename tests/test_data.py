@@ -150,7 +150,9 @@ def test_csv_errors_name_the_line_and_column(tmp_path):
         "short.csv": ("a,b\n1,2\n3\n", r"short.csv: expected 2 cells per row \(one per header column\), found 1 on line 3"),
         "empty.csv": ("", r"empty.csv: expected a header row of column names, then one row per sample, found an empty file"),
         "header.csv": ("a,a\n1,2\n", r"header.csv: expected a header row of distinct, non-empty column names"),
-        "wide.csv": ("a,b,c\n1,2,3\n", r"wide.csv: expected shape \(N, 2\) for input 'features', found \(1, 3\)"),
+        "wide.csv": ("a,b,target\n1,2,3\n", r"wide.csv: expected 2 feature columns for input 'features' besides the "
+                                             r"labels \(a column 'y' or 'y_<output>'\), found 3: 'a', 'b', 'target' \(is one "
+                                             r"of them the labels\? name it 'y'\)"),
         "nan.csv": ("a,b\n1,nan\n", r"nan.csv: expected finite values for input 'features', found NaN or Inf in 1 sample"),
     }
     for name, (text, message) in cases.items():

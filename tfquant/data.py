@@ -261,6 +261,12 @@ def _load_csv(path: Path, specs: Sequence[TensorSpec], images: ImageOptions) -> 
             log.warning("%s: columns %s are not model inputs and were not read", path, ", ".join(map(repr, unused)))
         return {spec.name: _column_as(spec, columns[spec.name]) for spec in specs}, labels
     if len(specs) == 1 and len(specs[0].shape) == 2:
+        width = specs[0].shape[1]
+        if width is not None and width != len(columns):
+            listed = ", ".join(map(repr, list(columns)[:8])) + (", …" if len(columns) > 8 else "")
+            raise DataError(problem(path, f"{width} feature columns for input {names[0]!r} besides the labels "
+                                    "(a column 'y' or 'y_<output>')",
+                                    f"{len(columns)}: {listed}" + ("" if labels else " (is one of them the labels? name it 'y')")))
         return {names[0]: np.stack(list(columns.values()), axis=1).astype(np.float32)}, labels
     expected = "one column per model input, named " + ", ".join(map(repr, names))
     raise DataError(problem(path, expected, "columns " + (", ".join(map(repr, columns)) or "(none)")))
