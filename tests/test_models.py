@@ -302,3 +302,34 @@ def test_a_preprocessing_layer_tflite_cannot_run_is_refused_with_what_to_do(laye
     assert f"{op} is neither a custom op nor a flex op" in message
     assert hint in message and message.endswith(")")  # tf_keras' one-hot IntegerLookup also counts: two hints
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_model_that_takes_text_is_refused_with_the_layer_to_cut_at(version, tmp_path):
+    """A TextVectorization inside the model: the input is strings, which no int8 file takes. The error names
+    the layer, and the sub-model it suggests (from that layer's output) converts fully integer."""
+    from tfquant._keras import keras, keras3
+    from tfquant.errors import ModelLoadError
+
+    k = keras3() if version == 3 else keras
+    texts = np.array(["good movie", "bad movie", "great film", "awful film"] * 50)[:, None]
+    words = k.layers.TextVectorization(max_tokens=20, output_sequence_length=4, name="words")
+    words.adapt(texts)
+    inputs = k.Input((1,), dtype="string", name="text")
+    pooled = k.layers.GlobalAveragePooling1D()(k.layers.Embedding(20, 8)(words(inputs)))
+    model = k.Model(inputs, k.layers.Dense(2, activation="softmax", name="positive")(pooled))
+    labels = np.array([1, 0, 1, 0] * 50)
+    model.compile(optimizer=k.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    model.fit(k.ops.convert_to_tensor(texts) if version == 3 else texts, labels, epochs=5, verbose=0)
+    model.save(tmp_path / "text.keras")
+    with pytest.raises(ModelLoadError) as caught:
+        tfquant.quantize(tmp_path / "text.keras", {"text": texts}, bench_runs=1, diagnose=False)
+    assert str(caught.value) == (
+        f"{tmp_path / 'text.keras'}: expected a model whose inputs are numbers (an int8 .tflite file takes numbers), "
+        "found input 'text' of strings, read by TextVectorization 'words': run that preprocessing in the app and "
+        "convert the model from its output (token or category ids), e.g. keras.Model(layer.output, model.output)")
+    ids = np.asarray(words(k.ops.convert_to_tensor(texts) if version == 3 else texts))
+    cut = k.Model(model.get_layer("words").output, model.output)
+    result = tfquant.quantize(cut, ids, eval_data=(ids, labels), bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    assert result.report.io[0].dtype == "int64" and result.report.outputs[0].quantized.accuracy == 1.0

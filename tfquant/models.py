@@ -86,11 +86,28 @@ def _from_keras(model: Any, source: str, flavor: str) -> LoadedModel:
         notes.append(f"layers of dtype policy {', '.join(half)} compute in float32 for the export (TFLite has no "
                      "float16 convolutions or matmuls; the weights are the same)")
     inputs = [_spec(t, i) for i, t in enumerate(model.inputs)]
+    _numeric(source, inputs, model)
     outputs = [_spec(t, i) for i, t in enumerate(model.outputs)]
     keys = _keras.output_keys(model)
     if keys is not None and len(keys) == len(outputs):
         outputs = [TensorSpec(key, spec.shape, spec.dtype) for key, spec in zip(keys, outputs)]
     return LoadedModel(source=source, flavor=flavor, inputs=inputs, outputs=outputs, keras_model=model, notes=notes)
+
+
+def _numeric(source: str, inputs: list[TensorSpec], model: Any = None) -> None:
+    """Refuse a model that takes text: an int8 file takes numbers, and TFLite's string ops (a
+    TextVectorization or StringLookup inside the model) are neither integer nor builtin."""
+    text = [spec for spec in inputs if spec.dtype == "string"]
+    if not text:
+        return
+    found = [layer for layer in (_keras.all_layers(model) if model is not None else [])
+             if type(layer).__name__ in ("TextVectorization", "StringLookup", "Hashing")]
+    inner = {id(child) for layer in found for child in _keras.all_layers(layer)}  # TextVectorization's own lookup
+    readers = [f"{type(layer).__name__} {layer.name!r}" for layer in found if id(layer) not in inner]
+    raise ModelLoadError(problem(source, "a model whose inputs are numbers (an int8 .tflite file takes numbers)",
+                                 f"input {text[0].name!r} of strings" + (f", read by {', '.join(readers)}" if readers else "")
+                                 + ": run that preprocessing in the app and convert the model from its output "
+                                 "(token or category ids), e.g. keras.Model(layer.output, model.output)"))
 
 
 def _half_precision(layer) -> bool:
@@ -267,6 +284,7 @@ def _load_saved_model(path: Path, safe_mode: bool) -> LoadedModel:
         TensorSpec(name=name, shape=tuple(spec.shape.as_list()), dtype=spec.dtype.name)
         for name, spec in sorted(signature.structured_outputs.items())
     ]
+    _numeric(str(path), inputs)
     return LoadedModel(source=str(path), flavor="saved_model", inputs=inputs, outputs=outputs, saved_model_dir=str(path),
                        safe_mode=safe_mode)
 
