@@ -105,6 +105,30 @@ def test_regression_is_judged_relative_to_the_float_spread():
         "found 0.3")
 
 
+def test_a_retrained_file_is_held_to_the_labels():
+    """Fine-tuning (QAT, pruning, clustering) moves the function: 7.5 % of σ from float, yet closer to the
+    labels, is within budget; a file whose label error grows past what 5 % of σ off float would add in
+    quadrature is not. Without labels, the float outputs judge as for PTQ."""
+    reference = RNG.standard_normal((400, 1)) * 2.0
+    targets = reference + RNG.standard_normal((400, 1)) * 0.5
+    f = tasks.measure("regression", "price", reference, labels=targets)
+    closer = tasks.measure("regression", "price", 0.7 * reference + 0.3 * targets, labels=targets, reference=reference)
+    assert closer.rel_rmse > 0.07 and closer.label_rmse < f.label_rmse
+    assert tasks.violations(f, closer, Budget())[0].startswith("output 'price': expected an RMSE of at most 0.050")
+    assert tasks.violations(f, closer, Budget(), retrained=True) == []
+    worse = tasks.measure("regression", "price", reference + RNG.standard_normal((400, 1)) * 0.2, labels=targets,
+                          reference=reference)
+    allowed = np.hypot(f.label_rmse, 0.05 * f.std)
+    assert worse.label_rmse > allowed
+    assert tasks.violations(f, worse, Budget(), retrained=True) == [
+        f"output 'price': expected an RMSE against the labels of at most {allowed:.4g} (the float model's "
+        f"{f.label_rmse:.4g} and 0.050 of its output's standard deviation (max_rel_rmse) in quadrature: the weights "
+        f"were trained again, so the labels judge), found {worse.label_rmse:.4g}"]
+    unlabelled = tasks.measure("regression", "price", 0.7 * reference + 0.3 * targets, reference=reference)
+    assert tasks.violations(tasks.measure("regression", "price", reference), unlabelled, Budget(),
+                            retrained=True)[0].startswith("output 'price': expected an RMSE of at most 0.050")
+
+
 def test_embedding_cosine_and_retrieval():
     centers = np.eye(4)
     labels = np.repeat(np.arange(4), 25)

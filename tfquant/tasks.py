@@ -222,9 +222,39 @@ def _retrieval(vectors: np.ndarray, labels: np.ndarray) -> float:
 # --- budgets ---------------------------------------------------------------------------------
 
 
-def violations(float_metrics: OutputMetrics, quantized: OutputMetrics, budget: Budget) -> list[str]:
-    """Every way `quantized` falls outside the budget for its task; empty when it is within."""
+def violations(float_metrics: OutputMetrics, quantized: OutputMetrics, budget: Budget, *,
+               retrained: bool = False) -> list[str]:
+    """Every way `quantized` falls outside the budget for its task; empty when it is within.
+
+    A file whose weights were trained again (QAT, pruning, clustering) computes another function
+    than the float model, so its distance from the float outputs measures the training as much as
+    the rounding: where labels allow, its regression and embedding outputs are held to the labels.
+    """
+    if retrained and quantized.task == "regression" and _label_rule(float_metrics, quantized):
+        return _retrained_regression_budget(float_metrics, quantized, budget)
+    if retrained and quantized.task == "embedding" and float_metrics.retrieval is not None \
+            and quantized.retrieval is not None:
+        return _embedding_budget(float_metrics, replace(quantized, mean_cosine=None), budget)
     return _CHECKS[quantized.task](float_metrics, quantized, budget)
+
+
+def _label_rule(float_metrics: OutputMetrics, quantized: OutputMetrics) -> bool:
+    return float_metrics.label_rmse is not None and quantized.label_rmse is not None and bool(float_metrics.std)
+
+
+def allowed_label_rmse(float_metrics: OutputMetrics, budget: Budget) -> float:
+    """The RMSE against the labels of a file that is off the float outputs by the budget (`max_rel_rmse`
+    of their standard deviation), its error independent of the float model's: the two add in quadrature."""
+    return float(np.hypot(float_metrics.label_rmse, budget.max_rel_rmse * float_metrics.std))
+
+
+def label_budget_used(float_metrics: OutputMetrics, quantized: OutputMetrics, budget: Budget) -> Optional[float]:
+    """The share of that quadrature budget a file's label error uses: 1 at the limit, 0 as good as
+    float, below 0 better than float."""
+    if not _label_rule(float_metrics, quantized):
+        return None
+    room = (budget.max_rel_rmse * float_metrics.std) ** 2
+    return (quantized.label_rmse ** 2 - float_metrics.label_rmse ** 2) / room
 
 
 def drop(float_metrics: OutputMetrics, quantized: OutputMetrics) -> Optional[float]:
@@ -255,6 +285,16 @@ def _regression_budget(float_metrics, quantized, budget: Budget) -> list[str]:
         return []
     return [f"output {quantized.name!r}: expected an RMSE of at most {budget.max_rel_rmse:.3f} of the float output's "
             f"standard deviation ({called('max_rel_rmse')}), found {quantized.rel_rmse:.4f}"]
+
+
+def _retrained_regression_budget(float_metrics, quantized, budget: Budget) -> list[str]:
+    allowed = allowed_label_rmse(float_metrics, budget)
+    if quantized.label_rmse <= allowed + 1e-12:
+        return []
+    return [f"output {quantized.name!r}: expected an RMSE against the labels of at most {allowed:.4g} (the float "
+            f"model's {float_metrics.label_rmse:.4g} and {budget.max_rel_rmse:.3f} of its output's standard deviation "
+            f"({called('max_rel_rmse')}) in quadrature: the weights were trained again, so the labels judge), "
+            f"found {quantized.label_rmse:.4g}"]
 
 
 @_budget("embedding")

@@ -83,8 +83,9 @@ class Reference:
         """The metrics of another file's outputs on the same data, compared with these."""
         return tasks.judge(outputs, self.tasks, self.labels, reference=self.outputs)
 
-    def violations(self, judged: tasks.Judged, budget: Budget) -> list[str]:
-        return [v for name, m in judged.outputs.items() for v in tasks.violations(self.metrics.outputs[name], m, budget)]
+    def violations(self, judged: tasks.Judged, budget: Budget, *, retrained: bool = False) -> list[str]:
+        return [v for name, m in judged.outputs.items()
+                for v in tasks.violations(self.metrics.outputs[name], m, budget, retrained=retrained)]
 
     def score(self, judged: tasks.Judged) -> Optional[float]:
         """The primary classification accuracy (or agreement) of a file, for tables and charts."""
@@ -93,16 +94,23 @@ class Reference:
             return None
         return primary.accuracy if primary.accuracy is not None else primary.agreement
 
-    @staticmethod
-    def budget_used(judged: tasks.Judged, budget: Budget) -> Optional[float]:
+    def budget_used(self, judged: tasks.Judged, budget: Budget, *, labels: bool = False) -> Optional[float]:
         """For a file without a classification output: the largest share of its budget an output's
         distance from float uses (a regression's RMSE over `max_rel_rmse`, an embedding's 1 - cosine
-        over 1 - `min_cosine`); lower is closer. None when a classification output decides instead."""
+        over 1 - `min_cosine`); lower is closer. With `labels`, a regression output with labels is
+        measured by its error against them (`tasks.label_budget_used`), as a retrained file is judged.
+        None when a classification output decides instead."""
         if judged.primary() is not None:
             return None
-        used = [m.rel_rmse / budget.max_rel_rmse for m in judged.outputs.values() if m.rel_rmse is not None] + \
-               [(1 - m.mean_cosine) / max(1 - budget.min_cosine, 1e-12) for m in judged.outputs.values()
-                if m.mean_cosine is not None]
+        used = []
+        for name, m in judged.outputs.items():
+            on_labels = tasks.label_budget_used(self.metrics.outputs[name], m, budget) if labels else None
+            if on_labels is not None:
+                used.append(on_labels)
+            elif m.rel_rmse is not None:
+                used.append(m.rel_rmse / budget.max_rel_rmse)
+            elif m.mean_cosine is not None:
+                used.append((1 - m.mean_cosine) / max(1 - budget.min_cosine, 1e-12))
         return max(used) if used else None
 
 
@@ -142,6 +150,7 @@ def verify(
     spec: Any = None,
     rewrites: Optional[list[str]] = None,
     narrow_inputs: Optional[list[str]] = None,
+    retrained: bool = False,
 ) -> QuantizationResult:
     """Measure `tflite` next to the float file on the interpreter, build the report, apply the gates.
 
@@ -149,7 +158,8 @@ def verify(
     float op's layer and why) unless `allow_float` (the ladder chose float islands); `strict`
     holds every mode to it. Outputs outside `budget` fail with `AccuracyBudgetError`, which names
     where the error starts: an input `lint.input_lint` found (`narrow_inputs`), else the op whose
-    int8 output strays furthest.
+    int8 output strays furthest. A `retrained` file (QAT, pruning, clustering) has its regression and
+    embedding outputs held to the labels where there are labels (`tasks.violations`).
     """
     float_tflite = prepared.exported.tflite
     threads = num_threads or harness.default_threads()
@@ -174,10 +184,10 @@ def verify(
             quantized_outputs = harness.Runner(tflite, num_threads=threads).predict(
                 evaluation, progress=progress, label=f"the {recipe.mode.value} file")
         judged = reference.judge(quantized_outputs)
-        violations = reference.violations(judged, budget)
+        violations = reference.violations(judged, budget, retrained=retrained)
         dtypes = {p.name: p.dtype.name for p in harness.Runner(tflite, num_threads=1).outputs}
         for name, metrics in judged.outputs.items():
-            per_output = reference.violations(tasks.Judged({name: metrics}), budget)
+            per_output = reference.violations(tasks.Judged({name: metrics}), budget, retrained=retrained)
             outputs_report.append(OutputReport(name=name, task=metrics.task, dtype=dtypes.get(name, "?"),
                                                float=reference.metrics.outputs[name], quantized=metrics,
                                                within_budget=not per_output))

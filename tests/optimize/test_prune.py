@@ -69,3 +69,24 @@ def test_sparsity_reader_on_known_weights(int8_result):
     sparsity = tflite_sparsity(int8_result.tflite)
     assert len(sparsity) == 4 and max(sparsity.values()) < 0.05  # an unpruned net has few exact zeros
     assert np.isfinite(list(sparsity.values())).all()
+
+
+def test_a_pruned_regression_model_is_held_to_the_labels(tmp_path):
+    """Pruning retrains the weights: the file moves further from the float outputs than the 5 % of σ a
+    PTQ file is held to, and is as close to the labels as the float model. Judged by the labels, it is
+    within budget."""
+    from zoo_cache import trained
+
+    from tfquant import zoo
+
+    from tfquant._keras import keras
+
+    model = trained("tabular_regression", 2)
+    keras.utils.set_random_seed(0)  # the fine-tuning's shuffles
+    np.savez(tmp_path / "train.npz", **zoo.tabular().train)
+    result = prune(model.path, tmp_path / "train.npz", sparsity=0.3, epochs=4, eval_data=model.test,
+                           bench_runs=1)
+    (score,) = result.report.outputs
+    assert score.quantized.rel_rmse > 0.05, score  # what held such a file to the float outputs refused
+    assert score.quantized.label_rmse <= np.hypot(score.float.label_rmse, 0.05 * score.float.std) and score.within_budget
+    assert score.quantized.r2 >= score.float.r2 - 0.005

@@ -308,4 +308,5 @@ def _collaborate(model, train_data, spec, *, sparsity: Optional[float], clusters
     )
     return verify(prepared, file_recipe if clusters else recipe, tflite, seconds=seconds, budget=spec.budget,
                   reference=reference, strict=spec.strict, num_threads=spec.num_threads, bench_runs=spec.bench_runs,
-                  progress=progress, extra={"training": training}, spec=spec)
+                  progress=progress, extra={"training": training}, spec=spec,
+                  retrained=sparsity is not None or clusters is not None or qat)

@@ -190,4 +190,4 @@ def prune(
     )
     return verify(prepared, recipe, tflite, seconds=seconds, budget=spec.budget, strict=spec.strict,
                   num_threads=spec.num_threads, bench_runs=spec.bench_runs, progress=progress,
-                  extra={"training": training}, spec=spec)
+                  extra={"training": training}, spec=spec, retrained=True)

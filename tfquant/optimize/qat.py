@@ -330,18 +330,19 @@ def qat(
     reference = ptq_score = None
     ptq_misses: list[str] = []
 
-    def measured(data: bytes) -> tuple[Optional[float], list[str], float]:
+    def measured(data: bytes, retrained: bool) -> tuple[Optional[float], list[str], float]:
         """A file's score on the evaluation data, the budgets it misses, and how it ranks (higher is
-        better: the classification score, or without a classifier the budget share its outputs leave)."""
+        better: the classification score, or without a classifier the budget share its outputs leave,
+        their error against the labels where there are labels, for both files alike)."""
         judged = reference.judge(Runner(data, num_threads=num_threads).predict(prepared.evaluation, progress=False))
-        score, used = reference.score(judged), Reference.budget_used(judged, spec.budget)
+        score, used = reference.score(judged), reference.budget_used(judged, spec.budget, labels=True)
         rank = score if score is not None else (-used if used is not None else 0.0)
-        return score, reference.violations(judged, spec.budget), rank
+        return score, reference.violations(judged, spec.budget, retrained=retrained), rank
 
     ptq_rank = None
     if prepared.evaluation is not None:
         reference = Reference.measure(prepared.exported.tflite, prepared.evaluation, num_threads=num_threads)
-        ptq_score, ptq_misses, ptq_rank = measured(ptq_tflite)
+        ptq_score, ptq_misses, ptq_rank = measured(ptq_tflite, retrained=False)
     seconds["ptq"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -361,7 +362,7 @@ def qat(
     if reference is not None:
         scored = []
         for route, data in candidates:
-            score, misses, rank = measured(data)
+            score, misses, rank = measured(data, retrained=True)
             scored.append((rank, route, data, misses, score))
         # within budget first (a regression head beside the classifier), then the higher rank
         qat_rank, route, tflite, misses, qat_score = max(scored, key=lambda item: (not item[3], item[0]))
@@ -391,4 +392,4 @@ def qat(
                         qat_accuracy=qat_score, kept=kept)
     return verify(prepared, recipe, tflite, seconds=seconds, budget=spec.budget, reference=reference,
                   strict=spec.strict, num_threads=num_threads, bench_runs=spec.bench_runs, progress=progress,
-                  warnings=notes, extra={"training": training}, spec=spec)
+                  warnings=notes, extra={"training": training}, spec=spec, retrained=kept == "qat")
