@@ -150,7 +150,7 @@ def _bad_inputs(tmp: Path, model_files, train_npz, test_npz, digits):
         "unknown format": ([onnx, "--calib", train_npz],
                            "model.onnx: expected a Keras model (.keras, .h5) or a SavedModel folder, found a file ending in '.onnx'"),
         "missing data": ([model, "--calib", tmp / "nope.npz"],
-                         "nope.npz: expected a data file (.npz, .npy) or an image folder, found no such file or folder"),
+                         "nope.npz: expected a data file (.npz, .npy, .csv) or an image folder, found no such file or folder"),
         "corrupt data": ([model, "--calib", corrupt_npz],
                          "corrupt.npz: expected a NumPy .npz archive (a zip of .npy arrays), found 11 bytes that are not a zip archive"),
         "mode/io": ([model, "--calib", train_npz, "--mode", "dynamic", "--io", "int8"],

@@ -368,12 +368,12 @@ def qat(
         qat_rank, route, tflite, misses, qat_score = max(scored, key=lambda item: (not item[3], item[0]))
         if len(scored) > 1:
             notes.append(f"QAT int8 from {route} (" + ", ".join(
-                f"{r}: {score:.4f}" if score is not None else f"{r}: {-rank:.0%} of the budget"
+                f"{r}: {score:.4f}" if score is not None else f"{r}: {_share(-rank, 'the')}"
                 for rank, r, _, _, score in scored) + ")")
         if qat_score is not None:
             below = f"QAT int8 scored {qat_score:.4f}, below plain PTQ int8 at {ptq_score:.4f}"
         else:  # no classifier: the share of the budget the furthest output uses
-            below = (f"QAT int8's outputs use {-qat_rank:.0%} of their budget, plain PTQ int8's {-ptq_rank:.0%}"
+            below = (f"QAT int8's outputs use {_share(-qat_rank, 'their')}, plain PTQ int8's {_share(-ptq_rank, 'their')}"
                      if ptq_rank is not None else "")
         if misses and not ptq_misses and spec.keep_best:
             tflite, kept = ptq_tflite, "ptq"
@@ -393,3 +393,8 @@ def qat(
     return verify(prepared, recipe, tflite, seconds=seconds, budget=spec.budget, reference=reference,
                   strict=spec.strict, num_threads=num_threads, bench_runs=spec.bench_runs, progress=progress,
                   warnings=notes, extra={"training": training}, spec=spec, retrained=kept == "qat")
+
+
+def _share(used: float, whose: str) -> str:
+    """A budget share as a note says it; below 0 a file is closer to the labels than the float model."""
+    return f"{used:.0%} of {whose} budget" if used >= 0 else f"none of {whose} budget (closer to the labels than float)"
