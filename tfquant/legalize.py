@@ -8,7 +8,8 @@ a DEQUANTIZE and a QUANTIZE. Rewritten on the float file — `NEG(x)` as `MUL(x,
 as `MUL(x, x)`, `ZEROS_LIKE(x)` as `MUL(x, 0)`, `ELU(x)` as `x + EXP(m) - 1 - m` with `m = -RELU(-x)` —
 they compute the same values in float and quantize like any MUL, ADD or EXP. Softplus, which
 converts as `LOG(EXP(x) + 1)` (integer, but with EXP's int8 scale spanning e^max), becomes
-`RELU(x) + LOG(EXP(-|x|) + 1)`. Every rewrite is listed in the export's notes.
+`RELU(x) + LOG(EXP(-|x|) + 1)`, and SELU's `EXP(x)`, read only where x <= 0, becomes
+`EXP(min(x, 0))`. Every rewrite is listed in the export's notes.
 """
 
 from __future__ import annotations
@@ -119,22 +120,76 @@ def _elu(model, graph, op) -> bool:
     if not is_float(graph, x):
         return False
     name = graph.tensors[out].name or b"elu"
-    made = {part: float_tensor_like(graph, x, name + b"/" + part) for part in (b"neg", b"relu_neg", b"min0", b"exp", b"exp_minus_one", b"rest")}
-    ops = [
-        new_op(model, schema.BuiltinOperator.MUL, [x, scalar_constant(model, graph, -1.0, name, b"minus_one_a")], [made[b"neg"]]),
-        new_op(model, schema.BuiltinOperator.RELU, [made[b"neg"]], [made[b"relu_neg"]]),
-        new_op(model, schema.BuiltinOperator.MUL, [made[b"relu_neg"], scalar_constant(model, graph, -1.0, name, b"minus_one_b")],
-            [made[b"min0"]]),
-        new_op(model, schema.BuiltinOperator.EXP, [made[b"min0"]], [made[b"exp"]]),
+    negative, relu_neg, min0 = _negative_part(model, graph, x, name)
+    made = {part: float_tensor_like(graph, x, name + b"/" + part) for part in (b"exp", b"exp_minus_one", b"rest")}
+    ops = negative + [
+        new_op(model, schema.BuiltinOperator.EXP, [min0], [made[b"exp"]]),
         new_op(model, schema.BuiltinOperator.ADD, [made[b"exp"], scalar_constant(model, graph, -1.0, name, b"minus_one_c")],
             [made[b"exp_minus_one"]]),
-        new_op(model, schema.BuiltinOperator.ADD, [made[b"exp_minus_one"], made[b"relu_neg"]], [made[b"rest"]]),
+        new_op(model, schema.BuiltinOperator.ADD, [made[b"exp_minus_one"], relu_neg], [made[b"rest"]]),
     ]
     at = graph.operators.index(op)
     graph.operators[at:at] = ops  # before the op that becomes the sum: the graph runs in list order
     op.inputs = [x, made[b"rest"]]
     op.opcodeIndex = opcode(model, schema.BuiltinOperator.ADD)
     op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.ADD)
+    return True
+
+
+def _negative_part(model, graph, x: int, name: bytes) -> tuple[list, int, int]:
+    """Ops that make RELU(-x) and min(x, 0) = -RELU(-x) of `x`, and those two tensors."""
+    made = {part: float_tensor_like(graph, x, name + b"/" + part) for part in (b"neg", b"relu_neg", b"min0")}
+    ops = [
+        new_op(model, schema.BuiltinOperator.MUL, [x, scalar_constant(model, graph, -1.0, name, b"minus_one_a")], [made[b"neg"]]),
+        new_op(model, schema.BuiltinOperator.RELU, [made[b"neg"]], [made[b"relu_neg"]]),
+        new_op(model, schema.BuiltinOperator.MUL, [made[b"relu_neg"], scalar_constant(model, graph, -1.0, name, b"minus_one_b")],
+            [made[b"min0"]]),
+    ]
+    return ops, made[b"relu_neg"], made[b"min0"]
+
+
+# A comparison of x with 0, and which SELECT_V2 input (1: where true, 2: where false) takes x <= 0.
+_AT_OR_BELOW_ZERO = {schema.BuiltinOperator.GREATER: 2, schema.BuiltinOperator.GREATER_EQUAL: 2,
+                     schema.BuiltinOperator.LESS: 1, schema.BuiltinOperator.LESS_EQUAL: 1}
+_BY_A_CONSTANT = (schema.BuiltinOperator.ADD, schema.BuiltinOperator.SUB, schema.BuiltinOperator.MUL)
+
+
+@_registers(schema.BuiltinOperator.EXP, "the EXP of an x <= 0 branch (SELU) read at min(x, 0)")
+def _exp_of_the_negative_branch(model, graph, op) -> bool:
+    """SELU converts as SELECT_V2(x > 0, λx, λα(EXP(x) - 1)): the EXP's value is used only where x <= 0,
+    but its int8 scale spans e^max, which rounds every e^x of the negative half to 0 (a Conv1D with a
+    SELU head lost 2.2 points). EXP(min(x, 0)) is the same where it is used and stays in (0, 1]."""
+    x = int(op.inputs[0])
+    if not is_float(graph, x):
+        return False
+    producer, readers = producers_of(graph), readers_of(graph)
+    outputs = {int(o) for o in graph.outputs}
+    tensor, reader = int(op.outputs[0]), None
+    while True:  # through ops that add, subtract or multiply a constant, to the SELECT_V2
+        found = readers.get(tensor, [])
+        if len(found) != 1 or tensor in outputs:
+            return False
+        reader = found[0]
+        code = builtin_of(model, reader)
+        if code != schema.BuiltinOperator.SELECT_V2:
+            others = [int(i) for i in reader.inputs if int(i) != tensor]
+            fused = getattr(reader.builtinOptions, "fusedActivationFunction", schema.ActivationFunctionType.NONE)
+            if code not in _BY_A_CONSTANT or len(others) != 1 or float_constant(model, graph, others[0]) is None or \
+                    fused != schema.ActivationFunctionType.NONE:
+                return False
+            tensor = int(reader.outputs[0])
+            continue
+        break
+    compare = producer.get(int(reader.inputs[0]))
+    if compare is None or builtin_of(model, compare) not in _AT_OR_BELOW_ZERO or int(compare.inputs[0]) != x:
+        return False
+    zero = float_constant(model, graph, int(compare.inputs[1]))
+    if zero is None or np.any(zero != 0) or int(reader.inputs[_AT_OR_BELOW_ZERO[builtin_of(model, compare)]]) != tensor:
+        return False
+    negative, _, min0 = _negative_part(model, graph, x, graph.tensors[int(op.outputs[0])].name or b"exp")
+    at = graph.operators.index(op)
+    graph.operators[at:at] = negative
+    op.inputs = [min0]
     return True
 
 
