@@ -333,3 +333,38 @@ def test_a_model_that_takes_text_is_refused_with_the_layer_to_cut_at(version, tm
     result = tfquant.quantize(cut, ids, eval_data=(ids, labels), bench_runs=1, diagnose=False)
     assert_every_op_integer(result.info)
     assert result.report.io[0].dtype == "int64" and result.report.outputs[0].quantized.accuracy == 1.0
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_custom_layer_whose_code_is_not_registered_is_named(version, tmp_path, digits):
+    """A registered custom layer: the file holds its settings, not its code. Loaded where nothing registered
+    it, the error names the class and the way through; where it is registered, it converts."""
+    from tfquant._keras import keras, keras3
+    from tfquant.errors import ModelLoadError
+
+    k = keras3() if version == 3 else keras
+    registry = k.saving.get_custom_objects() if version == 3 else k.utils.get_custom_objects()
+    register = k.saving.register_keras_serializable if version == 3 else k.utils.register_keras_serializable
+
+    class Halve(k.layers.Layer):
+        def call(self, x):
+            return x * 0.5
+
+    Halve.__module__ = "__main__"  # defined in the user's script: the file names no module to import
+    Halve = register(package=f"tfquant_test{version}")(Halve)
+
+    inputs = k.Input((8, 8, 1), name="image")
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax")(k.layers.Flatten()(Halve(name="halve")(inputs))))
+    model.save(tmp_path / "custom.keras")
+    registered = registry.pop(f"tfquant_test{version}>Halve")
+    try:
+        with pytest.raises(ModelLoadError) as caught:
+            tfquant.quantize(tmp_path / "custom.keras", digits["x"][:50], bench_runs=1, diagnose=False)
+    finally:
+        registry[f"tfquant_test{version}>Halve"] = registered
+    assert str(caught.value) == (
+        f"{tmp_path / 'custom.keras'}: expected layers Keras knows, or custom ones registered by code already imported, "
+        f"found custom class 'tfquant_test{version}>Halve' (layer 'halve'), whose code is not in the file: quantize the model "
+        "object in the program that defines the class (tfquant.quantize(model, ...))")
+    result = tfquant.quantize(tmp_path / "custom.keras", digits["x"][:50], bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)

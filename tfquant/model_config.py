@@ -180,6 +180,48 @@ def _registered(name: str) -> bool:
     return False
 
 
+def unregistered_classes(config: Any) -> list[str]:
+    """Custom classes ("package>Class") the config names that no code in this process registered and
+    no module named in the file would register: Keras cannot build them from the file, which holds
+    their settings and weights but not their code (a class defined in a script, `__main__`)."""
+    found: dict[str, None] = {}
+
+    def walk(node: Any, depth: int = 0) -> None:
+        if depth > 200:
+            return
+        if isinstance(node, list):
+            for item in node:
+                walk(item, depth + 1)
+            return
+        if not isinstance(node, dict):
+            return
+        custom = next((n for n in (node.get("registered_name"), node.get("class_name"))
+                       if isinstance(n, str) and ">" in n), None)
+        module = node.get("module")
+        importable = isinstance(module, str) and module not in ("", "__main__")  # Keras may import it (safe_mode off)
+        if custom is not None and not importable and not _registered(custom):
+            config = node.get("config") if isinstance(node.get("config"), dict) else {}
+            found[f"{custom!r}" + (f" (layer {config['name']!r})" if isinstance(config.get("name"), str) else "")] = None
+        for value in node.values():
+            if isinstance(value, (dict, list)):
+                walk(value, depth + 1)
+
+    walk(config)
+    return list(found)
+
+
+def refuse_unregistered(path: Path | str, config: Any) -> None:
+    """Raise a ModelLoadError naming the custom classes the file needs and this process lacks."""
+    found = unregistered_classes(config)
+    if found:
+        more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+        raise ModelLoadError(problem(
+            path, "layers Keras knows, or custom ones registered by code already imported",
+            f"custom class {found[0]}{more}, whose code is not in the file: quantize the model object in the "
+            "program that defines the class (tfquant.quantize(model, ...))",
+        ))
+
+
 def refuse_code(path: Path | str, config: Any) -> None:
     """Raise a ModelLoadError naming what in `config` would run code."""
     found = code_in_config(config)

@@ -199,6 +199,7 @@ def _load_keras_file(path: Path, safe_mode: bool) -> LoadedModel:
     config = model_config.read_config(path)
     if safe_mode:
         model_config.refuse_code(path, config)
+    model_config.refuse_unregistered(path, config)
     try:
         major = _keras.saved_keras_major(path)
     except (KeyError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
@@ -257,6 +258,7 @@ def _load_h5(path: Path, safe_mode: bool) -> LoadedModel:
         raise ModelLoadError(problem(path, "an HDF5 file holding a whole Keras model", "no model_config (weights only?)"))
     if safe_mode:
         model_config.refuse_code(path, config)
+    model_config.refuse_unregistered(path, config)
     major = _keras.saved_keras_major(path)
     if major == 3:
         loader = lambda: _keras.keras3().saving.load_model(str(path), compile=False, safe_mode=safe_mode)  # noqa: E731
