@@ -166,3 +166,24 @@ def test_csv_errors_name_the_line_and_column(tmp_path):
     (tmp_path / "latin.csv").write_bytes("a,b\n1,\xe9\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin.csv: expected a CSV text file \(UTF-8, comma-separated\), found UnicodeDecodeError"):
         load_data(tmp_path / "latin.csv", features)
+
+
+def test_data_lint_names_few_samples_and_evaluation_data_scaled_unlike_calibration():
+    from tfquant.lint import data_lint
+
+    rng = np.random.default_rng(0)
+    calibration = load_data(np.clip(rng.random((300, 8, 8, 1)) * 1.2 - 0.1, 0, 1), IMAGE, name="calibration data")
+    assert data_lint(calibration, load_data(rng.random((50, 8, 8, 1)), IMAGE, name="eval data")) == []
+    pixels = load_data(rng.random((50, 8, 8, 1)) * 255, IMAGE, name="eval data")
+    (clipped,) = data_lint(calibration, pixels)
+    outside = np.mean(pixels.inputs["image"] > calibration.inputs["image"].max() + 0.01 * np.ptp(calibration.inputs["image"]))
+    assert clipped.startswith(f"input 'image': {100 * outside:.1f} % of the evaluation values lie outside the "
+                              "calibration data's range [0, 1] (<calibration data>; evaluation: [")
+    (sliver,) = data_lint(calibration, load_data(rng.random((50, 8, 8, 1)) / 255, IMAGE, name="eval data"))
+    assert "the evaluation values fill under 1/16 of the calibration data's range" in sliver
+    (few,) = data_lint(calibration.take(np.arange(3)))
+    assert few == ("<calibration data>: 3 calibration samples: int8 ranges from so few rarely cover the inputs the model "
+                   "meets. Fix: calibrate on 100 to 500 samples of real inputs (calib_samples draws up to 200 of them "
+                   "by default)")
+    tokens = [TensorSpec("tokens", (None, 4), "int32")]
+    assert data_lint(load_data(np.ones((40, 4)), tokens), load_data(np.full((40, 4), 99), tokens)) == []

@@ -103,20 +103,29 @@ def test_calibration_draw_is_deterministic(digits_model, train_npz):
     assert a.report.calibration_samples == 64
 
 
-def test_accuracy_collapse_is_caught(digits_model, digits, test_npz, tmp_path):
-    """Calibrating on unrepresentative data (inputs 20x too small) clips real inputs: the gate must fire."""
+def test_accuracy_collapse_is_caught_and_where_it_starts_is_named(digits_model, digits, test_npz, train_npz,
+                                                                   mismatched):
+    """Calibrating on unrepresentative data (inputs 20x too small) clips real inputs: the gate fires and names
+    the data. A model whose own op breaks int8 (a join of mismatched ranges) is named by that op."""
     bad_calibration = digits["x"][:200] * 0.05
     with pytest.raises(AccuracyBudgetError, match=r"expected an accuracy drop of at most 0\.0100.*found 0\.[1-9]") \
             as caught:
         tfquant.quantize(digits_model, bad_calibration, eval_data=test_npz, max_drop=0.01, bench_runs=1)
     report = caught.value.result.report
-    worst = report.diagnostics[0]  # the message says where the error starts, and what to try
+    share = np.mean(np.load(test_npz)["x"] > 0.05 * 1.01)
+    assert str(caught.value).endswith(
+        f"; input 'image': {100 * share:.1f} % of the evaluation values lie outside the calibration data's range "
+        f"[0, 0.05] (<calibration data>; evaluation: [0, 1]): int8 clips them. Fix: calibrate on data prepared as "
+        "the model's real inputs are (the same scaling and preprocessing)")
+    assert report.accuracy_drop > 0.1 and report.agreement.top1 < 0.9
+    assert any("agreement" in w for w in report.warnings) and report.warnings[0].startswith("input 'image': ")
+
+    with pytest.raises(AccuracyBudgetError) as caught:
+        tfquant.quantize(mismatched, train_npz, eval_data=test_npz, max_drop=0.01, bench_runs=1, split_joins=False)
+    worst = caught.value.result.report.diagnostics[0]  # the message says where the error starts, and what to try
     assert str(caught.value).endswith(f"; the largest int8 error is at {worst.tensor.split(';')[0]!r} ({worst.op}, "
                                       f"{worst.rmse_per_scale:.1f} int8 steps RMS): fallback auto with a budget may "
                                       "keep such ops float")
-    assert report.accuracy_drop > 0.1
-    assert report.agreement.top1 < 0.9
-    assert any("agreement" in w for w in report.warnings)
 
 
 def test_a_model_that_ignores_its_input_is_said_to(digits_model, train_npz, test_npz, int8_result):

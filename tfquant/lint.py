@@ -198,6 +198,41 @@ def input_lint(inputs: dict[str, np.ndarray], *, threshold: float = DEFAULT_RANG
     return found
 
 
+FEW_CALIBRATION_SAMPLES = 32
+OUTSIDE_SHARE = 0.01  # of the evaluation values, beyond the calibrated range by more than 1 % of it
+
+
+def data_lint(calibration, evaluation=None, *, threshold: float = DEFAULT_RANGE_RATIO) -> list[str]:
+    """What in the calibration data would mislead int8's input ranges: too few samples, or evaluation
+    inputs outside the calibrated range (clipped) or in a sliver of it (few levels), as when the two
+    sets are prepared differently (pixels in 0..255 against 0..1). `calibration` and `evaluation`
+    are `tfquant.data.Dataset`s."""
+    found = []
+    if len(calibration) < FEW_CALIBRATION_SAMPLES:
+        found.append(f"{calibration.source}: {len(calibration)} calibration sample{'s' * (len(calibration) != 1)}: "
+                     "int8 ranges from so few rarely cover the inputs the model meets. Fix: calibrate on 100 to 500 "
+                     f"samples of real inputs ({called('calib_samples')} draws up to 200 of them by default)")
+    for name, values in calibration.inputs.items():
+        if values.dtype.kind != "f" or evaluation is None or name not in evaluation.inputs:
+            continue
+        seen = evaluation.inputs[name]
+        low, high = float(values.min()), float(values.max())
+        seen_low, seen_high = float(seen.min()), float(seen.max())
+        margin = 0.01 * (high - low)
+        outside = sum(int(np.count_nonzero((part < low - margin) | (part > high + margin)))  # 256 samples at a time
+                      for part in (seen[i:i + 256] for i in range(0, len(seen), 256))) / max(seen.size, 1)
+        ranges = (f"the calibration data's range [{low:.4g}, {high:.4g}] ({calibration.source}; evaluation: "
+                  f"[{seen_low:.4g}, {seen_high:.4g}])")
+        fix = "Fix: calibrate on data prepared as the model's real inputs are (the same scaling and preprocessing)"
+        if outside > OUTSIDE_SHARE:
+            found.append(f"input {name!r}: {_percent(100 * outside)} % of the evaluation values lie outside {ranges}: "
+                         f"int8 clips them. {fix}")
+        elif high > low and (seen_high - seen_low) * threshold < high - low:
+            found.append(f"input {name!r}: the evaluation values fill under 1/{threshold:g} of {ranges}: int8 keeps "
+                         f"few of its levels for them. {fix}")
+    return found
+
+
 def output_lint(name: str, expected: np.ndarray, got: np.ndarray, *,
                 threshold: float = DEFAULT_RANGE_RATIO) -> Optional[str]:
     """A regression output one of whose columns (targets of different units: a price beside a count)

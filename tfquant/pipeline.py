@@ -14,7 +14,7 @@ from .convert import calibration_for, convert
 from .data import ImageOptions
 from .errors import one_line
 from .diagnose import layer_errors, output_sensitivity, rank_by_outputs, sensitivity_candidates
-from .lint import input_lint, range_lint
+from .lint import data_lint, input_lint, range_lint
 from .prepare import Prepared, check_budget, prepare
 from .spec import ConvertSpec
 from .types import Mode, Recipe
@@ -102,7 +102,9 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
     seconds["calibrate"] = time.perf_counter() - started
 
     diagnostics, lint = [], []
-    narrow_inputs = input_lint(prepared.calibration.inputs) if recipe.mode is Mode.INT8 else []
+    # What in the data misleads int8's input ranges, first: where a budget is missed, it is named first.
+    narrow_inputs = data_lint(prepared.calibration, prepared.evaluation) + input_lint(prepared.calibration.inputs) \
+        if recipe.mode is Mode.INT8 else []
     for message in narrow_inputs:
         console.warn(message)
     if spec.diagnose and calibrated is not None and calibrated.calibrated and recipe.mode is Mode.INT8:
