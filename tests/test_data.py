@@ -187,3 +187,12 @@ def test_data_lint_names_few_samples_and_evaluation_data_scaled_unlike_calibrati
                    "by default)")
     tokens = [TensorSpec("tokens", (None, 4), "int32")]
     assert data_lint(load_data(np.ones((40, 4)), tokens), load_data(np.full((40, 4), 99), tokens)) == []
+
+
+def test_arrays_that_are_neither_inputs_nor_labels_are_said_to_be_unread(tmp_path, caplog):
+    import logging
+
+    np.savez(tmp_path / "extra.npz", x=np.zeros((2, 8, 8, 1)), y=np.arange(2), meta=np.arange(2))
+    with caplog.at_level(logging.WARNING, logger="tfquant"):
+        assert len(load_data(tmp_path / "extra.npz", IMAGE, outputs=PROBS)) == 2
+    assert "extra.npz: arrays 'meta' are neither model inputs nor labels and were not read" in caplog.text

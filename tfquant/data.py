@@ -396,6 +396,11 @@ def _match_inputs(where: str, raw: dict[str, np.ndarray] | list[np.ndarray], spe
             expected = f"an array 'x' or {names[0]!r}" if len(specs) == 1 else \
                 "one array per model input: " + ", ".join(map(repr, names))
             raise DataError(problem(where, expected, "arrays " + (", ".join(map(repr, raw)) or "(none)")))
+        used = set(names) if all(n in raw for n in names) else {"x"} if "x" in raw else set(raw)
+        unused = [key for key in raw if key not in used]
+        if unused:
+            log.warning("%s: arrays %s are neither model inputs nor labels and were not read", where,
+                        ", ".join(map(repr, unused)))
     else:
         arrays = raw
         if len(arrays) != len(specs):
