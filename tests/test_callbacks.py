@@ -45,3 +45,35 @@ def test_checkpoint_needs_validation(digits, tmp_path):
     with pytest.raises(RecipeError, match="expected an Int8Validation callback before it"):
         zoo.fit_classifier(model, digits["x"][:64], digits["y"][:64], epochs=1, callbacks=[Int8Checkpoint(tmp_path / "x.tflite")])
     assert not (tmp_path / "x.tflite").exists()
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_regression_model_logs_its_int8_error_and_keeps_the_best_file(version, tmp_path):
+    """No classifier: the RMSE against the labels and against the float file are logged, the checkpoint
+    monitors the first (lower is better), and a monitor that was never logged names what was."""
+    import numpy as np
+
+    from tfquant.harness import Runner
+    from tfquant.data import load_data
+
+    k = zoo.keras_module(version)
+    k.utils.set_random_seed(0)
+    table = zoo.tabular()
+    inputs = k.Input((16,), name="features")
+    model = k.Model(inputs, k.layers.Dense(1, name="score")(k.layers.Dense(32, activation="relu")(inputs)))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="mse")
+    validation = (table.test["features"], table.test["y"])
+    best = tmp_path / "best.tflite"
+    history = model.fit(table.train["features"], table.train["y"], epochs=3, verbose=0, validation_data=validation,
+                        callbacks=[Int8Validation(table.train["features"][:100], validation),
+                                   Int8Checkpoint(best, monitor="val_int8_rmse")])
+    rmse, relative = history.history["val_int8_rmse"], history.history["val_int8_rel_rmse"]
+    assert len(rmse) == len(relative) == 3 and rmse[-1] < rmse[0] and max(relative) < 0.05
+    runner = Runner(best.read_bytes())
+    predicted = runner.predict(load_data({"features": validation[0]}, runner.specs))["score"]
+    assert float(np.sqrt(np.mean((predicted - validation[1]) ** 2))) == pytest.approx(min(rmse), rel=1e-6)
+    assert abs(min(rmse) - np.sqrt(min(history.history["val_loss"]))) < 0.02  # int8 against Keras' own val_loss
+    with pytest.raises(RecipeError, match=r"expected the logged metric 'val_int8_accuracy', found val_int8_rmse, "
+                                          r"val_int8_rel_rmse: pass monitor= one of them"):
+        model.fit(table.train["features"], table.train["y"], epochs=1, verbose=0, callbacks=[
+            Int8Validation(table.train["features"][:100], validation), Int8Checkpoint(tmp_path / "none.tflite")])

@@ -36,6 +36,11 @@ def __getattr__(name: str):
 
 def int8_file(model, calibration) -> bytes:
     """The full-int8 .tflite file of `model` as it is now (QAT and pruning wrappers handled)."""
+    return _files(model, calibration)[1]
+
+
+def _files(model, calibration) -> tuple[bytes, bytes]:
+    """The float32 file `model` exports to as it is now, and its full-int8 file."""
     from .convert import convert, convert_quantization_aware
     from .export import export
     from .models import load_model
@@ -50,15 +55,17 @@ def int8_file(model, calibration) -> bytes:
         model = tfmot.sparsity.keras.strip_pruning(model)
     exported = export(loaded.trained(model, quantization_aware=quantization_aware), shapes=calibration.sample_shapes())
     if quantization_aware:
-        return convert_quantization_aware(exported, recipe, calibration)
-    return convert(exported, recipe, calibration=calibration)
+        return exported.tflite, convert_quantization_aware(exported, recipe, calibration)
+    return exported.tflite, convert(exported, recipe, calibration=calibration)
 
 
 class Int8Validation(keras.callbacks.Callback):
     """Every `every` epochs, convert the current weights to full int8 and measure the file.
 
     Logs `val_int8_accuracy` (top-1 of the .tflite file on the interpreter) and `val_int8_gap`
-    (the Keras model's own accuracy on the same data minus the int8 file's).
+    (the Keras model's own accuracy on the same data minus the int8 file's); for a regression output
+    `val_int8_rmse` (against the labels) and `val_int8_rel_rmse` (against the float file, over its
+    standard deviation), for an embedding `val_int8_cosine` and `val_int8_retrieval`.
 
     Example:
         >>> model.fit(x, y, epochs=5, callbacks=[Int8Validation((x[:200]), (x_val, y_val))])  # doctest: +SKIP
@@ -97,16 +104,34 @@ class Int8Validation(keras.callbacks.Callback):
         from .harness import Runner
         from .optimize.training import keras_accuracy
 
-        tflite = int8_file(self.model, self._calibration)
+        float_tflite, tflite = _files(self.model, self._calibration)
         outputs = Runner(tflite).predict(self._validation, progress=False)
-        chosen, labels = tasks.choose(outputs, self._validation.labels, {}, self._validation.source)
-        primary = tasks.judge(outputs, chosen, labels).primary()
+        reference = Runner(float_tflite).predict(self._validation, progress=False)
+        chosen, labels = tasks.choose(reference, self._validation.labels, {}, self._validation.source)
+        judged = tasks.judge(outputs, chosen, labels, reference=reference)
+        primary = judged.primary()
         if logs is not None and primary is not None and primary.accuracy is not None:
             logs["val_int8_accuracy"] = primary.accuracy
             keras = keras_accuracy(self.model, self._validation)
             if keras is not None:
                 logs["val_int8_gap"] = keras - primary.accuracy
+        if logs is not None:
+            logs.update(_other_outputs(judged, several=len(judged.outputs) > 1))
         _LATEST[self.model] = (epoch, tflite)
+
+
+def _other_outputs(judged, *, several: bool) -> dict[str, float]:
+    """Regression and embedding outputs, each against the float file (and its labels): `val_int8_rmse`
+    (against the labels) and `val_int8_rel_rmse` (against float, over its standard deviation);
+    `val_int8_cosine` (mean, to float) and `val_int8_retrieval`. With several outputs, each name
+    ends in `_<output>`."""
+    found = {}
+    for name, metrics in judged.outputs.items():
+        suffix = f"_{name}" if several else ""
+        values = {"rmse": metrics.label_rmse, "rel_rmse": metrics.rel_rmse} if metrics.task == "regression" else \
+            {"cosine": metrics.mean_cosine, "retrieval": metrics.retrieval} if metrics.task == "embedding" else {}
+        found.update({f"val_int8_{key}{suffix}": value for key, value in values.items() if value is not None})
+    return found
 
 
 class Int8Checkpoint(keras.callbacks.Callback):
@@ -117,14 +142,14 @@ class Int8Checkpoint(keras.callbacks.Callback):
     Args:
         path: the .tflite file to write.
         monitor: a logged metric. Defaults to `"val_int8_accuracy"`.
-        mode: `"max"` or `"min"`. Defaults to `"max"` (`"min"` for names ending in `gap` or `loss`).
+        mode: `"max"` or `"min"`. Defaults to `"max"` (`"min"` for names ending in `gap`, `loss` or `rmse`).
     """
 
     def __init__(self, path, *, monitor: str = "val_int8_accuracy", mode: Optional[str] = None):
         super().__init__()
         self.path = Path(path)
         self.monitor = monitor
-        self.mode = mode or ("min" if monitor.endswith(("gap", "loss")) else "max")
+        self.mode = mode or ("min" if monitor.endswith(("gap", "loss", "rmse")) else "max")
         if self.mode not in ("min", "max"):
             raise RecipeError(f"mode: expected 'min' or 'max', found {self.mode!r}")
 
@@ -132,14 +157,18 @@ class Int8Checkpoint(keras.callbacks.Callback):
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch: Optional[int] = None
         self._seen = False
+        self._logged: list[str] = []  # what Int8Validation logged, where `monitor` was not among it
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None):
         from .files import write_all
 
         value = (logs or {}).get(self.monitor)
         latest = _LATEST.get(self.model)
-        if value is None or latest is None or latest[0] != epoch:
+        if latest is None or latest[0] != epoch:
             return  # no conversion this epoch (Int8Validation's `every`)
+        if value is None:
+            self._logged = [key for key in logs or {} if key.startswith("val_int8_")]
+            return
         self._seen = True
         better = value < self.best if self.mode == "min" else value > self.best
         if better and not np.isnan(value):
@@ -147,6 +176,10 @@ class Int8Checkpoint(keras.callbacks.Callback):
             write_all({self.path: latest[1]}, overwrite=True)
 
     def on_train_end(self, logs=None):
+        if not self._seen and self._logged:
+            raise RecipeError(f"Int8Checkpoint: expected the logged metric {self.monitor!r}, found "
+                              f"{', '.join(self._logged)}: pass monitor= one of them (a model without a "
+                              "classifier logs no accuracy)")
         if not self._seen:
             raise RecipeError(f"Int8Checkpoint: expected an Int8Validation callback before it in `callbacks`, "
                               f"logging {self.monitor!r}; found no int8 result in any epoch")
