@@ -368,3 +368,33 @@ def test_a_custom_layer_whose_code_is_not_registered_is_named(version, tmp_path,
         "object in the program that defines the class (tfquant.quantize(model, ...))")
     result = tfquant.quantize(tmp_path / "custom.keras", digits["x"][:50], bench_runs=1, diagnose=False)
     assert_every_op_integer(result.info)
+
+
+def test_a_float_tflite_file_is_quantized_as_it_is(digits_model, int8_result, train_npz, test_npz, tmp_path):
+    """A float32 .tflite from the plain TFLite flow (TFLiteConverter.from_keras_model): calibrated and quantized
+    from the file itself, as accurate as from the Keras model. A quantized file, the converter's own modes and
+    training are refused, each saying why."""
+    import tensorflow as tf
+
+    from tfquant.errors import ConversionError, ModelLoadError
+
+    path = tmp_path / "float.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(digits_model).convert())
+    result = tfquant.quantize(path, train_npz, eval_data=test_npz, bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    assert result.report.export.route == "float .tflite as given"
+    ours, keras_path = result.report.outputs[0].quantized, int8_result.report.outputs[0].quantized
+    assert abs(ours.accuracy - keras_path.accuracy) <= 1 / 359 + 1e-9 and ours.agreement >= 0.98
+    assert result.report.outputs[0].float.accuracy == int8_result.report.outputs[0].float.accuracy
+
+    quantized = tmp_path / "int8.tflite"
+    quantized.write_bytes(int8_result.tflite)
+    with pytest.raises(ModelLoadError, match=r"int8.tflite: expected a float32 .tflite file to quantize, found int8 "
+                                             r"tensors: the file is quantized already"):
+        tfquant.quantize(quantized, train_npz)
+    with pytest.raises(ConversionError, match=r"expected a graph that can be frozen for mode dynamic, found a .tflite "
+                                              r"file given as the model"):
+        tfquant.quantize(path, None, mode="dynamic", bench_runs=1)
+    with pytest.raises(ModelLoadError, match=r"float.tflite: expected a Keras model \(.keras, .h5\) or SavedModel for "
+                                             r"tfquant qat, which trains its layers, found a .tflite file"):
+        tfquant.qat(path, train_npz, epochs=1)

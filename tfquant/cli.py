@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     p = sub.add_parser("convert", parents=[common], help="convert a Keras model and verify the file on the interpreter")
-    p.add_argument("model", help=".keras, .h5 or SavedModel folder")
+    p.add_argument("model", help=".keras, .h5, SavedModel folder or float32 .tflite file")
     p.add_argument("--calib", help="calibration data: .npz, .npy, .csv or an image folder")
     p.add_argument("--eval", dest="eval_data", help="labelled evaluation data (adds accuracy and agreement)")
     _add_spec(p, "convert")
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_training_options(sub.add_parser(name, parents=[common], help=about), name)
 
     p = sub.add_parser("diagnose", parents=[common], help="find the tensors and ops where int8 loses accuracy")
-    p.add_argument("model", help=".keras, .h5 or SavedModel folder")
+    p.add_argument("model", help=".keras, .h5, SavedModel folder or float32 .tflite file")
     p.add_argument("--calib", required=True, help="calibration data")
     p.add_argument("--eval", dest="eval_data", help="labelled data: debug samples come from it, and both accuracies")
     p.add_argument("--calib-samples", type=_positive, default=200)

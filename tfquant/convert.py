@@ -286,8 +286,11 @@ def convert(exported: Exported, recipe: Recipe, *, calibrated: Optional[Calibrat
             calibrated, recipe = calibration_for(exported, calibration, recipe, source=source)
         return calibrated.quantize(recipe, source=source)
     if exported.function is None:
-        raise ConversionError(problem(source, f"a graph that can be frozen for mode {recipe.mode.value}",
-                                      "one converted only through its SavedModel"))
+        from .export import TFLITE_ROUTE
+
+        found = "a .tflite file given as the model (the converter starts that mode from a Keras model or SavedModel)" \
+            if exported.route == TFLITE_ROUTE else "one converted only through its SavedModel"
+        raise ConversionError(problem(source, f"a graph that can be frozen for mode {recipe.mode.value}", found))
     return exported.convert(_CONFIGURE[recipe.mode], source=source)
 
 

@@ -36,7 +36,7 @@ class Exported:
     """The float file and what it took to make it."""
 
     tflite: bytes
-    route: str  # "concrete function" or "SavedModel"
+    route: str  # "concrete function", "SavedModel" or TFLITE_ROUTE
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     notes: list[str] = field(default_factory=list)
@@ -77,7 +77,9 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
     """
     started = time.perf_counter()
     inputs = [_fixed(spec, (shapes or {}).get(spec.name)) for spec in loaded.inputs]
-    if loaded.keras_model is not None:
+    if loaded.tflite is not None:
+        result = _export_tflite(loaded, keep_weights)
+    elif loaded.keras_model is not None:
         inputs, batch_notes = _one_sample_per_invoke(inputs)
         result = _export_keras(loaded, inputs, keep_weights)
         result.notes[:0] = batch_notes
@@ -164,6 +166,18 @@ def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: b
     data, rewrites = legalize.make_quantizable(data, keep_weights=keep_weights)
     return Exported(data, "concrete function", inputs, _outputs(data, loaded.outputs), loaded.notes + notes + rewrites,
                     function=frozen)
+
+
+TFLITE_ROUTE = "float .tflite as given"
+
+
+def _export_tflite(loaded: LoadedModel, keep_weights: bool) -> Exported:
+    """A float32 .tflite file given as the model: its signature named as its inputs and outputs are,
+    its ops made quantizable. Its shapes are the file's own; the modes that need the converter
+    (dynamic, float16) have no function to convert, and say so."""
+    data = legalize.name_signature(loaded.tflite, [s.name for s in loaded.inputs], [s.name for s in loaded.outputs])
+    data, rewrites = legalize.make_quantizable(data, keep_weights=keep_weights)
+    return Exported(data, TFLITE_ROUTE, list(loaded.inputs), list(loaded.outputs), rewrites)
 
 
 def _export_saved_model(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: bool) -> Exported:

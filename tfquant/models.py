@@ -18,7 +18,7 @@ from . import _keras, model_config
 from .errors import ModelLoadError, called, one_line, problem
 from .types import TensorSpec
 
-EXPECTED_MODEL = "a Keras model (.keras, .h5) or a SavedModel folder"
+EXPECTED_MODEL = "a Keras model (.keras, .h5), a SavedModel folder or a float32 .tflite file"
 
 
 @dataclass
@@ -26,7 +26,7 @@ class LoadedModel:
     """A model ready for the converter, with its signature for validating data."""
 
     source: str
-    flavor: str  # "keras2", "keras3" or "saved_model"
+    flavor: str  # "keras2", "keras3", "saved_model" or "tflite"
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     keras_model: Any = None
@@ -34,6 +34,7 @@ class LoadedModel:
     quantization_aware: bool = False  # holds tfmot fake-quant: the converter reads its ranges
     safe_mode: bool = True  # how a SavedModel's Keras layers may be revived later (QAT, pruning)
     notes: list[str] = field(default_factory=list)  # what loading changed, for the report's export notes
+    tflite: Optional[bytes] = None  # a float32 .tflite file given as the model: quantized from as it is
 
     def trained(self, keras_model: Any, *, quantization_aware: bool = False) -> "LoadedModel":
         """The same signature and source, converting `keras_model` (a fine-tuned tf_keras model) instead."""
@@ -73,6 +74,8 @@ def load_model(source: Any, *, safe_mode: bool = True) -> LoadedModel:
         return _load_keras_file(path, safe_mode)
     if path.suffix in (".h5", ".hdf5"):
         return _load_h5(path, safe_mode)
+    if path.suffix == ".tflite":
+        return _load_tflite(path)
     raise ModelLoadError(problem(path, EXPECTED_MODEL, f"a file ending in {path.suffix or '(no suffix)'!r}"))
 
 
@@ -267,6 +270,35 @@ def _load_h5(path: Path, safe_mode: bool) -> LoadedModel:
             str(path), compile=False, safe_mode=safe_mode, custom_objects=_keras.application_layers())
     model = _call_loader(path, loader, safe_mode)
     return _from_keras(model, str(path), "keras3" if major == 3 else "keras2")
+
+
+def _load_tflite(path: Path) -> LoadedModel:
+    """A float32 .tflite file (another converter's, or a float file tfquant wrote): calibrated and
+    quantized as it is. Its inputs and outputs are its signature's (else its graph's tensor names).
+    A file that holds quantized or float16 tensors is refused: int8 is made from float32."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from .errors import TFLiteFileError
+    from .flatbuffer import read_model
+    from .harness import Runner
+
+    try:
+        runner = Runner(path)  # the flatbuffer identifier, and a file the interpreter opens
+    except TFLiteFileError as exc:
+        raise ModelLoadError(str(exc)) from None
+    data = runner.data
+    reduced = {schema.TensorType.INT8: "int8", schema.TensorType.UINT8: "uint8", schema.TensorType.INT16: "int16",
+               schema.TensorType.FLOAT16: "float16"}
+    model = read_model(data)
+    found = sorted({reduced[t.type] for g in model.subgraphs for t in g.tensors if t.type in reduced and (
+        t.type == schema.TensorType.FLOAT16 or (t.quantization is not None and t.quantization.scale is not None
+                                                and len(t.quantization.scale)))})
+    if found:
+        raise ModelLoadError(problem(path, "a float32 .tflite file to quantize", f"{' and '.join(found)} tensors: the file "
+                                     "is quantized already (tfquant eval, inspect and bench read it as it is)"))
+    inputs, outputs = runner.specs, [TensorSpec(p.name, spec.shape, p.dtype.name)
+                                     for p, spec in zip(runner.outputs, runner.output_specs)]
+    return LoadedModel(source=str(path), flavor="tflite", inputs=inputs, outputs=outputs, tflite=data)
 
 
 def _load_saved_model(path: Path, safe_mode: bool) -> LoadedModel:

@@ -241,6 +241,9 @@ def keras2_model(loaded, stage: str, samples=None):
 
         return _checked(to_keras2, loaded.keras_model, samples, f"{loaded.source}: expected a Keras 3 model that "
                         f"rebuilds as tf_keras for {stage} (tensorflow-model-optimization needs Keras 2)")
+    if loaded.flavor == "tflite":
+        raise ModelLoadError(f"{loaded.source}: expected a Keras model (.keras, .h5) or SavedModel for {stage}, which "
+                             "trains its layers, found a .tflite file, which holds no trainable model")
     if loaded.keras_model is None:  # a SavedModel folder: tf_keras can revive its own
         from ..models import revive_keras2
 
