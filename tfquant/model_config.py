@@ -212,23 +212,21 @@ def unregistered_classes(config: Any) -> list[str]:
 
 def refuse_unregistered(path: Path | str, config: Any) -> None:
     """Raise a ModelLoadError naming the custom classes the file needs and this process lacks."""
-    found = unregistered_classes(config)
-    if found:
-        more = f" and {len(found) - 1} more" if len(found) > 1 else ""
-        raise ModelLoadError(problem(
-            path, "layers Keras knows, or custom ones registered by code already imported",
-            f"custom class {found[0]}{more}, whose code is not in the file: quantize the model object in the "
-            "program that defines the class (tfquant.quantize(model, ...))",
-        ))
+    _refuse(path, "layers Keras knows, or custom ones registered by code already imported",
+            [f"custom class {found}" for found in unregistered_classes(config)],
+            ", whose code is not in the file: quantize the model object in the program that defines the class "
+            "(tfquant.quantize(model, ...))")
 
 
 def refuse_code(path: Path | str, config: Any) -> None:
     """Raise a ModelLoadError naming what in `config` would run code."""
-    found = code_in_config(config)
+    _refuse(path, "a model without code", code_in_config(config),
+            f": Python code that would run when the model is loaded; load it with {called('safe_mode')} only if you "
+            "trust the file")
+
+
+def _refuse(path: Path | str, expected: str, found: list[str], why: str) -> None:
+    """The first finding (and how many more), and why it stops the load."""
     if found:
         more = f" and {len(found) - 1} more" if len(found) > 1 else ""
-        raise ModelLoadError(problem(
-            path, "a model without code",
-            f"{found[0]}{more}: Python code that would run when the model is loaded; load it with "
-            f"{called('safe_mode')} only if you trust the file",
-        ))
+        raise ModelLoadError(problem(path, expected, f"{found[0]}{more}{why}"))
