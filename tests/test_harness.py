@@ -115,3 +115,26 @@ def test_residual_model_quantizes(digits, train_npz, test_npz):
     assert result.info.fully_integer
     assert result.info.op_counts()["ADD"] == 2
     assert result.report.accuracy_drop <= 0.02
+
+
+def test_a_token_id_past_the_embedding_table_names_the_sample_and_why():
+    """An id the Embedding has no row for: the interpreter's GATHER stops. The error names the file, the sample
+    and what the id must be, on one line."""
+    from tfquant._keras import keras
+    from tfquant.errors import TFLiteFileError
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,), dtype="int32", name="tokens")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 4)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(pooled))
+    ids = np.random.default_rng(0).integers(0, 10, (40, 6)).astype(np.int32)
+    bad = ids.copy()
+    bad[5, 2] = 12
+    with pytest.raises(TFLiteFileError) as caught:
+        tfquant.quantize(model, ids, eval_data=(bad, np.zeros(40, np.int64)), bench_runs=1, diagnose=False)
+    message = str(caught.value)
+    assert message.startswith("the float32 file: expected a file the interpreter can run on every sample, found it "
+                              "stopped on sample 5 of <eval data>: gather index out of bounds. Node number ")
+    assert message.endswith("(an id at or past the rows of a lookup table on this sample (an Embedding's input_dim): "
+                            "ids must stay below it, as the tokenizer the model was trained with makes them)")
+    assert "\n" not in message

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -249,15 +250,17 @@ class Runner:
                 try:
                     outputs = self.run(chunk)
                 except RuntimeError as exc:
-                    raise self._stopped(data, [a[start:start + real] for a in arrays], start, exc) from None
+                    raise self._stopped(data, [a[start:start + real] for a in arrays], start, exc, label) from None
                 for name, values in outputs.items():
                     results[name].append(values[:real].copy())
                 bar.advance(real)
         return {name: np.concatenate(parts) for name, parts in results.items()}
 
-    def _stopped(self, data: Dataset, chunk: list[np.ndarray], start: int, exc: RuntimeError) -> TFLiteFileError:
-        """The error for an invoke the interpreter stopped: on which sample, and why where that is known."""
-        found = one_line(exc, 300)
+    def _stopped(self, data: Dataset, chunk: list[np.ndarray], start: int, exc: RuntimeError,
+                 label: Optional[str] = None) -> TFLiteFileError:
+        """The error for an invoke the interpreter stopped: on which sample, and why where that is known.
+        A file read from bytes is named by `label` (the float32 file, the int8 file)."""
+        found = re.sub(r"([a-z])(Node number \d)", r"\1. \2", one_line(exc, 300))  # the runtime's lines run together
         where = f"samples {start}-{start + len(chunk[0]) - 1}" if len(chunk[0]) > 1 else f"sample {start}"
         if len(chunk[0]) > 1 and self.dynamic_batch:  # one at a time, to name the sample
             self._resize(1)
@@ -268,7 +271,8 @@ class Runner:
                     where = f"sample {start + offset}"
                     break
         why = next((f" ({reason})" for marks, reason in _STOPS if all(m in found for m in marks)), "")
-        return TFLiteFileError(problem(self.where, "a file the interpreter can run on every sample",
+        named = label if label and self.where.startswith("<") else self.where
+        return TFLiteFileError(problem(named, "a file the interpreter can run on every sample",
                                        f"it stopped on {where} of {data.source}: {found}{why}"))
 
 
@@ -276,6 +280,9 @@ class Runner:
 _STOPS = (
     (("div.cc", "zero_point"), "a DIV's divisor is 0 on this sample: int8 stops there where float gives inf or NaN; "
                                "an average over a sequence that is all padding divides by 0"),
+    (("gather index out of bounds",), "an id at or past the rows of a lookup table on this sample (an Embedding's "
+                                      "input_dim): ids must stay below it, as the tokenizer the model was trained "
+                                      "with makes them"),
 )
 
 
