@@ -77,3 +77,10 @@ def test_a_regression_model_logs_its_int8_error_and_keeps_the_best_file(version,
                                           r"val_int8_rel_rmse: pass monitor= one of them"):
         model.fit(table.train["features"], table.train["y"], epochs=1, verbose=0, callbacks=[
             Int8Validation(table.train["features"][:100], validation), Int8Checkpoint(tmp_path / "none.tflite")])
+
+
+def test_a_checkpoint_minimizes_an_error_of_any_output():
+    assert Int8Checkpoint("a.tflite", monitor="val_int8_rmse").mode == "min"
+    assert Int8Checkpoint("a.tflite", monitor="val_int8_rel_rmse_ink").mode == "min"
+    assert Int8Checkpoint("a.tflite", monitor="val_int8_cosine_embedding").mode == "max"
+    assert Int8Checkpoint("a.tflite").mode == "max"

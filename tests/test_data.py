@@ -196,3 +196,39 @@ def test_arrays_that_are_neither_inputs_nor_labels_are_said_to_be_unread(tmp_pat
     with caplog.at_level(logging.WARNING, logger="tfquant"):
         assert len(load_data(tmp_path / "extra.npz", IMAGE, outputs=PROBS)) == 2
     assert "extra.npz: arrays 'meta' are neither model inputs nor labels and were not read" in caplog.text
+
+
+def test_csv_keeps_whole_ids_quoted_lines_and_says_what_is_missing(tmp_path):
+    ids = [TensorSpec("user", (None, 1), "int64"), TensorSpec("age", (None, 1), "float32")]
+    (tmp_path / "ids.csv").write_text("user,age\n16777217,41\n123456789,\"29\"\n")
+    table = load_data(tmp_path / "ids.csv", ids)
+    assert table.inputs["user"].tolist() == [[16777217], [123456789]] and table.inputs["age"].dtype == np.float32
+    features = [TensorSpec("features", (None, 2), "float32")]
+    (tmp_path / "quoted.csv").write_text('a,b\n1,"2\n"\n3,x\n')  # a cell spanning two lines
+    with pytest.raises(DataError, match=r"found 'x' in column 'b' on line 4"):
+        load_data(tmp_path / "quoted.csv", features)
+    (tmp_path / "commas.csv").write_text("a,b\n1,2\n,\n")
+    with pytest.raises(DataError, match=r"expected a number in every cell .* found '' in column 'a' on line 3"):
+        load_data(tmp_path / "commas.csv", features)
+    (tmp_path / "labels.csv").write_text("y\n1\n")
+    with pytest.raises(DataError, match=r"labels.csv: expected feature columns for input 'x' besides the labels, found "
+                                        r"labels only"):
+        load_data(tmp_path / "labels.csv", [TensorSpec("x", (None, None), "float32")])
+
+
+def test_data_lint_leaves_a_single_evaluation_sample_alone():
+    from tfquant.lint import data_lint
+
+    calibration = load_data(np.linspace(0, 1, 300).reshape(300, 1), [TensorSpec("x", (None, 1), "float32")])
+    assert data_lint(calibration, load_data(np.full((1, 1), 0.5), [TensorSpec("x", (None, 1), "float32")])) == []
+
+
+def test_constant_output_is_judged_column_by_column():
+    from tfquant.verify import constant_output
+
+    rng = np.random.default_rng(0)
+    varying = np.stack([np.full(50, 1000.0), rng.random(50)], axis=1)
+    assert constant_output(("out", varying)) is None  # one column moves with the sample
+    assert constant_output(("out", np.full((50, 2), np.nan))) is None
+    assert constant_output(("out", np.tile([0.1, 0.9], (50, 1)))).startswith(
+        "output 'out': the float file gives the same values for all 50 evaluation samples (they differ by at most 0)")

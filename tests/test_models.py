@@ -369,6 +369,18 @@ def test_a_custom_layer_whose_code_is_not_registered_is_named(version, tmp_path,
     result = tfquant.quantize(tmp_path / "custom.keras", digits["x"][:50], bench_runs=1, diagnose=False)
     assert_every_op_integer(result.info)
 
+    def halved_loss(y, p):  # a loss of the user's script: saved in the compile config, never loaded
+        return k.losses.sparse_categorical_crossentropy(y, p) * 0.5
+
+    halved_loss.__module__ = "__main__"
+    plain = k.Model(inputs, k.layers.Dense(10, activation="softmax")(k.layers.Flatten()(inputs)))
+    plain.compile(optimizer="adam", loss=register(package=f"tfquant_test{version}")(halved_loss))
+    plain.fit(digits["x"][:32], digits["y"][:32], verbose=0)
+    plain.save(tmp_path / "compiled.keras")
+    registry.pop(f"tfquant_test{version}>halved_loss")
+    assert_every_op_integer(tfquant.quantize(tmp_path / "compiled.keras", digits["x"][:50], bench_runs=1,
+                                             diagnose=False).info)
+
 
 def test_a_float_tflite_file_is_quantized_as_it_is(digits_model, int8_result, train_npz, test_npz, tmp_path):
     """A float32 .tflite from the plain TFLite flow (TFLiteConverter.from_keras_model): calibrated and quantized
@@ -376,6 +388,7 @@ def test_a_float_tflite_file_is_quantized_as_it_is(digits_model, int8_result, tr
     training are refused, each saying why."""
     import tensorflow as tf
 
+    from tfquant._keras import keras
     from tfquant.errors import ConversionError, ModelLoadError
 
     path = tmp_path / "float.tflite"
@@ -398,3 +411,12 @@ def test_a_float_tflite_file_is_quantized_as_it_is(digits_model, int8_result, tr
     with pytest.raises(ModelLoadError, match=r"float.tflite: expected a Keras model \(.keras, .h5\) or SavedModel for "
                                              r"tfquant qat, which trains its layers, found a .tflite file"):
         tfquant.qat(path, train_npz, epochs=1)
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 4)(tokens))
+    open_length = tmp_path / "open.tflite"
+    open_length.write_bytes(tf.lite.TFLiteConverter.from_keras_model(keras.Model(tokens, pooled)).convert())
+    with pytest.raises(ModelLoadError, match=r"open.tflite: expected a .tflite file whose inputs are fixed but for the "
+                                             r"batch .*, found input 'tokens' of shape \(N, \?\): convert it with that "
+                                             r"length fixed, or give tfquant the Keras model"):
+        tfquant.quantize(open_length, np.ones((4, 6), np.int32))

@@ -129,6 +129,19 @@ def test_a_retrained_file_is_held_to_the_labels():
                             retrained=True)[0].startswith("output 'price': expected an RMSE of at most 0.050")
 
 
+def test_a_retrained_embedding_is_held_to_retrieval_only_where_max_drop_budgets_it():
+    centers = np.eye(4)
+    labels = np.repeat(np.arange(4), 25)
+    vectors = centers[labels] + RNG.standard_normal((100, 4)) * 0.1
+    reference = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    f = tasks.measure("embedding", "emb", reference, labels=labels)
+    scrambled = tasks.measure("embedding", "emb", np.roll(reference, 10, axis=0), labels=labels, reference=reference)
+    assert tasks.violations(f, scrambled, Budget(), retrained=True)[0].startswith(
+        "output 'emb': expected a mean cosine to the float embedding of at least 0.990")
+    (lost,) = tasks.violations(f, scrambled, Budget(max_drop=0.01), retrained=True)
+    assert lost.startswith("output 'emb': expected a retrieval-accuracy drop of at most 0.0100")
+
+
 def test_embedding_cosine_and_retrieval():
     centers = np.eye(4)
     labels = np.repeat(np.arange(4), 25)

@@ -13,6 +13,7 @@ QAT and pruning models; tfmot's pruning callbacks are re-exported here for one i
 from __future__ import annotations
 
 import math
+import re
 import weakref
 from pathlib import Path
 from typing import Any, Optional
@@ -142,14 +143,16 @@ class Int8Checkpoint(keras.callbacks.Callback):
     Args:
         path: the .tflite file to write.
         monitor: a logged metric. Defaults to `"val_int8_accuracy"`.
-        mode: `"max"` or `"min"`. Defaults to `"max"` (`"min"` for names ending in `gap`, `loss` or `rmse`).
+        mode: `"max"` or `"min"`. Defaults to `"max"` (`"min"` for a `gap`, `loss` or `rmse`, also as
+            `val_int8_rmse_<output>`).
     """
 
     def __init__(self, path, *, monitor: str = "val_int8_accuracy", mode: Optional[str] = None):
         super().__init__()
         self.path = Path(path)
         self.monitor = monitor
-        self.mode = mode or ("min" if monitor.endswith(("gap", "loss", "rmse")) else "max")
+        lower = re.search(r"(gap|loss|rmse)(_|$)", monitor) is not None  # val_int8_rmse_<output> too
+        self.mode = mode or ("min" if lower else "max")
         if self.mode not in ("min", "max"):
             raise RecipeError(f"mode: expected 'min' or 'max', found {self.mode!r}")
 

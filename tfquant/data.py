@@ -226,13 +226,15 @@ def _load_csv(path: Path, specs: Sequence[TensorSpec], images: ImageOptions) -> 
     import csv
     from array import array
 
-    cells = array("d")  # 8 bytes a cell as the rows stream by: never more than 4x the file (a cell and its comma)
+    cells = array("d")  # 8 bytes a cell as the rows stream by: at most 4x the file (a cell and its comma)
     header: list[str] = []
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            for line, row in enumerate(csv.reader(handle), start=1):
-                if not any(cell.strip() for cell in row):
-                    continue
+            reader = csv.reader(handle)
+            for row in reader:
+                line = reader.line_num  # the file's line, where a quoted cell spans lines
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # a blank line
                 if not header:
                     header = [name.strip() for name in row]
                     if not all(header) or len(set(header)) != len(header):
@@ -260,6 +262,8 @@ def _load_csv(path: Path, specs: Sequence[TensorSpec], images: ImageOptions) -> 
         if unused:
             log.warning("%s: columns %s are not model inputs and were not read", path, ", ".join(map(repr, unused)))
         return {spec.name: _column_as(spec, columns[spec.name]) for spec in specs}, labels
+    if len(specs) == 1 and len(specs[0].shape) == 2 and not columns:
+        raise DataError(problem(path, f"feature columns for input {names[0]!r} besides the labels", "labels only"))
     if len(specs) == 1 and len(specs[0].shape) == 2:
         width = specs[0].shape[1]
         if width is not None and width != len(columns):
@@ -267,14 +271,18 @@ def _load_csv(path: Path, specs: Sequence[TensorSpec], images: ImageOptions) -> 
             raise DataError(problem(path, f"{width} feature columns for input {names[0]!r} besides the labels "
                                     "(a column 'y' or 'y_<output>')",
                                     f"{len(columns)}: {listed}" + ("" if labels else " (is one of them the labels? name it 'y')")))
-        return {names[0]: np.stack(list(columns.values()), axis=1).astype(np.float32)}, labels
+        features = table if len(columns) == len(header) else table[:, [header.index(k) for k in columns]]
+        # float32 as the input takes them (whole numbers as they are, for an integer input): a copy of half the cells
+        return {names[0]: features.astype(np.float32 if specs[0].dtype not in INTEGER_INPUTS else np.float64)}, labels
     expected = "one column per model input, named " + ", ".join(map(repr, names))
     raise DataError(problem(path, expected, "columns " + (", ".join(map(repr, columns)) or "(none)")))
 
 
 def _column_as(spec: TensorSpec, values: np.ndarray) -> np.ndarray:
-    """One CSV column in the shape of an input that takes one value per sample: (N,) or (N, 1)."""
-    return values.astype(np.float32).reshape((len(values),) + (1,) * (len(spec.shape) - 1))
+    """One CSV column in the shape of an input that takes one value per sample: (N,) or (N, 1). An
+    integer input keeps the parsed float64 (exact to 2^53: an id past 2^24 stays itself)."""
+    values = values if spec.dtype in INTEGER_INPUTS else values.astype(np.float32)
+    return values.reshape((len(values),) + (1,) * (len(spec.shape) - 1))
 
 
 def _whole_or_float(values: np.ndarray) -> np.ndarray:

@@ -227,7 +227,7 @@ def data_lint(calibration, evaluation=None, *, threshold: float = DEFAULT_RANGE_
         if outside > OUTSIDE_SHARE:
             found.append(f"input {name!r}: {_percent(100 * outside)} % of the evaluation values lie outside {ranges}: "
                          f"int8 clips them. {fix}")
-        elif high > low and (seen_high - seen_low) * threshold < high - low:
+        elif high > low and seen_high > seen_low and len(seen) >= 8 and (seen_high - seen_low) * threshold < high - low:
             found.append(f"input {name!r}: the evaluation values fill under 1/{threshold:g} of {ranges}: int8 keeps "
                          f"few of its levels for them. {fix}")
     return found

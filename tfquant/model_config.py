@@ -151,7 +151,7 @@ def _findings(node: Any, depth: int = 0) -> Iterator[str]:
             not _tf_initializer(module, class_name, config):
         yield f"{class_name or 'an object'} {name!r} from module {module!r}, which Keras would import"
     for key, value in node.items():
-        if key not in ("class_name", "module", "registered_name") and isinstance(value, (dict, list)):
+        if key not in ("class_name", "module", "registered_name", *NOT_LOADED) and isinstance(value, (dict, list)):
             yield from _findings(value, depth + 1)
 
 
@@ -202,12 +202,16 @@ def unregistered_classes(config: Any) -> list[str]:
         if custom is not None and not importable and not _registered(custom):
             config = node.get("config") if isinstance(node.get("config"), dict) else {}
             found[f"{custom!r}" + (f" (layer {config['name']!r})" if isinstance(config.get("name"), str) else "")] = None
-        for value in node.values():
-            if isinstance(value, (dict, list)):
+        for key, value in node.items():
+            if isinstance(value, (dict, list)) and key not in NOT_LOADED:
                 walk(value, depth + 1)
 
     walk(config)
     return list(found)
+
+
+# Parts of a config tfquant never builds (models load with compile=False): a custom loss or metric there is unused.
+NOT_LOADED = frozenset({"compile_config", "training_config"})
 
 
 def refuse_unregistered(path: Path | str, config: Any) -> None:

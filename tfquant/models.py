@@ -298,6 +298,11 @@ def _load_tflite(path: Path) -> LoadedModel:
                                      "is quantized already (tfquant eval, inspect and bench read it as it is)"))
     inputs, outputs = runner.specs, [TensorSpec(p.name, spec.shape, p.dtype.name)
                                      for p, spec in zip(runner.outputs, runner.output_specs)]
+    open_dims = [spec for spec in inputs if None in spec.shape[1:]]
+    if open_dims:
+        raise ModelLoadError(problem(path, "a .tflite file whose inputs are fixed but for the batch (its graph is "
+                                     "quantized as it is)", f"input {open_dims[0].name!r} of shape {open_dims[0].describe()}: "
+                                     "convert it with that length fixed, or give tfquant the Keras model"))
     return LoadedModel(source=str(path), flavor="tflite", inputs=inputs, outputs=outputs, tflite=data)
 
 

@@ -228,12 +228,13 @@ def violations(float_metrics: OutputMetrics, quantized: OutputMetrics, budget: B
 
     A file whose weights were trained again (QAT, pruning, clustering) computes another function
     than the float model, so its distance from the float outputs measures the training as much as
-    the rounding: where labels allow, its regression and embedding outputs are held to the labels.
+    the rounding: where labels allow, its regression outputs are held to the labels, and its
+    embeddings to retrieval when `max_drop` budgets it (else to the cosine, as any file).
     """
     if retrained and quantized.task == "regression" and _label_rule(float_metrics, quantized):
         return _retrained_regression_budget(float_metrics, quantized, budget)
-    if retrained and quantized.task == "embedding" and float_metrics.retrieval is not None \
-            and quantized.retrieval is not None:
+    if retrained and quantized.task == "embedding" and budget.max_drop is not None \
+            and float_metrics.retrieval is not None and quantized.retrieval is not None:
         return _embedding_budget(float_metrics, replace(quantized, mean_cosine=None), budget)
     return _CHECKS[quantized.task](float_metrics, quantized, budget)
 

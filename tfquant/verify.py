@@ -119,15 +119,16 @@ def constant_output(named: tuple[str, np.ndarray]) -> Optional[str]:
     its input (untrained, collapsed, or fed data scaled unlike its training data). Its int8 agreement
     and error then measure rounding between near ties, not the model."""
     name, values = named
-    if len(values) < 2 or values.dtype.kind != "f":
+    if len(values) < 2 or values.dtype.kind != "f" or not np.isfinite(values).all():
         return None
-    spread = float(np.ptp(values.astype(np.float64), axis=0).max())
-    size = float(np.abs(values).max())
-    if spread > 1e-5 * size:
+    columns = values.reshape(len(values), -1).astype(np.float64)
+    spread = np.ptp(columns, axis=0)
+    if np.any(spread > 1e-5 * np.abs(columns).max(axis=0)):  # some value moves with the sample
         return None
     return (f"output {name!r}: the float file gives the same values for all {len(values)} evaluation samples "
-            f"(they differ by at most {spread:.2g}): the model does not use its input (untrained, collapsed, or "
-            "fed data scaled unlike its training data), so agreement and error figures compare rounding, not the model")
+            f"(they differ by at most {float(spread.max()):.2g}): the model does not use its input (untrained, "
+            "collapsed, or fed data scaled unlike its training data), or the samples are all alike; agreement and "
+            "error figures then compare rounding, not the model")
 
 
 def verify(
@@ -195,11 +196,13 @@ def verify(
                 output_lint(name, reference.outputs[name], quantized_outputs[name])
             if narrow is not None:
                 notes.append(narrow)
-        constant = [message for message in map(constant_output, reference.outputs.items()) if message]
-        notes += constant
+        constant = {name: message for name, message in
+                    ((name, constant_output((name, values))) for name, values in reference.outputs.items()) if message}
+        notes += list(constant.values())
         seconds["evaluate"] = time.perf_counter() - started + reference.seconds
         primary = judged.primary()
-        if primary is not None and primary.agreement is not None and primary.agreement < 0.9 and not constant:
+        if primary is not None and primary.agreement is not None and primary.agreement < 0.9 and \
+                primary.name not in constant:
             notes.append(f"top-1 agreement with the float file is only {primary.agreement:.3f}: "
                          "run `tfquant diagnose` to find the layers that lose accuracy")
 
