@@ -228,7 +228,7 @@ def test_constant_output_is_judged_column_by_column():
 
     rng = np.random.default_rng(0)
     varying = np.stack([np.full(50, 1000.0), rng.random(50)], axis=1)
-    assert constant_output(("out", varying)) is None  # one column moves with the sample
-    assert constant_output(("out", np.full((50, 2), np.nan))) is None
-    assert constant_output(("out", np.tile([0.1, 0.9], (50, 1)))).startswith(
+    assert constant_output("out", varying) is None  # one column moves with the sample
+    assert constant_output("out", np.full((50, 2), np.nan)) is None
+    assert constant_output("out", np.tile([0.1, 0.9], (50, 1))).startswith(
         "output 'out': the float file gives the same values for all 50 evaluation samples (they differ by at most 0)")

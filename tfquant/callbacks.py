@@ -35,13 +35,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'tfquant.callbacks' has no attribute {name!r}")
 
 
-def int8_file(model, calibration) -> bytes:
-    """The full-int8 .tflite file of `model` as it is now (QAT and pruning wrappers handled)."""
-    return _files(model, calibration)[1]
-
-
 def _files(model, calibration) -> tuple[bytes, bytes]:
-    """The float32 file `model` exports to as it is now, and its full-int8 file."""
+    """The float32 file `model` exports to as it is now, and its full-int8 file (QAT and pruning
+    wrappers handled)."""
     from .convert import convert, convert_quantization_aware
     from .export import export
     from .models import load_model

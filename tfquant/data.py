@@ -392,20 +392,19 @@ def _match_inputs(where: str, raw: dict[str, np.ndarray] | list[np.ndarray], spe
     names = [s.name for s in specs]
     if isinstance(raw, dict):
         if all(n in raw for n in names):
-            arrays = [raw[n] for n in names]
+            keys = names
         elif len(specs) == 1 and "x" in raw:
-            arrays = [raw["x"]]
+            keys = ["x"]
         elif len(specs) == 1 and len(raw) == 1:
-            (key, array), = raw.items()
+            keys = list(raw)
             log.warning("%s: took array %r as input %r (the only array; name it 'x' or %r to say so)",
-                        where, key, names[0], names[0])
-            arrays = [array]
+                        where, keys[0], names[0], names[0])
         else:
             expected = f"an array 'x' or {names[0]!r}" if len(specs) == 1 else \
                 "one array per model input: " + ", ".join(map(repr, names))
             raise DataError(problem(where, expected, "arrays " + (", ".join(map(repr, raw)) or "(none)")))
-        used = set(names) if all(n in raw for n in names) else {"x"} if "x" in raw else set(raw)
-        unused = [key for key in raw if key not in used]
+        arrays = [raw[key] for key in keys]
+        unused = [key for key in raw if key not in keys]
         if unused:
             log.warning("%s: arrays %s are neither model inputs nor labels and were not read", where,
                         ", ".join(map(repr, unused)))

@@ -164,27 +164,27 @@ def _exp_of_the_negative_branch(model, graph, op) -> bool:
         return False
     producer, readers = producers_of(graph), readers_of(graph)
     outputs = {int(o) for o in graph.outputs}
-    tensor, reader = int(op.outputs[0]), None
+    tensor = int(op.outputs[0])
     while True:  # through ops that add, subtract or multiply a constant, to the SELECT_V2
         found = readers.get(tensor, [])
         if len(found) != 1 or tensor in outputs:
             return False
         reader = found[0]
         code = builtin_of(model, reader)
-        if code != schema.BuiltinOperator.SELECT_V2:
-            others = [int(i) for i in reader.inputs if int(i) != tensor]
-            fused = getattr(reader.builtinOptions, "fusedActivationFunction", schema.ActivationFunctionType.NONE)
-            if code not in _BY_A_CONSTANT or len(others) != 1 or float_constant(model, graph, others[0]) is None or \
-                    fused != schema.ActivationFunctionType.NONE:
-                return False
-            tensor = int(reader.outputs[0])
-            continue
-        break
+        if code == schema.BuiltinOperator.SELECT_V2:
+            break
+        others = [int(i) for i in reader.inputs if int(i) != tensor]
+        fused = getattr(reader.builtinOptions, "fusedActivationFunction", schema.ActivationFunctionType.NONE)
+        if code not in _BY_A_CONSTANT or len(others) != 1 or float_constant(model, graph, others[0]) is None or \
+                fused != schema.ActivationFunctionType.NONE:
+            return False
+        tensor = int(reader.outputs[0])
     compare = producer.get(int(reader.inputs[0]))
-    if compare is None or builtin_of(model, compare) not in _AT_OR_BELOW_ZERO or int(compare.inputs[0]) != x:
+    branch = None if compare is None else _AT_OR_BELOW_ZERO.get(builtin_of(model, compare))
+    if branch is None or int(compare.inputs[0]) != x or int(reader.inputs[branch]) != tensor:
         return False
     zero = float_constant(model, graph, int(compare.inputs[1]))
-    if zero is None or np.any(zero != 0) or int(reader.inputs[_AT_OR_BELOW_ZERO[builtin_of(model, compare)]]) != tensor:
+    if zero is None or np.any(zero != 0):
         return False
     negative, _, min0 = _negative_part(model, graph, x, graph.tensors[int(op.outputs[0])].name or b"exp")
     at = graph.operators.index(op)

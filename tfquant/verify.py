@@ -114,11 +114,10 @@ class Reference:
         return max(used) if used else None
 
 
-def constant_output(named: tuple[str, np.ndarray]) -> Optional[str]:
+def constant_output(name: str, values: np.ndarray) -> Optional[str]:
     """A warning when the float file gives one answer whatever the sample: a model that does not use
     its input (untrained, collapsed, or fed data scaled unlike its training data). Its int8 agreement
     and error then measure rounding between near ties, not the model."""
-    name, values = named
     if len(values) < 2 or values.dtype.kind != "f" or not np.isfinite(values).all():
         return None
     columns = values.reshape(len(values), -1).astype(np.float64)
@@ -196,8 +195,8 @@ def verify(
                 output_lint(name, reference.outputs[name], quantized_outputs[name])
             if narrow is not None:
                 notes.append(narrow)
-        constant = {name: message for name, message in
-                    ((name, constant_output((name, values))) for name, values in reference.outputs.items()) if message}
+        constant = {name: message for name, values in reference.outputs.items()
+                    if (message := constant_output(name, values))}
         notes += list(constant.values())
         seconds["evaluate"] = time.perf_counter() - started + reference.seconds
         primary = judged.primary()
