@@ -54,7 +54,7 @@ def log(message: str) -> None:
 def measure(name: str, files: dict[str, Path]) -> dict:
     import tfquant
 
-    row: dict = {"model": name, "cells": {}}
+    row: dict = {"model": name, "cells": {}, "measured": time.strftime("%Y-%m-%d")}
     for technique, options in TECHNIQUES.items():
         started = time.perf_counter()
         try:
@@ -75,6 +75,8 @@ def measure(name: str, files: dict[str, Path]) -> dict:
 
 
 def markdown(rows: list[dict], environment: dict) -> str:
+    from bench.publish import dates_note
+
     lines = [f"Measured {environment['date']} on {environment['cpu']} ({environment['cores']} cores), TensorFlow "
              f"{environment['versions']['tensorflow']}, `bench/accuracy.py`: the same float file and calibration "
              "samples, top-1 accuracy of each int8 file on the held-out digits (change from float in points; "
@@ -94,10 +96,12 @@ def markdown(rows: list[dict], environment: dict) -> str:
             cells.append(f"{100 * cell['accuracy']:.2f} % ({change:+.2f}){'' if cell['fully_integer'] else ' *'}"
                          f"{agrees}")
         lines.append(f"| {r['model']} | {100 * r['float']:.2f} % | " + " | ".join(cells) + " |")
+    lines += dates_note(rows, environment["date"], EARLIER)
     return "\n".join(lines) + "\n"
 
 
 MISMATCHED = "mismatched_concat"
+EARLIER = "2026-11-26"  # rows of bench/accuracy.json written before each row carried its date
 
 
 def mismatched(folder: Path) -> dict[str, Path]:
@@ -120,11 +124,12 @@ def mismatched(folder: Path) -> dict[str, Path]:
 
 def main() -> None:
     from bench.command import models
-    from bench.publish import publish
+    from bench.publish import merged, publish
     from bench.run import environment
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*")
+    parser.add_argument("--merge", action="store_true", help="keep the rows of bench/accuracy.json this run does not redo")
     args = parser.parse_args()
     only = set(args.only or [])
     rows = []
@@ -136,6 +141,8 @@ def main() -> None:
         for name, files in found.items():
             log(f"{name}")
             rows.append(measure(name, files))
+    if args.merge:
+        rows = merged("accuracy", rows, key=lambda r: r["model"])
     env = environment()
     table = markdown(rows, env)
     publish("accuracy", {"environment": env, "rows": rows}, table)

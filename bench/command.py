@@ -36,6 +36,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 TARGET_RATIO = 0.5
+EARLIER = "2026-11-26"  # rows of bench/command.json written before each row carried its date
 ZOO_CNNS = ("mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "resnet50", "densenet121", "nasnet_mobile",
             "convnext_tiny", "inception_v3")
 TFQUANT = [sys.executable, "-m", "tfquant"]
@@ -106,7 +107,7 @@ def row(name: str, files: dict[str, Path], folder: Path, reps: int) -> dict:
         "tutorial": lambda out: [sys.executable, str(HERE / "baselines" / "tutorial.py"), str(files["model"]),
                                  str(files["calib"]), str(files["eval"]), str(out)],
     }
-    result: dict = {"model": name}
+    result: dict = {"model": name, "measured": time.strftime("%Y-%m-%d")}
     times: dict[str, list[float]] = {flow: [] for flow in flows}
     for rep in range(reps):
         order = list(flows)[rep % 3:] + list(flows)[:rep % 3]  # interleaved, the order rotating
@@ -140,6 +141,8 @@ def row(name: str, files: dict[str, Path], folder: Path, reps: int) -> dict:
 
 
 def markdown(rows: list[dict], environment: dict, reps: int) -> str:
+    from bench.publish import dates_note
+
     pct = lambda v: "–" if v is None else f"{100 * v:.2f} %"  # noqa: E731
     lines = [f"Measured {environment['date']} on {environment['cpu']} ({environment['cores']} cores), TensorFlow "
              f"{environment['versions']['tensorflow']}, `bench/command.py`: each program in a fresh process, wall time "
@@ -161,13 +164,14 @@ def markdown(rows: list[dict], environment: dict, reps: int) -> str:
                      f"{pct(lt.get('accuracy'))} | {pct(tu.get('accuracy'))} | {yes(t)} / {yes(lt)} / {yes(tu)} | "
                      f"{size(t)} / {size(lt)} / {size(tu)} | {secs(t)} / {secs(lt)} / {secs(tu)} | {ratio} |")
     met = [r for r in rows if r.get("ratio") is not None and r["ratio"] <= TARGET_RATIO]
+    lines += dates_note(rows, environment["date"], EARLIER)
     lines += ["", f"Target: tfquant at most {TARGET_RATIO}× the tutorial's time: met on {len(met)} of "
               f"{sum(1 for r in rows if 'ratio' in r)} models."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    from bench.publish import publish
+    from bench.publish import merged, publish
     from bench.run import environment
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -180,9 +184,8 @@ def main() -> None:
         for name, files in models(Path(tmp), args.only).items():
             log(f"{name}: {args.reps} interleaved runs of tfquant, tfquant --quantizer litert and the tutorial")
             rows.append(row(name, files, Path(tmp), args.reps))
-    if args.merge and (HERE / "command.json").exists():
-        done = {r["model"] for r in rows}
-        rows = [r for r in json.loads((HERE / "command.json").read_text())["rows"] if r["model"] not in done] + rows
+    if args.merge:
+        rows = merged("command", rows, key=lambda r: r["model"])
     env = environment()
     table = markdown(rows, env, args.reps)
     publish("command", {"environment": env, "reps": args.reps, "rows": rows}, table)

@@ -25,3 +25,28 @@ def update_readme(marker: str, table: str) -> None:
     if start in text and end in text:
         head, rest = text.split(start, 1)
         README.write_text(f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}")
+
+
+def merged(name: str, rows: list[dict], key) -> list[dict]:
+    """`rows` in place of the rows of bench/NAME.json with the same `key(row)`, the others kept in their order
+    (new keys at the end)."""
+    path = HERE / f"{name}.json"
+    if not path.exists():
+        return rows
+    fresh = {key(r): r for r in rows}
+    earlier = json.loads(path.read_text())["rows"]
+    kept = [fresh.pop(key(r), r) for r in earlier]
+    return kept + list(fresh.values())
+
+
+def dates_note(rows: list[dict], today: str, unknown: str) -> list[str]:
+    """Lines that say which rows were measured on another day than `today` (`unknown`: rows without a date)."""
+    earlier = sorted({r.get("measured", unknown) for r in rows} - {today})
+    names = sorted({r["model"] for r in rows if r.get("measured", unknown) == today})
+    if not earlier or not names:
+        return []
+    runs = [date if len(earlier) == 1 else
+            f"{date} ({', '.join(sorted({r['model'] for r in rows if r.get('measured', unknown) == date}))})"
+            for date in earlier]
+    return ["", f"Only {', '.join(names)} {'was' if len(names) == 1 else 'were'} run again on {today}; "
+                f"the other rows are from the same bench's {'run' if len(runs) == 1 else 'runs'} on {'; '.join(runs)}."]

@@ -125,6 +125,8 @@ def metric_text(output: dict) -> tuple[str, str, str]:
 
 
 def markdown(rows: list[dict], environment: dict) -> str:
+    from bench.publish import dates_note
+
     lines = [f"Measured {environment['date']} on {environment['cpu']} ({environment['cores']} cores), "
              f"TensorFlow {environment['versions']['tensorflow']}, `bench/zoo.py`: each model trained from scratch for "
              "a few epochs on the digits (as images, rows, tokens or features), then `tfquant.quantize` with default "
@@ -156,14 +158,7 @@ def markdown(rows: list[dict], environment: dict) -> str:
                 + (f"{r['float_bytes']:,} → {r['int8_bytes']:,} | {r['latency_ratio']:.2f}× | "
                    f"{'yes' if r['fully_integer'] else 'NO'} | {r['quantize_seconds']:.1f} |" if first else "| | | |")
                 + f" {other_change} | {integer if first else ''} |")
-    earlier = sorted({r.get("measured", EARLIER) for r in rows} - {environment["date"]})
-    if earlier:
-        today = sorted({r["model"] for r in rows if r.get("measured", EARLIER) == environment["date"]})
-        runs = [date if len(earlier) == 1 else
-                f"{date} ({', '.join(sorted({r['model'] for r in rows if r.get('measured', EARLIER) == date}))})"
-                for date in earlier]
-        lines += ["", f"Only {', '.join(today)} {'was' if len(today) == 1 else 'were'} run again on {environment['date']}; "
-                  f"the other rows are from the same bench's {'run' if len(runs) == 1 else 'runs'} on {'; '.join(runs)}."]
+    lines += dates_note(rows, environment["date"], EARLIER)
     qat = [r for r in rows if r.get("qat")]
     if qat:
         lines += ["", "`tfquant qat` (1 epoch on 600 samples; the file kept is the better of QAT and PTQ on the "
