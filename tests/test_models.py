@@ -305,6 +305,25 @@ def test_a_preprocessing_layer_tflite_cannot_run_is_refused_with_what_to_do(laye
 
 
 @pytest.mark.parametrize("version", [3, 2])
+def test_discretization_inside_the_model_is_named_with_what_to_do(version, tmp_path):
+    """Discretization converts to a builtin (BUCKETIZE) that has no int8 form: the file cannot be fully integer,
+    and the error says to bucket the values before the model."""
+    from tfquant._keras import keras, keras3
+    from tfquant.errors import StrictModeError
+
+    k = keras3() if version == 3 else keras
+    inputs = k.Input((4,), name="features")
+    x = k.layers.Discretization(bin_boundaries=[0.25, 0.5, 0.75], name="buckets")(inputs)
+    path = tmp_path / "buckets.keras"
+    k.Model(inputs, k.layers.Dense(3, activation="softmax")(x)).save(path)
+    np.savez(tmp_path / "calib.npz", features=np.random.default_rng(0).random((64, 4), dtype=np.float32))
+    with pytest.raises(StrictModeError, match=r"found float ops: BUCKETIZE#\d+ in layer 'buckets' \(Discretization's "
+                                              r"bucketing of raw values, which no quantizer makes integer: bucket the "
+                                              r"values before the model and feed the bucket ids\)"):
+        tfquant.quantize(path, tmp_path / "calib.npz", bench_runs=1, diagnose=False)
+
+
+@pytest.mark.parametrize("version", [3, 2])
 def test_a_model_that_takes_text_is_refused_with_the_layer_to_cut_at(version, tmp_path):
     """A TextVectorization inside the model: the input is strings, which no int8 file takes. The error names
     the layer, and the sub-model it suggests (from that layer's output) converts fully integer."""

@@ -127,6 +127,8 @@ _REASONS = {
     "QUANTIZE": "turns a float result back to integer for the ops after it",
     "WHILE": "a loop the converter kept (a recurrent layer that was not unrolled, or a tf.while_loop)",
     "CAST": "a dtype cast inside the graph",
+    "BUCKETIZE": "Discretization's bucketing of raw values, which no quantizer makes integer: bucket the values before "
+                 "the model and feed the bucket ids",
 }
 _QUANTIZER_NAMES = {"converter": "TFLite's quantizer", "litert": "LiteRT Quantizer"}
 _WRAPPERS = ("StatefulPartitionedCall", "PartitionedCall", "serving_default", "functional", "sequential", "model")
@@ -160,6 +162,10 @@ def _layer_of(tensor: str, known: set[str]) -> str:
     for part in parts:
         if part in known:
             return part
+    for part in parts:  # Keras 3 traces layer 'dense' as 'dense_1'
+        base = part.rsplit("_", 1)[0]
+        if part.rsplit("_", 1)[-1].isdigit() and base in known:
+            return base
     meaningful = [p for p in parts if not p.startswith(_WRAPPERS) and not p[:1].isupper()]
     return meaningful[0] if meaningful else (parts[0] if parts else "?")
 
