@@ -87,6 +87,7 @@ def models(folder: Path, only: list[str] | None) -> dict[str, dict[str, Path]]:
         if not path.exists():
             log(f"training {name} (Keras 3)")
             model, _ = zoo.train(name, 3)
+            path.parent.mkdir(parents=True, exist_ok=True)
             model.save(path)
         calib, test = folder / f"{name}_calib.npz", folder / f"{name}_eval.npz"
         np.savez(calib, x=data.train["image"][:200])

@@ -232,7 +232,10 @@ def _app(k, name: str, shape=(32, 32, 3), **kwargs):
 _entry("mobilenet_v2", "cnn", images, epochs=4, learning_rate=3e-3)(lambda k: _app(k, "MobileNetV2", alpha=0.35))
 _entry("mobilenet_v3_small", "cnn", images, epochs=2, learning_rate=3e-3)(lambda k: _app(k, "MobileNetV3Small", alpha=0.75,
                                                                include_preprocessing=False))
-_entry("efficientnet_b0", "cnn", lambda: images(scale=255.0), epochs=2)(lambda k: _app(k, "EfficientNetB0"))
+# EfficientNetB0 stays a near coin toss for longer: after 2 epochs it classified 72 % (Keras 3) and 53 %
+# (Keras 2) of the held-out digits, with logits up to 128 and 17 % of samples' top two within 0.3 of
+# each other; at 6 it is a classifier (88 % and 82 %).
+_entry("efficientnet_b0", "cnn", lambda: images(scale=255.0), epochs=6)(lambda k: _app(k, "EfficientNetB0"))
 _entry("resnet50", "cnn", images, epochs=2)(lambda k: _app(k, "ResNet50"))
 _entry("densenet121", "cnn", images, epochs=2)(lambda k: _app(k, "DenseNet121"))
 _entry("nasnet_mobile", "cnn", images, epochs=2)(lambda k: _app(k, "NASNetMobile"))
