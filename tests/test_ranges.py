@@ -124,24 +124,22 @@ def test_auto_judges_candidates_on_held_out_samples_and_falls_back_when_clipping
     x = np.random.default_rng(5).random((200, 8)).astype(np.float32)
     x[::25] *= 10.0
     prepared = prepare(model, recipe=Recipe(), calibration_data=x)
-    judged, measure = [], ranges.sample_errors
+    picks, pick = [], ranges.pick
 
-    def spy(reference, outputs):
-        errors = measure(reference, outputs)
-        judged.append(errors)
-        return errors
+    def spy(errors):
+        picks.append(errors)
+        return pick(errors)
 
-    monkeypatch.setattr(ranges, "sample_errors", spy)
+    monkeypatch.setattr(ranges, "pick", spy)
     calibration, recipe = convert.calibration_for(prepared.exported, prepared.calibration, Recipe())
     assert recipe.ranges == "minmax" and calibration.ranges == "minmax"
-    # Each candidate judged on both halves, each half by the ranges fitted on the other; then the
-    # chosen one once more with bias correction (unless that changed no byte), kept only if it did
-    # clearly better there.
-    assert [len(e) for e in judged] in ([100] * 2 * len(ranges.AUTO), [100] * 2 * (len(ranges.AUTO) + 1))
-    percentile, minmax = np.concatenate(judged[:2]), np.concatenate(judged[2:4])
-    assert percentile.mean() > 2 * minmax.mean()
-    corrected = np.concatenate(judged[4:6]) if len(judged) > 4 else minmax
-    assert recipe.bias_correction == (ranges.pick({"no": minmax, "yes": corrected}) == "yes")
+    # Each candidate judged on both halves (200 held-out errors), each half by the ranges fitted on the
+    # other: an unbounded output (a regression) adds mse to them. Then the chosen one once more with bias
+    # correction, kept only if it did clearly better there.
+    candidates, trial = picks
+    assert list(candidates) == ["percentile", "minmax", "mse"] and {len(e) for e in candidates.values()} == {200}
+    assert candidates["percentile"].mean() > 2 * candidates["minmax"].mean()
+    assert recipe.bias_correction == (pick(trial) == "bias corrected")
     assert bool(calibration.input_means) == recipe.bias_correction
     pinned, _ = convert.calibration_for(prepared.exported, prepared.calibration,
                                         Recipe(ranges="minmax", bias_correction=True))
@@ -198,3 +196,50 @@ def test_a_logits_head_keeps_its_calibrated_range():
     classifier = output_scale(eval_data=({"features": x[200:]}, labels[200:]))
     unknown = output_scale()
     assert unknown == pytest.approx(classifier * (1 + 2 * ranges.HEADROOM), rel=1e-3)
+
+
+def _picked(monkeypatch) -> list[dict]:
+    """What `ranges.pick` is asked to choose from, call by call."""
+    picks, pick = [], ranges.pick
+
+    def spy(errors):
+        picks.append(errors)
+        return pick(errors)
+
+    monkeypatch.setattr(ranges, "pick", spy)
+    return picks
+
+
+def test_auto_tries_mse_ranges_on_a_regression_and_not_on_a_softmax_classifier(monkeypatch, digits):
+    """A Bidirectional GRU regression (tf_keras): its GRU steps round in both directions, and the
+    percentile ranges left it 5.8 % of the output's spread off float, beyond the 5 % budget; the
+    MSE-optimal ranges, which auto tries where an output is unbounded, win on the held-out samples and
+    hold it within. A softmax ends the classifier, and auto does not spend two quantizations on them."""
+    import tfquant
+    from tfquant._keras import keras
+    from tfquant.types import Recipe
+
+    keras.utils.set_random_seed(0)
+    rows, test_rows = digits["x"][..., 0], digits["x_test"][..., 0]
+    ink, test_ink = rows.mean(axis=(1, 2))[:, None] * 10, test_rows.mean(axis=(1, 2))[:, None] * 10
+    inputs = keras.Input((8, 8), name="rows")
+    x = keras.layers.Bidirectional(keras.layers.GRU(16, return_sequences=True))(inputs)
+    x = keras.layers.GlobalMaxPooling1D()(keras.layers.Conv1D(8, 3)(x))
+    model = keras.Model(inputs, keras.layers.Dense(1, name="ink")(x))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse")
+    model.fit(rows, ink, epochs=8, batch_size=32, verbose=0)
+    picks = _picked(monkeypatch)
+    chosen = tfquant.quantize(model, {"rows": rows[:200]}, eval_data=({"rows": test_rows}, test_ink), bench_runs=1,
+                              diagnose=False)
+    assert list(picks[0]) == ["percentile", "minmax", "mse"] and chosen.report.recipe.ranges == "mse"
+    percentile = tfquant.quantize(model, {"rows": rows[:200]}, eval_data=({"rows": test_rows}, test_ink), bench_runs=1,
+                                  diagnose=False, recipe=Recipe(ranges="percentile", bias_correction=False),
+                                  max_rel_rmse=1.0)
+    error = chosen.report.outputs[0].quantized.rel_rmse
+    assert error <= 0.05 < percentile.report.outputs[0].quantized.rel_rmse, error
+
+    picks.clear()
+    images = keras.Input((8, 8, 1), name="image")
+    classifier = keras.Model(images, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(images)))
+    tfquant.quantize(classifier, {"image": digits["x"][:200]}, bench_runs=1, diagnose=False)
+    assert list(picks[0]) == ["percentile", "minmax"]

@@ -195,8 +195,11 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
     # both (the same arithmetic whether auto chose it or a recipe names it, so a replayed recipe,
     # which names the method and whether the biases were corrected, gives the same bytes).
     halves = calibration.halves()
+    auto = recipe.ranges == "auto"
+    candidates = ranges.WITH_MSE if auto and ranges.unbounded_outputs(calibrated) else ranges.AUTO
     try:
-        stats = [statistics.collect(calibrated, half, counts=recipe.ranges == "mse") for half in halves]
+        stats = [statistics.collect(calibrated, half, counts=recipe.ranges == "mse" or "mse" in candidates)
+                 for half in halves]
     except (RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor of this graph
         log.info("calibration statistics skipped: %s", one_line(exc, 160))
         return Calibration(float_tflite, calibrated, rewrites=rewrites), replace(recipe, ranges="minmax")
@@ -211,9 +214,8 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
 
         return corrected(quantized, float_tflite, fitted.input_means)[0]
 
-    auto = recipe.ranges == "auto"
     choice = ranges.choose(float_tflite, calibrated, list(zip(stats, halves)), quantize, method=recipe.ranges,
-                           correct=correct if auto and recipe.bias_correction else None)
+                           candidates=candidates, correct=correct if auto and recipe.bias_correction else None)
     bias = choice.bias_correction if auto else recipe.bias_correction
     means = stats[0].merge(stats[1]).input_means if bias else {}
     return Calibration(float_tflite, choice.calibrated, means, ranges=choice.method, rewrites=rewrites), \
