@@ -177,6 +177,29 @@ def _trained_and_quantized(k, model, digits, tmp_path, *, epochs: int, batch_siz
 
 
 @pytest.mark.parametrize("version", [3, 2])
+def test_recurrent_layers_with_dropout_convert_as_they_infer(version, digits, tmp_path):
+    """Keras 3's recurrent cells draw dropout masks on every call, inference too (a seed generator's state
+    assigned in the graph): `recurrent_dropout` made an LSTM unconvertible ("expected a graph whose
+    variables can be frozen"). The trace leaves the masks out, which inference never applies."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image")
+    x = k.layers.Reshape((8, 8))(inputs)
+    x = k.layers.Bidirectional(k.layers.LSTM(16, dropout=0.1, recurrent_dropout=0.1, return_sequences=True))(x)
+    x = k.layers.GRU(16, recurrent_dropout=0.2)(x)
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
+    result = _trained_and_quantized(k, model, digits, tmp_path, epochs=4)
+    assert_every_op_integer(result.info)
+    keras_accuracy = float(np.mean(model.predict(digits["x_test"], verbose=0).argmax(axis=1) == digits["y_test"]))
+    output = result.report.outputs[0]
+    assert output.float.accuracy == pytest.approx(keras_accuracy, abs=1e-9) and keras_accuracy > 0.6
+    assert output.quantized.agreement >= 0.97, output.quantized.agreement
+    assert model.layers[2].forward_layer.cell.recurrent_dropout == 0.1  # put back after the trace
+
+
+@pytest.mark.parametrize("version", [3, 2])
 def test_a_model_whose_input_fixes_a_batch_of_8_is_run_one_sample_per_invoke(version, digits, tmp_path):
     """`Input(..., batch_size=8)`: traced at 8, Keras 3's Flatten bakes 8 x 576 into its RESHAPE and
     no sample could be run alone; the file takes one sample per invoke, and says so."""

@@ -269,6 +269,7 @@ def unrolled(model, inputs: list[TensorSpec]):
     try:
         if any(_loops_regardless(layer) for layer in layers):
             stack.enter_context(_conv_rnn_unrolled())
+        stack.enter_context(_without_dropout([cell for layer in layers for cell in _cells(layer)]))
         for layer in layers:
             steps = _steps(layer, inputs)
             layer.unroll = True
@@ -282,6 +283,30 @@ def unrolled(model, inputs: list[TensorSpec]):
             layer.unroll = unroll
             if gpu is not None:
                 layer._could_use_gpu_kernel = gpu
+
+
+def _cells(layer) -> list:
+    cell = layer.cell
+    return list(getattr(cell, "cells", None) or [cell])
+
+
+@contextlib.contextmanager
+def _without_dropout(cells: list):
+    """Recurrent cells traced with their dropout rates at zero, then put back.
+
+    Keras 3's cells draw their dropout masks on every call, training or not (a seed generator's
+    state assigned in the graph, which a frozen graph cannot hold: `recurrent_dropout=0.1` made an
+    LSTM unconvertible); at inference the masks are never applied, so the function is the same.
+    """
+    saved = [(cell, name, getattr(cell, name)) for cell in cells for name in ("dropout", "recurrent_dropout")
+             if isinstance(getattr(cell, name, None), float) and getattr(cell, name) > 0]
+    try:
+        for cell, name, _ in saved:
+            setattr(cell, name, 0.0)
+        yield
+    finally:
+        for cell, name, rate in saved:
+            setattr(cell, name, rate)
 
 
 def _loops_regardless(layer) -> bool:
