@@ -200,6 +200,24 @@ def test_recurrent_layers_with_dropout_convert_as_they_infer(version, digits, tm
 
 
 @pytest.mark.parametrize("version", [3, 2])
+def test_a_gru_that_resets_before_its_product_is_fully_integer(version, digits, tmp_path):
+    """`GRU(reset_after=False)` splits its recurrent product in three and reads two parts; in tf_keras the
+    quantizer left some of those SPLIT_Vs float, between a DEQUANTIZE and QUANTIZEs. They copy the int8
+    tensor instead."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image")
+    x = k.layers.GRU(24, reset_after=False)(k.layers.Reshape((8, 8))(inputs))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
+    result = _trained_and_quantized(k, model, digits, tmp_path, epochs=6)
+    assert_every_op_integer(result.info)
+    output = result.report.outputs[0]
+    assert output.float.accuracy > 0.85 and output.quantized.agreement >= 0.97, output
+
+
+@pytest.mark.parametrize("version", [3, 2])
 def test_a_model_whose_input_fixes_a_batch_of_8_is_run_one_sample_per_invoke(version, digits, tmp_path):
     """`Input(..., batch_size=8)`: traced at 8, Keras 3's Flatten bakes 8 x 576 into its RESHAPE and
     no sample could be run alone; the file takes one sample per invoke, and says so."""

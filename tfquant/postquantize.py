@@ -24,7 +24,8 @@ def after_quantizer(data: bytes, *, int8: bool) -> bytes:
     (`_integer_masks`); in any quantized file, ONE_HOT (`_integer_one_hot`) and ops that copy values
     (`_copies_requantized`). The file is read and written once, and not read into objects at all
     when it holds none of the ops these passes look for."""
-    passes = [(_integer_one_hot, {schema.BuiltinOperator.ONE_HOT}), (_copies_requantized, set(_COPIES))]
+    passes = [(_integer_one_hot, {schema.BuiltinOperator.ONE_HOT}), (_integer_copies, set(_COPIES)),
+              (_copies_requantized, set(_COPIES))]
     if int8:
         passes += [(_integer_comparisons, _COMPARISONS), (_integer_inputs, {schema.BuiltinOperator.CAST}),
                    (_integer_masks, {schema.BuiltinOperator.CAST})]
@@ -158,6 +159,47 @@ _COPIES = {getattr(schema.BuiltinOperator, name): at for name, at in (
     ("EXPAND_DIMS", 0), ("TILE", 0), ("BROADCAST_TO", 0), ("GATHER", 0), ("GATHER_ND", 0), ("SPLIT", 1),
     ("SPLIT_V", 0), ("UNPACK", 0), ("DEPTH_TO_SPACE", 0), ("SPACE_TO_DEPTH", 0), ("BATCH_TO_SPACE_ND", 0),
     ("SPACE_TO_BATCH_ND", 0), ("MIRROR_PAD", 0))}
+
+
+def _integer_copies(model, codes: list[int]) -> bool:
+    """An op that copies values, left float between a DEQUANTIZE and the QUANTIZEs after it, copies the
+    integer tensor instead: its outputs are on its input's scale, and the QUANTIZEs that read them
+    requantize integer to integer. tf_keras' `GRU(reset_after=False)` splits its recurrent product in
+    three and reads two parts, and the quantizer left some of those SPLIT_Vs float. In place; returns
+    whether anything changed."""
+    changed = False
+    for graph in model.subgraphs:
+        producers, readers = producers_of(graph), readers_of(graph)
+        kept = {int(i) for i in graph.outputs}
+        for op in graph.operators:
+            at = _COPIES.get(codes[op.opcodeIndex])
+            if at is None or len(op.inputs) <= at or not is_float(graph, int(op.inputs[at])):
+                continue
+            before = producers.get(int(op.inputs[at]))
+            if before is None or codes[before.opcodeIndex] != schema.BuiltinOperator.DEQUANTIZE:
+                continue
+            source = int(before.inputs[0])
+            on_source = _scale(graph.tensors[source])
+            outputs = [int(o) for o in op.outputs]
+            if on_source is None or graph.tensors[source].type not in _LEVELS or any(
+                    o in kept or any(codes[r.opcodeIndex] != schema.BuiltinOperator.QUANTIZE for r in readers.get(o, []))
+                    for o in outputs):
+                continue
+            quantization = schema.QuantizationParametersT()
+            quantization.scale, quantization.zeroPoint = on_source
+            inputs = [int(i) for i in op.inputs]
+            inputs[at] = source
+            op.inputs = inputs
+            copies = [tensor_like(graph, o, graph.tensors[o].name + b"/integer", graph.tensors[source].type,
+                                  quantization) for o in outputs]
+            op.outputs = copies
+            for old, new in zip(outputs, copies):
+                for reader in readers.get(old, []):
+                    reader.inputs = [new if int(i) == old else int(i) for i in reader.inputs]
+            changed = True
+        if changed:
+            _drop_unread(graph, codes, schema.BuiltinOperator.DEQUANTIZE)
+    return changed
 
 
 def _copies_requantized(model, codes: list[int]) -> bool:
