@@ -145,7 +145,7 @@ def main() -> None:
         rows = merged("accuracy", rows, key=lambda r: r["model"])
     env = environment()
     table = markdown(rows, env)
-    publish("accuracy", {"environment": env, "rows": rows}, table)
+    publish("accuracy", {"environment": env, "rows": rows}, table, readme=not args.only or args.merge)
     print(table)
 
 

@@ -189,7 +189,7 @@ def main() -> None:
         rows = merged("command", rows, key=lambda r: r["model"])
     env = environment()
     table = markdown(rows, env, args.reps)
-    publish("command", {"environment": env, "reps": args.reps, "rows": rows}, table)
+    publish("command", {"environment": env, "reps": args.reps, "rows": rows}, table, readme=not args.only or args.merge)
     print(table)
 
 

@@ -210,11 +210,12 @@ def _picked(monkeypatch) -> list[dict]:
     return picks
 
 
-def test_auto_tries_mse_ranges_on_a_regression_and_not_on_a_softmax_classifier(monkeypatch, digits):
+def test_auto_tries_mse_ranges_on_a_regression_and_not_on_a_classifier(monkeypatch, digits):
     """A Bidirectional GRU regression (tf_keras): its GRU steps round in both directions, and the
     percentile ranges left it 5.8 % of the output's spread off float, beyond the 5 % budget; the
     MSE-optimal ranges, which auto tries where an output is unbounded, win on the held-out samples and
-    hold it within. A softmax ends the classifier, and auto does not spend two quantizations on them."""
+    hold it within. A classifier (a softmax, or logits with labels) is not given them: top-1 is not what they
+    minimize."""
     import tfquant
     from tfquant._keras import keras
     from tfquant.types import Recipe
@@ -238,8 +239,10 @@ def test_auto_tries_mse_ranges_on_a_regression_and_not_on_a_softmax_classifier(m
     error = chosen.report.outputs[0].quantized.rel_rmse
     assert error <= 0.05 < percentile.report.outputs[0].quantized.rel_rmse, error
 
-    picks.clear()
     images = keras.Input((8, 8, 1), name="image")
-    classifier = keras.Model(images, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(images)))
-    tfquant.quantize(classifier, {"image": digits["x"][:200]}, bench_runs=1, diagnose=False)
-    assert list(picks[0]) == ["percentile", "minmax"]
+    for activation, eval_data in (("softmax", None), (None, ({"image": digits["x_test"]}, digits["y_test"]))):
+        picks.clear()  # a softmax head; a logits head that the labels show to be a classifier
+        classifier = keras.Model(images, keras.layers.Dense(10, activation=activation)(keras.layers.Flatten()(images)))
+        tfquant.quantize(classifier, {"image": digits["x"][:200]}, eval_data=eval_data, bench_runs=1, diagnose=False,
+                         fallback="off")
+        assert list(picks[0]) == ["percentile", "minmax"], activation

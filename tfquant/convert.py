@@ -162,11 +162,11 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
     """Calibrate the float file once, gather the statistics and choose the activation ranges.
 
     The outputs named in `headroom` (all when None) get room beyond their calibrated range where
-    no op bounds them (`ranges.output_headroom`): give it the regression outputs, not a logits
-    head, whose top classes want the finer scale. Returns the calibration and the recipe with
-    `ranges` resolved ("auto" -> what was chosen).
+    no op bounds them (`ranges.output_headroom`), and auto tries MSE ranges for them: give it the
+    regression outputs, not a logits head, whose top classes want the finer scale. Returns the
+    calibration and the recipe with `ranges` resolved ("auto" -> what was chosen).
     """
-    found, recipe = _calibration_for(exported, calibration, recipe, source=source)
+    found, recipe = _calibration_for(exported, calibration, recipe, source=source, regression=headroom)
     if found.calibrated:
         from .ranges import with_headroom
 
@@ -174,8 +174,8 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
     return found, recipe
 
 
-def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
-                     source: str = "<model>") -> tuple[Calibration, Recipe]:
+def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *, source: str = "<model>",
+                     regression: Optional[set[str]] = None) -> tuple[Calibration, Recipe]:
     from . import ranges, statistics
 
     if recipe.quantizer == "litert":  # it calibrates the float file itself, on the same samples
@@ -196,7 +196,7 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
     # which names the method and whether the biases were corrected, gives the same bytes).
     halves = calibration.halves()
     auto = recipe.ranges == "auto"
-    candidates = ranges.WITH_MSE if auto and ranges.unbounded_outputs(calibrated) else ranges.AUTO
+    candidates = ranges.WITH_MSE if auto and ranges.unbounded_outputs(calibrated, regression) else ranges.AUTO
     try:
         stats = [statistics.collect(calibrated, half, counts=recipe.ranges == "mse" or "mse" in candidates)
                  for half in halves]

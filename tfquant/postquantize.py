@@ -163,10 +163,10 @@ _COPIES = {getattr(schema.BuiltinOperator, name): at for name, at in (
 
 def _integer_copies(model, codes: list[int]) -> bool:
     """An op that copies values, left float between a DEQUANTIZE and the QUANTIZEs after it, copies the
-    integer tensor instead: its outputs are on its input's scale, and the QUANTIZEs that read them
-    requantize integer to integer. tf_keras' `GRU(reset_after=False)` splits its recurrent product in
-    three and reads two parts, and the quantizer left some of those SPLIT_Vs float. In place; returns
-    whether anything changed."""
+    int8 tensor instead: its outputs are on its input's scale, and the QUANTIZEs that read them
+    requantize int8 to int8 (int8 only: in 16x8 files some copies have no int16 kernel). tf_keras'
+    `GRU(reset_after=False)` splits its recurrent product in three and reads two parts, and the
+    quantizer left some of those SPLIT_Vs float. In place; returns whether anything changed."""
     changed = False
     for graph in model.subgraphs:
         producers, readers = producers_of(graph), readers_of(graph)
@@ -181,15 +181,16 @@ def _integer_copies(model, codes: list[int]) -> bool:
             source = int(before.inputs[0])
             on_source = _scale(graph.tensors[source])
             outputs = [int(o) for o in op.outputs]
-            if on_source is None or graph.tensors[source].type not in _LEVELS or any(
-                    o in kept or any(codes[r.opcodeIndex] != schema.BuiltinOperator.QUANTIZE for r in readers.get(o, []))
-                    for o in outputs):
+            requantized = all(o not in kept and all(codes[r.opcodeIndex] == schema.BuiltinOperator.QUANTIZE
+                                                    for r in readers.get(o, [])) for o in outputs)
+            if on_source is None or graph.tensors[source].type != schema.TensorType.INT8 or not requantized:
                 continue
             quantization = schema.QuantizationParametersT()
             quantization.scale, quantization.zeroPoint = on_source
             inputs = [int(i) for i in op.inputs]
             inputs[at] = source
             op.inputs = inputs
+            op.opcodeIndex = _newest(model, codes, codes[op.opcodeIndex])  # int8 kernels need a later version
             copies = [tensor_like(graph, o, graph.tensors[o].name + b"/integer", graph.tensors[source].type,
                                   quantization) for o in outputs]
             op.outputs = copies
@@ -200,6 +201,11 @@ def _integer_copies(model, codes: list[int]) -> bool:
         if changed:
             _drop_unread(graph, codes, schema.BuiltinOperator.DEQUANTIZE)
     return changed
+
+
+def _newest(model, codes: list[int], builtin: int) -> int:
+    """The index of the operator code of `builtin` with the highest version in the file."""
+    return max((i for i, code in enumerate(codes) if code == builtin), key=lambda i: model.operatorCodes[i].version)
 
 
 def _copies_requantized(model, codes: list[int]) -> bool:

@@ -28,7 +28,8 @@ Estimators (`ESTIMATORS`), each from the statistics of one pass (`tfquant.statis
   the samples. `auto` does not try it.
 - `mse`: per tensor, the range of least expected rounding-plus-clipping error on its histogram.
   `auto` tries it where an output is unbounded (a regression, logits or embedding head that no
-  softmax, sigmoid, tanh or L2 normalization ends): on a Bidirectional GRU regression it held
+  softmax, sigmoid, tanh or L2 normalization ends) and not known to be a classifier (the
+  evaluation data's labels say which): on a Bidirectional GRU regression it held
   the int8 file to 4.1 % of the output's spread off float where percentile ranges gave 5.8 %.
 - `minmax`: the calibrator's own, left as it is.
 
@@ -59,10 +60,11 @@ log = logging.getLogger("tfquant")
 LEVELS = 255
 PERCENTILE = 0.95  # the share of calibration samples a `percentile` range covers entirely
 STRETCH = 1.5  # `percentile` clips a tensor only where min/max is this many times as wide
-# What `auto` tries; the first is kept unless another is clearly better. `mse` only where an output is
-# unbounded (`WITH_MSE`): its per-tensor optimum does not track a classifier's top-1 (on the zoo's
-# EfficientNetB0 it had the lowest output divergence and the worst agreement), and it costs two more
-# quantizations and a histogram of every tensor; a regression's error is what it minimizes.
+# What `auto` tries; the first is kept unless another is clearly better. `mse` only where a regression
+# output is unbounded (`WITH_MSE`): its per-tensor optimum does not track a classifier's top-1 (on the
+# zoo's EfficientNetB0 it had the lowest output divergence and the worst agreement; a logits head that the
+# evaluation data shows to be a classifier is not given it), and it costs two more quantizations and a
+# histogram of every tensor; a regression's error is what it minimizes.
 AUTO = ("percentile", "minmax")
 WITH_MSE = AUTO + ("mse",)
 EVIDENCE = 2.0  # standard errors of the paired difference by which another candidate must win
@@ -196,12 +198,13 @@ def output_headroom(model, outputs: Optional[set[str]] = None) -> int:
     return widened
 
 
-def unbounded_outputs(calibrated: bytes) -> int:
-    """How many of a calibrated file's outputs no op bounds (a regression, a logits or an embedding head
-    that no softmax, sigmoid, tanh or L2 normalization ends)."""
+def unbounded_outputs(calibrated: bytes, outputs: Optional[set[str]] = None) -> int:
+    """How many of a calibrated file's outputs (those named in `outputs`, by signature name; all when None)
+    no op bounds: a regression, logits or embedding head that no softmax, sigmoid, tanh or L2
+    normalization ends."""
     from .flatbuffer import read_model
 
-    return len(_open_outputs(read_model(calibrated)))
+    return len(_open_outputs(read_model(calibrated), outputs))
 
 
 def _open_outputs(model, outputs: Optional[set[str]] = None) -> list[tuple[list[int], bool, bool]]:
