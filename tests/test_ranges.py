@@ -246,3 +246,31 @@ def test_auto_tries_mse_ranges_on_a_regression_and_not_on_a_classifier(monkeypat
         tfquant.quantize(classifier, {"image": digits["x"][:200]}, eval_data=eval_data, bench_runs=1, diagnose=False,
                          fallback="off")
         assert list(picks[0]) == ["percentile", "minmax"], activation
+
+
+def test_a_missed_regression_budget_names_samples_the_calibration_never_showed():
+    """Calibrated on the samples of lower totals only, every input feature still spans [0, 1], but the
+    hidden activations of the higher totals pass their calibrated ranges: those samples carry most of the
+    int8 error, and the failure says so. Calibrated on samples of every total, the file is within budget."""
+    import tfquant
+    from tfquant._keras import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (600, 8)).astype(np.float32)
+    inputs = keras.Input((8,), name="features")
+    hidden = keras.layers.Dense(16, activation="relu", kernel_initializer="ones")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1, name="total", kernel_initializer="ones")(hidden))
+    y = model.predict(x, verbose=0)
+    low = x[:400][np.argsort(x[:400].sum(axis=1))[:150]]
+    assert low.min(axis=0).max() < 0.1 and low.max(axis=0).min() > 0.9  # each feature still spans [0, 1]
+    evaluation = ({"features": x[400:]}, y[400:])
+    with pytest.raises(tfquant.AccuracyBudgetError) as caught:
+        tfquant.quantize(model, {"features": low}, eval_data=evaluation, bench_runs=1, diagnose=False)
+    message = str(caught.value)
+    assert "of 200 evaluation samples give float outputs beyond the calibration samples' [" in message
+    assert "of its squared int8 error: int8 ranges inside the model, calibrated without their like, clip them. " \
+           "Fix: calibrate on samples that span the outputs' range" in message
+    covered = tfquant.quantize(model, {"features": x[:150]}, eval_data=evaluation, bench_runs=1, diagnose=False)
+    assert covered.report.outputs[0].quantized.rel_rmse < 0.05
+    assert not any("beyond the calibration samples'" in w for w in covered.report.warnings)

@@ -20,7 +20,7 @@ from ._version import __version__
 from .data import Dataset
 from .errors import AccuracyBudgetError, StrictModeError, called
 from .inspect import explain_float_ops, float_ops_message, inspect
-from .lint import output_lint
+from .lint import extrapolated, output_lint
 from .prepare import Prepared
 from .report import write_report_files
 from .sizes import gzip_size
@@ -174,6 +174,8 @@ def verify(
     judged = None
     outputs_report: list[OutputReport] = []
     violations: list[str] = []
+    causes = list(narrow_inputs or [])  # what a budget failure names as where the error starts
+    calibrated_outputs = None
     evaluation = prepared.evaluation
     if evaluation is not None:
         started = time.perf_counter()
@@ -195,6 +197,14 @@ def verify(
                 output_lint(name, reference.outputs[name], quantized_outputs[name])
             if narrow is not None:
                 notes.append(narrow)
+            if per_output and metrics.task == "regression" and prepared.calibration is not None:
+                if calibrated_outputs is None:  # what the calibration samples give, once, for a missed budget
+                    calibrated_outputs = harness.Runner(float_tflite, num_threads=threads).predict(
+                        prepared.calibration, progress=False)
+                unseen = extrapolated(name, calibrated_outputs[name], reference.outputs[name], quantized_outputs[name])
+                if unseen is not None:
+                    notes.append(unseen)
+                    causes.append(unseen)
         constant = {name: message for name, values in reference.outputs.items()
                     if (message := constant_output(name, values))}
         notes += list(constant.values())
@@ -254,7 +264,7 @@ def verify(
         raise StrictModeError(float_ops_message(prepared.source, float_ops), result)
     if violations:
         raise AccuracyBudgetError(f"{prepared.source}: " + "; ".join(violations) +
-                                  _where_it_starts(report, narrow_inputs or []), result)
+                                  _where_it_starts(report, causes), result)
     return result
 
 
