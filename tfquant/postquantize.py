@@ -106,8 +106,7 @@ def _integer_inputs(model, codes: list[int]) -> bool:
             quantizes = [q for c in casts for q in readers.get(int(c.outputs[0]), [])]
             if not quantizes or not all(_quantizes_to_int8(graph, codes, q) for q in quantizes):
                 continue
-            tensor.quantization = schema.QuantizationParametersT()
-            tensor.quantization.scale, tensor.quantization.zeroPoint = [1.0], [0]
+            tensor.quantization = _per_tensor(1.0, 0)
             for q in quantizes:
                 q.inputs = [index]
             graph.operators = [o for o in graph.operators if not any(o is c for c in casts)]
@@ -171,6 +170,7 @@ def _integer_copies(model, codes: list[int]) -> bool:
     for graph in model.subgraphs:
         producers, readers = producers_of(graph), readers_of(graph)
         kept = {int(i) for i in graph.outputs}
+        rewired = False
         for op in graph.operators:
             at = _COPIES.get(codes[op.opcodeIndex])
             if at is None or len(op.inputs) <= at or not is_float(graph, int(op.inputs[at])):
@@ -185,21 +185,20 @@ def _integer_copies(model, codes: list[int]) -> bool:
                                                     for r in readers.get(o, [])) for o in outputs)
             if on_source is None or graph.tensors[source].type != schema.TensorType.INT8 or not requantized:
                 continue
-            quantization = schema.QuantizationParametersT()
-            quantization.scale, quantization.zeroPoint = on_source
             inputs = [int(i) for i in op.inputs]
             inputs[at] = source
             op.inputs = inputs
             op.opcodeIndex = _newest(model, codes, codes[op.opcodeIndex])  # int8 kernels need a later version
             copies = [tensor_like(graph, o, graph.tensors[o].name + b"/integer", graph.tensors[source].type,
-                                  quantization) for o in outputs]
+                                  _per_tensor(*on_source)) for o in outputs]
             op.outputs = copies
             for old, new in zip(outputs, copies):
                 for reader in readers.get(old, []):
                     reader.inputs = [new if int(i) == old else int(i) for i in reader.inputs]
-            changed = True
-        if changed:
+            rewired = True
+        if rewired:  # the DEQUANTIZEs nothing reads any more
             _drop_unread(graph, codes, schema.BuiltinOperator.DEQUANTIZE)
+            changed = True
     return changed
 
 
@@ -231,9 +230,7 @@ def _copies_requantized(model, codes: list[int]) -> bool:
                 if output.type != source.type or output.type not in _LEVELS or on_source is None or \
                         _scale(output) in (None, on_source):
                     continue
-                quantization = schema.QuantizationParametersT()
-                quantization.scale, quantization.zeroPoint = on_source
-                copied = tensor_like(graph, index, output.name + b"/copied", output.type, quantization)
+                copied = tensor_like(graph, index, output.name + b"/copied", output.type, _per_tensor(*on_source))
                 outputs = [int(o) for o in op.outputs]
                 outputs[position] = copied
                 op.outputs = outputs
@@ -250,12 +247,19 @@ def _added(model, codes: list[int], builtin: int, inputs: list[int], outputs: li
     return op
 
 
-def _scale(tensor) -> Optional[tuple[list[float], list[int]]]:
-    """A per-tensor quantized tensor's ([scale], [zero point]), else None."""
+def _scale(tensor) -> Optional[tuple[float, int]]:
+    """A per-tensor quantized tensor's (scale, zero point), else None."""
     q = tensor.quantization
     if q is None or q.scale is None or len(q.scale) != 1 or q.zeroPoint is None or len(q.zeroPoint) != 1:
         return None
-    return [float(q.scale[0])], [int(q.zeroPoint[0])]
+    return float(q.scale[0]), int(q.zeroPoint[0])
+
+
+def _per_tensor(scale: float, zero: int):
+    """Quantization parameters of one scale and zero point for a whole tensor."""
+    quantization = schema.QuantizationParametersT()
+    quantization.scale, quantization.zeroPoint = [scale], [zero]
+    return quantization
 
 
 _INTEGER_IDS = (schema.TensorType.INT32, schema.TensorType.INT64)
@@ -313,8 +317,7 @@ def _on_scale_of(model, constant, output) -> bool:
     fresh.data = _on_grid(value, scale, zero, dtype).tobytes()
     model.buffers.append(fresh)
     constant.buffer = len(model.buffers) - 1
-    constant.quantization = schema.QuantizationParametersT()
-    constant.quantization.scale, constant.quantization.zeroPoint = [scale], [zero]
+    constant.quantization = _per_tensor(scale, zero)
     return True
 
 
@@ -336,8 +339,7 @@ def _int8_constant(model, graph, levels: np.ndarray, scale: float, zero: int, ne
     tensor.type = schema.TensorType.INT8
     tensor.buffer = len(model.buffers) - 1
     tensor.name = (near or b"const") + b"/int8"
-    tensor.quantization = schema.QuantizationParametersT()
-    tensor.quantization.scale, tensor.quantization.zeroPoint = [scale], [zero]
+    tensor.quantization = _per_tensor(scale, zero)
     graph.tensors.append(tensor)
     return len(graph.tensors) - 1
 
