@@ -7,25 +7,23 @@ SavedModel. The file gets a `serving_default` signature whose input and output n
 model's own, so that data is bound by name everywhere, never by position. Where a graph cannot be
 frozen, the SavedModel route is taken instead, and the result says which route was used.
 
-Recurrent layers (LSTM, GRU, SimpleRNN, ConvLSTM, and those inside Bidirectional or stacked) are unrolled
-over their fixed sequence length for the export: the converter then emits plain FULLY_CONNECTED,
-LOGISTIC, TANH, MUL and ADD ops, which quantize to int8 as accurately as any dense layer, where
-the fused or looped forms either do not convert or lose accuracy in int8.
+Recurrent layers are unrolled, and masked softmaxes and argmax traced in integer forms, for the
+export (`tfquant.tracing`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from . import _keras, legalize
 from .console import captured_stderr
-from .errors import ConversionError, DataError, called, one_line, problem
+from .errors import ConversionError, one_line, problem
 from .models import LoadedModel
+from .tracing import builtin_argmax, quantizable_masking, unrolled
 from .types import TensorSpec
 
 SIGNATURE = "serving_default"
@@ -240,229 +238,6 @@ def _outputs(data: bytes, declared: list[TensorSpec]) -> list[TensorSpec]:
         shape = tuple(None if d < 0 else int(d) for d in detail["shape_signature"])
         found.append(TensorSpec(spec.name, shape, spec.dtype))
     return found
-
-
-# --- recurrent layers -----------------------------------------------------------------------
-
-
-def recurrent_layers(model) -> Iterator[Any]:
-    """Every recurrent layer of `model`, at any depth (inside Bidirectional, Sequential, wrappers)."""
-    seen = set()
-    for layer in _keras.all_layers(model):
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        if hasattr(layer, "cell") and hasattr(layer, "unroll"):
-            yield layer
-
-
-@contextlib.contextmanager
-def unrolled(model, inputs: list[TensorSpec]):
-    """Unroll every recurrent layer for the trace, then put each back as it was.
-
-    Yields the notes for the report ("lstm (LSTM): unrolled over 20 steps").
-    """
-    layers = list(recurrent_layers(model))
-    saved = [(layer, layer.unroll, getattr(layer, "_could_use_gpu_kernel", None)) for layer in layers]
-    notes: list[str] = []
-    stack = contextlib.ExitStack()
-    try:
-        if any(_loops_regardless(layer) for layer in layers):
-            stack.enter_context(_conv_rnn_unrolled())
-        stack.enter_context(_without_dropout([cell for layer in layers for cell in _cells(layer)]))
-        for layer in layers:
-            steps = _steps(layer, inputs)
-            layer.unroll = True
-            if hasattr(layer, "_could_use_gpu_kernel"):  # tf_keras picks its fused loop from this flag
-                layer._could_use_gpu_kernel = False
-            notes.append(f"{layer.name} ({type(layer).__name__}): unrolled over {steps} steps")
-        yield notes
-    finally:
-        stack.close()
-        for layer, unroll, gpu in saved:
-            layer.unroll = unroll
-            if gpu is not None:
-                layer._could_use_gpu_kernel = gpu
-
-
-def _cells(layer) -> list:
-    cell = layer.cell
-    return list(getattr(cell, "cells", None) or [cell])
-
-
-@contextlib.contextmanager
-def _without_dropout(cells: list):
-    """Recurrent cells traced with their dropout rates at zero, then put back.
-
-    Keras 3's cells draw their dropout masks on every call, training or not (a seed generator's
-    state assigned in the graph, which a frozen graph cannot hold: `recurrent_dropout=0.1` made an
-    LSTM unconvertible); at inference the masks are never applied, so the function is the same.
-    """
-    saved = [(cell, name, getattr(cell, name)) for cell in cells for name in ("dropout", "recurrent_dropout")
-             if isinstance(getattr(cell, name, None), float) and getattr(cell, name) > 0]
-    try:
-        for cell, name, _ in saved:
-            setattr(cell, name, 0.0)
-        yield
-    finally:
-        for cell, name, rate in saved:
-            setattr(cell, name, rate)
-
-
-def _loops_regardless(layer) -> bool:
-    """A tf_keras convolutional recurrent layer (ConvLSTM1D/2D/3D): its call runs the loop with the
-    backend's default, whatever its `unroll` says, and that loop's tensor lists do not convert."""
-    from tf_keras.src.layers.rnn.base_conv_rnn import ConvRNN
-
-    return isinstance(layer, ConvRNN)
-
-
-@contextlib.contextmanager
-def _conv_rnn_unrolled():
-    """tf_keras' ConvRNN calls `backend.rnn` without `unroll`: for the trace, its module sees a
-    backend whose `rnn` unrolls (every recurrent layer is unrolled for the export anyway)."""
-    from tf_keras.src.layers.rnn import base_conv_rnn as module
-
-    backend = module.backend
-
-    class Unrolling:
-        def __getattr__(self, name):
-            return getattr(backend, name)
-
-        @staticmethod
-        def rnn(*args, **kwargs):
-            kwargs["unroll"] = True
-            return backend.rnn(*args, **kwargs)
-
-    module.backend = Unrolling()
-    try:
-        yield
-    finally:
-        module.backend = backend
-
-
-def _steps(layer, inputs: list[TensorSpec]) -> int:
-    shape = _input_shape(layer)
-    steps = shape[1] if shape is not None and len(shape) >= 2 else None
-    if steps is None:
-        # The layer sees the data's length only through the model inputs: take it from a
-        # sequence-shaped input whose length the data fixed.
-        fixed = [s.shape[1] for s in inputs if len(s.shape) >= 2 and s.shape[1] is not None]
-        steps = fixed[0] if len(set(fixed)) == 1 else None
-    if steps is None:
-        names = ", ".join(repr(s.name) for s in inputs)
-        raise DataError(problem(
-            f"recurrent layer {layer.name!r} ({type(layer).__name__})",
-            "a fixed sequence length to unroll it over (int8 needs the unrolled form)",
-            f"none in the model's inputs {names}; give calibration data of shape (N, steps, ...) or set "
-            f"the length with {called('input_shapes')} NAME=STEPS,...",
-        ))
-    return int(steps)
-
-
-def _input_shape(layer) -> Optional[tuple]:
-    try:
-        shape = layer.input_shape if hasattr(layer, "input_shape") else None
-    except (AttributeError, RuntimeError, ValueError):
-        shape = None
-    if shape is None:
-        try:
-            shape = tuple(layer.input.shape)
-        except (AttributeError, RuntimeError, ValueError):
-            return None
-    if isinstance(shape, list):
-        shape = shape[0]
-    return tuple(shape) if shape is not None else None
-
-
-# --- masked softmax ---------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def quantizable_masking(model):
-    """Mask attention after the softmax instead of before it, for the trace.
-
-    Keras masks a softmax (MultiHeadAttention's, or any Softmax layer given a mask) by setting
-    the masked scores to -1e9. In int8 that one tensor then spans [-1e9, 10]: its scale rounds
-    every real score to zero and attention becomes uniform. Here a masked score is set to
-    `MASK_MARGIN` below the smallest real score of its row instead: its weight after the softmax
-    is below 1e-6 as before, and the tensor spans only the scores' own range plus the margin.
-    """
-    tf = _keras.tf
-    patched = []
-    for layer in _keras.all_layers(model):
-        if type(layer).__name__ == "Softmax" and "call" not in vars(layer):
-            patched.append(layer)
-    # Keras 3's MultiHeadAttention takes a fused path (ops.dot_product_attention, which masks the
-    # logits the same way) unless it has dropout; a dropout rate that inference ignores sends it
-    # through its own Softmax layer, patched here like any other.
-    fused = [layer for layer in _keras.all_layers(model)
-             if hasattr(layer, "_masked_softmax") and getattr(layer, "_dropout", None) == 0.0]
-    for layer in patched:
-        layer.call = _masked_softmax(layer, tf)
-    for layer in fused:
-        layer._dropout = 1e-12
-    try:
-        yield [f"{len(patched)} masked softmax(es): masked scores set {MASK_MARGIN:g} below the row's smallest, "
-               "not to -1e9, so int8 keeps the scores"] \
-            if patched else []
-    finally:
-        for layer in patched:
-            del layer.call
-        for layer in fused:
-            layer._dropout = 0.0
-
-
-@contextlib.contextmanager
-def builtin_argmax():
-    """Keras 3's `ops.argmax`/`argmin` as plain `tf.argmax`/`tf.argmin`, for the trace.
-
-    Keras 3 first maps -0.0 to the smallest negative float, finding -0.0 by its sign bit through a
-    bitcast and a BitwiseAnd that TFLite has no builtin for; TFLite's ARG_MAX does not tell -0.0
-    from 0.0, and a model's class ids do not depend on it.
-    """
-    import sys
-
-    numpy_ops = sys.modules.get("keras.src.backend.tensorflow.numpy")
-    if numpy_ops is None:
-        yield
-        return
-    tf = _keras.tf
-    originals = {"argmax": numpy_ops.argmax, "argmin": numpy_ops.argmin}
-
-    def plain(reduce):
-        def arg(x, axis=None, keepdims=False):
-            x = tf.convert_to_tensor(x)
-            y = reduce(tf.reshape(x, [-1]) if axis is None else x, axis=0 if axis is None else axis,
-                       output_type="int32")
-            return numpy_ops._keepdims(x, y, axis) if keepdims else y
-        return arg
-
-    numpy_ops.argmax, numpy_ops.argmin = plain(tf.argmax), plain(tf.argmin)
-    try:
-        yield
-    finally:
-        numpy_ops.argmax, numpy_ops.argmin = originals["argmax"], originals["argmin"]
-
-
-MASK_MARGIN = 16.0  # masked logits sit this far below the smallest real one: exp(-16) < 1e-6
-
-
-def _masked_softmax(layer, tf):
-    axis = layer.axis
-    if isinstance(axis, (list, tuple)) and len(axis) == 1:
-        axis = axis[0]
-
-    def call(inputs, mask=None):
-        if mask is not None:
-            keep = tf.cast(mask, tf.bool) if mask.dtype != tf.bool else mask
-            floor = tf.reduce_min(inputs, axis=axis, keepdims=True) - MASK_MARGIN
-            inputs = tf.where(keep, inputs, floor)
-        if isinstance(axis, (list, tuple)):
-            return tf.exp(inputs - tf.reduce_logsumexp(inputs, axis=axis, keepdims=True))
-        return tf.nn.softmax(inputs, axis=axis)
-
-    return call
 
 
 # --- running the converter ------------------------------------------------------------------
