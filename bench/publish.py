@@ -40,13 +40,24 @@ def merged(name: str, rows: list[dict], key) -> list[dict]:
 
 
 def dates_note(rows: list[dict], today: str, unknown: str) -> list[str]:
-    """Lines that say which rows were measured on another day than `today` (`unknown`: rows without a date)."""
-    earlier = sorted({r.get("measured", unknown) for r in rows} - {today})
-    names = sorted({r["model"] for r in rows if r.get("measured", unknown) == today})
+    """Lines that say which rows were measured on another day than `today` (`unknown`: rows without a date).
+
+    A model is named with its Keras version where its rows of the two versions were measured on different days.
+    """
+    when = lambda r: r.get("measured", unknown)  # noqa: E731
+    earlier = sorted({when(r) for r in rows} - {today})
+
+    def named(date: str) -> list[str]:
+        names = []
+        for model in sorted({r["model"] for r in rows if when(r) == date}):
+            own = [r for r in rows if r["model"] == model]
+            names += [model] if all(when(r) == date for r in own) else \
+                [f"{model} (Keras {r['keras']})" for r in own if when(r) == date and "keras" in r]
+        return names
+
+    names = named(today)
     if not earlier or not names:
         return []
-    runs = [date if len(earlier) == 1 else
-            f"{date} ({', '.join(sorted({r['model'] for r in rows if r.get('measured', unknown) == date}))})"
-            for date in earlier]
+    runs = [date if len(earlier) == 1 else f"{date} ({', '.join(named(date))})" for date in earlier]
     return ["", f"Only {', '.join(names)} {'was' if len(names) == 1 else 'were'} run again on {today}; "
                 f"the other rows are from the same bench's {'run' if len(runs) == 1 else 'runs'} on {'; '.join(runs)}."]

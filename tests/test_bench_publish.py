@@ -1,0 +1,23 @@
+"""The bench tables' note on which rows were measured on another day."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.publish import dates_note  # noqa: E402
+
+
+def test_dates_note_names_a_model_with_its_keras_version_only_where_its_versions_differ_in_date():
+    rows = [{"model": "a", "keras": 3, "measured": "2026-11-27"}, {"model": "a", "keras": 2, "measured": "2026-11-26"},
+            {"model": "b", "keras": 3, "measured": "2026-11-27"}, {"model": "b", "keras": 2, "measured": "2026-11-27"},
+            {"model": "c", "keras": 3}]
+    assert dates_note(rows, "2026-11-27", "2026-11-23") == [
+        "", "Only a (Keras 3), b were run again on 2026-11-27; the other rows are from the same bench's runs on "
+            "2026-11-23 (c); 2026-11-26 (a (Keras 2))."]
+
+
+def test_dates_note_is_empty_when_every_row_is_from_one_day():
+    rows = [{"model": "a", "keras": 3, "measured": "2026-11-27"}, {"model": "a", "keras": 2, "measured": "2026-11-27"}]
+    assert dates_note(rows, "2026-11-27", "2026-11-23") == []
+    assert dates_note([{"model": "x"}], "2026-11-27", "2026-11-23") == []
