@@ -186,10 +186,10 @@ def verify(
             quantized_outputs = harness.Runner(tflite, num_threads=threads).predict(
                 evaluation, progress=progress, label=f"the {recipe.mode.value} file")
         judged = reference.judge(quantized_outputs)
-        violations = reference.violations(judged, budget, retrained=retrained)
         dtypes = {p.name: p.dtype.name for p in harness.Runner(tflite, num_threads=1).outputs}
         for name, metrics in judged.outputs.items():
             per_output = reference.violations(tasks.Judged({name: metrics}), budget, retrained=retrained)
+            violations += per_output
             outputs_report.append(OutputReport(name=name, task=metrics.task, dtype=dtypes.get(name, "?"),
                                                float=reference.metrics.outputs[name], quantized=metrics,
                                                within_budget=not per_output))
