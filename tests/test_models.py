@@ -218,6 +218,27 @@ def test_a_gru_that_resets_before_its_product_is_fully_integer(version, digits, 
 
 
 @pytest.mark.parametrize("version", [3, 2])
+def test_an_encoder_whose_states_start_a_decoder_converts_to_full_int8(version, digits, tmp_path):
+    """The sequence-to-sequence pattern: an LSTM's final states (`return_state`) are the `initial_state` of
+    another LSTM reading the rest of the sequence. Both are unrolled, the states carried as tensors."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image")
+    rows = k.layers.Reshape((8, 8))(inputs)
+    _, h, c = k.layers.LSTM(16, return_state=True)(k.layers.Cropping1D((0, 4))(rows))
+    x = k.layers.LSTM(16)(k.layers.Cropping1D((4, 0))(rows), initial_state=[h, c])
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
+    result = _trained_and_quantized(k, model, digits, tmp_path, epochs=6)
+    assert_every_op_integer(result.info)
+    keras_accuracy = float(np.mean(model.predict(digits["x_test"], verbose=0).argmax(axis=1) == digits["y_test"]))
+    output = result.report.outputs[0]
+    assert output.float.accuracy == pytest.approx(keras_accuracy, abs=1e-9) and keras_accuracy > 0.8
+    assert output.quantized.agreement >= 0.97, output.quantized.agreement
+
+
+@pytest.mark.parametrize("version", [3, 2])
 def test_a_model_whose_input_fixes_a_batch_of_8_is_run_one_sample_per_invoke(version, digits, tmp_path):
     """`Input(..., batch_size=8)`: traced at 8, Keras 3's Flatten bakes 8 x 576 into its RESHAPE and
     no sample could be run alone; the file takes one sample per invoke, and says so."""
