@@ -241,6 +241,25 @@ def test_an_encoder_whose_states_start_a_decoder_converts_to_full_int8(version, 
 
 
 @pytest.mark.parametrize("version", [3, 2])
+@pytest.mark.parametrize("kind", ["Attention", "AdditiveAttention"])
+def test_causal_attention_keeps_its_scores_in_int8(kind, version, digits, tmp_path):
+    """Attention and AdditiveAttention mask by subtracting 1e9 from the masked scores: in int8 that
+    tensor's scale rounded every real score to zero (Attention with `use_causal_mask`: 75 % agreement).
+    The trace floors masked scores under their row instead."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image")
+    h = k.layers.Dense(16)(k.layers.Reshape((8, 8))(inputs))
+    x = k.layers.Flatten()(getattr(k.layers, kind)()([h, h], use_causal_mask=True))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
+    result = _trained_and_quantized(k, model, digits, tmp_path, epochs=8)
+    _assert_int8_follows_keras(model, result, digits, least=0.8)
+    assert any("masked softmax" in note for note in result.report.export.notes), result.report.export
+
+
+@pytest.mark.parametrize("version", [3, 2])
 def test_a_model_whose_input_fixes_a_batch_of_8_is_run_one_sample_per_invoke(version, digits, tmp_path):
     """`Input(..., batch_size=8)`: traced at 8, Keras 3's Flatten bakes 8 x 576 into its RESHAPE and
     no sample could be run alone; the file takes one sample per invoke, and says so."""

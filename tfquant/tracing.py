@@ -158,11 +158,12 @@ def _input_shape(layer) -> Optional[tuple]:
 def quantizable_masking(model):
     """Mask attention after the softmax instead of before it, for the trace.
 
-    Keras masks a softmax (MultiHeadAttention's, or any Softmax layer given a mask) by setting
-    the masked scores to -1e9. In int8 that one tensor then spans [-1e9, 10]: its scale rounds
-    every real score to zero and attention becomes uniform. Here a masked score is set to
-    `MASK_MARGIN` below the smallest real score of its row instead: its weight after the softmax
-    is below 1e-6 as before, and the tensor spans only the scores' own range plus the margin.
+    Keras masks a softmax (MultiHeadAttention's, any Softmax layer given a mask, and the scores of
+    Attention and AdditiveAttention under a padding or causal mask) by setting the masked scores
+    to -1e9 or subtracting 1e9 from them. In int8 that one tensor then spans [-1e9, 10]: its scale
+    rounds every real score to zero and attention becomes uniform. Here a masked score is set to
+    `MASK_MARGIN` below the smallest score of its row instead: its weight after the softmax is
+    below 1e-6 as before, and the tensor spans only the scores' own range plus the margin.
     """
     tf = _keras.tf
     patched = []
@@ -174,19 +175,27 @@ def quantizable_masking(model):
     # through its own Softmax layer, patched here like any other.
     fused = [layer for layer in _keras.all_layers(model)
              if hasattr(layer, "_masked_softmax") and getattr(layer, "_dropout", None) == 0.0]
+    # Attention and AdditiveAttention (both Keras) subtract 1e9 from masked scores in `_apply_scores`.
+    scored = [layer for layer in _keras.all_layers(model)
+              if hasattr(layer, "_apply_scores") and hasattr(layer, "_calculate_scores")
+              and "_apply_scores" not in vars(layer)]
     for layer in patched:
         layer.call = _masked_softmax(layer, tf)
     for layer in fused:
         layer._dropout = 1e-12
+    for layer in scored:
+        layer._apply_scores = _floored_scores(layer._apply_scores, tf)
     try:
-        yield [f"{len(patched)} masked softmax(es): masked scores set {MASK_MARGIN:g} below the row's smallest, "
-               "not to -1e9, so int8 keeps the scores"] \
-            if patched else []
+        count = len(patched) + len(scored)
+        yield [f"{count} masked softmax(es): masked scores set {MASK_MARGIN:g} below the row's smallest, "
+               "not to -1e9, so int8 keeps the scores"] if count else []
     finally:
         for layer in patched:
             del layer.call
         for layer in fused:
             layer._dropout = 0.0
+        for layer in scored:
+            del layer._apply_scores
 
 
 @contextlib.contextmanager
@@ -222,6 +231,21 @@ def builtin_argmax():
 
 
 MASK_MARGIN = 16.0  # masked logits sit this far below the smallest real one: exp(-16) < 1e-6
+
+
+def _floored_scores(apply_scores, tf):
+    """An attention layer's `_apply_scores` with its mask applied as a floor under each row, not as -1e9."""
+
+    def call(scores, value, scores_mask=None, training=False):
+        if scores_mask is not None:
+            keep = tf.cast(scores_mask, tf.bool) if scores_mask.dtype != tf.bool else scores_mask
+            if len(keep.shape) == 2:  # a value mask (batch, Tv), as Keras reads it: the same for every query
+                keep = tf.expand_dims(keep, axis=-2)
+            floor = tf.reduce_min(scores, axis=-1, keepdims=True) - MASK_MARGIN
+            scores = tf.where(keep, scores, floor)
+        return apply_scores(scores=scores, value=value, scores_mask=None, training=training)
+
+    return call
 
 
 def _masked_softmax(layer, tf):
