@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -404,6 +405,29 @@ def test_discretization_inside_the_model_is_named_with_what_to_do(version, tmp_p
                                               r"bucketing of raw values, which no quantizer makes integer: bucket the "
                                               r"values before the model and feed the bucket ids\)"):
         tfquant.quantize(path, tmp_path / "calib.npz", bench_runs=1, diagnose=False)
+
+
+def test_a_spectrogram_inside_the_model_is_named_with_what_to_do(tmp_path):
+    """Keras 3's MelSpectrogram converts to RFFT2D and ops on its complex result, none of which has an int8 form:
+    the error names the transform and says to compute the spectrogram before the model."""
+    from tfquant._keras import keras3
+    from tfquant.errors import StrictModeError
+
+    k = keras3()
+    inputs = k.Input((64,), name="wave")
+    x = k.layers.MelSpectrogram(fft_length=16, sequence_stride=4, sequence_length=16, num_mel_bins=8,
+                                sampling_rate=800, name="mel")(inputs)
+    path = tmp_path / "audio.keras"
+    k.Model(inputs, k.layers.Dense(3, activation="softmax")(k.layers.Flatten()(x))).save(path)
+    np.savez(tmp_path / "calib.npz", wave=np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32))
+    with pytest.raises(StrictModeError) as error:
+        tfquant.quantize(path, tmp_path / "calib.npz", bench_runs=1, diagnose=False)
+    message = str(error.value)
+    assert re.search(r"found float ops: RFFT2D#\d+ in layer 'mel' \(a Fourier transform \(a spectrogram layer\), "
+                     r"which no quantizer makes integer: compute the spectrogram before the model and feed it\)",
+                     message), message
+    assert re.search(r"(REAL|IMAG|SQUEEZE)#\d+ in layer 'mel' \(works on the complex result of a Fourier transform",
+                     message), message
 
 
 @pytest.mark.parametrize("version", [3, 2])

@@ -122,6 +122,7 @@ def _tensor(model, index: int, tensor) -> TensorInfo:
 
 
 # Why an op stays float in a file meant to be integer, where the answer is more than "no int8 form".
+_SPECTROGRAM = "compute the spectrogram before the model and feed it"
 _REASONS = {
     "DEQUANTIZE": "turns an integer tensor back to float for a float op after it",
     "QUANTIZE": "turns a float result back to integer for the ops after it",
@@ -129,7 +130,9 @@ _REASONS = {
     "CAST": "a dtype cast inside the graph",
     "BUCKETIZE": "Discretization's bucketing of raw values, which no quantizer makes integer: bucket the values before "
                  "the model and feed the bucket ids",
+    "RFFT2D": "a Fourier transform (a spectrogram layer), which no quantizer makes integer: " + _SPECTROGRAM,
 }
+_COMPLEX = "works on the complex result of a Fourier transform: " + _SPECTROGRAM
 _QUANTIZER_NAMES = {"converter": "TFLite's quantizer", "litert": "LiteRT Quantizer"}
 _WRAPPERS = ("StatefulPartitionedCall", "PartitionedCall", "serving_default", "functional", "sequential", "model")
 
@@ -148,7 +151,9 @@ def explain_float_ops(info: ModelInfo, layer_names: Iterable[str] = (), *, integ
         if not op.float:
             continue
         tensor = info.tensors[op.outputs[0]].name if op.outputs and op.subgraph == 0 else ""
-        reason = _REASONS.get(op.name, f"{_QUANTIZER_NAMES.get(quantizer, quantizer)} has no integer form of {op.name}") \
+        complex_io = any(dtype.startswith("complex") for dtype in (*op.input_dtypes, *op.output_dtypes))
+        reason = _REASONS.get(op.name, _COMPLEX if complex_io else
+                              f"{_QUANTIZER_NAMES.get(quantizer, quantizer)} has no integer form of {op.name}") \
             if integer_mode \
             else f"mode {mode} computes it in float"
         if tensor in denied and op.name not in ("QUANTIZE", "DEQUANTIZE"):
