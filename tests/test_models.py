@@ -261,6 +261,24 @@ def test_causal_attention_keeps_its_scores_in_int8(kind, version, digits, tmp_pa
 
 
 @pytest.mark.parametrize("version", [3, 2])
+def test_attention_over_two_axes_is_one_int8_softmax(version, digits, tmp_path):
+    """MultiHeadAttention with `attention_axes=(1, 2)` (attention over an image's rows and columns) takes its
+    softmax over two axes, which Keras writes as exp(x - logsumexp(x)): EXP, SUM and LOG each rounded in int8.
+    The trace merges the axes into one SOFTMAX."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image")
+    x = k.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = k.layers.Add()([x, k.layers.MultiHeadAttention(2, 8, attention_axes=(1, 2))(x, x)])
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(k.layers.Flatten()(x)))
+    result = _trained_and_quantized(k, model, digits, tmp_path, epochs=6)
+    _assert_int8_follows_keras(model, result, digits, least=0.8)
+    assert not {"EXP", "LOG"} & {op.name for op in result.info.ops}, sorted({op.name for op in result.info.ops})
+
+
+@pytest.mark.parametrize("version", [3, 2])
 def test_a_model_whose_input_fixes_a_batch_of_8_is_run_one_sample_per_invoke(version, digits, tmp_path):
     """`Input(..., batch_size=8)`: traced at 8, Keras 3's Flatten bakes 8 x 576 into its RESHAPE and
     no sample could be run alone; the file takes one sample per invoke, and says so."""

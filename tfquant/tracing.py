@@ -259,7 +259,22 @@ def _masked_softmax(layer, tf):
             floor = tf.reduce_min(inputs, axis=axis, keepdims=True) - MASK_MARGIN
             inputs = tf.where(keep, inputs, floor)
         if isinstance(axis, (list, tuple)):
-            return tf.exp(inputs - tf.reduce_logsumexp(inputs, axis=axis, keepdims=True))
+            return _softmax_over(inputs, axis, tf)
         return tf.nn.softmax(inputs, axis=axis)
 
     return call
+
+
+def _softmax_over(inputs, axes, tf):
+    """A softmax over several axes (MultiHeadAttention with `attention_axes`) as one SOFTMAX over their
+    merged length, which has an int8 kernel; Keras writes it as exp(x - logsumexp(x)), whose EXP, SUM
+    and LOG each round in int8. The axes are moved last, merged, and put back."""
+    rank = inputs.shape.rank
+    axes = sorted({a % rank for a in axes})
+    rest = [a for a in range(rank) if a not in axes]
+    order = rest + axes
+    moved = inputs if order == list(range(rank)) else tf.transpose(inputs, order)
+    shape = tf.shape(moved)
+    merged = tf.reshape(moved, tf.concat([shape[:len(rest)], [-1]], axis=0))
+    out = tf.reshape(tf.nn.softmax(merged, axis=-1), shape)
+    return out if order == list(range(rank)) else tf.transpose(out, [order.index(a) for a in range(rank)])
