@@ -170,19 +170,20 @@ def quantizable_masking(model):
     for layer in _keras.all_layers(model):
         if type(layer).__name__ == "Softmax" and "call" not in vars(layer):
             patched.append(layer)
-    # Keras 3's MultiHeadAttention takes a fused path (ops.dot_product_attention, which masks the
-    # logits the same way) unless it has dropout; a dropout rate that inference ignores sends it
-    # through its own Softmax layer, patched here like any other.
-    fused = [layer for layer in _keras.all_layers(model)
-             if hasattr(layer, "_masked_softmax") and getattr(layer, "_dropout", None) == 0.0]
+    # Keras 3's MultiHeadAttention and GroupQueryAttention take a fused path (ops.dot_product_attention,
+    # which masks the logits the same way) unless they have dropout; a dropout rate that inference
+    # ignores sends them through their own Softmax layer, patched here like any other.
+    rate = lambda layer: "_dropout" if hasattr(layer, "_dropout") else "dropout"  # noqa: E731 (MHA's, GQA's)
+    fused = [(layer, rate(layer)) for layer in _keras.all_layers(model)
+             if hasattr(layer, "_masked_softmax") and getattr(layer, rate(layer), None) == 0.0]
     # Attention and AdditiveAttention (both Keras) subtract 1e9 from masked scores in `_apply_scores`.
     scored = [layer for layer in _keras.all_layers(model)
               if hasattr(layer, "_apply_scores") and hasattr(layer, "_calculate_scores")
               and "_apply_scores" not in vars(layer)]
     for layer in patched:
         layer.call = _masked_softmax(layer, tf)
-    for layer in fused:
-        layer._dropout = 1e-12
+    for layer, name in fused:
+        setattr(layer, name, 1e-12)
     for layer in scored:
         layer._apply_scores = _floored_scores(layer._apply_scores, tf)
     try:
@@ -192,8 +193,8 @@ def quantizable_masking(model):
     finally:
         for layer in patched:
             del layer.call
-        for layer in fused:
-            layer._dropout = 0.0
+        for layer, name in fused:
+            setattr(layer, name, 0.0)
         for layer in scored:
             del layer._apply_scores
 
