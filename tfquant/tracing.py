@@ -234,16 +234,20 @@ def builtin_argmax():
 MASK_MARGIN = 16.0  # masked logits sit this far below the smallest real one: exp(-16) < 1e-6
 
 
+def _floored(scores, mask, axis, tf):
+    """`scores` where `mask` keeps them, elsewhere `MASK_MARGIN` below the smallest score along `axis`."""
+    keep = tf.cast(mask, tf.bool) if mask.dtype != tf.bool else mask
+    return tf.where(keep, scores, tf.reduce_min(scores, axis=axis, keepdims=True) - MASK_MARGIN)
+
+
 def _floored_scores(apply_scores, tf):
     """An attention layer's `_apply_scores` with its mask applied as a floor under each row, not as -1e9."""
 
     def call(scores, value, scores_mask=None, training=False):
         if scores_mask is not None:
-            keep = tf.cast(scores_mask, tf.bool) if scores_mask.dtype != tf.bool else scores_mask
-            if len(keep.shape) == 2:  # a value mask (batch, Tv), as Keras reads it: the same for every query
-                keep = tf.expand_dims(keep, axis=-2)
-            floor = tf.reduce_min(scores, axis=-1, keepdims=True) - MASK_MARGIN
-            scores = tf.where(keep, scores, floor)
+            if len(scores_mask.shape) == 2:  # a value mask (batch, Tv), as Keras reads it: the same for every query
+                scores_mask = tf.expand_dims(scores_mask, axis=-2)
+            scores = _floored(scores, scores_mask, -1, tf)
         return apply_scores(scores=scores, value=value, scores_mask=None, training=training)
 
     return call
@@ -256,9 +260,7 @@ def _masked_softmax(layer, tf):
 
     def call(inputs, mask=None):
         if mask is not None:
-            keep = tf.cast(mask, tf.bool) if mask.dtype != tf.bool else mask
-            floor = tf.reduce_min(inputs, axis=axis, keepdims=True) - MASK_MARGIN
-            inputs = tf.where(keep, inputs, floor)
+            inputs = _floored(inputs, mask, axis, tf)
         if isinstance(axis, (list, tuple)):
             return _softmax_over(inputs, axis, tf)
         return tf.nn.softmax(inputs, axis=axis)
