@@ -6,6 +6,10 @@ import collections
 import contextlib
 from unittest import mock
 
+import numpy as np
+import pytest
+
+import tfquant
 from tfquant.inspect import FLOAT_DTYPES
 from tfquant.types import ModelInfo, Report
 
@@ -52,3 +56,25 @@ def counted():
     with wrap(prepare, "export", "export"), wrap(pipeline, "calibration_for", "calibrate"), \
             wrap(convert_stage, "quantize_calibrated", "quantize"):
         yield calls
+
+
+def trained_and_quantized(k, model, digits, tmp_path, *, epochs: int, batch_size: int = 32, samples=None):
+    """Fit `model` on the digits, save it as .keras and convert the file with default options."""
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(digits["x"][:samples], digits["y"][:samples], batch_size=batch_size, epochs=epochs, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    np.savez(tmp_path / "calib.npz", image=digits["x"][:200])
+    np.savez(tmp_path / "test.npz", image=digits["x_test"], y=digits["y_test"])
+    return tfquant.quantize(path, tmp_path / "calib.npz", eval_data=tmp_path / "test.npz", bench_runs=1,
+                            diagnose=False)
+
+
+def assert_int8_follows_keras(model, result, digits, *, least: float) -> None:
+    """Fully integer; the float file as accurate as Keras on the test digits (and above `least`); int8 agreeing
+    with float on 97 % of them or more."""
+    assert_every_op_integer(result.info)
+    keras_accuracy = float(np.mean(model.predict(digits["x_test"], verbose=0).argmax(axis=1) == digits["y_test"]))
+    output = result.report.outputs[0]
+    assert output.float.accuracy == pytest.approx(keras_accuracy, abs=1e-9) and keras_accuracy > least
+    assert output.quantized.agreement >= 0.97, output.quantized.agreement

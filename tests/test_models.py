@@ -13,7 +13,7 @@ from tfquant.errors import ModelLoadError
 from tfquant.model_config import read_config
 from tfquant.models import load_model
 
-from checks import assert_every_op_integer
+from checks import assert_every_op_integer, trained_and_quantized
 
 
 @pytest.mark.parametrize("fmt, flavor", [("keras", "keras2"), ("h5", "keras2"), ("saved_model", "saved_model")])
@@ -165,160 +165,6 @@ def test_a_subclassed_model_called_once_converts_to_full_int8(version, digits, t
         assert [(s.shape, s.dtype) for s in load_model(tokens).inputs] == [((None, 32), "int32")]
 
 
-def _trained_and_quantized(k, model, digits, tmp_path, *, epochs: int, batch_size: int = 32, samples=None):
-    """Fit `model` on the digits, save it as .keras and convert the file with default options."""
-    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    model.fit(digits["x"][:samples], digits["y"][:samples], batch_size=batch_size, epochs=epochs, verbose=0)
-    path = tmp_path / "model.keras"
-    model.save(path)
-    np.savez(tmp_path / "calib.npz", image=digits["x"][:200])
-    np.savez(tmp_path / "test.npz", image=digits["x_test"], y=digits["y_test"])
-    return tfquant.quantize(path, tmp_path / "calib.npz", eval_data=tmp_path / "test.npz", bench_runs=1,
-                            diagnose=False)
-
-
-def _assert_int8_follows_keras(model, result, digits, *, least: float) -> None:
-    """Fully integer; the float file as accurate as Keras on the test digits (and above `least`); int8 agreeing
-    with float on 97 % of them or more."""
-    assert_every_op_integer(result.info)
-    keras_accuracy = float(np.mean(model.predict(digits["x_test"], verbose=0).argmax(axis=1) == digits["y_test"]))
-    output = result.report.outputs[0]
-    assert output.float.accuracy == pytest.approx(keras_accuracy, abs=1e-9) and keras_accuracy > least
-    assert output.quantized.agreement >= 0.97, output.quantized.agreement
-
-
-@pytest.mark.parametrize("version", [3, 2])
-def test_recurrent_layers_with_dropout_convert_as_they_infer(version, digits, tmp_path):
-    """Keras 3's recurrent cells draw dropout masks on every call, inference too (a seed generator's state
-    assigned in the graph): `recurrent_dropout` made an LSTM unconvertible ("expected a graph whose
-    variables can be frozen"). The trace leaves the masks out, which inference never applies."""
-    from tfquant._keras import keras, keras3
-
-    k = keras3() if version == 3 else keras
-    k.utils.set_random_seed(0)
-    inputs = k.Input((8, 8, 1), name="image")
-    x = k.layers.Reshape((8, 8))(inputs)
-    x = k.layers.Bidirectional(k.layers.LSTM(16, dropout=0.1, recurrent_dropout=0.1, return_sequences=True))(x)
-    x = k.layers.GRU(16, recurrent_dropout=0.2)(x)
-    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
-    result = _trained_and_quantized(k, model, digits, tmp_path, epochs=4)
-    _assert_int8_follows_keras(model, result, digits, least=0.6)
-    assert model.layers[2].forward_layer.cell.recurrent_dropout == 0.1  # put back after the trace
-
-
-@pytest.mark.parametrize("version", [3, 2])
-def test_a_gru_that_resets_before_its_product_is_fully_integer(version, digits, tmp_path):
-    """`GRU(reset_after=False)` splits its recurrent product in three and reads two parts; in tf_keras the
-    quantizer left some of those SPLIT_Vs float, between a DEQUANTIZE and QUANTIZEs. They copy the int8
-    tensor instead."""
-    from tfquant._keras import keras, keras3
-
-    k = keras3() if version == 3 else keras
-    k.utils.set_random_seed(0)
-    inputs = k.Input((8, 8, 1), name="image")
-    x = k.layers.GRU(24, reset_after=False)(k.layers.Reshape((8, 8))(inputs))
-    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
-    result = _trained_and_quantized(k, model, digits, tmp_path, epochs=6)
-    assert_every_op_integer(result.info)
-    output = result.report.outputs[0]
-    assert output.float.accuracy > 0.85 and output.quantized.agreement >= 0.97, output
-
-
-@pytest.mark.parametrize("version", [3, 2])
-def test_an_encoder_whose_states_start_a_decoder_converts_to_full_int8(version, digits, tmp_path):
-    """The sequence-to-sequence pattern: an LSTM's final states (`return_state`) are the `initial_state` of
-    another LSTM reading the rest of the sequence. Both are unrolled, the states carried as tensors."""
-    from tfquant._keras import keras, keras3
-
-    k = keras3() if version == 3 else keras
-    k.utils.set_random_seed(0)
-    inputs = k.Input((8, 8, 1), name="image")
-    rows = k.layers.Reshape((8, 8))(inputs)
-    _, h, c = k.layers.LSTM(16, return_state=True)(k.layers.Cropping1D((0, 4))(rows))
-    x = k.layers.LSTM(16)(k.layers.Cropping1D((4, 0))(rows), initial_state=[h, c])
-    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
-    result = _trained_and_quantized(k, model, digits, tmp_path, epochs=6)
-    _assert_int8_follows_keras(model, result, digits, least=0.8)
-
-
-@pytest.mark.parametrize("version", [3, 2])
-@pytest.mark.parametrize("kind", ["Attention", "AdditiveAttention"])
-def test_causal_attention_keeps_its_scores_in_int8(kind, version, digits, tmp_path):
-    """Attention and AdditiveAttention mask by subtracting 1e9 from the masked scores: in int8 that
-    tensor's scale rounded every real score to zero (Attention with `use_causal_mask`: 75 % agreement).
-    The trace floors masked scores under their row instead."""
-    from tfquant._keras import keras, keras3
-
-    k = keras3() if version == 3 else keras
-    k.utils.set_random_seed(0)
-    inputs = k.Input((8, 8, 1), name="image")
-    h = k.layers.Dense(16)(k.layers.Reshape((8, 8))(inputs))
-    x = k.layers.Flatten()(getattr(k.layers, kind)()([h, h], use_causal_mask=True))
-    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
-    result = _trained_and_quantized(k, model, digits, tmp_path, epochs=8)
-    _assert_int8_follows_keras(model, result, digits, least=0.8)
-    assert any("masked softmax" in note for note in result.report.export.notes), result.report.export
-
-
-@pytest.mark.parametrize("version", [3, 2])
-def test_attention_under_a_padding_mask_keeps_its_scores_in_int8(version, tmp_path):
-    """An Embedding with `mask_zero` masks the padded keys of an Attention layer (a (batch, Tv) mask that Keras
-    spreads over every query): 96.7 % (Keras 3) and 95.5 % (Keras 2) agreement with float before the floor."""
-    from tfquant import zoo
-    from tfquant._keras import keras, keras3
-
-    k = keras3() if version == 3 else keras
-    k.utils.set_random_seed(0)
-    data = zoo.tokens()
-    inputs = k.Input((32,), dtype="int32", name="tokens")
-    h = k.layers.Dense(16)(k.layers.Embedding(18, 16, mask_zero=True)(inputs))
-    x = k.layers.Flatten()(k.layers.Concatenate()([k.layers.Attention()([h, h]), h]))
-    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
-    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    model.fit(data.train["tokens"], data.train["y"], batch_size=32, epochs=8, verbose=0)
-    model.save(tmp_path / "model.keras")
-    np.savez(tmp_path / "calib.npz", tokens=data.train["tokens"][:200])
-    np.savez(tmp_path / "test.npz", **data.test)
-    result = tfquant.quantize(tmp_path / "model.keras", tmp_path / "calib.npz", eval_data=tmp_path / "test.npz",
-                              bench_runs=1, diagnose=False)
-    _assert_int8_follows_keras(model, result, {"x_test": data.test["tokens"], "y_test": data.test["y"]}, least=0.8)
-
-
-def test_grouped_query_attention_under_a_causal_mask_keeps_its_scores_in_int8(digits, tmp_path):
-    """Keras 3's GroupQueryAttention takes the fused ops.dot_product_attention path when it has no dropout, which
-    masks scores with -1e9 (83 % agreement with float); traced through its own Softmax, the mask is a floor."""
-    from tfquant._keras import keras3
-
-    k = keras3()
-    k.utils.set_random_seed(0)
-    inputs = k.Input((8, 8, 1), name="image")
-    h = k.layers.Dense(32)(k.layers.Reshape((8, 8))(inputs))
-    a = k.layers.GroupQueryAttention(head_dim=8, num_query_heads=4, num_key_value_heads=2)(h, h, use_causal_mask=True)
-    x = k.layers.Flatten()(k.layers.Add()([h, a]))
-    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
-    result = _trained_and_quantized(k, model, digits, tmp_path, epochs=8)
-    _assert_int8_follows_keras(model, result, digits, least=0.8)
-    assert model.layers[3].dropout == 0.0  # put back after the trace
-
-
-@pytest.mark.parametrize("version", [3, 2])
-def test_attention_over_two_axes_is_one_int8_softmax(version, digits, tmp_path):
-    """MultiHeadAttention with `attention_axes=(1, 2)` (attention over an image's rows and columns) takes its
-    softmax over two axes, which Keras writes as exp(x - logsumexp(x)): EXP, SUM and LOG each rounded in int8.
-    The trace merges the axes into one SOFTMAX."""
-    from tfquant._keras import keras, keras3
-
-    k = keras3() if version == 3 else keras
-    k.utils.set_random_seed(0)
-    inputs = k.Input((8, 8, 1), name="image")
-    x = k.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
-    x = k.layers.Add()([x, k.layers.MultiHeadAttention(2, 8, attention_axes=(1, 2))(x, x)])
-    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(k.layers.Flatten()(x)))
-    result = _trained_and_quantized(k, model, digits, tmp_path, epochs=6)
-    _assert_int8_follows_keras(model, result, digits, least=0.8)
-    assert not {"EXP", "LOG"} & {op.name for op in result.info.ops}, sorted({op.name for op in result.info.ops})
-
-
 @pytest.mark.parametrize("version", [3, 2])
 def test_a_model_whose_input_fixes_a_batch_of_8_is_run_one_sample_per_invoke(version, digits, tmp_path):
     """`Input(..., batch_size=8)`: traced at 8, Keras 3's Flatten bakes 8 x 576 into its RESHAPE and
@@ -331,7 +177,7 @@ def test_a_model_whose_input_fixes_a_batch_of_8_is_run_one_sample_per_invoke(ver
     inputs = k.Input((8, 8, 1), name="image", batch_size=8)
     x = k.layers.Flatten()(k.layers.Conv2D(16, 3, activation="relu")(inputs))
     model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
-    result = _trained_and_quantized(k, model, digits, tmp_path, batch_size=8, epochs=3, samples=1432)
+    result = trained_and_quantized(k, model, digits, tmp_path, batch_size=8, epochs=3, samples=1432)
     assert_every_op_integer(result.info)
     assert [p.signature for p in Runner(result.tflite, num_threads=1).inputs] == [(1, 8, 8, 1)]
     assert result.report.export.notes[0] == \
@@ -399,7 +245,7 @@ def test_a_mixed_precision_model_computes_in_float32_for_the_export(version, dig
     x = k.layers.Conv2D(16, 3, activation="relu", dtype="mixed_float16")(inputs)
     x = k.layers.Dense(10, dtype="mixed_float16")(k.layers.Flatten(dtype="mixed_float16")(x))
     model = k.Model(inputs, k.layers.Activation("softmax", dtype="float32", name="probs")(x))
-    result = _trained_and_quantized(k, model, digits, tmp_path, epochs=6)
+    result = trained_and_quantized(k, model, digits, tmp_path, epochs=6)
     assert_every_op_integer(result.info)
     assert any(note.startswith("layers of dtype policy mixed_float16 compute in float32") for note in
                result.report.export.notes), result.report.export.notes

@@ -1,0 +1,61 @@
+"""Recurrent layers traced as they infer: dropout left out, GRU variants, one layer's states starting another."""
+
+from __future__ import annotations
+
+import pytest
+
+from checks import assert_every_op_integer, assert_int8_follows_keras, trained_and_quantized
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_recurrent_layers_with_dropout_convert_as_they_infer(version, digits, tmp_path):
+    """Keras 3's recurrent cells draw dropout masks on every call, inference too (a seed generator's state
+    assigned in the graph): `recurrent_dropout` made an LSTM unconvertible ("expected a graph whose
+    variables can be frozen"). The trace leaves the masks out, which inference never applies."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image")
+    x = k.layers.Reshape((8, 8))(inputs)
+    x = k.layers.Bidirectional(k.layers.LSTM(16, dropout=0.1, recurrent_dropout=0.1, return_sequences=True))(x)
+    x = k.layers.GRU(16, recurrent_dropout=0.2)(x)
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
+    result = trained_and_quantized(k, model, digits, tmp_path, epochs=4)
+    assert_int8_follows_keras(model, result, digits, least=0.6)
+    assert model.layers[2].forward_layer.cell.recurrent_dropout == 0.1  # put back after the trace
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_gru_that_resets_before_its_product_is_fully_integer(version, digits, tmp_path):
+    """`GRU(reset_after=False)` splits its recurrent product in three and reads two parts; in tf_keras the
+    quantizer left some of those SPLIT_Vs float, between a DEQUANTIZE and QUANTIZEs. They copy the int8
+    tensor instead."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image")
+    x = k.layers.GRU(24, reset_after=False)(k.layers.Reshape((8, 8))(inputs))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
+    result = trained_and_quantized(k, model, digits, tmp_path, epochs=6)
+    assert_every_op_integer(result.info)
+    output = result.report.outputs[0]
+    assert output.float.accuracy > 0.85 and output.quantized.agreement >= 0.97, output
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_an_encoder_whose_states_start_a_decoder_converts_to_full_int8(version, digits, tmp_path):
+    """The sequence-to-sequence pattern: an LSTM's final states (`return_state`) are the `initial_state` of
+    another LSTM reading the rest of the sequence. Both are unrolled, the states carried as tensors."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image")
+    rows = k.layers.Reshape((8, 8))(inputs)
+    _, h, c = k.layers.LSTM(16, return_state=True)(k.layers.Cropping1D((0, 4))(rows))
+    x = k.layers.LSTM(16)(k.layers.Cropping1D((4, 0))(rows), initial_state=[h, c])
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
+    result = trained_and_quantized(k, model, digits, tmp_path, epochs=6)
+    assert_int8_follows_keras(model, result, digits, least=0.8)
