@@ -21,7 +21,7 @@ demo: $(STAMP)
 ## test: the whole suite (real TensorFlow, real interpreter), one test file per worker on the two cores;
 ## pytest's "no tests" (exit 5) fails too
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=20
 
 ## bench: tfquant against the plain TensorFlow flow, written to bench/results.{json,md}
 bench: $(STAMP)
