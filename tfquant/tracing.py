@@ -166,20 +166,20 @@ def quantizable_masking(model):
     below 1e-6 as before, and the tensor spans only the scores' own range plus the margin.
     """
     tf = _keras.tf
-    patched = []
+    patched, fused, scored = [], [], []
     for layer in _keras.all_layers(model):
         if type(layer).__name__ == "Softmax" and "call" not in vars(layer):
             patched.append(layer)
-    # Keras 3's MultiHeadAttention and GroupQueryAttention take a fused path (ops.dot_product_attention,
-    # which masks the logits the same way) unless they have dropout; a dropout rate that inference
-    # ignores sends them through their own Softmax layer, patched here like any other.
-    rate = lambda layer: "_dropout" if hasattr(layer, "_dropout") else "dropout"  # noqa: E731 (MHA's, GQA's)
-    fused = [(layer, rate(layer)) for layer in _keras.all_layers(model)
-             if hasattr(layer, "_masked_softmax") and getattr(layer, rate(layer), None) == 0.0]
-    # Attention and AdditiveAttention (both Keras) subtract 1e9 from masked scores in `_apply_scores`.
-    scored = [layer for layer in _keras.all_layers(model)
-              if hasattr(layer, "_apply_scores") and hasattr(layer, "_calculate_scores")
-              and "_apply_scores" not in vars(layer)]
+        elif hasattr(layer, "_masked_softmax"):
+            # Keras 3's MultiHeadAttention (`_dropout`) and GroupQueryAttention (`dropout`) take a fused path
+            # (ops.dot_product_attention, which masks the logits the same way) unless they have dropout; a
+            # rate that inference ignores sends them through their own Softmax layer, patched like any other.
+            rate = "_dropout" if hasattr(layer, "_dropout") else "dropout"
+            if getattr(layer, rate, None) == 0.0:
+                fused.append((layer, rate))
+        elif hasattr(layer, "_apply_scores") and hasattr(layer, "_calculate_scores") \
+                and "_apply_scores" not in vars(layer):
+            scored.append(layer)  # Attention and AdditiveAttention subtract 1e9 from masked scores here
     for layer in patched:
         layer.call = _masked_softmax(layer, tf)
     for layer, name in fused:
@@ -276,8 +276,9 @@ def _softmax_over(inputs, axes, tf):
     axes = sorted({a % rank for a in axes})
     rest = [a for a in range(rank) if a not in axes]
     order = rest + axes
-    moved = inputs if order == list(range(rank)) else tf.transpose(inputs, order)
+    in_place = order == list(range(rank))  # the axes are already the last ones
+    moved = inputs if in_place else tf.transpose(inputs, order)
     shape = tf.shape(moved)
     merged = tf.reshape(moved, tf.concat([shape[:len(rest)], [-1]], axis=0))
     out = tf.reshape(tf.nn.softmax(merged, axis=-1), shape)
-    return out if order == list(range(rank)) else tf.transpose(out, [order.index(a) for a in range(rank)])
+    return out if in_place else tf.transpose(out, [order.index(a) for a in range(rank)])
