@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from zoo_cache import HEAVY, trained
+from zoo_cache import trained
 
 from checks import assert_every_op_integer
 from tfquant import zoo
-
-LIGHT = [name for name in zoo.ZOO if name not in HEAVY]
 
 
 @pytest.mark.parametrize("name", list(zoo.ZOO))
@@ -27,7 +25,6 @@ def test_keras3_models_rebuild_as_tf_keras_with_the_same_outputs(name):
     assert kinds <= {"tf_keras", "op"}, kinds
 
 
-CLASSIFIERS = [name for name in LIGHT if zoo.ZOO[name].classifier and not isinstance(zoo.ZOO[name].loss, dict)]
 # Keras 3, the harder path (every layer rebuilt as tf_keras for tfmot), one model per layer
 # family: GRU, attention, two inputs, two outputs. The rebuild of every zoo model (the masked
 # embedding LSTM and Bidirectional among them) is checked output for output by
