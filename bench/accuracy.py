@@ -52,19 +52,16 @@ def log(message: str) -> None:
 
 
 def measure(name: str, files: dict[str, Path]) -> dict:
-    import tfquant
+    from bench.models import quantize_measured
 
     row: dict = {"model": name, "cells": {}, "measured": time.strftime("%Y-%m-%d")}
     for technique, options in TECHNIQUES.items():
         started = time.perf_counter()
-        try:
-            result = tfquant.quantize(files["model"], files["calib"], eval_data=files["eval"], bench_runs=5,
-                                      diagnose=False, **options)
-        except tfquant.TfquantError as exc:
-            result = getattr(exc, "result", None)
-            if result is None:
-                row["cells"][technique] = {"error": str(exc)[:200]}
-                continue
+        result, error = quantize_measured(files["model"], files["calib"], eval_data=files["eval"], bench_runs=5,
+                                          diagnose=False, **options)
+        if result is None:
+            row["cells"][technique] = {"error": error[:200]}
+            continue
         report = result.report
         row["float"] = report.float_file.accuracy
         row["cells"][technique] = {"accuracy": report.quantized.accuracy, "fully_integer": report.quantized.fully_integer,

@@ -38,17 +38,14 @@ def log(message: str) -> None:
 
 def convert(path: Path, calib: Path, test: Path, options: dict) -> dict:
     """One int8 file of `path` on `calib`, measured on `test` (a classifier's first output)."""
-    import tfquant
+    from bench.models import quantize_measured
     from tfquant.types import Recipe
 
     started = time.perf_counter()
     recipe = Recipe(**options) if options else None
-    try:
-        result = tfquant.quantize(path, calib, eval_data=test, bench_runs=1, diagnose=False, recipe=recipe)
-    except tfquant.TfquantError as exc:
-        result = getattr(exc, "result", None)
-        if result is None:
-            return {"error": str(exc), "seconds": round(time.perf_counter() - started, 1)}
+    result, error = quantize_measured(path, calib, eval_data=test, bench_runs=1, diagnose=False, recipe=recipe)
+    if result is None:
+        return {"error": error, "seconds": round(time.perf_counter() - started, 1)}
     output = result.report.outputs[0]
     return {"seconds": round(time.perf_counter() - started, 1), "fully_integer": result.report.quantized.fully_integer,
             "float": output.float.accuracy, "accuracy": output.quantized.accuracy,

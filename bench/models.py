@@ -8,6 +8,7 @@ network is fully convolutional, so the 224x224 model reuses the 96x96 weights.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
@@ -109,3 +110,15 @@ def build_all(log=print) -> dict[str, dict]:
     x224_calib = upscale(x[calib_idx], 224)
     models["mobilenetv2_224"] = {"path": path224, "calib": x224_calib, "x_test": upscale(x_test, 224), "y_test": y_test}
     return models
+
+
+def quantize_measured(model: Any, calibration: Any, **options: Any) -> tuple[Any, Optional[str]]:
+    """`tfquant.quantize` for a bench row: (result, error text). A budget or strict-mode failure still
+    carries the file it measured, which the row reports beside the error; the result is None only where
+    no file was made."""
+    import tfquant
+
+    try:
+        return tfquant.quantize(model, calibration, **options), None
+    except tfquant.TfquantError as exc:
+        return getattr(exc, "result", None), str(exc)

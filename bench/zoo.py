@@ -31,7 +31,7 @@ def log(message: str) -> None:
 def row(name: str, version: int, folder: Path, *, with_qat: bool = False) -> dict:
     import numpy as np
 
-    import tfquant
+    from bench.models import quantize_measured
     from tfquant import zoo
 
     started = time.perf_counter()
@@ -44,12 +44,7 @@ def row(name: str, version: int, folder: Path, *, with_qat: bool = False) -> dic
     calib = folder / f"{name}_calib.npz"
     np.savez(calib, **{k: v[:300] for k, v in data.train.items() if not k.startswith("y")})
     started = time.perf_counter()
-    try:
-        result = tfquant.quantize(path, calib, eval_data=test, bench_runs=50)
-        error = None
-    except tfquant.TfquantError as exc:
-        result = getattr(exc, "result", None)
-        error = str(exc)
+    result, error = quantize_measured(path, calib, eval_data=test, bench_runs=50)
     seconds = time.perf_counter() - started
     entry = {"model": name, "keras": version, "kind": zoo.ZOO[name].kind, "measured": time.strftime("%Y-%m-%d"),
              "train_seconds": round(trained, 1),
@@ -90,16 +85,12 @@ def qat_row(path: Path, data, calib: Path, test: Path, folder: Path) -> dict:
 
 def litert_row(path: Path, calib: Path, test: Path) -> dict:
     """The same model, float file and samples through LiteRT Quantizer (`--quantizer litert`)."""
-    import tfquant
+    from bench.models import quantize_measured
     from tfquant.types import Recipe
 
     started = time.perf_counter()
-    try:
-        result = tfquant.quantize(path, calib, eval_data=test, bench_runs=10, diagnose=False,
-                                  recipe=Recipe(quantizer="litert"))
-        error = None
-    except tfquant.TfquantError as exc:
-        result, error = getattr(exc, "result", None), str(exc)
+    result, error = quantize_measured(path, calib, eval_data=test, bench_runs=10, diagnose=False,
+                                      recipe=Recipe(quantizer="litert"))
     entry = {"seconds": round(time.perf_counter() - started, 1), "error": error}
     if result is not None:
         report = result.report
