@@ -116,6 +116,7 @@ def tensor_like(graph, index: int, name: bytes, tensor_type: int, quantization=N
 def op_options(builtin: int):
     """(builtinOptionsType, builtinOptions) of a new op: no fused activation where it has one."""
     kinds = {schema.BuiltinOperator.ADD: (schema.BuiltinOptions.AddOptions, schema.AddOptionsT),
+             schema.BuiltinOperator.SUB: (schema.BuiltinOptions.SubOptions, schema.SubOptionsT),
              schema.BuiltinOperator.MUL: (schema.BuiltinOptions.MulOptions, schema.MulOptionsT),
              schema.BuiltinOperator.EXP: (schema.BuiltinOptions.ExpOptions, schema.ExpOptionsT)}
     if builtin not in kinds:

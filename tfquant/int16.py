@@ -26,7 +26,8 @@ import copy as copy_module
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from .flatbuffer import builtin_of, float_constant, read_model, readers_of, write_model
+from .flatbuffer import (builtin_of, drop_unused_opcodes, float_constant, has_range, new_op, op_options, opcode,
+                         read_model, readers_of, tensor_like, write_model)
 
 _BIASED = {schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D,
            schema.BuiltinOperator.DEPTHWISE_CONV_2D}
@@ -40,9 +41,41 @@ def for_int16x8(calibrated: bytes) -> bytes:
     """`calibrated` with a bias tensor of its own for every dense and convolution op, a value of its
     own for every FILL, and a buffer of its own for every constant tensor."""
     model = read_model(calibrated)
-    changed = _unshare_constants(model)
+    changed = _squared_differences_spelled_out(model)
+    changed = _unshare_constants(model) or changed
     changed = _unshare_buffers(model) or changed
+    drop_unused_opcodes(model)
     return write_model(model) if changed else calibrated
+
+
+def _squared_differences_spelled_out(model) -> bool:
+    """Every SQUARED_DIFFERENCE(x, y) (LayerNormalization's variance) as t = SUB(x, y), MUL(t, t), in place;
+    returns whether there was one.
+
+    TFLite's int16x8 quantizer quantizes SQUARED_DIFFERENCE, but the interpreter has no int16 kernel
+    for it and stops on the file. The calibrated file has no range for the new `t`; the square's
+    has one, [0, m], and |t| <= sqrt(m) is the bound int16's symmetric scale takes."""
+    changed = False
+    for graph in model.subgraphs:
+        for op in list(graph.operators):
+            if builtin_of(model, op) != schema.BuiltinOperator.SQUARED_DIFFERENCE:
+                continue
+            out = int(op.outputs[0])
+            square = graph.tensors[out]
+            if not has_range(square):
+                continue
+            bound = float(np.sqrt(max(float(square.quantization.max[0]), 0.0)))
+            quantization = schema.QuantizationParametersT()
+            quantization.min, quantization.max = [-bound], [bound]
+            difference = tensor_like(graph, out, (square.name or b"squared_difference") + b"/difference",
+                                     schema.TensorType.FLOAT32, quantization)
+            at = graph.operators.index(op)
+            graph.operators.insert(at, new_op(model, schema.BuiltinOperator.SUB, list(op.inputs), [difference]))
+            op.inputs = [difference, difference]
+            op.opcodeIndex = opcode(model, schema.BuiltinOperator.MUL)
+            op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.MUL)
+            changed = True
+    return changed
 
 
 def _unshare_constants(model) -> bool:

@@ -1,0 +1,40 @@
+"""int16x8 (int16 activations, int8 weights) on the layers that TFLite's int16x8 quantizer mishandles."""
+
+from __future__ import annotations
+
+import pytest
+
+import tfquant
+
+from checks import assert_every_op_integer
+
+
+def _rows(digits) -> tuple[dict, tuple]:
+    return {"rows": digits["x"][:200, ..., 0]}, ({"rows": digits["x_test"][..., 0]}, digits["y_test"])
+
+
+def _fitted(k, model, digits):
+    model.compile(optimizer=k.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    model.fit(digits["x"][..., 0], digits["y"], epochs=4, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_int16x8_of_a_layer_normalization_runs_on_the_interpreter(version, digits):
+    """LayerNormalization's variance converts as SQUARED_DIFFERENCE, which TFLite's int16x8 quantizer
+    quantizes and the interpreter has no int16 kernel for: every model with the layer (each Transformer)
+    stopped at its first sample. It is now SUB then MUL."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8), name="rows")
+    x = k.layers.Flatten()(k.layers.LayerNormalization()(k.layers.Dense(16)(inputs)))
+    model = _fitted(k, k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x)), digits)
+    calibration, evaluation = _rows(digits)
+    result = tfquant.quantize(model, calibration, eval_data=evaluation, mode="int16x8", bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    names = {op.name for op in result.info.ops}
+    assert "SQUARED_DIFFERENCE" not in names and {"SUB", "MUL", "RSQRT"} <= names, names
+    assert result.report.outputs[0].quantized.agreement >= 0.99, result.report.outputs[0].quantized
+
