@@ -38,3 +38,20 @@ def test_int16x8_of_a_layer_normalization_runs_on_the_interpreter(version, digit
     assert "SQUARED_DIFFERENCE" not in names and {"SUB", "MUL", "RSQRT"} <= names, names
     assert result.report.outputs[0].quantized.agreement >= 0.99, result.report.outputs[0].quantized
 
+
+def test_int16x8_of_a_dense_op_without_a_bias_that_reads_a_zero_state(digits):
+    """A GRU with `reset_after=False` multiplies the zero initial state by its recurrent kernel with no bias;
+    repairing that state's zero int16 scale read the missing bias (index -1) as the graph's last tensor
+    and stopped the conversion ("operands could not be broadcast together")."""
+    from tfquant._keras import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8), name="rows")
+    gru = keras.layers.GRU(16, reset_after=False)(inputs)
+    model = _fitted(keras, keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="probs")(gru)),
+                    digits)
+    calibration, evaluation = _rows(digits)
+    result = tfquant.quantize(model, calibration, eval_data=evaluation, mode="int16x8", bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    output = result.report.outputs[0]
+    assert output.float.accuracy > 0.85 and output.quantized.agreement >= 0.99, output

@@ -149,7 +149,7 @@ def repair_zero_scales(quantized: bytes, calibrated: bytes) -> tuple[bytes, int]
             if builtin == schema.BuiltinOperator.FILL and int(op.outputs[0]) in scales:
                 value = graph.tensors[int(op.inputs[1])]  # FILL keeps its value's scale
                 value.quantization.scale, value.quantization.zeroPoint = [scales[int(op.outputs[0])]], [0]
-            if builtin in _BIASED and len(op.inputs) > 2 and int(op.inputs[0]) in scales:
+            if builtin in _BIASED and len(op.inputs) > 2 and int(op.inputs[2]) >= 0 and int(op.inputs[0]) in scales:
                 _requantize_bias(model, graph, op, scales[int(op.inputs[0])], source, float_graph, by_name)
         repaired += len(scales)
     return (write_model(model), repaired) if repaired else (quantized, 0)
