@@ -82,11 +82,17 @@ def readers_of(graph) -> dict[int, list]:
 
 def scalar_constant(model, graph, value: float, near: bytes, suffix: bytes) -> int:
     """A new float32 scalar constant in `graph`; returns its tensor index."""
+    return array_constant(model, graph, np.float32(value), near, suffix)
+
+
+def array_constant(model, graph, values: np.ndarray, near: bytes, suffix: bytes) -> int:
+    """A new float32 constant holding `values` in `graph`; returns its tensor index."""
+    values = np.asarray(values, np.float32)
     buffer = schema.BufferT()
-    buffer.data = np.array([value], np.float32).tobytes()
+    buffer.data = values.tobytes()
     model.buffers.append(buffer)
     tensor = schema.TensorT()
-    tensor.shape = []
+    tensor.shape = list(values.shape)
     tensor.type = schema.TensorType.FLOAT32
     tensor.buffer = len(model.buffers) - 1
     tensor.name = (near or b"const") + b"/" + suffix
