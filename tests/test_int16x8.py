@@ -39,6 +39,27 @@ def test_int16x8_of_a_layer_normalization_runs_on_the_interpreter(version, digit
     assert result.report.outputs[0].quantized.agreement >= 0.99, result.report.outputs[0].quantized
 
 
+@pytest.mark.parametrize("version", [3, 2])
+def test_int16x8_of_causal_attention_is_integer(version, digits):
+    """A causal mask is traced as a select of each score or a floor under its row (SELECT_V2 on a constant
+    condition), which TFLite's int16x8 quantizer refused: every causal Transformer. It is now a sum of two
+    products with the mask as 0 and 1."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8), name="rows")
+    h = k.layers.Dense(16)(inputs)
+    x = k.layers.Flatten()(k.layers.MultiHeadAttention(2, 8)(h, h, use_causal_mask=True))
+    model = _fitted(k, k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x)), digits)
+    calibration, evaluation = _rows(digits)
+    result = tfquant.quantize(model, calibration, eval_data=evaluation, mode="int16x8", bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    assert "SELECT_V2" not in {op.name for op in result.info.ops}
+    output = result.report.outputs[0]
+    assert output.float.accuracy > 0.8 and output.quantized.agreement >= 0.99, output
+
+
 def test_int16x8_of_a_dense_op_without_a_bias_that_reads_a_zero_state(digits):
     """A GRU with `reset_after=False` multiplies the zero initial state by its recurrent kernel with no bias;
     repairing that state's zero int16 scale read the missing bias (index -1) as the graph's last tensor

@@ -22,11 +22,12 @@ convolution op reading it is quantized again from the float bias with the input'
 from __future__ import annotations
 
 import copy as copy_module
+from typing import Optional
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from .flatbuffer import (builtin_of, drop_unused_opcodes, float_constant, has_range, new_op, op_options, opcode,
+from .flatbuffer import (array_constant, builtin_of, drop_unused_opcodes, float_constant, has_range, new_op, op_options, opcode,
                          read_model, readers_of, tensor_like, write_model)
 
 _BIASED = {schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D,
@@ -42,6 +43,7 @@ def for_int16x8(calibrated: bytes) -> bytes:
     own for every FILL, and a buffer of its own for every constant tensor."""
     model = read_model(calibrated)
     changed = _squared_differences_spelled_out(model)
+    changed = _constant_selects_as_sums(model) or changed
     changed = _unshare_constants(model) or changed
     changed = _unshare_buffers(model) or changed
     drop_unused_opcodes(model)
@@ -65,10 +67,8 @@ def _squared_differences_spelled_out(model) -> bool:
             if not has_range(square):
                 continue
             bound = float(np.sqrt(max(float(square.quantization.max[0]), 0.0)))
-            quantization = schema.QuantizationParametersT()
-            quantization.min, quantization.max = [-bound], [bound]
             difference = tensor_like(graph, out, (square.name or b"squared_difference") + b"/difference",
-                                     schema.TensorType.FLOAT32, quantization)
+                                     schema.TensorType.FLOAT32, _range(-bound, bound))
             at = graph.operators.index(op)
             graph.operators.insert(at, new_op(model, schema.BuiltinOperator.SUB, list(op.inputs), [difference]))
             op.inputs = [difference, difference]
@@ -76,6 +76,55 @@ def _squared_differences_spelled_out(model) -> bool:
             op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.MUL)
             changed = True
     return changed
+
+
+def _constant_selects_as_sums(model) -> bool:
+    """Every SELECT_V2(c, a, b) of float values whose condition is a constant (a causal mask, folded) as
+    a * m + b * (1 - m), m the condition as 0 and 1, in place; returns whether there was one.
+
+    TFLite's int16x8 quantizer has no int16 form of SELECT_V2 and refused every model with a causal
+    attention mask (the trace writes it as a select of each score or a floor under its row). The two
+    products take the calibrated range of their value widened to 0; the sum keeps the select's."""
+    changed = False
+    for graph in model.subgraphs:
+        for op in list(graph.operators):
+            if builtin_of(model, op) != schema.BuiltinOperator.SELECT_V2:
+                continue
+            condition, *values = (int(i) for i in op.inputs)
+            keep = _bool_constant(model, graph, condition)
+            out = int(op.outputs[0])
+            if keep is None or not all(has_range(graph.tensors[i]) for i in (*values, out)):
+                continue
+            name = graph.tensors[out].name or b"select"
+            ops, products = [], []
+            for value, (suffix, mask) in zip(values, ((b"where_true", keep), (b"where_false", ~keep))):
+                factor = array_constant(model, graph, mask.astype(np.float32), name, suffix)
+                source = graph.tensors[value].quantization
+                product = tensor_like(graph, out, name + b"/" + suffix + b"_part", schema.TensorType.FLOAT32,
+                                      _range(min(float(source.min[0]), 0.0), max(float(source.max[0]), 0.0)))
+                ops.append(new_op(model, schema.BuiltinOperator.MUL, [value, factor], [product]))
+                products.append(product)
+            at = graph.operators.index(op)
+            graph.operators[at:at] = ops
+            op.inputs = products
+            op.opcodeIndex = opcode(model, schema.BuiltinOperator.ADD)
+            op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.ADD)
+            changed = True
+    return changed
+
+
+def _bool_constant(model, graph, index: int) -> Optional[np.ndarray]:
+    tensor = graph.tensors[index]
+    data = model.buffers[tensor.buffer].data if 0 < tensor.buffer < len(model.buffers) else None
+    if tensor.type != schema.TensorType.BOOL or data is None or not len(data):
+        return None
+    return np.frombuffer(bytes(data), np.bool_).reshape(tensor.shape)
+
+
+def _range(low: float, high: float):
+    quantization = schema.QuantizationParametersT()
+    quantization.min, quantization.max = [low], [high]
+    return quantization
 
 
 def _unshare_constants(model) -> bool:
