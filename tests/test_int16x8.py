@@ -60,6 +60,24 @@ def test_int16x8_of_causal_attention_is_integer(version, digits):
     assert output.float.accuracy > 0.8 and output.quantized.agreement >= 0.99, output
 
 
+def test_int16x8_gives_a_sum_its_own_scale(digits):
+    """`Attention(score_mode="concat")` scores as the SUM of TANH outputs; TFLite's int16x8 quantizer gave
+    the SUM its input's scale, clipping scores in [-6, 9] to [-1, 1] (44 % agreement with float)."""
+    from tfquant._keras import keras3
+
+    k = keras3()
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8), name="rows")
+    h = k.layers.Dense(16)(inputs)
+    x = k.layers.GlobalAveragePooling1D()(k.layers.Attention(use_scale=True, score_mode="concat")([h, h]))
+    model = _fitted(k, k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x)), digits)
+    calibration, evaluation = _rows(digits)
+    result = tfquant.quantize(model, calibration, eval_data=evaluation, mode="int16x8", bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    assert "SUM" in {op.name for op in result.info.ops}
+    assert result.report.outputs[0].quantized.agreement >= 0.97, result.report.outputs[0].quantized
+
+
 def test_int16x8_of_a_dense_op_without_a_bias_that_reads_a_zero_state(digits):
     """A GRU with `reset_after=False` multiplies the zero initial state by its recurrent kernel with no bias;
     repairing that state's zero int16 scale read the missing bias (index -1) as the graph's last tensor
