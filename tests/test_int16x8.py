@@ -78,6 +78,33 @@ def test_int16x8_gives_a_sum_its_own_scale(digits):
     assert result.report.outputs[0].quantized.agreement >= 0.97, result.report.outputs[0].quantized
 
 
+def test_int16x8_corrects_the_biases_where_held_out_samples_show_it_helps(digits):
+    """int16x8 rounds the weights to int8 as int8 does, and their mean shift is most of its error on a
+    regression head after a LayerNormalization: bias correction, kept where held-out calibration samples
+    show it helps, as for int8, takes it from 8.0 % to 6.2 % of the output's spread."""
+    from tfquant._keras import keras3
+
+    k = keras3()
+    k.utils.set_random_seed(0)
+    rows, test_rows = digits["x"][..., 0], digits["x_test"][..., 0]
+    inputs = k.Input((8, 8), name="rows")
+    x = k.layers.Flatten()(k.layers.LayerNormalization()(k.layers.Dense(16)(inputs)))
+    model = k.Model(inputs, k.layers.Dense(1, name="ink")(x))
+    model.compile(optimizer=k.optimizers.Adam(1e-2), loss="mse")
+    model.fit(rows, rows.mean(axis=(1, 2))[:, None] * 10, epochs=4, verbose=0)
+    evaluation = ({"rows": test_rows}, {"ink": test_rows.mean(axis=(1, 2))[:, None] * 10})
+    errors = {}
+    for correct in (True, False):
+        try:
+            result = tfquant.quantize(model, {"rows": rows[:200]}, eval_data=evaluation, mode="int16x8",
+                                      bias_correction=correct, bench_runs=1, diagnose=False)
+        except tfquant.errors.AccuracyBudgetError as exc:
+            result = exc.result
+        assert result.report.recipe.bias_correction is correct and result.report.recipe.ranges == "minmax"
+        errors[correct] = result.report.outputs[0].quantized.rel_rmse
+    assert errors[True] < 0.85 * errors[False], errors
+
+
 def test_int16x8_of_a_dense_op_without_a_bias_that_reads_a_zero_state(digits):
     """A GRU with `reset_after=False` multiplies the zero initial state by its recurrent kernel with no bias;
     repairing that state's zero int16 scale read the missing bias (index -1) as the graph's last tensor

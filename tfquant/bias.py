@@ -4,7 +4,7 @@ A weight op computes `y = W x + b`. With int8 weights `W_q`, the expected output
 `(W_q - W) E[x]` per output channel — small per weight, but not zero on average for narrow
 layers (depthwise convolutions above all), and it adds up layer after layer. With `E[x]`
 measured on the calibration samples (`tfquant.statistics`), the shift is folded into each op's
-int32 bias. The weights and every scale stay as they are.
+int32 bias (int64 at int16x8, whose weights are int8 too). The weights and every scale stay as they are.
 
 For a convolution, `E[x]` is kept per position: the shift of one output channel is its mean
 over the output positions, where each tap of the kernel reads the mean input it actually reads
@@ -21,13 +21,15 @@ from ai_edge_litert import schema_py_generated as schema
 from .flatbuffer import builtin_codes
 from .statistics import WEIGHT_OPS
 
-_DTYPES = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32}
+_DTYPES = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32,
+           schema.TensorType.INT64: np.int64}
+_BIAS_TYPES = {schema.TensorType.INT32: "<i4", schema.TensorType.INT64: "<i8"}  # int8 and int16x8 files
 
 
 def correct(quantized: bytes, float_tflite: bytes, input_means: dict[str, np.ndarray]) -> tuple[bytes, int]:
     """The quantized file with each int8 weight op's bias corrected; returns it and how many ops changed.
 
-    The corrected int32 values overwrite the bias buffers in place (same length, same layout), read
+    The corrected int32 (int64) values overwrite the bias buffers in place (same length, same layout), read
     with the flatbuffer's own accessors: no unpacking and repacking of the whole model. A bias
     buffer shared by several tensors (after buffer deduplication) is left alone.
     """
@@ -37,7 +39,7 @@ def correct(quantized: bytes, float_tflite: bytes, input_means: dict[str, np.nda
         if op.InputsLength() < 3 or op.Inputs(2) < 0 or exact_tensor is None or means is None:
             continue
         weights, bias = rewrite.graph.Tensors(op.Inputs(1)), rewrite.graph.Tensors(op.Inputs(2))
-        if weights.Type() != schema.TensorType.INT8 or bias.Type() != schema.TensorType.INT32 or \
+        if weights.Type() != schema.TensorType.INT8 or bias.Type() not in _BIAS_TYPES or \
                 weights.Quantization() is None or bias.Quantization() is None or not rewrite.own(bias):
             continue
         exact = _values(rewrite.reference, exact_tensor)
@@ -53,8 +55,10 @@ def correct(quantized: bytes, float_tflite: bytes, input_means: dict[str, np.nda
         if shift is None or values is None or shift.shape != values.shape:
             continue
         bias_scales = bias.Quantization().ScaleAsNumpy().astype(np.float64)
-        rewrite.write(bias, np.clip(values.astype(np.int64) - np.round(shift / bias_scales), -2**31, 2**31 - 1)
-                      .astype("<i4"))
+        dtype = np.dtype(_BIAS_TYPES[bias.Type()])
+        limits = np.iinfo(dtype)
+        rewrite.write(bias, np.clip(values.astype(np.int64) - np.round(shift / bias_scales), limits.min, limits.max)
+                      .astype(dtype))
     return rewrite.result(quantized)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -149,7 +149,7 @@ class Calibration:
             from .weights import mse_scales
 
             data = mse_scales(data, self.float_tflite)[0]  # before bias correction, which reads the rounded weights
-        if recipe.mode is Mode.INT8 and recipe.bias_correction and self.input_means:
+        if recipe.mode in (Mode.INT8, Mode.INT16X8) and recipe.bias_correction and self.input_means:
             from .bias import correct
 
             # Before deduplication: each bias has a buffer of its own to be corrected in place.
@@ -187,16 +187,21 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
     if recipe.split_joins and recipe.mode is Mode.INT8:
         float_tflite, calibrated, splits = _joins_split(float_tflite, calibrated, calibration, source)
         rewrites += splits
-    if recipe.mode is not Mode.INT8 or (recipe.ranges == "minmax" and not recipe.bias_correction):
+    # int16x8 keeps min/max ranges (its steps are 256 times finer) and judges bias correction as int8 does.
+    int16 = recipe.mode is Mode.INT16X8 and recipe.bias_correction
+    if not int16 and (recipe.mode is not Mode.INT8 or (recipe.ranges == "minmax" and not recipe.bias_correction)):
         return Calibration(float_tflite, calibrated, ranges="minmax", rewrites=rewrites), \
-            replace(recipe, ranges="minmax") if recipe.mode is Mode.INT8 else recipe
+            replace(recipe, ranges="minmax") if recipe.mode in (Mode.INT8, Mode.INT16X8) else recipe
     # One pass over the samples, in two halves: auto fits ranges on each half in turn and checks
     # them on the other, then checks bias correction the same way; the method is then fitted on
     # both (the same arithmetic whether auto chose it or a recipe names it, so a replayed recipe,
     # which names the method and whether the biases were corrected, gives the same bytes).
     halves = calibration.halves()
     auto = recipe.ranges == "auto"
-    candidates = ranges.WITH_MSE if auto and ranges.unbounded_outputs(calibrated, regression) else ranges.AUTO
+    if int16:
+        candidates: Sequence[str] = ("minmax",)
+    else:
+        candidates = ranges.WITH_MSE if auto and ranges.unbounded_outputs(calibrated, regression) else ranges.AUTO
     try:
         stats = [statistics.collect(calibrated, half, counts=recipe.ranges == "mse" or "mse" in candidates)
                  for half in halves]
@@ -214,8 +219,8 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
 
         return corrected(quantized, float_tflite, fitted.input_means)[0]
 
-    choice = ranges.choose(float_tflite, calibrated, list(zip(stats, halves)), quantize, method=recipe.ranges,
-                           candidates=candidates, correct=correct if auto and recipe.bias_correction else None)
+    choice = ranges.choose(float_tflite, calibrated, list(zip(stats, halves)), quantize,
+                           method="minmax" if int16 and not auto else recipe.ranges, candidates=candidates, correct=correct if auto and recipe.bias_correction else None)
     bias = choice.bias_correction if auto else recipe.bias_correction
     means = stats[0].merge(stats[1]).input_means if bias else {}
     return Calibration(float_tflite, choice.calibrated, means, ranges=choice.method, rewrites=rewrites), \

@@ -191,7 +191,9 @@ def climb(
     for mode in LATER_MODES:
         if mode is recipe.mode:
             continue
-        later = Recipe(mode=mode, calib_samples=recipe.calib_samples, per_channel=recipe.per_channel)
+        # int16x8 rounds the same int8 weights: it keeps int8's bias correction (or its absence).
+        later = Recipe(mode=mode, calib_samples=recipe.calib_samples, per_channel=recipe.per_channel,
+                       bias_correction=mode is Mode.INT16X8 and bool(calibrated.input_means))
         try:
             candidate = measure(mode.value, later, lambda r=later: convert(prepared.exported, r, calibrated=calibrated,
                                                                             source=source))
