@@ -60,6 +60,31 @@ def test_int16x8_of_causal_attention_is_integer(version, digits):
     assert output.float.accuracy > 0.8 and output.quantized.agreement >= 0.99, output
 
 
+def test_int16x8_of_token_ids_keeps_their_integer_ops():
+    """Keras 3's Embedding wraps negative ids (LESS, ADD and SELECT_V2 on int32) before its GATHER. TFLite's
+    int16x8 quantizer asked for a calibrated range of the int32 token input and refused every such model;
+    those ops are taken out while it runs and put back after, integer as they were."""
+    from tfquant import zoo
+    from tfquant._keras import keras3
+
+    k = keras3()
+    k.utils.set_random_seed(0)
+    data = zoo.tokens(pad=False)
+    inputs = k.Input((32,), dtype="int32", name="tokens")
+    x = k.layers.Flatten()(k.layers.Embedding(18, 8)(inputs))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
+    model.compile(optimizer=k.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    model.fit(data.train["tokens"], data.train["y"], epochs=6, verbose=0)
+    result = tfquant.quantize(model, {"tokens": data.train["tokens"][:200]}, mode="int16x8", bench_runs=1,
+                              eval_data=({"tokens": data.test["tokens"]}, data.test["y"]), diagnose=False)
+    assert_every_op_integer(result.info)
+    ops = result.info.ops
+    assert any(op.name == "LESS" and op.input_dtypes == ["int32", "int32"] for op in ops), ops
+    assert any(op.name == "GATHER" and op.output_dtypes == ["int16"] for op in ops), ops
+    output = result.report.outputs[0]
+    assert output.float.accuracy > 0.8 and output.quantized.agreement >= 0.99, output
+
+
 def test_int16x8_gives_a_sum_its_own_scale(digits):
     """`Attention(score_mode="concat")` scores as the SUM of TANH outputs; TFLite's int16x8 quantizer gave
     the SUM its input's scale, clipping scores in [-6, 9] to [-1, 1] (44 % agreement with float)."""

@@ -22,12 +22,14 @@ convolution op reading it is quantized again from the float bias with the input'
 from __future__ import annotations
 
 import copy as copy_module
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from .flatbuffer import (array_constant, builtin_of, drop_unused_opcodes, float_constant, has_range, new_op, op_options, opcode,
+from .flatbuffer import (array_constant, builtin_of, drop_unused_opcodes, float_constant, has_range, is_float, new_op,
+                         op_options, opcode,
                          read_model, readers_of, tensor_like, write_model)
 
 _BIASED = {schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D,
@@ -48,6 +50,70 @@ def for_int16x8(calibrated: bytes) -> bytes:
     changed = _unshare_buffers(model) or changed
     drop_unused_opcodes(model)
     return write_model(model) if changed else calibrated
+
+
+@dataclass(frozen=True)
+class _Hidden:
+    """Integer ops taken out of a file for TFLite's int16x8 quantizer, by their tensors' names."""
+
+    ops: list  # (builtin, the op, its input names (None for an absent one), its output names), in graph order
+    inputs: list  # names of the tensors that stood in as graph inputs for them
+
+
+def without_integer_ops(data: bytes) -> tuple[bytes, Optional[_Hidden]]:
+    """`data` without the integer ops that only read its inputs, constants and each other (token ids made
+    valid indices, a padding mask); their outputs stand in as graph inputs. Returns it, and what
+    `with_integer_ops` puts back (None when there was nothing to take out).
+
+    TFLite's int16x8 quantizer treats an int32 ADD or comparison as an op to quantize: it asked for
+    the calibrated range of an int32 token input ("Empty min/max for tensor tokens") and has no int16
+    form of LESS or NOT_EQUAL, so Keras 3's Embedding (which wraps negative ids with LESS, ADD and
+    SELECT_V2) and every padding mask were refused. The int8 quantizer leaves them as they are."""
+    model = read_model(data)
+    graph = model.subgraphs[0]
+    names = [tensor.name for tensor in graph.tensors]
+    available = {int(i) for i in graph.inputs} | {i for i, tensor in enumerate(graph.tensors)
+                                                  if 0 < tensor.buffer < len(model.buffers)
+                                                  and model.buffers[tensor.buffer].data is not None}
+    hidden = []
+    for op in graph.operators:
+        read = [int(i) for i in op.inputs if int(i) >= 0]
+        if all(i in available for i in read) and not any(is_float(graph, i) for i in (*read, *map(int, op.outputs))):
+            hidden.append(op)
+            available.update(int(i) for i in op.outputs)
+    read_after = {int(i) for op in graph.operators if not any(op is h for h in hidden) for i in op.inputs}
+    standing_in = [int(i) for op in hidden for i in op.outputs if int(i) in read_after]
+    kept = [int(i) for op in hidden for i in (*op.inputs, *op.outputs) if int(i) >= 0]
+    if not hidden or len({names[i] for i in kept}) != len(set(kept)) or len(set(names)) != len(names):
+        return data, None  # nothing to take out, or tensors the names could not find again
+    record = _Hidden([(builtin_of(model, op), copy_module.deepcopy(op),
+                       [names[int(i)] if int(i) >= 0 else None for i in op.inputs],
+                       [names[int(i)] for i in op.outputs]) for op in hidden],
+                     [names[i] for i in standing_in])
+    graph.operators = [op for op in graph.operators if not any(op is h for h in hidden)]
+    graph.inputs = [*graph.inputs, *standing_in]
+    drop_unused_opcodes(model)
+    return write_model(model), record
+
+
+def with_integer_ops(quantized: bytes, hidden: Optional[_Hidden]) -> bytes:
+    """The int16x8 file with the ops `without_integer_ops` took out back in front, reading the same tensors."""
+    if hidden is None:
+        return quantized
+    model = read_model(quantized)
+    graph = model.subgraphs[0]
+    index = {tensor.name: i for i, tensor in enumerate(graph.tensors)}
+    ops = []
+    for builtin, op, inputs, outputs in hidden.ops:
+        op = copy_module.deepcopy(op)
+        op.opcodeIndex = opcode(model, builtin)
+        op.inputs = [-1 if name is None else index[name] for name in inputs]
+        op.outputs = [index[name] for name in outputs]
+        ops.append(op)
+    graph.operators = [*ops, *graph.operators]
+    standing_in = {index[name] for name in hidden.inputs}
+    graph.inputs = [i for i in graph.inputs if int(i) not in standing_in]
+    return write_model(model)
 
 
 def _squared_differences_spelled_out(model) -> bool:
