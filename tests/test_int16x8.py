@@ -85,6 +85,33 @@ def test_int16x8_of_token_ids_keeps_their_integer_ops():
     assert output.float.accuracy > 0.8 and output.quantized.agreement >= 0.99, output
 
 
+@pytest.mark.parametrize("version", [3, 2])
+def test_int16x8_of_attention_under_a_padding_mask_is_integer(version):
+    """A padding mask (NOT_EQUAL on the token ids, a select of each score or a floor) was refused at int16x8
+    for its SELECT_V2 and CAST; the select is now a sum of products with the mask cast to 0 and 1, and the
+    casts run on the int16 grid of step 1."""
+    from tfquant import zoo
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    data = zoo.tokens()
+    inputs = k.Input((32,), dtype="int32", name="tokens")
+    h = k.layers.Dense(16)(k.layers.Embedding(18, 16, mask_zero=True)(inputs))
+    x = k.layers.Flatten()(k.layers.Concatenate()([k.layers.Attention()([h, h]), h]))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(data.train["tokens"], data.train["y"], epochs=6, verbose=0)
+    result = tfquant.quantize(model, {"tokens": data.train["tokens"][:200]}, mode="int16x8", bench_runs=1,
+                              eval_data=({"tokens": data.test["tokens"]}, data.test["y"]), diagnose=False)
+    assert_every_op_integer(result.info)
+    names = {op.name for op in result.info.ops}
+    assert "NOT_EQUAL" in names and not any(op.name == "SELECT_V2" and "int16" in op.output_dtypes
+                                            for op in result.info.ops), names
+    output = result.report.outputs[0]
+    assert output.float.accuracy > 0.8 and output.quantized.agreement >= 0.98, output
+
+
 def test_int16x8_gives_a_sum_its_own_scale(digits):
     """`Attention(score_mode="concat")` scores as the SUM of TANH outputs; TFLite's int16x8 quantizer gave
     the SUM its input's scale, clipping scores in [-6, 9] to [-1, 1] (44 % agreement with float)."""

@@ -45,7 +45,7 @@ def for_int16x8(calibrated: bytes) -> bytes:
     own for every FILL, and a buffer of its own for every constant tensor."""
     model = read_model(calibrated)
     changed = _squared_differences_spelled_out(model)
-    changed = _constant_selects_as_sums(model) or changed
+    changed = _selects_as_sums(model) or changed
     changed = _unshare_constants(model) or changed
     changed = _unshare_buffers(model) or changed
     drop_unused_opcodes(model)
@@ -68,7 +68,11 @@ def without_integer_ops(data: bytes) -> tuple[bytes, Optional[_Hidden]]:
     TFLite's int16x8 quantizer treats an int32 ADD or comparison as an op to quantize: it asked for
     the calibrated range of an int32 token input ("Empty min/max for tensor tokens") and has no int16
     form of LESS or NOT_EQUAL, so Keras 3's Embedding (which wraps negative ids with LESS, ADD and
-    SELECT_V2) and every padding mask were refused. The int8 quantizer leaves them as they are."""
+    SELECT_V2) and every padding mask were refused. The int8 quantizer leaves them as they are.
+
+    A mask cast to float (CAST of a boolean) is taken out too: its output stands in with the range
+    [0, 32767], whose int16 step is exactly 1, so the quantizer gives its readers that scale and the
+    cast, put back, writes 0 and 1 as int16."""
     model = read_model(data)
     graph = model.subgraphs[0]
     names = [tensor.name for tensor in graph.tensors]
@@ -78,9 +82,12 @@ def without_integer_ops(data: bytes) -> tuple[bytes, Optional[_Hidden]]:
     hidden = []
     for op in graph.operators:
         read = [int(i) for i in op.inputs if int(i) >= 0]
-        if all(i in available for i in read) and not any(is_float(graph, i) for i in (*read, *map(int, op.outputs))):
+        if all(i in available for i in read) and (_bool_cast(model, graph, op) or not any(
+                is_float(graph, i) for i in (*read, *map(int, op.outputs)))):
             hidden.append(op)
             available.update(int(i) for i in op.outputs)
+            if _bool_cast(model, graph, op):  # an int16 step of exactly 1: the cast's 0 and 1 are its int16 values
+                graph.tensors[int(op.outputs[0])].quantization = _range(0.0, float(_INT16_MAX))
     read_after = {int(i) for op in graph.operators if not any(op is h for h in hidden) for i in op.inputs}
     standing_in = [int(i) for op in hidden for i in op.outputs if int(i) in read_after]
     kept = [int(i) for op in hidden for i in (*op.inputs, *op.outputs) if int(i) >= 0]
@@ -94,6 +101,12 @@ def without_integer_ops(data: bytes) -> tuple[bytes, Optional[_Hidden]]:
     graph.inputs = [*graph.inputs, *standing_in]
     drop_unused_opcodes(model)
     return write_model(model), record
+
+
+def _bool_cast(model, graph, op) -> bool:
+    """Whether `op` casts a boolean (a mask) to float."""
+    return (builtin_of(model, op) == schema.BuiltinOperator.CAST
+            and graph.tensors[int(op.inputs[0])].type == schema.TensorType.BOOL and is_float(graph, int(op.outputs[0])))
 
 
 def with_integer_ops(quantized: bytes, hidden: Optional[_Hidden]) -> bytes:
@@ -144,13 +157,15 @@ def _squared_differences_spelled_out(model) -> bool:
     return changed
 
 
-def _constant_selects_as_sums(model) -> bool:
-    """Every SELECT_V2(c, a, b) of float values whose condition is a constant (a causal mask, folded) as
-    a * m + b * (1 - m), m the condition as 0 and 1, in place; returns whether there was one.
+def _selects_as_sums(model) -> bool:
+    """Every SELECT_V2(c, a, b) of float values as a * m + b * n, m and n the condition and its negation
+    as 0 and 1, in place; returns whether there was one.
 
-    TFLite's int16x8 quantizer has no int16 form of SELECT_V2 and refused every model with a causal
-    attention mask (the trace writes it as a select of each score or a floor under its row). The two
-    products take the calibrated range of their value widened to 0; the sum keeps the select's."""
+    TFLite's int16x8 quantizer has no int16 form of SELECT_V2 and refused every model with a causal or
+    padding mask on its attention (the trace writes it as a select of each score or a floor under its
+    row). A constant condition (a causal mask, folded) gives constant factors; a computed one (a padding
+    mask) gives CASTs, which `without_integer_ops` takes out while the quantizer runs. The two products
+    take the calibrated range of their value widened to 0; the sum keeps the select's."""
     changed = False
     for graph in model.subgraphs:
         for op in list(graph.operators):
@@ -159,24 +174,59 @@ def _constant_selects_as_sums(model) -> bool:
             condition, *values = (int(i) for i in op.inputs)
             keep = _bool_constant(model, graph, condition)
             out = int(op.outputs[0])
-            if keep is None or not all(has_range(graph.tensors[i]) for i in (*values, out)):
+            spans = [_value_range(model, graph, value) for value in values]
+            if None in spans or not has_range(graph.tensors[out]) or \
+                    graph.tensors[condition].type != schema.TensorType.BOOL:
                 continue
             name = graph.tensors[out].name or b"select"
             ops, products = [], []
-            for value, (suffix, mask) in zip(values, ((b"where_true", keep), (b"where_false", ~keep))):
-                factor = array_constant(model, graph, mask.astype(np.float32), name, suffix)
-                source = graph.tensors[value].quantization
-                product = tensor_like(graph, out, name + b"/" + suffix + b"_part", schema.TensorType.FLOAT32,
-                                      _range(min(float(source.min[0]), 0.0), max(float(source.max[0]), 0.0)))
+            for value, (low, high), negated in zip(values, spans, (False, True)):
+                if low == high == 0.0:  # a constant 0 (Keras 3 zeroes padded positions): no product to add
+                    continue
+                factor = _mask_factor(model, graph, condition, keep, negated, name, ops)
+                product = tensor_like(graph, out, graph.tensors[factor].name + b"_part", schema.TensorType.FLOAT32,
+                                      _range(min(low, 0.0), max(high, 0.0)))
                 ops.append(new_op(model, schema.BuiltinOperator.MUL, [value, factor], [product]))
                 products.append(product)
-            at = graph.operators.index(op)
+            if len(products) == 1:  # the one product is the select's value
+                ops[-1].outputs = [out]
+                graph.operators[graph.operators.index(op)] = ops.pop()
+            else:
+                op.inputs = products
+                op.opcodeIndex = opcode(model, schema.BuiltinOperator.ADD)
+                op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.ADD)
+            at = next(i for i, o in enumerate(graph.operators) if out in map(int, o.outputs))
             graph.operators[at:at] = ops
-            op.inputs = products
-            op.opcodeIndex = opcode(model, schema.BuiltinOperator.ADD)
-            op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.ADD)
             changed = True
     return changed
+
+
+def _value_range(model, graph, index: int) -> Optional[tuple[float, float]]:
+    """A float tensor's calibrated range, or a float constant's (the 0 Keras 3 writes at padded positions)."""
+    tensor = graph.tensors[index]
+    if has_range(tensor):
+        return float(tensor.quantization.min[0]), float(tensor.quantization.max[0])
+    values = float_constant(model, graph, index)
+    return None if values is None or not values.size else (float(values.min()), float(values.max()))
+
+
+def _mask_factor(model, graph, condition: int, keep: Optional[np.ndarray], negated: bool, name: bytes,
+                 ops: list) -> int:
+    """The condition (or its negation) as 0 and 1: a constant for a constant condition, else a CAST of it
+    (of its LOGICAL_NOT), appended to `ops`."""
+    suffix = b"where_false" if negated else b"where_true"
+    if keep is not None:
+        return array_constant(model, graph, (~keep if negated else keep).astype(np.float32), name, suffix)
+    mask = condition
+    if negated:
+        mask = tensor_like(graph, condition, name + b"/where_false_mask", schema.TensorType.BOOL)
+        ops.append(new_op(model, schema.BuiltinOperator.LOGICAL_NOT, [condition], [mask]))
+    factor = tensor_like(graph, condition, name + b"/" + suffix, schema.TensorType.FLOAT32, _range(0.0, 1.0))
+    cast = new_op(model, schema.BuiltinOperator.CAST, [mask], [factor])
+    cast.builtinOptionsType, cast.builtinOptions = schema.BuiltinOptions.CastOptions, schema.CastOptionsT()
+    cast.builtinOptions.inDataType, cast.builtinOptions.outDataType = schema.TensorType.BOOL, schema.TensorType.FLOAT32
+    ops.append(cast)
+    return factor
 
 
 def _bool_constant(model, graph, index: int) -> Optional[np.ndarray]:
@@ -282,18 +332,21 @@ def repair_scales(quantized: bytes, calibrated: bytes) -> tuple[bytes, int]:
     return (write_model(model), repaired) if repaired else (quantized, 0)
 
 
-# Ops whose int16 kernels copy values without rescaling: their output must keep their input's scale.
-_LAYOUT = {schema.BuiltinOperator.RESHAPE, schema.BuiltinOperator.SQUEEZE, schema.BuiltinOperator.EXPAND_DIMS,
-           schema.BuiltinOperator.TRANSPOSE}
+# Ops whose int16 kernels copy or pick values without rescaling: their output must keep their input's scale.
+_SAME_SCALE = {schema.BuiltinOperator.RESHAPE, schema.BuiltinOperator.SQUEEZE, schema.BuiltinOperator.EXPAND_DIMS,
+               schema.BuiltinOperator.TRANSPOSE, schema.BuiltinOperator.REDUCE_MIN, schema.BuiltinOperator.REDUCE_MAX,
+               schema.BuiltinOperator.MAX_POOL_2D, schema.BuiltinOperator.SLICE, schema.BuiltinOperator.STRIDED_SLICE,
+               schema.BuiltinOperator.GATHER, schema.BuiltinOperator.SPLIT, schema.BuiltinOperator.SPLIT_V,
+               schema.BuiltinOperator.UNPACK, schema.BuiltinOperator.TILE, schema.BuiltinOperator.BROADCAST_TO}
 
 
 def _rescaled(model, graph, index: int, scale: float) -> int:
-    """Give tensor `index` the int16 `scale`, and the outputs of the layout ops that read it (and so on);
-    returns how many tensors changed."""
+    """Give tensor `index` the int16 `scale`, and the outputs of the ops that keep their input's scale and
+    read it (and so on); returns how many tensors changed."""
     graph.tensors[index].quantization.scale = [scale]
     readers = readers_of(graph).get(index, [])
-    return 1 + sum(_rescaled(model, graph, int(op.outputs[0]), scale)
-                   for op in readers if builtin_of(model, op) in _LAYOUT)
+    return 1 + sum(_rescaled(model, graph, int(out), scale)
+                   for op in readers if builtin_of(model, op) in _SAME_SCALE for out in op.outputs)
 
 
 def _zero_scale(tensor) -> bool:
