@@ -78,3 +78,16 @@ def assert_int8_follows_keras(model, result, digits, *, least: float) -> None:
     output = result.report.outputs[0]
     assert output.float.accuracy == pytest.approx(keras_accuracy, abs=1e-9) and keras_accuracy > least
     assert output.quantized.agreement >= 0.97, output.quantized.agreement
+
+
+def masked_attention_classifier(k, tokens, *, epochs: int):
+    """Token ids -> Embedding(mask_zero) -> Dense -> Attention under the padding mask, beside its input -> 10
+    classes, fitted on `tokens` (`tfquant.zoo.tokens()`)."""
+    k.utils.set_random_seed(0)
+    inputs = k.Input((32,), dtype="int32", name="tokens")
+    h = k.layers.Dense(16)(k.layers.Embedding(18, 16, mask_zero=True)(inputs))
+    x = k.layers.Flatten()(k.layers.Concatenate()([k.layers.Attention()([h, h]), h]))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(tokens.train["tokens"], tokens.train["y"], batch_size=32, epochs=epochs, verbose=0)
+    return model

@@ -7,7 +7,7 @@ import pytest
 
 import tfquant
 
-from checks import assert_int8_follows_keras, trained_and_quantized
+from checks import assert_int8_follows_keras, masked_attention_classifier, trained_and_quantized
 
 
 @pytest.mark.parametrize("version", [3, 2])
@@ -36,15 +36,8 @@ def test_attention_under_a_padding_mask_keeps_its_scores_in_int8(version, tmp_pa
     from tfquant import zoo
     from tfquant._keras import keras, keras3
 
-    k = keras3() if version == 3 else keras
-    k.utils.set_random_seed(0)
     data = zoo.tokens()
-    inputs = k.Input((32,), dtype="int32", name="tokens")
-    h = k.layers.Dense(16)(k.layers.Embedding(18, 16, mask_zero=True)(inputs))
-    x = k.layers.Flatten()(k.layers.Concatenate()([k.layers.Attention()([h, h]), h]))
-    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
-    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    model.fit(data.train["tokens"], data.train["y"], batch_size=32, epochs=8, verbose=0)
+    model = masked_attention_classifier(keras3() if version == 3 else keras, data, epochs=8)
     model.save(tmp_path / "model.keras")
     np.savez(tmp_path / "calib.npz", tokens=data.train["tokens"][:200])
     np.savez(tmp_path / "test.npz", **data.test)

@@ -6,11 +6,16 @@ import pytest
 
 import tfquant
 
-from checks import assert_every_op_integer
+from checks import assert_every_op_integer, masked_attention_classifier
 
 
 def _rows(digits) -> tuple[dict, tuple]:
     return {"rows": digits["x"][:200, ..., 0]}, ({"rows": digits["x_test"][..., 0]}, digits["y_test"])
+
+
+def _int16x8_of_tokens(model, tokens):
+    return tfquant.quantize(model, {"tokens": tokens.train["tokens"][:200]}, mode="int16x8", bench_runs=1,
+                            eval_data=({"tokens": tokens.test["tokens"]}, tokens.test["y"]), diagnose=False)
 
 
 def _fitted(k, model, digits):
@@ -75,8 +80,7 @@ def test_int16x8_of_token_ids_keeps_their_integer_ops():
     model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
     model.compile(optimizer=k.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
     model.fit(data.train["tokens"], data.train["y"], epochs=6, verbose=0)
-    result = tfquant.quantize(model, {"tokens": data.train["tokens"][:200]}, mode="int16x8", bench_runs=1,
-                              eval_data=({"tokens": data.test["tokens"]}, data.test["y"]), diagnose=False)
+    result = _int16x8_of_tokens(model, data)
     assert_every_op_integer(result.info)
     ops = result.info.ops
     assert any(op.name == "LESS" and op.input_dtypes == ["int32", "int32"] for op in ops), ops
@@ -93,17 +97,8 @@ def test_int16x8_of_attention_under_a_padding_mask_is_integer(version):
     from tfquant import zoo
     from tfquant._keras import keras, keras3
 
-    k = keras3() if version == 3 else keras
-    k.utils.set_random_seed(0)
     data = zoo.tokens()
-    inputs = k.Input((32,), dtype="int32", name="tokens")
-    h = k.layers.Dense(16)(k.layers.Embedding(18, 16, mask_zero=True)(inputs))
-    x = k.layers.Flatten()(k.layers.Concatenate()([k.layers.Attention()([h, h]), h]))
-    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
-    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    model.fit(data.train["tokens"], data.train["y"], epochs=6, verbose=0)
-    result = tfquant.quantize(model, {"tokens": data.train["tokens"][:200]}, mode="int16x8", bench_runs=1,
-                              eval_data=({"tokens": data.test["tokens"]}, data.test["y"]), diagnose=False)
+    result = _int16x8_of_tokens(masked_attention_classifier(keras3() if version == 3 else keras, data, epochs=6), data)
     assert_every_op_integer(result.info)
     names = {op.name for op in result.info.ops}
     assert "NOT_EQUAL" in names and not any(op.name == "SELECT_V2" and "int16" in op.output_dtypes
