@@ -151,6 +151,13 @@ def test_int16x8_corrects_the_biases_where_held_out_samples_show_it_helps(digits
         errors[correct] = result.report.outputs[0].quantized.rel_rmse
     assert errors[True] < 0.85 * errors[False], errors
 
+    # int8 misses the budget further, and the message points a regression to int16 activations.
+    with pytest.raises(tfquant.errors.AccuracyBudgetError) as caught:
+        tfquant.quantize(model, {"rows": rows[:200]}, eval_data=evaluation, bench_runs=1, diagnose=False)
+    assert caught.value.result.report.outputs[0].quantized.rel_rmse > errors[True]
+    assert str(caught.value).endswith("; mode int16x8 keeps a regression's activations in int16 (with int16 inputs "
+                                      "and outputs)"), str(caught.value)
+
 
 def test_int16x8_of_a_dense_op_without_a_bias_that_reads_a_zero_state(digits):
     """A GRU with `reset_after=False` multiplies the zero initial state by its recurrent kernel with no bias;
