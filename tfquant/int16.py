@@ -17,6 +17,12 @@ The int8 quantizer takes the calibrated (floored, `legalize.floor_model_ranges`)
 this pass does the same for int16x8 after the fact: the zero-scale tensor gets the symmetric
 int16 scale of its calibrated range (its values, zeros, stay zero), and the bias of every dense or
 convolution op reading it is quantized again from the float bias with the input's new scale.
+
+Where the quantizer or the interpreter has no int16 form of an op, the file is rewritten before it
+runs: SQUARED_DIFFERENCE (LayerNormalization's variance) as SUB then MUL, and SELECT_V2 (a causal
+or padding mask on attention scores) as a sum of products with the mask as 0 and 1. The integer ops
+on token ids and masks are set aside while it runs (`without_integer_ops`), and each SUM gets its
+own range's scale after it (`repair_scales`).
 """
 
 from __future__ import annotations
@@ -29,8 +35,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from .flatbuffer import (array_constant, builtin_of, drop_unused_opcodes, float_constant, has_range, is_float, new_op,
-                         op_options, opcode,
-                         read_model, readers_of, tensor_like, write_model)
+                         op_options, opcode, read_model, readers_of, tensor_like, write_model)
 
 _BIASED = {schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D,
            schema.BuiltinOperator.DEPTHWISE_CONV_2D}
@@ -41,8 +46,9 @@ _INT16_MAX = 32767
 
 
 def for_int16x8(calibrated: bytes) -> bytes:
-    """`calibrated` with a bias tensor of its own for every dense and convolution op, a value of its
-    own for every FILL, and a buffer of its own for every constant tensor."""
+    """`calibrated` with its SQUARED_DIFFERENCEs and SELECT_V2s spelled out, a bias tensor of its own for
+    every dense and convolution op, a value of its own for every FILL, and a buffer of its own for every
+    constant tensor."""
     model = read_model(calibrated)
     changed = _squared_differences_spelled_out(model)
     changed = _selects_as_sums(model) or changed
