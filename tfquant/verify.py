@@ -175,7 +175,8 @@ def verify(
     outputs_report: list[OutputReport] = []
     violations: list[str] = []
     causes = list(narrow_inputs or [])  # what a budget failure names as where the error starts
-    regression_missed = False  # an int8 regression output outside its budget: int16 activations may be the answer
+    regression_missed = False  # a converted regression output outside its int8 budget: int16 activations may help
+    converting = spec is None or spec.command == "convert"  # the commands with a mode to choose
     calibrated_outputs = None
     evaluation = prepared.evaluation
     if evaluation is not None:
@@ -199,7 +200,7 @@ def verify(
             if narrow is not None:
                 notes.append(narrow)
             regression_missed = regression_missed or bool(per_output and metrics.task == "regression"
-                                                          and recipe.mode is Mode.INT8)
+                                                          and recipe.mode is Mode.INT8 and converting)
             if per_output and metrics.task == "regression" and prepared.calibration is not None:
                 if calibrated_outputs is None:  # what the calibration samples give, once, for a missed budget
                     calibrated_outputs = harness.Runner(float_tflite, num_threads=threads).predict(
