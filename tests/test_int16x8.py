@@ -107,6 +107,27 @@ def test_int16x8_of_attention_under_a_padding_mask_is_integer(version):
     assert output.float.accuracy > 0.8 and output.quantized.agreement >= 0.98, output
 
 
+def test_int16x8_of_hard_swish_is_integer(digits):
+    """HARD_SWISH (MobileNetV3's activation, Keras 3's `hard_silu`) has no int16 form in TFLite's int16x8
+    quantizer, which refused MobileNetV3; it is now x * RELU6(x + 3) / 6."""
+    from tfquant._keras import keras3
+
+    k = keras3()
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image")
+    x = k.layers.Flatten()(k.layers.Conv2D(16, 3, activation="hard_silu")(inputs))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(digits["x"], digits["y"], epochs=3, verbose=0)
+    result = tfquant.quantize(model, {"image": digits["x"][:200]}, mode="int16x8", bench_runs=1, diagnose=False,
+                              eval_data=({"image": digits["x_test"]}, digits["y_test"]))
+    assert_every_op_integer(result.info)
+    assert "HARD_SWISH" in {op.name for op in tfquant.inspect(result.float_tflite).ops}
+    assert "RELU6" in {op.name for op in result.info.ops}
+    output = result.report.outputs[0]
+    assert output.float.accuracy > 0.9 and output.quantized.agreement >= 0.99, output
+
+
 def test_int16x8_gives_a_sum_its_own_scale(digits):
     """`Attention(score_mode="concat")` scores as the SUM of TANH outputs; TFLite's int16x8 quantizer gave
     the SUM its input's scale, clipping scores in [-6, 9] to [-1, 1] (44 % agreement with float)."""

@@ -19,8 +19,9 @@ int16 scale of its calibrated range (its values, zeros, stay zero), and the bias
 convolution op reading it is quantized again from the float bias with the input's new scale.
 
 Where the quantizer or the interpreter has no int16 form of an op, the file is rewritten before it
-runs: SQUARED_DIFFERENCE (LayerNormalization's variance) as SUB then MUL, and SELECT_V2 (a causal
-or padding mask on attention scores) as a sum of products with the mask as 0 and 1. The integer ops
+runs: SQUARED_DIFFERENCE (LayerNormalization's variance) as SUB then MUL, HARD_SWISH (MobileNetV3)
+as x * RELU6(x + 3) / 6, and SELECT_V2 (a causal or padding mask on attention scores) as a sum of
+products with the mask as 0 and 1. The integer ops
 on token ids and masks are set aside while it runs (`without_integer_ops`), and each SUM gets its
 own range's scale after it (`repair_scales`).
 """
@@ -35,7 +36,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from .flatbuffer import (array_constant, builtin_of, drop_unused_opcodes, float_constant, has_range, is_float, new_op,
-                         op_options, opcode, read_model, readers_of, tensor_like, write_model)
+                         op_options, opcode, read_model, readers_of, scalar_constant, tensor_like, write_model)
 
 _BIASED = {schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D,
            schema.BuiltinOperator.DEPTHWISE_CONV_2D}
@@ -46,11 +47,12 @@ _INT16_MAX = 32767
 
 
 def for_int16x8(calibrated: bytes) -> bytes:
-    """`calibrated` with its SQUARED_DIFFERENCEs and SELECT_V2s spelled out, a bias tensor of its own for
+    """`calibrated` with its SQUARED_DIFFERENCEs, HARD_SWISHes and SELECT_V2s spelled out, a bias tensor of its own for
     every dense and convolution op, a value of its own for every FILL, and a buffer of its own for every
     constant tensor."""
     model = read_model(calibrated)
     changed = _squared_differences_spelled_out(model)
+    changed = _hard_swishes_spelled_out(model) or changed
     changed = _selects_as_sums(model) or changed
     changed = _unshare_constants(model) or changed
     changed = _unshare_buffers(model) or changed
@@ -157,6 +159,45 @@ def _squared_differences_spelled_out(model) -> bool:
             at = graph.operators.index(op)
             graph.operators.insert(at, new_op(model, schema.BuiltinOperator.SUB, list(op.inputs), [difference]))
             op.inputs = [difference, difference]
+            op.opcodeIndex = opcode(model, schema.BuiltinOperator.MUL)
+            op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.MUL)
+            changed = True
+    return changed
+
+
+def _hard_swishes_spelled_out(model) -> bool:
+    """Every HARD_SWISH(x) (MobileNetV3's activation) as x * RELU6(x + 3) / 6, in place; returns whether
+    there was one. TFLite's int16x8 quantizer has no int16 form of HARD_SWISH and refused MobileNetV3.
+    The new tensors take their ranges from x's: x + 3 shifted, the gate within [0, 6], then [0, 1]."""
+    changed = False
+    for graph in model.subgraphs:
+        for op in list(graph.operators):
+            if builtin_of(model, op) != schema.BuiltinOperator.HARD_SWISH:
+                continue
+            x, out = int(op.inputs[0]), int(op.outputs[0])
+            if not has_range(graph.tensors[x]):
+                continue
+            low, high = float(graph.tensors[x].quantization.min[0]), float(graph.tensors[x].quantization.max[0])
+            name = graph.tensors[out].name or b"hard_swish"
+            gate_low, gate_high = min(max(low + 3.0, 0.0), 6.0), min(max(high + 3.0, 0.0), 6.0)
+            made = {
+                b"shifted": tensor_like(graph, out, name + b"/shifted", schema.TensorType.FLOAT32,
+                                        _range(min(low + 3.0, 0.0), max(high + 3.0, 0.0))),
+                b"gate": tensor_like(graph, out, name + b"/gate", schema.TensorType.FLOAT32,
+                                     _range(0.0, max(gate_high, gate_low, 1e-3))),
+                b"scaled": tensor_like(graph, out, name + b"/scaled", schema.TensorType.FLOAT32,
+                                       _range(0.0, max(gate_high / 6.0, 1e-3))),
+            }
+            ops = [
+                new_op(model, schema.BuiltinOperator.ADD,
+                       [x, scalar_constant(model, graph, 3.0, name, b"three")], [made[b"shifted"]]),
+                new_op(model, schema.BuiltinOperator.RELU6, [made[b"shifted"]], [made[b"gate"]]),
+                new_op(model, schema.BuiltinOperator.MUL,
+                       [made[b"gate"], scalar_constant(model, graph, 1.0 / 6.0, name, b"sixth")], [made[b"scaled"]]),
+            ]
+            at = graph.operators.index(op)
+            graph.operators[at:at] = ops
+            op.inputs = [x, made[b"scaled"]]
             op.opcodeIndex = opcode(model, schema.BuiltinOperator.MUL)
             op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.MUL)
             changed = True
