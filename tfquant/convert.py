@@ -72,7 +72,7 @@ def _int8(calibrated: bytes, recipe: Recipe) -> bytes:
 def _int16x8(calibrated: bytes, recipe: Recipe) -> bytes:
     from tensorflow.lite.python.optimize.calibrator import Calibrator
 
-    from .int16 import for_int16x8, repair_scales, with_integer_ops, without_integer_ops
+    from .int16 import for_int16x8, repair_zero_scales, with_integer_ops, without_integer_ops
 
     io = np.dtype(_NUMPY_IO[recipe.io]).num
     # The statistics are already in the model: quantize without feeding the dataset again.
@@ -81,7 +81,7 @@ def _int16x8(calibrated: bytes, recipe: Recipe) -> bytes:
     quantized = Calibrator(bare)._calibrator.QuantizeModel(
         io, io, False, np.dtype(np.int16).num, np.dtype(np.int64).num, not recipe.per_channel, False
     )
-    return repair_scales(with_integer_ops(quantized, hidden), prepared)[0]
+    return repair_zero_scales(with_integer_ops(quantized, hidden), prepared)[0]
 
 
 def calibrate(float_tflite: bytes, calibration: Dataset, *, source: str = "<model>") -> bytes:

@@ -20,10 +20,9 @@ convolution op reading it is quantized again from the float bias with the input'
 
 Where the quantizer or the interpreter has no int16 form of an op, the file is rewritten before it
 runs: SQUARED_DIFFERENCE (LayerNormalization's variance) as SUB then MUL, HARD_SWISH (MobileNetV3)
-as x * RELU6(x + 3) / 6, and SELECT_V2 (a causal or padding mask on attention scores) as a sum of
-products with the mask as 0 and 1. The integer ops
-on token ids and masks are set aside while it runs (`without_integer_ops`), and each SUM gets its
-own range's scale after it (`repair_scales`).
+as x * RELU6(x + 3) / 6, SUM as MEAN times the count (the quantizer gave a SUM its input's scale),
+and SELECT_V2 (a causal or padding mask on attention scores) as a sum of products with the mask as
+0 and 1. The integer ops on token ids and masks are set aside while it runs (`without_integer_ops`).
 """
 
 from __future__ import annotations
@@ -47,12 +46,13 @@ _INT16_MAX = 32767
 
 
 def for_int16x8(calibrated: bytes) -> bytes:
-    """`calibrated` with its SQUARED_DIFFERENCEs, HARD_SWISHes and SELECT_V2s spelled out, a bias tensor of its own for
+    """`calibrated` with its SQUARED_DIFFERENCEs, HARD_SWISHes, SUMs and SELECT_V2s spelled out, a bias tensor of its own for
     every dense and convolution op, a value of its own for every FILL, and a buffer of its own for every
     constant tensor."""
     model = read_model(calibrated)
     changed = _squared_differences_spelled_out(model)
     changed = _hard_swishes_spelled_out(model) or changed
+    changed = _sums_as_means(model) or changed
     changed = _selects_as_sums(model) or changed
     changed = _unshare_constants(model) or changed
     changed = _unshare_buffers(model) or changed
@@ -204,6 +204,41 @@ def _hard_swishes_spelled_out(model) -> bool:
     return changed
 
 
+def _sums_as_means(model) -> bool:
+    """Every SUM over axes of known length as MEAN times their count, in place; returns whether there was one.
+
+    TFLite's int16x8 quantizer gives a SUM's output its input's scale, whatever the sum's range: the
+    attention scores of `Attention(score_mode="concat")`, a sum of 16 TANH outputs in [-6.4, 9.4], were
+    clipped to [-1, 1] (44 % agreement with float). A MEAN gets a scale of its own (the sum's calibrated
+    range over the count), and the MUL by the count one of its own too."""
+    changed = False
+    for graph in model.subgraphs:
+        for op in list(graph.operators):
+            if builtin_of(model, op) != schema.BuiltinOperator.SUM:
+                continue
+            x, axes, out = int(op.inputs[0]), int(op.inputs[1]), int(op.outputs[0])
+            shape = graph.tensors[x].shape
+            axes_data = model.buffers[graph.tensors[axes].buffer].data
+            if not has_range(graph.tensors[out]) or shape is None or axes_data is None or not len(axes_data):
+                continue
+            dims = [int(shape[int(a) % len(shape)]) for a in np.frombuffer(bytes(axes_data), np.int32)]
+            signature = graph.tensors[x].shapeSignature
+            if any(d <= 0 for d in dims) or (signature is not None and any(
+                    int(signature[int(a) % len(shape)]) < 0 for a in np.frombuffer(bytes(axes_data), np.int32))):
+                continue
+            count = float(np.prod(dims))
+            low, high = (float(v[0]) / count for v in (graph.tensors[out].quantization.min,
+                                                         graph.tensors[out].quantization.max))
+            name = graph.tensors[out].name or b"sum"
+            mean = tensor_like(graph, out, name + b"/mean", schema.TensorType.FLOAT32, _range(low, high))
+            op.opcodeIndex = opcode(model, schema.BuiltinOperator.MEAN)
+            op.outputs = [mean]
+            graph.operators.insert(graph.operators.index(op) + 1, new_op(
+                model, schema.BuiltinOperator.MUL, [mean, scalar_constant(model, graph, count, name, b"count")], [out]))
+            changed = True
+    return changed
+
+
 def _selects_as_sums(model) -> bool:
     """Every SELECT_V2(c, a, b) of float values as a * m + b * n, m and n the condition and its negation
     as 0 and 1, in place; returns whether there was one.
@@ -341,14 +376,8 @@ def _unshare_buffers(model) -> bool:
     return changed
 
 
-def repair_scales(quantized: bytes, calibrated: bytes) -> tuple[bytes, int]:
-    """`quantized` with its zero-scale int16 tensors given a scale, and each SUM's output its own; returns it
-    and how many tensors were repaired.
-
-    TFLite's int16x8 quantizer gives a SUM's output its input's scale, whatever the sum's range: the
-    attention scores of `Attention(score_mode="concat")`, a sum of 16 TANH outputs in [-6.4, 9.4], were
-    clipped to [-1, 1] (44 % agreement with float). The interpreter's int16 SUM rescales to any output
-    scale; it gets its calibrated range's.
+def repair_zero_scales(quantized: bytes, calibrated: bytes) -> tuple[bytes, int]:
+    """`quantized` with its zero-scale int16 tensors given a scale; returns it and how many were repaired.
 
     `quantized` is the int16x8 file made from `calibrated`, as `for_int16x8` left it.
     """
@@ -363,12 +392,6 @@ def repair_scales(quantized: bytes, calibrated: bytes) -> tuple[bytes, int]:
                 tensor.quantization.scale, tensor.quantization.zeroPoint = [scale], [0]
                 scales[index] = scale
         for op in graph.operators:
-            out = graph.tensors[int(op.outputs[0])]
-            if builtin_of(model, op) == schema.BuiltinOperator.SUM and out.type == schema.TensorType.INT16:
-                scale = _calibrated_scale(float_graph, by_name.get(out.name))
-                if scale is not None and scale != float(out.quantization.scale[0]):
-                    repaired += _rescaled(model, graph, int(op.outputs[0]), scale)
-        for op in graph.operators:
             builtin = builtin_of(model, op)
             if builtin == schema.BuiltinOperator.FILL and int(op.outputs[0]) in scales:
                 value = graph.tensors[int(op.inputs[1])]  # FILL keeps its value's scale
@@ -377,23 +400,6 @@ def repair_scales(quantized: bytes, calibrated: bytes) -> tuple[bytes, int]:
                 _requantize_bias(model, graph, op, scales[int(op.inputs[0])], source, float_graph, by_name)
         repaired += len(scales)
     return (write_model(model), repaired) if repaired else (quantized, 0)
-
-
-# Ops whose int16 kernels copy or pick values without rescaling: their output must keep their input's scale.
-_SAME_SCALE = {schema.BuiltinOperator.RESHAPE, schema.BuiltinOperator.SQUEEZE, schema.BuiltinOperator.EXPAND_DIMS,
-               schema.BuiltinOperator.TRANSPOSE, schema.BuiltinOperator.REDUCE_MIN, schema.BuiltinOperator.REDUCE_MAX,
-               schema.BuiltinOperator.MAX_POOL_2D, schema.BuiltinOperator.SLICE, schema.BuiltinOperator.STRIDED_SLICE,
-               schema.BuiltinOperator.GATHER, schema.BuiltinOperator.SPLIT, schema.BuiltinOperator.SPLIT_V,
-               schema.BuiltinOperator.UNPACK, schema.BuiltinOperator.TILE, schema.BuiltinOperator.BROADCAST_TO}
-
-
-def _rescaled(model, graph, index: int, scale: float) -> int:
-    """Give tensor `index` the int16 `scale`, and the outputs of the ops that keep their input's scale and
-    read it (and so on); returns how many tensors changed."""
-    graph.tensors[index].quantization.scale = [scale]
-    readers = readers_of(graph).get(index, [])
-    return 1 + sum(_rescaled(model, graph, int(out), scale)
-                   for op in readers if builtin_of(model, op) in _SAME_SCALE for out in op.outputs)
 
 
 def _zero_scale(tensor) -> bool:
