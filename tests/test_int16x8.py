@@ -128,6 +128,26 @@ def test_int16x8_of_hard_swish_is_integer(digits):
     assert output.float.accuracy > 0.9 and output.quantized.agreement >= 0.99, output
 
 
+def test_int16x8_keeps_a_far_bound_of_a_minimum_in_range(digits):
+    """Keras 3's UnitNormalization caps 1/‖x‖ with MINIMUM(·, 1e12); on the value's int16 scale TFLite's
+    int16x8 quantizer wrapped the bound around to -0.8, and every prediction changed (0 % agreement)."""
+    from tfquant._keras import keras3
+
+    k = keras3()
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image")
+    x = k.layers.UnitNormalization()(k.layers.Dense(32)(k.layers.Flatten()(inputs)))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(digits["x"], digits["y"], epochs=3, verbose=0)
+    result = tfquant.quantize(model, {"image": digits["x"][:200]}, mode="int16x8", bench_runs=1, diagnose=False,
+                              eval_data=({"image": digits["x_test"]}, digits["y_test"]))
+    assert_every_op_integer(result.info)
+    assert "MINIMUM" in {op.name for op in result.info.ops}
+    output = result.report.outputs[0]
+    assert output.float.accuracy > 0.9 and output.quantized.agreement >= 0.99, output
+
+
 def test_int16x8_gives_a_sum_its_own_scale(digits):
     """`Attention(score_mode="concat")` scores as the SUM of TANH outputs; TFLite's int16x8 quantizer gave
     the SUM its input's scale, clipping scores in [-6, 9] to [-1, 1] (44 % agreement with float)."""

@@ -21,6 +21,7 @@ convolution op reading it is quantized again from the float bias with the input'
 Where the quantizer or the interpreter has no int16 form of an op, the file is rewritten before it
 runs: SQUARED_DIFFERENCE (LayerNormalization's variance) as SUB then MUL, HARD_SWISH (MobileNetV3)
 as x * RELU6(x + 3) / 6, SUM as MEAN times the count (the quantizer gave a SUM its input's scale),
+a MINIMUM's or MAXIMUM's constant bound clipped to its value's range (it wrapped around in int16),
 and SELECT_V2 (a causal or padding mask on attention scores) as a sum of products with the mask as
 0 and 1. The integer ops on token ids and masks are set aside while it runs (`without_integer_ops`).
 """
@@ -53,6 +54,7 @@ def for_int16x8(calibrated: bytes) -> bytes:
     changed = _squared_differences_spelled_out(model)
     changed = _hard_swishes_spelled_out(model) or changed
     changed = _sums_as_means(model) or changed
+    changed = _bounds_within_range(model) or changed
     changed = _selects_as_sums(model) or changed
     changed = _unshare_constants(model) or changed
     changed = _unshare_buffers(model) or changed
@@ -236,6 +238,35 @@ def _sums_as_means(model) -> bool:
             graph.operators.insert(graph.operators.index(op) + 1, new_op(
                 model, schema.BuiltinOperator.MUL, [mean, scalar_constant(model, graph, count, name, b"count")], [out]))
             changed = True
+    return changed
+
+
+def _bounds_within_range(model) -> bool:
+    """Every constant bound of a MINIMUM or MAXIMUM clipped to the calibrated range of the value it bounds,
+    in place; returns whether one changed.
+
+    Such an op keeps one scale for its inputs and output, and TFLite's int16x8 quantizer stored a bound
+    far outside the value's range by wrapping it around: Keras 3's UnitNormalization caps 1/‖x‖ at 1e12,
+    which became -0.8, and every output with it (0 % agreement). Inside the value's calibrated range the
+    clipped bound does the same."""
+    changed = False
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            if builtin_of(model, op) not in (schema.BuiltinOperator.MINIMUM, schema.BuiltinOperator.MAXIMUM):
+                continue
+            inputs = [int(i) for i in op.inputs]
+            bounds = [float_constant(model, graph, i) for i in inputs]
+            if len(inputs) != 2 or sum(b is not None for b in bounds) != 1:
+                continue
+            at = 0 if bounds[0] is not None else 1
+            value = graph.tensors[inputs[1 - at]]
+            if not has_range(value):
+                continue
+            low, high = float(value.quantization.min[0]), float(value.quantization.max[0])
+            clipped = np.clip(bounds[at], low, high)
+            if not np.array_equal(clipped, bounds[at]):
+                op.inputs[at] = array_constant(model, graph, clipped, graph.tensors[inputs[at]].name, b"clipped")
+                changed = True
     return changed
 
 
