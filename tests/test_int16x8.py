@@ -128,6 +128,26 @@ def test_int16x8_of_hard_swish_is_integer(digits):
     assert output.float.accuracy > 0.9 and output.quantized.agreement >= 0.99, output
 
 
+def test_int16x8_of_prelu_is_integer(digits):
+    """PReLU (super-resolution and face networks) has no int16 form in TFLite's int16x8 quantizer, which
+    refused it; it is now RELU(x) - a * RELU(-x)."""
+    from tfquant._keras import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Flatten()(keras.layers.PReLU()(keras.layers.Conv2D(16, 3)(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="probs")(x))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(digits["x"], digits["y"], epochs=3, verbose=0)
+    result = tfquant.quantize(model, {"image": digits["x"][:200]}, mode="int16x8", bench_runs=1, diagnose=False,
+                              eval_data=({"image": digits["x_test"]}, digits["y_test"]))
+    assert_every_op_integer(result.info)
+    assert "PRELU" in {op.name for op in tfquant.inspect(result.float_tflite).ops}
+    assert "PRELU" not in {op.name for op in result.info.ops}
+    output = result.report.outputs[0]
+    assert output.float.accuracy > 0.9 and output.quantized.agreement >= 0.99, output
+
+
 def test_int16x8_keeps_a_far_bound_of_a_minimum_in_range(digits):
     """Keras 3's UnitNormalization caps 1/‖x‖ with MINIMUM(·, 1e12); on the value's int16 scale TFLite's
     int16x8 quantizer wrapped the bound around to -0.8, and every prediction changed (0 % agreement)."""

@@ -20,7 +20,7 @@ convolution op reading it is quantized again from the float bias with the input'
 
 Where the quantizer or the interpreter has no int16 form of an op, the file is rewritten before it
 runs: SQUARED_DIFFERENCE (LayerNormalization's variance) as SUB then MUL, HARD_SWISH (MobileNetV3)
-as x * RELU6(x + 3) / 6, SUM as MEAN times the count (the quantizer gave a SUM its input's scale),
+as x * RELU6(x + 3) / 6, PRELU as RELU(x) - a * RELU(-x), SUM as MEAN times the count (the quantizer gave a SUM its input's scale),
 a MINIMUM's or MAXIMUM's constant bound clipped to its value's range (it wrapped around in int16),
 and SELECT_V2 (a causal or padding mask on attention scores) as a sum of products with the mask as
 0 and 1. The integer ops on token ids and masks are set aside while it runs (`without_integer_ops`).
@@ -47,12 +47,13 @@ _INT16_MAX = 32767
 
 
 def for_int16x8(calibrated: bytes) -> bytes:
-    """`calibrated` with its SQUARED_DIFFERENCEs, HARD_SWISHes, SUMs and SELECT_V2s spelled out, a bias tensor of its own for
+    """`calibrated` with its SQUARED_DIFFERENCEs, HARD_SWISHes, PRELUs, SUMs and SELECT_V2s spelled out, a bias tensor of its own for
     every dense and convolution op, a value of its own for every FILL, and a buffer of its own for every
     constant tensor."""
     model = read_model(calibrated)
     changed = _squared_differences_spelled_out(model)
     changed = _hard_swishes_spelled_out(model) or changed
+    changed = _prelus_spelled_out(model) or changed
     changed = _sums_as_means(model) or changed
     changed = _bounds_within_range(model) or changed
     changed = _selects_as_sums(model) or changed
@@ -202,6 +203,43 @@ def _hard_swishes_spelled_out(model) -> bool:
             op.inputs = [x, made[b"scaled"]]
             op.opcodeIndex = opcode(model, schema.BuiltinOperator.MUL)
             op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.MUL)
+            changed = True
+    return changed
+
+
+def _prelus_spelled_out(model) -> bool:
+    """Every PRELU(x, a) as RELU(x) - a * RELU(-x), in place; returns whether there was one. TFLite's int16x8
+    quantizer has no int16 form of PRELU (super-resolution and face networks use it). The new tensors'
+    ranges follow from x's and a's."""
+    changed = False
+    for graph in model.subgraphs:
+        for op in list(graph.operators):
+            if builtin_of(model, op) != schema.BuiltinOperator.PRELU:
+                continue
+            x, alpha, out = int(op.inputs[0]), int(op.inputs[1]), int(op.outputs[0])
+            slopes = float_constant(model, graph, alpha)
+            if slopes is None or not has_range(graph.tensors[x]):
+                continue
+            low, high = float(graph.tensors[x].quantization.min[0]), float(graph.tensors[x].quantization.max[0])
+            name = graph.tensors[out].name or b"prelu"
+            below = max(-low, 0.0)  # the largest value of RELU(-x)
+            made = {part: tensor_like(graph, out, name + b"/" + part, schema.TensorType.FLOAT32, _range(lo, hi))
+                    for part, lo, hi in ((b"positive", 0.0, max(high, 1e-3)), (b"negated", -high, -low),
+                                         (b"negative", 0.0, max(below, 1e-3)),
+                                         (b"scaled", min(float(slopes.min()) * below, 0.0),
+                                          max(float(slopes.max()) * below, 1e-3)))}
+            ops = [
+                new_op(model, schema.BuiltinOperator.RELU, [x], [made[b"positive"]]),
+                new_op(model, schema.BuiltinOperator.MUL, [x, scalar_constant(model, graph, -1.0, name, b"minus_one")],
+                       [made[b"negated"]]),
+                new_op(model, schema.BuiltinOperator.RELU, [made[b"negated"]], [made[b"negative"]]),
+                new_op(model, schema.BuiltinOperator.MUL, [made[b"negative"], alpha], [made[b"scaled"]]),
+            ]
+            at = graph.operators.index(op)
+            graph.operators[at:at] = ops
+            op.inputs = [made[b"positive"], made[b"scaled"]]
+            op.opcodeIndex = opcode(model, schema.BuiltinOperator.SUB)
+            op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.SUB)
             changed = True
     return changed
 
