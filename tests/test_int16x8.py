@@ -107,25 +107,32 @@ def test_int16x8_of_attention_under_a_padding_mask_is_integer(version):
     assert output.float.accuracy > 0.8 and output.quantized.agreement >= 0.98, output
 
 
-def test_int16x8_of_hard_swish_is_integer(digits):
-    """HARD_SWISH (MobileNetV3's activation, Keras 3's `hard_silu`) has no int16 form in TFLite's int16x8
-    quantizer, which refused MobileNetV3; it is now x * RELU6(x + 3) / 6."""
-    from tfquant._keras import keras3
-
-    k = keras3()
+def _image_classifier_at_int16x8(k, body, digits):
+    """A digits classifier whose hidden layers `body(k, inputs)` makes, fitted and converted at int16x8: fully
+    integer, and agreeing with float on 99 % of the test digits or more."""
     k.utils.set_random_seed(0)
     inputs = k.Input((8, 8, 1), name="image")
-    x = k.layers.Flatten()(k.layers.Conv2D(16, 3, activation="hard_silu")(inputs))
+    x = k.layers.Flatten()(body(k, inputs))
     model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
     model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
     model.fit(digits["x"], digits["y"], epochs=3, verbose=0)
     result = tfquant.quantize(model, {"image": digits["x"][:200]}, mode="int16x8", bench_runs=1, diagnose=False,
                               eval_data=({"image": digits["x_test"]}, digits["y_test"]))
     assert_every_op_integer(result.info)
-    assert "HARD_SWISH" in {op.name for op in tfquant.inspect(result.float_tflite).ops}
-    assert "RELU6" in {op.name for op in result.info.ops}
     output = result.report.outputs[0]
     assert output.float.accuracy > 0.9 and output.quantized.agreement >= 0.99, output
+    return result
+
+
+def test_int16x8_of_hard_swish_is_integer(digits):
+    """HARD_SWISH (MobileNetV3's activation, Keras 3's `hard_silu`) has no int16 form in TFLite's int16x8
+    quantizer, which refused MobileNetV3; it is now x * RELU6(x + 3) / 6."""
+    from tfquant._keras import keras3
+
+    result = _image_classifier_at_int16x8(
+        keras3(), lambda k, inputs: k.layers.Conv2D(16, 3, activation="hard_silu")(inputs), digits)
+    assert "HARD_SWISH" in {op.name for op in tfquant.inspect(result.float_tflite).ops}
+    assert "RELU6" in {op.name for op in result.info.ops}
 
 
 def test_int16x8_of_prelu_is_integer(digits):
@@ -133,19 +140,10 @@ def test_int16x8_of_prelu_is_integer(digits):
     refused it; it is now RELU(x) - a * RELU(-x)."""
     from tfquant._keras import keras
 
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((8, 8, 1), name="image")
-    x = keras.layers.Flatten()(keras.layers.PReLU()(keras.layers.Conv2D(16, 3)(inputs)))
-    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="probs")(x))
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    model.fit(digits["x"], digits["y"], epochs=3, verbose=0)
-    result = tfquant.quantize(model, {"image": digits["x"][:200]}, mode="int16x8", bench_runs=1, diagnose=False,
-                              eval_data=({"image": digits["x_test"]}, digits["y_test"]))
-    assert_every_op_integer(result.info)
+    result = _image_classifier_at_int16x8(
+        keras, lambda k, inputs: k.layers.PReLU()(k.layers.Conv2D(16, 3)(inputs)), digits)
     assert "PRELU" in {op.name for op in tfquant.inspect(result.float_tflite).ops}
     assert "PRELU" not in {op.name for op in result.info.ops}
-    output = result.report.outputs[0]
-    assert output.float.accuracy > 0.9 and output.quantized.agreement >= 0.99, output
 
 
 def test_int16x8_keeps_a_far_bound_of_a_minimum_in_range(digits):
@@ -153,19 +151,10 @@ def test_int16x8_keeps_a_far_bound_of_a_minimum_in_range(digits):
     int16x8 quantizer wrapped the bound around to -0.8, and every prediction changed (0 % agreement)."""
     from tfquant._keras import keras3
 
-    k = keras3()
-    k.utils.set_random_seed(0)
-    inputs = k.Input((8, 8, 1), name="image")
-    x = k.layers.UnitNormalization()(k.layers.Dense(32)(k.layers.Flatten()(inputs)))
-    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
-    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    model.fit(digits["x"], digits["y"], epochs=3, verbose=0)
-    result = tfquant.quantize(model, {"image": digits["x"][:200]}, mode="int16x8", bench_runs=1, diagnose=False,
-                              eval_data=({"image": digits["x_test"]}, digits["y_test"]))
-    assert_every_op_integer(result.info)
+    result = _image_classifier_at_int16x8(
+        keras3(), lambda k, inputs: k.layers.UnitNormalization()(k.layers.Dense(32)(k.layers.Flatten()(inputs))),
+        digits)
     assert "MINIMUM" in {op.name for op in result.info.ops}
-    output = result.report.outputs[0]
-    assert output.float.accuracy > 0.9 and output.quantized.agreement >= 0.99, output
 
 
 def test_int16x8_gives_a_sum_its_own_scale(digits):
