@@ -63,6 +63,17 @@ def for_int16x8(calibrated: bytes) -> bytes:
     return write_model(model) if changed else calibrated
 
 
+def _each(model, builtin: int):
+    """(graph, op) for every op running `builtin`, listed before any is rewritten (a rewrite inserts ops)."""
+    return [(graph, op) for graph in model.subgraphs for op in list(graph.operators) if builtin_of(model, op) == builtin]
+
+
+def _turn_into(model, op, builtin: int) -> None:
+    """`op` runs `builtin` (with its default options) on the inputs it has."""
+    op.opcodeIndex = opcode(model, builtin)
+    op.builtinOptionsType, op.builtinOptions = op_options(builtin)
+
+
 @dataclass(frozen=True)
 class _Hidden:
     """Integer ops taken out of a file for TFLite's int16x8 quantizer, by their tensors' names."""
@@ -148,23 +159,19 @@ def _squared_differences_spelled_out(model) -> bool:
     for it and stops on the file. The calibrated file has no range for the new `t`; the square's
     has one, [0, m], and |t| <= sqrt(m) is the bound int16's symmetric scale takes."""
     changed = False
-    for graph in model.subgraphs:
-        for op in list(graph.operators):
-            if builtin_of(model, op) != schema.BuiltinOperator.SQUARED_DIFFERENCE:
-                continue
-            out = int(op.outputs[0])
-            square = graph.tensors[out]
-            if not has_range(square):
-                continue
-            bound = float(np.sqrt(max(float(square.quantization.max[0]), 0.0)))
-            difference = tensor_like(graph, out, (square.name or b"squared_difference") + b"/difference",
-                                     schema.TensorType.FLOAT32, _range(-bound, bound))
-            at = graph.operators.index(op)
-            graph.operators.insert(at, new_op(model, schema.BuiltinOperator.SUB, list(op.inputs), [difference]))
-            op.inputs = [difference, difference]
-            op.opcodeIndex = opcode(model, schema.BuiltinOperator.MUL)
-            op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.MUL)
-            changed = True
+    for graph, op in _each(model, schema.BuiltinOperator.SQUARED_DIFFERENCE):
+        out = int(op.outputs[0])
+        square = graph.tensors[out]
+        if not has_range(square):
+            continue
+        bound = float(np.sqrt(max(float(square.quantization.max[0]), 0.0)))
+        difference = tensor_like(graph, out, (square.name or b"squared_difference") + b"/difference",
+                                 schema.TensorType.FLOAT32, _range(-bound, bound))
+        at = graph.operators.index(op)
+        graph.operators.insert(at, new_op(model, schema.BuiltinOperator.SUB, list(op.inputs), [difference]))
+        op.inputs = [difference, difference]
+        _turn_into(model, op, schema.BuiltinOperator.MUL)
+        changed = True
     return changed
 
 
@@ -173,37 +180,33 @@ def _hard_swishes_spelled_out(model) -> bool:
     there was one. TFLite's int16x8 quantizer has no int16 form of HARD_SWISH and refused MobileNetV3.
     The new tensors take their ranges from x's: x + 3 shifted, the gate within [0, 6], then [0, 1]."""
     changed = False
-    for graph in model.subgraphs:
-        for op in list(graph.operators):
-            if builtin_of(model, op) != schema.BuiltinOperator.HARD_SWISH:
-                continue
-            x, out = int(op.inputs[0]), int(op.outputs[0])
-            if not has_range(graph.tensors[x]):
-                continue
-            low, high = float(graph.tensors[x].quantization.min[0]), float(graph.tensors[x].quantization.max[0])
-            name = graph.tensors[out].name or b"hard_swish"
-            gate_low, gate_high = min(max(low + 3.0, 0.0), 6.0), min(max(high + 3.0, 0.0), 6.0)
-            made = {
-                b"shifted": tensor_like(graph, out, name + b"/shifted", schema.TensorType.FLOAT32,
-                                        _range(min(low + 3.0, 0.0), max(high + 3.0, 0.0))),
-                b"gate": tensor_like(graph, out, name + b"/gate", schema.TensorType.FLOAT32,
-                                     _range(0.0, max(gate_high, gate_low, 1e-3))),
-                b"scaled": tensor_like(graph, out, name + b"/scaled", schema.TensorType.FLOAT32,
-                                       _range(0.0, max(gate_high / 6.0, 1e-3))),
-            }
-            ops = [
-                new_op(model, schema.BuiltinOperator.ADD,
-                       [x, scalar_constant(model, graph, 3.0, name, b"three")], [made[b"shifted"]]),
-                new_op(model, schema.BuiltinOperator.RELU6, [made[b"shifted"]], [made[b"gate"]]),
-                new_op(model, schema.BuiltinOperator.MUL,
-                       [made[b"gate"], scalar_constant(model, graph, 1.0 / 6.0, name, b"sixth")], [made[b"scaled"]]),
-            ]
-            at = graph.operators.index(op)
-            graph.operators[at:at] = ops
-            op.inputs = [x, made[b"scaled"]]
-            op.opcodeIndex = opcode(model, schema.BuiltinOperator.MUL)
-            op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.MUL)
-            changed = True
+    for graph, op in _each(model, schema.BuiltinOperator.HARD_SWISH):
+        x, out = int(op.inputs[0]), int(op.outputs[0])
+        if not has_range(graph.tensors[x]):
+            continue
+        low, high = float(graph.tensors[x].quantization.min[0]), float(graph.tensors[x].quantization.max[0])
+        name = graph.tensors[out].name or b"hard_swish"
+        gate_low, gate_high = min(max(low + 3.0, 0.0), 6.0), min(max(high + 3.0, 0.0), 6.0)
+        made = {
+            b"shifted": tensor_like(graph, out, name + b"/shifted", schema.TensorType.FLOAT32,
+                                    _range(min(low + 3.0, 0.0), max(high + 3.0, 0.0))),
+            b"gate": tensor_like(graph, out, name + b"/gate", schema.TensorType.FLOAT32,
+                                 _range(0.0, max(gate_high, gate_low, 1e-3))),
+            b"scaled": tensor_like(graph, out, name + b"/scaled", schema.TensorType.FLOAT32,
+                                   _range(0.0, max(gate_high / 6.0, 1e-3))),
+        }
+        ops = [
+            new_op(model, schema.BuiltinOperator.ADD,
+                   [x, scalar_constant(model, graph, 3.0, name, b"three")], [made[b"shifted"]]),
+            new_op(model, schema.BuiltinOperator.RELU6, [made[b"shifted"]], [made[b"gate"]]),
+            new_op(model, schema.BuiltinOperator.MUL,
+                   [made[b"gate"], scalar_constant(model, graph, 1.0 / 6.0, name, b"sixth")], [made[b"scaled"]]),
+        ]
+        at = graph.operators.index(op)
+        graph.operators[at:at] = ops
+        op.inputs = [x, made[b"scaled"]]
+        _turn_into(model, op, schema.BuiltinOperator.MUL)
+        changed = True
     return changed
 
 
@@ -212,35 +215,31 @@ def _prelus_spelled_out(model) -> bool:
     quantizer has no int16 form of PRELU (super-resolution and face networks use it). The new tensors'
     ranges follow from x's and a's."""
     changed = False
-    for graph in model.subgraphs:
-        for op in list(graph.operators):
-            if builtin_of(model, op) != schema.BuiltinOperator.PRELU:
-                continue
-            x, alpha, out = int(op.inputs[0]), int(op.inputs[1]), int(op.outputs[0])
-            slopes = float_constant(model, graph, alpha)
-            if slopes is None or not has_range(graph.tensors[x]):
-                continue
-            low, high = float(graph.tensors[x].quantization.min[0]), float(graph.tensors[x].quantization.max[0])
-            name = graph.tensors[out].name or b"prelu"
-            below = max(-low, 0.0)  # the largest value of RELU(-x)
-            made = {part: tensor_like(graph, out, name + b"/" + part, schema.TensorType.FLOAT32, _range(lo, hi))
-                    for part, lo, hi in ((b"positive", 0.0, max(high, 1e-3)), (b"negated", -high, -low),
-                                         (b"negative", 0.0, max(below, 1e-3)),
-                                         (b"scaled", min(float(slopes.min()) * below, 0.0),
-                                          max(float(slopes.max()) * below, 1e-3)))}
-            ops = [
-                new_op(model, schema.BuiltinOperator.RELU, [x], [made[b"positive"]]),
-                new_op(model, schema.BuiltinOperator.MUL, [x, scalar_constant(model, graph, -1.0, name, b"minus_one")],
-                       [made[b"negated"]]),
-                new_op(model, schema.BuiltinOperator.RELU, [made[b"negated"]], [made[b"negative"]]),
-                new_op(model, schema.BuiltinOperator.MUL, [made[b"negative"], alpha], [made[b"scaled"]]),
-            ]
-            at = graph.operators.index(op)
-            graph.operators[at:at] = ops
-            op.inputs = [made[b"positive"], made[b"scaled"]]
-            op.opcodeIndex = opcode(model, schema.BuiltinOperator.SUB)
-            op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.SUB)
-            changed = True
+    for graph, op in _each(model, schema.BuiltinOperator.PRELU):
+        x, alpha, out = int(op.inputs[0]), int(op.inputs[1]), int(op.outputs[0])
+        slopes = float_constant(model, graph, alpha)
+        if slopes is None or not has_range(graph.tensors[x]):
+            continue
+        low, high = float(graph.tensors[x].quantization.min[0]), float(graph.tensors[x].quantization.max[0])
+        name = graph.tensors[out].name or b"prelu"
+        below = max(-low, 0.0)  # the largest value of RELU(-x)
+        made = {part: tensor_like(graph, out, name + b"/" + part, schema.TensorType.FLOAT32, _range(lo, hi))
+                for part, lo, hi in ((b"positive", 0.0, max(high, 1e-3)), (b"negated", -high, -low),
+                                     (b"negative", 0.0, max(below, 1e-3)),
+                                     (b"scaled", min(float(slopes.min()) * below, 0.0),
+                                      max(float(slopes.max()) * below, 1e-3)))}
+        ops = [
+            new_op(model, schema.BuiltinOperator.RELU, [x], [made[b"positive"]]),
+            new_op(model, schema.BuiltinOperator.MUL, [x, scalar_constant(model, graph, -1.0, name, b"minus_one")],
+                   [made[b"negated"]]),
+            new_op(model, schema.BuiltinOperator.RELU, [made[b"negated"]], [made[b"negative"]]),
+            new_op(model, schema.BuiltinOperator.MUL, [made[b"negative"], alpha], [made[b"scaled"]]),
+        ]
+        at = graph.operators.index(op)
+        graph.operators[at:at] = ops
+        op.inputs = [made[b"positive"], made[b"scaled"]]
+        _turn_into(model, op, schema.BuiltinOperator.SUB)
+        changed = True
     return changed
 
 
@@ -252,30 +251,27 @@ def _sums_as_means(model) -> bool:
     clipped to [-1, 1] (44 % agreement with float). A MEAN gets a scale of its own (the sum's calibrated
     range over the count), and the MUL by the count one of its own too."""
     changed = False
-    for graph in model.subgraphs:
-        for op in list(graph.operators):
-            if builtin_of(model, op) != schema.BuiltinOperator.SUM:
-                continue
-            x, axes, out = int(op.inputs[0]), int(op.inputs[1]), int(op.outputs[0])
-            shape = graph.tensors[x].shape
-            axes_data = model.buffers[graph.tensors[axes].buffer].data
-            if not has_range(graph.tensors[out]) or shape is None or axes_data is None or not len(axes_data):
-                continue
-            dims = [int(shape[int(a) % len(shape)]) for a in np.frombuffer(bytes(axes_data), np.int32)]
-            signature = graph.tensors[x].shapeSignature
-            if any(d <= 0 for d in dims) or (signature is not None and any(
-                    int(signature[int(a) % len(shape)]) < 0 for a in np.frombuffer(bytes(axes_data), np.int32))):
-                continue
-            count = float(np.prod(dims))
-            low, high = (float(v[0]) / count for v in (graph.tensors[out].quantization.min,
-                                                         graph.tensors[out].quantization.max))
-            name = graph.tensors[out].name or b"sum"
-            mean = tensor_like(graph, out, name + b"/mean", schema.TensorType.FLOAT32, _range(low, high))
-            op.opcodeIndex = opcode(model, schema.BuiltinOperator.MEAN)
-            op.outputs = [mean]
-            graph.operators.insert(graph.operators.index(op) + 1, new_op(
-                model, schema.BuiltinOperator.MUL, [mean, scalar_constant(model, graph, count, name, b"count")], [out]))
-            changed = True
+    for graph, op in _each(model, schema.BuiltinOperator.SUM):
+        x, axes, out = int(op.inputs[0]), int(op.inputs[1]), int(op.outputs[0])
+        shape = graph.tensors[x].shape
+        axes_data = model.buffers[graph.tensors[axes].buffer].data
+        if not has_range(graph.tensors[out]) or shape is None or axes_data is None or not len(axes_data):
+            continue
+        dims = [int(shape[int(a) % len(shape)]) for a in np.frombuffer(bytes(axes_data), np.int32)]
+        signature = graph.tensors[x].shapeSignature
+        if any(d <= 0 for d in dims) or (signature is not None and any(
+                int(signature[int(a) % len(shape)]) < 0 for a in np.frombuffer(bytes(axes_data), np.int32))):
+            continue
+        count = float(np.prod(dims))
+        low, high = (float(v[0]) / count for v in (graph.tensors[out].quantization.min,
+                                                     graph.tensors[out].quantization.max))
+        name = graph.tensors[out].name or b"sum"
+        mean = tensor_like(graph, out, name + b"/mean", schema.TensorType.FLOAT32, _range(low, high))
+        op.opcodeIndex = opcode(model, schema.BuiltinOperator.MEAN)
+        op.outputs = [mean]
+        graph.operators.insert(graph.operators.index(op) + 1, new_op(
+            model, schema.BuiltinOperator.MUL, [mean, scalar_constant(model, graph, count, name, b"count")], [out]))
+        changed = True
     return changed
 
 
@@ -318,37 +314,33 @@ def _selects_as_sums(model) -> bool:
     mask) gives CASTs, which `without_integer_ops` takes out while the quantizer runs. The two products
     take the calibrated range of their value widened to 0; the sum keeps the select's."""
     changed = False
-    for graph in model.subgraphs:
-        for op in list(graph.operators):
-            if builtin_of(model, op) != schema.BuiltinOperator.SELECT_V2:
+    for graph, op in _each(model, schema.BuiltinOperator.SELECT_V2):
+        condition, *values = (int(i) for i in op.inputs)
+        keep = _bool_constant(model, graph, condition)
+        out = int(op.outputs[0])
+        spans = [_value_range(model, graph, value) for value in values]
+        if None in spans or not has_range(graph.tensors[out]) or \
+                graph.tensors[condition].type != schema.TensorType.BOOL:
+            continue
+        name = graph.tensors[out].name or b"select"
+        ops, products = [], []
+        for value, (low, high), negated in zip(values, spans, (False, True)):
+            if low == high == 0.0:  # a constant 0 (Keras 3 zeroes padded positions): no product to add
                 continue
-            condition, *values = (int(i) for i in op.inputs)
-            keep = _bool_constant(model, graph, condition)
-            out = int(op.outputs[0])
-            spans = [_value_range(model, graph, value) for value in values]
-            if None in spans or not has_range(graph.tensors[out]) or \
-                    graph.tensors[condition].type != schema.TensorType.BOOL:
-                continue
-            name = graph.tensors[out].name or b"select"
-            ops, products = [], []
-            for value, (low, high), negated in zip(values, spans, (False, True)):
-                if low == high == 0.0:  # a constant 0 (Keras 3 zeroes padded positions): no product to add
-                    continue
-                factor = _mask_factor(model, graph, condition, keep, negated, name, ops)
-                product = tensor_like(graph, out, graph.tensors[factor].name + b"_part", schema.TensorType.FLOAT32,
-                                      _range(min(low, 0.0), max(high, 0.0)))
-                ops.append(new_op(model, schema.BuiltinOperator.MUL, [value, factor], [product]))
-                products.append(product)
-            if len(products) == 1:  # the one product is the select's value
-                ops[-1].outputs = [out]
-                graph.operators[graph.operators.index(op)] = ops.pop()
-            else:
-                op.inputs = products
-                op.opcodeIndex = opcode(model, schema.BuiltinOperator.ADD)
-                op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.ADD)
-            at = next(i for i, o in enumerate(graph.operators) if out in map(int, o.outputs))
-            graph.operators[at:at] = ops
-            changed = True
+            factor = _mask_factor(model, graph, condition, keep, negated, name, ops)
+            product = tensor_like(graph, out, graph.tensors[factor].name + b"_part", schema.TensorType.FLOAT32,
+                                  _range(min(low, 0.0), max(high, 0.0)))
+            ops.append(new_op(model, schema.BuiltinOperator.MUL, [value, factor], [product]))
+            products.append(product)
+        if len(products) == 1:  # the one product is the select's value
+            ops[-1].outputs = [out]
+            graph.operators[graph.operators.index(op)] = ops.pop()
+        else:
+            op.inputs = products
+            _turn_into(model, op, schema.BuiltinOperator.ADD)
+        at = next(i for i, o in enumerate(graph.operators) if out in map(int, o.outputs))
+        graph.operators[at:at] = ops
+        changed = True
     return changed
 
 
