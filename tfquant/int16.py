@@ -319,7 +319,7 @@ def _selects_as_sums(model) -> bool:
         keep = _bool_constant(model, graph, condition)
         out = int(op.outputs[0])
         spans = [_value_range(model, graph, value) for value in values]
-        if None in spans or not has_range(graph.tensors[out]) or \
+        if None in spans or not has_range(graph.tensors[out]) or all(span == (0.0, 0.0) for span in spans) or \
                 graph.tensors[condition].type != schema.TensorType.BOOL:
             continue
         name = graph.tensors[out].name or b"select"
