@@ -102,18 +102,18 @@ def without_integer_ops(data: bytes) -> tuple[bytes, Optional[_Hidden]]:
                                                   if 0 < tensor.buffer < len(model.buffers)
                                                   and model.buffers[tensor.buffer].data is not None}
     hidden = []
+    ends = {int(i) for i in graph.outputs}
     for op in graph.operators:
         read = [int(i) for i in op.inputs if int(i) >= 0]
-        if all(i in available for i in read) and (_bool_cast(model, graph, op) or not any(
-                is_float(graph, i) for i in (*read, *map(int, op.outputs)))):
+        if all(i in available for i in read) and not ends & set(map(int, op.outputs)) and (
+                _bool_cast(model, graph, op) or not any(is_float(graph, i) for i in (*read, *map(int, op.outputs)))):
             hidden.append(op)
             available.update(int(i) for i in op.outputs)
             if _bool_cast(model, graph, op):  # an int16 step of exactly 1: the cast's 0 and 1 are its int16 values
                 graph.tensors[int(op.outputs[0])].quantization = _range(0.0, float(_INT16_MAX))
     read_after = {int(i) for op in graph.operators if not any(op is h for h in hidden) for i in op.inputs}
     standing_in = [int(i) for op in hidden for i in op.outputs if int(i) in read_after]
-    kept = [int(i) for op in hidden for i in (*op.inputs, *op.outputs) if int(i) >= 0]
-    if not hidden or len({names[i] for i in kept}) != len(set(kept)) or len(set(names)) != len(names):
+    if not hidden or len(set(names)) != len(names):
         return data, None  # nothing to take out, or tensors the names could not find again
     record = _Hidden([(builtin_of(model, op), copy_module.deepcopy(op),
                        [names[int(i)] if int(i) >= 0 else None for i in op.inputs],
