@@ -71,6 +71,27 @@ def test_a_multi_label_output_is_judged_per_decision():
         "0.9600)"]
 
 
+def test_one_sigmoid_unit_per_pixel_is_judged_on_every_pixel():
+    """A binary segmentation mask: one sigmoid unit per pixel, shape (N, H, W, 1), with 0/1 labels (N, H, W).
+    Its labels were refused ("expected labels of shape (N,)"), and judged as a classifier without them only
+    the first pixel of each sample was compared."""
+    probs = 1 / (1 + np.exp(-3 * RNG.standard_normal((50, 4, 4, 1))))
+    labels = (probs[..., 0] > 0.5).astype(np.float32)
+    labels[:5, 2, 3] = 1 - labels[:5, 2, 3]  # 5 of 800 pixels wrong in float, none of them a first pixel
+    assert tasks.detect(probs, labels) == "classification" and tasks.detect(probs) == "regression"
+    checked = tasks.check_labels("classification", "mask", probs, labels[..., None], "d.npz")
+    assert checked.shape == (50, 4, 4)
+    quantized = probs.copy()
+    quantized[10:18, 1, 1, 0] = 1 - quantized[10:18, 1, 1, 0]  # eight more pixels flip
+    f = tasks.measure("classification", "mask", probs, labels=checked)
+    q = tasks.measure("classification", "mask", quantized, labels=checked, reference=probs)
+    assert (f.accuracy, q.decisions) == (pytest.approx(795 / 800), 16)
+    assert q.agreement == pytest.approx(792 / 800) and q.accuracy == pytest.approx(787 / 800)
+    one_unit = probs[:, 0, 0]  # (N, 1): one decision per sample, as before
+    assert tasks.check_labels("classification", "p", one_unit, labels[:, 0, 0], "d.npz").shape == (50,)
+    assert tasks.measure("classification", "p", one_unit, labels=labels[:, 0, 0]).decisions is None
+
+
 def test_class_ids_a_model_picks_itself_are_compared_as_they_are():
     """An argmax in the graph: an int32 output of one class id per sample (or per token)."""
     ids = RNG.integers(0, 10, 100).astype(np.int32)

@@ -9,8 +9,9 @@ overrides the choice. Every task is registered with a small decorator, and each 
   agreement with the float file; its budget is the accuracy drop (or, without labels, the share
   of samples whose top-1 class changed). A multi-label output (independent sigmoid units, with
   0/1 labels of the output's own shape) is judged per decision: accuracy and agreement are the
-  share of (sample, label) decisions at 0.5 that match. An integer output holds class ids the model
-  picks itself (an argmax in the graph): they are compared as they are.
+  share of (sample, label) decisions at 0.5 that match. So is one sigmoid unit per pixel or token (a
+  binary segmentation mask, shape (N, H, W, 1), with labels (N, H, W)). An integer output holds class
+  ids the model picks itself (an argmax in the graph): they are compared as they are.
 - **regression**: RMSE of the quantized output against the float output, relative to the float
   output's standard deviation, and the max abs error; R² against labels when given.
 - **embedding**: mean and min cosine between quantized and float embeddings; nearest-neighbour
@@ -72,10 +73,9 @@ def detect(values: np.ndarray, labels: Optional[np.ndarray] = None) -> str:
     if class_ids(values):
         return "classification"
     if values.ndim < 2 or values.shape[-1] == 1:
-        flat = values.reshape(len(values), -1)[:, 0]
         if labels is not None and _whole(labels) and set(np.unique(labels)) <= {0, 1} and \
-                flat.min() >= 0 and flat.max() <= 1:
-            return "classification"  # one sigmoid unit
+                values.min() >= 0 and values.max() <= 1:
+            return "classification"  # one sigmoid unit (per sample, or per pixel or token)
         return "regression"
     rows = values.reshape(-1, values.shape[-1]).astype(np.float64)
     if rows.min() >= -1e-6 and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
@@ -135,7 +135,8 @@ def check_labels(task: str, name: str, values: np.ndarray, labels: np.ndarray, w
         if not _whole(y):
             raise DataError(problem(where, f"whole-number class labels for output {name!r}", "fractional values"))
         y = y.astype(np.int64)
-        expected = values.shape[:-1] if values.ndim >= 2 and values.shape[-1] > 1 else values.shape[:1]
+        expected = values.shape[:-1] if values.ndim > 2 or (values.ndim == 2 and values.shape[-1] > 1) else \
+            values.shape[:1]
         if task == "classification" and y.shape != expected:
             raise DataError(problem(where, f"labels of shape {expected} for output {name!r}", f"{y.shape}"))
         if task == "classification" and len(y) and (y.min() < 0 or y.max() >= classes):
@@ -164,11 +165,16 @@ def _classification(name, values, labels, reference) -> OutputMetrics:
         return OutputMetrics(name=name, task="classification", samples=len(values),
                              accuracy=float(np.mean(predicted == labels.astype(bool))), agreement=agree,
                              decisions=int(np.prod(values.shape[1:])))
-    if values.ndim < 2 or values.shape[-1] == 1:
-        predicted = (values.reshape(len(values), -1)[:, 0] > 0.5).astype(np.int64)
+    if values.ndim < 2 or values.shape[-1] == 1:  # one sigmoid unit: per sample, or per pixel or token
+        positions = values.reshape(values.shape[:-1]) if values.ndim > 2 else values.reshape(len(values))
+        predicted = (positions > 0.5).astype(np.int64)
         top5 = None
-        agree = None if reference is None else float(np.mean(
-            predicted == (reference.reshape(len(reference), -1)[:, 0] > 0.5)))
+        agree = None if reference is None else float(np.mean(predicted == (reference.reshape(positions.shape) > 0.5)))
+        per_sample = int(np.prod(positions.shape[1:]))
+        if per_sample > 1:
+            return OutputMetrics(name=name, task="classification", samples=len(values), agreement=agree,
+                                 accuracy=None if labels is None else float(np.mean(predicted == labels)),
+                                 decisions=per_sample)
     else:
         predicted = values.argmax(axis=-1)
         agree = None if reference is None else float(np.mean(predicted == reference.argmax(axis=-1)))
