@@ -75,7 +75,8 @@ def test_one_sigmoid_unit_per_pixel_is_judged_on_every_pixel():
     """A binary segmentation mask: one sigmoid unit per pixel, shape (N, H, W, 1), with 0/1 labels (N, H, W).
     Its labels were refused ("expected labels of shape (N,)"), and judged as a classifier without them only
     the first pixel of each sample was compared."""
-    probs = 1 / (1 + np.exp(-3 * RNG.standard_normal((50, 4, 4, 1))))
+    rng = np.random.default_rng(1)
+    probs = 1 / (1 + np.exp(-3 * rng.standard_normal((50, 4, 4, 1))))
     labels = (probs[..., 0] > 0.5).astype(np.float32)
     labels[:5, 2, 3] = 1 - labels[:5, 2, 3]  # 5 of 800 pixels wrong in float, none of them a first pixel
     assert tasks.detect(probs, labels) == "classification" and tasks.detect(probs) == "regression"
@@ -90,6 +91,26 @@ def test_one_sigmoid_unit_per_pixel_is_judged_on_every_pixel():
     one_unit = probs[:, 0, 0]  # (N, 1): one decision per sample, as before
     assert tasks.check_labels("classification", "p", one_unit, labels[:, 0, 0], "d.npz").shape == (50,)
     assert tasks.measure("classification", "p", one_unit, labels=labels[:, 0, 0]).decisions is None
+
+
+def test_one_logit_with_0_1_labels_is_a_binary_classifier():
+    """`Dense(1)` fitted with `BinaryCrossentropy(from_logits=True)` (TensorFlow's text classification
+    tutorial): its sign is the decision. It had been judged as a regression of its 0/1 labels."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 200).astype(np.float32)
+    logits = np.where(labels == 1, 1.0, -1.0) * np.abs(rng.normal(2.0, 1.0, 200)) + rng.normal(0, 0.3, 200)
+    logits = logits.astype(np.float32)[:, None]
+    assert tasks.detect(logits, labels) == "classification" and tasks.detect(logits) == "regression"
+    fitted = (labels + rng.normal(0, 0.2, 200)).astype(np.float32)[:, None]  # a regression of 0/1 targets
+    assert tasks.detect(fitted, labels) == "regression"
+    quantized = logits.copy()
+    flipped = np.flatnonzero(np.abs(logits[:, 0]) < 0.6)[:3]
+    quantized[flipped] = -quantized[flipped]
+    checked = tasks.check_labels("classification", "positive", logits, labels, "d.npz")
+    f = tasks.measure("classification", "positive", logits, labels=checked)
+    q = tasks.measure("classification", "positive", quantized, labels=checked, reference=logits)
+    assert f.accuracy == pytest.approx(float(np.mean((logits[:, 0] > 0) == labels)))
+    assert q.agreement == pytest.approx(1 - len(flipped) / 200) and len(flipped) == 3
 
 
 def test_class_ids_a_model_picks_itself_are_compared_as_they_are():

@@ -10,7 +10,9 @@ overrides the choice. Every task is registered with a small decorator, and each 
   of samples whose top-1 class changed). A multi-label output (independent sigmoid units, with
   0/1 labels of the output's own shape) is judged per decision: accuracy and agreement are the
   share of (sample, label) decisions at 0.5 that match. So is one sigmoid unit per pixel or token (a
-  binary segmentation mask, shape (N, H, W, 1), with labels (N, H, W)). An integer output holds class
+  binary segmentation mask, shape (N, H, W, 1), with labels (N, H, W)). One unit outside [0, 1] with 0/1
+  labels is a binary classifier's logit when its means over the two labels lie more than 1.5 apart
+  (a fit of 0/1 targets keeps them within 1): its decision is at 0. An integer output holds class
   ids the model picks itself (an argmax in the graph): they are compared as they are.
 - **regression**: RMSE of the quantized output against the float output, relative to the float
   output's standard deviation, and the max abs error; R² against labels when given.
@@ -74,8 +76,8 @@ def detect(values: np.ndarray, labels: Optional[np.ndarray] = None) -> str:
         return "classification"
     if values.ndim < 2 or values.shape[-1] == 1:
         if labels is not None and _whole(labels) and set(np.unique(labels)) <= {0, 1} and \
-                values.min() >= 0 and values.max() <= 1:
-            return "classification"  # one sigmoid unit (per sample, or per pixel or token)
+                (_probabilities(values) or _one_logit(values, labels)):
+            return "classification"  # one sigmoid unit or logit (per sample, or per pixel or token)
         return "regression"
     rows = values.reshape(-1, values.shape[-1]).astype(np.float64)
     if rows.min() >= -1e-6 and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
@@ -89,6 +91,29 @@ def detect(values: np.ndarray, labels: Optional[np.ndarray] = None) -> str:
     if labels is not None and multi_label(values, labels):
         return "classification"
     return "regression"
+
+
+def _probabilities(values: np.ndarray) -> bool:
+    return bool(values.min() >= 0 and values.max() <= 1)
+
+
+LOGIT_SEPARATION = 1.5  # class means this far apart are a logit's: a fit of 0/1 targets keeps them within 1
+
+
+def _one_logit(values: np.ndarray, labels: np.ndarray) -> bool:
+    """One unit outside [0, 1] whose means over the 0 and the 1 labels lie further apart than 0/1 targets do:
+    a binary classifier's logit (`Dense(1)` fitted with `from_logits=True`), not a regression of 0/1 targets."""
+    if labels.size != values.size:
+        return False
+    y = labels.reshape(values.shape).astype(bool)
+    if y.all() or not y.any():
+        return False
+    return bool(values[y].mean() - values[~y].mean() > LOGIT_SEPARATION)
+
+
+def _threshold(values: np.ndarray) -> float:
+    """Where one unit's decision lies: 0.5 for a probability, 0 for a logit."""
+    return 0.5 if _probabilities(values) else 0.0
 
 
 def multi_label(values: np.ndarray, labels: np.ndarray) -> bool:
@@ -165,11 +190,12 @@ def _classification(name, values, labels, reference) -> OutputMetrics:
         return OutputMetrics(name=name, task="classification", samples=len(values),
                              accuracy=float(np.mean(predicted == labels.astype(bool))), agreement=agree,
                              decisions=int(np.prod(values.shape[1:])))
-    if values.ndim < 2 or values.shape[-1] == 1:  # one sigmoid unit: per sample, or per pixel or token
+    if values.ndim < 2 or values.shape[-1] == 1:  # one sigmoid unit or logit: per sample, or per pixel or token
         positions = values.reshape(values.shape[:-1]) if values.ndim > 2 else values.reshape(len(values))
-        predicted = (positions > 0.5).astype(np.int64)
+        cut = _threshold(values if reference is None else reference)  # the float file's says which
+        predicted = (positions > cut).astype(np.int64)
         top5 = None
-        agree = None if reference is None else float(np.mean(predicted == (reference.reshape(positions.shape) > 0.5)))
+        agree = None if reference is None else float(np.mean(predicted == (reference.reshape(positions.shape) > cut)))
         per_sample = int(np.prod(positions.shape[1:]))
         if per_sample > 1:
             return OutputMetrics(name=name, task="classification", samples=len(values), agreement=agree,
