@@ -142,13 +142,22 @@ def new_op(model, builtin: int, inputs: list[int], outputs: list[int]):
     return new
 
 
-def float_constant(model, graph, index: int):
-    """A float32 constant's values, or None."""
+_CONSTANT_DTYPES = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT32: np.int32,
+                    schema.TensorType.BOOL: np.bool_}
+
+
+def constant(model, graph, index: int, tensor_type: int = schema.TensorType.FLOAT32):
+    """The values of a constant of `tensor_type` (float32, int32 or bool), or None."""
     tensor = graph.tensors[index]
     data = model.buffers[tensor.buffer].data if 0 < tensor.buffer < len(model.buffers) else None
-    if tensor.type != schema.TensorType.FLOAT32 or data is None or not len(data):
+    if tensor.type != tensor_type or data is None or not len(data):
         return None
-    return np.frombuffer(bytes(data), np.float32).reshape(tensor.shape)
+    return np.frombuffer(bytes(data), _CONSTANT_DTYPES[tensor_type]).reshape(tensor.shape)
+
+
+def float_constant(model, graph, index: int):
+    """A float32 constant's values, or None."""
+    return constant(model, graph, index)
 
 
 def replace_constant(model, graph, index: int, values: np.ndarray) -> None:

@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from .flatbuffer import (array_constant, builtin_of, drop_unused_opcodes, float_constant, has_range, is_float, new_op,
+from .flatbuffer import (array_constant, builtin_of, constant, drop_unused_opcodes, float_constant, has_range, is_float, new_op,
                          op_options, opcode, read_model, readers_of, scalar_constant, tensor_like, write_model)
 
 _BIASED = {schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D,
@@ -252,17 +252,16 @@ def _sums_as_means(model) -> bool:
     range over the count), and the MUL by the count one of its own too."""
     changed = False
     for graph, op in _each(model, schema.BuiltinOperator.SUM):
-        x, axes, out = int(op.inputs[0]), int(op.inputs[1]), int(op.outputs[0])
-        shape = graph.tensors[x].shape
-        axes_data = model.buffers[graph.tensors[axes].buffer].data
-        if not has_range(graph.tensors[out]) or shape is None or axes_data is None or not len(axes_data):
+        x, out = int(op.inputs[0]), int(op.outputs[0])
+        axes = constant(model, graph, int(op.inputs[1]), schema.TensorType.INT32)
+        shape, signature = graph.tensors[x].shape, graph.tensors[x].shapeSignature
+        if not has_range(graph.tensors[out]) or shape is None or axes is None:
             continue
-        dims = [int(shape[int(a) % len(shape)]) for a in np.frombuffer(bytes(axes_data), np.int32)]
-        signature = graph.tensors[x].shapeSignature
-        if any(d <= 0 for d in dims) or (signature is not None and any(
-                int(signature[int(a) % len(shape)]) < 0 for a in np.frombuffer(bytes(axes_data), np.int32))):
-            continue
-        count = float(np.prod(dims))
+        summed = axes.reshape(-1) % len(shape)
+        lengths = np.asarray(shape)[summed]
+        if (lengths <= 0).any() or (signature is not None and (np.asarray(signature)[summed] < 0).any()):
+            continue  # a length the file leaves open (-1 in its signature) has no count
+        count = float(np.prod(lengths))
         low, high = (float(v[0]) / count for v in (graph.tensors[out].quantization.min,
                                                      graph.tensors[out].quantization.max))
         name = graph.tensors[out].name or b"sum"
@@ -316,7 +315,7 @@ def _selects_as_sums(model) -> bool:
     changed = False
     for graph, op in _each(model, schema.BuiltinOperator.SELECT_V2):
         condition, *values = (int(i) for i in op.inputs)
-        keep = _bool_constant(model, graph, condition)
+        keep = constant(model, graph, condition, schema.TensorType.BOOL)
         out = int(op.outputs[0])
         spans = [_value_range(model, graph, value) for value in values]
         if None in spans or not has_range(graph.tensors[out]) or all(span == (0.0, 0.0) for span in spans) or \
@@ -370,14 +369,6 @@ def _mask_factor(model, graph, condition: int, keep: Optional[np.ndarray], negat
     cast.builtinOptions.inDataType, cast.builtinOptions.outDataType = schema.TensorType.BOOL, schema.TensorType.FLOAT32
     ops.append(cast)
     return factor
-
-
-def _bool_constant(model, graph, index: int) -> Optional[np.ndarray]:
-    tensor = graph.tensors[index]
-    data = model.buffers[tensor.buffer].data if 0 < tensor.buffer < len(model.buffers) else None
-    if tensor.type != schema.TensorType.BOOL or data is None or not len(data):
-        return None
-    return np.frombuffer(bytes(data), np.bool_).reshape(tensor.shape)
 
 
 def _range(low: float, high: float):
