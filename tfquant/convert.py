@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -199,10 +199,8 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
     # which names the method and whether the biases were corrected, gives the same bytes).
     halves = calibration.halves()
     auto = recipe.ranges == "auto"
-    if int16:
-        candidates: Sequence[str] = ("minmax",)
-    else:
-        candidates = ranges.WITH_MSE if auto and ranges.unbounded_outputs(calibrated, regression) else ranges.AUTO
+    candidates = ("minmax",) if int16 else \
+        ranges.WITH_MSE if auto and ranges.unbounded_outputs(calibrated, regression) else ranges.AUTO
     try:
         stats = [statistics.collect(calibrated, half, counts=recipe.ranges == "mse" or "mse" in candidates)
                  for half in halves]
@@ -221,7 +219,8 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
         return corrected(quantized, float_tflite, fitted.input_means)[0]
 
     choice = ranges.choose(float_tflite, calibrated, list(zip(stats, halves)), quantize,
-                           method="minmax" if int16 and not auto else recipe.ranges, candidates=candidates, correct=correct if auto and recipe.bias_correction else None)
+                           method="minmax" if int16 and not auto else recipe.ranges, candidates=candidates,
+                           correct=correct if auto and recipe.bias_correction else None)
     bias = choice.bias_correction if auto else recipe.bias_correction
     means = stats[0].merge(stats[1]).input_means if bias else {}
     return Calibration(float_tflite, choice.calibrated, means, ranges=choice.method, rewrites=rewrites), \

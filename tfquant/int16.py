@@ -20,10 +20,11 @@ convolution op reading it is quantized again from the float bias with the input'
 
 Where the quantizer or the interpreter has no int16 form of an op, the file is rewritten before it
 runs: SQUARED_DIFFERENCE (LayerNormalization's variance) as SUB then MUL, HARD_SWISH (MobileNetV3)
-as x * RELU6(x + 3) / 6, PRELU as RELU(x) - a * RELU(-x), SUM as MEAN times the count (the quantizer gave a SUM its input's scale),
-a MINIMUM's or MAXIMUM's constant bound clipped to its value's range (it wrapped around in int16),
-and SELECT_V2 (a causal or padding mask on attention scores) as a sum of products with the mask as
-0 and 1. The integer ops on token ids and masks are set aside while it runs (`without_integer_ops`).
+as x * RELU6(x + 3) / 6, PRELU as RELU(x) - a * RELU(-x), SUM as MEAN times the count (the
+quantizer gave a SUM its input's scale), a MINIMUM's or MAXIMUM's constant bound clipped to its
+value's range (it wrapped around in int16), and SELECT_V2 (a causal or padding mask on attention
+scores) as a sum of products with the mask as 0 and 1. The integer ops on token ids and masks are
+set aside while it runs (`without_integer_ops`).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from typing import Optional
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from .flatbuffer import (array_constant, builtin_of, constant, drop_unused_opcodes, float_constant, has_range, is_float, new_op,
-                         op_options, opcode, read_model, readers_of, scalar_constant, tensor_like, write_model)
+from .flatbuffer import (array_constant, builtin_of, constant, drop_unused_opcodes, float_constant, has_range, is_float,
+                         new_op, op_options, opcode, read_model, readers_of, scalar_constant, tensor_like,
+                         write_model)
 
 _BIASED = {schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D,
            schema.BuiltinOperator.DEPTHWISE_CONV_2D}
@@ -47,9 +49,9 @@ _INT16_MAX = 32767
 
 
 def for_int16x8(calibrated: bytes) -> bytes:
-    """`calibrated` with its SQUARED_DIFFERENCEs, HARD_SWISHes, PRELUs, SUMs and SELECT_V2s spelled out, a bias tensor of its own for
-    every dense and convolution op, a value of its own for every FILL, and a buffer of its own for every
-    constant tensor."""
+    """`calibrated` with its SQUARED_DIFFERENCEs, HARD_SWISHes, PRELUs, SUMs and SELECT_V2s spelled out and
+    its MINIMUM/MAXIMUM bounds within range, a bias tensor of its own for every dense and convolution op, a
+    value of its own for every FILL, and a buffer of its own for every constant tensor."""
     model = read_model(calibrated)
     changed = _squared_differences_spelled_out(model)
     changed = _hard_swishes_spelled_out(model) or changed
@@ -63,9 +65,11 @@ def for_int16x8(calibrated: bytes) -> bytes:
     return write_model(model) if changed else calibrated
 
 
-def _each(model, builtin: int):
-    """(graph, op) for every op running `builtin`, listed before any is rewritten (a rewrite inserts ops)."""
-    return [(graph, op) for graph in model.subgraphs for op in list(graph.operators) if builtin_of(model, op) == builtin]
+def _each(model, *builtins: int):
+    """(graph, op) for every op running one of `builtins`, listed before any is rewritten (a rewrite inserts
+    ops)."""
+    return [(graph, op) for graph in model.subgraphs for op in list(graph.operators)
+            if builtin_of(model, op) in builtins]
 
 
 def _turn_into(model, op, builtin: int) -> None:
@@ -104,14 +108,17 @@ def without_integer_ops(data: bytes) -> tuple[bytes, Optional[_Hidden]]:
     hidden = []
     ends = {int(i) for i in graph.outputs}
     for op in graph.operators:
-        read = [int(i) for i in op.inputs if int(i) >= 0]
-        if all(i in available for i in read) and not ends & set(map(int, op.outputs)) and (
-                _bool_cast(model, graph, op) or not any(is_float(graph, i) for i in (*read, *map(int, op.outputs)))):
+        read, written = [int(i) for i in op.inputs if int(i) >= 0], [int(o) for o in op.outputs]
+        if not all(i in available for i in read) or ends & set(written):
+            continue
+        mask = _bool_cast(model, graph, op)
+        if mask or not any(is_float(graph, i) for i in (*read, *written)):
             hidden.append(op)
-            available.update(int(i) for i in op.outputs)
-            if _bool_cast(model, graph, op):  # an int16 step of exactly 1: the cast's 0 and 1 are its int16 values
-                graph.tensors[int(op.outputs[0])].quantization = _range(0.0, float(_INT16_MAX))
-    read_after = {int(i) for op in graph.operators if not any(op is h for h in hidden) for i in op.inputs}
+            available.update(written)
+            if mask:  # an int16 step of exactly 1: the cast's 0 and 1 are its int16 values
+                graph.tensors[written[0]].quantization = _range(0.0, float(_INT16_MAX))
+    taken = {id(op) for op in hidden}
+    read_after = {int(i) for op in graph.operators if id(op) not in taken for i in op.inputs}
     standing_in = [int(i) for op in hidden for i in op.outputs if int(i) in read_after]
     if not hidden or len(set(names)) != len(names):
         return data, None  # nothing to take out, or tensors the names could not find again
@@ -119,7 +126,7 @@ def without_integer_ops(data: bytes) -> tuple[bytes, Optional[_Hidden]]:
                        [names[int(i)] if int(i) >= 0 else None for i in op.inputs],
                        [names[int(i)] for i in op.outputs]) for op in hidden],
                      [names[i] for i in standing_in])
-    graph.operators = [op for op in graph.operators if not any(op is h for h in hidden)]
+    graph.operators = [op for op in graph.operators if id(op) not in taken]
     graph.inputs = [*graph.inputs, *standing_in]
     drop_unused_opcodes(model)
     return write_model(model), record
@@ -161,10 +168,10 @@ def _squared_differences_spelled_out(model) -> bool:
     changed = False
     for graph, op in _each(model, schema.BuiltinOperator.SQUARED_DIFFERENCE):
         out = int(op.outputs[0])
-        square = graph.tensors[out]
-        if not has_range(square):
+        square, span = graph.tensors[out], _calibrated(graph.tensors[out])
+        if span is None:
             continue
-        bound = float(np.sqrt(max(float(square.quantization.max[0]), 0.0)))
+        bound = float(np.sqrt(max(span[1], 0.0)))
         difference = tensor_like(graph, out, (square.name or b"squared_difference") + b"/difference",
                                  schema.TensorType.FLOAT32, _range(-bound, bound))
         at = graph.operators.index(op)
@@ -182,9 +189,10 @@ def _hard_swishes_spelled_out(model) -> bool:
     changed = False
     for graph, op in _each(model, schema.BuiltinOperator.HARD_SWISH):
         x, out = int(op.inputs[0]), int(op.outputs[0])
-        if not has_range(graph.tensors[x]):
+        span = _calibrated(graph.tensors[x])
+        if span is None:
             continue
-        low, high = float(graph.tensors[x].quantization.min[0]), float(graph.tensors[x].quantization.max[0])
+        low, high = span
         name = graph.tensors[out].name or b"hard_swish"
         gate_low, gate_high = min(max(low + 3.0, 0.0), 6.0), min(max(high + 3.0, 0.0), 6.0)
         made = {
@@ -217,10 +225,10 @@ def _prelus_spelled_out(model) -> bool:
     changed = False
     for graph, op in _each(model, schema.BuiltinOperator.PRELU):
         x, alpha, out = int(op.inputs[0]), int(op.inputs[1]), int(op.outputs[0])
-        slopes = float_constant(model, graph, alpha)
-        if slopes is None or not has_range(graph.tensors[x]):
+        slopes, span = float_constant(model, graph, alpha), _calibrated(graph.tensors[x])
+        if slopes is None or span is None:
             continue
-        low, high = float(graph.tensors[x].quantization.min[0]), float(graph.tensors[x].quantization.max[0])
+        low, high = span
         name = graph.tensors[out].name or b"prelu"
         below = max(-low, 0.0)  # the largest value of RELU(-x)
         made = {part: tensor_like(graph, out, name + b"/" + part, schema.TensorType.FLOAT32, _range(lo, hi))
@@ -262,8 +270,7 @@ def _sums_as_means(model) -> bool:
         if (lengths <= 0).any() or (signature is not None and (np.asarray(signature)[summed] < 0).any()):
             continue  # a length the file leaves open (-1 in its signature) has no count
         count = float(np.prod(lengths))
-        low, high = (float(v[0]) / count for v in (graph.tensors[out].quantization.min,
-                                                     graph.tensors[out].quantization.max))
+        low, high = (bound / count for bound in _calibrated(graph.tensors[out]))
         name = graph.tensors[out].name or b"sum"
         mean = tensor_like(graph, out, name + b"/mean", schema.TensorType.FLOAT32, _range(low, high))
         op.opcodeIndex = opcode(model, schema.BuiltinOperator.MEAN)
@@ -283,23 +290,19 @@ def _bounds_within_range(model) -> bool:
     which became -0.8, and every output with it (0 % agreement). Inside the value's calibrated range the
     clipped bound does the same."""
     changed = False
-    for graph in model.subgraphs:
-        for op in graph.operators:
-            if builtin_of(model, op) not in (schema.BuiltinOperator.MINIMUM, schema.BuiltinOperator.MAXIMUM):
-                continue
-            inputs = [int(i) for i in op.inputs]
-            bounds = [float_constant(model, graph, i) for i in inputs]
-            if len(inputs) != 2 or sum(b is not None for b in bounds) != 1:
-                continue
-            at = 0 if bounds[0] is not None else 1
-            value = graph.tensors[inputs[1 - at]]
-            if not has_range(value):
-                continue
-            low, high = float(value.quantization.min[0]), float(value.quantization.max[0])
-            clipped = np.clip(bounds[at], low, high)
-            if not np.array_equal(clipped, bounds[at]):
-                op.inputs[at] = array_constant(model, graph, clipped, graph.tensors[inputs[at]].name, b"clipped")
-                changed = True
+    for graph, op in _each(model, schema.BuiltinOperator.MINIMUM, schema.BuiltinOperator.MAXIMUM):
+        inputs = [int(i) for i in op.inputs]
+        bounds = [float_constant(model, graph, i) for i in inputs]
+        if len(inputs) != 2 or sum(b is not None for b in bounds) != 1:
+            continue
+        at = 0 if bounds[0] is not None else 1
+        span = _calibrated(graph.tensors[inputs[1 - at]])
+        if span is None:
+            continue
+        clipped = np.clip(bounds[at], *span)
+        if not np.array_equal(clipped, bounds[at]):
+            op.inputs[at] = array_constant(model, graph, clipped, graph.tensors[inputs[at]].name, b"clipped")
+            changed = True
     return changed
 
 
@@ -345,9 +348,9 @@ def _selects_as_sums(model) -> bool:
 
 def _value_range(model, graph, index: int) -> Optional[tuple[float, float]]:
     """A float tensor's calibrated range, or a float constant's (the 0 Keras 3 writes at padded positions)."""
-    tensor = graph.tensors[index]
-    if has_range(tensor):
-        return float(tensor.quantization.min[0]), float(tensor.quantization.max[0])
+    span = _calibrated(graph.tensors[index])
+    if span is not None:
+        return span
     values = float_constant(model, graph, index)
     return None if values is None or not values.size else (float(values.min()), float(values.max()))
 
@@ -369,6 +372,11 @@ def _mask_factor(model, graph, condition: int, keep: Optional[np.ndarray], negat
     cast.builtinOptions.inDataType, cast.builtinOptions.outDataType = schema.TensorType.BOOL, schema.TensorType.FLOAT32
     ops.append(cast)
     return factor
+
+
+def _calibrated(tensor) -> Optional[tuple[float, float]]:
+    """A float tensor's calibrated [min, max], or None."""
+    return (float(tensor.quantization.min[0]), float(tensor.quantization.max[0])) if has_range(tensor) else None
 
 
 def _range(low: float, high: float):
