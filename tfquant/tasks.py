@@ -190,27 +190,23 @@ def _classification(name, values, labels, reference) -> OutputMetrics:
         return OutputMetrics(name=name, task="classification", samples=len(values),
                              accuracy=float(np.mean(predicted == labels.astype(bool))), agreement=agree,
                              decisions=int(np.prod(values.shape[1:])))
+    top5 = decisions = None
     if values.ndim < 2 or values.shape[-1] == 1:  # one sigmoid unit or logit: per sample, or per pixel or token
         positions = values.reshape(values.shape[:-1]) if values.ndim > 2 else values.reshape(len(values))
         cut = _threshold(values if reference is None else reference)  # the float file's says which
         predicted = (positions > cut).astype(np.int64)
-        top5 = None
         agree = None if reference is None else float(np.mean(predicted == (reference.reshape(positions.shape) > cut)))
         per_sample = int(np.prod(positions.shape[1:]))
-        if per_sample > 1:
-            return OutputMetrics(name=name, task="classification", samples=len(values), agreement=agree,
-                                 accuracy=None if labels is None else float(np.mean(predicted == labels)),
-                                 decisions=per_sample)
+        decisions = per_sample if per_sample > 1 else None
     else:
         predicted = values.argmax(axis=-1)
         agree = None if reference is None else float(np.mean(predicted == reference.argmax(axis=-1)))
-        top5 = None
         if labels is not None and values.shape[-1] > 5:
             best = np.argpartition(-values, 5, axis=-1)[..., :5]
             top5 = float(np.mean((best == labels[..., None]).any(axis=-1)))
     accuracy = None if labels is None else float(np.mean(predicted == labels))
     return OutputMetrics(name=name, task="classification", samples=len(values), accuracy=accuracy,
-                         top5_accuracy=top5, agreement=agree)
+                         top5_accuracy=top5, agreement=agree, decisions=decisions)
 
 
 @_task("regression")
