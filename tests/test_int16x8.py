@@ -9,19 +9,32 @@ import tfquant
 from checks import assert_every_op_integer, masked_attention_classifier
 
 
-def _rows(digits) -> tuple[dict, tuple]:
-    return {"rows": digits["x"][:200, ..., 0]}, ({"rows": digits["x_test"][..., 0]}, digits["y_test"])
-
-
 def _int16x8_of_tokens(model, tokens):
     return tfquant.quantize(model, {"tokens": tokens.train["tokens"][:200]}, mode="int16x8", bench_runs=1,
                             eval_data=({"tokens": tokens.test["tokens"]}, tokens.test["y"]), diagnose=False)
 
 
-def _fitted(k, model, digits):
-    model.compile(optimizer=k.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
-    model.fit(digits["x"][..., 0], digits["y"], epochs=4, verbose=0)
-    return model
+def _classifier_at_int16x8(k, body, digits, *, rows: bool = False):
+    """A digits classifier whose hidden layers `body(k, inputs)` makes, over the image (or its 8 rows of 8
+    pixels), fitted and converted at int16x8; it must be fully integer."""
+    k.utils.set_random_seed(0)
+    name, x, x_test = ("rows", digits["x"][..., 0], digits["x_test"][..., 0]) if rows else \
+        ("image", digits["x"], digits["x_test"])
+    inputs = k.Input(x.shape[1:], name=name)
+    hidden = k.layers.Flatten()(body(k, inputs))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(hidden))
+    model.compile(optimizer=k.optimizers.Adam(1e-2 if rows else 3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x, digits["y"], epochs=4 if rows else 3, verbose=0)
+    result = tfquant.quantize(model, {name: x[:200]}, mode="int16x8", bench_runs=1, diagnose=False,
+                              eval_data=({name: x_test}, digits["y_test"]))
+    assert_every_op_integer(result.info)
+    return result
+
+
+def _follows_float(result, *, least: float, agreement: float = 0.99) -> None:
+    """The float file above `least` accuracy, and the int16x8 file agreeing with it on `agreement` of the samples."""
+    output = result.report.outputs[0]
+    assert output.float.accuracy > least and output.quantized.agreement >= agreement, output
 
 
 @pytest.mark.parametrize("version", [3, 2])
@@ -31,14 +44,9 @@ def test_int16x8_of_a_layer_normalization_runs_on_the_interpreter(version, digit
     stopped at its first sample. It is now SUB then MUL."""
     from tfquant._keras import keras, keras3
 
-    k = keras3() if version == 3 else keras
-    k.utils.set_random_seed(0)
-    inputs = k.Input((8, 8), name="rows")
-    x = k.layers.Flatten()(k.layers.LayerNormalization()(k.layers.Dense(16)(inputs)))
-    model = _fitted(k, k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x)), digits)
-    calibration, evaluation = _rows(digits)
-    result = tfquant.quantize(model, calibration, eval_data=evaluation, mode="int16x8", bench_runs=1, diagnose=False)
-    assert_every_op_integer(result.info)
+    result = _classifier_at_int16x8(keras3() if version == 3 else keras,
+                                    lambda k, x: k.layers.LayerNormalization()(k.layers.Dense(16)(x)), digits,
+                                    rows=True)
     names = {op.name for op in result.info.ops}
     assert "SQUARED_DIFFERENCE" not in names and {"SUB", "MUL", "RSQRT"} <= names, names
     assert result.report.outputs[0].quantized.agreement >= 0.99, result.report.outputs[0].quantized
@@ -51,18 +59,13 @@ def test_int16x8_of_causal_attention_is_integer(version, digits):
     products with the mask as 0 and 1."""
     from tfquant._keras import keras, keras3
 
-    k = keras3() if version == 3 else keras
-    k.utils.set_random_seed(0)
-    inputs = k.Input((8, 8), name="rows")
-    h = k.layers.Dense(16)(inputs)
-    x = k.layers.Flatten()(k.layers.MultiHeadAttention(2, 8)(h, h, use_causal_mask=True))
-    model = _fitted(k, k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x)), digits)
-    calibration, evaluation = _rows(digits)
-    result = tfquant.quantize(model, calibration, eval_data=evaluation, mode="int16x8", bench_runs=1, diagnose=False)
-    assert_every_op_integer(result.info)
+    def body(k, x):
+        h = k.layers.Dense(16)(x)
+        return k.layers.MultiHeadAttention(2, 8)(h, h, use_causal_mask=True)
+
+    result = _classifier_at_int16x8(keras3() if version == 3 else keras, body, digits, rows=True)
     assert "SELECT_V2" not in {op.name for op in result.info.ops}
-    output = result.report.outputs[0]
-    assert output.float.accuracy > 0.8 and output.quantized.agreement >= 0.99, output
+    _follows_float(result, least=0.8)
 
 
 def test_int16x8_of_token_ids_keeps_their_integer_ops():
@@ -85,8 +88,7 @@ def test_int16x8_of_token_ids_keeps_their_integer_ops():
     ops = result.info.ops
     assert any(op.name == "LESS" and op.input_dtypes == ["int32", "int32"] for op in ops), ops
     assert any(op.name == "GATHER" and op.output_dtypes == ["int16"] for op in ops), ops
-    output = result.report.outputs[0]
-    assert output.float.accuracy > 0.8 and output.quantized.agreement >= 0.99, output
+    _follows_float(result, least=0.8)
 
 
 @pytest.mark.parametrize("version", [3, 2])
@@ -103,25 +105,7 @@ def test_int16x8_of_attention_under_a_padding_mask_is_integer(version):
     names = {op.name for op in result.info.ops}
     assert "NOT_EQUAL" in names and not any(op.name == "SELECT_V2" and "int16" in op.output_dtypes
                                             for op in result.info.ops), names
-    output = result.report.outputs[0]
-    assert output.float.accuracy > 0.8 and output.quantized.agreement >= 0.98, output
-
-
-def _image_classifier_at_int16x8(k, body, digits):
-    """A digits classifier whose hidden layers `body(k, inputs)` makes, fitted and converted at int16x8: fully
-    integer, and agreeing with float on 99 % of the test digits or more."""
-    k.utils.set_random_seed(0)
-    inputs = k.Input((8, 8, 1), name="image")
-    x = k.layers.Flatten()(body(k, inputs))
-    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
-    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    model.fit(digits["x"], digits["y"], epochs=3, verbose=0)
-    result = tfquant.quantize(model, {"image": digits["x"][:200]}, mode="int16x8", bench_runs=1, diagnose=False,
-                              eval_data=({"image": digits["x_test"]}, digits["y_test"]))
-    assert_every_op_integer(result.info)
-    output = result.report.outputs[0]
-    assert output.float.accuracy > 0.9 and output.quantized.agreement >= 0.99, output
-    return result
+    _follows_float(result, least=0.8, agreement=0.98)
 
 
 def test_int16x8_of_hard_swish_is_integer(digits):
@@ -129,10 +113,11 @@ def test_int16x8_of_hard_swish_is_integer(digits):
     quantizer, which refused MobileNetV3; it is now x * RELU6(x + 3) / 6."""
     from tfquant._keras import keras3
 
-    result = _image_classifier_at_int16x8(
+    result = _classifier_at_int16x8(
         keras3(), lambda k, inputs: k.layers.Conv2D(16, 3, activation="hard_silu")(inputs), digits)
     assert "HARD_SWISH" in {op.name for op in tfquant.inspect(result.float_tflite).ops}
     assert "RELU6" in {op.name for op in result.info.ops}
+    _follows_float(result, least=0.9)
 
 
 def test_int16x8_of_prelu_is_integer(digits):
@@ -140,10 +125,11 @@ def test_int16x8_of_prelu_is_integer(digits):
     refused it; it is now RELU(x) - a * RELU(-x)."""
     from tfquant._keras import keras
 
-    result = _image_classifier_at_int16x8(
+    result = _classifier_at_int16x8(
         keras, lambda k, inputs: k.layers.PReLU()(k.layers.Conv2D(16, 3)(inputs)), digits)
     assert "PRELU" in {op.name for op in tfquant.inspect(result.float_tflite).ops}
     assert "PRELU" not in {op.name for op in result.info.ops}
+    _follows_float(result, least=0.9)
 
 
 def test_int16x8_keeps_a_far_bound_of_a_minimum_in_range(digits):
@@ -151,10 +137,11 @@ def test_int16x8_keeps_a_far_bound_of_a_minimum_in_range(digits):
     int16x8 quantizer wrapped the bound around to -0.8, and every prediction changed (0 % agreement)."""
     from tfquant._keras import keras3
 
-    result = _image_classifier_at_int16x8(
+    result = _classifier_at_int16x8(
         keras3(), lambda k, inputs: k.layers.UnitNormalization()(k.layers.Dense(32)(k.layers.Flatten()(inputs))),
         digits)
     assert "MINIMUM" in {op.name for op in result.info.ops}
+    _follows_float(result, least=0.9)
 
 
 def test_int16x8_gives_a_sum_its_own_scale(digits):
@@ -162,15 +149,11 @@ def test_int16x8_gives_a_sum_its_own_scale(digits):
     the SUM its input's scale, clipping scores in [-6, 9] to [-1, 1] (44 % agreement with float)."""
     from tfquant._keras import keras3
 
-    k = keras3()
-    k.utils.set_random_seed(0)
-    inputs = k.Input((8, 8), name="rows")
-    h = k.layers.Dense(16)(inputs)
-    x = k.layers.GlobalAveragePooling1D()(k.layers.Attention(use_scale=True, score_mode="concat")([h, h]))
-    model = _fitted(k, k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x)), digits)
-    calibration, evaluation = _rows(digits)
-    result = tfquant.quantize(model, calibration, eval_data=evaluation, mode="int16x8", bench_runs=1, diagnose=False)
-    assert_every_op_integer(result.info)
+    def body(k, x):
+        h = k.layers.Dense(16)(x)
+        return k.layers.GlobalAveragePooling1D()(k.layers.Attention(use_scale=True, score_mode="concat")([h, h]))
+
+    result = _classifier_at_int16x8(keras3(), body, digits, rows=True)
     names = {op.name for op in result.info.ops}
     assert "MEAN" in names and "SUM" not in names, names
     assert result.report.outputs[0].quantized.agreement >= 0.97, result.report.outputs[0].quantized
@@ -216,13 +199,5 @@ def test_int16x8_of_a_dense_op_without_a_bias_that_reads_a_zero_state(digits):
     and stopped the conversion ("operands could not be broadcast together")."""
     from tfquant._keras import keras
 
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((8, 8), name="rows")
-    gru = keras.layers.GRU(16, reset_after=False)(inputs)
-    model = _fitted(keras, keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="probs")(gru)),
-                    digits)
-    calibration, evaluation = _rows(digits)
-    result = tfquant.quantize(model, calibration, eval_data=evaluation, mode="int16x8", bench_runs=1, diagnose=False)
-    assert_every_op_integer(result.info)
-    output = result.report.outputs[0]
-    assert output.float.accuracy > 0.85 and output.quantized.agreement >= 0.99, output
+    result = _classifier_at_int16x8(keras, lambda k, x: k.layers.GRU(16, reset_after=False)(x), digits, rows=True)
+    _follows_float(result, least=0.85)
