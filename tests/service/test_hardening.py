@@ -143,8 +143,10 @@ def test_bombs_are_refused_before_they_expand(server, files, tmp_path):
     saved = zip_bomb(tmp_path / "bomb.zip", int(1.5 * 2**30))  # 1.5 MB that unpack to 1.5 GB
     assert npz.stat().st_size < 4 << 20 and saved.stat().st_size < 4 << 20
     stop, peak = threading.Event(), [0]
-    watcher = threading.Thread(target=_watch_disk, args=([server.data_dir, Path("/tmp")], stop, peak))
-    before = sum(p.stat().st_size for p in Path("/tmp").rglob("*") if p.is_file())
+    # Where an upload could be spooled: the data folder and the server's temporary folder (its TMPDIR).
+    watched = [server.data_dir, server.tmp_dir]
+    watcher = threading.Thread(target=_watch_disk, args=(watched, stop, peak))
+    before = sum(p.stat().st_size for folder in watched for p in folder.rglob("*") if p.is_file())
     watcher.start()
     try:
         with open(files["model"], "rb") as model, open(npz, "rb") as calib:
