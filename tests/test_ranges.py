@@ -77,10 +77,12 @@ def test_merged_statistics_are_those_of_all_samples():
     for row in values[6:]:
         second.histograms[0].add(row)
     first.input_means, second.input_means = {"conv": np.array([1.0, 2.0])}, {"conv": np.array([3.0, 6.0])}
+    first.input_moments, second.input_moments = {"conv": np.eye(2)}, {"conv": 6 * np.eye(2)}
     merged = first.merge(second)
     assert merged.samples == 10 and merged.histograms[0].counts.sum() == 500
     np.testing.assert_array_equal(merged.extremes[0], _stats(values).extremes[0])
     np.testing.assert_allclose(merged.input_means["conv"], [1.8, 3.6])  # (6 * 1 + 4 * 3) / 10
+    np.testing.assert_allclose(merged.input_moments["conv"], 3 * np.eye(2))  # (6 * 1 + 4 * 6) / 10
 
 
 def test_pick_keeps_the_first_candidate_unless_another_is_better_beyond_noise():

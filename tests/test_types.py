@@ -19,7 +19,7 @@ def test_recipe_round_trip():
     data = recipe.to_dict()
     assert data == {"mode": "int8", "io": "uint8", "calib_samples": 64, "per_channel": False,
                     "denylist": ["a", "b"], "ranges": "auto", "bias_correction": True, "quantizer": "converter", "split_joins": True,
-                    "equalize": True, "weight_scales": "max",
+                    "equalize": True, "weight_scales": "max", "weight_rounding": "nearest",
                     "schema_version": SCHEMA_VERSION}
     assert Recipe.from_dict(data) == recipe
 

@@ -149,24 +149,31 @@ def _conv_options(code: int, op) -> tuple[bool, int, int, int, int]:
 
 def _tap_means(means: np.ndarray, kernel: tuple[int, int], options: tuple[bool, int, int, int, int]) -> np.ndarray:
     """[kh, kw, C]: for each tap, the mean over output positions of the input it reads (zero in the padding)."""
-    same, *steps = options
-    padded, starts, counts = [], [], []
-    for axis, (size, k) in enumerate(zip(means.shape[:2], kernel)):
-        stride, dilation = steps[axis], steps[axis + 2]
-        span = (k - 1) * dilation + 1
-        out = -(-size // stride) if same else (size - span) // stride + 1
-        pad = max((out - 1) * stride + span - size, 0) if same else 0
-        padded.append((pad // 2, pad - pad // 2))
-        starts.append([i * dilation for i in range(k)])
-        counts.append((out, stride))
+    padded, (out_h, out_w) = conv_geometry(means.shape[:2], kernel, options)
+    _, stride_h, stride_w, dilation_h, dilation_w = options
     grid = np.pad(means, padded + [(0, 0)])
-    (out_h, stride_h), (out_w, stride_w) = counts
     taps = np.empty(tuple(kernel) + (means.shape[-1],))
-    for i, top in enumerate(starts[0]):
-        for j, left in enumerate(starts[1]):
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            top, left = i * dilation_h, j * dilation_w
             window = grid[top:top + (out_h - 1) * stride_h + 1:stride_h, left:left + (out_w - 1) * stride_w + 1:stride_w]
             taps[i, j] = window.mean(axis=(0, 1))
     return taps
+
+
+def conv_geometry(size: tuple[int, int], kernel: tuple[int, int], options: tuple[bool, int, int, int, int]):
+    """A convolution's padding ([(top, bottom), (left, right)]) and output size (h, w) for an input of
+    `size` (h, w), by TFLite's rule for SAME and VALID."""
+    same, *steps = options
+    pads, outs = [], []
+    for axis, (length, k) in enumerate(zip(size, kernel)):
+        stride, dilation = steps[axis], steps[axis + 2]
+        span = (k - 1) * dilation + 1
+        out = -(-length // stride) if same else (length - span) // stride + 1
+        pad = max((out - 1) * stride + span - length, 0) if same else 0
+        pads.append((pad // 2, pad - pad // 2))
+        outs.append(out)
+    return pads, tuple(outs)
 
 
 def _values(model, tensor):

@@ -134,6 +134,7 @@ class Calibration:
     float_tflite: bytes  # the float file quantized from: the export, or the export with its mismatched joins split
     calibrated: bytes
     input_means: dict = field(default_factory=dict)
+    input_moments: dict = field(default_factory=dict)  # for GPTQ weight rounding (`tfquant.rounding`)
     ranges: str = "minmax"
     samples: list = field(default_factory=list)  # the calibration samples, for LiteRT Quantizer
     rewrites: list = field(default_factory=list)  # the joins split in the float file (`tfquant.joins`)
@@ -150,6 +151,10 @@ class Calibration:
             from .weights import mse_scales
 
             data = mse_scales(data, self.float_tflite)[0]  # before bias correction, which reads the rounded weights
+        if recipe.mode in (Mode.INT8, Mode.INT16X8) and recipe.weight_rounding == "gptq" and self.input_moments:
+            from .rounding import round_weights
+
+            data = round_weights(data, self.float_tflite, self.input_moments)[0]  # on the scales chosen above
         if recipe.mode in (Mode.INT8, Mode.INT16X8) and recipe.bias_correction and self.input_means:
             from .bias import correct
 
@@ -189,8 +194,10 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
         float_tflite, calibrated, splits = _joins_split(float_tflite, calibrated, calibration, source)
         rewrites += splits
     # int16x8 keeps min/max ranges (its steps are 256 times finer) and judges bias correction as int8 does.
-    int16 = recipe.mode is Mode.INT16X8 and recipe.bias_correction
-    if not int16 and (recipe.mode is not Mode.INT8 or (recipe.ranges == "minmax" and not recipe.bias_correction)):
+    int16 = recipe.mode is Mode.INT16X8
+    rounding = recipe.weight_rounding == "gptq" and recipe.mode in (Mode.INT8, Mode.INT16X8)
+    if not (rounding or (int16 and recipe.bias_correction) or
+            (recipe.mode is Mode.INT8 and (recipe.ranges != "minmax" or recipe.bias_correction))):
         return Calibration(float_tflite, calibrated, ranges="minmax", rewrites=rewrites), \
             replace(recipe, ranges="minmax") if recipe.mode in (Mode.INT8, Mode.INT16X8) else recipe
     # One pass over the samples, in two halves: auto fits ranges on each half in turn and checks
@@ -202,8 +209,8 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
     candidates = ("minmax",) if int16 else \
         ranges.WITH_MSE if auto and ranges.unbounded_outputs(calibrated, regression) else ranges.AUTO
     try:
-        stats = [statistics.collect(calibrated, half, counts=recipe.ranges == "mse" or "mse" in candidates)
-                 for half in halves]
+        stats = [statistics.collect(calibrated, half, counts=recipe.ranges == "mse" or "mse" in candidates,
+                                    moments=rounding) for half in halves]
     except (RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor of this graph
         log.info("calibration statistics skipped: %s", one_line(exc, 160))
         return Calibration(float_tflite, calibrated, rewrites=rewrites), replace(recipe, ranges="minmax")
@@ -222,8 +229,9 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
                            method="minmax" if int16 and not auto else recipe.ranges, candidates=candidates,
                            correct=correct if auto and recipe.bias_correction else None)
     bias = choice.bias_correction if auto else recipe.bias_correction
-    means = stats[0].merge(stats[1]).input_means if bias else {}
-    return Calibration(float_tflite, choice.calibrated, means, ranges=choice.method, rewrites=rewrites), \
+    merged = stats[0].merge(stats[1])
+    return Calibration(float_tflite, choice.calibrated, merged.input_means if bias else {},
+                       merged.input_moments if rounding else {}, ranges=choice.method, rewrites=rewrites), \
         replace(recipe, ranges=choice.method, bias_correction=bias)
 
 

@@ -27,13 +27,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
 from .errors import RecipeError, called, naming, spell
 from .options import (Option, Spec, add_options, flag_of, flags, from_flags, given_flags, json_schema, option,
                       replay)
-from .types import QUANTIZERS, RANGE_METHODS, SCHEMA_VERSION, WEIGHT_SCALES, Budget, IOType, Mode, Recipe
+from .types import QUANTIZERS, RANGE_METHODS, SCHEMA_VERSION, WEIGHT_ROUNDINGS, WEIGHT_SCALES, Budget, IOType, Mode, Recipe
 
 __all__ = ["ConvertSpec", "QATSpec", "PruneSpec", "ClusterSpec", "OptimizeSpec", "SPECS", "TRAINING", "Option", "Spec",
            "called", "naming", "spec_for", "training_function", "recipe_file", "add_options", "from_flags", "flags",
@@ -98,6 +99,10 @@ class ConvertSpec(Spec):
     weight_scales: str = option("max", choices=WEIGHT_SCALES, recipe=True,
                                 help="int8 weight scales per channel: max (max|w| / 127, the quantizer's own) or mse "
                                      "(clipped to the least squared rounding-plus-clipping error)")
+    weight_rounding: str = option("nearest", choices=WEIGHT_ROUNDINGS, recipe=True,
+                                  help="int8 weight values: nearest (each weight to its nearest step) or gptq (rounded "
+                                       "column by column so that each op's output error on the calibration samples is "
+                                       "least)")
     denylist: tuple[str, ...] = option((), recipe=True, metavar="OP", flag="--keep-float",
                                        help="an op (by its output tensor name) to keep in float; repeatable")
     input_shapes: dict[str, tuple[int, ...]] = option(factory=dict, recipe=True, pairs="shape", flag="--input-shape",
@@ -135,10 +140,7 @@ class ConvertSpec(Spec):
 
     @property
     def recipe(self) -> Recipe:
-        return Recipe(mode=self.mode, io=self.io, calib_samples=self.calib_samples, per_channel=self.per_channel,
-                      denylist=self.denylist, ranges=self.ranges, bias_correction=self.bias_correction,
-                      quantizer=self.quantizer, split_joins=self.split_joins, equalize=self.equalize,
-                      weight_scales=self.weight_scales)
+        return Recipe(**{name: getattr(self, name) for name in _RECIPE_FIELDS})
 
     @property
     def budget(self) -> Budget:
@@ -146,11 +148,14 @@ class ConvertSpec(Spec):
 
     def with_recipe(self, recipe: Recipe) -> "ConvertSpec":
         """This spec with the recipe's choices (a replayed recipe, the ladder's rung, the ranges chosen)."""
-        return dataclasses.replace(
-            self, mode=recipe.mode.value, io=recipe.io.value, calib_samples=recipe.calib_samples,
-            per_channel=recipe.per_channel, denylist=tuple(recipe.denylist), ranges=recipe.ranges,
-            bias_correction=recipe.bias_correction, quantizer=recipe.quantizer, split_joins=recipe.split_joins,
-            equalize=recipe.equalize, weight_scales=recipe.weight_scales)
+        values = {name: getattr(recipe, name) for name in _RECIPE_FIELDS}
+        return dataclasses.replace(self, **{name: value.value if isinstance(value, enum.Enum) else
+                                            tuple(value) if isinstance(value, list) else value
+                                            for name, value in values.items()})
+
+
+# A conversion's recipe is every Recipe field but the schema version, each an option of the same name.
+_RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe) if f.name != "schema_version")
 
 
 _TRAIN_IO = tuple(t.value for t in IOType if t is not IOType.INT16)

@@ -9,7 +9,8 @@ activation tensor:
 - a histogram of its values over all samples, for MSE-optimal clipping;
 
 and, per weight op (conv, depthwise conv, fully connected), the mean of its input per channel,
-for bias correction (`tfquant.bias`). The pass runs TFLite's builtin kernels with every
+for bias correction (`tfquant.bias`), and when asked the second moments of what its weights
+multiply, for GPTQ rounding (`tfquant.rounding`). The pass runs TFLite's builtin kernels with every
 intermediate tensor kept and costs about one calibration. Statistics of two disjoint sets of
 samples merge into those of their union (`merge`), so the samples can be split to fit ranges on
 one part and check them on the other without running anything twice.
@@ -23,6 +24,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from .data import Dataset
+from .flatbuffer import builtin_codes
 
 BINS = 2048
 WEIGHT_OPS = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D,
@@ -57,6 +59,7 @@ class Statistics:
     extremes: dict[int, np.ndarray] = field(default_factory=dict)
     input_means: dict[str, np.ndarray] = field(default_factory=dict)
     samples: int = 0
+    input_moments: dict[str, np.ndarray] = field(default_factory=dict)  # E[x xᵀ] per weight op, for tfquant.rounding
 
     def merge(self, other: "Statistics") -> "Statistics":
         """The statistics of both sets of samples together (the same calibrated file for both)."""
@@ -65,16 +68,21 @@ class Statistics:
                       for index, h in self.histograms.items() if index in other.histograms}
         extremes = {index: np.concatenate([e, other.extremes[index]])
                     for index, e in self.extremes.items() if index in other.extremes}
-        means = {name: (m * self.samples + other.input_means[name] * other.samples) / max(1, total)
-                 for name, m in self.input_means.items() if name in other.input_means}
-        return Statistics(histograms, extremes, means, total)
+        means, moments = ({name: (m * self.samples + theirs[name] * other.samples) / max(1, total)
+                           for name, m in ours.items() if name in theirs}
+                          for ours, theirs in ((self.input_means, other.input_means),
+                                               (self.input_moments, other.input_moments)))
+        return Statistics(histograms, extremes, means, total, moments)
 
 
-def collect(calibrated: bytes, calibration: Dataset, *, counts: bool = True) -> Statistics:
+def collect(calibrated: bytes, calibration: Dataset, *, counts: bool = True, moments: bool = False) -> Statistics:
     """Run every calibration sample through `calibrated` and gather the statistics. `counts=False`
-    leaves the histograms' bins empty (only MSE ranges read them), keeping their calibrated range."""
+    leaves the histograms' bins empty (only MSE ranges read them), keeping their calibrated range;
+    `moments=True` also gathers each weight op's input moments (`tfquant.rounding`)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
     from ai_edge_litert.tools import flatbuffer_utils
+
+    from .rounding import Moments
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
     graph = model.subgraphs[0]
@@ -88,10 +96,18 @@ def collect(calibrated: bytes, calibration: Dataset, *, counts: bool = True) -> 
         low, high = float(q.min[0]), float(q.max[0])
         if high > low:
             stats.histograms[index] = Histogram(low, high, np.zeros(BINS, np.int64))
-    weight_inputs = {}
+    weight_inputs, trackers = {}, {}
     for op in graph.operators:
         if codes[op.opcodeIndex] in WEIGHT_OPS and len(op.inputs) > 1:
             weight_inputs[_name(graph.tensors[op.outputs[0]])] = int(op.inputs[0])
+    if moments:
+        reader = schema.Model.GetRootAs(calibrated, 0)
+        flat, flat_codes = reader.Subgraphs(0), builtin_codes(reader)
+        for i in range(flat.OperatorsLength()):
+            op = flat.Operators(i)
+            tracker = Moments.of(flat_codes[op.OpcodeIndex()], op, flat)
+            if tracker is not None:
+                trackers[flat.Tensors(op.Outputs(0)).Name().decode()] = tracker
     # Builtin kernels only: a delegate would keep its intermediate tensors to itself.
     interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True, num_threads=2,
                               experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
@@ -113,9 +129,12 @@ def collect(calibrated: bytes, calibration: Dataset, *, counts: bool = True) -> 
                 mean = x[0].astype(np.float64) if x.ndim == 4 and len(x) == 1 else \
                     x.reshape(-1, x.shape[-1]).mean(axis=0, dtype=np.float64)
                 sums[name] = sums[name] + mean if name in sums else mean
+                if name in trackers:
+                    trackers[name].add(x)
         stats.samples += 1
     stats.extremes = {index: np.asarray(pairs, np.float64).reshape(-1, 2) for index, pairs in extremes.items()}
     stats.input_means = {name: total / max(1, stats.samples) for name, total in sums.items()}
+    stats.input_moments = {name: value for name, tracker in trackers.items() if (value := tracker.value()) is not None}
     return stats
 
 

@@ -151,6 +151,7 @@ def _build(hint: Any, value: Any) -> Any:
 QUANTIZERS = ("converter", "litert")
 RANGE_METHODS = ("auto", "percentile", "minmax", "mse", "average")  # auto and tfquant.ranges.ESTIMATORS
 WEIGHT_SCALES = ("max", "mse")  # int8 weight scales: the quantizer's max|w| / 127, or tfquant.weights
+WEIGHT_ROUNDINGS = ("nearest", "gptq")  # int8 weight values: each to its nearest step, or tfquant.rounding
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,10 @@ class Recipe(Record):
             `tfquant.weights`). Not the default: at 8 bits it moved the zoo CNNs' top-1
             agreement with float both ways, by up to 2.2 points (EfficientNetB0 88.9 to 91.1 % on
             one trained model, 89.1 to 86.9 % on another), with no consistent gain. Defaults to `"max"`.
+        weight_rounding: int8 weight values: `"nearest"` (each weight to its nearest step) or `"gptq"`
+            (rounded column by column against the op's input moments on the calibration samples, so
+            that the op's output error is least, `tfquant.rounding`), for int8 and int16x8. Ranges
+            and bias correction are chosen as for nearest rounding. Defaults to `"nearest"`.
         quantizer: who quantizes the float file: `"converter"` (TFLiteConverter's MLIR quantizer,
             from TFLite's calibrator) or `"litert"` (LiteRT Quantizer, `ai-edge-quantizer`, int8
             only, with its own min/max calibration on the same samples). Defaults to `"converter"`.
@@ -210,6 +215,7 @@ class Recipe(Record):
     split_joins: bool = True
     equalize: bool = True
     weight_scales: str = "max"
+    weight_rounding: str = "nearest"
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -232,6 +238,9 @@ class Recipe(Record):
         if self.weight_scales not in WEIGHT_SCALES:
             raise RecipeError(f"{called('weight_scales')}: unknown value {self.weight_scales!r}; expected one of: "
                               f"{', '.join(WEIGHT_SCALES)}")
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise RecipeError(f"{called('weight_rounding')}: unknown value {self.weight_rounding!r}; expected one of: "
+                              f"{', '.join(WEIGHT_ROUNDINGS)}")
         for flag in ("bias_correction", "split_joins", "equalize"):
             if not isinstance(getattr(self, flag), bool):
                 raise RecipeError(f"{called(flag)}: expected true or false, found {getattr(self, flag)!r}")
@@ -251,6 +260,7 @@ class Recipe(Record):
             object.__setattr__(self, "split_joins", False)
             object.__setattr__(self, "equalize", False)
             object.__setattr__(self, "weight_scales", "max")
+            object.__setattr__(self, "weight_rounding", "nearest")
         if self.schema_version != SCHEMA_VERSION:
             raise RecipeError(
                 f"recipe schema_version: expected {SCHEMA_VERSION}, found {self.schema_version!r}"
