@@ -9,6 +9,8 @@ added one at a time, and LiteRT Quantizer's `static_wi8_ai8` for comparison:
 - tfquant default: the above and mismatched joins split (`split_joins`);
 - + MSE weight scales: the default with each weight channel's int8 scale clipped to its least
   squared error (`weight_scales="mse"`, not the default);
+- + GPTQ rounding: the default with each weight op's int8 values rounded against its input's
+  second moments on the calibration samples (`weight_rounding="gptq"`, not the default);
 - LiteRT Quantizer: `--quantizer litert`;
 - per-tensor weight scales (`per_channel=False`, as some accelerators require): min/max alone,
   tfquant's default without cross-layer equalization, and the default (equalized: `equalize`).
@@ -39,6 +41,7 @@ TECHNIQUES = {
     "+ bias correction": dict(ranges="auto", bias_correction=True, split_joins=False),
     "tfquant default": {},
     "+ MSE weight scales": dict(weight_scales="mse"),
+    "+ GPTQ rounding": dict(weight_rounding="gptq"),
     "LiteRT Quantizer": dict(quantizer="litert"),
     "per-tensor: min/max": dict(per_channel=False, ranges="minmax", bias_correction=False, split_joins=False,
                                 equalize=False),

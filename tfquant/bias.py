@@ -36,17 +36,13 @@ def correct(quantized: bytes, float_tflite: bytes, input_means: dict[str, np.nda
     rewrite = WeightOps(quantized, float_tflite)
     for op, code, name, exact_tensor in rewrite:
         means = input_means.get(name)
-        if op.InputsLength() < 3 or op.Inputs(2) < 0 or exact_tensor is None or means is None:
+        found = rewrite.int8_weights(op, exact_tensor, rewritten=False)
+        if op.InputsLength() < 3 or op.Inputs(2) < 0 or means is None or found is None:
             continue
-        weights, bias = rewrite.graph.Tensors(op.Inputs(1)), rewrite.graph.Tensors(op.Inputs(2))
-        if weights.Type() != schema.TensorType.INT8 or bias.Type() not in _BIAS_TYPES or \
-                weights.Quantization() is None or bias.Quantization() is None or not rewrite.own(bias):
+        (weights, exact, scales), bias = found, rewrite.graph.Tensors(op.Inputs(2))
+        if bias.Type() not in _BIAS_TYPES or bias.Quantization() is None or not rewrite.own(bias):
             continue
-        exact = _values(rewrite.reference, exact_tensor)
-        shape = tuple(weights.ShapeAsNumpy())
-        if exact is None or exact.shape != shape:
-            continue
-        scales = weights.Quantization().ScaleAsNumpy().astype(np.float64)
+        shape = exact.shape
         axis = [1] * len(shape)
         axis[weights.Quantization().QuantizedDimension()] = -1
         delta = _values(rewrite.model, weights).astype(np.float64) * scales.reshape(axis) - exact
@@ -92,6 +88,20 @@ class WeightOps:
             if code in WEIGHT_OPS and op.InputsLength() > 1:
                 name = _name(self.graph.Tensors(op.Outputs(0)))
                 yield op, code, name, self._float_weights.get(name)
+
+    def int8_weights(self, op, exact_tensor, *, rewritten: bool = True):
+        """(the op's int8 weights tensor, the float file's weights, their scales as float64), where the
+        weights are int8 with scales (and, if they are to be `rewritten`, a buffer of their own) and the float
+        weights have their shape; else None."""
+        weights = self.graph.Tensors(op.Inputs(1))
+        quantization = weights.Quantization()
+        if exact_tensor is None or weights.Type() != schema.TensorType.INT8 or quantization is None or \
+                not quantization.ScaleLength() or (rewritten and not self.own(weights)):
+            return None
+        exact = _values(self.reference, exact_tensor)
+        if exact is None or exact.shape != tuple(weights.ShapeAsNumpy()):
+            return None
+        return weights, exact, quantization.ScaleAsNumpy().astype(np.float64)
 
     def own(self, tensor) -> bool:
         """Whether the tensor's buffer is its own (a shared one, after deduplication, is not rewritten)."""

@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from .bias import WeightOps, _conv_options, _values, conv_geometry
+from .bias import WeightOps, _conv_options, conv_geometry
 
 MAX_COLUMNS = 2304  # the longest weight row rounded by GPTQ (3×3 taps over 256 channels)
 BLOCK = 128  # columns rounded before the columns after them are updated (one matrix product per block)
@@ -110,16 +110,11 @@ def round_weights(quantized: bytes, float_tflite: bytes, moments: dict[str, np.n
     shared by several tensors, or whose moments do not fit its shape, keeps its nearest rounding."""
     rewrite = WeightOps(quantized, float_tflite)
     for op, code, name, exact_tensor in rewrite:
-        weights = rewrite.graph.Tensors(op.Inputs(1))
-        h = moments.get(name)
-        if h is None or exact_tensor is None or weights.Type() != schema.TensorType.INT8 or \
-                weights.Quantization() is None or not rewrite.own(weights):
+        h, found = moments.get(name), rewrite.int8_weights(op, exact_tensor)
+        if h is None or found is None:
             continue
-        exact = _values(rewrite.reference, exact_tensor)
-        shape = tuple(weights.ShapeAsNumpy())
-        if exact is None or exact.shape != shape:
-            continue
-        scales = weights.Quantization().ScaleAsNumpy().astype(np.float64)
+        weights, exact, scales = found
+        shape = exact.shape
         depthwise = code == schema.BuiltinOperator.DEPTHWISE_CONV_2D
         channels = shape[3] if depthwise else shape[0]
         scales = np.broadcast_to(scales, (channels,)) if scales.size in (1, channels) else None
@@ -146,12 +141,14 @@ def gptq(rows: np.ndarray, h: np.ndarray, scales: np.ndarray) -> Optional[np.nda
     column against each group's `h` ([groups, columns, columns]); None where H cannot be inverted."""
     w = rows.astype(np.float64).copy()
     h = h.astype(np.float64).copy()
+    scales = np.where(scales > 0, scales, 1.0)  # a channel of zeros (its scale may be 0) stays zeros
     columns = w.shape[-1]
-    diagonal = np.einsum("gii->gi", h)
-    dead = diagonal <= 0  # an input that was zero on every sample: nearest rounding, nothing to carry
-    diagonal[dead] = 1.0
-    damping = DAMPING * diagonal.mean(axis=1, keepdims=True)
-    h[:, np.arange(columns), np.arange(columns)] = diagonal + damping
+    diagonal = np.einsum("gii->gi", h).copy()
+    live = diagonal > 0  # an input that was zero on every sample: nearest rounding, nothing to carry
+    typical = np.where(live.any(axis=1), np.sum(np.where(live, diagonal, 0), axis=1) / np.maximum(live.sum(axis=1), 1),
+                       1.0)[:, None]
+    diagonal = np.where(live, diagonal, typical) + DAMPING * typical
+    h[:, np.arange(columns), np.arange(columns)] = diagonal
     try:
         upper = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)  # H⁻¹ = Uᵀ U
     except np.linalg.LinAlgError:
