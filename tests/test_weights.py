@@ -7,7 +7,7 @@ import pytest
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from tfquant.statistics import WEIGHT_OPS
+from tfquant.flatbuffer import WEIGHT_OPS
 from tfquant.weights import _squared_error, best_scales
 
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from .flatbuffer import builtin_codes
-from .statistics import WEIGHT_OPS
+from .flatbuffer import WEIGHT_OPS, builtin_codes
 
 _DTYPES = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32,
            schema.TensorType.INT64: np.int64}

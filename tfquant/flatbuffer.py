@@ -13,6 +13,10 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 
+WEIGHT_OPS = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D,
+              schema.BuiltinOperator.FULLY_CONNECTED)  # the ops whose second input is a weights tensor
+
+
 def read_model(data: bytes):
     return flatbuffer_utils.read_model_from_bytearray(bytearray(data))
 

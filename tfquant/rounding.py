@@ -28,12 +28,11 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from .bias import WeightOps, _conv_options, conv_geometry
+from .flatbuffer import WEIGHT_OPS
 
 MAX_COLUMNS = 2304  # the longest weight row rounded by GPTQ (3×3 taps over 256 channels)
 BLOCK = 128  # columns rounded before the columns after them are updated (one matrix product per block)
 DAMPING = 0.01  # added to H's diagonal, as a share of its mean: H of few or correlated inputs is near singular
-_OPS = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D,
-        schema.BuiltinOperator.FULLY_CONNECTED)
 
 
 class Moments:
@@ -51,7 +50,7 @@ class Moments:
     @classmethod
     def of(cls, code: int, op, graph) -> Optional["Moments"]:
         """For a weight op of the float file (flatbuffer accessors), or None where its rows are too long."""
-        if code not in _OPS or op.InputsLength() < 2:
+        if code not in WEIGHT_OPS or op.InputsLength() < 2:
             return None
         shape = tuple(graph.Tensors(op.Inputs(1)).ShapeAsNumpy())
         if len(shape) not in (2, 4):

@@ -24,11 +24,9 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from .data import Dataset
-from .flatbuffer import builtin_codes
+from .flatbuffer import WEIGHT_OPS, builtin_codes
 
 BINS = 2048
-WEIGHT_OPS = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D,
-              schema.BuiltinOperator.FULLY_CONNECTED)
 
 
 @dataclass
