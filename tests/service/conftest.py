@@ -25,7 +25,8 @@ def files(tmp_path_factory, digits_model, digits):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, files):
-    running = Server(tmp_path_factory.mktemp("service") / "data", files["token"], "--workers", "2")
+    running = Server(tmp_path_factory.mktemp("service") / "data", files["token"], "--workers", "2",
+                     tmp_dir=tmp_path_factory.mktemp("service-tmp"))
     yield running
     running.stop()
 

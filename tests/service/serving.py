@@ -24,21 +24,22 @@ def free_port() -> int:
 
 class Server:
     """`tfquant serve` in a subprocess; stop() sends SIGTERM (a graceful stop), stop(SIGKILL) kills it.
-    Its temporary files (and its workers') go to a folder of its own beside the data folder, `tmp_dir`."""
+    Given `tmp_dir`, its temporary files (and its workers') go there (TMPDIR). Not for a server that starts
+    a local Ray: Ray's socket paths under TMPDIR must stay within 107 bytes."""
 
     def __init__(self, data_dir: Path, token_file: Path, *extra: str, upload_mb: str = "4", port: int = 0,
-                 env: dict | None = None):
+                 env: dict | None = None, tmp_dir: Path | None = None):
         self.data_dir = data_dir
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(data_dir.parent / f"server-{self.port}.log", "ab")
-        self.tmp_dir = data_dir.parent / f"tmp-{self.port}"
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = tmp_dir
+        env = os.environ if env is None else env
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from tfquant.cli import run; run()", "serve", "--port", str(self.port),
              "--data-dir", str(data_dir), "--token-file", str(token_file), "--max-upload-mb", upload_mb,
              "--time-limit", "300", *extra], stdout=self.log, stderr=subprocess.STDOUT,
-            env={**(os.environ if env is None else env), "TMPDIR": str(self.tmp_dir)})
+            env=env if tmp_dir is None else {**env, "TMPDIR": str(tmp_dir)})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
