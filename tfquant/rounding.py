@@ -28,7 +28,6 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from .bias import WeightOps, _conv_options, conv_geometry
-from .flatbuffer import WEIGHT_OPS
 
 MAX_COLUMNS = 2304  # the longest weight row rounded by GPTQ (3×3 taps over 256 channels)
 BLOCK = 128  # columns rounded before the columns after them are updated (one matrix product per block)
@@ -49,9 +48,8 @@ class Moments:
 
     @classmethod
     def of(cls, code: int, op, graph) -> Optional["Moments"]:
-        """For a weight op of the float file (flatbuffer accessors), or None where its rows are too long."""
-        if code not in WEIGHT_OPS or op.InputsLength() < 2:
-            return None
+        """For a weight op (`WEIGHT_OPS`) of the float file (flatbuffer accessors), or None where its rows are
+        too long."""
         shape = tuple(graph.Tensors(op.Inputs(1)).ShapeAsNumpy())
         if len(shape) not in (2, 4):
             return None

@@ -84,7 +84,6 @@ def collect(calibrated: bytes, calibration: Dataset, *, counts: bool = True, mom
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
     graph = model.subgraphs[0]
-    codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
     ends = {int(i) for i in graph.inputs} | {int(i) for i in graph.outputs}
     stats = Statistics()
     for index, tensor in enumerate(graph.tensors):
@@ -94,18 +93,21 @@ def collect(calibrated: bytes, calibration: Dataset, *, counts: bool = True, mom
         low, high = float(q.min[0]), float(q.max[0])
         if high > low:
             stats.histograms[index] = Histogram(low, high, np.zeros(BINS, np.int64))
+    # Per weight op (by output name): its input tensor and, when asked, its moments (read with the
+    # flatbuffer's accessors, which the op's conv options need).
     weight_inputs, trackers = {}, {}
-    for op in graph.operators:
-        if codes[op.opcodeIndex] in WEIGHT_OPS and len(op.inputs) > 1:
-            weight_inputs[_name(graph.tensors[op.outputs[0]])] = int(op.inputs[0])
-    if moments:
-        reader = schema.Model.GetRootAs(calibrated, 0)
-        flat, flat_codes = reader.Subgraphs(0), builtin_codes(reader)
-        for i in range(flat.OperatorsLength()):
-            op = flat.Operators(i)
-            tracker = Moments.of(flat_codes[op.OpcodeIndex()], op, flat)
-            if tracker is not None:
-                trackers[flat.Tensors(op.Outputs(0)).Name().decode()] = tracker
+    reader = schema.Model.GetRootAs(calibrated, 0)
+    flat, codes = reader.Subgraphs(0), builtin_codes(reader)
+    for i in range(flat.OperatorsLength()):
+        op = flat.Operators(i)
+        code = codes[op.OpcodeIndex()]
+        if code not in WEIGHT_OPS or op.InputsLength() < 2:
+            continue
+        name = flat.Tensors(op.Outputs(0)).Name().decode()
+        weight_inputs[name] = op.Inputs(0)
+        tracker = Moments.of(code, op, flat) if moments else None
+        if tracker is not None:
+            trackers[name] = tracker
     # Builtin kernels only: a delegate would keep its intermediate tensors to itself.
     interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True, num_threads=2,
                               experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
@@ -134,7 +136,3 @@ def collect(calibrated: bytes, calibration: Dataset, *, counts: bool = True, mom
     stats.input_means = {name: total / max(1, stats.samples) for name, total in sums.items()}
     stats.input_moments = {name: value for name, tracker in trackers.items() if (value := tracker.value()) is not None}
     return stats
-
-
-def _name(tensor) -> str:
-    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
