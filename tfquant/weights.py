@@ -58,20 +58,16 @@ def mse_scales(quantized: bytes, float_tflite: bytes) -> tuple[bytes, int]:
     rewrite = WeightOps(quantized, float_tflite)
     graph, changed = rewrite.graph, 0
     for op, _, _, exact_tensor in rewrite:
-        weights = graph.Tensors(op.Inputs(1))
+        found = rewrite.int8_weights(op, exact_tensor)
         bias = graph.Tensors(op.Inputs(2)) if op.InputsLength() > 2 and op.Inputs(2) >= 0 else None
-        if exact_tensor is None or not _rewritable(rewrite, weights, schema.TensorType.INT8) or \
-                (bias is not None and not _rewritable(rewrite, bias, schema.TensorType.INT32)):
+        if found is None or (bias is not None and not _rewritable(rewrite, bias, schema.TensorType.INT32)):
             continue
-        exact = _values(rewrite.reference, exact_tensor)
-        values = _values(rewrite.model, weights)
+        weights, exact, scales = found
         quantization = weights.Quantization()
-        scales = quantization.ScaleAsNumpy().astype(np.float64)
         zero_points = quantization.ZeroPointAsNumpy() if quantization.ZeroPointLength() else np.zeros(1)
         source = graph.Tensors(op.Inputs(0)).Quantization()
-        if exact is None or values is None or exact.shape != values.shape or np.any(zero_points) or \
-                (bias is not None and (bias.Quantization().ScaleLength() != scales.size
-                                       or source is None or source.ScaleLength() != 1)):
+        if np.any(zero_points) or (bias is not None and (bias.Quantization().ScaleLength() != scales.size
+                                                          or source is None or source.ScaleLength() != 1)):
             continue
         axis = quantization.QuantizedDimension() if scales.size > 1 else None
         if axis is not None and exact.shape[axis] != scales.size:
