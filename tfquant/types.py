@@ -232,15 +232,11 @@ class Recipe(Record):
         if isinstance(self.calib_samples, bool) or not isinstance(self.calib_samples, int) or self.calib_samples < 1:
             raise RecipeError(f"{called('calib_samples')}: expected a whole number at least 1, found {self.calib_samples!r}")
         object.__setattr__(self, "denylist", tuple(self.denylist))
-        if self.ranges not in RANGE_METHODS:
-            raise RecipeError(f"{called('ranges')}: unknown value {self.ranges!r}; expected one of: "
-                              f"{', '.join(RANGE_METHODS)}")
-        if self.weight_scales not in WEIGHT_SCALES:
-            raise RecipeError(f"{called('weight_scales')}: unknown value {self.weight_scales!r}; expected one of: "
-                              f"{', '.join(WEIGHT_SCALES)}")
-        if self.weight_rounding not in WEIGHT_ROUNDINGS:
-            raise RecipeError(f"{called('weight_rounding')}: unknown value {self.weight_rounding!r}; expected one of: "
-                              f"{', '.join(WEIGHT_ROUNDINGS)}")
+        for name, choices in (("ranges", RANGE_METHODS), ("weight_scales", WEIGHT_SCALES),
+                              ("weight_rounding", WEIGHT_ROUNDINGS)):
+            if getattr(self, name) not in choices:
+                raise RecipeError(f"{called(name)}: unknown value {getattr(self, name)!r}; expected one of: "
+                                  f"{', '.join(choices)}")
         for flag in ("bias_correction", "split_joins", "equalize"):
             if not isinstance(getattr(self, flag), bool):
                 raise RecipeError(f"{called(flag)}: expected true or false, found {getattr(self, flag)!r}")
