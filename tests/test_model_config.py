@@ -62,6 +62,23 @@ def test_code_is_found_wherever_it_hides(config, found):
     assert code_in_config(json.loads(json.dumps(config, separators=(",", ":")))) == found  # spelling does not matter
 
 
+def _nested(levels: int, inner: dict) -> dict:
+    """`inner` as the layer of a wrapper of a wrapper ... `levels` wrappers deep."""
+    for _ in range(levels):
+        inner = {"class_name": "TimeDistributed", "config": {"name": "td", "layer": inner}}
+    return inner
+
+
+def test_a_config_nested_past_the_walk_is_refused_and_code_within_it_found():
+    lam = {"class_name": "Lambda", "config": {"name": "deep"}}
+    assert code_in_config(functional(_nested(60, lam), DENSE)) == ["a Lambda layer 'deep'"]
+    assert code_in_config(functional(_nested(60, DENSE))) == []
+    # Past 200 levels the rest is not walked: the depth itself is the finding, beside what lies above it.
+    assert code_in_config(functional(_nested(150, DENSE))) == ["a config nested more than 200 levels deep"]
+    assert code_in_config(functional({"class_name": "Lambda", "config": {"name": "top"}}, _nested(150, lam))) == [
+        "a Lambda layer 'top'", "a config nested more than 200 levels deep"]
+
+
 def test_refusal_is_one_line_naming_the_file_and_the_layer(tmp_path):
     config = functional({"class_name": "Lambda", "config": {"name": "payload"}}, DENSE)
     path = tmp_path / "m.keras"

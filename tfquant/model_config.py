@@ -16,7 +16,7 @@ import json
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 from .errors import ModelLoadError, called, problem
 
@@ -118,41 +118,53 @@ def code_in_config(config: Any) -> list[str]:
         ...     {"class_name": "Lambda", "config": {"name": "double", "function": ["4wE...", None, None]}}]}})
         ["a Lambda layer 'double'"]
     """
-    return list(dict.fromkeys(_findings(config)))
+    found: list[str] = []
+
+    def visit(node: dict) -> bool:
+        class_name = node.get("class_name")
+        config = node.get("config") if isinstance(node.get("config"), dict) else {}
+        name = config.get("name") or node.get("name") or class_name
+        if class_name in LAMBDA_LAYERS:
+            found.append(f"a Lambda layer {name!r}")
+            return False  # its function, module and closure are that one finding
+        if class_name == "__lambda__" or node.get("function_type") == "lambda":
+            found.append(f"a serialized Python lambda{f' in {name!r}' if name and name != '__lambda__' else ''}")
+            return False
+        if class_name in OP_LAYERS:
+            function = config.get("function")
+            if not (isinstance(function, str) and _API_SYMBOL.match(function)):
+                found.append(f"a {class_name} layer {name!r} whose function is not a TensorFlow API name")
+        module = node.get("module")
+        registered = node.get("registered_name")
+        if isinstance(module, str) and module.split(".")[0] not in SAFE_MODULES and \
+                not (isinstance(registered, str) and _registered(registered)) and \
+                not _tf_initializer(module, class_name, config):
+            found.append(f"{class_name or 'an object'} {name!r} from module {module!r}, which Keras would import")
+        return True
+
+    if not _walk(config, visit):
+        found.append(f"a config nested more than {MAX_DEPTH} levels deep")
+    return list(dict.fromkeys(found))
 
 
-def _findings(node: Any, depth: int = 0) -> Iterator[str]:
-    if depth > 200:
-        yield "a config nested more than 200 levels deep"
-        return
-    if isinstance(node, list):
-        for item in node:
-            yield from _findings(item, depth + 1)
-        return
-    if not isinstance(node, dict):
-        return
-    class_name = node.get("class_name")
-    config = node.get("config") if isinstance(node.get("config"), dict) else {}
-    name = config.get("name") or node.get("name") or class_name
-    if class_name in LAMBDA_LAYERS:
-        yield f"a Lambda layer {name!r}"
-        return  # its function, module and closure are that one finding
-    if class_name == "__lambda__" or node.get("function_type") == "lambda":
-        yield f"a serialized Python lambda{f' in {name!r}' if name and name != '__lambda__' else ''}"
-        return
-    if class_name in OP_LAYERS:
-        function = config.get("function")
-        if not (isinstance(function, str) and _API_SYMBOL.match(function)):
-            yield f"a {class_name} layer {name!r} whose function is not a TensorFlow API name"
-    module = node.get("module")
-    registered = node.get("registered_name")
-    if isinstance(module, str) and module.split(".")[0] not in SAFE_MODULES and \
-            not (isinstance(registered, str) and _registered(registered)) and \
-            not _tf_initializer(module, class_name, config):
-        yield f"{class_name or 'an object'} {name!r} from module {module!r}, which Keras would import"
-    for key, value in node.items():
-        if key not in ("class_name", "module", "registered_name", *NOT_LOADED) and isinstance(value, (dict, list)):
-            yield from _findings(value, depth + 1)
+MAX_DEPTH = 200  # an architecture nests a few dozen levels; deeper is not walked, and is refused
+
+
+def _walk(node: Any, visit: Callable[[dict], bool], depth: int = 0) -> bool:
+    """Call `visit` on every object (dict) of a config, depth first, but not under the parts Keras does not
+    load; `visit` returns False to skip what lies under an object. False if some part nests deeper than
+    MAX_DEPTH (every other part is walked)."""
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(node, dict):
+        if not visit(node):
+            return True
+        children = [value for key, value in node.items() if key not in NOT_LOADED]
+    elif isinstance(node, list):
+        children = node
+    else:
+        return True
+    return all([_walk(child, visit, depth + 1) for child in children if isinstance(child, (dict, list))])
 
 
 def _tf_initializer(module: str, class_name: Any, config: dict) -> bool:
@@ -186,15 +198,7 @@ def unregistered_classes(config: Any) -> list[str]:
     their settings and weights but not their code (a class defined in a script, `__main__`)."""
     found: dict[str, None] = {}
 
-    def walk(node: Any, depth: int = 0) -> None:
-        if depth > 200:
-            return
-        if isinstance(node, list):
-            for item in node:
-                walk(item, depth + 1)
-            return
-        if not isinstance(node, dict):
-            return
+    def visit(node: dict) -> bool:
         custom = next((n for n in (node.get("registered_name"), node.get("class_name"))
                        if isinstance(n, str) and ">" in n), None)
         module = node.get("module")
@@ -202,11 +206,9 @@ def unregistered_classes(config: Any) -> list[str]:
         if custom is not None and not importable and not _registered(custom):
             config = node.get("config") if isinstance(node.get("config"), dict) else {}
             found[f"{custom!r}" + (f" (layer {config['name']!r})" if isinstance(config.get("name"), str) else "")] = None
-        for key, value in node.items():
-            if isinstance(value, (dict, list)) and key not in NOT_LOADED:
-                walk(value, depth + 1)
+        return True
 
-    walk(config)
+    _walk(config, visit)
     return list(found)
 
 
