@@ -13,12 +13,12 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from .errors import TFLiteFileError, called, problem
+from .model_config import TFLITE_IDENTIFIER
 from .types import FloatOp, ModelInfo, OpInfo, QuantParams, TensorInfo
 
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 _TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 FLOAT_DTYPES = frozenset({"float32", "float16", "float64", "bfloat16", "complex64", "complex128"})
-TFLITE_IDENTIFIER = b"TFL3"
 
 Source = Union[str, Path, bytes, bytearray]
 

@@ -35,6 +35,7 @@ TF_INITIALIZER_MODULES = frozenset({"tensorflow.python.ops.init_ops_v2", "tensor
 TF_INITIALIZERS = frozenset({"Constant", "Zeros", "Ones", "RandomUniform", "RandomNormal", "TruncatedNormal",
                              "VarianceScaling", "Orthogonal", "Identity", "GlorotUniform", "GlorotNormal"})
 H5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+TFLITE_IDENTIFIER = b"TFL3"  # bytes 4-8 of a TFLite flatbuffer
 MAX_CONFIG_BYTES = 64 << 20  # an architecture is kilobytes; refuse to parse a JSON bomb
 
 

@@ -81,6 +81,43 @@ def test_corrupt_model_is_422_with_the_command_message(client, files, tmp_path):
     assert "corrupt.keras: expected a .keras zip archive, found 1000 bytes that are not a zip archive" in str(caught.value)
 
 
+def test_a_float_tflite_upload_converts_as_the_api_does_and_others_are_422(client, files, tmp_path):
+    """A float32 .tflite file (another converter's, or the float file tfquant writes) is a model the command and
+    the API take: the service takes it too. What is not one is refused at submission, with the command's line."""
+    import tfquant
+    from tfquant.spec import ConvertSpec
+
+    spec = ConvertSpec(calib_samples=120, ranges="minmax", diagnose=False, bench_runs=1)
+    keras_result = tfquant.quantize(files["model"], files["calib"], spec=spec)
+    float_file = tmp_path / "digits_f32.tflite"
+    float_file.write_bytes(keras_result.float_tflite)
+    job = client.submit(float_file, calib=files["calib"], eval=files["eval"], **spec.to_dict())
+    state = client.wait(job, timeout=180, poll=0.3)
+    assert state["status"] == "succeeded", state
+    served = client.download(job, tmp_path / "served.tflite").read_bytes()
+    assert served == tfquant.quantize(float_file, files["calib"], spec=spec).tflite
+    report = json.loads(client.download(job, tmp_path / "report.json", artifact="report.json").read_text())
+    assert report["model"] == "digits_f32.tflite" and report["quantized"]["fully_integer"] is True
+    assert abs(report["accuracy_drop"]) <= 0.01
+
+    int8_file = tmp_path / "digits_int8.tflite"
+    int8_file.write_bytes(served)
+    damaged = tmp_path / "damaged.tflite"
+    damaged.write_bytes(keras_result.float_tflite[:len(keras_result.float_tflite) // 2])  # its identifier intact
+    not_tflite = tmp_path / "digits.tflite"
+    not_tflite.write_bytes(files["model"].read_bytes())  # a .keras zip under another name
+    for path, options, message in [
+        (not_tflite, {}, "digits.tflite: expected a TFLite flatbuffer (identifier 'TFL3'), found "),
+        (damaged, {}, "damaged.tflite: expected a file the interpreter can run, found The model is not a valid Flatbuffer buffer"),
+        (int8_file, {}, "digits_int8.tflite: expected a float32 .tflite file to quantize, found int8 tensors"),
+        (float_file, {"command": "qat", "epochs": 1},
+         "digits_f32.tflite: expected a Keras model (.keras, .h5) or SavedModel for tfquant qat"),
+    ]:
+        with pytest.raises(ServiceError) as caught:
+            client.submit(path, calib=files["calib"], train=files["train"] if options else None, **options)
+        assert caught.value.status == 422 and message in str(caught.value), (path.name, str(caught.value))
+
+
 def test_lambda_model_is_422(client, files, tmp_path):
     from tfquant._keras import keras
 

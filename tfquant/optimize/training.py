@@ -231,6 +231,15 @@ def _targets(data: Dataset, probabilities: dict[str, bool], classes: list[Option
     return dict(zip(probabilities, found)) if by_key else found
 
 
+def check_trainable(loaded, stage: str) -> None:
+    """A ModelLoadError for a model no training stage can take: a .tflite file holds no trainable model."""
+    from ..errors import ModelLoadError
+
+    if loaded.flavor == "tflite":
+        raise ModelLoadError(f"{loaded.source}: expected a Keras model (.keras, .h5) or SavedModel for {stage}, which "
+                             "trains its layers, found a .tflite file, which holds no trainable model")
+
+
 def keras2_model(loaded, stage: str, samples=None):
     """The tf_keras model behind `loaded` (a Keras 3 model rebuilt, outputs checked on `samples`),
     or a clear error for what tfmot cannot wrap."""
@@ -241,9 +250,7 @@ def keras2_model(loaded, stage: str, samples=None):
 
         return _checked(to_keras2, loaded.keras_model, samples, f"{loaded.source}: expected a Keras 3 model that "
                         f"rebuilds as tf_keras for {stage} (tensorflow-model-optimization needs Keras 2)")
-    if loaded.flavor == "tflite":
-        raise ModelLoadError(f"{loaded.source}: expected a Keras model (.keras, .h5) or SavedModel for {stage}, which "
-                             "trains its layers, found a .tflite file, which holds no trainable model")
+    check_trainable(loaded, stage)
     if loaded.keras_model is None:  # a SavedModel folder: tf_keras can revive its own
         from ..models import revive_keras2
 

@@ -132,7 +132,7 @@ def _submit_body() -> dict:
                 "type": "object",
                 "required": ["model"],
                 "properties": {
-                    "model": {"type": "string", "format": "binary", "description": ".keras, .h5 or a SavedModel .zip"},
+                    "model": {"type": "string", "format": "binary", "description": ".keras, .h5, a SavedModel .zip or a float32 .tflite"},
                     **{name: {"type": "string", "format": "binary", "description": ".npz, .npy or .csv"}
                        for name in ("calib", "eval", "train")},
                     "recipe": {"type": "string", "contentMediaType": "application/json", "contentSchema": {"oneOf": refs},

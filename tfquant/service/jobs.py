@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from ..errors import ModelLoadError, RecipeError, naming, one_line, problem
 
-MODEL_SUFFIXES = (".keras", ".h5", ".zip")
+MODEL_SUFFIXES = (".keras", ".h5", ".zip", ".tflite")
 DATA_SUFFIXES = (".npz", ".npy", ".csv")
 
 def _inputs() -> dict[str, tuple[set[str], set[str]]]:
@@ -175,9 +175,12 @@ def run(command: str, options: dict[str, Any], paths: dict[str, Path], *, safe_m
 
 def validate_inputs(command: str, options: dict[str, Any], paths: dict[str, Path], *, safe_mode: bool) -> None:
     """Load the model and check every data file against it: the errors the command gives, before queueing."""
+    from ..optimize.training import check_trainable
     from ..prepare import prepare
 
     spec = spec_of(command, options)
-    prepare(paths["model"], recipe=spec.recipe, calibration_data=paths.get("calib"), eval_data=paths.get("eval"),
-            train_data=paths.get("train") if command != "convert" else None, safe_mode=safe_mode, export_model=False,
-            input_shapes=getattr(spec, "input_shapes", None))
+    prepared = prepare(paths["model"], recipe=spec.recipe, calibration_data=paths.get("calib"),
+                       eval_data=paths.get("eval"), train_data=paths.get("train") if command != "convert" else None,
+                       safe_mode=safe_mode, export_model=False, input_shapes=getattr(spec, "input_shapes", None))
+    if command != "convert":
+        check_trainable(prepared.loaded, f"tfquant {command}")

@@ -5,8 +5,9 @@ Nothing here expands, decompresses or deserializes an upload. The body is parsed
 refused the moment a part or the whole body passes its limit, so nothing past the limit is
 spooled. Then `check_headers` reads only what a file says about itself — the zip directory of a
 `.keras`, `.npz` or SavedModel `.zip` (member sizes, compression methods, names), the header of
-every `.npy` array (dtype, shape), the HDF5 signature, the header row of a `.csv` — and refuses what would expand past the
-expanded-size limit. Loading the model and the arrays happens in a separate process (`worker`).
+every `.npy` array (dtype, shape), the HDF5 signature, a `.tflite` file's identifier, the header row of
+a `.csv` — and refuses what would expand past the expanded-size limit. Loading the model and the
+arrays happens in a separate process (`worker`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import AsyncIterator, Optional
 import numpy as np
 
 from ..errors import DataError, ModelLoadError, problem
-from ..model_config import H5_SIGNATURE
+from ..model_config import H5_SIGNATURE, TFLITE_IDENTIFIER
 
 MAX_FIELD_BYTES = 64 << 10  # the recipe JSON and other text fields
 MAX_PARTS = 8
@@ -226,6 +227,14 @@ def check_headers(path: Path, suffix: str, name: str, limits: Limits) -> None:
         ModelLoadError / DataError: the file is not what its suffix says, or is damaged.
     """
     error = ModelLoadError if suffix in (".keras", ".h5", ".zip") else DataError
+    if suffix == ".tflite":  # a flatbuffer, read in place: nothing to expand; the validator's interpreter verifies it
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+        if head[4:8] != TFLITE_IDENTIFIER:
+            raise ModelLoadError(problem(name, "a TFLite flatbuffer (identifier 'TFL3')",
+                                         f"{path.stat().st_size} bytes" + (f" with identifier {head[4:8]!r}"
+                                                                           if len(head) == 8 else "")))
+        return
     if suffix == ".h5":
         with open(path, "rb") as handle:
             head = handle.read(len(H5_SIGNATURE))
