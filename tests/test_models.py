@@ -451,3 +451,39 @@ def test_a_float_tflite_file_is_quantized_as_it_is(digits_model, int8_result, tr
                                              r"batch .*, found input 'tokens' of shape \(N, \?\): convert it with that "
                                              r"length fixed, or give tfquant the Keras model"):
         tfquant.quantize(open_length, np.ones((4, 6), np.int32))
+
+
+def test_a_tf_keras_saved_model_whose_graph_keeps_a_loop_converts_from_its_revived_layers(rows_gru, digits, tmp_path):
+    """tf_keras' SavedModel traces a GRU as a loop the converter refuses; tfquant revives its layers (in safe
+    mode, as a .keras file is loaded) and unrolls them, as from the .keras file. A SavedModel with no Keras
+    layers in it (Keras 3's `export`) says what to give instead; one whose layers hold code is refused."""
+    from tfquant._keras import keras, keras3
+    from tfquant.errors import ConversionError
+
+    x, held_out = digits["x"][..., 0], (digits["x_test"][..., 0], digits["y_test"])
+    folder = tmp_path / "gru_savedmodel"
+    rows_gru.save(folder, save_format="tf")
+    result = tfquant.quantize(folder, x[:200], eval_data=held_out, bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    notes = result.report.export.notes
+    assert notes[0] == "exported from its tf_keras layers: its traced graph did not convert", notes
+    assert any("unrolled over 8 steps" in note for note in notes), notes
+    from_file = tfquant.quantize(rows_gru, x[:200], eval_data=held_out, bench_runs=1, diagnose=False)
+    assert result.report.outputs[0].quantized.accuracy == from_file.report.outputs[0].quantized.accuracy
+    assert result.report.outputs[0].quantized.agreement >= 0.97
+
+    k3 = keras3()
+    inputs = k3.Input((8, 8), name="rows")
+    k3.Model(inputs, k3.layers.Dense(10)(k3.layers.GRU(8)(inputs))).export(str(tmp_path / "k3_export"), verbose=False)
+    with pytest.raises(ConversionError, match=r"k3_export: expected a model TFLiteConverter can convert, found .*"
+                                              r"\(a loop over a sequence, which tfquant unrolls only in a Keras model: "
+                                              r"give it the .keras or .h5 file, or a SavedModel that tf_keras saved\)"):
+        tfquant.quantize(tmp_path / "k3_export", x[:20])
+
+    inputs = keras.Input((8, 8), name="rows")
+    doubled = keras.layers.Lambda(lambda t: t * 2.0, name="payload")(inputs)
+    coded = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GRU(8)(doubled)))
+    coded.save(tmp_path / "coded_savedmodel", save_format="tf")
+    with pytest.raises(ModelLoadError, match=r"coded_savedmodel: expected a model without code, found a Lambda layer "
+                                             r"'payload'"):
+        tfquant.quantize(tmp_path / "coded_savedmodel", x[:20])

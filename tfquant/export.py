@@ -16,13 +16,14 @@ from __future__ import annotations
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import _keras, legalize
 from .console import captured_stderr
 from .errors import ConversionError, one_line, problem
-from .models import LoadedModel
+from .models import LoadedModel, revive_keras2
 from .tracing import builtin_argmax, quantizable_masking, unrolled
 from .types import TensorSpec
 
@@ -92,7 +93,16 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
                 fixed.notes.append(f"exported with the batch fixed at 1: with an open batch dim, {failure}")
                 result = fixed
     else:
-        result = _export_saved_model(loaded, inputs, keep_weights)
+        try:
+            result = _export_saved_model(loaded, inputs, keep_weights)
+        except ConversionError:
+            if not (Path(loaded.saved_model_dir) / "keras_metadata.pb").exists():
+                raise
+            # tf_keras wrote it: its layers, revived (in the same safe mode as a .keras file), export as a Keras
+            # model's do, recurrent layers unrolled, where the traced graph keeps a loop the converter refuses.
+            revived = replace(loaded, flavor="keras2", keras_model=revive_keras2(loaded))
+            result = export(revived, shapes=shapes, keep_weights=keep_weights)
+            result.notes.insert(0, "exported from its tf_keras layers: its traced graph did not convert")
     result.seconds = time.perf_counter() - started
     return result
 
@@ -193,7 +203,7 @@ def _export_saved_model(loaded: LoadedModel, inputs: list[TensorSpec], keep_weig
     except ConversionError:
         frozen = None
         converter = tf.lite.TFLiteConverter.from_saved_model(loaded.saved_model_dir)
-        data = _converted(loaded.source, converter.convert)
+        data = _converted(loaded.source, converter.convert, _SAVED_MODEL_HINTS)
         route = "SavedModel"
     data, rewrites = legalize.make_quantizable(data, keep_weights=keep_weights)
     return Exported(data, route, inputs, _outputs(data, loaded.outputs), rewrites, function=frozen)
@@ -243,8 +253,9 @@ def _outputs(data: bytes, declared: list[TensorSpec]) -> list[TensorSpec]:
 # --- running the converter ------------------------------------------------------------------
 
 
-def _converted(source: str, step: Callable[[], bytes]) -> bytes:
-    """Run a converter step with its C++ log captured: shown, condensed, only when it fails."""
+def _converted(source: str, step: Callable[[], bytes], hints: Optional[dict[str, str]] = None) -> bytes:
+    """Run a converter step with its C++ log captured: shown, condensed, only when it fails (with `hints`, by
+    the TensorFlow op named, instead of those for a Keras model)."""
     import logging
 
     absl = logging.getLogger("absl")  # "Please consider providing the trackable_obj..." is about the slow route
@@ -255,7 +266,8 @@ def _converted(source: str, step: Callable[[], bytes]) -> bytes:
         try:
             return bytes(step())
         except Exception as exc:
-            raise ConversionError(conversion_failure(source, "a model TFLiteConverter can convert", exc, log.read())) from None
+            raise ConversionError(conversion_failure(source, "a model TFLiteConverter can convert", exc, log.read(),
+                                                     hints)) from None
         finally:
             absl.setLevel(level)
 
@@ -273,9 +285,15 @@ _HINTS = {
 }
 
 
-def conversion_failure(source: str, expected: str, exc: Exception, log: str) -> str:
+# A SavedModel without its Keras model (Keras 3's `model.export`, `tf.saved_model.save`): nothing to unroll.
+_SAVED_MODEL_HINTS = {**_HINTS, "TensorList": "a loop over a sequence, which tfquant unrolls only in a Keras model: "
+                                              "give it the .keras or .h5 file, or a SavedModel that tf_keras saved"}
+
+
+def conversion_failure(source: str, expected: str, exc: Exception, log: str,
+                       hints: Optional[dict[str, str]] = None) -> str:
     text = one_line(exc)
     errors = [m.strip() for m in re.findall(r"error: ([^\n]+)", str(exc) + "\n" + log)]
     detail = "; ".join(dict.fromkeys(errors)) if errors else text
-    hints = [hint for op, hint in _HINTS.items() if re.search(rf"'tf\.\w*{op}", detail)]
+    hints = [hint for op, hint in (hints or _HINTS).items() if re.search(rf"'tf\.\w*{op}", detail)]
     return problem(source, expected, detail[:500] + "".join(f" ({hint})" for hint in hints))

@@ -100,7 +100,7 @@ def _saved_model_config(path: Path) -> dict[str, Any] | None:
     metadata = path / "keras_metadata.pb"
     if not metadata.is_file():
         return None
-    from tf_keras.src.protobuf import saved_metadata_pb2
+    from tf_keras.protobuf import saved_metadata_pb2
 
     proto = saved_metadata_pb2.SavedMetadata()
     try:
