@@ -38,6 +38,23 @@ def test_generators_and_tf_data(tmp_path):
         load_data(lambda: iter([]), IMAGE)
 
 
+def test_a_dataset_of_several_inputs_in_keras_tuples(tmp_path):
+    """Keras' conventions for what a dataset yields: `((a, b), y)` and `(x,)` with x a tuple of inputs; a batch
+    that nests arrays of different shapes in one input's place is a DataError, not NumPy's ValueError."""
+    import tensorflow as tf
+
+    a, b, y = np.ones((6, 4), np.float32), np.zeros((6, 2), np.float32), np.arange(6) % 2
+    with_labels = load_data(tf.data.Dataset.from_tensor_slices(((a, b), y)).batch(4), TWO, outputs=PROBS)
+    inputs_only = load_data(tf.data.Dataset.from_tensor_slices(((a, b),)).batch(4), TWO)
+    for loaded in (with_labels, inputs_only):
+        assert loaded.inputs["a"].shape == (6, 4) and loaded.inputs["b"].shape == (6, 2)
+    assert list(with_labels.labels["probs"]) == [0, 1, 0, 1, 0, 1] and inputs_only.labels == {}
+    nested = lambda: iter([[[a[:2], b[:2]]]])  # noqa: E731 - both inputs inside the first input's place
+    with pytest.raises(DataError, match=r"<data>: expected batches of arrays: x, \[x1, x2\], \(x, y\), \(x,\) or a "
+                                        r"dict of arrays by input name, found a list of arrays of different shapes"):
+        load_data(nested, TWO)
+
+
 def test_multi_input_by_name(tmp_path):
     np.savez(tmp_path / "two.npz", b=np.zeros((3, 2)), a=np.ones((3, 4)))
     data = load_data(tmp_path / "two.npz", TWO)

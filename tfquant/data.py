@@ -4,8 +4,10 @@ Sources: `.npz` (one array per input name, or `x`; labels `y` or `y_<output name
 `.csv` (a header row; labels in columns `y` or `y_<output name>`), a folder of images with one sub-folder
 per class, NumPy arrays, `(x, y)` tuples, dicts,
 `tf.data.Dataset`s and generators (of `[x]` lists as TFLite's representative datasets yield,
-or of `(x, y)` batches). Everything is checked before any conversion: shape, dtype, NaN/Inf,
-emptiness; labels by output name (what each output's labels must be is its task's business).
+or of Keras' `(x, y)` and `(x,)` batches, where x may be a dict by input name, or a tuple or list of
+inputs in the model's order: a Keras model's, a SavedModel signature's by name). Everything is
+checked before any conversion: shape, dtype, NaN/Inf, emptiness; labels by output name (what each
+output's labels must be is its task's business).
 """
 
 from __future__ import annotations
@@ -368,13 +370,15 @@ def _collect_batches(batches, where: str) -> Raw:
         if isinstance(element, tuple) and len(element) == 2:
             features, y = element
             labels.append(np.atleast_1d(np.asarray(y)))
+        elif isinstance(element, tuple) and len(element) == 1:  # Keras' `(x,)`: inputs without labels
+            (features,) = element
         else:
             features = element
         if isinstance(features, dict):
-            parts = {k: np.asarray(v) for k, v in features.items()}
+            parts = {k: _batch_array(v, where) for k, v in features.items()}
         else:
-            listed = [np.asarray(f) for f in features] if isinstance(features, (list, tuple)) else [np.asarray(features)]
-            parts = dict(enumerate(listed))
+            listed = features if isinstance(features, (list, tuple)) else [features]
+            parts = dict(enumerate(_batch_array(f, where) for f in listed))
         if inputs is None:
             inputs = {k: [] for k in parts}
         if set(parts) != set(inputs):
@@ -386,6 +390,18 @@ def _collect_batches(batches, where: str) -> Raw:
     arrays = {k: np.concatenate(v) for k, v in inputs.items()}
     collected = arrays if all(isinstance(k, str) for k in arrays) else [arrays[k] for k in sorted(arrays)]
     return collected, ({"y": np.concatenate(labels)} if labels else {})
+
+
+def _batch_array(value: Any, where: str) -> np.ndarray:
+    """One input's part of a batch as an array: a tensor or an array, not a nesting of several."""
+    try:
+        array = np.asarray(value)
+    except ValueError:  # arrays of different shapes nested as one: "inhomogeneous shape"
+        array = None
+    if array is None or array.dtype == object:
+        raise DataError(problem(where, "batches of arrays: x, [x1, x2], (x, y), (x,) or a dict of arrays by input name",
+                                f"a {type(value).__name__} of arrays of different shapes nested in one input's place"))
+    return array
 
 
 def _match_inputs(where: str, raw: dict[str, np.ndarray] | list[np.ndarray], specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
