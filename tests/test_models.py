@@ -487,3 +487,27 @@ def test_a_tf_keras_saved_model_whose_graph_keeps_a_loop_converts_from_its_reviv
     with pytest.raises(ModelLoadError, match=r"coded_savedmodel: expected a model without code, found a Lambda layer "
                                              r"'payload'"):
         tfquant.quantize(tmp_path / "coded_savedmodel", x[:20])
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_a_tf_keras_spectral_normalization_loads_back_and_converts_as_the_model_does(fmt, digits, tmp_path):
+    """tf_keras cannot load its own SpectralNormalization back ('str' object is not callable from a .keras file,
+    an unknown layer from an .h5 one); tfquant reads its wrapped layer in the format it was written in."""
+    from tfquant._keras import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="image")
+    features = keras.layers.SpectralNormalization(keras.layers.Conv2D(8, 3, activation="relu"))(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(features)))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(digits["x"], digits["y"], epochs=2, verbose=0)
+    path = tmp_path / f"spectral.{fmt}"
+    model.save(path)
+    with pytest.raises(Exception, match="'str' object is not callable" if fmt == "keras" else "Unknown layer"):
+        keras.models.load_model(path, compile=False)  # tf_keras alone
+    loaded = load_model(path)
+    x = digits["x"][:16]
+    assert np.array_equal(loaded.keras_model(x).numpy(), model(x).numpy())
+    from_file = tfquant.quantize(path, digits["x"][:200], bench_runs=1, diagnose=False)
+    assert_every_op_integer(from_file.info)
+    assert from_file.tflite == tfquant.quantize(model, digits["x"][:200], bench_runs=1, diagnose=False).tflite

@@ -10,6 +10,7 @@ rebuild them as tf_keras first (`tfquant.rebuild`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -62,11 +63,33 @@ _APPLICATION_LAYERS = {"tf_keras.src.applications.convnext": ("LayerScale", "Sto
 
 
 def application_layers() -> dict[str, type]:
-    """`custom_objects` for tf_keras' loader: the unregistered layer classes of its applications."""
+    """`custom_objects` for tf_keras' loader: the unregistered layer classes of its applications, and
+    its own layers that it cannot load back from what it saved."""
     import importlib
 
-    return {name: getattr(importlib.import_module(module), name)
-            for module, names in _APPLICATION_LAYERS.items() for name in names}
+    found = {name: getattr(importlib.import_module(module), name)
+             for module, names in _APPLICATION_LAYERS.items() for name in names}
+    return {**found, "SpectralNormalization": _spectral_normalization()}
+
+
+@functools.lru_cache(maxsize=None)
+def _spectral_normalization() -> type:
+    """tf_keras' SpectralNormalization, able to load back: tf_keras reads the wrapped layer of a `.keras`
+    file in the legacy format (and builds it as a string: "'str' object is not callable"), and finds
+    no class of that name in an `.h5` file. The layer is read in the format it was written in."""
+    from tf_keras.src.layers.normalization.spectral_normalization import SpectralNormalization
+
+    class Loadable(SpectralNormalization):
+        @classmethod
+        def from_config(cls, config, custom_objects=None):
+            config = dict(config)
+            inner = config.pop("layer")
+            legacy = not (isinstance(inner, dict) and "module" in inner)
+            return cls(keras.layers.deserialize(inner, custom_objects=custom_objects, use_legacy_format=legacy),
+                       **config)
+
+    Loadable.__name__ = Loadable.__qualname__ = "SpectralNormalization"
+    return Loadable
 
 
 def is_keras3_model(model: object) -> bool:
