@@ -13,7 +13,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from .errors import TFLiteFileError, called, problem
-from .model_config import TFLITE_IDENTIFIER
+from .model_config import TFLITE_EXPECTED, tflite_identifier_found
 from .types import FloatOp, ModelInfo, OpInfo, QuantParams, TensorInfo
 
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -33,9 +33,9 @@ def read_flatbuffer(source: Source) -> tuple[bytes, str]:
         if not path.is_file():
             raise TFLiteFileError(problem(path, "a .tflite file", "no such file" if not path.exists() else "a folder"))
         data = path.read_bytes()
-    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
-        found = f"{len(data)} bytes" + (f" with identifier {data[4:8]!r}" if len(data) >= 8 else "")
-        raise TFLiteFileError(problem(where, "a TFLite flatbuffer (identifier 'TFL3')", found))
+    found = tflite_identifier_found(data[:8], len(data))
+    if found is not None:
+        raise TFLiteFileError(problem(where, TFLITE_EXPECTED, found))
     return data, where
 
 

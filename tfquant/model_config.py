@@ -36,7 +36,16 @@ TF_INITIALIZERS = frozenset({"Constant", "Zeros", "Ones", "RandomUniform", "Rand
                              "VarianceScaling", "Orthogonal", "Identity", "GlorotUniform", "GlorotNormal"})
 H5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 TFLITE_IDENTIFIER = b"TFL3"  # bytes 4-8 of a TFLite flatbuffer
+TFLITE_EXPECTED = "a TFLite flatbuffer (identifier 'TFL3')"
 MAX_CONFIG_BYTES = 64 << 20  # an architecture is kilobytes; refuse to parse a JSON bomb
+
+
+def tflite_identifier_found(head: bytes, size: int) -> str | None:
+    """What a file of `size` bytes that starts with `head` (its first 8 bytes or more) is instead of a TFLite
+    flatbuffer, for a message; None when its identifier is TFLite's."""
+    if len(head) >= 8 and head[4:8] == TFLITE_IDENTIFIER:
+        return None
+    return f"{size} bytes" + (f" with identifier {head[4:8]!r}" if len(head) >= 8 else "")
 
 
 def read_config(path: Path) -> dict[str, Any] | None:

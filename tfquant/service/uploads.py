@@ -23,7 +23,7 @@ from typing import AsyncIterator, Optional
 import numpy as np
 
 from ..errors import DataError, ModelLoadError, problem
-from ..model_config import H5_SIGNATURE, TFLITE_IDENTIFIER
+from ..model_config import H5_SIGNATURE, TFLITE_EXPECTED, tflite_identifier_found
 
 MAX_FIELD_BYTES = 64 << 10  # the recipe JSON and other text fields
 MAX_PARTS = 8
@@ -229,11 +229,9 @@ def check_headers(path: Path, suffix: str, name: str, limits: Limits) -> None:
     error = ModelLoadError if suffix in (".keras", ".h5", ".zip") else DataError
     if suffix == ".tflite":  # a flatbuffer, read in place: nothing to expand; the validator's interpreter verifies it
         with open(path, "rb") as handle:
-            head = handle.read(8)
-        if head[4:8] != TFLITE_IDENTIFIER:
-            raise ModelLoadError(problem(name, "a TFLite flatbuffer (identifier 'TFL3')",
-                                         f"{path.stat().st_size} bytes" + (f" with identifier {head[4:8]!r}"
-                                                                           if len(head) == 8 else "")))
+            found = tflite_identifier_found(handle.read(8), path.stat().st_size)
+        if found is not None:
+            raise ModelLoadError(problem(name, TFLITE_EXPECTED, found))
         return
     if suffix == ".h5":
         with open(path, "rb") as handle:
