@@ -31,7 +31,7 @@ def _classifier_at_int16x8(k, body, digits, *, rows: bool = False):
     return result
 
 
-def _follows_float(result, *, least: float, agreement: float = 0.99) -> None:
+def assert_follows_float(result, *, least: float, agreement: float = 0.99) -> None:
     """The float file above `least` accuracy, and the int16x8 file agreeing with it on `agreement` of the samples."""
     output = result.report.outputs[0]
     assert output.float.accuracy > least and output.quantized.agreement >= agreement, output
@@ -65,7 +65,7 @@ def test_int16x8_of_causal_attention_is_integer(version, digits):
 
     result = _classifier_at_int16x8(keras3() if version == 3 else keras, body, digits, rows=True)
     assert "SELECT_V2" not in {op.name for op in result.info.ops}
-    _follows_float(result, least=0.8)
+    assert_follows_float(result, least=0.8)
 
 
 def test_int16x8_of_token_ids_keeps_their_integer_ops():
@@ -88,7 +88,7 @@ def test_int16x8_of_token_ids_keeps_their_integer_ops():
     ops = result.info.ops
     assert any(op.name == "LESS" and op.input_dtypes == ["int32", "int32"] for op in ops), ops
     assert any(op.name == "GATHER" and op.output_dtypes == ["int16"] for op in ops), ops
-    _follows_float(result, least=0.8)
+    assert_follows_float(result, least=0.8)
 
 
 @pytest.mark.parametrize("version", [3, 2])
@@ -105,7 +105,7 @@ def test_int16x8_of_attention_under_a_padding_mask_is_integer(version):
     names = {op.name for op in result.info.ops}
     assert "NOT_EQUAL" in names and not any(op.name == "SELECT_V2" and "int16" in op.output_dtypes
                                             for op in result.info.ops), names
-    _follows_float(result, least=0.8, agreement=0.98)
+    assert_follows_float(result, least=0.8, agreement=0.98)
 
 
 def test_int16x8_of_hard_swish_is_integer(digits):
@@ -117,7 +117,7 @@ def test_int16x8_of_hard_swish_is_integer(digits):
         keras3(), lambda k, inputs: k.layers.Conv2D(16, 3, activation="hard_silu")(inputs), digits)
     assert "HARD_SWISH" in {op.name for op in tfquant.inspect(result.float_tflite).ops}
     assert "RELU6" in {op.name for op in result.info.ops}
-    _follows_float(result, least=0.9)
+    assert_follows_float(result, least=0.9)
 
 
 def test_int16x8_of_prelu_is_integer(digits):
@@ -129,7 +129,7 @@ def test_int16x8_of_prelu_is_integer(digits):
         keras, lambda k, inputs: k.layers.PReLU()(k.layers.Conv2D(16, 3)(inputs)), digits)
     assert "PRELU" in {op.name for op in tfquant.inspect(result.float_tflite).ops}
     assert "PRELU" not in {op.name for op in result.info.ops}
-    _follows_float(result, least=0.9)
+    assert_follows_float(result, least=0.9)
 
 
 def test_int16x8_keeps_a_far_bound_of_a_minimum_in_range(digits):
@@ -141,7 +141,7 @@ def test_int16x8_keeps_a_far_bound_of_a_minimum_in_range(digits):
         keras3(), lambda k, inputs: k.layers.UnitNormalization()(k.layers.Dense(32)(k.layers.Flatten()(inputs))),
         digits)
     assert "MINIMUM" in {op.name for op in result.info.ops}
-    _follows_float(result, least=0.9)
+    assert_follows_float(result, least=0.9)
 
 
 def test_int16x8_gives_a_sum_its_own_scale(digits):
@@ -200,4 +200,4 @@ def test_int16x8_of_a_dense_op_without_a_bias_that_reads_a_zero_state(digits):
     from tfquant._keras import keras
 
     result = _classifier_at_int16x8(keras, lambda k, x: k.layers.GRU(16, reset_after=False)(x), digits, rows=True)
-    _follows_float(result, least=0.85)
+    assert_follows_float(result, least=0.85)
