@@ -256,22 +256,21 @@ def test_a_mixed_precision_model_computes_in_float32_for_the_export(version, dig
 
 
 _PREPROCESSING = {
-    "IntegerLookup": (lambda k: k.layers.IntegerLookup(vocabulary=[1, 2, 3, 4], output_mode="one_hot"),
+    "IntegerLookup": (lambda k: k.layers.IntegerLookup(vocabulary=[1, 2, 3, 4], num_oov_indices=2,
+                                                       output_mode="one_hot"),
                       "'tf.LookupTableFindV2' op", "(the lookup tables of StringLookup, IntegerLookup or "
                       "TextVectorization have no TFLite builtin: map the values to ids before the model and feed those)"),
     "Hashing": (lambda k: k.layers.Hashing(num_bins=8), "'tf.StringToHashBucketFast' op",
                 "(Hashing hashes each value as a string, which TFLite has no builtin for: hash the values before the "
                 "model and feed the bins)"),
-    "CategoryEncoding": (lambda k: k.layers.CategoryEncoding(num_tokens=5, output_mode="count"), "'tf.DenseBincount' op",
-                         "(CategoryEncoding counts values with a bincount, which TFLite has no builtin for: encode the "
-                         "values before the model, or look them up with an Embedding)"),
 }
 
 
 @pytest.mark.parametrize("version", [3, 2])
 @pytest.mark.parametrize("layer", sorted(_PREPROCESSING))
 def test_a_preprocessing_layer_tflite_cannot_run_is_refused_with_what_to_do(layer, version, tmp_path):
-    """A lookup table, a string hash, a bincount: the error names the op and says what to do instead."""
+    """A string hash, a lookup with two OOV buckets (which hashes too): the error names the op and says what
+    to do instead."""
     from tfquant._keras import keras, keras3
     from tfquant.errors import ConversionError
 
@@ -289,27 +288,84 @@ def test_a_preprocessing_layer_tflite_cannot_run_is_refused_with_what_to_do(laye
     message = str(caught.value)
     assert message.startswith(f"{path}: expected a model TFLiteConverter can convert, found ")
     assert f"{op} is neither a custom op nor a flex op" in message
-    assert hint in message and message.endswith(")")  # tf_keras' one-hot IntegerLookup also counts: two hints
+    assert hint in message and message.endswith(")")
     assert "\n" not in message
 
 
+def _tabular(k, columns: dict[str, np.ndarray]):
+    """A model of tabular data as Keras' structured-data guides build one: numeric columns normalized, a
+    categorical column one-hot by IntegerLookup, another looked up (with a mask token) into an Embedding,
+    a multi-valued column multi-hot by CategoryEncoding, and a numeric column bucketed by Discretization."""
+    layers = k.layers
+    inputs = {"age": k.Input((1,), name="age"), "chol": k.Input((1,), name="chol"),
+              "cp": k.Input((1,), dtype="int64", name="cp"), "thal": k.Input((1,), dtype="int64", name="thal"),
+              "tags": k.Input((3,), dtype="int64", name="tags")}
+    norm = layers.Normalization(name="chol_norm")
+    norm.adapt(columns["chol"])
+    thal = layers.IntegerLookup(vocabulary=[3, 6, 7], mask_token=0, name="thal_ids")(inputs["thal"])
+    features = [
+        layers.Discretization(bin_boundaries=[40.0, 50.0, 60.0], output_mode="one_hot", name="age_buckets")(
+            inputs["age"]),
+        norm(inputs["chol"]),
+        layers.IntegerLookup(vocabulary=[0, 1, 2, 3], output_mode="one_hot", name="cp_onehot")(inputs["cp"]),
+        layers.Flatten()(layers.Embedding(5, 2)(thal)),
+        layers.CategoryEncoding(num_tokens=6, output_mode="multi_hot", name="tags_multihot")(inputs["tags"]),
+    ]
+    hidden = layers.Dense(32, activation="relu")(layers.Concatenate()(features))
+    return k.Model(inputs, layers.Dense(2, activation="softmax", name="sick")(hidden))
+
+
+def _tabular_columns(n: int, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    age = rng.normal(52, 10, n).astype(np.float32)
+    chol = rng.normal(240, 50, n).astype(np.float32)
+    cp = rng.integers(0, 5, n)  # 4 is out of the vocabulary
+    thal = rng.choice([0, 3, 6, 7, 2], n)  # 0 is the mask token, 2 out of the vocabulary
+    tags = rng.integers(0, 6, (n, 3))
+    score = 0.08 * (age - 52) + 0.02 * (chol - 240) + np.array([-1.5, -0.5, 0.5, 1.5, 0.0])[cp] \
+        + np.isin(thal, [6, 7]) * 1.2 + (tags == 2).any(axis=1) - 0.6
+    columns = {"age": age[:, None], "chol": chol[:, None], "cp": cp[:, None].astype(np.int64),
+               "thal": thal[:, None].astype(np.int64), "tags": tags.astype(np.int64)}
+    return columns, (score + rng.normal(0, 0.5, n) > 0).astype(np.int64)
+
+
 @pytest.mark.parametrize("version", [3, 2])
-def test_discretization_inside_the_model_is_named_with_what_to_do(version, tmp_path):
-    """Discretization converts to a builtin (BUCKETIZE) that has no int8 form: the file cannot be fully integer,
-    and the error says to bucket the values before the model."""
+def test_lookups_encodings_and_buckets_of_tabular_data_convert_to_full_int8(version, tmp_path):
+    """IntegerLookup (a hash table), tf_keras' CategoryEncoding (a bincount) and Discretization (BUCKETIZE,
+    no integer kernel) are traced as comparisons: the float file computes what Keras does, values out of
+    the vocabulary and the mask token included, and the int8 file is fully integer and accurate."""
     from tfquant._keras import keras, keras3
-    from tfquant.errors import StrictModeError
+    from tfquant.data import Dataset
+    from tfquant.harness import Runner
 
     k = keras3() if version == 3 else keras
-    inputs = k.Input((4,), name="features")
-    x = k.layers.Discretization(bin_boundaries=[0.25, 0.5, 0.75], name="buckets")(inputs)
-    path = tmp_path / "buckets.keras"
-    k.Model(inputs, k.layers.Dense(3, activation="softmax")(x)).save(path)
-    np.savez(tmp_path / "calib.npz", features=np.random.default_rng(0).random((64, 4), dtype=np.float32))
-    with pytest.raises(StrictModeError, match=r"found float ops: BUCKETIZE#\d+ in layer 'buckets' \(Discretization's "
-                                              r"bucketing of raw values, which no quantizer makes integer: bucket the "
-                                              r"values before the model and feed the bucket ids\)"):
-        tfquant.quantize(path, tmp_path / "calib.npz", bench_runs=1, diagnose=False)
+    k.utils.set_random_seed(0)
+    train, y_train = _tabular_columns(1200)
+    test, y_test = _tabular_columns(400, seed=1)
+    model = _tabular(k, train)
+    model.compile(optimizer=k.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    model.fit(train, y_train, epochs=15, batch_size=64, verbose=0)
+    path = tmp_path / "tabular.keras"
+    model.save(path)
+    np.savez(tmp_path / "calib.npz", **train)
+    np.savez(tmp_path / "test.npz", y=y_test, **test)
+
+    float32 = tfquant.quantize(path, tmp_path / "calib.npz", mode="float32", bench_runs=1, diagnose=False)
+    expected = model.predict(test, verbose=0)
+    got = Runner(float32.tflite).predict(Dataset("test", test), progress=False)["sick"]
+    assert np.abs(got - expected).max() < 1e-5
+
+    result = tfquant.quantize(path, tmp_path / "calib.npz", eval_data=tmp_path / "test.npz", bench_runs=1,
+                              diagnose=False)
+    assert_every_op_integer(result.info)
+    assert {op.name for op in result.info.ops} >= {"EQUAL", "GREATER_EQUAL", "ONE_HOT"}
+    assert not {"HASHTABLE_FIND", "BUCKETIZE"} & {op.name for op in result.info.ops}
+    notes = [note for note in result.report.export.notes if "looked up by comparing" in note]
+    assert sorted(note.split(" (")[0] for note in notes) == ["age_buckets", "cp_onehot", "tags_multihot", "thal_ids"]
+    assert any(note.startswith("thal_ids (IntegerLookup): looked up by comparing with its 5 values") for note in notes)
+    measured = result.report.outputs[0]
+    assert measured.float.accuracy > 0.8 and measured.float.accuracy - measured.quantized.accuracy <= 0.01
+    assert measured.quantized.agreement >= 0.97
 
 
 def test_a_spectrogram_inside_the_model_is_named_with_what_to_do(tmp_path):

@@ -24,7 +24,7 @@ from . import _keras, legalize
 from .console import captured_stderr
 from .errors import ConversionError, one_line, problem
 from .models import LoadedModel, revive_keras2
-from .tracing import builtin_argmax, quantizable_masking, unrolled
+from .tracing import builtin_argmax, comparable_lookups, quantizable_masking, unrolled
 from .types import TensorSpec
 
 SIGNATURE = "serving_default"
@@ -165,10 +165,11 @@ def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: b
         out = list(out.values()) if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else [out]
         return dict(zip(output_names, out))
 
-    with unrolled(model, inputs) as notes, quantizable_masking(model) as softmax_notes, builtin_argmax():
+    with unrolled(model, inputs) as notes, quantizable_masking(model) as softmax_notes, builtin_argmax(), \
+            comparable_lookups(model) as lookup_notes:
         function = tf.function(serve).get_concrete_function(*tensor_specs)
         frozen = _freeze(loaded.source, function)
-    notes += softmax_notes
+    notes += softmax_notes + lookup_notes
     data = _converted(loaded.source, lambda: tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
     data = legalize.name_signature(data, [s.name for s in inputs], _flat_keys(output_names))
     data, rewrites = legalize.make_quantizable(data, keep_weights=keep_weights)
