@@ -211,6 +211,56 @@ def test_a_uint8_image_input_is_read_as_it_is(version, digits, tmp_path):
 
 
 @pytest.mark.parametrize("version", [3, 2])
+def test_an_int64_numeric_column_is_read_as_it_is_through_int16(version, tmp_path):
+    """Tabular data's integer columns (an age, a blood pressure) declared int64 and normalized: the
+    quantizer leaves CAST(int64 -> float) before its QUANTIZE. The file clamps the ids to the int8
+    range's ends, CASTs them to int16 and QUANTIZEs those: every op is integer, the input stays int64,
+    and on every value, beyond int16 too, the outputs are the quantizer's own file's, bit for bit."""
+    from tfquant._keras import keras, keras3
+    from tfquant.convert import _FROM_CALIBRATED, calibrate
+    from tfquant.postquantize import after_quantizer
+    from tfquant.types import Recipe
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    columns = {"age": rng.integers(29, 78, (600, 1)), "pressure": rng.integers(94, 200, (600, 1))}
+    labels = ((columns["age"][:, 0] - 52) * 0.08 + (columns["pressure"][:, 0] - 130) * 0.03 > 0).astype(np.int64)
+    inputs = {name: k.Input((1,), dtype="int64", name=name) for name in columns}
+    features = []
+    for name in columns:
+        norm = k.layers.Normalization()
+        norm.adapt(columns[name].astype(np.float32))
+        features.append(norm(inputs[name]))
+    hidden = k.layers.Dense(16, activation="relu")(k.layers.Concatenate()(features))
+    model = k.Model(inputs, k.layers.Dense(2, activation="softmax", name="risk")(hidden))
+    model.compile(optimizer=k.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    model.fit(columns, labels, epochs=10, verbose=0)
+    path = tmp_path / "columns.keras"
+    model.save(path)
+    np.savez(tmp_path / "calib.npz", **{name: v[:400] for name, v in columns.items()})
+    np.savez(tmp_path / "test.npz", y=labels[400:], **{name: v[400:] for name, v in columns.items()})
+
+    result = tfquant.quantize(path, tmp_path / "calib.npz", eval_data=tmp_path / "test.npz", bench_runs=1,
+                              diagnose=False)
+    assert_every_op_integer(result.info)
+    assert [(spec.name, spec.dtype) for spec in result.info.inputs] == [("age", "int64"), ("pressure", "int64")]
+    assert [op.output_dtypes for op in result.info.ops if op.name == "CAST"] == [["int16"], ["int16"]]
+    output = result.report.outputs[0]
+    assert output.float.accuracy > 0.9 and round(output.float.accuracy - output.quantized.accuracy, 6) <= 0.01
+
+    float32 = tfquant.quantize(path, tmp_path / "calib.npz", mode="float32", bench_runs=1, diagnose=False).tflite
+    raw = _FROM_CALIBRATED[Recipe().mode](calibrate(float32, Dataset("calib", {n: v[:400] for n, v in columns.items()})),
+                                          Recipe())
+    assert [op.split("#")[0] for op in inspect(bytes(raw)).float_ops] == ["CAST", "QUANTIZE"] * 2  # left float
+    values = np.array([-70000, -40000, -5, 0, 29, 52, 77, 94, 150, 200, 250, 1000, 40000, 70000])
+    probe = Dataset("probe", {"age": np.repeat(values, len(values))[:, None],
+                              "pressure": np.tile(values, len(values))[:, None]})
+    mended = Runner(after_quantizer(bytes(raw), int8=True)).predict(probe, progress=False)["risk"]
+    np.testing.assert_array_equal(mended, Runner(bytes(raw)).predict(probe, progress=False)["risk"])
+
+
+@pytest.mark.parametrize("version", [3, 2])
 def test_a_one_hot_encoding_of_token_ids_stays_integer_and_accurate(version):
     """Keras 3's CategoryEncoding(one_hot), tf_keras' tf.one_hot (its CategoryEncoding one-hots one id a
     sample): ONE_HOT copies its stored on and off values into its output, so they are put on the

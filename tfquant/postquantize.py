@@ -87,31 +87,90 @@ def _integer_comparisons(model, codes: list[int]) -> bool:
 
 
 def _integer_inputs(model, codes: list[int]) -> bool:
-    """In an int8 file, a uint8 or int8 input (raw image bytes, as a camera hands them over) is
-    CAST to float only to be quantized again reads it as it is: its QUANTIZE ops take the input
-    (scale 1, zero point 0: each value is the number itself) and requantize it to int8, and the
-    float CAST goes. The same values reach the int8 graph, and the file is integer throughout. In
-    place; returns whether anything changed."""
+    """In an int8 file, an integer input CAST to float only to be quantized again is read as it is:
+    its QUANTIZE ops take the integer values (scale 1, zero point 0: each value is the number
+    itself) and requantize them to int8, and the float CAST goes. A uint8, int8 or int16 input
+    (raw image bytes, as a camera hands them over) is read directly; an int32 or int64 one (a
+    numeric column of tabular data, an age or a count, that a Normalization reads), or int32 or
+    int64 values the graph computed (ids a lookup made, fed to a dense layer), is first
+    clamped to the int8 range's ends, which QUANTIZE saturates to anyway, and CAST to int16, where
+    those ends fit in int16. The same values reach the int8 graph, and the file is integer
+    throughout. In place (`codes` grows with any opcode added); returns whether anything changed."""
     changed = False
     for graph in model.subgraphs:
         readers = readers_of(graph)
         ends = {int(i) for i in graph.outputs}
-        for index in (int(i) for i in graph.inputs):
+        inputs = [int(i) for i in graph.inputs]
+        computed = [int(o.inputs[0]) for o in graph.operators if codes[o.opcodeIndex] == schema.BuiltinOperator.CAST
+                    and graph.tensors[int(o.inputs[0])].type in _INTEGER_IDS]  # ids a lookup made, say
+        for index in dict.fromkeys(inputs + computed):
             tensor = graph.tensors[index]
             casts = readers.get(index, [])
-            if tensor.type not in (schema.TensorType.UINT8, schema.TensorType.INT8) or not casts or any(
+            if tensor.type not in _READ_AS_IT_IS + _INTEGER_IDS or not casts or any(
                     codes[c.opcodeIndex] != schema.BuiltinOperator.CAST or not is_float(graph, int(c.outputs[0]))
                     or int(c.outputs[0]) in ends for c in casts):
                 continue
             quantizes = [q for c in casts for q in readers.get(int(c.outputs[0]), [])]
             if not quantizes or not all(_quantizes_to_int8(graph, codes, q) for q in quantizes):
                 continue
-            tensor.quantization = _per_tensor(1.0, 0)
+            read = index
+            if tensor.type in _INTEGER_IDS:
+                low, high = _int8_span(graph, quantizes)
+                if low < np.iinfo(np.int16).min or high > np.iinfo(np.int16).max:
+                    continue
+                read, ops = _clamped_to_int16(model, graph, codes, index, low, high)
+                at = min(k for k, o in enumerate(graph.operators) if any(o is c for c in casts))
+                graph.operators[at:at] = ops
+            graph.tensors[read].quantization = _per_tensor(1.0, 0)
             for q in quantizes:
-                q.inputs = [index]
+                q.inputs = [read]
             graph.operators = [o for o in graph.operators if not any(o is c for c in casts)]
             changed = True
     return changed
+
+
+_READ_AS_IT_IS = (schema.TensorType.UINT8, schema.TensorType.INT8, schema.TensorType.INT16)
+
+
+def _int8_span(graph, quantizes) -> tuple[int, int]:
+    """The whole numbers at or beyond the ends of what the QUANTIZEs' int8 outputs can hold."""
+    lows, highs = [], []
+    for q in quantizes:
+        params = graph.tensors[int(q.outputs[0])].quantization
+        scale, zero = float(params.scale[0]), int(params.zeroPoint[0])
+        lows.append((-128 - zero) * scale)
+        highs.append((127 - zero) * scale)
+    return int(np.floor(min(lows))), int(np.ceil(max(highs)))
+
+
+def _clamped_to_int16(model, graph, codes: list[int], index: int, low: int, high: int) -> tuple[int, list]:
+    """MINIMUM(MAXIMUM(x, low), high) CAST to int16: (the int16 tensor's index, the three new ops)."""
+    source = graph.tensors[index]
+    dtype = np.int64 if source.type == schema.TensorType.INT64 else np.int32
+    name = source.name
+    floor = tensor_like(graph, index, name + b"/at_least", source.type)
+    ceiling = tensor_like(graph, index, name + b"/at_most", source.type)
+    narrow = tensor_like(graph, index, name + b"/int16", schema.TensorType.INT16)
+    ops = [new_op(model, schema.BuiltinOperator.MAXIMUM, [index, _integer_constant(model, graph, low, dtype, source)],
+                  [floor]),
+           new_op(model, schema.BuiltinOperator.MINIMUM, [floor, _integer_constant(model, graph, high, dtype, source)],
+                  [ceiling]),
+           new_op(model, schema.BuiltinOperator.CAST, [ceiling], [narrow])]
+    codes += [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes[len(codes):]]
+    return narrow, ops
+
+
+def _integer_constant(model, graph, value: int, dtype, like) -> int:
+    buffer = schema.BufferT()
+    buffer.data = np.asarray(value, dtype).tobytes()
+    model.buffers.append(buffer)
+    tensor = schema.TensorT()
+    tensor.shape = []
+    tensor.type = like.type
+    tensor.buffer = len(model.buffers) - 1
+    tensor.name = like.name + b"/" + str(value).encode()
+    graph.tensors.append(tensor)
+    return len(graph.tensors) - 1
 
 
 def _quantizes_to_int8(graph, codes: list[int], op) -> bool:
