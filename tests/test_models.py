@@ -567,3 +567,47 @@ def test_a_tf_keras_spectral_normalization_loads_back_and_converts_as_the_model_
     from_file = tfquant.quantize(path, digits["x"][:200], bench_runs=1, diagnose=False)
     assert_every_op_integer(from_file.info)
     assert from_file.tflite == tfquant.quantize(model, digits["x"][:200], bench_runs=1, diagnose=False).tflite
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_volume_model_converts_to_full_int8_with_its_3d_layers_as_2d_ones(version, digits):
+    """Conv3D (a float kernel only in TFLite) and MaxPooling3D/AveragePooling3D (no builtin: the model did
+    not convert) are traced as CONV_2D over depth-stacked slices and 2D pools: the float file computes
+    what Keras does across strides, dilation and 'same' windows at odd sizes, and a clip classifier is
+    fully integer and as accurate as float."""
+    from tfquant._keras import keras, keras3
+    from tfquant.data import Dataset
+    from tfquant.harness import Runner
+
+    k = keras3() if version == 3 else keras
+    layers = k.layers
+    k.utils.set_random_seed(0)
+    inputs = k.Input((7, 9, 10, 3), name="volume")
+    a = layers.Conv3D(5, (3, 2, 3), strides=(2, 1, 2), padding="same", activation="relu")(inputs)
+    b = layers.Conv3D(4, (2, 3, 3), dilation_rate=(2, 1, 1), use_bias=False)(inputs)
+    parts = [layers.MaxPooling3D((2, 2, 2), padding="same")(a),
+             layers.AveragePooling3D((3, 2, 2), strides=(1, 2, 1), padding="same")(b),
+             layers.AveragePooling3D((2, 3, 3))(inputs)]
+    shapes = k.Model(inputs, layers.Concatenate()([layers.Flatten()(p) for p in parts]))
+    x = np.random.default_rng(0).standard_normal((5, 7, 9, 10, 3)).astype(np.float32)
+    float32 = tfquant.quantize(shapes, x, mode="float32", bench_runs=1, diagnose=False)
+    (got,) = Runner(float32.tflite).predict(Dataset("x", {"volume": x}), progress=False).values()
+    assert np.abs(got - shapes.predict(x, verbose=0)).max() < 1e-5
+    assert not [op.name for op in float32.info.ops if "3D" in op.name]
+
+    def clips(images):  # six frames of each digit moving right a pixel a frame
+        return np.stack([np.roll(images, shift, axis=2) for shift in range(6)], axis=1).astype(np.float32)
+
+    inputs = k.Input((6, 8, 8, 1), name="clip")
+    x = layers.MaxPooling3D((1, 2, 2))(layers.Conv3D(8, 3, padding="same", activation="relu")(inputs))
+    x = layers.GlobalAveragePooling3D()(layers.Conv3D(16, 3, activation="relu")(x))
+    model = k.Model(inputs, layers.Dense(10, activation="softmax", name="probs")(x))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(clips(digits["x"]), digits["y"], epochs=8, verbose=0)
+    result = tfquant.quantize(model, clips(digits["x"][:200]), eval_data=(clips(digits["x_test"]), digits["y_test"]),
+                              bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    assert sum("traced as its 2D counterpart over frames" in note for note in result.report.export.notes) == 3
+    measured = result.report.outputs[0]
+    assert measured.float.accuracy > 0.8 and measured.float.accuracy - measured.quantized.accuracy <= 0.01
+    assert measured.quantized.agreement >= 0.97

@@ -24,7 +24,7 @@ from . import _keras, legalize
 from .console import captured_stderr
 from .errors import ConversionError, one_line, problem
 from .models import LoadedModel, revive_keras2
-from .tracing import builtin_argmax, comparable_lookups, quantizable_masking, unrolled
+from .tracing import builtin_argmax, comparable_lookups, planar_volumes, quantizable_masking, unrolled
 from .types import TensorSpec
 
 SIGNATURE = "serving_default"
@@ -166,10 +166,10 @@ def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: b
         return dict(zip(output_names, out))
 
     with unrolled(model, inputs) as notes, quantizable_masking(model) as softmax_notes, builtin_argmax(), \
-            comparable_lookups(model) as lookup_notes:
+            comparable_lookups(model) as lookup_notes, planar_volumes(model) as volume_notes:
         function = tf.function(serve).get_concrete_function(*tensor_specs)
         frozen = _freeze(loaded.source, function)
-    notes += softmax_notes + lookup_notes
+    notes += softmax_notes + lookup_notes + volume_notes
     data = _converted(loaded.source, lambda: tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
     data = legalize.name_signature(data, [s.name for s in inputs], _flat_keys(output_names))
     data, rewrites = legalize.make_quantizable(data, keep_weights=keep_weights)

@@ -4,7 +4,8 @@ Recurrent layers (LSTM, GRU, SimpleRNN, ConvLSTM, and those inside Bidirectional
 over their fixed sequence length for the export: the converter then emits plain FULLY_CONNECTED,
 LOGISTIC, TANH, MUL and ADD ops, which quantize to int8 as accurately as any dense layer, where
 the fused or looped forms either do not convert or lose accuracy in int8. Masked softmaxes, argmax,
-integer lookups, category encodings and buckets are traced in forms TFLite has integer kernels for. Each is a context manager that puts
+integer lookups, category encodings, buckets and 3D convolutions and pools are traced in forms TFLite
+has integer kernels for. Each is a context manager that puts
 the model back as it was.
 """
 
@@ -446,3 +447,107 @@ def _encoded(ids, size: int, mode: str, dtype: str, tf):
     if mode == "count":
         return tf.cast(tf.reduce_sum(tf.where(hits, 1.0, 0.0), axis=-2), dtype)
     return tf.cast(tf.where(tf.reduce_any(hits, axis=-2), 1.0, 0.0), dtype)
+
+
+# --- volumes (Conv3D, 3D pooling) --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def planar_volumes(model):
+    """Conv3D and 3D pooling traced as their 2D counterparts, for the export.
+
+    TFLite's CONV_3D has a float kernel only, and MaxPool3D and AvgPool3D have no builtin at all, so
+    a video or volume model did not convert. For the trace, a Conv3D reads its `kd` depth-shifted
+    slices of the input side by side on the channel axis and convolves them with one CONV_2D whose
+    kernel is the 3D kernel laid out the same way, every output frame a batch entry: the same sums,
+    on one int8 convolution with per-channel scales. A 3D pool is a 2D pool over each frame's rows and
+    columns, then one over frames (a max or a mean over a box is the max or mean of the per-axis
+    ones, 'same' windows included). Channels-last layers only; grouped convolutions are left as
+    they are.
+    """
+    tf = _keras.tf
+    patched = []
+    for layer in _keras.all_layers(model):
+        kind = type(layer).__name__
+        if "call" in vars(layer) or getattr(layer, "data_format", "channels_last") != "channels_last":
+            continue
+        if kind == "Conv3D" and getattr(layer, "groups", 1) == 1:
+            layer.call = _conv3d_as_2d(layer, tf)
+        elif kind in ("MaxPooling3D", "AveragePooling3D", "MaxPool3D", "AvgPool3D", "AveragePool3D"):
+            layer.call = _pool3d_as_2d(layer, tf, "MAX" if kind.startswith("Max") else "AVG")
+        else:
+            continue
+        patched.append(layer)
+    try:
+        yield [f"{layer.name} ({type(layer).__name__}): traced as its 2D counterpart over frames (TFLite has no "
+               "integer 3D convolution or pool)" for layer in patched]
+    finally:
+        for layer in patched:
+            del layer.call
+
+
+def _depth_padding(size: int, window: int, stride: int, dilation: int, padding: str) -> tuple[int, int]:
+    """TensorFlow's padding of one axis: ('same') as much as the strided windows need, more after than before."""
+    if padding != "same":
+        return 0, 0
+    extent = (window - 1) * dilation + 1
+    total = max((-(-size // stride) - 1) * stride + extent - size, 0)
+    return total // 2, total - total // 2
+
+
+def _frames_as_batch(x, tf):
+    """(batch, frames, h, w, c) -> (batch * frames, h, w, c), and the function that puts the frames back."""
+    shape = tf.shape(x)
+
+    def back(y):
+        return tf.reshape(y, tf.concat([shape[:2], tf.shape(y)[1:]], axis=0))
+
+    return tf.reshape(x, tf.concat([[-1], shape[2:]], axis=0)), back
+
+
+def _conv3d_as_2d(layer, tf):
+    kd, kh, kw = layer.kernel_size
+    sd, sh, sw = layer.strides
+    dd, dh, dw = layer.dilation_rate
+    padding = layer.padding.lower()
+
+    def call(inputs, *args, **kwargs):
+        x = tf.convert_to_tensor(inputs)
+        before, after = _depth_padding(x.shape[1], kd, sd, dd, padding)
+        if before or after:
+            x = tf.pad(x, [[0, 0], [before, after], [0, 0], [0, 0], [0, 0]])
+        frames = (x.shape[1] - (kd - 1) * dd - 1) // sd + 1
+        stacked = tf.concat([x[:, i * dd: i * dd + (frames - 1) * sd + 1: sd] for i in range(kd)], axis=-1)
+        kernel = tf.convert_to_tensor(layer.kernel)  # (kd, kh, kw, cin, cout)
+        cin, cout = kernel.shape[3], kernel.shape[4]
+        kernel = tf.reshape(tf.transpose(kernel, [1, 2, 0, 3, 4]), [kh, kw, kd * cin, cout])
+        flat, back = _frames_as_batch(stacked, tf)
+        y = tf.nn.conv2d(flat, kernel, strides=[1, sh, sw, 1], padding=padding.upper(), dilations=[1, dh, dw, 1])
+        if layer.use_bias:
+            y = tf.nn.bias_add(y, tf.convert_to_tensor(layer.bias))
+        y = back(y)
+        return layer.activation(y) if layer.activation is not None else y
+
+    return call
+
+
+def _pool3d_as_2d(layer, tf, kind: str):
+    pd, ph, pw = layer.pool_size
+    sd, sh, sw = layer.strides
+    padding = layer.padding.upper()
+    pool = tf.nn.max_pool2d if kind == "MAX" else tf.nn.avg_pool2d
+
+    def call(inputs, *args, **kwargs):
+        x = tf.convert_to_tensor(inputs)
+        if (ph, pw, sh, sw) != (1, 1, 1, 1):
+            flat, back = _frames_as_batch(x, tf)
+            x = back(pool(flat, [ph, pw], [sh, sw], padding))
+        if (pd, sd) == (1, 1):
+            return x
+        shape = tf.shape(x)
+        # frames as rows, each frame's pixels as columns: a (pd x 1) pool over frames
+        rows = tf.reshape(x, tf.stack([shape[0], shape[1], shape[2] * shape[3], shape[4]]))
+        pooled = pool(rows, [pd, 1], [sd, 1], padding)
+        return tf.reshape(pooled, tf.concat([shape[:1], tf.shape(pooled)[1:2], shape[2:]], axis=0))
+
+    return call
