@@ -201,3 +201,40 @@ def test_int16x8_of_a_dense_op_without_a_bias_that_reads_a_zero_state(digits):
 
     result = _classifier_at_int16x8(keras, lambda k, x: k.layers.GRU(16, reset_after=False)(x), digits, rows=True)
     assert_follows_float(result, least=0.85)
+
+
+def test_int16x8_with_int8_inputs_and_outputs_is_a_drop_in_for_the_int8_file(digits_model, train_npz, test_npz):
+    """`--mode int16x8 --io int8`: int16 activations inside, and the int8 file's inputs and outputs (the same
+    dtype, scale and zero point), requantized by QUANTIZE at the edges, so that an app or delegate that
+    takes the int8 file takes this one. It answers as the int16-IO file does up to its outputs' int8 steps."""
+    import numpy as np
+
+    from tfquant.data import Dataset
+    from tfquant.harness import Runner
+
+    int8 = tfquant.quantize(digits_model, train_npz, bench_runs=1, diagnose=False)
+    wide = tfquant.quantize(digits_model, train_npz, mode="int16x8", bench_runs=1, diagnose=False)
+    edged = tfquant.quantize(digits_model, train_npz, mode="int16x8", io="int8", eval_data=test_npz, bench_runs=1,
+                             diagnose=False)
+    assert_every_op_integer(edged.info)
+    assert edged.report.recipe.io.value == "int8"
+
+    def io(result):
+        return [(t.name, t.dtype, t.quantization.scale, t.quantization.zero_point)
+                for t in result.info.inputs + result.info.outputs]
+
+    assert io(edged) == io(int8) and {t.dtype for t in wide.info.inputs + wide.info.outputs} == {"int16"}
+    quantizes = [(op.input_dtypes[0], op.output_dtypes[0]) for op in edged.info.ops if op.name == "QUANTIZE"]
+    assert quantizes == [("int8", "int16"), ("int16", "int8")]
+    assert sorted(op.name for op in edged.info.ops if op.name != "QUANTIZE") == \
+        sorted(op.name for op in wide.info.ops if op.name != "QUANTIZE")
+
+    data = Dataset("test", {"image": np.load(test_npz)["x"]})
+    (a,) = Runner(edged.tflite).predict(data, progress=False).values()
+    (b,) = Runner(wide.tflite).predict(data, progress=False).values()
+    (c,) = Runner(int8.tflite).predict(data, progress=False).values()
+    assert np.abs(a - b).max() <= 3 / 256 and (a.argmax(1) == b.argmax(1)).mean() >= 0.99
+    reference = digits_model.predict(data.inputs["image"], verbose=0)
+    assert np.abs(a - reference).mean() < np.abs(c - reference).mean()  # int16 inside still tells
+    output = edged.report.outputs[0]
+    assert output.quantized.agreement >= 0.99 and output.float.accuracy - output.quantized.accuracy <= 0.01

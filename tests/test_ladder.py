@@ -245,6 +245,9 @@ def test_an_io_change_is_announced_and_a_pinned_io_is_kept():
         tfquant.quantize(model.path, model.calib, eval_data=model.test, io="int8", **options)
     pinned = caught.value.result.report
     assert {c.recipe.io.value for c in pinned.ladder} == {"int8"} and pinned.recipe.io.value == "int8"
+    assert [c.name for c in pinned.ladder][-1] == "int16x8, int8 IO"  # int16 inside, int8 at the edges
+    assert [c.name for c in result.report.ladder].index("int16x8, int8 IO") + 1 == \
+        [c.name for c in result.report.ladder].index("int16x8")
 
 
 def test_a_mode_the_converter_refuses_is_reported_and_the_ladder_goes_on(tmp_path):
@@ -268,14 +271,16 @@ def test_a_mode_the_converter_refuses_is_reported_and_the_ladder_goes_on(tmp_pat
     report = result.report
     names = [c.name for c in report.ladder]
     assert names[0] == "int8" and not report.ladder[0].accepted
-    (refused,) = [c for c in report.ladder if c.refused]
-    assert refused.name == "int16x8" and "ONE_HOT" in refused.refused and refused.verdict(False) == \
-        "refused by the converter"
+    refused = [c for c in report.ladder if c.refused]
+    assert [c.name for c in refused] == ["int16x8, int8 IO", "int16x8"]  # with int8 inputs and outputs, then int16
+    assert [c.recipe.io.value for c in refused] == ["int8", "int16"]
+    for candidate in refused:
+        assert "ONE_HOT" in candidate.refused and candidate.verdict(False) == "refused by the converter"
+        line = f"ladder {names.index(candidate.name) + 1}: {candidate.name} "
+        assert any(text.startswith(line) and text.endswith(f"refused by the converter: {candidate.refused}")
+                   for text in to_text(report).splitlines())
     chosen = report.ladder[report.chosen]
     assert names.index(chosen.name) > names.index("int16x8") and chosen.accepted and chosen.tflite_bytes > 0
-    line = f"ladder {names.index('int16x8') + 1}: int16x8 "
-    assert any(text.startswith(line) and text.endswith(f"refused by the converter: {refused.refused}")
-               for text in to_text(report).splitlines())
 
 
 def test_ladder_needs_a_budget(digits_model, train_npz, test_npz):

@@ -77,8 +77,8 @@ def test_the_service_document_carries_every_spec(tmp_path):
 @pytest.mark.parametrize("cls, options, python, command, service", [
     (ConvertSpec, {"max_drop": 2}, "max_drop: expected a number between 0 and 1, found 2",
      "--max-drop: expected a number between 0 and 1, found 2", "recipe: max_drop: expected a number"),
-    (ConvertSpec, {"mode": "int16x8", "io": "int8"}, "io int8 does not go with mode int16x8",
-     "--io int8 does not go with --mode int16x8", "recipe: io int8 does not go with mode int16x8"),
+    (ConvertSpec, {"mode": "int16x8", "io": "uint8"}, "io uint8 does not go with mode int16x8",
+     "--io uint8 does not go with --mode int16x8", "recipe: io uint8 does not go with mode int16x8"),
     (QATSpec, {"epochs": 1, "learning_rate": -1.0}, "learning_rate: expected a number above 0, found -1.0",
      "--lr: expected a number above 0", "recipe: learning_rate: expected a number above 0"),
     (PruneSpec, {"epochs": 1, "sparsity": 1.0}, "sparsity: expected a number between 0 and 1 (exclusive), found 1.0",

@@ -72,16 +72,20 @@ def _int8(calibrated: bytes, recipe: Recipe) -> bytes:
 def _int16x8(calibrated: bytes, recipe: Recipe) -> bytes:
     from tensorflow.lite.python.optimize.calibrator import Calibrator
 
-    from .int16 import for_int16x8, repair_zero_scales, with_integer_ops, without_integer_ops
+    from .int16 import for_int16x8, repair_zero_scales, with_int8_io, with_integer_ops, without_integer_ops
 
-    io = np.dtype(_NUMPY_IO[recipe.io]).num
+    # int8 inputs and outputs: quantized with float ones, then given the int8 file's (`int16.with_int8_io`).
+    io = np.dtype(_NUMPY_IO[IOType.FLOAT32 if recipe.io is IOType.INT8 else recipe.io]).num
     # The statistics are already in the model: quantize without feeding the dataset again.
     prepared = for_int16x8(calibrated)
     bare, hidden = without_integer_ops(prepared)
     quantized = Calibrator(bare)._calibrator.QuantizeModel(
         io, io, False, np.dtype(np.int16).num, np.dtype(np.int64).num, not recipe.per_channel, False
     )
-    return repair_zero_scales(with_integer_ops(quantized, hidden), prepared)[0]
+    data = repair_zero_scales(with_integer_ops(quantized, hidden), prepared)[0]
+    if recipe.io is IOType.INT8:
+        data = with_int8_io(data, _int8(calibrated, Recipe(mode=Mode.INT8, per_channel=recipe.per_channel)))
+    return data
 
 
 def calibrate(float_tflite: bytes, calibration: Dataset, *, source: str = "<model>") -> bytes:

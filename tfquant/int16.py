@@ -493,3 +493,50 @@ def _requantize_bias(model, graph, op, input_scale: float, source, float_graph, 
     bias.buffer = len(model.buffers) - 1
     bias.quantization.scale = [float(s) for s in scales]
     bias.quantization.zeroPoint = [0] * len(scales)
+
+
+def with_int8_io(int16x8: bytes, int8: bytes) -> bytes:
+    """The int16x8 file (quantized with float32 inputs and outputs) with the int8 file's inputs and outputs.
+
+    An int8 accelerator or app feeds and reads int8; an int16x8 file takes int16. Here each float
+    input, read only by QUANTIZE ops (float to int16), becomes int8 with the scale and zero point
+    the int8 file gives it, and those QUANTIZEs requantize int8 to int16; each float output, made
+    by a DEQUANTIZE of int16, becomes int8 the same way, the DEQUANTIZE a QUANTIZE (int16 to int8).
+    The activations inside stay int16; the file is a drop-in for the int8 one. Integer inputs and
+    outputs (token ids, class ids) are left as they are. Raises ValueError where a float input or
+    output is not reached that way."""
+    from .flatbuffer import producers_of
+
+    model, reference = read_model(int16x8), read_model(int8)
+    graph, int8_graph = model.subgraphs[0], reference.subgraphs[0]
+    params = {int8_graph.tensors[i].name: int8_graph.tensors[i].quantization
+              for i in [*int8_graph.inputs, *int8_graph.outputs]}
+    codes = [builtin_of(model, op) for op in graph.operators]
+    kinds = dict(zip(map(id, graph.operators), codes))
+    readers, producers = readers_of(graph), producers_of(graph)
+    for index in (int(i) for i in graph.inputs):
+        tensor = graph.tensors[index]
+        if tensor.type != schema.TensorType.FLOAT32:
+            continue
+        if not readers.get(index) or any(kinds[id(op)] != schema.BuiltinOperator.QUANTIZE for op in readers[index]):
+            raise ValueError(f"input {tensor.name.decode()!r} is read by ops other than QUANTIZE")
+        tensor.type, tensor.quantization = schema.TensorType.INT8, _int8_params(params, tensor.name)
+    quantize = opcode(model, schema.BuiltinOperator.QUANTIZE)
+    for index in (int(i) for i in graph.outputs):
+        tensor = graph.tensors[index]
+        if tensor.type != schema.TensorType.FLOAT32:
+            continue
+        op = producers.get(index)
+        if op is None or kinds[id(op)] != schema.BuiltinOperator.DEQUANTIZE:
+            raise ValueError(f"output {tensor.name.decode()!r} is not a DEQUANTIZE of an int16 tensor")
+        op.opcodeIndex, (op.builtinOptionsType, op.builtinOptions) = quantize, op_options(schema.BuiltinOperator.QUANTIZE)
+        tensor.type, tensor.quantization = schema.TensorType.INT8, _int8_params(params, tensor.name)
+    drop_unused_opcodes(model)
+    return write_model(model)
+
+
+def _int8_params(params: dict, name: bytes):
+    found = params.get(name)
+    if found is None or found.scale is None or len(found.scale) != 1:
+        raise ValueError(f"the int8 file has no int8 tensor {name.decode()!r} to take a scale from")
+    return copy_module.deepcopy(found)

@@ -5,14 +5,16 @@ the budget:
 
     int8 (ranges chosen, bias corrected, mismatched joins split)
       ->  int8 with the k most suspect ops kept in float (int8 inputs and outputs still)
-      ->  int16x8  ->  dynamic  ->  float16  ->  float32
+      ->  int16x8 with int8 inputs and outputs (when int8's were)  ->  int16x8
+      ->  dynamic  ->  float16  ->  float32
 
 Every integer candidate is quantized from the one calibrated model (no second calibration); k
 is searched by doubling and then bisecting, not stepped one by one. Suspects are ordered by the
 range lint first (ops that put mismatched ranges on one scale, and the ops after them) and then
-by the diagnostics' ranking. The later modes change the file's inputs and outputs (int16 for
-int16x8, float32 after it), which an int8-only accelerator does not take: with the IO type
-pinned (`io`), the ladder stops before them; otherwise it says so, in the log and the report.
+by the diagnostics' ranking. int16x8 is tried first with int8 inputs and outputs, requantized to
+int16 at the edges (a drop-in for the int8 file), then with int16 ones; int16 and the float32 of
+the modes after it are what an int8-only accelerator does not take: with the IO type pinned
+(`io`), the ladder skips them; otherwise it says so, in the log and the report.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .convert import Calibration, convert
 from .inspect import inspect
 from .prepare import Prepared
 from .errors import ConversionError, RecipeError, called
-from .types import Budget, Candidate, LayerError, Mode, RangeWarning, Recipe
+from .types import Budget, Candidate, IOType, LayerError, Mode, RangeWarning, Recipe
 from .verify import Reference
 
 LATER_MODES = (Mode.INT16X8, Mode.DYNAMIC, Mode.FLOAT16)
@@ -186,24 +188,35 @@ def climb(
         if chosen is not None:
             return done(chosen)
 
-    if io_pinned:
-        return done(max(tried, key=lambda c: (c.accuracy is not None, c.accuracy or 0.0, -c.float_ops)))
-    for mode in LATER_MODES:
-        if mode is recipe.mode:
-            continue
+    for mode, io in later_rungs(recipe):
         # int16x8 rounds the same int8 weights: it keeps int8's bias correction (or its absence).
-        later = Recipe(mode=mode, calib_samples=recipe.calib_samples, per_channel=recipe.per_channel,
+        later = Recipe(mode=mode, io=io, calib_samples=recipe.calib_samples, per_channel=recipe.per_channel,
                        bias_correction=mode is Mode.INT16X8 and bool(calibrated.input_means))
+        if (later.mode, later.io) == (recipe.mode, recipe.io) or (io_pinned and later.io is not recipe.io):
+            continue
+        name = mode.value if io is None else f"{mode.value}, {io.value} IO"
         try:
-            candidate = measure(mode.value, later, lambda r=later: convert(prepared.exported, r, calibrated=calibrated,
-                                                                            source=source))
+            candidate = measure(name, later, lambda r=later: convert(prepared.exported, r, calibrated=calibrated,
+                                                                      source=source))
         except ConversionError as exc:  # e.g. int16x8, which the quantizer has no kernel for on some ops
-            record_refused(mode.value, later, str(exc))
+            record_refused(name, later, str(exc))
             continue
         if candidate.accepted:
             return done(candidate)
 
+    if io_pinned:
+        measured = [c for c in tried if c.refused is None]
+        return done(max(measured, key=lambda c: (c.accuracy is not None, c.accuracy or 0.0, -c.float_ops)))
     return done(measure("float32", Recipe(mode=Mode.FLOAT32), lambda: prepared.exported.tflite))
+
+
+def later_rungs(first: Recipe) -> list[tuple[Mode, Optional[IOType]]]:
+    """The modes after int8 (with their IO type; None: the mode's own), in the ladder's order: int16x8 with
+    int8 inputs and outputs when int8's were (requantized to int16 inside, `int16.with_int8_io`: a drop-in
+    for the int8 file, though its int8 outputs keep their int8 steps), then int16x8 with int16 ones, then
+    the float modes."""
+    keep_int8 = [(Mode.INT16X8, IOType.INT8)] if first.io is IOType.INT8 else []
+    return keep_int8 + [(mode, None) for mode in LATER_MODES]
 
 
 def io_change(first: Recipe, chosen: Recipe) -> Optional[str]:
