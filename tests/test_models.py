@@ -360,9 +360,11 @@ def test_lookups_encodings_and_buckets_of_tabular_data_convert_to_full_int8(vers
     assert_every_op_integer(result.info)
     assert {op.name for op in result.info.ops} >= {"EQUAL", "GREATER_EQUAL", "ONE_HOT"}
     assert not {"HASHTABLE_FIND", "BUCKETIZE"} & {op.name for op in result.info.ops}
-    notes = [note for note in result.report.export.notes if "looked up by comparing" in note]
+    notes = [note for note in result.report.export.notes if "by comparing with its" in note]
     assert sorted(note.split(" (")[0] for note in notes) == ["age_buckets", "cp_onehot", "tags_multihot", "thal_ids"]
-    assert any(note.startswith("thal_ids (IntegerLookup): looked up by comparing with its 5 values") for note in notes)
+    assert {note.split(": ")[1].split(" (")[0] for note in notes} == {
+        "bucketed by comparing with its 3 boundaries", "looked up by comparing with its vocabulary of 5 indices",
+        "looked up by comparing with its vocabulary of 5 indices", "encoded by comparing with its 6 indices"}
     measured = result.report.outputs[0]
     assert measured.float.accuracy > 0.8 and measured.float.accuracy - measured.quantized.accuracy <= 0.01
     assert measured.quantized.agreement >= 0.97

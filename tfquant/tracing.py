@@ -327,9 +327,8 @@ def comparable_lookups(model):
     for layer, _ in policies:
         layer.dtype_policy = _keras.keras3().DTypePolicy(_input_dtype(layer))
     try:
-        yield [f"{layer.name} ({type(layer).__name__}): looked up by comparing with its "
-               f"{_vocabulary_size(layer)} {'boundaries' if type(layer).__name__ == 'Discretization' else 'values'} "
-               "(TFLite has no integer hash table, bincount or bucketize)" for layer in patched]
+        yield [f"{layer.name} ({type(layer).__name__}): {_compared(layer)} (TFLite has no integer hash table, "
+               "bincount or bucketize)" for layer in patched]
     finally:
         for layer in patched:
             del layer.call
@@ -360,10 +359,13 @@ def _spellable_lookup(layer) -> bool:
             and not getattr(layer, "pad_to_max_tokens", False))
 
 
-def _vocabulary_size(layer) -> int:
-    if hasattr(layer, "vocabulary_size"):
-        return int(layer.vocabulary_size())
-    return int(layer.num_tokens) if hasattr(layer, "num_tokens") else len(_boundaries(layer))
+def _compared(layer) -> str:
+    kind = type(layer).__name__
+    if kind == "Discretization":
+        return f"bucketed by comparing with its {len(_boundaries(layer))} boundaries"
+    if kind == "CategoryEncoding":
+        return f"encoded by comparing with its {int(layer.num_tokens)} indices"
+    return f"looked up by comparing with its vocabulary of {int(layer.vocabulary_size())} indices"
 
 
 def _boundaries(layer) -> list[float]:
