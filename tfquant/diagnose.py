@@ -113,6 +113,15 @@ def _alone_error(sweep: _Sweep, name: str) -> float:
     return float(sample_errors(sweep.reference, outputs).mean())
 
 
+def ranked_by_outputs(calibration, recipe, data: Dataset, errors: list[LayerError], lint: list[RangeWarning] = (),
+                      *, samples: int = DEFAULT_DEBUG_SAMPLES, parallel: int = 1) -> list[LayerError]:
+    """`errors` with the sensitivity sweep's candidates (`sensitivity_candidates`, with the calibrated file's
+    `amplified_inputs`) measured alone in int8, ranked by what each does to the outputs (`rank_by_outputs`)."""
+    candidates = sensitivity_candidates(errors, lint, amplified_inputs(calibration.calibrated))
+    found = output_sensitivity(calibration, recipe, data, candidates, samples=samples, parallel=parallel)
+    return rank_by_outputs(errors, found, lint)
+
+
 def rank_by_outputs(errors: list[LayerError], sensitivity: dict[str, float],
                     lint: list[RangeWarning] = ()) -> list[LayerError]:
     """The per-tensor errors with their output error filled in, the ops that hurt the outputs most first.
@@ -128,8 +137,42 @@ def rank_by_outputs(errors: list[LayerError], sensitivity: dict[str, float],
                                          e.tensor not in flagged, -e.rmse_per_scale))
 
 
-def sensitivity_candidates(errors: list[LayerError], lint: list[RangeWarning]) -> list[str]:
-    return list(dict.fromkeys([w.tensor for w in lint] + [e.tensor for e in errors]))[:SENSITIVITY_CANDIDATES]
+def sensitivity_candidates(errors: list[LayerError], lint: list[RangeWarning], amplified: list[str] = ()) -> list[str]:
+    """The ops the sweep measures: the lint's, those whose output an op amplifies (`amplified_inputs`), then the
+    worst by RMSE/scale, `SENSITIVITY_CANDIDATES` of them beyond the first two kinds."""
+    first = list(dict.fromkeys([w.tensor for w in lint] + list(amplified)))
+    return list(dict.fromkeys(first + [e.tensor for e in errors]))[:SENSITIVITY_CANDIDATES + len(first)]
+
+
+# Ops whose output grows fast as their input nears 0 (by the operand index they read it at): int8's one
+# scale for that input leaves small values a few steps or none, and the op multiplies what the rounding did.
+AMPLIFIERS = {"RSQRT": 0, "SQRT": 0, "LOG": 0, "DIV": 1}
+
+
+def amplified_inputs(tflite: bytes) -> list[str]:
+    """The output tensor names of the ops whose output an amplifier reads (a LayerNormalization's
+    variance before its RSQRT, a divisor): a small error of its own there can be a large one at the outputs,
+    which a ranking by RMSE/scale does not show."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAs(tflite, 0)
+    codes = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+             for i in range(model.OperatorCodesLength())]
+    graph = model.Subgraphs(0)
+    made = {}  # tensor index -> whether an op (not a constant or an input) writes it
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        for k in range(op.OutputsLength()):
+            made[op.Outputs(k)] = True
+    found = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        at = AMPLIFIERS.get(names.get(codes[op.OpcodeIndex()]))
+        if at is not None and at < op.InputsLength() and made.get(op.Inputs(at)):
+            name = graph.Tensors(op.Inputs(at)).Name()
+            found.append(name.decode() if isinstance(name, bytes) else str(name))
+    return found
 
 
 def _op_outputs(tflite: bytes) -> list[str]:
@@ -209,9 +252,7 @@ def diagnose(
     data = prepared.evaluation or prepared.calibration
     errors = layer_errors(calibrated.calibrated, data, samples=samples)
     lint = range_lint(calibrated.calibrated, threshold=threshold)
-    sensitivity = output_sensitivity(calibrated, recipe, data, sensitivity_candidates(errors, lint), samples=samples,
-                                     parallel=parallel)
-    errors = rank_by_outputs(errors, sensitivity, lint)
+    errors = ranked_by_outputs(calibrated, recipe, data, errors, lint, samples=samples, parallel=parallel)
     accuracies = [None, None]
     if prepared.evaluation is not None:
         from .harness import Runner

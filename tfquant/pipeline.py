@@ -13,7 +13,7 @@ from . import console, ladder
 from .convert import calibration_for, convert
 from .data import ImageOptions
 from .errors import one_line
-from .diagnose import layer_errors, output_sensitivity, rank_by_outputs, sensitivity_candidates
+from .diagnose import layer_errors, ranked_by_outputs
 from .lint import data_lint, input_lint, range_lint
 from .prepare import Prepared, check_budget, prepare
 from .spec import ConvertSpec
@@ -136,12 +136,22 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
     gzip_size_soon(tflite)  # while it is evaluated
     seconds["convert"] = time.perf_counter() - started
 
+    rank_on_miss = None
+    if spec.fallback != "auto" and diagnostics and not lint and recipe.mode is Mode.INT8 \
+            and recipe.quantizer == "converter":
+        def rank_on_miss():
+            data = prepared.evaluation or prepared.calibration
+            with console.step("measuring what each suspect op does to the outputs"):
+                return ranked_by_outputs(calibrated, recipe, data, diagnostics, lint,
+                                         parallel=spec.parallel)[:DIAGNOSTICS_IN_REPORT]
+
     return verify(prepared, recipe, tflite, seconds=seconds, budget=budget, reference=reference,
                   quantized_outputs=outputs, tasks_chosen=tasks, strict=spec.strict, allow_float=spec.fallback == "auto",
                   num_threads=num_threads, bench_runs=spec.bench_runs, progress=progress,
                   spec=spec.with_recipe(recipe).replace(fallback="off"),
                   rewrites=[] if calibrated is None else [r.describe() for r in calibrated.rewrites],
                   warnings=narrow_inputs + [w.message for w in lint] + notes, narrow_inputs=narrow_inputs,
+                  rank_on_miss=rank_on_miss,
                   extra={"diagnostics": diagnostics[:DIAGNOSTICS_IN_REPORT], "range_lint": lint,
                          "ladder": [] if climbed is None else climbed.candidates,
                          "chosen": None if climbed is None else climbed.candidates.index(climbed.chosen)})
@@ -168,7 +178,5 @@ def _diagnose(calibrated, data, recipe: Recipe, *, parallel: int = 1) -> tuple[l
         lint = range_lint(calibrated.calibrated)
     if lint and diagnostics:
         with console.step("measuring what each suspect op does to the outputs"):
-            found = output_sensitivity(calibrated, recipe, data, sensitivity_candidates(diagnostics, lint),
-                                       parallel=parallel)
-            diagnostics = rank_by_outputs(diagnostics, found, lint)
+            diagnostics = ranked_by_outputs(calibrated, recipe, data, diagnostics, lint, parallel=parallel)
     return diagnostics, lint

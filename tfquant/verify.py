@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -151,6 +151,7 @@ def verify(
     rewrites: Optional[list[str]] = None,
     narrow_inputs: Optional[list[str]] = None,
     retrained: bool = False,
+    rank_on_miss: Optional[Callable[[], list]] = None,
 ) -> QuantizationResult:
     """Measure `tflite` next to the float file on the interpreter, build the report, apply the gates.
 
@@ -158,8 +159,10 @@ def verify(
     float op's layer and why) unless `allow_float` (the ladder chose float islands); `strict`
     holds every mode to it. Outputs outside `budget` fail with `AccuracyBudgetError`, which names
     where the error starts: an input `lint.input_lint` found (`narrow_inputs`), else the op whose
-    int8 output strays furthest. A `retrained` file (QAT, pruning, clustering) has its regression and
-    embedding outputs held to the labels where there are labels (`tasks.violations`).
+    int8 output strays furthest, or, with `rank_on_miss` (the diagnostics ranked by what each op alone
+    in int8 does to the outputs, measured only when a budget is missed), the op that costs the outputs
+    most. A `retrained` file (QAT, pruning, clustering) has its regression and embedding outputs held
+    to the labels where there are labels (`tasks.violations`).
     """
     float_tflite = prepared.exported.tflite
     threads = num_threads or harness.default_threads()
@@ -237,6 +240,8 @@ def verify(
         )
 
     drop = None if primary_q is None else tasks.drop(primary_f, primary_q)
+    if violations and rank_on_miss is not None:
+        extra = {**(extra or {}), "diagnostics": rank_on_miss()}
     exported = prepared.exported
     report = Report(
         model=prepared.source,
@@ -274,7 +279,8 @@ def verify(
 
 def _where_it_starts(report: Report, narrow_inputs: list[str], *, regression: bool = False) -> str:
     """For a budget failure: an input whose int8 scale leaves a feature few levels (no op after it can
-    win them back), else the op whose int8 output strays furthest from float (the diagnostics' first).
+    win them back), else the diagnostics' first: the op that costs the outputs most where the ops were measured
+    alone in int8, otherwise the one whose int8 output strays furthest from float.
 
     A regression output that missed its int8 budget is also pointed to int16 activations: its error is
     often spread over every op (a Transformer regression: 5.9 % of σ in int8, 1.0 % in int16x8)."""
@@ -286,6 +292,10 @@ def _where_it_starts(report: Report, narrow_inputs: list[str], *, regression: bo
         return int16
     worst = report.diagnostics[0]
     name = worst.tensor.split(";")[0]  # a fused op's tensor is named after each op fused into it
+    if worst.output_error is not None:
+        return (f"; the op whose int8 output costs the outputs most is {name!r} ({worst.op}: alone in int8, "
+                f"{worst.output_error:.3g} mean error at the outputs; {worst.rmse_per_scale:.3g} int8 steps RMS of "
+                f"its own): {called('fallback')} auto with a budget may keep such ops float" + int16)
     return (f"; the largest int8 error is at {name!r} ({worst.op}, {worst.rmse_per_scale:.1f} int8 steps RMS): "
             f"{called('fallback')} auto with a budget may keep such ops float" + int16)
 
