@@ -98,8 +98,8 @@ def test_native_crash_becomes_one_line_exit_2(model_files, train_npz, tmp_path):
     (["prune", "m.keras", "--train", "t.npz", "--epochs", "1", "--sparsity", "1", "-o", "o.tflite"],
      "argument --sparsity: expected a number between 0 and 1 (exclusive), found 1"),
     (["convert", "m.keras", "-o", "o.tflite"], "--mode int8 needs calibration data: pass --calib DATA"),
-    (["convert", "m.keras", "--calib", "c.npz", "--mode", "int16x8", "--io", "int8", "-o", "o.tflite"],
-     "--io int8 does not go with --mode int16x8"),
+    (["convert", "m.keras", "--calib", "c.npz", "--mode", "int16x8", "--io", "uint8", "-o", "o.tflite"],
+     "--io uint8 does not go with --mode int16x8"),
 ])
 def test_usage_errors_come_before_tensorflow_is_imported(args, message, tmp_path):
     code = ("import sys\nfrom tfquant import cli\nsys.argv = ['tfquant', *sys.argv[1:]]\n"
