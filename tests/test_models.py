@@ -613,3 +613,38 @@ def test_a_volume_model_converts_to_full_int8_with_its_3d_layers_as_2d_ones(vers
     measured = result.report.outputs[0]
     assert measured.float.accuracy > 0.8 and measured.float.accuracy - measured.quantized.accuracy <= 0.01
     assert measured.quantized.agreement >= 0.97
+
+
+@pytest.mark.parametrize("version", [3, 2])
+@pytest.mark.parametrize("dtype", ["float64", "float16"])
+def test_a_float64_or_float16_input_is_taken_as_float32(dtype, version, digits):
+    """An Input declared float64 or float16 before float32 layers: TFLite has no float64 kernels (the
+    calibrator refused float32 samples for the float64 input), and the CAST to the declared type and
+    back stays float in int8. The file takes float32 (int8 when quantized), the round trip goes, and the
+    float file answers as Keras does."""
+    from tfquant._keras import keras, keras3
+    from tfquant.data import Dataset
+    from tfquant.harness import Runner
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image", dtype=dtype)
+    hidden = k.layers.Flatten()(k.layers.Conv2D(8, 3, activation="relu")(inputs))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(hidden))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(digits["x"].astype(dtype), digits["y"], epochs=3, verbose=0)
+
+    float32 = tfquant.quantize(model, digits["x"][:200], mode="float32", bench_runs=1, diagnose=False)
+    assert [(t.name, t.dtype) for t in float32.info.inputs] == [("image", "float32")]
+    assert "CAST" not in {op.name for op in float32.info.ops}
+    (got,) = Runner(float32.tflite).predict(Dataset("test", {"image": digits["x_test"]}), progress=False).values()
+    expected = model.predict(digits["x_test"].astype(dtype), verbose=0)
+    assert np.abs(got - expected).max() < (1e-5 if dtype == "float64" else 2e-3)
+
+    result = tfquant.quantize(model, digits["x"][:200], eval_data=(digits["x_test"], digits["y_test"]), bench_runs=1,
+                              diagnose=False)
+    assert_every_op_integer(result.info)
+    assert "float32 cast to float64 or float16 and back as the float32 tensor (1×), so that int8 covers it" in \
+        result.report.export.notes
+    measured = result.report.outputs[0]
+    assert measured.float.accuracy > 0.8 and measured.float.accuracy - measured.quantized.accuracy <= 0.01

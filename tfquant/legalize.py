@@ -26,12 +26,12 @@ from .flatbuffer import (builtin_of, drop_unused_opcodes, float_constant, float_
 
 SIGNATURE = "serving_default"
 _Rewrite = Callable[[object, object, object], bool]
-_REWRITES: dict[int, tuple[str, _Rewrite, bool]] = {}
+_REWRITES: dict[int, list[tuple[str, _Rewrite, bool]]] = {}
 
 
 def _registers(op: int, description: str, *, changes_weights: bool = False):
     def wrap(func: _Rewrite) -> _Rewrite:
-        _REWRITES[op] = (description, func, changes_weights)
+        _REWRITES.setdefault(op, []).append((description, func, changes_weights))
         return func
 
     return wrap
@@ -70,9 +70,10 @@ def make_quantizable(data: bytes, *, keep_weights: bool = False) -> tuple[bytes,
     counts: dict[str, int] = {}
     for graph in model.subgraphs:
         for op in list(graph.operators):  # a rewrite may insert ops (and operator codes) before `op`
-            entry = _REWRITES.get(codes[op.opcodeIndex])
-            if entry is not None and not (keep_weights and entry[2]) and entry[1](model, graph, op):
-                counts[entry[0]] = counts.get(entry[0], 0) + 1
+            for description, rewrite, changes_weights in _REWRITES.get(codes[op.opcodeIndex], []):
+                if not (keep_weights and changes_weights) and rewrite(model, graph, op):
+                    counts[description] = counts.get(description, 0) + 1
+                    break
     if not counts:
         return data, []
     drop_unused_opcodes(model)
@@ -264,6 +265,30 @@ def _masking_multiply(model, graph, op) -> bool:
     for reader in readers:
         reader.inputs = [x, one]
     graph.operators.remove(op)
+    return True
+
+
+_OTHER_FLOATS = (schema.TensorType.FLOAT64, schema.TensorType.FLOAT16, schema.TensorType.BFLOAT16)
+
+
+@_registers(schema.BuiltinOperator.CAST, "float32 cast to float64 or float16 and back as the float32 tensor")
+def _float_round_trip(model, graph, op) -> bool:
+    """A model whose Input is declared float64 or float16 (its layers compute in float32) traces, fed
+    float32, to CAST(float32 -> float64) and CAST back: no TFLite kernel computes in float64, and in
+    an int8 file both CASTs stay float. The layers read the float32 tensor itself (for float16 that
+    skips a rounding to half precision, 2^-11 of the value, far inside an int8 step)."""
+    inner = producers_of(graph).get(int(op.inputs[0]))
+    if inner is None or builtin_of(model, inner) != schema.BuiltinOperator.CAST or \
+            graph.tensors[int(op.inputs[0])].type not in _OTHER_FLOATS or not is_float(graph, int(op.outputs[0])) \
+            or not is_float(graph, int(inner.inputs[0])) or int(op.outputs[0]) in [int(o) for o in graph.outputs]:
+        return False
+    source, out = int(inner.inputs[0]), int(op.outputs[0])
+    for reader in readers_of(graph).get(out, []):
+        reader.inputs = [source if int(i) == out else int(i) for i in reader.inputs]
+    graph.operators.remove(op)
+    middle = int(inner.outputs[0])
+    if not readers_of(graph).get(middle) and middle not in [int(o) for o in graph.outputs]:
+        graph.operators.remove(inner)
     return True
 
 

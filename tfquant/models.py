@@ -181,9 +181,15 @@ def _called_inputs(model: Any, flavor: str) -> Optional[list[TensorSpec]]:
     return [TensorSpec(name, (None, *shape[1:]), "float32")]
 
 
+# Float inputs a file takes as float32: an int8 file quantizes them from float32, TFLite has no float64
+# kernels, and a float16 input is cast to float32 at once by the layers that read it.
+AS_FLOAT32 = {"float64", "float16", "bfloat16"}
+
+
 def _spec(tensor: Any, index: int) -> TensorSpec:
     shape = tuple(None if d is None else int(d) for d in tensor.shape)
     dtype = getattr(tensor.dtype, "name", None) or str(tensor.dtype)
+    dtype = "float32" if dtype in AS_FLOAT32 else dtype
     name = getattr(tensor, "name", None) or f"input_{index}"
     # tf_keras names symbolic tensors "input_1", Keras 3 "keras_tensor"; the layer name is what users see.
     history = getattr(tensor, "_keras_history", None)
