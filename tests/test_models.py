@@ -616,6 +616,43 @@ def test_a_volume_model_converts_to_full_int8_with_its_3d_layers_as_2d_ones(vers
 
 
 @pytest.mark.parametrize("version", [3, 2])
+def test_a_float64_model_computes_in_float32_for_the_export(version, digits, tmp_path):
+    """A model built under `keras.backend.set_floatx("float64")`: float64 Conv2D, BatchNormalization and MatMul,
+    which TFLite has no kernels for (the converter refused every op). Rebuilt in float32 with its weights
+    rounded to float32, from the .keras file and the .h5, it answers as Keras does to float32's precision."""
+    from tfquant._keras import keras, keras3
+    from tfquant.data import Dataset
+    from tfquant.harness import Runner
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    k.backend.set_floatx("float64")
+    try:
+        inputs = k.Input((8, 8, 1), name="image")
+        x = k.layers.BatchNormalization()(k.layers.Conv2D(8, 3, activation="relu")(inputs))
+        model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(k.layers.Flatten()(x)))
+        model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+        model.fit(digits["x"].astype(np.float64), digits["y"], epochs=3, verbose=0)
+        model.save(tmp_path / "double.keras")
+        model.save(tmp_path / "double.h5")
+        expected = model.predict(digits["x_test"].astype(np.float64), verbose=0)
+    finally:
+        k.backend.set_floatx("float32")
+    for name in ("double.keras", "double.h5"):
+        result = tfquant.quantize(tmp_path / name, digits["x"][:200], eval_data=(digits["x_test"], digits["y_test"]),
+                                  bench_runs=1, diagnose=False)
+        assert_every_op_integer(result.info)
+        assert "layers of dtype policy float64 compute in float32 for the export (TFLite has no float64 kernels; " \
+               "the weights are rounded to float32)" in result.report.export.notes
+        measured = result.report.outputs[0]
+        assert measured.float.accuracy > 0.8 and measured.float.accuracy - measured.quantized.accuracy <= 0.01
+    float32 = tfquant.quantize(tmp_path / "double.keras", digits["x"][:200], mode="float32", bench_runs=1,
+                               diagnose=False)
+    (got,) = Runner(float32.tflite).predict(Dataset("test", {"image": digits["x_test"]}), progress=False).values()
+    assert np.abs(got - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("version", [3, 2])
 @pytest.mark.parametrize("dtype", ["float64", "float16"])
 def test_a_float64_or_float16_input_is_taken_as_float32(dtype, version, digits):
     """An Input declared float64 or float16 before float32 layers: TFLite has no float64 kernels (the

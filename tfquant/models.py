@@ -83,11 +83,13 @@ def _from_keras(model: Any, source: str, flavor: str) -> LoadedModel:
     if not getattr(model, "inputs", None):
         return _from_called(model, source, flavor)
     notes = []
-    half = sorted({layer.dtype_policy.name for layer in _keras.all_layers(model) if _half_precision(layer)})
-    if half:
+    policies = sorted({layer.dtype_policy.name for layer in _keras.all_layers(model) if _not_float32(layer)})
+    if policies:
         model = _computing_in_float32(model)
-        notes.append(f"layers of dtype policy {', '.join(half)} compute in float32 for the export (TFLite has no "
-                     "float16 convolutions or matmuls; the weights are the same)")
+        double = "float64" in policies
+        notes.append(f"layers of dtype policy {', '.join(policies)} compute in float32 for the export (TFLite has no "
+                     + ("float64 kernels; the weights are rounded to float32)" if double else
+                        "float16 convolutions or matmuls; the weights are the same)"))
     inputs = [_spec(t, i) for i, t in enumerate(model.inputs)]
     _numeric(source, inputs, model)
     outputs = [_spec(t, i) for i, t in enumerate(model.outputs)]
@@ -113,20 +115,21 @@ def _numeric(source: str, inputs: list[TensorSpec], model: Any = None) -> None:
                                  "(token or category ids), e.g. keras.Model(layer.output, model.output)"))
 
 
-def _half_precision(layer) -> bool:
-    """A layer that computes in float16 or bfloat16 (a mixed-precision policy, as GPU training sets)."""
-    return str(getattr(layer, "compute_dtype", "float32")) in ("float16", "bfloat16") and \
+def _not_float32(layer) -> bool:
+    """A layer that computes in float16 or bfloat16 (a mixed-precision policy, as GPU training sets) or in
+    float64 (`keras.backend.set_floatx("float64")`)."""
+    return str(getattr(layer, "compute_dtype", "float32")) in ("float16", "bfloat16", "float64") and \
         not getattr(layer, "_is_input_layer", False) and type(layer).__name__ != "InputLayer"
 
 
 def _computing_in_float32(model):
-    """The same functional or Sequential model with every half-precision layer computing in float32, and
-    the same weights (mixed precision keeps its variables in float32 already)."""
+    """The same functional or Sequential model with every layer computing in float32, and the same weights
+    (mixed precision keeps its variables in float32 already; float64 ones are rounded to float32)."""
     def clone(layer):
         if hasattr(layer, "layers") and hasattr(layer, "inputs") and getattr(layer, "inputs", None):
             return _computing_in_float32(layer)  # a nested model, rebuilt the same way
         config = layer.get_config()
-        if _half_precision(layer):
+        if _not_float32(layer):
             config["dtype"] = "float32"
         return layer.__class__.from_config(config)
 
