@@ -295,16 +295,16 @@ def test_a_preprocessing_layer_tflite_cannot_run_is_refused_with_what_to_do(laye
 def _tabular(k, columns: dict[str, np.ndarray]):
     """A model of tabular data as Keras' structured-data guides build one: numeric columns normalized, a
     categorical column one-hot by IntegerLookup, another looked up (with a mask token) into an Embedding,
-    a multi-valued column multi-hot by CategoryEncoding, and a numeric column bucketed by Discretization."""
+    a multi-valued column multi-hot by CategoryEncoding, and an integer column bucketed by Discretization."""
     layers = k.layers
-    inputs = {"age": k.Input((1,), name="age"), "chol": k.Input((1,), name="chol"),
+    inputs = {"age": k.Input((1,), dtype="int64", name="age"), "chol": k.Input((1,), name="chol"),
               "cp": k.Input((1,), dtype="int64", name="cp"), "thal": k.Input((1,), dtype="int64", name="thal"),
               "tags": k.Input((3,), dtype="int64", name="tags")}
     norm = layers.Normalization(name="chol_norm")
     norm.adapt(columns["chol"])
     thal = layers.IntegerLookup(vocabulary=[3, 6, 7], mask_token=0, name="thal_ids")(inputs["thal"])
     features = [
-        layers.Discretization(bin_boundaries=[40.0, 50.0, 60.0], output_mode="one_hot", name="age_buckets")(
+        layers.Discretization(bin_boundaries=[40.5, 50.0, 59.5], output_mode="one_hot", name="age_buckets")(
             inputs["age"]),
         norm(inputs["chol"]),
         layers.IntegerLookup(vocabulary=[0, 1, 2, 3], output_mode="one_hot", name="cp_onehot")(inputs["cp"]),
@@ -317,7 +317,7 @@ def _tabular(k, columns: dict[str, np.ndarray]):
 
 def _tabular_columns(n: int, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
     rng = np.random.default_rng(seed)
-    age = rng.normal(52, 10, n).astype(np.float32)
+    age = np.round(rng.normal(52, 10, n)).astype(np.int64)  # whole years: bucketed as integers
     chol = rng.normal(240, 50, n).astype(np.float32)
     cp = rng.integers(0, 5, n)  # 4 is out of the vocabulary
     thal = rng.choice([0, 3, 6, 7, 2], n)  # 0 is the mask token, 2 out of the vocabulary

@@ -12,6 +12,7 @@ the model back as it was.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Iterator, Optional
 
 from . import _keras
@@ -424,7 +425,9 @@ def _compared_buckets(layer, tf):
 
     def call(inputs, *args, **kwargs):
         x = tf.convert_to_tensor(inputs)
-        above = tf.greater_equal(tf.expand_dims(x, -1), tf.constant(boundaries, x.dtype))
+        # an integer x is at or above b where it is at or above ceil(b): compared as integers, no CAST
+        edges = boundaries if x.dtype.is_floating else [math.ceil(b) for b in boundaries]
+        above = tf.greater_equal(tf.expand_dims(x, -1), tf.constant(edges, x.dtype))
         ids = tf.reduce_sum(tf.where(above, 1, 0), axis=-1)
         if layer.output_mode == "int":
             return tf.cast(ids, dtype)
