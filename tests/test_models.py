@@ -627,6 +627,7 @@ def test_a_float64_model_computes_in_float32_for_the_export(version, digits, tmp
     k = keras3() if version == 3 else keras
     k.utils.set_random_seed(0)
     k.backend.set_floatx("float64")
+    k.mixed_precision.set_global_policy("float64")  # a policy another test set would win over floatx
     try:
         inputs = k.Input((8, 8, 1), name="image")
         x = k.layers.BatchNormalization()(k.layers.Conv2D(8, 3, activation="relu")(inputs))
@@ -638,6 +639,7 @@ def test_a_float64_model_computes_in_float32_for_the_export(version, digits, tmp
         expected = model.predict(digits["x_test"].astype(np.float64), verbose=0)
     finally:
         k.backend.set_floatx("float32")
+        k.mixed_precision.set_global_policy("float32")
     for name in ("double.keras", "double.h5"):
         result = tfquant.quantize(tmp_path / name, digits["x"][:200], eval_data=(digits["x_test"], digits["y_test"]),
                                   bench_runs=1, diagnose=False)
@@ -683,5 +685,41 @@ def test_a_float64_or_float16_input_is_taken_as_float32(dtype, version, digits):
     assert_every_op_integer(result.info)
     assert "float32 cast to float64 or float16 and back as the float32 tensor (1×), so that int8 covers it" in \
         result.report.export.notes
+    measured = result.report.outputs[0]
+    assert measured.float.accuracy > 0.8 and measured.float.accuracy - measured.quantized.accuracy <= 0.01
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_token_ids_into_an_embedding_through_a_float_input_stay_integer(version, tmp_path):
+    """An Embedding reading an Input that declares no dtype (float32, Keras' default, as a Sequential model
+    that starts with an Embedding gets): int8 would quantize the ids to a float scale and CAST them back,
+    rounding some to the wrong row. The input takes int32 ids, the trace's CAST to float and back goes,
+    every op is integer, and the float file answers as Keras does on the same ids."""
+    from tfquant import zoo
+    from tfquant._keras import keras, keras3
+    from tfquant.data import Dataset
+    from tfquant.harness import Runner
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    data = zoo.tokens(pad=False)
+    ids, test_ids = data.train["tokens"].astype(np.float32), data.test["tokens"].astype(np.float32)
+    inputs = k.Input((32,), name="tokens")
+    x = k.layers.Flatten()(k.layers.Embedding(18, 8)(inputs))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(k.layers.Dense(32, activation="relu")(x)))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(ids, data.train["y"], epochs=8, verbose=0)
+    model.save(tmp_path / "tokens.keras")
+
+    result = tfquant.quantize(tmp_path / "tokens.keras", ids[:200], eval_data=(test_ids, data.test["y"]),
+                              bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    assert [(t.name, t.dtype) for t in result.info.inputs] == [("tokens", "int32")]
+    assert "CAST" not in {op.name for op in result.info.ops}
+    assert any(note.startswith("inputs read only by Embedding layers take int32 token ids: 'tokens'")
+               for note in result.report.export.notes)
+    (got,) = Runner(result.float_tflite).predict(Dataset("test", {"tokens": data.test["tokens"]}),
+                                                 progress=False).values()
+    assert np.abs(got - model.predict(test_ids, verbose=0)).max() < 1e-5
     measured = result.report.outputs[0]
     assert measured.float.accuracy > 0.8 and measured.float.accuracy - measured.quantized.accuracy <= 0.01

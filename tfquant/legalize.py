@@ -277,19 +277,58 @@ def _float_round_trip(model, graph, op) -> bool:
     float32, to CAST(float32 -> float64) and CAST back: no TFLite kernel computes in float64, and in
     an int8 file both CASTs stay float. The layers read the float32 tensor itself (for float16 that
     skips a rounding to half precision, 2^-11 of the value, far inside an int8 step)."""
+    inner = _round_trip(model, graph, op, _OTHER_FLOATS, (schema.TensorType.FLOAT32,))
+    if inner is None:
+        return False
+    _read_around(graph, op, inner)
+    return True
+
+
+_IDS = (schema.TensorType.INT32, schema.TensorType.INT64)
+
+
+@_registers(schema.BuiltinOperator.CAST, "integer ids cast to float and back read as integers")
+def _ids_round_trip(model, graph, op) -> bool:
+    """Token ids fed to an Embedding whose Input is declared float (Keras' default), or cast by a layer of
+    float policy on the way: CAST(int -> float32) then CAST back to int, both float ops in an int8 file.
+    The ids are read as they are (exact below 2^24, as float32 holds them)."""
+    inner = _round_trip(model, graph, op, (schema.TensorType.FLOAT32, schema.TensorType.FLOAT64), _IDS)
+    if inner is None:
+        return False
+    if graph.tensors[int(inner.inputs[0])].type == graph.tensors[int(op.outputs[0])].type:
+        _read_around(graph, op, inner)
+    else:  # int32 -> float -> int64 (or back): one integer CAST
+        op.inputs = [int(inner.inputs[0])]
+        _drop_if_unread(graph, inner)
+    return True
+
+
+def _round_trip(model, graph, op, middle_types, end_types):
+    """The CAST before `op` (a CAST) when the pair takes a type in `end_types` through one in `middle_types`
+    to a type in `end_types`, and `op`'s output is not a graph output; else None."""
     inner = producers_of(graph).get(int(op.inputs[0]))
     if inner is None or builtin_of(model, inner) != schema.BuiltinOperator.CAST or \
-            graph.tensors[int(op.inputs[0])].type not in _OTHER_FLOATS or not is_float(graph, int(op.outputs[0])) \
-            or not is_float(graph, int(inner.inputs[0])) or int(op.outputs[0]) in [int(o) for o in graph.outputs]:
-        return False
+            graph.tensors[int(op.inputs[0])].type not in middle_types or \
+            graph.tensors[int(op.outputs[0])].type not in end_types or \
+            graph.tensors[int(inner.inputs[0])].type not in end_types or \
+            int(op.outputs[0]) in [int(o) for o in graph.outputs]:
+        return None
+    return inner
+
+
+def _read_around(graph, op, inner) -> None:
+    """The readers of `op`'s output read `inner`'s input instead; `op` goes, and `inner` when nothing else reads it."""
     source, out = int(inner.inputs[0]), int(op.outputs[0])
     for reader in readers_of(graph).get(out, []):
         reader.inputs = [source if int(i) == out else int(i) for i in reader.inputs]
     graph.operators.remove(op)
-    middle = int(inner.outputs[0])
+    _drop_if_unread(graph, inner)
+
+
+def _drop_if_unread(graph, op) -> None:
+    middle = int(op.outputs[0])
     if not readers_of(graph).get(middle) and middle not in [int(o) for o in graph.outputs]:
-        graph.operators.remove(inner)
-    return True
+        graph.operators.remove(op)
 
 
 @_registers(schema.BuiltinOperator.SOFTMAX, "dense weights before a SOFTMAX centered across its classes",

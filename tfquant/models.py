@@ -91,12 +91,39 @@ def _from_keras(model: Any, source: str, flavor: str) -> LoadedModel:
                      + ("float64 kernels; the weights are rounded to float32)" if double else
                         "float16 convolutions or matmuls; the weights are the same)"))
     inputs = [_spec(t, i) for i, t in enumerate(model.inputs)]
+    ids = _read_only_by_embeddings(model)
+    if any(inputs[i].dtype.startswith("float") for i in ids):
+        inputs = [TensorSpec(s.name, s.shape, "int32") if i in ids and s.dtype.startswith("float") else s
+                  for i, s in enumerate(inputs)]
+        notes.append("inputs read only by Embedding layers take int32 token ids: "
+                     + ", ".join(repr(inputs[i].name) for i in sorted(ids)) + " (declared float, which int8 would "
+                     "quantize and round to the wrong ids)")
     _numeric(source, inputs, model)
     outputs = [_spec(t, i) for i, t in enumerate(model.outputs)]
     keys = _keras.output_keys(model)
     if keys is not None and len(keys) == len(outputs):
         outputs = [TensorSpec(key, spec.shape, spec.dtype) for key, spec in zip(keys, outputs)]
     return LoadedModel(source=source, flavor=flavor, inputs=inputs, outputs=outputs, keras_model=model, notes=notes)
+
+
+def _read_only_by_embeddings(model) -> set[int]:
+    """The indices of the model's inputs that only Embedding layers read: ids, whatever dtype the Input
+    declares (Keras' default float32, as in a Sequential model that starts with an Embedding)."""
+    readers: dict[int, list] = {id(t): [] for t in model.inputs}
+    for layer in getattr(model, "layers", []):
+        if type(layer).__name__ == "InputLayer":  # tf_keras lists it, its input its own output
+            continue
+        try:
+            taken = layer.input
+        except (AttributeError, RuntimeError, ValueError):  # a layer called more than once, or never
+            continue
+        taken = list(taken.values()) if isinstance(taken, dict) else taken if isinstance(taken, (list, tuple)) \
+            else [taken]
+        for tensor in taken:
+            if id(tensor) in readers:
+                readers[id(tensor)].append(layer)
+    return {i for i, t in enumerate(model.inputs)
+            if readers[id(t)] and all(type(layer).__name__ == "Embedding" for layer in readers[id(t)])}
 
 
 def _numeric(source: str, inputs: list[TensorSpec], model: Any = None) -> None:
