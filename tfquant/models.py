@@ -91,12 +91,11 @@ def _from_keras(model: Any, source: str, flavor: str) -> LoadedModel:
                      + ("float64 kernels; the weights are rounded to float32)" if double else
                         "float16 convolutions or matmuls; the weights are the same)"))
     inputs = [_spec(t, i) for i, t in enumerate(model.inputs)]
-    ids = _read_only_by_embeddings(model)
-    if any(inputs[i].dtype.startswith("float") for i in ids):
-        inputs = [TensorSpec(s.name, s.shape, "int32") if i in ids and s.dtype.startswith("float") else s
-                  for i, s in enumerate(inputs)]
+    ids = sorted(i for i in _read_only_by_embeddings(model) if inputs[i].dtype.startswith("float"))
+    if ids:
+        inputs = [TensorSpec(s.name, s.shape, "int32") if i in ids else s for i, s in enumerate(inputs)]
         notes.append("inputs read only by Embedding layers take int32 token ids: "
-                     + ", ".join(repr(inputs[i].name) for i in sorted(ids)) + " (declared float, which int8 would "
+                     + ", ".join(repr(inputs[i].name) for i in ids) + " (declared float, which int8 would "
                      "quantize and round to the wrong ids)")
     _numeric(source, inputs, model)
     outputs = [_spec(t, i) for i, t in enumerate(model.outputs)]

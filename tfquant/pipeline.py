@@ -137,7 +137,9 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
     seconds["convert"] = time.perf_counter() - started
 
     rank_on_miss = None
-    if spec.fallback != "auto" and diagnostics and not lint and recipe.mode is Mode.INT8 \
+    # A missed budget names where the error starts: the data first (`narrow_inputs`), else the op that costs
+    # the outputs most, measured then (the lint's findings have been measured already).
+    if spec.fallback != "auto" and diagnostics and not lint and not narrow_inputs and recipe.mode is Mode.INT8 \
             and recipe.quantizer == "converter":
         def rank_on_miss():
             data = prepared.evaluation or prepared.calibration
