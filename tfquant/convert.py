@@ -74,8 +74,8 @@ def _int16x8(calibrated: bytes, recipe: Recipe) -> bytes:
 
     from .int16 import for_int16x8, repair_zero_scales, with_int8_io, with_integer_ops, without_integer_ops
 
-    # int8 inputs and outputs: quantized with float ones, then given the int8 file's (`int16.with_int8_io`).
-    io = np.dtype(_NUMPY_IO[IOType.FLOAT32 if recipe.io is IOType.INT8 else recipe.io]).num
+    # int8 inputs and outputs: quantized with int16 ones, then given the int8 file's (`int16.with_int8_io`).
+    io = np.dtype(_NUMPY_IO[IOType.INT16 if recipe.io is IOType.INT8 else recipe.io]).num
     # The statistics are already in the model: quantize without feeding the dataset again.
     prepared = for_int16x8(calibrated)
     bare, hidden = without_integer_ops(prepared)

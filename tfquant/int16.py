@@ -82,7 +82,8 @@ def _turn_into(model, op, builtin: int) -> None:
 class _Hidden:
     """Integer ops taken out of a file for TFLite's int16x8 quantizer, by their tensors' names."""
 
-    ops: list  # (builtin, the op, its input names (None for an absent one), its output names), in graph order
+    ops: list  # (builtin, its opcode version, the op, its input names (None for an absent one), its output
+    # names), in graph order
     inputs: list  # names of the tensors that stood in as graph inputs for them
 
 
@@ -122,7 +123,7 @@ def without_integer_ops(data: bytes) -> tuple[bytes, Optional[_Hidden]]:
     standing_in = [int(i) for op in hidden for i in op.outputs if int(i) in read_after]
     if not hidden or len(set(names)) != len(names):
         return data, None  # nothing to take out, or tensors the names could not find again
-    record = _Hidden([(builtin_of(model, op), copy_module.deepcopy(op),
+    record = _Hidden([(builtin_of(model, op), model.operatorCodes[op.opcodeIndex].version, copy_module.deepcopy(op),
                        [names[int(i)] if int(i) >= 0 else None for i in op.inputs],
                        [names[int(i)] for i in op.outputs]) for op in hidden],
                      [names[i] for i in standing_in])
@@ -146,9 +147,12 @@ def with_integer_ops(quantized: bytes, hidden: Optional[_Hidden]) -> bytes:
     graph = model.subgraphs[0]
     index = {tensor.name: i for i, tensor in enumerate(graph.tensors)}
     ops = []
-    for builtin, op, inputs, outputs in hidden.ops:
+    for builtin, version, op, inputs, outputs in hidden.ops:
         op = copy_module.deepcopy(op)
         op.opcodeIndex = opcode(model, builtin)
+        # the version the converter wrote: the interpreter registers some kernels from version 2 (BROADCAST_TO)
+        code = model.operatorCodes[op.opcodeIndex]
+        code.version = max(code.version, version)
         op.inputs = [-1 if name is None else index[name] for name in inputs]
         op.outputs = [index[name] for name in outputs]
         ops.append(op)
@@ -496,42 +500,54 @@ def _requantize_bias(model, graph, op, input_scale: float, source, float_graph, 
 
 
 def with_int8_io(int16x8: bytes, int8: bytes) -> bytes:
-    """The int16x8 file (quantized with float32 inputs and outputs) with the int8 file's inputs and outputs.
+    """The int16x8 file (quantized with int16 inputs and outputs) with the int8 file's inputs and outputs.
 
-    An int8 accelerator or app feeds and reads int8; an int16x8 file takes int16. Here each float
-    input, read only by QUANTIZE ops (float to int16), becomes int8 with the scale and zero point
-    the int8 file gives it, and those QUANTIZEs requantize int8 to int16; each float output, made
-    by a DEQUANTIZE of int16, becomes int8 the same way, the DEQUANTIZE a QUANTIZE (int16 to int8).
-    The activations inside stay int16; the file is a drop-in for the int8 one. Integer inputs and
-    outputs (token ids, class ids) are left as they are. Raises ValueError where a float input or
-    output is not reached that way."""
+    An int8 accelerator or app feeds and reads int8; an int16x8 file takes int16. Here each int16
+    input becomes int8, with the scale and zero point the int8 file gives it, and a QUANTIZE
+    requantizes it to an int16 tensor that the ops read as before; each int16 output is written to
+    an int16 tensor that a QUANTIZE requantizes to the int8 output. The tensors keep their indices,
+    so the signature is unchanged; the activations inside stay int16, and the file is a drop-in for
+    the int8 one. Integer inputs and outputs (token ids, class ids) are left as they are. Raises
+    ValueError where the int8 file has no int8 tensor of the same name."""
     from .flatbuffer import producers_of
 
     model, reference = read_model(int16x8), read_model(int8)
     graph, int8_graph = model.subgraphs[0], reference.subgraphs[0]
     params = {int8_graph.tensors[i].name: int8_graph.tensors[i].quantization
               for i in [*int8_graph.inputs, *int8_graph.outputs]}
-    codes = [builtin_of(model, op) for op in graph.operators]
-    kinds = dict(zip(map(id, graph.operators), codes))
     readers, producers = readers_of(graph), producers_of(graph)
+    quantize = opcode(model, schema.BuiltinOperator.QUANTIZE)
+    front, back = [], []
+
+    def requantize(source: int, target: int):
+        op = schema.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = quantize, [source], [target]
+        op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.QUANTIZE)
+        return op
+
     for index in (int(i) for i in graph.inputs):
         tensor = graph.tensors[index]
-        if tensor.type != schema.TensorType.FLOAT32:
+        if tensor.type != schema.TensorType.INT16:
             continue
-        if not readers.get(index) or any(kinds[id(op)] != schema.BuiltinOperator.QUANTIZE for op in readers[index]):
-            raise ValueError(f"input {tensor.name.decode()!r} is read by ops other than QUANTIZE")
+        wide = tensor_like(graph, index, tensor.name + b"/int16", schema.TensorType.INT16,
+                           copy_module.deepcopy(tensor.quantization))
+        for op in readers.get(index, []):
+            op.inputs = [wide if int(i) == index else int(i) for i in op.inputs]
         tensor.type, tensor.quantization = schema.TensorType.INT8, _int8_params(params, tensor.name)
-    quantize = opcode(model, schema.BuiltinOperator.QUANTIZE)
+        front.append(requantize(index, wide))
     for index in (int(i) for i in graph.outputs):
         tensor = graph.tensors[index]
-        if tensor.type != schema.TensorType.FLOAT32:
+        if tensor.type != schema.TensorType.INT16 or index not in producers:
             continue
-        op = producers.get(index)
-        if op is None or kinds[id(op)] != schema.BuiltinOperator.DEQUANTIZE:
-            raise ValueError(f"output {tensor.name.decode()!r} is not a DEQUANTIZE of an int16 tensor")
-        op.opcodeIndex, (op.builtinOptionsType, op.builtinOptions) = quantize, op_options(schema.BuiltinOperator.QUANTIZE)
+        wide = tensor_like(graph, index, tensor.name + b"/int16", schema.TensorType.INT16,
+                           copy_module.deepcopy(tensor.quantization))
+        producer = producers[index]
+        producer.outputs = [wide if int(o) == index else int(o) for o in producer.outputs]
+        for op in readers.get(index, []):  # an output that ops inside also read
+            op.inputs = [wide if int(i) == index else int(i) for i in op.inputs]
         tensor.type, tensor.quantization = schema.TensorType.INT8, _int8_params(params, tensor.name)
-    drop_unused_opcodes(model)
+        back.append(requantize(wide, index))
+    graph.operators = [*front, *graph.operators, *back]
     return write_model(model)
 
 
