@@ -240,12 +240,13 @@ def test_int16x8_with_int8_inputs_and_outputs_is_a_drop_in_for_the_int8_file(dig
     assert output.quantized.agreement >= 0.99 and output.float.accuracy - output.quantized.accuracy <= 0.01
 
 
-@pytest.mark.parametrize("io", ["int16", "int8"])
-def test_int16x8_of_the_zoo_transformer_runs_with_int16_or_int8_io(io):
+@pytest.mark.parametrize("io", ["int16", "int8", "float32"])
+def test_int16x8_of_the_zoo_transformer_runs_with_int16_int8_or_float_io(io):
     """The zoo's Transformer makes its position ids with integer ops (BROADCAST_TO among them), which are set
     aside while TFLite's int16x8 quantizer runs and put back after: put back at opcode version 1, which the
     interpreter has no BROADCAST_TO kernel for ("Didn't find op for builtin opcode 'BROADCAST_TO' version
-    '1'"), the file did not run at all. With int8 IO its mask's CAST, put back, writes int16 as before."""
+    '1'"), the file did not run at all. Every IO type is made from int16 IO, where the mask's CAST, put back,
+    writes int16: quantized with float IO, the quantizer left that CAST float."""
     from zoo_cache import trained
 
     model = trained("transformer", 3)

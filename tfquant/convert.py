@@ -72,10 +72,10 @@ def _int8(calibrated: bytes, recipe: Recipe) -> bytes:
 def _int16x8(calibrated: bytes, recipe: Recipe) -> bytes:
     from tensorflow.lite.python.optimize.calibrator import Calibrator
 
-    from .int16 import for_int16x8, repair_zero_scales, with_int8_io, with_integer_ops, without_integer_ops
+    from .int16 import for_int16x8, repair_zero_scales, with_integer_ops, with_io, without_integer_ops
 
-    # int8 inputs and outputs: quantized with int16 ones, then given the int8 file's (`int16.with_int8_io`).
-    io = np.dtype(_NUMPY_IO[IOType.INT16 if recipe.io is IOType.INT8 else recipe.io]).num
+    # Quantized with int16 inputs and outputs, then given float32 or int8 ones (`int16.with_io`).
+    io = np.dtype(np.int16).num
     # The statistics are already in the model: quantize without feeding the dataset again.
     prepared = for_int16x8(calibrated)
     bare, hidden = without_integer_ops(prepared)
@@ -84,8 +84,8 @@ def _int16x8(calibrated: bytes, recipe: Recipe) -> bytes:
     )
     data = repair_zero_scales(with_integer_ops(quantized, hidden), prepared)[0]
     if recipe.io is IOType.INT8:
-        data = with_int8_io(data, _int8(calibrated, Recipe(mode=Mode.INT8, per_channel=recipe.per_channel)))
-    return data
+        return with_io(data, "int8", _int8(calibrated, Recipe(mode=Mode.INT8, per_channel=recipe.per_channel)))
+    return with_io(data, "float32") if recipe.io is IOType.FLOAT32 else data
 
 
 def calibrate(float_tflite: bytes, calibration: Dataset, *, source: str = "<model>") -> bytes:

@@ -499,32 +499,43 @@ def _requantize_bias(model, graph, op, input_scale: float, source, float_graph, 
     bias.quantization.zeroPoint = [0] * len(scales)
 
 
-def with_int8_io(int16x8: bytes, int8: bytes) -> bytes:
-    """The int16x8 file (quantized with int16 inputs and outputs) with the int8 file's inputs and outputs.
+def with_io(int16x8: bytes, io: str, int8: Optional[bytes] = None) -> bytes:
+    """The int16x8 file (quantized with int16 inputs and outputs) with float32 or int8 ones (`io`).
 
-    An int8 accelerator or app feeds and reads int8; an int16x8 file takes int16. Here each int16
-    input becomes int8, with the scale and zero point the int8 file gives it, and a QUANTIZE
-    requantizes it to an int16 tensor that the ops read as before; each int16 output is written to
-    an int16 tensor that a QUANTIZE requantizes to the int8 output. The tensors keep their indices,
-    so the signature is unchanged; the activations inside stay int16, and the file is a drop-in for
-    the int8 one. Integer inputs and outputs (token ids, class ids) are left as they are. Raises
-    ValueError where the int8 file has no int8 tensor of the same name."""
+    An int8 accelerator or app feeds and reads int8, a float app float32; an int16x8 file takes int16.
+    Here each int16 input becomes `io` (int8 with the scale and zero point the `int8` file gives it),
+    and a QUANTIZE makes of it an int16 tensor that the ops read as before; each int16 output is
+    written to an int16 tensor that a QUANTIZE (to int8) or a DEQUANTIZE (to float32) turns into the
+    output. The tensors keep their indices, so the signature is unchanged, and the activations inside
+    stay int16: with int8 IO the file is a drop-in for the int8 one. Quantizing with int16 IO first
+    keeps what the quantizer does with int16 inputs (a mask's CAST, put back, writes int16); asked for
+    float IO directly, it left that CAST float. Integer inputs and outputs (token ids, class ids) are
+    left as they are. Raises ValueError where the int8 file has no int8 tensor of the same name."""
     from .flatbuffer import producers_of
 
-    model, reference = read_model(int16x8), read_model(int8)
-    graph, int8_graph = model.subgraphs[0], reference.subgraphs[0]
-    params = {int8_graph.tensors[i].name: int8_graph.tensors[i].quantization
-              for i in [*int8_graph.inputs, *int8_graph.outputs]}
+    model = read_model(int16x8)
+    graph = model.subgraphs[0]
+    params = {}
+    if io == "int8":
+        int8_graph = read_model(int8).subgraphs[0]
+        params = {int8_graph.tensors[i].name: int8_graph.tensors[i].quantization
+                  for i in [*int8_graph.inputs, *int8_graph.outputs]}
     readers, producers = readers_of(graph), producers_of(graph)
-    quantize = opcode(model, schema.BuiltinOperator.QUANTIZE)
     front, back = [], []
 
-    def requantize(source: int, target: int):
+    def edge(builtin: int, source: int, target: int):
         op = schema.OperatorT()
-        op.opcodeIndex, op.inputs, op.outputs = quantize, [source], [target]
-        op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.QUANTIZE)
+        op.opcodeIndex, op.inputs, op.outputs = opcode(model, builtin), [source], [target]
+        op.builtinOptionsType, op.builtinOptions = op_options(builtin)
         return op
 
+    def retype(tensor) -> None:
+        if io == "int8":
+            tensor.type, tensor.quantization = schema.TensorType.INT8, _int8_params(params, tensor.name)
+        else:
+            tensor.type, tensor.quantization = schema.TensorType.FLOAT32, None
+
+    out = schema.BuiltinOperator.QUANTIZE if io == "int8" else schema.BuiltinOperator.DEQUANTIZE
     for index in (int(i) for i in graph.inputs):
         tensor = graph.tensors[index]
         if tensor.type != schema.TensorType.INT16:
@@ -533,8 +544,8 @@ def with_int8_io(int16x8: bytes, int8: bytes) -> bytes:
                            copy_module.deepcopy(tensor.quantization))
         for op in readers.get(index, []):
             op.inputs = [wide if int(i) == index else int(i) for i in op.inputs]
-        tensor.type, tensor.quantization = schema.TensorType.INT8, _int8_params(params, tensor.name)
-        front.append(requantize(index, wide))
+        retype(tensor)
+        front.append(edge(schema.BuiltinOperator.QUANTIZE, index, wide))
     for index in (int(i) for i in graph.outputs):
         tensor = graph.tensors[index]
         if tensor.type != schema.TensorType.INT16 or index not in producers:
@@ -545,8 +556,8 @@ def with_int8_io(int16x8: bytes, int8: bytes) -> bytes:
         producer.outputs = [wide if int(o) == index else int(o) for o in producer.outputs]
         for op in readers.get(index, []):  # an output that ops inside also read
             op.inputs = [wide if int(i) == index else int(i) for i in op.inputs]
-        tensor.type, tensor.quantization = schema.TensorType.INT8, _int8_params(params, tensor.name)
-        back.append(requantize(wide, index))
+        retype(tensor)
+        back.append(edge(out, wide, index))
     graph.operators = [*front, *graph.operators, *back]
     return write_model(model)
 
