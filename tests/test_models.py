@@ -573,10 +573,10 @@ def test_a_tf_keras_spectral_normalization_loads_back_and_converts_as_the_model_
 
 @pytest.mark.parametrize("version", [3, 2])
 def test_a_volume_model_converts_to_full_int8_with_its_3d_layers_as_2d_ones(version, digits):
-    """Conv3D (a float kernel only in TFLite) and MaxPooling3D/AveragePooling3D (no builtin: the model did
-    not convert) are traced as CONV_2D over depth-stacked slices and 2D pools: the float file computes
-    what Keras does across strides, dilation and 'same' windows at odd sizes, and a clip classifier is
-    fully integer and as accurate as float."""
+    """Conv3D and Conv3DTranspose (float kernels only in TFLite) and MaxPooling3D/AveragePooling3D (no
+    builtin: the model did not convert) are traced as CONV_2D over depth-stacked slices, TRANSPOSE_CONV per
+    depth tap and 2D pools: the float file computes what Keras does across strides, dilation and 'same'
+    windows at odd sizes, its int8 file is fully integer, and a clip classifier as accurate as float."""
     from tfquant._keras import keras, keras3
     from tfquant.data import Dataset
     from tfquant.harness import Runner
@@ -589,13 +589,18 @@ def test_a_volume_model_converts_to_full_int8_with_its_3d_layers_as_2d_ones(vers
     b = layers.Conv3D(4, (2, 3, 3), dilation_rate=(2, 1, 1), use_bias=False)(inputs)
     parts = [layers.MaxPooling3D((2, 2, 2), padding="same")(a),
              layers.AveragePooling3D((3, 2, 2), strides=(1, 2, 1), padding="same")(b),
-             layers.AveragePooling3D((2, 3, 3))(inputs)]
+             layers.AveragePooling3D((2, 3, 3))(inputs),
+             layers.Conv3DTranspose(3, (3, 3, 3), strides=(2, 2, 2), padding="same", activation="relu")(a),
+             layers.Conv3DTranspose(2, (1, 3, 3), strides=(3, 2, 2))(b)]
     shapes = k.Model(inputs, layers.Concatenate()([layers.Flatten()(p) for p in parts]))
-    x = np.random.default_rng(0).standard_normal((5, 7, 9, 10, 3)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((32, 7, 9, 10, 3)).astype(np.float32)
     float32 = tfquant.quantize(shapes, x, mode="float32", bench_runs=1, diagnose=False)
     (got,) = Runner(float32.tflite).predict(Dataset("x", {"volume": x}), progress=False).values()
     assert np.abs(got - shapes.predict(x, verbose=0)).max() < 1e-5
     assert not [op.name for op in float32.info.ops if "3D" in op.name]
+    int8 = tfquant.quantize(shapes, x, eval_data=x, bench_runs=1, diagnose=False)
+    assert_every_op_integer(int8.info)
+    assert int8.report.outputs[0].quantized.rel_rmse < 0.05
 
     def clips(images):  # six frames of each digit moving right a pixel a frame
         return np.stack([np.roll(images, shift, axis=2) for shift in range(6)], axis=1).astype(np.float32)

@@ -459,16 +459,17 @@ def _encoded(ids, size: int, mode: str, dtype: str, tf):
 
 @contextlib.contextmanager
 def planar_volumes(model):
-    """Conv3D and 3D pooling traced as their 2D counterparts, for the export.
+    """Conv3D, Conv3DTranspose and 3D pooling traced as their 2D counterparts, for the export.
 
-    TFLite's CONV_3D has a float kernel only, and MaxPool3D and AvgPool3D have no builtin at all, so
-    a video or volume model did not convert. For the trace, a Conv3D reads its `kd` depth-shifted
+    TFLite's CONV_3D and CONV_3D_TRANSPOSE have float kernels only, and MaxPool3D and AvgPool3D have
+    no builtin at all, so a video or volume model did not convert. A Conv3DTranspose is one
+    TRANSPOSE_CONV per depth tap over every frame, spread and summed (`_conv3d_transpose_as_2d`). For the trace, a Conv3D reads its `kd` depth-shifted
     slices of the input side by side on the channel axis and convolves them with one CONV_2D whose
     kernel is the 3D kernel laid out the same way, every output frame a batch entry: the same sums,
     on one int8 convolution with per-channel scales. A 3D pool is a 2D pool over each frame's rows and
     columns, then one over frames (a max or a mean over a box is the max or mean of the per-axis
-    ones, 'same' windows included). Channels-last layers only; grouped convolutions are left as
-    they are.
+    ones, 'same' windows included). Channels-last layers only; grouped convolutions, and transposed
+    ones with output padding or dilation, are left as they are.
     """
     tf = _keras.tf
     patched = []
@@ -478,6 +479,9 @@ def planar_volumes(model):
             continue
         if kind == "Conv3D" and getattr(layer, "groups", 1) == 1:
             layer.call = _conv3d_as_2d(layer, tf)
+        elif kind == "Conv3DTranspose" and getattr(layer, "output_padding", None) is None \
+                and tuple(layer.dilation_rate) == (1, 1, 1):
+            layer.call = _conv3d_transpose_as_2d(layer, tf)
         elif kind in ("MaxPooling3D", "AveragePooling3D", "MaxPool3D", "AvgPool3D", "AveragePool3D"):
             layer.call = _pool3d_as_2d(layer, tf, "MAX" if kind.startswith("Max") else "AVG")
         else:
@@ -531,6 +535,48 @@ def _conv3d_as_2d(layer, tf):
         if layer.use_bias:
             y = tf.nn.bias_add(y, tf.convert_to_tensor(layer.bias))
         y = back(y)
+        return layer.activation(y) if layer.activation is not None else y
+
+    return call
+
+
+def _transposed_length(size: int, window: int, stride: int, padding: str) -> int:
+    """Keras' output length of a transposed convolution along one axis (no output padding or dilation)."""
+    return size * stride if padding == "same" else size * stride + max(window - stride, 0)
+
+
+def _conv3d_transpose_as_2d(layer, tf):
+    """A Conv3DTranspose as one TRANSPOSE_CONV per depth tap of its kernel over every frame, each result
+    spread over the output frames at the stride (zeros between) and shifted by its tap, then summed, and
+    cut to Keras' output length ('same': the full length less max(kd - sd, 0), half of that from the
+    front)."""
+    kd, kh, kw = layer.kernel_size
+    sd, sh, sw = layer.strides
+    padding = layer.padding.lower()
+
+    def call(inputs, *args, **kwargs):
+        x = tf.convert_to_tensor(inputs)
+        frames, height, width = x.shape[1], x.shape[2], x.shape[3]
+        kernel = tf.convert_to_tensor(layer.kernel)  # (kd, kh, kw, filters, in_channels)
+        flat, back = _frames_as_batch(x, tf)
+        size = [_transposed_length(height, kh, sh, padding), _transposed_length(width, kw, sw, padding)]
+        full = (frames - 1) * sd + kd
+        total = 0
+        for tap in range(kd):
+            shape = tf.stack([tf.shape(flat)[0], size[0], size[1], kernel.shape[3]])
+            y = back(tf.nn.conv2d_transpose(flat, kernel[tap], shape, [1, sh, sw, 1], padding.upper()))
+            if sd > 1:  # frame f goes to f * sd: stride-1 zero frames after each, the last ones cut
+                spread = tf.stack([y] + [tf.zeros_like(y)] * (sd - 1), axis=2)
+                y = tf.reshape(spread, tf.concat([tf.shape(y)[:1], [frames * sd], tf.shape(y)[2:]], axis=0))
+                y = y[:, :(frames - 1) * sd + 1]
+            total = total + tf.pad(y, [[0, 0], [tap, kd - 1 - tap], [0, 0], [0, 0], [0, 0]])
+        length = _transposed_length(frames, kd, sd, padding)
+        start = max(kd - sd, 0) // 2 if padding == "same" else 0
+        if full - start < length:  # a window shorter than the stride: zero frames at the end
+            total = tf.pad(total, [[0, 0], [0, length - (full - start)], [0, 0], [0, 0], [0, 0]])
+        y = total[:, start:start + length]
+        if layer.use_bias:
+            y = tf.nn.bias_add(y, tf.convert_to_tensor(layer.bias))
         return layer.activation(y) if layer.activation is not None else y
 
     return call
