@@ -149,10 +149,7 @@ def with_integer_ops(quantized: bytes, hidden: Optional[_Hidden]) -> bytes:
     ops = []
     for builtin, version, op, inputs, outputs in hidden.ops:
         op = copy_module.deepcopy(op)
-        op.opcodeIndex = opcode(model, builtin)
-        # the version the converter wrote: the interpreter registers some kernels from version 2 (BROADCAST_TO)
-        code = model.operatorCodes[op.opcodeIndex]
-        code.version = max(code.version, version)
+        op.opcodeIndex = opcode(model, builtin, at_least=version)  # the converter's: BROADCAST_TO has no version 1
         op.inputs = [-1 if name is None else index[name] for name in inputs]
         op.outputs = [index[name] for name in outputs]
         ops.append(op)
