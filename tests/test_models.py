@@ -728,3 +728,27 @@ def test_token_ids_into_an_embedding_through_a_float_input_stay_integer(version,
     assert np.abs(got - model.predict(test_ids, verbose=0)).max() < 1e-5
     measured = result.report.outputs[0]
     assert measured.float.accuracy > 0.8 and measured.float.accuracy - measured.quantized.accuracy <= 0.01
+
+
+def test_a_tf_keras_saved_model_whose_graph_keeps_a_float_conv3d_is_exported_from_its_layers(digits, tmp_path):
+    """A tf_keras SavedModel of Conv3D and Discretization converts by its graph, to CONV_3D and BUCKETIZE,
+    which no quantizer makes integer; its layers, revived from the folder's Keras metadata, export as a
+    Keras model's do (`tracing`), and the int8 file is fully integer."""
+    from tfquant._keras import keras as k
+
+    k.utils.set_random_seed(0)
+    clips = np.stack([np.roll(digits["x"], shift, axis=2) for shift in range(4)], axis=1).astype(np.float32)
+    inputs = k.Input((4, 8, 8, 1), name="clip")
+    x = k.layers.GlobalAveragePooling3D()(k.layers.Conv3D(8, 3, activation="relu")(inputs))
+    buckets = k.layers.Flatten()(k.layers.Embedding(4, 2)(k.layers.Discretization(bin_boundaries=[0.1, 0.2, 0.3])(
+        k.layers.Dense(1, activation="sigmoid")(x))))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(
+        k.layers.Concatenate()([x, buckets])))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(clips, digits["y"], epochs=2, verbose=0)
+    model.save(tmp_path / "clips", save_format="tf")
+
+    result = tfquant.quantize(tmp_path / "clips", clips[:200], bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    assert result.report.export.notes[0] == ("exported from its tf_keras layers: its traced graph keeps BUCKETIZE, "
+                                             "CONV_3D, which no quantizer makes integer")

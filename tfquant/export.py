@@ -93,18 +93,40 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
                 fixed.notes.append(f"exported with the batch fixed at 1: with an open batch dim, {failure}")
                 result = fixed
     else:
+        keras_written = (Path(loaded.saved_model_dir) / "keras_metadata.pb").exists()
+        why = None
         try:
             result = _export_saved_model(loaded, inputs, keep_weights)
+            kept = _traced_away(result.tflite)
+            if kept and keras_written:
+                why = f"its traced graph keeps {', '.join(kept)}, which no quantizer makes integer"
         except ConversionError:
-            if not (Path(loaded.saved_model_dir) / "keras_metadata.pb").exists():
+            if not keras_written:
                 raise
+            why = "its traced graph did not convert"
+        if why is not None:
             # tf_keras wrote it: its layers, revived (in the same safe mode as a .keras file), export as a Keras
-            # model's do, recurrent layers unrolled, where the traced graph keeps a loop the converter refuses.
+            # model's do: recurrent layers unrolled where the traced graph keeps a loop the converter refuses,
+            # and the layers `tracing` spells in integer forms (lookups, buckets, 3D convolutions) so spelled.
             revived = replace(loaded, flavor="keras2", keras_model=revive_keras2(loaded))
             result = export(revived, shapes=shapes, keep_weights=keep_weights)
-            result.notes.insert(0, "exported from its tf_keras layers: its traced graph did not convert")
+            result.notes.insert(0, f"exported from its tf_keras layers: {why}")
     result.seconds = time.perf_counter() - started
     return result
+
+
+# Float-only ops of a traced graph that a Keras model's export spells in integer forms (`tracing`).
+_TRACED_AWAY = ("BUCKETIZE", "CONV_3D", "CONV_3D_TRANSPOSE")
+
+
+def _traced_away(data: bytes) -> list[str]:
+    """Which of `_TRACED_AWAY` the float file holds."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from .flatbuffer import builtin_codes
+
+    held = set(builtin_codes(schema.Model.GetRootAs(data, 0)))
+    return [name for name in _TRACED_AWAY if getattr(schema.BuiltinOperator, name) in held]
 
 
 def _first_run_fails(data: bytes, inputs: list[TensorSpec]) -> Optional[str]:
