@@ -146,7 +146,7 @@ def sensitivity_candidates(errors: list[LayerError], lint: list[RangeWarning], a
 
 # Ops whose output grows fast as their input nears 0 (by the operand index they read it at): int8's one
 # scale for that input leaves small values a few steps or none, and the op multiplies what the rounding did.
-AMPLIFIERS = {"RSQRT": 0, "SQRT": 0, "LOG": 0, "DIV": 1}
+AMPLIFIERS = ("RSQRT", 0), ("SQRT", 0), ("LOG", 0), ("DIV", 1)
 
 
 def amplified_inputs(tflite: bytes) -> list[str]:
@@ -155,10 +155,11 @@ def amplified_inputs(tflite: bytes) -> list[str]:
     which a ranking by RMSE/scale does not show."""
     from ai_edge_litert import schema_py_generated as schema
 
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    from .flatbuffer import builtin_codes
+
+    operands = {getattr(schema.BuiltinOperator, name): at for name, at in AMPLIFIERS}
     model = schema.Model.GetRootAs(tflite, 0)
-    codes = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
-             for i in range(model.OperatorCodesLength())]
+    codes = builtin_codes(model)
     graph = model.Subgraphs(0)
     made = {}  # tensor index -> whether an op (not a constant or an input) writes it
     for i in range(graph.OperatorsLength()):
@@ -168,7 +169,7 @@ def amplified_inputs(tflite: bytes) -> list[str]:
     found = []
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
-        at = AMPLIFIERS.get(names.get(codes[op.OpcodeIndex()]))
+        at = operands.get(codes[op.OpcodeIndex()])
         if at is not None and at < op.InputsLength() and made.get(op.Inputs(at)):
             name = graph.Tensors(op.Inputs(at)).Name()
             found.append(name.decode() if isinstance(name, bytes) else str(name))
