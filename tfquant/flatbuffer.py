@@ -91,17 +91,24 @@ def scalar_constant(model, graph, value: float, near: bytes, suffix: bytes) -> i
     return array_constant(model, graph, np.float32(value), near, suffix)
 
 
-def array_constant(model, graph, values: np.ndarray, near: bytes, suffix: bytes) -> int:
-    """A new float32 constant holding `values` in `graph`; returns its tensor index."""
-    values = np.asarray(values, np.float32)
+_NUMPY_TYPES = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int8,
+                schema.TensorType.INT32: np.int32, schema.TensorType.INT64: np.int64}
+
+
+def array_constant(model, graph, values: np.ndarray, near: bytes, suffix: bytes, *,
+                   tensor_type: int = schema.TensorType.FLOAT32, quantization=None) -> int:
+    """A new constant holding `values` in `graph` (float32 unless `tensor_type` says otherwise, with
+    `quantization` if given); returns its tensor index."""
+    values = np.asarray(values, _NUMPY_TYPES[tensor_type])
     buffer = schema.BufferT()
     buffer.data = values.tobytes()
     model.buffers.append(buffer)
     tensor = schema.TensorT()
     tensor.shape = list(values.shape)
-    tensor.type = schema.TensorType.FLOAT32
+    tensor.type = tensor_type
     tensor.buffer = len(model.buffers) - 1
     tensor.name = (near or b"const") + b"/" + suffix
+    tensor.quantization = quantization
     graph.tensors.append(tensor)
     return len(graph.tensors) - 1
 

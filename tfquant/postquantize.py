@@ -14,8 +14,8 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from .flatbuffer import (builtin_codes, drop_unused_opcodes, float_constant, is_float, new_op, producers_of,
-                         read_model, readers_of, tensor_like, write_model)
+from .flatbuffer import (array_constant, builtin_codes, drop_unused_opcodes, float_constant, is_float, new_op,
+                         producers_of, read_model, readers_of, tensor_like, write_model)
 
 
 def after_quantizer(data: bytes, *, int8: bool) -> bytes:
@@ -146,31 +146,17 @@ def _int8_span(graph, quantizes) -> tuple[int, int]:
 def _clamped_to_int16(model, graph, codes: list[int], index: int, low: int, high: int) -> tuple[int, list]:
     """MINIMUM(MAXIMUM(x, low), high) CAST to int16: (the int16 tensor's index, the three new ops)."""
     source = graph.tensors[index]
-    dtype = np.int64 if source.type == schema.TensorType.INT64 else np.int32
     name = source.name
     floor = tensor_like(graph, index, name + b"/at_least", source.type)
     ceiling = tensor_like(graph, index, name + b"/at_most", source.type)
     narrow = tensor_like(graph, index, name + b"/int16", schema.TensorType.INT16)
-    ops = [new_op(model, schema.BuiltinOperator.MAXIMUM, [index, _integer_constant(model, graph, low, dtype, source)],
-                  [floor]),
-           new_op(model, schema.BuiltinOperator.MINIMUM, [floor, _integer_constant(model, graph, high, dtype, source)],
-                  [ceiling]),
+    low_c, high_c = (array_constant(model, graph, np.array(v), name, str(v).encode(), tensor_type=source.type)
+                     for v in (low, high))
+    ops = [new_op(model, schema.BuiltinOperator.MAXIMUM, [index, low_c], [floor]),
+           new_op(model, schema.BuiltinOperator.MINIMUM, [floor, high_c], [ceiling]),
            new_op(model, schema.BuiltinOperator.CAST, [ceiling], [narrow])]
     codes += [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes[len(codes):]]
     return narrow, ops
-
-
-def _integer_constant(model, graph, value: int, dtype, like) -> int:
-    buffer = schema.BufferT()
-    buffer.data = np.asarray(value, dtype).tobytes()
-    model.buffers.append(buffer)
-    tensor = schema.TensorT()
-    tensor.shape = []
-    tensor.type = like.type
-    tensor.buffer = len(model.buffers) - 1
-    tensor.name = like.name + b"/" + str(value).encode()
-    graph.tensors.append(tensor)
-    return len(graph.tensors) - 1
 
 
 def _quantizes_to_int8(graph, codes: list[int], op) -> bool:
@@ -390,17 +376,8 @@ _COMPARISONS = {schema.BuiltinOperator.EQUAL, schema.BuiltinOperator.NOT_EQUAL, 
 
 
 def _int8_constant(model, graph, levels: np.ndarray, scale: float, zero: int, near: bytes) -> int:
-    buffer = schema.BufferT()
-    buffer.data = levels.astype(np.int8).tobytes()
-    model.buffers.append(buffer)
-    tensor = schema.TensorT()
-    tensor.shape = list(levels.shape)
-    tensor.type = schema.TensorType.INT8
-    tensor.buffer = len(model.buffers) - 1
-    tensor.name = (near or b"const") + b"/int8"
-    tensor.quantization = _per_tensor(scale, zero)
-    graph.tensors.append(tensor)
-    return len(graph.tensors) - 1
+    return array_constant(model, graph, levels, near, b"int8", tensor_type=schema.TensorType.INT8,
+                          quantization=_per_tensor(scale, zero))
 
 
 def _drop_unread(graph, codes: list[int], builtin: int) -> None:
