@@ -24,7 +24,9 @@ from . import _keras, legalize
 from .console import captured_stderr
 from .errors import ConversionError, one_line, problem
 from .models import LoadedModel, revive_keras2
-from .tracing import builtin_argmax, comparable_lookups, planar_volumes, quantizable_masking, unrolled
+from .lookups import comparable_lookups
+from .tracing import builtin_argmax, quantizable_masking, unrolled
+from .volumes import planar_volumes
 from .types import TensorSpec
 
 SIGNATURE = "serving_default"
@@ -107,7 +109,8 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
         if why is not None:
             # tf_keras wrote it: its layers, revived (in the same safe mode as a .keras file), export as a Keras
             # model's do: recurrent layers unrolled where the traced graph keeps a loop the converter refuses,
-            # and the layers `tracing` spells in integer forms (lookups, buckets, 3D convolutions) so spelled.
+            # and the layers `lookups` and `volumes` spell in integer forms (lookups, buckets, 3D convolutions)
+            # so spelled.
             revived = replace(loaded, flavor="keras2", keras_model=revive_keras2(loaded))
             result = export(revived, shapes=shapes, keep_weights=keep_weights)
             result.notes.insert(0, f"exported from its tf_keras layers: {why}")
@@ -115,7 +118,7 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
     return result
 
 
-# Float-only ops of a traced graph that a Keras model's export spells in integer forms (`tracing`).
+# Float-only ops of a traced graph that a Keras model's export spells in integer forms (`lookups`, `volumes`).
 _TRACED_AWAY = ("BUCKETIZE", "CONV_3D", "CONV_3D_TRANSPOSE")
 
 
