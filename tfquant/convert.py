@@ -72,9 +72,10 @@ def _int8(calibrated: bytes, recipe: Recipe) -> bytes:
 def _int16x8(calibrated: bytes, recipe: Recipe) -> bytes:
     from tensorflow.lite.python.optimize.calibrator import Calibrator
 
-    from .int16 import for_int16x8, repair_zero_scales, with_integer_ops, with_io, without_integer_ops
+    from .int16 import for_int16x8, repair_zero_scales, with_integer_ops, without_integer_ops
+    from .int16_io import with_io
 
-    # Quantized with int16 inputs and outputs, then given float32 or int8 ones (`int16.with_io`).
+    # Quantized with int16 inputs and outputs, then given float32 or int8 ones (`int16_io.with_io`).
     io = np.dtype(np.int16).num
     # The statistics are already in the model: quantize without feeding the dataset again.
     prepared = for_int16x8(calibrated)

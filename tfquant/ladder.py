@@ -212,7 +212,7 @@ def climb(
 
 def later_rungs(first: Recipe) -> list[tuple[Mode, Optional[IOType]]]:
     """The modes after int8 (with their IO type; None: the mode's own), in the ladder's order: int16x8 with
-    int8 inputs and outputs when int8's were (requantized to int16 inside, `int16.with_io`: a drop-in
+    int8 inputs and outputs when int8's were (requantized to int16 inside, `int16_io.with_io`: a drop-in
     for the int8 file, though its int8 outputs keep their int8 steps), then int16x8 with int16 ones, then
     the float modes."""
     keep_int8 = [(Mode.INT16X8, IOType.INT8)] if first.io is IOType.INT8 else []

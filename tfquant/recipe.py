@@ -62,7 +62,7 @@ class IOType(str, enum.Enum):
 # The IO types each mode can produce, the first being its default.
 MODE_IO: dict[Mode, tuple[IOType, ...]] = {
     Mode.INT8: (IOType.INT8, IOType.UINT8, IOType.FLOAT32),
-    Mode.INT16X8: (IOType.INT16, IOType.FLOAT32, IOType.INT8),  # int8: requantized at the edges (int16.with_io)
+    Mode.INT16X8: (IOType.INT16, IOType.FLOAT32, IOType.INT8),  # int8: requantized at the edges (int16_io.with_io)
     Mode.DYNAMIC: (IOType.FLOAT32,),
     Mode.FLOAT16: (IOType.FLOAT32,),
     Mode.FLOAT32: (IOType.FLOAT32,),
