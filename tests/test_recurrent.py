@@ -59,3 +59,43 @@ def test_an_encoder_whose_states_start_a_decoder_converts_to_full_int8(version, 
     model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
     result = trained_and_quantized(k, model, digits, tmp_path, epochs=6)
     assert_int8_follows_keras(model, result, digits, least=0.8)
+
+
+def test_ops_kept_float_leave_no_int8_copy_between_them(digits, tmp_path):
+    """The quantizer keeps SPLIT and UNPACK int8 even when every op is denylisted: an unrolled LSTM's
+    gates were still rounded on one scale between float products and float activations, so no float
+    island could win that error back. A copy between a QUANTIZE of a float tensor and DEQUANTIZEs
+    copies the float tensor instead: with every op kept float, only the file's int8 input and output
+    round."""
+    from dataclasses import replace
+
+    from tfquant._keras import keras
+    from tfquant.convert import calibration_for
+    from tfquant.data import Dataset
+    from tfquant.diagnose import _op_outputs
+    from tfquant.export import export
+    from tfquant.harness import Runner
+    from tfquant.inspect import inspect
+    from tfquant.models import load_model
+    from tfquant.ranges import sample_errors
+    from tfquant.recipe import Recipe
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8), name="rows")
+    x = keras.layers.LSTM(16, return_sequences=True)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(8, name="values")(keras.layers.LSTM(16)(x)))
+    exported = export(load_model(model))
+    calibration = Dataset("calibration", {"rows": digits["x"][:100, ..., 0]})
+    found, recipe = calibration_for(exported, calibration, Recipe(ranges="minmax", bias_correction=False))
+    everything = tuple(_op_outputs(found.calibrated))
+    kept_float = found.quantize(replace(recipe, denylist=everything))
+    ops = inspect(kept_float).ops
+    reading = {name: sorted(op.input_dtypes[-1] for op in ops if op.name == name) for name in ("SPLIT", "UNPACK")}
+    # The first LSTM's steps are unpacked from the int8 input as it is (a copy, exact); nothing else reads int8.
+    assert reading == {"SPLIT": ["float32"] * 16, "UNPACK": ["float32", "int8"]}, reading
+    rounded = [op.index for op in ops if op.name == "QUANTIZE" and op.input_dtypes == ["float32"]]
+    assert rounded == [ops[-1].index], rounded  # only the output's
+    evaluation = Dataset("evaluation", {"rows": digits["x_test"][:100, ..., 0]})
+    reference = Runner(exported.tflite).predict(evaluation, progress=False)
+    error = sample_errors(reference, Runner(kept_float).predict(evaluation, progress=False)).mean()
+    assert error < 0.01, error

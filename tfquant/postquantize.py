@@ -2,8 +2,8 @@
 
 `after_quantizer` runs them on every int8 and int16x8 file `convert.quantize_calibrated` makes:
 comparisons that read int8, a uint8 or int8 input read as it is, boolean masks selected straight
-into int8, ONE_HOT with its values on its output's scale, and ops that copy values (REVERSE_V2) on
-their input's scale. The float file's rewrites, before calibration, are in `legalize`.
+into int8, ONE_HOT with its values on its output's scale, ops that copy values (REVERSE_V2) on
+their input's scale, and copies between float ops (a float island's) left float. The float file's rewrites, before calibration, are in `legalize`.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from .flatbuffer import (array_constant, builtin_codes, drop_unused_opcodes, flo
 
 def after_quantizer(data: bytes, *, int8: bool) -> bytes:
     """The quantized file with what TFLite's quantizer leaves float or wrong mended: in an int8 file,
-    comparisons (`_integer_comparisons`), uint8 or int8 inputs (`_integer_inputs`) and boolean masks
-    (`_integer_masks`); in any quantized file, ONE_HOT (`_integer_one_hot`) and ops that copy values
+    comparisons (`_integer_comparisons`), uint8 or int8 inputs (`_integer_inputs`), boolean masks
+    (`_integer_masks`) and copies between float ops (`_float_copies`); in any quantized file, ONE_HOT (`_integer_one_hot`) and ops that copy values
     (`_copies_requantized`). The file is read and written once, and not read into objects at all
     when it holds none of the ops these passes look for."""
     passes = [(_integer_one_hot, {schema.BuiltinOperator.ONE_HOT}), (_integer_copies, set(_COPIES)),
               (_copies_requantized, set(_COPIES))]
     if int8:
         passes += [(_integer_comparisons, _COMPARISONS), (_integer_inputs, {schema.BuiltinOperator.CAST}),
-                   (_integer_masks, {schema.BuiltinOperator.CAST})]
+                   (_integer_masks, {schema.BuiltinOperator.CAST}), (_float_copies, set(_COPIES))]
     present = set(builtin_codes(schema.Model.GetRootAs(data, 0)))
     wanted = [mend for mend, ops in passes if present & ops]
     if not wanted:
@@ -244,6 +244,49 @@ def _integer_copies(model, codes: list[int]) -> bool:
         if rewired:  # the DEQUANTIZEs nothing reads any more
             _drop_unread(graph, codes, schema.BuiltinOperator.DEQUANTIZE)
             changed = True
+    return changed
+
+
+def _float_copies(model, codes: list[int]) -> bool:
+    """An op that copies values, left int8 between a QUANTIZE of a float tensor and DEQUANTIZEs that
+    only give its outputs back to float ops, copies the float tensor instead: rounding there buys no
+    integer op, only error. The quantizer keeps SPLIT and UNPACK int8 even when they are denylisted,
+    so in a file with float islands an unrolled LSTM's four gates were still rounded together on one
+    scale between float products and float activations. In place; returns whether anything changed."""
+    changed = False
+    for graph in model.subgraphs:
+        producers, readers = producers_of(graph), readers_of(graph)
+        kept = {int(i) for i in graph.outputs}
+        dropped = set()
+        for op in graph.operators:
+            at = _COPIES.get(codes[op.opcodeIndex])
+            if at is None or len(op.inputs) <= at:
+                continue
+            before = producers.get(int(op.inputs[at]))
+            if before is None or codes[before.opcodeIndex] != schema.BuiltinOperator.QUANTIZE or \
+                    not is_float(graph, int(before.inputs[0])):
+                continue
+            outputs = [int(o) for o in op.outputs]
+            if any(o in kept or not readers.get(o) or not all(
+                    codes[r.opcodeIndex] == schema.BuiltinOperator.DEQUANTIZE for r in readers[o]) for o in outputs):
+                continue
+            inputs = [int(i) for i in op.inputs]
+            inputs[at] = int(before.inputs[0])
+            op.inputs = inputs
+            floats = []
+            for o in outputs:
+                first, *others = readers[o]
+                floats.append(int(first.outputs[0]))
+                for other in others:  # the same value given back twice: its readers read the first
+                    for reader in readers.get(int(other.outputs[0]), []):
+                        reader.inputs = [floats[-1] if int(i) == int(other.outputs[0]) else int(i)
+                                         for i in reader.inputs]
+                dropped.update(id(r) for r in readers[o])
+            op.outputs = floats
+            changed = True
+        if dropped:
+            graph.operators = [o for o in graph.operators if id(o) not in dropped]
+            _drop_unread(graph, codes, schema.BuiltinOperator.QUANTIZE)
     return changed
 
 
