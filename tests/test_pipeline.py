@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 
+import re
+
 import numpy as np
 import pytest
 
@@ -161,6 +163,30 @@ def test_a_missed_budget_names_the_op_that_costs_the_outputs_most_not_the_larges
     assert worst.rmse_per_scale < max(e.rmse_per_scale for e in report.diagnostics) / 10  # not the largest local error
     assert f"the op whose int8 output costs the outputs most is {worst.tensor.split(';')[0]!r} ({worst.op}: " \
            in str(caught.value)
+
+
+def test_a_missed_budget_spread_over_every_op_says_so_and_points_to_int16(digits):
+    """Two stacked LSTMs, unrolled: each step's gates, products and sums add a little int8 rounding, and no
+    op alone costs the outputs much of what all of them do. The message says the error is spread (float
+    islands do not win it back) and names int16 activations, not the op that happens to rank first."""
+    from tfquant._keras import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8), name="rows")
+    x = keras.layers.LSTM(16, return_sequences=True)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(8, name="values")(keras.layers.LSTM(16)(x)))
+    rows = digits["x_test"][..., 0]
+    with pytest.raises(AccuracyBudgetError) as caught:
+        tfquant.quantize(model, digits["x"][:200, ..., 0], eval_data=(rows, model.predict(rows, verbose=0)),
+                         max_rel_rmse=0.002, bench_runs=1)
+    worst = caught.value.result.report.diagnostics[0]
+    found = re.search(r"; no op alone in int8 costs the outputs more than ([0-9.e-]+) \(mean error; '([^']+)', "
+                      r"(\w+)\) where the whole int8 file costs ([0-9.e-]+): the error is spread over many ops, which "
+                      r"float islands do not win back; mode int16x8 keeps the activations in int16 \(io int8 keeps "
+                      r"the file's int8 inputs and outputs\)$", str(caught.value))
+    assert found, str(caught.value)
+    assert (found[1], found[2], found[3]) == (f"{worst.output_error:.3g}", worst.tensor.split(";")[0], worst.op)
+    assert 0 < worst.output_error < 0.5 * float(found[4])
 
 
 def test_a_model_that_ignores_its_input_is_said_to(digits_model, train_npz, test_npz, int8_result):

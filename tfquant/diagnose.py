@@ -80,14 +80,16 @@ def output_sensitivity(calibration, recipe, data: Dataset, candidates: list[str]
     with the same numbers.
     """
     from .fanout import fan_out
-    from .harness import Runner
 
-    everything = _op_outputs(calibration.calibrated)
-    subset = data.calibration_subset(samples)
-    reference = Runner(calibration.float_tflite).predict(subset, progress=False)
-    names = [name for name in dict.fromkeys(candidates) if name in everything]
-    sweep = _Sweep(calibration, recipe, subset, reference, tuple(everything))
+    sweep = _sweep(calibration, recipe, data, samples)
+    names = [name for name in dict.fromkeys(candidates) if name in sweep.ops]
     return dict(zip(names, fan_out(_alone_error, sweep, names, parallel=parallel)))
+
+
+def whole_error(calibration, recipe, data: Dataset, *, samples: int = DEFAULT_DEBUG_SAMPLES) -> float:
+    """The outputs' mean error against float with every op int8, on the samples `output_sensitivity`
+    measures: what the ops alone in int8 add up to."""
+    return _error_with(_sweep(calibration, recipe, data, samples), ())
 
 
 @dataclass(frozen=True)
@@ -101,16 +103,28 @@ class _Sweep:
     ops: tuple[str, ...]
 
 
+def _sweep(calibration, recipe, data: Dataset, samples: int) -> _Sweep:
+    from .harness import Runner
+
+    subset = data.calibration_subset(samples)
+    reference = Runner(calibration.float_tflite).predict(subset, progress=False)
+    return _Sweep(calibration, recipe, subset, reference, tuple(_op_outputs(calibration.calibrated)))
+
+
 def _alone_error(sweep: _Sweep, name: str) -> float:
     """The outputs' mean error when op `name` alone is int8."""
+    return _error_with(sweep, tuple(n for n in sweep.ops if n != name))
+
+
+def _error_with(sweep: _Sweep, denylist: tuple[str, ...]) -> float:
+    """The outputs' mean error with the ops in `denylist` float and every other op int8."""
     from dataclasses import replace
 
     from .harness import Runner
     from .ranges import sample_errors
 
-    alone = replace(sweep.recipe, denylist=tuple(n for n in sweep.ops if n != name))
-    outputs = Runner(sweep.calibration.quantize(alone, final=False)).predict(sweep.subset, progress=False)
-    return float(sample_errors(sweep.reference, outputs).mean())
+    quantized = sweep.calibration.quantize(replace(sweep.recipe, denylist=denylist), final=False)
+    return float(sample_errors(sweep.reference, Runner(quantized).predict(sweep.subset, progress=False)).mean())
 
 
 def ranked_by_outputs(calibration, recipe, data: Dataset, errors: list[LayerError], lint: list[RangeWarning] = (),
