@@ -122,6 +122,20 @@ def saved_keras_major(path: Path) -> int | None:
     return int(head) if head.isdigit() else None
 
 
+def dtype_name(dtype) -> str:
+    """"float32" for a TensorFlow DType, a NumPy dtype or Keras 3's dtype string alike."""
+    return getattr(dtype, "name", None) or str(dtype)
+
+
+def tensor_name(tensor, default: str = "input") -> str:
+    """The name users see for a symbolic Keras tensor: the layer (tf_keras) or operation (Keras 3) that made
+    it, not the tensor's own ("input_1", "keras_tensor")."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is not None:
+        return history[0].name
+    return (getattr(tensor, "name", None) or default).split(":")[0]
+
+
 def all_layers(layer) -> Iterator[Any]:
     """Every layer inside `layer`, at any depth (nested models, Bidirectional and other wrappers)."""
     flatten = getattr(layer, "_flatten_layers", None)

@@ -56,10 +56,9 @@ def _compared_call(layer, tf):
 
 def _input_dtype(layer) -> str:
     try:
-        dtype = layer.input.dtype
+        return _keras.dtype_name(layer.input.dtype)
     except (AttributeError, RuntimeError, ValueError):
         return "float32"
-    return str(getattr(dtype, "name", dtype))
 
 
 def _casts_ids_to_float(layer) -> bool:
@@ -92,7 +91,7 @@ def _boundaries(layer) -> list[float]:
 
 def _output_dtype(layer, default: str) -> str:
     try:
-        return str(layer.output.dtype.name if hasattr(layer.output.dtype, "name") else layer.output.dtype)
+        return _keras.dtype_name(layer.output.dtype)
     except (AttributeError, RuntimeError, ValueError):
         return default
 

@@ -181,7 +181,7 @@ def _from_called(model: Any, source: str, flavor: str) -> LoadedModel:
     else:
         values = list(returned) if isinstance(returned, (list, tuple)) else [returned]
         named = [(f"output_{i}", value) for i, value in enumerate(values)]
-    outputs = [TensorSpec(name, (None, *map(int, value.shape[1:])), getattr(value.dtype, "name", str(value.dtype)))
+    outputs = [TensorSpec(name, (None, *map(int, value.shape[1:])), _keras.dtype_name(value.dtype))
                for name, value in named]
     return LoadedModel(source=source, flavor=flavor, inputs=inputs, outputs=outputs, keras_model=model)
 
@@ -217,14 +217,9 @@ AS_FLOAT32 = {"float64", "float16", "bfloat16"}
 
 def _spec(tensor: Any, index: int) -> TensorSpec:
     shape = tuple(None if d is None else int(d) for d in tensor.shape)
-    dtype = getattr(tensor.dtype, "name", None) or str(tensor.dtype)
+    dtype = _keras.dtype_name(tensor.dtype)
     dtype = "float32" if dtype in AS_FLOAT32 else dtype
-    name = getattr(tensor, "name", None) or f"input_{index}"
-    # tf_keras names symbolic tensors "input_1", Keras 3 "keras_tensor"; the layer name is what users see.
-    history = getattr(tensor, "_keras_history", None)
-    if history is not None:
-        name = history[0].name if hasattr(history, "__getitem__") else history.operation.name
-    return TensorSpec(name=name.split(":")[0], shape=shape, dtype=dtype)
+    return TensorSpec(name=_keras.tensor_name(tensor, f"input_{index}"), shape=shape, dtype=dtype)
 
 
 def _load_keras_file(path: Path, safe_mode: bool) -> LoadedModel:

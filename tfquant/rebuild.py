@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ._keras import keras, tf
+from ._keras import dtype_name, keras, tensor_name, tf
 from .errors import one_line
 
 # Keys Keras 3 adds to layer configs that tf_keras does not take.
@@ -75,7 +75,7 @@ def to_keras2(model) -> Any:
     if not hasattr(graph, "_run_through_graph") or not getattr(graph, "inputs", None):
         raise RebuildError(f"{type(model).__name__} {model.name!r} is a subclassed model; only functional and "
                            "Sequential Keras 3 models rebuild as tf_keras (build it with keras.Input)")
-    inputs = [keras.Input(shape=tuple(t.shape[1:]), batch_size=t.shape[0], dtype=_dtype(t.dtype), name=_input_name(t))
+    inputs = [keras.Input(shape=tuple(t.shape[1:]), batch_size=t.shape[0], dtype=dtype_name(t.dtype), name=tensor_name(t))
               for t in graph.inputs]
     cache: dict[int, Any] = {}
     outputs = graph._run_through_graph(inputs, operation_fn=lambda op: _translated(op, cache))
@@ -92,7 +92,7 @@ def inline_nested(model) -> Any:
     returned when nothing is nested."""
     if not any(isinstance(layer, keras.Model) for layer in model.layers):
         return model
-    inputs = [keras.Input(shape=tuple(t.shape[1:]), batch_size=t.shape[0], dtype=_dtype(t.dtype), name=_input_name(t))
+    inputs = [keras.Input(shape=tuple(t.shape[1:]), batch_size=t.shape[0], dtype=dtype_name(t.dtype), name=tensor_name(t))
               for t in model.inputs]
     outputs = _graph_outputs(model, inputs)
     return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
@@ -334,17 +334,6 @@ def keras3_hard_silu(x):
 # Registered, so that tfmot's clones of the rebuilt model find them by name.
 _ACTIVATIONS = {"hard_sigmoid": "tfquant>keras3_hard_sigmoid", "hard_silu": "tfquant>keras3_hard_silu",
                 "hard_swish": "tfquant>keras3_hard_silu"}
-
-
-def _dtype(dtype) -> str:
-    return getattr(dtype, "name", None) or str(dtype)
-
-
-def _input_name(tensor) -> str:
-    history = getattr(tensor, "_keras_history", None)
-    if history is not None:  # Keras 3's names the operation, tf_keras' the layer
-        return history.operation.name if hasattr(history, "operation") else history.layer.name
-    return getattr(tensor, "name", "input").split(":")[0]
 
 
 def check_outputs(original, rebuilt, samples: dict[str, np.ndarray] | np.ndarray, *, tolerance: float = TOLERANCE) -> float:
