@@ -206,6 +206,34 @@ def test_a_model_that_ignores_its_input_is_said_to(digits_model, train_npz, test
     assert not any("does not use its input" in w for w in int8_result.report.warnings)
 
 
+def test_a_regression_that_does_not_follow_its_labels_is_said_to(digits):
+    """A collapsed regression: its outputs move by a ten-thousandth of what its labels do. Its int8 error,
+    relative to float's own σ, says nothing of the model, and the report says why; a regression that
+    follows its labels gets no such warning."""
+    from tfquant._keras import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1), name="image"), keras.layers.Flatten(),
+                              keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1, name="value")])
+    targets = digits["y_test"].astype(np.float32) * 3 + 7
+    follows = tfquant.quantize(model, digits["x"][:200], eval_data=(digits["x_test"], model.predict(
+        digits["x_test"], verbose=0)), bench_runs=1, diagnose=False).report
+    assert not any("does not follow its labels" in w for w in follows.warnings), follows.warnings
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([kernel * 1e-4, bias + 11.0])
+    values = model.predict(digits["x_test"], verbose=0)
+    with pytest.raises(AccuracyBudgetError) as caught:  # int8's range holds 0: steps of 11/255 on a σ of 3e-5
+        tfquant.quantize(model, digits["x"][:200], eval_data=(digits["x_test"], targets), bench_runs=1,
+                         diagnose=False)
+    said = (f"output 'value': the float file's values barely vary (σ {np.std(values):.3g} against the labels' "
+            f"{np.std(targets):.3g}): the model does not follow its labels (untrained, collapsed, or fed data scaled "
+            "unlike its training data); error figures relative to the float output's σ then compare rounding, not "
+            "the model")
+    report = caught.value.result.report
+    assert [w for w in report.warnings if "does not follow its labels" in w] == [said], report.warnings
+    assert str(caught.value).endswith("; " + said)  # the failure names it as where the error starts
+
+
 def test_strict_refuses_a_float_file(digits_model, train_npz):
     with pytest.raises(StrictModeError, match=r"expected a fully integer file \(strict\), found float ops: CONV_2D#0 "
                                               r"in layer 'conv2d' \(mode dynamic computes it in float\)"):

@@ -134,6 +134,23 @@ def constant_output(name: str, values: np.ndarray) -> Optional[str]:
             "error figures then compare rounding, not the model")
 
 
+COLLAPSED = 0.01  # a regression output whose float σ is below this share of its labels' does not follow them
+
+
+def ignores_labels(name: str, values: np.ndarray, labels: Optional[np.ndarray]) -> Optional[str]:
+    """A warning when a regression output's float values barely vary next to its labels: a model that
+    does not follow them (collapsed: a CNN regression of targets with σ 8.6 gave 11.02 ± 0.0036 for every
+    digit). Its int8 error, relative to that σ, is then large (3.6 σ there) and says nothing of the model."""
+    if labels is None or labels.size != values.size or values.dtype.kind != "f":
+        return None
+    spread, wanted = float(np.std(values)), float(np.std(labels.astype(np.float64)))
+    if not wanted > 0 or spread >= COLLAPSED * wanted:
+        return None
+    return (f"output {name!r}: the float file's values barely vary (σ {spread:.3g} against the labels' {wanted:.3g}): "
+            "the model does not follow its labels (untrained, collapsed, or fed data scaled unlike its training "
+            "data); error figures relative to the float output's σ then compare rounding, not the model")
+
+
 def verify(
     prepared: Prepared,
     recipe: Recipe,
@@ -196,6 +213,8 @@ def verify(
                 evaluation, progress=progress, label=f"the {recipe.mode.value} file")
         judged = reference.judge(quantized_outputs)
         dtypes = {p.name: p.dtype.name for p in harness.Runner(tflite, num_threads=1).outputs}
+        constant = {name: message for name, values in reference.outputs.items()
+                    if (message := constant_output(name, values))}
         for name, metrics in judged.outputs.items():
             per_output = reference.violations(tasks.Judged({name: metrics}), budget, retrained=retrained)
             violations += per_output
@@ -208,6 +227,12 @@ def verify(
                 notes.append(narrow)
             regression_missed = regression_missed or bool(per_output and metrics.task == "regression"
                                                           and recipe.mode is Mode.INT8 and converting)
+            flat = None if metrics.task != "regression" or name in constant else \
+                ignores_labels(name, reference.outputs[name], reference.labels.get(name))
+            if flat is not None:
+                notes.append(flat)
+                if per_output:
+                    causes.insert(0, flat)
             if per_output and metrics.task == "regression" and prepared.calibration is not None:
                 if calibrated_outputs is None:  # what the calibration samples give, once, for a missed budget
                     calibrated_outputs = harness.Runner(float_tflite, num_threads=threads).predict(
@@ -216,8 +241,6 @@ def verify(
                 if unseen is not None:
                     notes.append(unseen)
                     causes.append(unseen)
-        constant = {name: message for name, values in reference.outputs.items()
-                    if (message := constant_output(name, values))}
         notes += list(constant.values())
         seconds["evaluate"] = time.perf_counter() - started + reference.seconds
         primary = judged.primary()
