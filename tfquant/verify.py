@@ -182,8 +182,9 @@ def verify(
     where the error starts: an input `lint.input_lint` found (`narrow_inputs`), else the op whose
     int8 output strays furthest, or, with `rank_on_miss` (the diagnostics ranked by what each op alone
     in int8 does to the outputs, measured only when a budget is missed, and the error of every op in
-    int8 on the same samples), the op that costs the outputs most, or that no op alone costs much. A `retrained` file (QAT, pruning, clustering) has its regression and embedding outputs held
-    to the labels where there are labels (`tasks.violations`).
+    int8 on the same samples), the op that costs the outputs most, or that no op alone costs much. A
+    `retrained` file (QAT, pruning, clustering) has its regression and embedding outputs held to the
+    labels where there are labels (`tasks.violations`).
     """
     float_tflite = prepared.exported.tflite
     threads = num_threads or harness.default_threads()
