@@ -79,3 +79,39 @@ def test_attention_over_two_axes_is_one_int8_softmax(version, digits, tmp_path):
     result = trained_and_quantized(k, model, digits, tmp_path, epochs=6)
     assert_int8_follows_keras(model, result, digits, least=0.8)
     assert not {"EXP", "LOG"} & {op.name for op in result.info.ops}, sorted({op.name for op in result.info.ops})
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_attention_products_compute_alike_on_every_runtime(version, digits):
+    """The interpreter TensorFlow bundles ignores a BATCH_MATMUL's right operand zero point, LiteRT
+    subtracts it: attention's probabilities times its values came out tens of int8 steps apart on the two
+    for the same file. That operand is put on a symmetric scale, and the file computes the same bytes on
+    both."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tfquant._keras import keras, keras3
+    from tfquant.inspect import inspect
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(1)
+    inputs = k.Input((8, 8), name="rows")
+    h = k.layers.Dense(16, activation="relu")(inputs)
+    x = k.layers.MultiHeadAttention(num_heads=2, key_dim=8)(h, h)
+    model = k.Model(inputs, k.layers.Dense(10, name="logits")(k.layers.Flatten()(x)))
+    tflite = tfquant.quantize(model, digits["x"][:100, ..., 0], bench_runs=1, diagnose=False).tflite
+    info = inspect(tflite)
+    products = [op for op in info.ops if op.name == "BATCH_MATMUL"]
+    assert len(products) == 2 and all(info.tensors[op.inputs[1]].quantization.zero_point == [0] for op in products)
+
+    def run(interpreter_class, sample):
+        interpreter = interpreter_class(model_content=tflite)
+        interpreter.allocate_tensors()
+        given, read = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        scale, zero = given["quantization"]
+        interpreter.set_tensor(given["index"], np.clip(np.round(sample[None] / scale + zero), -128, 127).astype(np.int8))
+        interpreter.invoke()
+        return interpreter.get_tensor(read["index"])
+
+    samples = digits["x_test"][:20, ..., 0]
+    assert all(np.array_equal(run(Interpreter, s), run(tf.lite.Interpreter, s)) for s in samples)

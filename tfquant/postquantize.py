@@ -3,7 +3,9 @@
 `after_quantizer` runs them on every int8 and int16x8 file `convert.quantize_calibrated` makes:
 comparisons that read int8, a uint8 or int8 input read as it is, boolean masks selected straight
 into int8, ONE_HOT with its values on its output's scale, ops that copy values (REVERSE_V2) on
-their input's scale, and copies between float ops (a float island's) left float. The float file's rewrites, before calibration, are in `legalize`.
+their input's scale, copies between float ops (a float island's) left float, and BATCH_MATMUL's
+right operand on a symmetric scale, which every runtime reads alike. The float file's rewrites,
+before calibration, are in `legalize`.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from .flatbuffer import (array_constant, builtin_codes, drop_unused_opcodes, flo
 def after_quantizer(data: bytes, *, int8: bool) -> bytes:
     """The quantized file with what TFLite's quantizer leaves float or wrong mended: in an int8 file,
     comparisons (`_integer_comparisons`), uint8 or int8 inputs (`_integer_inputs`), boolean masks
-    (`_integer_masks`) and copies between float ops (`_float_copies`); in any quantized file, ONE_HOT (`_integer_one_hot`) and ops that copy values
+    (`_integer_masks`) copies between float ops (`_float_copies`) and the right operands of BATCH_MATMUL
+    (`_symmetric_products`); in any quantized file, ONE_HOT (`_integer_one_hot`) and ops that copy values
     (`_copies_requantized`). The file is read and written once, and not read into objects at all
     when it holds none of the ops these passes look for."""
     passes = [(_integer_one_hot, {schema.BuiltinOperator.ONE_HOT}), (_integer_copies, set(_COPIES)),
               (_copies_requantized, set(_COPIES))]
     if int8:
         passes += [(_integer_comparisons, _COMPARISONS), (_integer_inputs, {schema.BuiltinOperator.CAST}),
-                   (_integer_masks, {schema.BuiltinOperator.CAST}), (_float_copies, set(_COPIES))]
+                   (_integer_masks, {schema.BuiltinOperator.CAST}), (_float_copies, set(_COPIES)),
+                   (_symmetric_products, {schema.BuiltinOperator.BATCH_MATMUL})]
     present = set(builtin_codes(schema.Model.GetRootAs(data, 0)))
     wanted = [mend for mend, ops in passes if present & ops]
     if not wanted:
@@ -287,6 +291,36 @@ def _float_copies(model, codes: list[int]) -> bool:
         if dropped:
             graph.operators = [o for o in graph.operators if id(o) not in dropped]
             _drop_unread(graph, codes, schema.BuiltinOperator.QUANTIZE)
+    return changed
+
+
+def _symmetric_products(model, codes: list[int]) -> bool:
+    """A BATCH_MATMUL whose right operand is an int8 activation with a zero point other than 0 reads it
+    through a QUANTIZE to the same span on a symmetric scale (zero point 0). TFLite runtimes disagree
+    on that operand's zero point: LiteRT 2.3 subtracts it, the interpreter TensorFlow 2.21 bundles
+    does not. Attention's probabilities times its values (tf_keras MultiHeadAttention, the values'
+    zero point -18) came out 61 int8 steps apart on the two for the same file. With zero point 0
+    every runtime computes the same product; the values keep at least half their levels (an
+    asymmetric span widened to its larger side). In place; returns whether anything changed."""
+    changed = False
+    for graph in model.subgraphs:
+        ordered = []
+        for op in graph.operators:
+            if codes[op.opcodeIndex] == schema.BuiltinOperator.BATCH_MATMUL and len(op.inputs) > 1:
+                index = int(op.inputs[1])
+                tensor = graph.tensors[index]
+                on = _scale(tensor)
+                constant = 0 < tensor.buffer < len(model.buffers) and model.buffers[tensor.buffer].data is not None
+                if tensor.type == schema.TensorType.INT8 and on is not None and on[1] != 0 and not constant:
+                    scale, zero = on
+                    span = max(abs(-128 - zero), abs(127 - zero)) * scale
+                    symmetric = tensor_like(graph, index, tensor.name + b"/symmetric", schema.TensorType.INT8,
+                                            _per_tensor(span / 127.0, 0))
+                    ordered.append(_added(model, codes, schema.BuiltinOperator.QUANTIZE, [index], [symmetric]))
+                    op.inputs = [int(op.inputs[0]), symmetric, *[int(i) for i in op.inputs[2:]]]
+                    changed = True
+            ordered.append(op)
+        graph.operators = ordered
     return changed
 
 
