@@ -39,12 +39,16 @@ def merged(name: str, rows: list[dict], key) -> list[dict]:
     return kept + list(fresh.values())
 
 
-def dates_note(rows: list[dict], today: str, unknown: str) -> list[str]:
-    """Lines that say which rows were measured on another day than `today` (`unknown`: rows without a date).
+def dates_note(rows: list[dict], today: str, unknown: str, machine: str = "") -> list[str]:
+    """Lines that say which rows were measured on another day than `today` (`unknown`: rows without a date),
+    and on which machine where a row names another than `machine`.
 
     A model is named with its Keras version where its rows of the two versions were measured on different days.
     """
-    when = lambda r: r.get("measured", unknown)  # noqa: E731
+    def when(r: dict) -> str:
+        other = r.get("machine") not in (None, machine) and machine
+        return r.get("measured", unknown) + (f" on {r['machine']}" if other else "")
+
     earlier = sorted({when(r) for r in rows} - {today})
 
     def named(date: str) -> list[str]:

@@ -149,7 +149,7 @@ def markdown(rows: list[dict], environment: dict) -> str:
                 + (f"{r['float_bytes']:,} → {r['int8_bytes']:,} | {r['latency_ratio']:.2f}× | "
                    f"{'yes' if r['fully_integer'] else 'NO'} | {r['quantize_seconds']:.1f} |" if first else "| | | |")
                 + f" {other_change} | {integer if first else ''} |")
-    lines += dates_note(rows, environment["date"], EARLIER)
+    lines += dates_note(rows, environment["date"], EARLIER, environment["cpu"])
     qat = [r for r in rows if r.get("qat")]
     if qat:
         lines += ["", "`tfquant qat` (1 epoch on 600 samples; the file kept is the better of QAT and PTQ on the "
@@ -190,8 +190,14 @@ def main() -> None:
                 log(f"{name} (Keras {version})")
                 rows.append(row(name, version, Path(tmp), with_qat=args.qat))
                 log(json.dumps({k: v for k, v in rows[-1].items() if k != "outputs"}))
+    env = environment()
+    for r in rows:
+        r["machine"] = env["cpu"]
     if args.merge and (HERE / "zoo.json").exists():
-        earlier = {(r["model"], r["keras"]): r for r in json.loads((HERE / "zoo.json").read_text())["rows"]}
+        stored = json.loads((HERE / "zoo.json").read_text())
+        earlier = {(r["model"], r["keras"]): r for r in stored["rows"]}
+        for r in earlier.values():  # rows from before machines were recorded: the machine of that file's last run
+            r.setdefault("machine", stored["environment"]["cpu"])
         for r in rows:  # a run without --qat keeps the row's earlier QAT result
             if "qat" not in r and "qat" in earlier.get((r["model"], r["keras"]), {}):
                 r["qat"] = earlier[(r["model"], r["keras"])]["qat"]
@@ -199,7 +205,6 @@ def main() -> None:
         kept = [r for key, r in earlier.items() if key not in done]
         order = {name: i for i, name in enumerate(zoo.ZOO)}
         rows = sorted(kept + rows, key=lambda r: (order.get(r["model"], 99), -r["keras"]))
-    env = environment()
     table = markdown(rows, env)
     publish("zoo", {"environment": env, "rows": rows}, table, readme=not args.only or args.merge)
     print(table)

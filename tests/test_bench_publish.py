@@ -21,3 +21,12 @@ def test_dates_note_is_empty_when_every_row_is_from_one_day():
     rows = [{"model": "a", "keras": 3, "measured": "2026-11-27"}, {"model": "a", "keras": 2, "measured": "2026-11-27"}]
     assert dates_note(rows, "2026-11-27", "2026-11-23") == []
     assert dates_note([{"model": "x"}], "2026-11-27", "2026-11-23") == []
+
+
+def test_dates_note_names_the_machine_of_rows_measured_on_another():
+    rows = [{"model": "a", "keras": 3, "measured": "2026-12-06", "machine": "AMD EPYC"},
+            {"model": "b", "keras": 3, "measured": "2026-11-27", "machine": "Intel Xeon"},
+            {"model": "c", "keras": 3, "measured": "2026-11-26", "machine": "AMD EPYC"}]
+    assert dates_note(rows, "2026-12-06", "2026-11-23", "AMD EPYC") == [
+        "", "Only a was run again on 2026-12-06; the other rows are from the same bench's runs on "
+            "2026-11-26 (c); 2026-11-27 on Intel Xeon (b)."]
