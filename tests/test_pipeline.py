@@ -234,6 +234,30 @@ def test_a_regression_that_does_not_follow_its_labels_is_said_to(digits):
     assert str(caught.value).endswith("; " + said)  # the failure names it as where the error starts
 
 
+def test_low_agreement_on_near_ties_is_said_to_be_rounding_not_a_layer(digits_model, digits):
+    """A classifier whose top two scores lie closer than one int8 step of its output (its last layer's
+    weights scaled down a thousandfold) agrees with float on few samples at int8: the report says the
+    class is rounding's to choose, not that a layer loses accuracy."""
+    from tfquant._keras import keras
+
+    flat = keras.models.clone_model(digits_model)
+    flat.set_weights(digits_model.get_weights())
+    kernel, bias = flat.layers[-1].get_weights()
+    flat.layers[-1].set_weights([kernel * 1e-3, bias * 1e-3])
+    scores = flat.predict(digits["x_test"], verbose=0)
+    top = np.sort(scores, axis=1)[:, -2:]
+    result = tfquant.quantize(flat, digits["x"][:200], eval_data=(digits["x_test"], digits["y_test"]), bench_runs=1,
+                              diagnose=False)
+    step = result.report.io[-1].scale
+    tied = int(np.sum(top[:, 1] - top[:, 0] < step))
+    agreement = result.report.agreement.top1
+    assert agreement < 0.9 and tied >= (1 - agreement) * len(scores), (agreement, tied)
+    assert f"top-1 agreement with the float file is only {agreement:.3f}, and on {tied} of {len(scores)} samples the " \
+           f"float file's top two scores lie within one int8 step ({step:.3g}) of each other: their class is " \
+           "rounding's to choose (an untrained or collapsed model, or data unlike its training data), not a " \
+           "layer's loss" in result.report.warnings, result.report.warnings
+
+
 def test_strict_refuses_a_float_file(digits_model, train_npz):
     with pytest.raises(StrictModeError, match=r"expected a fully integer file \(strict\), found float ops: CONV_2D#0 "
                                               r"in layer 'conv2d' \(mode dynamic computes it in float\)"):

@@ -134,6 +134,16 @@ def constant_output(name: str, values: np.ndarray) -> Optional[str]:
             "error figures then compare rounding, not the model")
 
 
+def near_ties(values: np.ndarray, step: float) -> Optional[tuple[int, int]]:
+    """How many of a classifier's float predictions (a sample's, or each position's of a sequence) have
+    their top two scores within `step` (the int8 file's output step) of each other, and of how many: int8
+    rounding alone can swap those classes."""
+    if values.ndim < 2 or values.shape[-1] < 2 or values.dtype.kind != "f":
+        return None
+    top = np.sort(values.reshape(-1, values.shape[-1]).astype(np.float64), axis=-1)[:, -2:]
+    return int(np.sum(top[:, 1] - top[:, 0] < step)), len(top)
+
+
 COLLAPSED = 0.01  # a regression output whose float σ is below this share of its labels' does not follow them
 
 
@@ -213,7 +223,8 @@ def verify(
             quantized_outputs = harness.Runner(tflite, num_threads=threads).predict(
                 evaluation, progress=progress, label=f"the {recipe.mode.value} file")
         judged = reference.judge(quantized_outputs)
-        dtypes = {p.name: p.dtype.name for p in harness.Runner(tflite, num_threads=1).outputs}
+        ports = {p.name: p for p in harness.Runner(tflite, num_threads=1).outputs}
+        dtypes = {name: port.dtype.name for name, port in ports.items()}
         constant = {name: message for name, values in reference.outputs.items()
                     if (message := constant_output(name, values))}
         for name, metrics in judged.outputs.items():
@@ -247,8 +258,18 @@ def verify(
         primary = judged.primary()
         if primary is not None and primary.agreement is not None and primary.agreement < 0.9 and \
                 primary.name not in constant:
-            notes.append(f"top-1 agreement with the float file is only {primary.agreement:.3f}: "
-                         "run `tfquant diagnose` to find the layers that lose accuracy")
+            port = ports.get(primary.name)
+            ties = None if port is None or not port.quantized else \
+                near_ties(reference.outputs[primary.name], port.scale)
+            if ties is not None and ties[0] >= round((1.0 - primary.agreement) * ties[1]):
+                unit = "samples" if reference.outputs[primary.name].ndim == 2 else "predictions"
+                notes.append(f"top-1 agreement with the float file is only {primary.agreement:.3f}, and on {ties[0]} "
+                             f"of {ties[1]} {unit} the float file's top two scores lie within one int8 step "
+                             f"({port.scale:.3g}) of each other: their class is rounding's to choose (an untrained "
+                             "or collapsed model, or data unlike its training data), not a layer's loss")
+            else:
+                notes.append(f"top-1 agreement with the float file is only {primary.agreement:.3f}: "
+                             "run `tfquant diagnose` to find the layers that lose accuracy")
 
     started = time.perf_counter()
     float_bench, quant_bench = timing.benchmark(float_tflite, tflite, runs=bench_runs, warmup=3, num_threads=threads,
