@@ -132,6 +132,24 @@ def test_int16x8_of_prelu_is_integer(digits):
     assert_follows_float(result, least=0.9)
 
 
+def test_int16x8_runs_an_l2_normalization_in_int8_between_two_quantizes(digits):
+    """tf_keras' `tf.math.l2_normalize` (UnitNormalization, a face or retrieval embedding) is one
+    L2_NORMALIZATION, which has an int8 kernel and no int16 one: TFLite's int16x8 quantizer refused the
+    model. It now runs in int8 between a QUANTIZE from its int16 input and one to its int16 output."""
+    from tfquant._keras import keras
+
+    result = _classifier_at_int16x8(
+        keras, lambda k, inputs: k.layers.UnitNormalization()(k.layers.Conv2D(16, 3, activation="relu")(inputs)),
+        digits)
+    info = result.info
+    norms = [op for op in info.ops if op.name == "L2_NORMALIZATION"]
+    assert len(norms) == 1 and norms[0].input_dtypes == ["int8"] and norms[0].output_dtypes == ["int8"]
+    edges = [op for op in info.ops if op.name == "QUANTIZE" and set(op.input_dtypes + op.output_dtypes) ==
+             {"int8", "int16"}]
+    assert len(edges) == 2 and {norms[0].inputs[0], norms[0].outputs[0]} == {edges[0].outputs[0], edges[1].inputs[0]}
+    assert_follows_float(result, least=0.9)
+
+
 def test_int16x8_keeps_a_far_bound_of_a_minimum_in_range(digits):
     """Keras 3's UnitNormalization caps 1/‖x‖ with MINIMUM(·, 1e12); on the value's int16 scale TFLite's
     int16x8 quantizer wrapped the bound around to -0.8, and every prediction changed (0 % agreement)."""

@@ -72,7 +72,7 @@ def _int8(calibrated: bytes, recipe: Recipe) -> bytes:
 def _int16x8(calibrated: bytes, recipe: Recipe) -> bytes:
     from tensorflow.lite.python.optimize.calibrator import Calibrator
 
-    from .int16 import for_int16x8, repair_zero_scales, with_integer_ops, without_integer_ops
+    from .int16 import for_int16x8, int8_islands, repair_zero_scales, with_integer_ops, without_integer_ops
     from .int16_io import with_io
 
     # Quantized with int16 inputs and outputs, then given float32 or int8 ones (`int16_io.with_io`).
@@ -83,7 +83,7 @@ def _int16x8(calibrated: bytes, recipe: Recipe) -> bytes:
     quantized = Calibrator(bare)._calibrator.QuantizeModel(
         io, io, False, np.dtype(np.int16).num, np.dtype(np.int64).num, not recipe.per_channel, False
     )
-    data = repair_zero_scales(with_integer_ops(quantized, hidden), prepared)[0]
+    data = int8_islands(repair_zero_scales(with_integer_ops(quantized, hidden), prepared)[0])
     if recipe.io is IOType.INT8:
         return with_io(data, "int8", _int8(calibrated, Recipe(mode=Mode.INT8, per_channel=recipe.per_channel)))
     return with_io(data, "float32") if recipe.io is IOType.FLOAT32 else data

@@ -23,8 +23,10 @@ runs: SQUARED_DIFFERENCE (LayerNormalization's variance) as SUB then MUL, HARD_S
 as x * RELU6(x + 3) / 6, PRELU as RELU(x) - a * RELU(-x), SUM as MEAN times the count (the
 quantizer gave a SUM its input's scale), a MINIMUM's or MAXIMUM's constant bound clipped to its
 value's range (it wrapped around in int16), and SELECT_V2 (a causal or padding mask on attention
-scores) as a sum of products with the mask as 0 and 1. The integer ops on token ids and masks are
-set aside while it runs (`without_integer_ops`).
+scores) as a sum of products with the mask as 0 and 1. An op with an int8 kernel and no int16 one
+(L2_NORMALIZATION) stands in as MUL(x, 1) and is put back in int8 between two QUANTIZEs
+(`int8_islands`). The integer ops on token ids and masks are set aside while it runs
+(`without_integer_ops`).
 """
 
 from __future__ import annotations
@@ -59,10 +61,68 @@ def for_int16x8(calibrated: bytes) -> bytes:
     changed = _sums_as_means(model) or changed
     changed = _bounds_within_range(model) or changed
     changed = _selects_as_sums(model) or changed
+    changed = _int8_stand_ins(model) or changed
     changed = _unshare_constants(model) or changed
     changed = _unshare_buffers(model) or changed
     drop_unused_opcodes(model)
     return write_model(model) if changed else calibrated
+
+
+# Ops with an int8 kernel and no int16 one: an int16x8 file runs them in int8, between two QUANTIZEs.
+_INT8_ONLY = {schema.BuiltinOperator.L2_NORMALIZATION: (schema.BuiltinOptions.L2NormOptions, schema.L2NormOptionsT)}
+_STAND_IN = b"int8_stand_in_"  # the constant 1 a stand-in MUL reads is named ".../int8_stand_in_<builtin code>"
+
+
+def _int8_stand_ins(model) -> bool:
+    """Every op of `_INT8_ONLY` as MUL(x, 1), in place, for TFLite's int16x8 quantizer, which refused tf_keras'
+    `tf.math.l2_normalize` ("Quantization to 16x8-bit not yet supported for op: 'L2_NORMALIZATION'"): the
+    MUL's output keeps the op's calibrated range, and `int8_islands` puts the op back. Returns whether
+    there was one."""
+    changed = False
+    for graph, op in _each(model, *_INT8_ONLY):
+        name = graph.tensors[int(op.outputs[0])].name or b"int8_only"
+        kind = builtin_of(model, op)
+        op.inputs = [int(op.inputs[0]), scalar_constant(model, graph, 1.0, name, _STAND_IN + str(kind).encode())]
+        _turn_into(model, op, schema.BuiltinOperator.MUL)
+        changed = True
+    return changed
+
+
+def int8_islands(quantized: bytes) -> bytes:
+    """The int16x8 file with each stand-in MUL (`_int8_stand_ins`) run as its op in int8: a QUANTIZE of its
+    int16 input to int8 (the same span, zero point 0), the op on int8 (an L2 normalization writes
+    steps of 1/128), and a QUANTIZE of that to the stand-in's int16 output."""
+    model = read_model(quantized)
+    changed = False
+    for graph, op in _each(model, schema.BuiltinOperator.MUL):
+        one = (graph.tensors[int(op.inputs[1])].name or b"").rsplit(b"/", 1)[-1]
+        if not one.startswith(_STAND_IN):
+            continue
+        kind = int(one[len(_STAND_IN):])
+        source, target = int(op.inputs[0]), int(op.outputs[0])
+        wide = graph.tensors[source].quantization
+        span = float(wide.scale[0]) * _INT16_MAX
+        narrow_in = tensor_like(graph, source, graph.tensors[source].name + b"/int8", schema.TensorType.INT8,
+                                _quantization(span / 127.0, 0))
+        narrow_out = tensor_like(graph, target, graph.tensors[target].name + b"/int8", schema.TensorType.INT8,
+                                 _quantization(1.0 / 128.0, 0))
+        inner = new_op(model, kind, [narrow_in], [narrow_out])
+        inner.opcodeIndex = opcode(model, kind, at_least=2)  # the int8 kernel
+        inner.builtinOptionsType, inner.builtinOptions = _INT8_ONLY[kind][0], _INT8_ONLY[kind][1]()
+        at = graph.operators.index(op)
+        graph.operators[at:at + 1] = [new_op(model, schema.BuiltinOperator.QUANTIZE, [source], [narrow_in]), inner,
+                                      new_op(model, schema.BuiltinOperator.QUANTIZE, [narrow_out], [target])]
+        changed = True
+    if not changed:
+        return quantized
+    drop_unused_opcodes(model)
+    return write_model(model)
+
+
+def _quantization(scale: float, zero: int):
+    q = schema.QuantizationParametersT()
+    q.scale, q.zeroPoint = [scale], [zero]
+    return q
 
 
 def _each(model, *builtins: int):
