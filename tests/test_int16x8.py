@@ -132,21 +132,29 @@ def test_int16x8_of_prelu_is_integer(digits):
     assert_follows_float(result, least=0.9)
 
 
-def test_int16x8_runs_an_l2_normalization_in_int8_between_two_quantizes(digits):
-    """tf_keras' `tf.math.l2_normalize` (UnitNormalization, a face or retrieval embedding) is one
-    L2_NORMALIZATION, which has an int8 kernel and no int16 one: TFLite's int16x8 quantizer refused the
-    model. It now runs in int8 between a QUANTIZE from its int16 input and one to its int16 output."""
+_INT8_ONLY = {
+    "L2_NORMALIZATION": lambda k, x: k.layers.UnitNormalization()(x),  # tf.math.l2_normalize: an embedding
+    "DEPTH_TO_SPACE": lambda k, x: k.layers.Lambda(lambda t: __import__("tensorflow").nn.depth_to_space(t, 2))(x),
+    "SQRT": lambda k, x: k.layers.Dense(16)(k.layers.Lambda(lambda t: __import__("tensorflow").sqrt(t + 1.0))(x)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_INT8_ONLY))
+def test_int16x8_runs_an_op_without_an_int16_kernel_in_int8_between_two_quantizes(kind, digits):
+    """L2_NORMALIZATION (tf_keras' UnitNormalization), DEPTH_TO_SPACE (a super-resolution network's pixel
+    shuffle) and SQRT have int8 kernels and no int16 ones: TFLite's int16x8 quantizer refused each model
+    ("Quantization to 16x8-bit not yet supported"). The op now runs in int8, between a QUANTIZE from its
+    int16 input and one to its int16 output."""
     from tfquant._keras import keras
 
     result = _classifier_at_int16x8(
-        keras, lambda k, inputs: k.layers.UnitNormalization()(k.layers.Conv2D(16, 3, activation="relu")(inputs)),
-        digits)
+        keras, lambda k, inputs: _INT8_ONLY[kind](k, k.layers.Conv2D(16, 3, activation="relu")(inputs)), digits)
     info = result.info
-    norms = [op for op in info.ops if op.name == "L2_NORMALIZATION"]
-    assert len(norms) == 1 and norms[0].input_dtypes == ["int8"] and norms[0].output_dtypes == ["int8"]
+    ops = [op for op in info.ops if op.name == kind]
+    assert len(ops) == 1 and ops[0].input_dtypes[:1] == ["int8"] and ops[0].output_dtypes == ["int8"]
     edges = [op for op in info.ops if op.name == "QUANTIZE" and set(op.input_dtypes + op.output_dtypes) ==
              {"int8", "int16"}]
-    assert len(edges) == 2 and {norms[0].inputs[0], norms[0].outputs[0]} == {edges[0].outputs[0], edges[1].inputs[0]}
+    assert len(edges) == 2 and {ops[0].inputs[0], ops[0].outputs[0]} == {edges[0].outputs[0], edges[1].inputs[0]}
     assert_follows_float(result, least=0.9)
 
 

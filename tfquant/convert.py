@@ -78,12 +78,12 @@ def _int16x8(calibrated: bytes, recipe: Recipe) -> bytes:
     # Quantized with int16 inputs and outputs, then given float32 or int8 ones (`int16_io.with_io`).
     io = np.dtype(np.int16).num
     # The statistics are already in the model: quantize without feeding the dataset again.
-    prepared = for_int16x8(calibrated)
+    prepared, stand_ins = for_int16x8(calibrated)
     bare, hidden = without_integer_ops(prepared)
     quantized = Calibrator(bare)._calibrator.QuantizeModel(
         io, io, False, np.dtype(np.int16).num, np.dtype(np.int64).num, not recipe.per_channel, False
     )
-    data = int8_islands(repair_zero_scales(with_integer_ops(quantized, hidden), prepared)[0])
+    data = int8_islands(repair_zero_scales(with_integer_ops(quantized, hidden), prepared)[0], stand_ins)
     if recipe.io is IOType.INT8:
         return with_io(data, "int8", _int8(calibrated, Recipe(mode=Mode.INT8, per_channel=recipe.per_channel)))
     return with_io(data, "float32") if recipe.io is IOType.FLOAT32 else data

@@ -24,7 +24,8 @@ as x * RELU6(x + 3) / 6, PRELU as RELU(x) - a * RELU(-x), SUM as MEAN times the 
 quantizer gave a SUM its input's scale), a MINIMUM's or MAXIMUM's constant bound clipped to its
 value's range (it wrapped around in int16), and SELECT_V2 (a causal or padding mask on attention
 scores) as a sum of products with the mask as 0 and 1. An op with an int8 kernel and no int16 one
-(L2_NORMALIZATION) stands in as MUL(x, 1) and is put back in int8 between two QUANTIZEs
+(L2_NORMALIZATION, DEPTH_TO_SPACE, SPACE_TO_DEPTH, SQRT) stands in as MUL(x, 1) and is put back in
+int8 between two QUANTIZEs
 (`int8_islands`). The integer ops on token ids and masks are set aside while it runs
 (`without_integer_ops`).
 """
@@ -50,10 +51,12 @@ _SCALED_BY_OP = {**{builtin: 2 for builtin in _BIASED}, schema.BuiltinOperator.F
 _INT16_MAX = 32767
 
 
-def for_int16x8(calibrated: bytes) -> bytes:
-    """`calibrated` with its SQUARED_DIFFERENCEs, HARD_SWISHes, PRELUs, SUMs and SELECT_V2s spelled out and
-    its MINIMUM/MAXIMUM bounds within range, a bias tensor of its own for every dense and convolution op, a
-    value of its own for every FILL, and a buffer of its own for every constant tensor."""
+def for_int16x8(calibrated: bytes) -> tuple[bytes, list[StandIn]]:
+    """`calibrated`, for TFLite's int16x8 quantizer, with its SQUARED_DIFFERENCEs, HARD_SWISHes, PRELUs, SUMs
+    and SELECT_V2s spelled out, its MINIMUM/MAXIMUM bounds within range, a MUL standing in for each op with
+    no int16 kernel, a bias tensor of its own for every dense and convolution op, a value of its own for
+    every FILL, and a buffer of its own for every constant tensor; and the ops the MULs stand in for, which
+    `int8_islands` puts back."""
     model = read_model(calibrated)
     changed = _squared_differences_spelled_out(model)
     changed = _hard_swishes_spelled_out(model) or changed
@@ -61,60 +64,69 @@ def for_int16x8(calibrated: bytes) -> bytes:
     changed = _sums_as_means(model) or changed
     changed = _bounds_within_range(model) or changed
     changed = _selects_as_sums(model) or changed
-    changed = _int8_stand_ins(model) or changed
-    changed = _unshare_constants(model) or changed
+    stand_ins = _int8_stand_ins(model)
+    changed = _unshare_constants(model) or bool(stand_ins) or changed
     changed = _unshare_buffers(model) or changed
     drop_unused_opcodes(model)
-    return write_model(model) if changed else calibrated
+    return (write_model(model) if changed else calibrated), stand_ins
 
 
-# Ops with an int8 kernel and no int16 one: an int16x8 file runs them in int8, between two QUANTIZEs.
-_INT8_ONLY = {schema.BuiltinOperator.L2_NORMALIZATION: (schema.BuiltinOptions.L2NormOptions, schema.L2NormOptionsT)}
-_STAND_IN = b"int8_stand_in_"  # the constant 1 a stand-in MUL reads is named ".../int8_stand_in_<builtin code>"
+# Ops with an int8 kernel and no int16 one: an int16x8 file runs them in int8, between two QUANTIZEs. Each with
+# the int8 scale of its output: "fixed" (the kernel's own), "input" (a copy keeps its input's), "own" (its range).
+_INT8_ONLY = {schema.BuiltinOperator.L2_NORMALIZATION: "fixed", schema.BuiltinOperator.DEPTH_TO_SPACE: "input",
+              schema.BuiltinOperator.SPACE_TO_DEPTH: "input", schema.BuiltinOperator.SQRT: "own"}
 
 
-def _int8_stand_ins(model) -> bool:
-    """Every op of `_INT8_ONLY` as MUL(x, 1), in place, for TFLite's int16x8 quantizer, which refused tf_keras'
-    `tf.math.l2_normalize` ("Quantization to 16x8-bit not yet supported for op: 'L2_NORMALIZATION'"): the
-    MUL's output keeps the op's calibrated range, and `int8_islands` puts the op back. Returns whether
-    there was one."""
-    changed = False
+@dataclass(frozen=True)
+class StandIn:
+    """An op of `_INT8_ONLY` that a MUL(x, 1) stood in for while TFLite's int16x8 quantizer ran."""
+
+    output: bytes  # its output tensor's name
+    builtin: int
+    version: int
+    op: object  # the op as it was, with its options (a block size)
+
+
+def _int8_stand_ins(model) -> list[StandIn]:
+    """Every op of `_INT8_ONLY` as MUL(x, 1), in place, for TFLite's int16x8 quantizer, which refused them
+    ("Quantization to 16x8-bit not yet supported for op: 'L2_NORMALIZATION'", DEPTH_TO_SPACE, SPACE_TO_DEPTH,
+    SQRT): tf_keras' `tf.math.l2_normalize`, a super-resolution network's pixel shuffle. The MUL's output
+    keeps the op's calibrated range; `int8_islands` puts the op back."""
+    found = []
     for graph, op in _each(model, *_INT8_ONLY):
-        name = graph.tensors[int(op.outputs[0])].name or b"int8_only"
-        kind = builtin_of(model, op)
-        op.inputs = [int(op.inputs[0]), scalar_constant(model, graph, 1.0, name, _STAND_IN + str(kind).encode())]
+        builtin = builtin_of(model, op)
+        name = graph.tensors[int(op.outputs[0])].name
+        found.append(StandIn(name, builtin, model.operatorCodes[op.opcodeIndex].version, copy_module.deepcopy(op)))
+        op.inputs = [int(op.inputs[0]), scalar_constant(model, graph, 1.0, name, b"stand_in_one")]
         _turn_into(model, op, schema.BuiltinOperator.MUL)
-        changed = True
-    return changed
+    return found
 
 
-def int8_islands(quantized: bytes) -> bytes:
-    """The int16x8 file with each stand-in MUL (`_int8_stand_ins`) run as its op in int8: a QUANTIZE of its
-    int16 input to int8 (the same span, zero point 0), the op on int8 (an L2 normalization writes
-    steps of 1/128), and a QUANTIZE of that to the stand-in's int16 output."""
+def int8_islands(quantized: bytes, stand_ins: list[StandIn]) -> bytes:
+    """The int16x8 file with each op a MUL stood in for (`_int8_stand_ins`) run in int8: a QUANTIZE of the
+    MUL's int16 input to int8 (the same span, zero point 0), the op on int8, and a QUANTIZE of its int8
+    output to the MUL's int16 one."""
+    if not stand_ins:
+        return quantized
     model = read_model(quantized)
-    changed = False
-    for graph, op in _each(model, schema.BuiltinOperator.MUL):
-        one = (graph.tensors[int(op.inputs[1])].name or b"").rsplit(b"/", 1)[-1]
-        if not one.startswith(_STAND_IN):
-            continue
-        kind = int(one[len(_STAND_IN):])
-        source, target = int(op.inputs[0]), int(op.outputs[0])
-        wide = graph.tensors[source].quantization
-        span = float(wide.scale[0]) * _INT16_MAX
-        narrow_in = tensor_like(graph, source, graph.tensors[source].name + b"/int8", schema.TensorType.INT8,
-                                _quantization(span / 127.0, 0))
-        narrow_out = tensor_like(graph, target, graph.tensors[target].name + b"/int8", schema.TensorType.INT8,
-                                 _quantization(1.0 / 128.0, 0))
-        inner = new_op(model, kind, [narrow_in], [narrow_out])
-        inner.opcodeIndex = opcode(model, kind, at_least=2)  # the int8 kernel
-        inner.builtinOptionsType, inner.builtinOptions = _INT8_ONLY[kind][0], _INT8_ONLY[kind][1]()
-        at = graph.operators.index(op)
+    graph = model.subgraphs[0]
+    by_output = {int(op.outputs[0]): op for op in graph.operators}
+    for stand_in in stand_ins:
+        target = next(i for i, tensor in enumerate(graph.tensors) if tensor.name == stand_in.output)
+        mul = by_output[target]
+        source = int(mul.inputs[0])
+        int8_in = _quantization(float(graph.tensors[source].quantization.scale[0]) * _INT16_MAX / 127.0, 0)
+        int8_out = {"fixed": lambda: _quantization(1.0 / 128.0, 0), "input": lambda: copy_module.deepcopy(int8_in),
+                    "own": lambda: _quantization(float(graph.tensors[target].quantization.scale[0]) * _INT16_MAX
+                                                 / 127.0, 0)}[_INT8_ONLY[stand_in.builtin]]()
+        narrow_in = tensor_like(graph, source, graph.tensors[source].name + b"/int8", schema.TensorType.INT8, int8_in)
+        narrow_out = tensor_like(graph, target, stand_in.output + b"/int8", schema.TensorType.INT8, int8_out)
+        inner = copy_module.deepcopy(stand_in.op)
+        inner.opcodeIndex = opcode(model, stand_in.builtin, at_least=max(stand_in.version, 2))  # the int8 kernel
+        inner.inputs, inner.outputs = [narrow_in], [narrow_out]
+        at = graph.operators.index(mul)
         graph.operators[at:at + 1] = [new_op(model, schema.BuiltinOperator.QUANTIZE, [source], [narrow_in]), inner,
                                       new_op(model, schema.BuiltinOperator.QUANTIZE, [narrow_out], [target])]
-        changed = True
-    if not changed:
-        return quantized
     drop_unused_opcodes(model)
     return write_model(model)
 
