@@ -147,6 +147,13 @@ def op_options(builtin: int):
     return kind, options
 
 
+def per_tensor(scale: float, zero: int):
+    """Quantization parameters of one scale and zero point for a whole tensor."""
+    quantization = schema.QuantizationParametersT()
+    quantization.scale, quantization.zeroPoint = [scale], [zero]
+    return quantization
+
+
 def new_op(model, builtin: int, inputs: list[int], outputs: list[int]):
     new = schema.OperatorT()
     new.opcodeIndex = opcode(model, builtin)

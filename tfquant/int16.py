@@ -40,7 +40,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from .flatbuffer import (array_constant, builtin_of, constant, drop_unused_opcodes, float_constant, has_range, is_float,
-                         new_op, op_options, opcode, read_model, readers_of, scalar_constant, tensor_like,
+                         new_op, op_options, opcode, per_tensor, read_model, readers_of, scalar_constant, tensor_like,
                          write_model)
 
 _BIASED = {schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D,
@@ -115,9 +115,9 @@ def int8_islands(quantized: bytes, stand_ins: list[StandIn]) -> bytes:
         target = next(i for i, tensor in enumerate(graph.tensors) if tensor.name == stand_in.output)
         mul = by_output[target]
         source = int(mul.inputs[0])
-        int8_in = _quantization(float(graph.tensors[source].quantization.scale[0]) * _INT16_MAX / 127.0, 0)
-        int8_out = {"fixed": lambda: _quantization(1.0 / 128.0, 0), "input": lambda: copy_module.deepcopy(int8_in),
-                    "own": lambda: _quantization(float(graph.tensors[target].quantization.scale[0]) * _INT16_MAX
+        int8_in = per_tensor(float(graph.tensors[source].quantization.scale[0]) * _INT16_MAX / 127.0, 0)
+        int8_out = {"fixed": lambda: per_tensor(1.0 / 128.0, 0), "input": lambda: copy_module.deepcopy(int8_in),
+                    "own": lambda: per_tensor(float(graph.tensors[target].quantization.scale[0]) * _INT16_MAX
                                                  / 127.0, 0)}[_INT8_ONLY[stand_in.builtin]]()
         narrow_in = tensor_like(graph, source, graph.tensors[source].name + b"/int8", schema.TensorType.INT8, int8_in)
         narrow_out = tensor_like(graph, target, stand_in.output + b"/int8", schema.TensorType.INT8, int8_out)
@@ -129,12 +129,6 @@ def int8_islands(quantized: bytes, stand_ins: list[StandIn]) -> bytes:
                                       new_op(model, schema.BuiltinOperator.QUANTIZE, [narrow_out], [target])]
     drop_unused_opcodes(model)
     return write_model(model)
-
-
-def _quantization(scale: float, zero: int):
-    q = schema.QuantizationParametersT()
-    q.scale, q.zeroPoint = [scale], [zero]
-    return q
 
 
 def _each(model, *builtins: int):

@@ -17,7 +17,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from .flatbuffer import (array_constant, builtin_codes, drop_unused_opcodes, float_constant, is_float, new_op,
-                         producers_of, read_model, readers_of, tensor_like, write_model)
+                         per_tensor, producers_of, read_model, readers_of, tensor_like, write_model)
 
 
 def after_quantizer(data: bytes, *, int8: bool) -> bytes:
@@ -125,7 +125,7 @@ def _integer_inputs(model, codes: list[int]) -> bool:
                 read, ops = _clamped_to_int16(model, graph, codes, index, low, high)
                 at = min(k for k, o in enumerate(graph.operators) if any(o is c for c in casts))
                 graph.operators[at:at] = ops
-            graph.tensors[read].quantization = _per_tensor(1.0, 0)
+            graph.tensors[read].quantization = per_tensor(1.0, 0)
             for q in quantizes:
                 q.inputs = [read]
             graph.operators = [o for o in graph.operators if not any(o is c for c in casts)]
@@ -239,7 +239,7 @@ def _integer_copies(model, codes: list[int]) -> bool:
             op.inputs = inputs
             op.opcodeIndex = _newest(model, codes, codes[op.opcodeIndex])  # int8 kernels need a later version
             copies = [tensor_like(graph, o, graph.tensors[o].name + b"/integer", graph.tensors[source].type,
-                                  _per_tensor(*on_source)) for o in outputs]
+                                  per_tensor(*on_source)) for o in outputs]
             op.outputs = copies
             for old, new in zip(outputs, copies):
                 for reader in readers.get(old, []):
@@ -315,7 +315,7 @@ def _symmetric_products(model, codes: list[int]) -> bool:
                     scale, zero = on
                     span = max(abs(-128 - zero), abs(127 - zero)) * scale
                     symmetric = tensor_like(graph, index, tensor.name + b"/symmetric", schema.TensorType.INT8,
-                                            _per_tensor(span / 127.0, 0))
+                                            per_tensor(span / 127.0, 0))
                     ordered.append(_added(model, codes, schema.BuiltinOperator.QUANTIZE, [index], [symmetric]))
                     op.inputs = [int(op.inputs[0]), symmetric, *[int(i) for i in op.inputs[2:]]]
                     changed = True
@@ -352,7 +352,7 @@ def _copies_requantized(model, codes: list[int]) -> bool:
                 if output.type != source.type or output.type not in _LEVELS or on_source is None or \
                         _scale(output) in (None, on_source):
                     continue
-                copied = tensor_like(graph, index, output.name + b"/copied", output.type, _per_tensor(*on_source))
+                copied = tensor_like(graph, index, output.name + b"/copied", output.type, per_tensor(*on_source))
                 outputs = [int(o) for o in op.outputs]
                 outputs[position] = copied
                 op.outputs = outputs
@@ -375,13 +375,6 @@ def _scale(tensor) -> Optional[tuple[float, int]]:
     if q is None or q.scale is None or len(q.scale) != 1 or q.zeroPoint is None or len(q.zeroPoint) != 1:
         return None
     return float(q.scale[0]), int(q.zeroPoint[0])
-
-
-def _per_tensor(scale: float, zero: int):
-    """Quantization parameters of one scale and zero point for a whole tensor."""
-    quantization = schema.QuantizationParametersT()
-    quantization.scale, quantization.zeroPoint = [scale], [zero]
-    return quantization
 
 
 _INTEGER_IDS = (schema.TensorType.INT32, schema.TensorType.INT64)
@@ -439,7 +432,7 @@ def _on_scale_of(model, constant, output) -> bool:
     fresh.data = _on_grid(value, scale, zero, dtype).tobytes()
     model.buffers.append(fresh)
     constant.buffer = len(model.buffers) - 1
-    constant.quantization = _per_tensor(scale, zero)
+    constant.quantization = per_tensor(scale, zero)
     return True
 
 
@@ -454,7 +447,7 @@ _COMPARISONS = {schema.BuiltinOperator.EQUAL, schema.BuiltinOperator.NOT_EQUAL, 
 
 def _int8_constant(model, graph, levels: np.ndarray, scale: float, zero: int, near: bytes) -> int:
     return array_constant(model, graph, levels, near, b"int8", tensor_type=schema.TensorType.INT8,
-                          quantization=_per_tensor(scale, zero))
+                          quantization=per_tensor(scale, zero))
 
 
 def _drop_unread(graph, codes: list[int], builtin: int) -> None:
