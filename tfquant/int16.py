@@ -25,9 +25,8 @@ quantizer gave a SUM its input's scale), a MINIMUM's or MAXIMUM's constant bound
 value's range (it wrapped around in int16), and SELECT_V2 (a causal or padding mask on attention
 scores) as a sum of products with the mask as 0 and 1. An op with an int8 kernel and no int16 one
 (L2_NORMALIZATION, DEPTH_TO_SPACE, SPACE_TO_DEPTH, SQRT) stands in as MUL(x, 1) and is put back in
-int8 between two QUANTIZEs
-(`int8_islands`). The integer ops on token ids and masks are set aside while it runs
-(`without_integer_ops`).
+int8 between two QUANTIZEs (`int8_islands`). The integer ops on token ids and masks are set aside
+while it runs (`without_integer_ops`).
 """
 
 from __future__ import annotations
@@ -115,10 +114,10 @@ def int8_islands(quantized: bytes, stand_ins: list[StandIn]) -> bytes:
         target = next(i for i, tensor in enumerate(graph.tensors) if tensor.name == stand_in.output)
         mul = by_output[target]
         source = int(mul.inputs[0])
-        int8_in = per_tensor(float(graph.tensors[source].quantization.scale[0]) * _INT16_MAX / 127.0, 0)
-        int8_out = {"fixed": lambda: per_tensor(1.0 / 128.0, 0), "input": lambda: copy_module.deepcopy(int8_in),
-                    "own": lambda: per_tensor(float(graph.tensors[target].quantization.scale[0]) * _INT16_MAX
-                                                 / 127.0, 0)}[_INT8_ONLY[stand_in.builtin]]()
+        int8_in = _int8_span(graph.tensors[source])
+        rule = _INT8_ONLY[stand_in.builtin]
+        int8_out = per_tensor(1.0 / 128.0, 0) if rule == "fixed" else \
+            copy_module.deepcopy(int8_in) if rule == "input" else _int8_span(graph.tensors[target])
         narrow_in = tensor_like(graph, source, graph.tensors[source].name + b"/int8", schema.TensorType.INT8, int8_in)
         narrow_out = tensor_like(graph, target, stand_in.output + b"/int8", schema.TensorType.INT8, int8_out)
         inner = copy_module.deepcopy(stand_in.op)
@@ -129,6 +128,11 @@ def int8_islands(quantized: bytes, stand_ins: list[StandIn]) -> bytes:
                                       new_op(model, schema.BuiltinOperator.QUANTIZE, [narrow_out], [target])]
     drop_unused_opcodes(model)
     return write_model(model)
+
+
+def _int8_span(int16_tensor):
+    """int8 parameters (zero point 0) for the span of a symmetric int16 tensor."""
+    return per_tensor(float(int16_tensor.quantization.scale[0]) * _INT16_MAX / 127.0, 0)
 
 
 def _each(model, *builtins: int):

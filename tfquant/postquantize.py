@@ -23,9 +23,9 @@ from .flatbuffer import (array_constant, builtin_codes, drop_unused_opcodes, flo
 def after_quantizer(data: bytes, *, int8: bool) -> bytes:
     """The quantized file with what TFLite's quantizer leaves float or wrong mended: in an int8 file,
     comparisons (`_integer_comparisons`), uint8 or int8 inputs (`_integer_inputs`), boolean masks
-    (`_integer_masks`) copies between float ops (`_float_copies`) and the right operands of BATCH_MATMUL
-    (`_symmetric_products`); in any quantized file, ONE_HOT (`_integer_one_hot`) and ops that copy values
-    (`_copies_requantized`). The file is read and written once, and not read into objects at all
+    (`_integer_masks`), copies between float ops (`_float_copies`) and the right operands of
+    BATCH_MATMUL (`_symmetric_products`); in any quantized file, ONE_HOT (`_integer_one_hot`) and ops
+    that copy values (`_copies_requantized`). The file is read and written once, and not read into objects at all
     when it holds none of the ops these passes look for."""
     passes = [(_integer_one_hot, {schema.BuiltinOperator.ONE_HOT}), (_integer_copies, set(_COPIES)),
               (_copies_requantized, set(_COPIES))]
