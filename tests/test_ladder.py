@@ -318,3 +318,5 @@ def test_diagnose_command(mismatched, train_npz, test_npz, capsys):
     assert found["float_accuracy"] - found["int8_accuracy"] > 0.5
     assert found["range_lint"][0]["op"] == "CONCATENATION"
     assert found["errors"][0]["tensor"].endswith("joined/concat") and found["errors"][0]["output_error"] > 0.5
+    # The concatenation alone in int8 costs the outputs what every op in int8 does: it is the whole error.
+    assert abs(found["int8_output_error"] - found["errors"][0]["output_error"]) < 0.02, found["int8_output_error"]

@@ -421,6 +421,9 @@ def _diagnose(ns: argparse.Namespace) -> int:
     if found.float_accuracy is not None:
         print(f"accuracy: float32 {100 * found.float_accuracy:.2f} %, int8 {100 * found.int8_accuracy:.2f} % "
               f"({100 * (found.float_accuracy - found.int8_accuracy):.2f} pts drop)")
+    if found.int8_output_error is not None:
+        print(f"every op in int8: {found.int8_output_error:.4f} mean error at the outputs (the outputs column below: "
+              "each op alone in int8)")
     print(summary(found.errors, ns.top))
     if found.range_lint:
         print()

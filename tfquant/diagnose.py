@@ -222,6 +222,9 @@ class Diagnosis(Record):
     range_lint: list[RangeWarning]
     float_accuracy: Optional[float] = None
     int8_accuracy: Optional[float] = None
+    # The outputs' mean error with every op int8, measured as each op's `output_error` alone is: where no op
+    # alone comes near it, the error is spread over the ops.
+    int8_output_error: Optional[float] = None
 
 
 def diagnose(
@@ -277,4 +280,5 @@ def diagnose(
         judged = reference.judge(Runner(int8).predict(prepared.evaluation))
         accuracies = [reference.score(reference.metrics), reference.score(judged)]
     return Diagnosis(model=prepared.source, errors=errors, range_lint=lint,
-                     float_accuracy=accuracies[0], int8_accuracy=accuracies[1])
+                     float_accuracy=accuracies[0], int8_accuracy=accuracies[1],
+                     int8_output_error=whole_error(calibrated, recipe, data, samples=samples))
