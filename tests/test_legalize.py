@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
@@ -396,3 +398,38 @@ def test_an_unrolled_gru_reads_one_copy_of_its_recurrent_weights(rows_gru, digit
     assert len(set(names)) == len(names) and max(map(len, names)) <= flatbuffer.LONG_NAME
     assert len(shared) < len(copies) - dropped * 16 * 12  # at least the scales and zero points of 16 channels each
     assert len(inspect(shared).ops) == len(inspect(copies).ops)
+
+
+def test_a_normalization_of_looked_up_rows_is_computed_on_the_table(digits):
+    """An Embedding read straight by LayerNormalization: int8 stored the table on one scale and the
+    normalization blew up the rounding of its small rows. What is computed from each row alone is computed
+    once on the whole table in the float file: the GATHER looks up the normalized rows, and the
+    normalization's ops leave the file."""
+    from tfquant._keras import keras3
+    from tfquant.flatbuffer import read_model
+
+    k = keras3()
+    k.utils.set_random_seed(0)
+    tokens = (digits["x"].reshape(-1, 64) * 16).astype(np.int32)
+    inputs = k.Input((64,), dtype="int32", name="tokens")
+    embedding, norm = k.layers.Embedding(17, 16), k.layers.LayerNormalization()
+    x = k.layers.Dense(16, activation="relu")(norm(embedding(inputs)))
+    model = k.Model(inputs, k.layers.Dense(1, name="ink")(k.layers.GlobalAveragePooling1D()(x)))
+    result = tfquant.quantize(model, {"tokens": tokens[:100]}, eval_data=({"tokens": tokens[100:300]},
+                              model.predict(tokens[100:300], verbose=0)), bench_runs=1, diagnose=False,
+                              max_rel_rmse=0.2)  # untrained: the check below is of the table
+    assert any(re.match(r"the \d+ per-token op\(s\) between the lookup", n) for n in result.report.export.notes), \
+        result.report.export.notes
+    kinds = [op.name for op in result.info.ops]
+    assert kinds.count("MEAN") == 1 and "RSQRT" not in kinds, kinds  # the average pooling's MEAN is left
+    assert_every_op_integer(result.info)
+    # The table the file looks up is the normalization of Keras' table, row by row (the int8 file's, dequantized).
+    model_t = read_model(result.tflite)
+    graph = model_t.subgraphs[0]
+    (table,) = [graph.tensors[int(op.inputs[0])] for op in graph.operators
+                if model_t.operatorCodes[op.opcodeIndex].builtinCode == schema.BuiltinOperator.GATHER
+                and list(graph.tensors[int(op.inputs[0])].shape) == [17, 16]]
+    stored = np.frombuffer(bytes(model_t.buffers[table.buffer].data), np.int8).reshape(table.shape).astype(np.float64)
+    scale, zero = float(table.quantization.scale[0]), int(table.quantization.zeroPoint[0])
+    expected = np.asarray(norm(embedding.embeddings))
+    assert np.abs((stored - zero) * scale - expected).max() <= scale / 2 + 1e-6

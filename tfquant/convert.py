@@ -192,8 +192,11 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
     if recipe.quantizer == "litert":  # it calibrates the float file itself, on the same samples
         return Calibration(exported.tflite, b"", samples=list(calibration.samples())), recipe
     float_tflite, rewrites = exported.tflite, []
+    if recipe.mode in (Mode.INT8, Mode.INT16X8):
+        float_tflite, rewrites = _tables_folded(float_tflite, calibration)
     if recipe.equalize and not recipe.per_channel and recipe.mode is Mode.INT8:
-        float_tflite, rewrites = _equalized(float_tflite, calibration)
+        float_tflite, equalized = _equalized(float_tflite, calibration)
+        rewrites += equalized
     calibrated = calibrate(float_tflite, calibration, source=source)
     if recipe.split_joins and recipe.mode is Mode.INT8:
         float_tflite, calibrated, splits = _joins_split(float_tflite, calibrated, calibration, source)
@@ -248,22 +251,44 @@ def _equalized(float_tflite: bytes, calibration: Dataset) -> tuple[bytes, list]:
     calibration samples are checked to be the float file's; else the file as it was."""
     from . import console
     from .equalize import equalize
-    from .harness import Runner
 
     rewritten, done = equalize(float_tflite)
-    if not done:
+    if not done or not _same_outputs(float_tflite, rewritten, calibration, "weights not equalized"):
         return float_tflite, []
-    few = calibration.take(np.arange(min(8, len(calibration))))
-    before, after = Runner(float_tflite).predict(few), Runner(rewritten).predict(few)
-    for name, values in before.items():
-        scale = float(np.abs(values).max()) or 1.0
-        if not np.allclose(after[name], values, rtol=0, atol=EQUAL_FLOAT * scale):
-            log.info("weights not equalized: output %r moved by %.3g of its largest value", name,
-                     float(np.abs(after[name] - values).max()) / scale)
-            return float_tflite, []
     for rewrite in done:
         console.note(rewrite.describe())
     return rewritten, done
+
+
+def _tables_folded(float_tflite: bytes, calibration: Dataset) -> tuple[bytes, list]:
+    """The float file with the per-token ops after its embedding lookups computed on their tables
+    (`tfquant.tables`), once its outputs on a few calibration samples are checked to be the float file's;
+    else the file as it was."""
+    from . import console
+    from .tables import fold
+
+    rewritten, done = fold(float_tflite)
+    if not done or not _same_outputs(float_tflite, rewritten, calibration, "embedding tables not folded"):
+        return float_tflite, []
+    for rewrite in done:
+        console.note(rewrite.describe())
+    return rewritten, done
+
+
+def _same_outputs(float_tflite: bytes, rewritten: bytes, calibration: Dataset, refused: str) -> bool:
+    """Whether a rewrite of the float file gives its outputs on a few calibration samples (to `EQUAL_FLOAT`
+    of each output's largest value); logs `refused` with the difference where it does not."""
+    from .harness import Runner
+
+    few = calibration.take(np.arange(min(8, len(calibration))))
+    before, after = Runner(float_tflite).predict(few, progress=False), Runner(rewritten).predict(few, progress=False)
+    for name, values in before.items():
+        scale = float(np.abs(values).max()) or 1.0
+        if not np.allclose(after[name], values, rtol=0, atol=EQUAL_FLOAT * scale):
+            log.info("%s: output %r moved by %.3g of its largest value", refused, name,
+                     float(np.abs(after[name] - values).max()) / scale)
+            return False
+    return True
 
 
 
