@@ -24,8 +24,8 @@ from typing import Callable, Optional
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from .flatbuffer import (array_constant, builtin_of, constant, drop_unused_opcodes, float_constant, read_model,
-                         readers_of, write_model)
+from .flatbuffer import (array_constant, builtin_codes, builtin_of, constant, drop_unused_opcodes, float_constant,
+                         read_model, readers_of, write_model)
 
 _B = schema.BuiltinOperator
 _UNARY: dict[int, Callable[[np.ndarray], np.ndarray]] = {
@@ -56,7 +56,9 @@ class Fold:
 
 def fold(float_tflite: bytes) -> tuple[bytes, list[Fold]]:
     """The float file with the per-row computations after each embedding lookup folded into its table
-    (see the module); returns it and the folds made."""
+    (see the module); returns it and the folds made. A file without a GATHER is not read into objects."""
+    if _B.GATHER not in builtin_codes(schema.Model.GetRootAs(float_tflite, 0)):
+        return float_tflite, []
     model = read_model(float_tflite)
     graph = model.subgraphs[0]
     done = []
