@@ -154,6 +154,19 @@ def per_tensor(scale: float, zero: int):
     return quantization
 
 
+def turn_into(model, op, builtin: int) -> None:
+    """`op` runs `builtin` (with its default options, no fused activation) on the inputs it has."""
+    op.opcodeIndex = opcode(model, builtin)
+    op.builtinOptionsType, op.builtinOptions = op_options(builtin)
+
+
+def ops_running(model, *builtins: int) -> list:
+    """(graph, op) for every op running one of `builtins`, listed before any is rewritten (a rewrite inserts
+    ops)."""
+    return [(graph, op) for graph in model.subgraphs for op in list(graph.operators)
+            if builtin_of(model, op) in builtins]
+
+
 def new_op(model, builtin: int, inputs: list[int], outputs: list[int]):
     new = schema.OperatorT()
     new.opcodeIndex = opcode(model, builtin)

@@ -39,8 +39,8 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from .flatbuffer import (array_constant, builtin_of, constant, drop_unused_opcodes, float_constant, has_range, is_float,
-                         new_op, op_options, opcode, per_tensor, read_model, readers_of, scalar_constant, tensor_like,
-                         write_model)
+                         new_op, opcode, ops_running, per_tensor, read_model, readers_of, scalar_constant, tensor_like,
+                         turn_into, write_model)
 
 _BIASED = {schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D,
            schema.BuiltinOperator.DEPTHWISE_CONV_2D}
@@ -92,12 +92,12 @@ def _int8_stand_ins(model) -> list[StandIn]:
     SQRT): tf_keras' `tf.math.l2_normalize`, a super-resolution network's pixel shuffle. The MUL's output
     keeps the op's calibrated range; `int8_islands` puts the op back."""
     found = []
-    for graph, op in _each(model, *_INT8_ONLY):
+    for graph, op in ops_running(model, *_INT8_ONLY):
         builtin = builtin_of(model, op)
         name = graph.tensors[int(op.outputs[0])].name
         found.append(StandIn(name, builtin, model.operatorCodes[op.opcodeIndex].version, copy_module.deepcopy(op)))
         op.inputs = [int(op.inputs[0]), scalar_constant(model, graph, 1.0, name, b"stand_in_one")]
-        _turn_into(model, op, schema.BuiltinOperator.MUL)
+        turn_into(model, op, schema.BuiltinOperator.MUL)
     return found
 
 
@@ -133,19 +133,6 @@ def int8_islands(quantized: bytes, stand_ins: list[StandIn]) -> bytes:
 def _int8_span(int16_tensor):
     """int8 parameters (zero point 0) for the span of a symmetric int16 tensor."""
     return per_tensor(float(int16_tensor.quantization.scale[0]) * _INT16_MAX / 127.0, 0)
-
-
-def _each(model, *builtins: int):
-    """(graph, op) for every op running one of `builtins`, listed before any is rewritten (a rewrite inserts
-    ops)."""
-    return [(graph, op) for graph in model.subgraphs for op in list(graph.operators)
-            if builtin_of(model, op) in builtins]
-
-
-def _turn_into(model, op, builtin: int) -> None:
-    """`op` runs `builtin` (with its default options) on the inputs it has."""
-    op.opcodeIndex = opcode(model, builtin)
-    op.builtinOptionsType, op.builtinOptions = op_options(builtin)
 
 
 @dataclass(frozen=True)
@@ -237,7 +224,7 @@ def _squared_differences_spelled_out(model) -> bool:
     for it and stops on the file. The calibrated file has no range for the new `t`; the square's
     has one, [0, m], and |t| <= sqrt(m) is the bound int16's symmetric scale takes."""
     changed = False
-    for graph, op in _each(model, schema.BuiltinOperator.SQUARED_DIFFERENCE):
+    for graph, op in ops_running(model, schema.BuiltinOperator.SQUARED_DIFFERENCE):
         out = int(op.outputs[0])
         square, span = graph.tensors[out], _calibrated(graph.tensors[out])
         if span is None:
@@ -248,7 +235,7 @@ def _squared_differences_spelled_out(model) -> bool:
         at = graph.operators.index(op)
         graph.operators.insert(at, new_op(model, schema.BuiltinOperator.SUB, list(op.inputs), [difference]))
         op.inputs = [difference, difference]
-        _turn_into(model, op, schema.BuiltinOperator.MUL)
+        turn_into(model, op, schema.BuiltinOperator.MUL)
         changed = True
     return changed
 
@@ -258,7 +245,7 @@ def _hard_swishes_spelled_out(model) -> bool:
     there was one. TFLite's int16x8 quantizer has no int16 form of HARD_SWISH and refused MobileNetV3.
     The new tensors take their ranges from x's: x + 3 shifted, the gate within [0, 6], then [0, 1]."""
     changed = False
-    for graph, op in _each(model, schema.BuiltinOperator.HARD_SWISH):
+    for graph, op in ops_running(model, schema.BuiltinOperator.HARD_SWISH):
         x, out = int(op.inputs[0]), int(op.outputs[0])
         span = _calibrated(graph.tensors[x])
         if span is None:
@@ -284,7 +271,7 @@ def _hard_swishes_spelled_out(model) -> bool:
         at = graph.operators.index(op)
         graph.operators[at:at] = ops
         op.inputs = [x, made[b"scaled"]]
-        _turn_into(model, op, schema.BuiltinOperator.MUL)
+        turn_into(model, op, schema.BuiltinOperator.MUL)
         changed = True
     return changed
 
@@ -294,7 +281,7 @@ def _prelus_spelled_out(model) -> bool:
     quantizer has no int16 form of PRELU (super-resolution and face networks use it). The new tensors'
     ranges follow from x's and a's."""
     changed = False
-    for graph, op in _each(model, schema.BuiltinOperator.PRELU):
+    for graph, op in ops_running(model, schema.BuiltinOperator.PRELU):
         x, alpha, out = int(op.inputs[0]), int(op.inputs[1]), int(op.outputs[0])
         slopes, span = float_constant(model, graph, alpha), _calibrated(graph.tensors[x])
         if slopes is None or span is None:
@@ -317,7 +304,7 @@ def _prelus_spelled_out(model) -> bool:
         at = graph.operators.index(op)
         graph.operators[at:at] = ops
         op.inputs = [made[b"positive"], made[b"scaled"]]
-        _turn_into(model, op, schema.BuiltinOperator.SUB)
+        turn_into(model, op, schema.BuiltinOperator.SUB)
         changed = True
     return changed
 
@@ -330,7 +317,7 @@ def _sums_as_means(model) -> bool:
     clipped to [-1, 1] (44 % agreement with float). A MEAN gets a scale of its own (the sum's calibrated
     range over the count), and the MUL by the count one of its own too."""
     changed = False
-    for graph, op in _each(model, schema.BuiltinOperator.SUM):
+    for graph, op in ops_running(model, schema.BuiltinOperator.SUM):
         x, out = int(op.inputs[0]), int(op.outputs[0])
         axes = constant(model, graph, int(op.inputs[1]), schema.TensorType.INT32)
         shape, signature = graph.tensors[x].shape, graph.tensors[x].shapeSignature
@@ -361,7 +348,7 @@ def _bounds_within_range(model) -> bool:
     which became -0.8, and every output with it (0 % agreement). Inside the value's calibrated range the
     clipped bound does the same."""
     changed = False
-    for graph, op in _each(model, schema.BuiltinOperator.MINIMUM, schema.BuiltinOperator.MAXIMUM):
+    for graph, op in ops_running(model, schema.BuiltinOperator.MINIMUM, schema.BuiltinOperator.MAXIMUM):
         inputs = [int(i) for i in op.inputs]
         bounds = [float_constant(model, graph, i) for i in inputs]
         if len(inputs) != 2 or sum(b is not None for b in bounds) != 1:
@@ -387,7 +374,7 @@ def _selects_as_sums(model) -> bool:
     mask) gives CASTs, which `without_integer_ops` takes out while the quantizer runs. The two products
     take the calibrated range of their value widened to 0; the sum keeps the select's."""
     changed = False
-    for graph, op in _each(model, schema.BuiltinOperator.SELECT_V2):
+    for graph, op in ops_running(model, schema.BuiltinOperator.SELECT_V2):
         condition, *values = (int(i) for i in op.inputs)
         keep = constant(model, graph, condition, schema.TensorType.BOOL)
         out = int(op.outputs[0])
@@ -410,7 +397,7 @@ def _selects_as_sums(model) -> bool:
             graph.operators[graph.operators.index(op)] = ops.pop()
         else:
             op.inputs = products
-            _turn_into(model, op, schema.BuiltinOperator.ADD)
+            turn_into(model, op, schema.BuiltinOperator.ADD)
         at = next(i for i, o in enumerate(graph.operators) if out in map(int, o.outputs))
         graph.operators[at:at] = ops
         changed = True

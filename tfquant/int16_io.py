@@ -8,7 +8,7 @@ from typing import Optional
 
 from ai_edge_litert import schema_py_generated as schema
 
-from .flatbuffer import op_options, opcode, producers_of, read_model, readers_of, tensor_like, write_model
+from .flatbuffer import new_op, producers_of, read_model, readers_of, tensor_like, write_model
 
 
 def with_io(int16x8: bytes, io: str, int8: Optional[bytes] = None) -> bytes:
@@ -33,12 +33,6 @@ def with_io(int16x8: bytes, io: str, int8: Optional[bytes] = None) -> bytes:
     readers, producers = readers_of(graph), producers_of(graph)
     front, back = [], []
 
-    def edge(builtin: int, source: int, target: int):
-        op = schema.OperatorT()
-        op.opcodeIndex, op.inputs, op.outputs = opcode(model, builtin), [source], [target]
-        op.builtinOptionsType, op.builtinOptions = op_options(builtin)
-        return op
-
     def retype(tensor) -> None:
         if io == "int8":
             tensor.type, tensor.quantization = schema.TensorType.INT8, _int8_params(params, tensor.name)
@@ -55,7 +49,7 @@ def with_io(int16x8: bytes, io: str, int8: Optional[bytes] = None) -> bytes:
         for op in readers.get(index, []):
             op.inputs = [wide if int(i) == index else int(i) for i in op.inputs]
         retype(tensor)
-        front.append(edge(schema.BuiltinOperator.QUANTIZE, index, wide))
+        front.append(new_op(model, schema.BuiltinOperator.QUANTIZE, [index], [wide]))
     for index in (int(i) for i in graph.outputs):
         tensor = graph.tensors[index]
         if tensor.type != schema.TensorType.INT16 or index not in producers:
@@ -67,7 +61,7 @@ def with_io(int16x8: bytes, io: str, int8: Optional[bytes] = None) -> bytes:
         for op in readers.get(index, []):  # an output that ops inside also read
             op.inputs = [wide if int(i) == index else int(i) for i in op.inputs]
         retype(tensor)
-        back.append(edge(out, wide, index))
+        back.append(new_op(model, out, [wide], [index]))
     graph.operators = [*front, *graph.operators, *back]
     return write_model(model)
 

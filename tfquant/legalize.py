@@ -21,8 +21,8 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from .flatbuffer import (builtin_of, drop_unused_opcodes, float_constant, float_tensor_like, has_range,
-                         is_float, new_op, op_options, opcode, producers_of, read_model, readers_of, replace_constant,
-                         scalar_constant, write_model)
+                         is_float, new_op, producers_of, read_model, readers_of, replace_constant,
+                         scalar_constant, turn_into, write_model)
 
 SIGNATURE = "serving_default"
 _Rewrite = Callable[[object, object, object], bool]
@@ -80,17 +80,12 @@ def make_quantizable(data: bytes, *, keep_weights: bool = False) -> tuple[bytes,
     return write_model(model), [f"{description} ({count}×), so that int8 covers it" for description, count in counts.items()]
 
 
-def _as_mul(model, op) -> None:
-    op.opcodeIndex = opcode(model, schema.BuiltinOperator.MUL)
-    op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.MUL)
-
-
 @_registers(schema.BuiltinOperator.NEG, "NEG(x) as MUL(x, -1)")
 def _neg(model, graph, op) -> bool:
     if not is_float(graph, op.inputs[0]):
         return False
     op.inputs = [op.inputs[0], scalar_constant(model, graph, -1.0, graph.tensors[op.outputs[0]].name, b"minus_one")]
-    _as_mul(model, op)
+    turn_into(model, op, schema.BuiltinOperator.MUL)
     return True
 
 
@@ -99,7 +94,7 @@ def _zeros_like(model, graph, op) -> bool:
     if not is_float(graph, op.inputs[0]):
         return False
     op.inputs = [op.inputs[0], scalar_constant(model, graph, 0.0, graph.tensors[op.outputs[0]].name, b"zero")]
-    _as_mul(model, op)
+    turn_into(model, op, schema.BuiltinOperator.MUL)
     return True
 
 
@@ -108,7 +103,7 @@ def _square(model, graph, op) -> bool:
     if not is_float(graph, op.inputs[0]):
         return False
     op.inputs = [op.inputs[0], op.inputs[0]]
-    _as_mul(model, op)
+    turn_into(model, op, schema.BuiltinOperator.MUL)
     return True
 
 
@@ -132,8 +127,7 @@ def _elu(model, graph, op) -> bool:
     at = graph.operators.index(op)
     graph.operators[at:at] = ops  # before the op that becomes the sum: the graph runs in list order
     op.inputs = [x, made[b"rest"]]
-    op.opcodeIndex = opcode(model, schema.BuiltinOperator.ADD)
-    op.builtinOptionsType, op.builtinOptions = op_options(schema.BuiltinOperator.ADD)
+    turn_into(model, op, schema.BuiltinOperator.ADD)
     return True
 
 
