@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from .flatbuffer import WEIGHT_OPS, builtin_codes
+from .flatbuffer import WEIGHT_OPS, builtin_codes, text
 
 _DTYPES = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32,
            schema.TensorType.INT64: np.int64}
@@ -69,7 +69,7 @@ class WeightOps:
         for i in range(reference_graph.OperatorsLength()):
             op = reference_graph.Operators(i)
             if reference_codes[op.OpcodeIndex()] in WEIGHT_OPS and op.InputsLength() > 1:
-                self._float_weights[_name(reference_graph.Tensors(op.Outputs(0)))] = reference_graph.Tensors(op.Inputs(1))
+                self._float_weights[text(reference_graph.Tensors(op.Outputs(0)).Name())] = reference_graph.Tensors(op.Inputs(1))
         self.data = bytearray(quantized)
         self.model = schema.Model.GetRootAs(self.data, 0)
         self.graph = self.model.Subgraphs(0)
@@ -85,7 +85,7 @@ class WeightOps:
             op = self.graph.Operators(i)
             code = self._codes[op.OpcodeIndex()]
             if code in WEIGHT_OPS and op.InputsLength() > 1:
-                name = _name(self.graph.Tensors(op.Outputs(0)))
+                name = text(self.graph.Tensors(op.Outputs(0)).Name())
                 yield op, code, name, self._float_weights.get(name)
 
     def int8_weights(self, op, exact_tensor, *, rewritten: bool = True):
@@ -195,8 +195,3 @@ def _values(model, tensor):
         return None
     raw = np.frombuffer(model._tab.Bytes, np.uint8, count=length, offset=start)
     return raw.view(dtype).reshape(tuple(tensor.ShapeAsNumpy()))
-
-
-def _name(tensor) -> str:
-    name = tensor.Name()
-    return name.decode() if isinstance(name, bytes) else str(name)

@@ -169,7 +169,7 @@ def amplified_inputs(tflite: bytes) -> list[str]:
     which a ranking by RMSE/scale does not show."""
     from ai_edge_litert import schema_py_generated as schema
 
-    from .flatbuffer import builtin_codes
+    from .flatbuffer import builtin_codes, text
 
     operands = {getattr(schema.BuiltinOperator, name): at for name, at in AMPLIFIERS}
     model = schema.Model.GetRootAs(tflite, 0)
@@ -185,8 +185,7 @@ def amplified_inputs(tflite: bytes) -> list[str]:
         op = graph.Operators(i)
         at = operands.get(codes[op.OpcodeIndex()])
         if at is not None and at < op.InputsLength() and made.get(op.Inputs(at)):
-            name = graph.Tensors(op.Inputs(at)).Name()
-            found.append(name.decode() if isinstance(name, bytes) else str(name))
+            found.append(text(graph.Tensors(op.Inputs(at)).Name()))
     return found
 
 
@@ -194,13 +193,14 @@ def _op_outputs(tflite: bytes) -> list[str]:
     """The output tensor name of every op of the main graph, the names denylists speak of."""
     from ai_edge_litert import schema_py_generated as schema
 
+    from .flatbuffer import text
+
     graph = schema.Model.GetRootAs(tflite, 0).Subgraphs(0)
     names = []
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
         if op.OutputsLength():
-            name = graph.Tensors(op.Outputs(0)).Name()
-            names.append(name.decode() if isinstance(name, bytes) else str(name))
+            names.append(text(graph.Tensors(op.Outputs(0)).Name()))
     return names
 
 

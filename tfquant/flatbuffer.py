@@ -50,6 +50,11 @@ def opcode(model, builtin: int, *, at_least: int = 1) -> int:
     return len(model.operatorCodes) - 1
 
 
+def text(name) -> str:
+    """A tensor's or op's name as text (the flatbuffer readers give bytes)."""
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def is_float(graph, index: int) -> bool:
     return graph.tensors[index].type == schema.TensorType.FLOAT32
 

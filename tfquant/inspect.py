@@ -13,6 +13,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from .errors import TFLiteFileError, called, problem
+from .flatbuffer import text
 from .model_config import TFLITE_EXPECTED, tflite_identifier_found
 from .types import FloatOp, ModelInfo, OpInfo, QuantParams, TensorInfo
 
@@ -103,7 +104,7 @@ def _op_name(model, opcode_index: int) -> str:
 
 
 def _tensor(model, index: int, tensor) -> TensorInfo:
-    name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+    name = text(tensor.name)
     buffer = model.buffers[tensor.buffer] if tensor.buffer and tensor.buffer < len(model.buffers) else None
     constant = buffer is not None and (
         (buffer.data is not None and len(buffer.data) > 0) or bool(getattr(buffer, "size", 0))

@@ -28,7 +28,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from .flatbuffer import drop_unused_opcodes, float_constant, opcode, read_model, write_model
+from .flatbuffer import drop_unused_opcodes, float_constant, opcode, read_model, text, write_model
 
 _READERS = (schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D)
 
@@ -55,7 +55,7 @@ def split_joins(float_tflite: bytes, joins: list[str]) -> tuple[bytes, list[Spli
     done: list[Split] = []
     for join in [op for op in list(graph.operators) if codes[op.opcodeIndex] == schema.BuiltinOperator.CONCATENATION]:
         out = int(join.outputs[0])
-        name = _name(graph.tensors[out])
+        name = text(graph.tensors[out].name)
         if name not in joins or out in graph_outputs:
             continue
         rank = len(graph.tensors[out].shape)
@@ -68,7 +68,7 @@ def split_joins(float_tflite: bytes, joins: list[str]) -> tuple[bytes, list[Spli
             continue
         split_names = []
         for reader in readers:
-            split_names.append(_name(graph.tensors[int(reader.outputs[0])]))
+            split_names.append(text(graph.tensors[int(reader.outputs[0])].name))
             _split(model, graph, reader, [int(i) for i in join.inputs], widths)
         graph.operators.remove(join)
         done.append(Split(name, tuple(split_names), len(widths)))
@@ -94,9 +94,9 @@ def _split(model, graph, reader, parts: list[int], widths: list[int]) -> None:
     position = graph.operators.index(reader)
     new_ops, partials, start = [], [], 0
     for number, (part, width) in enumerate(zip(parts, widths)):
-        kernel = _add_tensor(model, graph, f"{_name(graph.tensors[int(reader.inputs[1])])}/part{number}",
+        kernel = _add_tensor(model, graph, f"{text(graph.tensors[int(reader.inputs[1])].name)}/part{number}",
                              weights[..., start:start + width])
-        partial = _add_tensor(model, graph, f"{_name(graph.tensors[out])}/part{number}", None,
+        partial = _add_tensor(model, graph, f"{text(graph.tensors[out].name)}/part{number}", None,
                               like=graph.tensors[out])
         op = copy.deepcopy(reader)
         op.inputs = [part, kernel, bias if number == 0 else -1]
@@ -108,7 +108,7 @@ def _split(model, graph, reader, parts: list[int], widths: list[int]) -> None:
     total = partials[0]
     for number, partial in enumerate(partials[1:], start=1):
         last = number == len(partials) - 1
-        result = out if last else _add_tensor(model, graph, f"{_name(graph.tensors[out])}/sum{number}", None,
+        result = out if last else _add_tensor(model, graph, f"{text(graph.tensors[out].name)}/sum{number}", None,
                                               like=graph.tensors[out])
         new_ops.append(_add_op(model, [total, partial], result, activation if last else
                                schema.ActivationFunctionType.NONE))
@@ -146,7 +146,3 @@ def _add_op(model, inputs: list[int], output: int, activation: int):
     op.builtinOptions = schema.AddOptionsT()
     op.builtinOptions.fusedActivationFunction = activation
     return op
-
-
-def _name(tensor) -> str:
-    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)

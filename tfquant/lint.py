@@ -32,7 +32,7 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
     An input whose range is no wider than a constant's (`legalize.TINY_RANGE`: the zero initial
     state of a recurrent step, a padding branch) carries nothing to lose and is not compared.
     """
-    from .flatbuffer import builtin_of
+    from .flatbuffer import builtin_of, text
     from .legalize import TINY_RANGE
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
@@ -53,16 +53,16 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
                     continue  # constants and per-channel tensors carry no activation range
                 # float32 storage of a floored range ([-0.0005, 0.0005]) reads back a hair wider
                 if float(q.max[0]) - float(q.min[0]) > TINY_RANGE * (1 + 1e-6):
-                    spans.append((_name(tensor), float(q.min[0]), float(q.max[0])))
+                    spans.append((text(tensor.name), float(q.min[0]), float(q.max[0])))
             output_tensor = subgraph.tensors[op.outputs[0]]
-            output = _name(output_tensor)
+            output = text(output_tensor.name)
             if op_name in ("ADD", "SUB"):
                 message, ratio = _cancellation(op_name, output, spans, output_tensor.quantization, threshold)
             else:
                 message, ratio = _mismatch(op_name, output, spans, threshold)
             if message is None:
                 continue
-            downstream = [_name(subgraph.tensors[o.outputs[0]]) for o in _downstream(subgraph, op)]
+            downstream = [text(subgraph.tensors[o.outputs[0]].name) for o in _downstream(subgraph, op)]
             found.append(RangeWarning(
                 op=op_name, tensor=output, inputs=[n for n, _, _ in spans],
                 ranges=[[lo, hi] for _, lo, hi in spans], ratio=ratio, message=message, downstream=downstream,
@@ -115,10 +115,6 @@ def _downstream(subgraph, op) -> list:
                     following.extend(int(i) for i in reader.outputs)
         frontier = following
     return order
-
-
-def _name(tensor) -> str:
-    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
 
 
 def _range_message(op: str, output: str, spans, ratio: float) -> str:
@@ -280,4 +276,3 @@ def output_lint(name: str, expected: np.ndarray, got: np.ndarray, *,
 
 def _percent(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
-

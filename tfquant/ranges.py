@@ -211,7 +211,7 @@ def _open_outputs(model, outputs: Optional[set[str]] = None) -> list[tuple[list[
     """Per graph output (named in `outputs` by signature name; all when None) that its op leaves open
     on a side: the output and the tensors that share its scale (a reshape's input), and whether it is
     open below and above."""
-    from .flatbuffer import builtin_of, has_range, producers_of
+    from .flatbuffer import builtin_of, has_range, producers_of, text
 
     found = []
     named = {int(entry.tensorIndex): entry.name for signature in model.signatureDefs or []
@@ -220,7 +220,7 @@ def _open_outputs(model, outputs: Optional[set[str]] = None) -> list[tuple[list[
     producers = producers_of(graph)
     for output in graph.outputs:
         name = named.get(int(output))
-        if outputs is not None and (name.decode() if isinstance(name, bytes) else name) not in outputs:
+        if outputs is not None and text(name) not in outputs:
             continue
         chain, op = [int(output)], producers.get(int(output))
         while op is not None and builtin_of(model, op) in _SAME_SCALE:  # a reshape shares its input's scale

@@ -25,7 +25,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from .flatbuffer import (array_constant, builtin_codes, builtin_of, constant, drop_unused_opcodes, float_constant,
-                         read_model, readers_of, write_model)
+                         read_model, readers_of, text, write_model)
 
 _B = schema.BuiltinOperator
 _UNARY: dict[int, Callable[[np.ndarray], np.ndarray]] = {
@@ -73,7 +73,7 @@ def fold(float_tflite: bytes) -> tuple[bytes, list[Fold]]:
         before = graph.tensors[int(gather.outputs[0])].name
         gather.outputs = [exit_]
         graph.operators = [op for op in graph.operators if id(op) not in region]
-        done.append(Fold(_text(before), _text(name), len(region)))
+        done.append(Fold(text(before), text(name), len(region)))
     if not done:
         return float_tflite, []
     drop_unused_opcodes(model)
@@ -142,7 +142,3 @@ def _row_operand(model, graph, index: int, values: dict) -> Optional[np.ndarray]
     if fixed is None or (fixed.ndim > 1 and any(d != 1 for d in fixed.shape[:-1])):
         return None
     return fixed.astype(np.float64).reshape(1, -1) if fixed.ndim else fixed.astype(np.float64)
-
-
-def _text(name) -> str:
-    return name.decode() if isinstance(name, bytes) else str(name)
