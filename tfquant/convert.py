@@ -193,9 +193,13 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
         return Calibration(exported.tflite, b"", samples=list(calibration.samples())), recipe
     float_tflite, rewrites = exported.tflite, []
     if recipe.mode in (Mode.INT8, Mode.INT16X8):
-        float_tflite, rewrites = _tables_folded(float_tflite, calibration)
+        from .tables import fold
+
+        float_tflite, rewrites = _checked(float_tflite, calibration, fold, "embedding tables not folded")
     if recipe.equalize and not recipe.per_channel and recipe.mode is Mode.INT8:
-        float_tflite, equalized = _equalized(float_tflite, calibration)
+        from .equalize import equalize
+
+        float_tflite, equalized = _checked(float_tflite, calibration, equalize, "weights not equalized")
         rewrites += equalized
     calibrated = calibrate(float_tflite, calibration, source=source)
     if recipe.split_joins and recipe.mode is Mode.INT8:
@@ -246,40 +250,18 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
 EQUAL_FLOAT = 1e-4  # a rewrite of the float file may move an output by this much of its largest value (rounding)
 
 
-def _equalized(float_tflite: bytes, calibration: Dataset) -> tuple[bytes, list]:
-    """The float file with its weights equalized across layers (`tfquant.equalize`), once its outputs on a few
-    calibration samples are checked to be the float file's; else the file as it was."""
+def _checked(float_tflite: bytes, calibration: Dataset, rewrite: Callable[[bytes], tuple[bytes, list]],
+             refused: str) -> tuple[bytes, list]:
+    """The float file as `rewrite` leaves it (weights equalized across layers, `tfquant.equalize`; per-token
+    ops computed on their embedding tables, `tfquant.tables`), once its outputs on a few calibration samples
+    are checked to be the float file's (to `EQUAL_FLOAT` of each output's largest value); else the file as
+    it was, and `refused` logged with the difference."""
     from . import console
-    from .equalize import equalize
-
-    rewritten, done = equalize(float_tflite)
-    if not done or not _same_outputs(float_tflite, rewritten, calibration, "weights not equalized"):
-        return float_tflite, []
-    for rewrite in done:
-        console.note(rewrite.describe())
-    return rewritten, done
-
-
-def _tables_folded(float_tflite: bytes, calibration: Dataset) -> tuple[bytes, list]:
-    """The float file with the per-token ops after its embedding lookups computed on their tables
-    (`tfquant.tables`), once its outputs on a few calibration samples are checked to be the float file's;
-    else the file as it was."""
-    from . import console
-    from .tables import fold
-
-    rewritten, done = fold(float_tflite)
-    if not done or not _same_outputs(float_tflite, rewritten, calibration, "embedding tables not folded"):
-        return float_tflite, []
-    for rewrite in done:
-        console.note(rewrite.describe())
-    return rewritten, done
-
-
-def _same_outputs(float_tflite: bytes, rewritten: bytes, calibration: Dataset, refused: str) -> bool:
-    """Whether a rewrite of the float file gives its outputs on a few calibration samples (to `EQUAL_FLOAT`
-    of each output's largest value); logs `refused` with the difference where it does not."""
     from .harness import Runner
 
+    rewritten, done = rewrite(float_tflite)
+    if not done:
+        return float_tflite, []
     few = calibration.take(np.arange(min(8, len(calibration))))
     before, after = Runner(float_tflite).predict(few, progress=False), Runner(rewritten).predict(few, progress=False)
     for name, values in before.items():
@@ -287,8 +269,10 @@ def _same_outputs(float_tflite: bytes, rewritten: bytes, calibration: Dataset, r
         if not np.allclose(after[name], values, rtol=0, atol=EQUAL_FLOAT * scale):
             log.info("%s: output %r moved by %.3g of its largest value", refused, name,
                      float(np.abs(after[name] - values).max()) / scale)
-            return False
-    return True
+            return float_tflite, []
+    for made in done:
+        console.note(made.describe())
+    return rewritten, done
 
 
 

@@ -68,33 +68,10 @@ def layer_errors(calibrated: bytes, data: Dataset, *, samples: int = DEFAULT_DEB
 SENSITIVITY_CANDIDATES = 10  # ops whose effect on the outputs is measured: the lint's, then the worst by RMSE/scale
 
 
-def output_sensitivity(calibration, recipe, data: Dataset, candidates: list[str], *,
-                       samples: int = DEFAULT_DEBUG_SAMPLES, parallel: int = 1) -> dict[str, float]:
-    """Per candidate op (by its output tensor's name), the outputs' error against float when that op alone
-    is int8 and every other op float: the error it propagates to what the model answers.
-
-    A tensor can have a large error in units of its own scale and cost the outputs nothing (a MEAN
-    of a near-constant feature), or a small one and cost everything (a concatenation whose shared
-    scale erases one input). Measured on `samples` of `data`, one quantization per candidate, each
-    independent of the others: `parallel` > 1 measures them that many at a time (`tfquant.fanout`),
-    with the same numbers.
-    """
-    from .fanout import fan_out
-
-    sweep = _sweep(calibration, recipe, data, samples)
-    names = [name for name in dict.fromkeys(candidates) if name in sweep.ops]
-    return dict(zip(names, fan_out(_alone_error, sweep, names, parallel=parallel)))
-
-
-def whole_error(calibration, recipe, data: Dataset, *, samples: int = DEFAULT_DEBUG_SAMPLES) -> float:
-    """The outputs' mean error against float with every op int8, on the samples `output_sensitivity`
-    measures: what the ops alone in int8 add up to."""
-    return _error_with(_sweep(calibration, recipe, data, samples), ())
-
-
 @dataclass(frozen=True)
-class _Sweep:
-    """What every op of the sweep needs: the calibration, the samples, their float outputs, every op."""
+class Sweep:
+    """What measuring ops alone in int8 needs: the calibration, the samples, their float outputs, every op.
+    Built once (`Sweep.of`) for the ops measured alone and the whole int8 file, on the same samples."""
 
     calibration: object
     recipe: object
@@ -102,21 +79,43 @@ class _Sweep:
     reference: dict
     ops: tuple[str, ...]
 
+    @classmethod
+    def of(cls, calibration, recipe, data: Dataset, samples: int = DEFAULT_DEBUG_SAMPLES) -> "Sweep":
+        from .harness import Runner
 
-def _sweep(calibration, recipe, data: Dataset, samples: int) -> _Sweep:
-    from .harness import Runner
-
-    subset = data.calibration_subset(samples)
-    reference = Runner(calibration.float_tflite).predict(subset, progress=False)
-    return _Sweep(calibration, recipe, subset, reference, tuple(_op_outputs(calibration.calibrated)))
+        subset = data.calibration_subset(samples)
+        reference = Runner(calibration.float_tflite).predict(subset, progress=False)
+        return cls(calibration, recipe, subset, reference, tuple(_op_outputs(calibration.calibrated)))
 
 
-def _alone_error(sweep: _Sweep, name: str) -> float:
+def output_sensitivity(sweep: Sweep, candidates: list[str], *, parallel: int = 1) -> dict[str, float]:
+    """Per candidate op (by its output tensor's name), the outputs' error against float when that op alone
+    is int8 and every other op float: the error it propagates to what the model answers.
+
+    A tensor can have a large error in units of its own scale and cost the outputs nothing (a MEAN
+    of a near-constant feature), or a small one and cost everything (a concatenation whose shared
+    scale erases one input). Measured on the sweep's samples, one quantization per candidate, each
+    independent of the others: `parallel` > 1 measures them that many at a time (`tfquant.fanout`),
+    with the same numbers.
+    """
+    from .fanout import fan_out
+
+    names = [name for name in dict.fromkeys(candidates) if name in sweep.ops]
+    return dict(zip(names, fan_out(_alone_error, sweep, names, parallel=parallel)))
+
+
+def whole_error(sweep: Sweep) -> float:
+    """The outputs' mean error against float with every op int8, on the sweep's samples: what the ops alone
+    in int8 add up to."""
+    return _error_with(sweep, ())
+
+
+def _alone_error(sweep: Sweep, name: str) -> float:
     """The outputs' mean error when op `name` alone is int8."""
     return _error_with(sweep, tuple(n for n in sweep.ops if n != name))
 
 
-def _error_with(sweep: _Sweep, denylist: tuple[str, ...]) -> float:
+def _error_with(sweep: Sweep, denylist: tuple[str, ...]) -> float:
     """The outputs' mean error with the ops in `denylist` float and every other op int8."""
     from dataclasses import replace
 
@@ -127,13 +126,12 @@ def _error_with(sweep: _Sweep, denylist: tuple[str, ...]) -> float:
     return float(sample_errors(sweep.reference, Runner(quantized).predict(sweep.subset, progress=False)).mean())
 
 
-def ranked_by_outputs(calibration, recipe, data: Dataset, errors: list[LayerError], lint: list[RangeWarning] = (),
-                      *, samples: int = DEFAULT_DEBUG_SAMPLES, parallel: int = 1) -> list[LayerError]:
+def ranked_by_outputs(sweep: Sweep, errors: list[LayerError], lint: list[RangeWarning] = (), *,
+                      parallel: int = 1) -> list[LayerError]:
     """`errors` with the sensitivity sweep's candidates (`sensitivity_candidates`, with the calibrated file's
     `amplified_inputs`) measured alone in int8, ranked by what each does to the outputs (`rank_by_outputs`)."""
-    candidates = sensitivity_candidates(errors, lint, amplified_inputs(calibration.calibrated))
-    found = output_sensitivity(calibration, recipe, data, candidates, samples=samples, parallel=parallel)
-    return rank_by_outputs(errors, found, lint)
+    candidates = sensitivity_candidates(errors, lint, amplified_inputs(sweep.calibration.calibrated))
+    return rank_by_outputs(errors, output_sensitivity(sweep, candidates, parallel=parallel), lint)
 
 
 def rank_by_outputs(errors: list[LayerError], sensitivity: dict[str, float],
@@ -270,7 +268,8 @@ def diagnose(
     data = prepared.evaluation or prepared.calibration
     errors = layer_errors(calibrated.calibrated, data, samples=samples)
     lint = range_lint(calibrated.calibrated, threshold=threshold)
-    errors = ranked_by_outputs(calibrated, recipe, data, errors, lint, samples=samples, parallel=parallel)
+    sweep = Sweep.of(calibrated, recipe, data, samples)
+    errors = ranked_by_outputs(sweep, errors, lint, parallel=parallel)
     accuracies = [None, None]
     if prepared.evaluation is not None:
         from .harness import Runner
@@ -281,4 +280,4 @@ def diagnose(
         accuracies = [reference.score(reference.metrics), reference.score(judged)]
     return Diagnosis(model=prepared.source, errors=errors, range_lint=lint,
                      float_accuracy=accuracies[0], int8_accuracy=accuracies[1],
-                     int8_output_error=whole_error(calibrated, recipe, data, samples=samples))
+                     int8_output_error=whole_error(sweep))

@@ -13,7 +13,7 @@ from . import console, ladder
 from .convert import calibration_for, convert
 from .data import ImageOptions
 from .errors import one_line
-from .diagnose import layer_errors, ranked_by_outputs, whole_error
+from .diagnose import Sweep, layer_errors, ranked_by_outputs, whole_error
 from .lint import data_lint, input_lint, range_lint
 from .prepare import Prepared, check_budget, prepare
 from .spec import ConvertSpec
@@ -144,8 +144,9 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
         def rank_on_miss():
             data = prepared.evaluation or prepared.calibration
             with console.step("measuring what each suspect op does to the outputs"):
-                ranked = ranked_by_outputs(calibrated, recipe, data, diagnostics, lint, parallel=spec.parallel)
-                return ranked[:DIAGNOSTICS_IN_REPORT], whole_error(calibrated, recipe, data)
+                sweep = Sweep.of(calibrated, recipe, data)
+                ranked = ranked_by_outputs(sweep, diagnostics, lint, parallel=spec.parallel)
+                return ranked[:DIAGNOSTICS_IN_REPORT], whole_error(sweep)
 
     return verify(prepared, recipe, tflite, seconds=seconds, budget=budget, reference=reference,
                   quantized_outputs=outputs, tasks_chosen=tasks, strict=spec.strict, allow_float=spec.fallback == "auto",
@@ -180,5 +181,5 @@ def _diagnose(calibrated, data, recipe: Recipe, *, parallel: int = 1) -> tuple[l
         lint = range_lint(calibrated.calibrated)
     if lint and diagnostics:
         with console.step("measuring what each suspect op does to the outputs"):
-            diagnostics = ranked_by_outputs(calibrated, recipe, data, diagnostics, lint, parallel=parallel)
+            diagnostics = ranked_by_outputs(Sweep.of(calibrated, recipe, data), diagnostics, lint, parallel=parallel)
     return diagnostics, lint

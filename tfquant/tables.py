@@ -136,9 +136,7 @@ def _row_operand(model, graph, index: int, values: dict) -> Optional[np.ndarray]
     (a scalar, or a vector along the last axis), shaped to broadcast over them."""
     if index in values:
         return values[index]
-    if index in {int(i) for i in graph.inputs}:
-        return None
-    fixed = float_constant(model, graph, index)
+    fixed = float_constant(model, graph, index)  # None for anything the graph computes or is fed
     if fixed is None or (fixed.ndim > 1 and any(d != 1 for d in fixed.shape[:-1])):
         return None
     return fixed.astype(np.float64).reshape(1, -1) if fixed.ndim else fixed.astype(np.float64)

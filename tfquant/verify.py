@@ -342,17 +342,17 @@ def _where_it_starts(report: Report, narrow_inputs: list[str], *, regression: bo
     if narrow_inputs:
         return "; " + narrow_inputs[0]
     worst = report.diagnostics[0] if report.diagnostics else None
+    name = worst and worst.tensor.split(";")[0]  # a fused op's tensor is named after each op fused into it
     if worst is not None and worst.output_error is not None and whole is not None and \
             worst.output_error < SPREAD * whole:
         return (f"; no op alone in int8 costs the outputs more than {worst.output_error:.3g} (mean error; "
-                f"{worst.tensor.split(';')[0]!r}, {worst.op}) where the whole int8 file costs {whole:.3g}: the "
+                f"{name!r}, {worst.op}) where the whole int8 file costs {whole:.3g}: the "
                 f"error is spread over many ops, which float islands do not win back; {called('mode')} int16x8 "
                 f"keeps the activations in int16 ({called('io')} int8 keeps the file's int8 inputs and outputs)")
     int16 = (f"; {called('mode')} int16x8 keeps a regression's activations in int16 (with int16 inputs and "
              "outputs)") if regression else ""
     if worst is None:
         return int16
-    name = worst.tensor.split(";")[0]  # a fused op's tensor is named after each op fused into it
     if worst.output_error is not None:
         return (f"; the op whose int8 output costs the outputs most is {name!r} ({worst.op}: alone in int8, "
                 f"{worst.output_error:.3g} mean error at the outputs; {worst.rmse_per_scale:.3g} int8 steps RMS of "
