@@ -72,7 +72,8 @@ def _int8(calibrated: bytes, recipe: Recipe) -> bytes:
 def _int16x8(calibrated: bytes, recipe: Recipe) -> bytes:
     from tensorflow.lite.python.optimize.calibrator import Calibrator
 
-    from .int16 import for_int16x8, int8_islands, repair_zero_scales, with_integer_ops, without_integer_ops
+    from .int16 import for_int16x8, repair_zero_scales, with_integer_ops, without_integer_ops
+    from .int16_islands import int8_islands
     from .int16_io import with_io
 
     # Quantized with int16 inputs and outputs, then given float32 or int8 ones (`int16_io.with_io`).

@@ -25,7 +25,7 @@ quantizer gave a SUM its input's scale), a MINIMUM's or MAXIMUM's constant bound
 value's range (it wrapped around in int16), and SELECT_V2 (a causal or padding mask on attention
 scores) as a sum of products with the mask as 0 and 1. An op with an int8 kernel and no int16 one
 (L2_NORMALIZATION, DEPTH_TO_SPACE, SPACE_TO_DEPTH, SQRT) stands in as MUL(x, 1) and is put back in
-int8 between two QUANTIZEs (`int8_islands`). The integer ops on token ids and masks are set aside
+int8 between two QUANTIZEs (`int16_islands`). The integer ops on token ids and masks are set aside
 while it runs (`without_integer_ops`).
 """
 
@@ -38,8 +38,9 @@ from typing import Optional
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
+from . import int16_islands as islands
 from .flatbuffer import (array_constant, builtin_of, constant, drop_unused_opcodes, float_constant, has_range, is_float,
-                         new_op, opcode, ops_running, per_tensor, read_model, readers_of, scalar_constant, tensor_like,
+                         new_op, opcode, ops_running, read_model, readers_of, scalar_constant, tensor_like,
                          turn_into, write_model)
 
 _BIASED = {schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D,
@@ -50,12 +51,12 @@ _SCALED_BY_OP = {**{builtin: 2 for builtin in _BIASED}, schema.BuiltinOperator.F
 _INT16_MAX = 32767
 
 
-def for_int16x8(calibrated: bytes) -> tuple[bytes, list[StandIn]]:
+def for_int16x8(calibrated: bytes) -> tuple[bytes, list[islands.StandIn]]:
     """`calibrated`, for TFLite's int16x8 quantizer, with its SQUARED_DIFFERENCEs, HARD_SWISHes, PRELUs, SUMs
     and SELECT_V2s spelled out, its MINIMUM/MAXIMUM bounds within range, a MUL standing in for each op with
     no int16 kernel, a bias tensor of its own for every dense and convolution op, a value of its own for
     every FILL, and a buffer of its own for every constant tensor; and the ops the MULs stand in for, which
-    `int8_islands` puts back."""
+    `int16_islands.int8_islands` puts back."""
     model = read_model(calibrated)
     changed = _squared_differences_spelled_out(model)
     changed = _hard_swishes_spelled_out(model) or changed
@@ -63,76 +64,11 @@ def for_int16x8(calibrated: bytes) -> tuple[bytes, list[StandIn]]:
     changed = _sums_as_means(model) or changed
     changed = _bounds_within_range(model) or changed
     changed = _selects_as_sums(model) or changed
-    stand_ins = _int8_stand_ins(model)
+    stand_ins = islands.put_stand_ins(model)
     changed = _unshare_constants(model) or bool(stand_ins) or changed
     changed = _unshare_buffers(model) or changed
     drop_unused_opcodes(model)
     return (write_model(model) if changed else calibrated), stand_ins
-
-
-# Ops with an int8 kernel and no int16 one: an int16x8 file runs them in int8, between two QUANTIZEs. Each with
-# the int8 scale of its output: "fixed" (the kernel's own), "input" (a copy keeps its input's), "own" (its range).
-_INT8_ONLY = {schema.BuiltinOperator.L2_NORMALIZATION: "fixed", schema.BuiltinOperator.DEPTH_TO_SPACE: "input",
-              schema.BuiltinOperator.SPACE_TO_DEPTH: "input", schema.BuiltinOperator.SQRT: "own"}
-
-
-@dataclass(frozen=True)
-class StandIn:
-    """An op of `_INT8_ONLY` that a MUL(x, 1) stood in for while TFLite's int16x8 quantizer ran."""
-
-    output: bytes  # its output tensor's name
-    builtin: int
-    version: int
-    op: object  # the op as it was, with its options (a block size)
-
-
-def _int8_stand_ins(model) -> list[StandIn]:
-    """Every op of `_INT8_ONLY` as MUL(x, 1), in place, for TFLite's int16x8 quantizer, which refused them
-    ("Quantization to 16x8-bit not yet supported for op: 'L2_NORMALIZATION'", DEPTH_TO_SPACE, SPACE_TO_DEPTH,
-    SQRT): tf_keras' `tf.math.l2_normalize`, a super-resolution network's pixel shuffle. The MUL's output
-    keeps the op's calibrated range; `int8_islands` puts the op back."""
-    found = []
-    for graph, op in ops_running(model, *_INT8_ONLY):
-        builtin = builtin_of(model, op)
-        name = graph.tensors[int(op.outputs[0])].name
-        found.append(StandIn(name, builtin, model.operatorCodes[op.opcodeIndex].version, copy_module.deepcopy(op)))
-        op.inputs = [int(op.inputs[0]), scalar_constant(model, graph, 1.0, name, b"stand_in_one")]
-        turn_into(model, op, schema.BuiltinOperator.MUL)
-    return found
-
-
-def int8_islands(quantized: bytes, stand_ins: list[StandIn]) -> bytes:
-    """The int16x8 file with each op a MUL stood in for (`_int8_stand_ins`) run in int8: a QUANTIZE of the
-    MUL's int16 input to int8 (the same span, zero point 0), the op on int8, and a QUANTIZE of its int8
-    output to the MUL's int16 one."""
-    if not stand_ins:
-        return quantized
-    model = read_model(quantized)
-    graph = model.subgraphs[0]
-    by_output = {int(op.outputs[0]): op for op in graph.operators}
-    for stand_in in stand_ins:
-        target = next(i for i, tensor in enumerate(graph.tensors) if tensor.name == stand_in.output)
-        mul = by_output[target]
-        source = int(mul.inputs[0])
-        int8_in = _int8_span(graph.tensors[source])
-        rule = _INT8_ONLY[stand_in.builtin]
-        int8_out = per_tensor(1.0 / 128.0, 0) if rule == "fixed" else \
-            copy_module.deepcopy(int8_in) if rule == "input" else _int8_span(graph.tensors[target])
-        narrow_in = tensor_like(graph, source, graph.tensors[source].name + b"/int8", schema.TensorType.INT8, int8_in)
-        narrow_out = tensor_like(graph, target, stand_in.output + b"/int8", schema.TensorType.INT8, int8_out)
-        inner = copy_module.deepcopy(stand_in.op)
-        inner.opcodeIndex = opcode(model, stand_in.builtin, at_least=max(stand_in.version, 2))  # the int8 kernel
-        inner.inputs, inner.outputs = [narrow_in], [narrow_out]
-        at = graph.operators.index(mul)
-        graph.operators[at:at + 1] = [new_op(model, schema.BuiltinOperator.QUANTIZE, [source], [narrow_in]), inner,
-                                      new_op(model, schema.BuiltinOperator.QUANTIZE, [narrow_out], [target])]
-    drop_unused_opcodes(model)
-    return write_model(model)
-
-
-def _int8_span(int16_tensor):
-    """int8 parameters (zero point 0) for the span of a symmetric int16 tensor."""
-    return per_tensor(float(int16_tensor.quantization.scale[0]) * _INT16_MAX / 127.0, 0)
 
 
 @dataclass(frozen=True)
