@@ -400,15 +400,17 @@ def test_an_unrolled_gru_reads_one_copy_of_its_recurrent_weights(rows_gru, digit
     assert len(inspect(shared).ops) == len(inspect(copies).ops)
 
 
-def test_a_normalization_of_looked_up_rows_is_computed_on_the_table(digits):
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_normalization_of_looked_up_rows_is_computed_on_the_table(version, digits):
     """An Embedding read straight by LayerNormalization: int8 stored the table on one scale and the
     normalization blew up the rounding of its small rows. What is computed from each row alone is computed
     once on the whole table in the float file: the GATHER looks up the normalized rows, and the
-    normalization's ops leave the file."""
-    from tfquant._keras import keras3
+    normalization's ops leave the file. Keras 2 writes its LayerNormalization through reshapes, a transpose
+    and shape arithmetic (23 ops): folded the same."""
+    from tfquant._keras import keras, keras3
     from tfquant.flatbuffer import read_model
 
-    k = keras3()
+    k = keras3() if version == 3 else keras
     k.utils.set_random_seed(0)
     tokens = (digits["x"].reshape(-1, 64) * 16).astype(np.int32)
     inputs = k.Input((64,), dtype="int32", name="tokens")
@@ -431,5 +433,33 @@ def test_a_normalization_of_looked_up_rows_is_computed_on_the_table(digits):
                 and list(graph.tensors[int(op.inputs[0])].shape) == [17, 16]]
     stored = np.frombuffer(bytes(model_t.buffers[table.buffer].data), np.int8).reshape(table.shape).astype(np.float64)
     scale, zero = float(table.quantization.scale[0]), int(table.quantization.zeroPoint[0])
-    expected = np.asarray(norm(embedding.embeddings))
+    expected = np.asarray(norm(embedding.embeddings[None]))[0]
     assert np.abs((stored - zero) * scale - expected).max() <= scale / 2 + 1e-6
+
+
+def test_a_fold_stops_where_rows_start_to_depend_on_their_neighbours_or_position(digits):
+    """After the normalization, the rows are centred on their sequence's mean and a position table is
+    added: neither is the same for a row wherever it is looked up, so the fold ends at the normalization,
+    and the float file still computes what the model does."""
+    from tfquant._keras import keras3
+    from tfquant.flatbuffer import builtin_of, read_model
+    from tfquant.tables import fold
+
+    k = keras3()
+    k.utils.set_random_seed(0)
+    inputs = k.Input((64,), dtype="int32", name="tokens")
+    rows = k.layers.LayerNormalization(name="norm")(k.layers.Embedding(17, 16)(inputs))
+    centred = rows - k.ops.mean(rows, axis=1, keepdims=True)
+    placed = centred + np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
+    model = k.Model(inputs, k.layers.Dense(1, name="out")(k.layers.Flatten()(placed)))
+    float_tflite = export(load_model(model)).tflite
+    folded, done = fold(float_tflite)
+    assert len(done) == 1 and "norm" in done[0].into and done[0].ops >= 5, done
+    model_f = read_model(folded)
+    kinds = [builtin_of(model_f, op) for op in model_f.subgraphs[0].operators]
+    assert schema.BuiltinOperator.RSQRT not in kinds and kinds.count(schema.BuiltinOperator.MEAN) == 1, kinds
+    assert schema.BuiltinOperator.SUB in kinds and schema.BuiltinOperator.ADD in kinds, kinds
+    tokens = Dataset("digits", {"tokens": (digits["x"][:16].reshape(-1, 64) * 16).astype(np.int32)})
+    before = Runner(float_tflite).predict(tokens, progress=False)["out"]
+    after = Runner(folded).predict(tokens, progress=False)["out"]
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-5 * np.abs(before).max())

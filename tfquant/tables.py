@@ -8,39 +8,41 @@ token regression whose Embedding fed a LayerNormalization was 18.8 % of σ off f
 
 Whatever is computed from each looked-up row alone (a LayerNormalization, an activation, a scale
 and shift) gives the same result computed once on every row of the table: f(table)[ids] =
-f(table[ids]). `fold` grows that region from the GATHER's output, op by op, while each op reads
-only the region and constants that are the same for every row, computes it on the table with
-NumPy, and where the region has one way out, the GATHER reads the computed table and writes that
-tensor. The file then looks the normalized rows up, each on the scale of what is looked up. The
-region's ops leave the file (they ran once here). `convert` keeps the rewrite only where the
-float file's outputs stay those of the original.
+f(table[ids]). `fold` finds the ops that read the GATHER's output and constants only (elementwise
+ops, reductions, and the reshapes, transposes and shape arithmetic tf_keras writes its
+LayerNormalization with), runs them on the interpreter with the table's rows in place of the
+looked-up ones, and keeps the largest such region with one way out whose every row comes out the
+same whatever rows share its lookup (run twice, the rows in another order: a position embedding
+or an average over tokens fails that). The GATHER then reads the computed table and writes the
+region's output, so the file looks the normalized rows up, each on the scale of what is looked up,
+and the region's ops leave the file (they ran once here). `convert` keeps the rewrite only where
+the float file's outputs stay those of the original.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from .flatbuffer import (array_constant, builtin_codes, builtin_of, constant, drop_unused_opcodes, float_constant,
-                         read_model, readers_of, text, write_model)
+from .flatbuffer import (array_constant, builtin_codes, builtin_of, drop_unused_opcodes, float_constant,
+                         is_float, read_model, readers_of, text, write_model)
 
 _B = schema.BuiltinOperator
-_UNARY: dict[int, Callable[[np.ndarray], np.ndarray]] = {
-    _B.RSQRT: lambda x: 1.0 / np.sqrt(x), _B.SQRT: np.sqrt, _B.TANH: np.tanh,
-    _B.LOGISTIC: lambda x: 1.0 / (1.0 + np.exp(-x)), _B.RELU: lambda x: np.maximum(x, 0.0),
-    _B.RELU6: lambda x: np.clip(x, 0.0, 6.0), _B.NEG: np.negative, _B.SQUARE: np.square, _B.EXP: np.exp,
-    _B.ABS: np.abs,
-}
-_BINARY: dict[int, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    _B.ADD: np.add, _B.SUB: np.subtract, _B.MUL: np.multiply, _B.DIV: np.divide,
-    _B.SQUARED_DIFFERENCE: lambda a, b: np.square(a - b), _B.MAXIMUM: np.maximum, _B.MINIMUM: np.minimum,
-}
-_REDUCE = {_B.MEAN: np.mean, _B.SUM: np.sum}
-_FUSED = {schema.ActivationFunctionType.NONE: lambda x: x, schema.ActivationFunctionType.RELU: _UNARY[_B.RELU],
-          schema.ActivationFunctionType.RELU6: _UNARY[_B.RELU6]}
+# Ops that compute a row from itself and constants when their axes are those of the row; the run on the
+# table tells whether they are.
+_PER_ROW = frozenset({
+    _B.ADD, _B.SUB, _B.MUL, _B.DIV, _B.SQUARED_DIFFERENCE, _B.MAXIMUM, _B.MINIMUM, _B.POW,
+    _B.RSQRT, _B.SQRT, _B.TANH, _B.LOGISTIC, _B.RELU, _B.RELU6, _B.RELU_N1_TO_1, _B.LEAKY_RELU, _B.ELU,
+    _B.GELU, _B.HARD_SWISH, _B.NEG, _B.SQUARE, _B.EXP, _B.LOG, _B.ABS, _B.SIN, _B.COS,
+    _B.MEAN, _B.SUM, _B.REDUCE_MAX, _B.REDUCE_MIN, _B.SOFTMAX, _B.L2_NORMALIZATION,
+    _B.RESHAPE, _B.TRANSPOSE, _B.SQUEEZE, _B.EXPAND_DIMS, _B.SHAPE, _B.STRIDED_SLICE, _B.REDUCE_PROD,
+    _B.PACK, _B.FILL, _B.CAST,
+})
+_RESHAPES = (_B.RESHAPE, _B.SQUEEZE, _B.EXPAND_DIMS)
+SAME_ROW = 1e-6  # a row computed among other rows may differ by this much of the table's largest result
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,14 @@ def fold(float_tflite: bytes) -> tuple[bytes, list[Fold]]:
     graph = model.subgraphs[0]
     done = []
     for gather in [op for op in graph.operators if builtin_of(model, op) == _B.GATHER]:
-        found = _foldable(model, graph, gather)
+        found = _foldable(float_tflite, model, graph, gather)
         if found is None:
             continue
-        region, table, exit_ = found
+        region, table, exit_, reshapes = found
+        for reader in reshapes:  # a reshape of the region's values before their last reshape reads them after it
+            reader.inputs[0] = exit_
         name = graph.tensors[exit_].name
-        gather.inputs = [array_constant(model, graph, table.astype(np.float32), name, b"folded_table"),
-                         int(gather.inputs[1])]
+        gather.inputs = [array_constant(model, graph, table, name, b"folded_table"), int(gather.inputs[1])]
         before = graph.tensors[int(gather.outputs[0])].name
         gather.outputs = [exit_]
         graph.operators = [op for op in graph.operators if id(op) not in region]
@@ -80,63 +83,121 @@ def fold(float_tflite: bytes) -> tuple[bytes, list[Fold]]:
     return write_model(model), done
 
 
-def _foldable(model, graph, gather) -> Optional[tuple[set, np.ndarray, int]]:
-    """(the ids of the region's ops, the table computed through them, the tensor the region ends in) for a
-    GATHER of rows (axis 0) from a constant 2-D float table, or None where nothing can be folded."""
+def _foldable(float_tflite: bytes, model, graph, gather) -> Optional[tuple[set, np.ndarray, int, list]]:
+    """(the ids of the region's ops, the table computed through them, the tensor the region ends in, the
+    RESHAPEs outside the region that read it before its last reshapes) for a GATHER of rows (axis 0) from a
+    constant 2-D float table, or None where nothing can be folded."""
     options = gather.builtinOptions
     table = float_constant(model, graph, int(gather.inputs[0]))
     if table is None or table.ndim != 2 or (options is not None and (options.axis != 0 or options.batchDims != 0)):
         return None
     start = int(gather.outputs[0])
-    values = {start: table.astype(np.float64)}
-    region: set = set()
-    ends = {int(i) for i in graph.outputs}
-    for op in graph.operators[graph.operators.index(gather) + 1:]:
-        computed = _on_rows(model, graph, op, values)
-        if computed is not None:
-            values[int(op.outputs[0])] = computed
-            region.add(id(op))
-    if not region:
-        return None
+    reach = _reach(model, graph, gather, start)
     readers = readers_of(graph)
-    exits = {index for index in values
-             if index in ends or any(id(r) not in region for r in readers.get(index, []))}
-    if len(exits) != 1 or start in exits:
-        return None
-    (exit_,) = exits
-    if values[exit_].shape[1] != graph.tensors[exit_].shape[-1] or not np.isfinite(values[exit_]).all():
-        return None
-    return region, values[exit_], exit_
-
-
-def _on_rows(model, graph, op, values: dict) -> Optional[np.ndarray]:
-    """`op` computed on every row of the table, where it reads only rows (`values`) and per-row constants;
-    else None."""
-    builtin = builtin_of(model, op)
-    if len(op.outputs) != 1 or not any(int(i) in values for i in op.inputs):
-        return None
-    options = op.builtinOptions
-    fused = _FUSED.get(getattr(options, "fusedActivationFunction", schema.ActivationFunctionType.NONE))
-    if builtin in _UNARY and len(op.inputs) == 1:
-        return _UNARY[builtin](values[int(op.inputs[0])])
-    if builtin in _BINARY and len(op.inputs) == 2 and fused is not None:
-        a, b = (_row_operand(model, graph, int(i), values) for i in op.inputs)
-        return None if a is None or b is None else fused(_BINARY[builtin](a, b))
-    if builtin in _REDUCE and int(op.inputs[0]) in values and options is not None and options.keepDims:
-        axes = constant(model, graph, int(op.inputs[1]), schema.TensorType.INT32)
-        rank = len(graph.tensors[int(op.inputs[0])].shape)
-        if axes is None or {int(a) % rank for a in np.ravel(axes)} != {rank - 1}:
-            return None
-        return _REDUCE[builtin](values[int(op.inputs[0])], axis=1, keepdims=True)
+    ends = {int(i) for i in graph.outputs}
+    looked_up = list(graph.tensors[start].shape)
+    for exit_ in reversed([int(op.outputs[0]) for op in reach]):
+        shape = list(graph.tensors[exit_].shape)
+        if not is_float(graph, exit_) or len(shape) != len(looked_up) or shape[:-1] != looked_up[:-1]:
+            continue
+        region = _feeding(graph, reach, exit_)
+        inside = {id(op) for op in region}
+        same_order = _reshaped_into(model, region, exit_)
+        outside = {index: [r for r in readers.get(index, []) if id(r) not in inside]
+                   for index in {start} | {int(i) for op in region for i in op.outputs} - {exit_}}
+        if any(index in ends or any(not (index in same_order and _reshapes(model, r, index)) for r in ops)
+               for index, ops in outside.items()):
+            continue  # another tensor of the region is read outside it: the region does not end there
+        rows = _rows_through(float_tflite, graph, region, start, exit_, table)
+        if rows is not None:
+            return inside, rows, exit_, [r for ops in outside.values() for r in ops]
     return None
 
 
-def _row_operand(model, graph, index: int, values: dict) -> Optional[np.ndarray]:
-    """A binary op's operand on the table's rows: a row value, or a constant that is the same for every row
-    (a scalar, or a vector along the last axis), shaped to broadcast over them."""
-    if index in values:
-        return values[index]
-    fixed = float_constant(model, graph, index)  # None for anything the graph computes or is fed
-    if fixed is None or (fixed.ndim > 1 and any(d != 1 for d in fixed.shape[:-1])):
+def _reshaped_into(model, region: list, exit_: int) -> set:
+    """The region's tensors that `exit_` is a reshape of (the same values in the same order)."""
+    producers = {int(op.outputs[0]): op for op in region}
+    found, index = set(), exit_
+    while index in producers and builtin_of(model, producers[index]) in _RESHAPES:
+        index = int(producers[index].inputs[0])
+        found.add(index)
+    return found
+
+
+def _reshapes(model, op, index: int) -> bool:
+    """Whether `op` only reshapes tensor `index` (the values in their order, whatever shape they had)."""
+    return builtin_of(model, op) == _B.RESHAPE and int(op.inputs[0]) == index \
+        and index not in [int(i) for i in op.inputs[1:]]
+
+
+def _reach(model, graph, gather, start: int) -> list:
+    """The ops, in order, that compute from the looked-up rows and constants only, by kinds that can be
+    per-row."""
+    known = {start}
+    reach = []
+    for op in graph.operators[graph.operators.index(gather) + 1:]:
+        inputs = [int(i) for i in op.inputs if int(i) >= 0]
+        if (builtin_of(model, op) in _PER_ROW and len(op.outputs) == 1 and any(i in known for i in inputs)
+                and all(i in known or _is_constant(model, graph, i) for i in inputs)):
+            known.add(int(op.outputs[0]))
+            reach.append(op)
+    return reach
+
+
+def _feeding(graph, reach: list, exit_: int) -> list:
+    """The ops of `reach` that `exit_` is computed from, in order."""
+    needed, region = {exit_}, []
+    for op in reversed(reach):
+        if int(op.outputs[0]) in needed:
+            region.append(op)
+            needed.update(int(i) for i in op.inputs)
+    return region[::-1]
+
+
+def _rows_through(float_tflite: bytes, graph, region: list, start: int, exit_: int,
+                  table: np.ndarray) -> Optional[np.ndarray]:
+    """Every row of `table` run through `region` on the interpreter, as many at a time as one lookup
+    reads; None unless each row comes out the same among other rows (run again, the rows shuffled)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    part = read_model(float_tflite)
+    sub = part.subgraphs[0]
+    positions = [graph.operators.index(op) for op in region]
+    sub.operators = [sub.operators[i] for i in positions]
+    sub.inputs, sub.outputs = [start], [exit_]
+    part.signatureDefs = []
+    read = {sub.tensors[int(i)].buffer for op in sub.operators for i in op.inputs if int(i) >= 0}
+    for index, buffer in enumerate(part.buffers):
+        if index not in read:  # the rest of the model's weights: not written out again to run a few ops
+            buffer.data = None
+    interpreter = Interpreter(model_content=write_model(part), num_threads=1)
+    interpreter.allocate_tensors()
+    (entry,), (way_out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    shape = tuple(entry["shape"])
+    per_run = int(np.prod(shape[:-1]))
+    if shape[-1] != table.shape[1] or per_run < 1:
         return None
-    return fixed.astype(np.float64).reshape(1, -1) if fixed.ndim else fixed.astype(np.float64)
+    count = len(table)
+    results = []
+    for order in (np.arange(count), np.random.default_rng(0).permutation(count)):
+        padded = np.resize(order, -(-count // per_run) * per_run)  # the last run filled with rows again
+        out = None
+        for chunk in padded.reshape(-1, per_run):
+            interpreter.set_tensor(entry["index"], table[chunk].reshape(shape).astype(np.float32))
+            interpreter.invoke()
+            computed = interpreter.get_tensor(way_out["index"]).reshape(per_run, -1)
+            if out is None:
+                out = np.empty((count, computed.shape[1]), np.float32)
+            out[chunk] = computed
+        results.append(out)
+    first, second = results
+    largest = float(np.abs(first).max()) if np.isfinite(first).all() else np.inf
+    if not np.isfinite(largest) or np.abs(first - second).max() > SAME_ROW * max(largest, 1e-30):
+        return None
+    return first
+
+
+def _is_constant(model, graph, index: int) -> bool:
+    buffer = graph.tensors[index].buffer
+    return 0 < buffer < len(model.buffers) and model.buffers[buffer].data is not None \
+        and len(model.buffers[buffer].data) > 0
