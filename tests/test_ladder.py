@@ -227,6 +227,28 @@ def test_report_html_has_both_charts(laddered, tmp_path):
     assert "Fallback ladder" in page and "Per-tensor quantization error" in page
 
 
+def test_a_log_of_values_int8_rounds_to_zero_leaves_the_diagnostics_and_the_report_finite(digits, tmp_path):
+    """A log spectrogram's LOG reads MAXIMUM(x, eps) of values that are often 0: int8 rounds eps to 0, and
+    the debugger's float LOG of that input is -inf, an infinite RMSE that stopped the report at its chart.
+    Such a tensor has no per-tensor error; the others are ranked and drawn."""
+    from tfquant._keras import keras3
+
+    k = keras3()
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="x")
+    x = k.ops.log(k.ops.maximum(k.layers.Conv2D(8, 3, activation="relu")(inputs), 1e-6))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax")(k.layers.Flatten()(x)))
+    result = tfquant.quantize(model, {"x": digits["x"][:64]}, eval_data=({"x": digits["x"][64:200]},
+                              digits["y"][64:200]), bench_runs=1, max_drop=1)
+    kinds = [e.op for e in result.report.diagnostics]
+    assert "LOG" not in kinds and "MAXIMUM" in kinds, result.report.diagnostics
+    assert all(np.isfinite(e.rmse_per_scale) for e in result.report.diagnostics)
+    result.save(tmp_path / "m.tflite", reports=True)
+    (bars,) = [part.split("'")[0] for part in
+               (tmp_path / "report.html").read_text().split("src='data:image/svg+xml;base64,")[1:]]
+    assert base64.b64decode(bars).decode().count("<rect x=") == len(result.report.diagnostics[:12])
+
+
 def test_an_io_change_is_announced_and_a_pinned_io_is_kept():
     """A budget int8 cannot meet (a regression held to 0.1 % of its spread): past int8, the ladder says the
     file's IO type changed; with the IO pinned to int8 it stays int8 and the gate fails. A model

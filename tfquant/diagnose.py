@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from .data import Dataset
 from .errors import RecipeError
 from .lint import DEFAULT_RANGE_RATIO, range_lint
 from .types import LayerError, RangeWarning, Record
+
+log = logging.getLogger("tfquant")
 
 DEFAULT_DEBUG_SAMPLES = 64
 
@@ -53,15 +56,21 @@ def layer_errors(calibrated: bytes, data: Dataset, *, samples: int = DEFAULT_DEB
     dump = io.StringIO()
     debugger.layer_statistics_dump(dump)
     dump.seek(0)
-    rows = []
+    rows, undefined = [], []
     for row in csv.DictReader(dump):
         scale = float(row["scale"])
         mse = float(row["mean_squared_error"])
+        if not math.isfinite(mse):  # the float op on the rounded input is not finite (LOG of a zero)
+            undefined.append(row["tensor_name"])
+            continue
         rows.append(LayerError(
             tensor=row["tensor_name"], op=row["op_name"],
             rmse_per_scale=math.sqrt(mse) / scale if scale else float("inf"),
             mean_error=float(row["mean_error"]), max_abs_error=float(row["max_abs_error"]), scale=scale,
         ))
+    if undefined:
+        log.info("no per-tensor error for %s: the float op run on its int8 input is not finite there",
+                 ", ".join(undefined))
     return sorted(rows, key=lambda r: -r.rmse_per_scale)
 
 

@@ -51,11 +51,11 @@ def worst_layers_chart(report: Report, top: int = 12) -> str | None:
     rows = report.diagnostics[:top]
     label_width, bar_width, row_height, top_margin = 340, 360, 22, 40
     height = top_margin + row_height * len(rows) + 46
-    largest = max([r.rmse_per_scale for r in rows] + [NOISE_FLOOR]) * 1.08
+    largest = max([r.rmse_per_scale for r in rows if math.isfinite(r.rmse_per_scale)] + [NOISE_FLOOR]) * 1.08
     step = _tick_step(largest)
 
-    def x(value: float) -> float:
-        return label_width + bar_width * value / largest
+    def x(value: float) -> float:  # an infinite error (a tensor whose scale is 0) drawn to the axis' end
+        return label_width + bar_width * min(value, largest) / largest
 
     parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{label_width + bar_width + 20}' height='{height}' "
              "font-family='sans-serif' font-size='11'>",
