@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+
+import tfquant
 
 from checks import assert_every_op_integer, assert_int8_follows_keras, trained_and_quantized
 
@@ -99,3 +102,39 @@ def test_ops_kept_float_leave_no_int8_copy_between_them(digits, tmp_path):
     reference = Runner(exported.tflite).predict(evaluation, progress=False)
     error = sample_errors(reference, Runner(kept_float).predict(evaluation, progress=False)).mean()
     assert error < 0.01, error
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_stateful_layer_is_refused_and_its_state_as_input_and_output_converts(version, digits, tmp_path):
+    """A stateful LSTM keeps its state in variables between calls, which the export cannot freeze: it is
+    refused, naming the layer and both ways out. The second way (the state an input and an output,
+    `initial_state=` and `return_state=True`) converts fully integer and carries the state as Keras does."""
+    from tfquant._keras import keras, keras3
+    from tfquant.errors import ModelLoadError
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    rows = digits["x"].reshape(-1, 8, 8)
+    inputs = k.Input(batch_shape=(1, 8, 8), name="rows")
+    stateful = k.Model(inputs, k.layers.Dense(10, activation="softmax")(k.layers.LSTM(16, stateful=True)(inputs)))
+    stateful.save(tmp_path / ("m.keras" if version == 3 else "m.h5"))
+    with pytest.raises(ModelLoadError, match=r": expected recurrent layers that start each call from a zero state "
+                       r"\(stateful=False\), found stateful layer\(s\) 'lstm\w*' \(LSTM\), whose state carries"):
+        tfquant.quantize(tmp_path / ("m.keras" if version == 3 else "m.h5"), {"rows": rows[:8]}, bench_runs=1)
+
+    chunk, h, c = k.Input((4, 8), name="chunk"), k.Input((16,), name="h"), k.Input((16,), name="c")
+    seen, h_out, c_out = k.layers.LSTM(16, return_state=True)(chunk, initial_state=[h, c])
+    streaming = k.Model([chunk, h, c], [k.layers.Dense(10, activation="softmax", name="digit")(seen),
+                                         k.layers.Activation("linear", name="h_out")(h_out),
+                                         k.layers.Activation("linear", name="c_out")(c_out)])
+    start = np.zeros((64, 16), np.float32)
+    _, h1, c1 = streaming.predict([rows[:64, :4], start, start], verbose=0)  # the state after the first 4 rows
+    feed = {"chunk": rows[:64, 4:], "h": h1, "c": c1}
+    _, h2, c2 = streaming.predict(list(feed.values()), verbose=0)
+    labels = {"digit": digits["y"][:64], "h_out": h2, "c_out": c2}
+    result = tfquant.quantize(streaming, feed, eval_data=(feed, labels), bench_runs=1, diagnose=False,
+                              max_rel_rmse=0.1, max_drop=1)
+    assert_every_op_integer(result.info)
+    assert [port.name for port in result.report.io if port.kind == "input"] == ["chunk", "h", "c"]
+    errors = {o.name: o.quantized.rel_rmse for o in result.report.outputs}
+    assert set(errors) == {"h_out", "c_out", "digit"} and errors["h_out"] < 0.1 and errors["c_out"] < 0.1, errors

@@ -80,6 +80,7 @@ def load_model(source: Any, *, safe_mode: bool = True) -> LoadedModel:
 
 
 def _from_keras(model: Any, source: str, flavor: str) -> LoadedModel:
+    _stateless(source, model)
     if not getattr(model, "inputs", None):
         return _from_called(model, source, flavor)
     notes = []
@@ -139,6 +140,21 @@ def _numeric(source: str, inputs: list[TensorSpec], model: Any = None) -> None:
                                  f"input {text[0].name!r} of strings" + (f", read by {', '.join(readers)}" if readers else "")
                                  + ": run that preprocessing in the app and convert the model from its output "
                                  "(token or category ids), e.g. keras.Model(layer.output, model.output)"))
+
+
+def _stateless(source: str, model: Any) -> None:
+    """Refuse a stateful recurrent layer: it keeps its state in variables from one call to the next,
+    which a file of frozen weights does not hold (and the export could not freeze)."""
+    stateful = [layer for layer in _keras.all_layers(model)
+                if getattr(layer, "stateful", False) is True and hasattr(layer, "cell")]
+    if stateful:
+        named = ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in stateful)
+        raise ModelLoadError(problem(
+            source, "recurrent layers that start each call from a zero state (stateful=False)",
+            f"stateful layer(s) {named}, whose state carries from one call to the next: rebuild the model with "
+            "stateful=False and load these weights into it (model.get_weights()) to convert one call, or make "
+            "the state an input and an output of the model (initial_state=, return_state=True) to carry it in "
+            "the app"))
 
 
 def _not_float32(layer) -> bool:

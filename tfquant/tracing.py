@@ -145,8 +145,9 @@ def _input_shape(layer) -> Optional[tuple]:
         shape = None
     if shape is None:
         try:
-            shape = tuple(layer.input.shape)
-        except (AttributeError, RuntimeError, ValueError):
+            taken = layer.input  # with initial_state=, Keras 3 lists the sequence and the states
+            shape = tuple((taken[0] if isinstance(taken, (list, tuple)) else taken).shape)
+        except (AttributeError, RuntimeError, ValueError, IndexError):
             return None
     if isinstance(shape, list):
         shape = shape[0]
