@@ -59,6 +59,13 @@ def is_float(graph, index: int) -> bool:
     return graph.tensors[index].type == schema.TensorType.FLOAT32
 
 
+def is_constant(model, graph, index: int) -> bool:
+    """Whether tensor `index` holds data in the file (a weight or another constant)."""
+    buffer = graph.tensors[index].buffer
+    return 0 < buffer < len(model.buffers) and model.buffers[buffer].data is not None \
+        and len(model.buffers[buffer].data) > 0
+
+
 def has_range(tensor) -> bool:
     """Whether a float tensor carries one calibrated [min, max]."""
     q = tensor.quantization

@@ -39,9 +39,9 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from . import int16_islands as islands
-from .flatbuffer import (array_constant, builtin_of, constant, drop_unused_opcodes, float_constant, has_range, is_float,
-                         new_op, opcode, ops_running, read_model, readers_of, scalar_constant, tensor_like,
-                         turn_into, write_model)
+from .flatbuffer import (array_constant, builtin_of, constant, drop_unused_opcodes, float_constant, has_range,
+                         is_constant, is_float, new_op, opcode, ops_running, read_model, readers_of, scalar_constant,
+                         tensor_like, turn_into, write_model)
 
 _BIASED = {schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D,
            schema.BuiltinOperator.DEPTHWISE_CONV_2D}
@@ -96,9 +96,8 @@ def without_integer_ops(data: bytes) -> tuple[bytes, Optional[_Hidden]]:
     model = read_model(data)
     graph = model.subgraphs[0]
     names = [tensor.name for tensor in graph.tensors]
-    available = {int(i) for i in graph.inputs} | {i for i, tensor in enumerate(graph.tensors)
-                                                  if 0 < tensor.buffer < len(model.buffers)
-                                                  and model.buffers[tensor.buffer].data is not None}
+    available = {int(i) for i in graph.inputs} | {i for i in range(len(graph.tensors))
+                                                  if is_constant(model, graph, i)}
     hidden = []
     ends = {int(i) for i in graph.outputs}
     for op in graph.operators:

@@ -16,8 +16,8 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from .flatbuffer import (array_constant, builtin_codes, drop_unused_opcodes, float_constant, is_float, new_op,
-                         per_tensor, producers_of, read_model, readers_of, tensor_like, write_model)
+from .flatbuffer import (array_constant, builtin_codes, drop_unused_opcodes, float_constant, is_constant, is_float,
+                         new_op, per_tensor, producers_of, read_model, readers_of, tensor_like, write_model)
 
 
 def after_quantizer(data: bytes, *, int8: bool) -> bytes:
@@ -310,8 +310,8 @@ def _symmetric_products(model, codes: list[int]) -> bool:
                 index = int(op.inputs[1])
                 tensor = graph.tensors[index]
                 on = _scale(tensor)
-                constant = 0 < tensor.buffer < len(model.buffers) and model.buffers[tensor.buffer].data is not None
-                if tensor.type == schema.TensorType.INT8 and on is not None and on[1] != 0 and not constant:
+                if tensor.type == schema.TensorType.INT8 and on is not None and on[1] != 0 and \
+                        not is_constant(model, graph, index):
                     scale, zero = on
                     span = max(abs(-128 - zero), abs(127 - zero)) * scale
                     symmetric = tensor_like(graph, index, tensor.name + b"/symmetric", schema.TensorType.INT8,

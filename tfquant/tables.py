@@ -28,7 +28,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from .flatbuffer import (array_constant, builtin_codes, builtin_of, drop_unused_opcodes, float_constant,
-                         is_float, read_model, readers_of, text, write_model)
+                         is_constant, is_float, read_model, readers_of, text, write_model)
 
 _B = schema.BuiltinOperator
 # Ops that compute a row from itself and constants when their axes are those of the row; the run on the
@@ -138,7 +138,7 @@ def _reach(model, graph, gather, start: int) -> list:
     for op in graph.operators[graph.operators.index(gather) + 1:]:
         inputs = [int(i) for i in op.inputs if int(i) >= 0]
         if (builtin_of(model, op) in _PER_ROW and len(op.outputs) == 1 and any(i in known for i in inputs)
-                and all(i in known or _is_constant(model, graph, i) for i in inputs)):
+                and all(i in known or is_constant(model, graph, i) for i in inputs)):
             known.add(int(op.outputs[0]))
             reach.append(op)
     return reach
@@ -195,9 +195,3 @@ def _rows_through(float_tflite: bytes, graph, region: list, start: int, exit_: i
     if not np.isfinite(largest) or np.abs(first - second).max() > SAME_ROW * max(largest, 1e-30):
         return None
     return first
-
-
-def _is_constant(model, graph, index: int) -> bool:
-    buffer = graph.tensors[index].buffer
-    return 0 < buffer < len(model.buffers) and model.buffers[buffer].data is not None \
-        and len(model.buffers[buffer].data) > 0
