@@ -27,7 +27,10 @@ LAMBDA_LAYERS = frozenset({"Lambda"})
 OP_LAYERS = frozenset({"TFOpLambda", "SlicingOpLambda"})
 _API_SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # Modules a Keras 3 (or tf_keras v3-format) config may name: Keras' own.
-SAFE_MODULES = ("keras", "tf_keras", "builtins")
+# tensorflow-model-optimization is the library tfquant trains with: a model saved with its QAT, pruning or
+# clustering wrappers names their classes by its modules, and loads in its scopes (`models`).
+OPTIMIZATION_MODULE = "tensorflow_model_optimization"
+SAFE_MODULES = ("keras", "tf_keras", "builtins", OPTIMIZATION_MODULE)
 # TensorFlow's own initializers, which tf_keras models store by their TensorFlow module (tf_keras'
 # EfficientNetV2 builds its biases with `tf.constant_initializer`): allowed by module and class,
 # with a config of plain values, so that the name picks a weight initializer and nothing else.
@@ -200,6 +203,22 @@ def _registered(name: str) -> bool:
         except Exception:  # noqa: BLE001 - an odd name is simply not registered
             continue
     return False
+
+
+def names_optimization(config: Any) -> bool:
+    """Whether the config names a class of tensorflow-model-optimization: by its module, or (a tf_keras
+    `.h5` stores none for them) by the names of its wrappers (Quantize*, PruneLowMagnitude, ClusterWeights*)."""
+    found = []
+
+    def visit(node: dict) -> bool:
+        module, name = node.get("module"), node.get("class_name")
+        if (isinstance(module, str) and module.split(".")[0] == OPTIMIZATION_MODULE) or \
+                (isinstance(name, str) and name.startswith(("Quantize", "PruneLowMagnitude", "ClusterWeights"))):
+            found.append(name)
+        return not found
+
+    _walk(config, visit)
+    return bool(found)
 
 
 def unregistered_classes(config: Any) -> list[str]:

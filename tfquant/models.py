@@ -32,6 +32,7 @@ class LoadedModel:
     keras_model: Any = None
     saved_model_dir: Optional[str] = None
     quantization_aware: bool = False  # holds tfmot fake-quant: the converter reads its ranges
+    keep_weights: bool = False  # tfmot shaped the weights (pruned zeros, clusters, QAT): exported as they are
     safe_mode: bool = True  # how a SavedModel's Keras layers may be revived later (QAT, pruning)
     notes: list[str] = field(default_factory=list)  # what loading changed, for the report's export notes
     tflite: Optional[bytes] = None  # a float32 .tflite file given as the model: quantized from as it is
@@ -81,9 +82,10 @@ def load_model(source: Any, *, safe_mode: bool = True) -> LoadedModel:
 
 def _from_keras(model: Any, source: str, flavor: str) -> LoadedModel:
     _stateless(source, model)
+    model, aware, notes = _optimization_wrappers(model)
+    shaped = bool(notes)  # by tfmot: its weights are exported as they are
     if not getattr(model, "inputs", None):
         return _from_called(model, source, flavor)
-    notes = []
     policies = sorted({layer.dtype_policy.name for layer in _keras.all_layers(model) if _not_float32(layer)})
     if policies:
         model = _computing_in_float32(model)
@@ -103,7 +105,8 @@ def _from_keras(model: Any, source: str, flavor: str) -> LoadedModel:
     keys = _keras.output_keys(model)
     if keys is not None and len(keys) == len(outputs):
         outputs = [TensorSpec(key, spec.shape, spec.dtype) for key, spec in zip(keys, outputs)]
-    return LoadedModel(source=source, flavor=flavor, inputs=inputs, outputs=outputs, keras_model=model, notes=notes)
+    return LoadedModel(source=source, flavor=flavor, inputs=inputs, outputs=outputs, keras_model=model, notes=notes,
+                       quantization_aware=aware, keep_weights=shaped)
 
 
 def _read_only_by_embeddings(model) -> set[int]:
@@ -258,7 +261,7 @@ def _load_keras_file(path: Path, safe_mode: bool) -> LoadedModel:
         model = _call_loader(path, lambda: loader(str(path), compile=False, safe_mode=safe_mode), safe_mode)
     else:
         loader, flavor = _keras.keras.models.load_model, "keras2"
-        with _plain_file_reads():
+        with _plain_file_reads(), _optimization_scopes(config):
             model = _call_loader(path, lambda: loader(str(path), compile=False, safe_mode=safe_mode,
                                                       custom_objects=_keras.application_layers()), safe_mode)
     return _from_keras(model, str(path), flavor)
@@ -314,8 +317,49 @@ def _load_h5(path: Path, safe_mode: bool) -> LoadedModel:
     else:
         loader = lambda: _keras.keras.models.load_model(  # noqa: E731
             str(path), compile=False, safe_mode=safe_mode, custom_objects=_keras.application_layers())
-    model = _call_loader(path, loader, safe_mode)
+    with _optimization_scopes(config if major != 3 else None):
+        model = _call_loader(path, loader, safe_mode)
     return _from_keras(model, str(path), "keras3" if major == 3 else "keras2")
+
+
+@contextlib.contextmanager
+def _optimization_scopes(config: Any):
+    """tensorflow-model-optimization's QAT, pruning and clustering classes known by name while a tf_keras
+    file that names them loads (its wrappers are Keras layers of that library, not code in the file)."""
+    if config is None or not model_config.names_optimization(config):
+        yield
+        return
+    import tensorflow_model_optimization as tfmot
+
+    with tfmot.quantization.keras.quantize_scope(), tfmot.sparsity.keras.prune_scope(), \
+            tfmot.clustering.keras.cluster_scope():
+        yield
+
+
+def _optimization_wrappers(model: Any) -> tuple[Any, bool, list[str]]:
+    """(the model with pruning and clustering wrappers stripped, whether it holds QAT fake-quant layers,
+    what was done: nothing for a model tfmot did not wrap): a model saved or handed over in the middle of
+    tfmot's training."""
+    modules = {type(layer).__module__ for layer in _keras.all_layers(model)}
+    if not any(module.startswith(model_config.OPTIMIZATION_MODULE) for module in modules):
+        return model, False, []
+    import tensorflow_model_optimization as tfmot
+
+    notes = []
+    if any(".sparsity." in module for module in modules):
+        model = tfmot.sparsity.keras.strip_pruning(model)
+        notes.append("pruning wrappers stripped (the pruned weights as they are)")
+    if any(".clustering." in module for module in modules):
+        model = tfmot.clustering.keras.strip_clustering(model)
+        notes.append("clustering wrappers stripped (the clustered weights as they are)")
+    aware = any(".quantization." in type(layer).__module__ for layer in _keras.all_layers(model))
+    if aware:
+        notes.append(_AWARE)
+    return model, aware, notes
+
+
+_AWARE = ("a quantization-aware (tfmot) model: its int8 file takes the ranges its fake-quant layers learned; the "
+          "calibration data sets only its input and output scales")
 
 
 def _load_tflite(path: Path) -> LoadedModel:
@@ -370,8 +414,20 @@ def _load_saved_model(path: Path, safe_mode: bool) -> LoadedModel:
         for name, spec in sorted(signature.structured_outputs.items())
     ]
     _numeric(str(path), inputs)
-    return LoadedModel(source=str(path), flavor="saved_model", inputs=inputs, outputs=outputs, saved_model_dir=str(path),
-                       safe_mode=safe_mode)
+    found = LoadedModel(source=str(path), flavor="saved_model", inputs=inputs, outputs=outputs,
+                        saved_model_dir=str(path), safe_mode=safe_mode)
+    if _fake_quant(signature):  # a QAT model: its Keras layers hold the ranges the converter reads
+        revived = _from_keras(revive_keras2(found), str(path), "keras2")
+        return revived if revived.quantization_aware else \
+            replace(revived, quantization_aware=True, keep_weights=True, notes=revived.notes + [_AWARE])
+    return found
+
+
+def _fake_quant(signature) -> bool:
+    """Whether a SavedModel's serving graph (or a function it calls) holds fake-quant ops."""
+    graph = signature.graph.as_graph_def()
+    nodes = list(graph.node) + [node for function in graph.library.function for node in function.node_def]
+    return any(node.op.startswith("FakeQuantWithMinMax") for node in nodes)
 
 
 def revive_keras2(loaded: LoadedModel):
@@ -384,8 +440,9 @@ def revive_keras2(loaded: LoadedModel):
     if loaded.safe_mode:
         model_config.refuse_code(path, model_config.read_config(path))
     custom = _keras.application_layers()
-    return _call_loader(path, lambda: _keras.keras.models.load_model(str(path), compile=False, custom_objects=custom),
-                        loaded.safe_mode)
+    with _optimization_scopes(model_config.read_config(path)):
+        return _call_loader(path, lambda: _keras.keras.models.load_model(str(path), compile=False,
+                                                                          custom_objects=custom), loaded.safe_mode)
 
 
 def _call_loader(path: Path, load, safe_mode: bool = True):

@@ -12,7 +12,7 @@ from typing import Any, Optional
 from . import console, ladder
 from .convert import calibration_for, convert
 from .data import ImageOptions
-from .errors import one_line
+from .errors import RecipeError, one_line, problem
 from .diagnose import Sweep, layer_errors, ranked_by_outputs, whole_error
 from .lint import data_lint, input_lint, range_lint
 from .prepare import Prepared, check_budget, prepare
@@ -93,6 +93,8 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
                                       num_threads=num_threads, progress=progress)
         if spec.fallback == "auto":
             ladder.check_classifier_budget(reference, budget)
+    if prepared.loaded.quantization_aware:
+        return _from_fake_quant(prepared, spec, reference, progress)
     started = time.perf_counter()
     calibrated = None
     if recipe.needs_calibration:
@@ -158,6 +160,29 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
                   extra={"diagnostics": diagnostics[:DIAGNOSTICS_IN_REPORT], "range_lint": lint,
                          "ladder": [] if climbed is None else climbed.candidates,
                          "chosen": None if climbed is None else climbed.candidates.index(climbed.chosen)})
+
+
+def _from_fake_quant(prepared: Prepared, spec: ConvertSpec, reference, progress) -> QuantizationResult:
+    """A quantization-aware model: the converter makes its int8 file from the ranges its fake-quant layers
+    learned (calibrating it again would put other ranges beside theirs). Nothing here chooses ranges,
+    corrects biases or climbs a ladder; a budget is checked as for any file."""
+    from .convert import convert_quantization_aware
+
+    recipe = spec.recipe
+    if recipe.mode is not Mode.INT8 or recipe.quantizer != "converter":
+        found = f"--mode {recipe.mode.value}" if recipe.mode is not Mode.INT8 else f"--quantizer {recipe.quantizer}"
+        raise RecipeError(problem(prepared.source, "--mode int8 with the converter's quantizer for a quantization-aware "
+                                  "model (its fake-quant layers learned int8 ranges)", found))
+    if spec.fallback == "auto":
+        console.warn("a quantization-aware model has one int8 file, from its fake-quant ranges: --fallback auto "
+                     "has no other to try")
+    started = time.perf_counter()
+    with console.step("quantizing to int8 from the model's fake-quant ranges"):
+        tflite = convert_quantization_aware(prepared.exported, recipe, prepared.calibration, source=prepared.source)
+    seconds = {"convert": time.perf_counter() - started}
+    return verify(prepared, recipe, tflite, seconds=seconds, budget=spec.budget, reference=reference,
+                  tasks_chosen=spec.tasks, strict=spec.strict, allow_float=False, num_threads=spec.num_threads,
+                  bench_runs=spec.bench_runs, progress=progress, spec=spec.replace(fallback="off"))
 
 
 def _regression_outputs(prepared: Prepared, reference: Optional[Reference], chosen: dict[str, str]) -> set[str]:

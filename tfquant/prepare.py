@@ -100,7 +100,7 @@ def prepare(
                 shapes.update(data.sample_shapes())
         shapes.update(input_shapes or {})
         with console.step(f"exporting {loaded.source} to a float32 .tflite file"):
-            exported = export(loaded, shapes=shapes)
+            exported = export(loaded, shapes=shapes, keep_weights=loaded.keep_weights)
         seconds["export"] = exported.seconds
         for note in exported.notes:
             log.info("export: %s", note)

@@ -331,3 +331,63 @@ def test_qat_of_a_regression_model_below_ptq_keeps_ptq(digits, tmp_path):
     recon = report.outputs[0]  # the PTQ file's label error, over what 5 % of σ off float adds in quadrature
     share = (recon.quantized.label_rmse ** 2 - recon.float.label_rmse ** 2) / (0.05 * recon.float.std) ** 2
     assert ptq_used == round(100 * share) and recon.quantized.rel_rmse > 0.05
+
+
+def _user_model(digits):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = L.MaxPooling2D()(L.Conv2D(16, 3, activation="relu", name="conv")(inputs))
+    model = keras.Model(inputs, L.Dense(10, activation="softmax", name="probs")(L.Flatten()(x)))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(digits["x"], digits["y"], epochs=2, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("fmt", ["h5", "saved_model"])
+def test_a_users_quantization_aware_model_converts_from_its_fake_quant_ranges(fmt, digits, tmp_path):
+    """A model a user trained with tfmot's QAT and saved: its wrappers are tfmot's layers, not code in the file
+    (loaded in tfmot's scopes, safe mode on), and its int8 file takes the ranges the fake-quant layers learned.
+    Calibrating it again had put other ranges beside theirs, which the converter refused (MAX_POOL_2D)."""
+    import tensorflow_model_optimization as tfmot
+    from ai_edge_litert import schema_py_generated as schema
+    from tfquant.errors import RecipeError
+    from tfquant.flatbuffer import builtin_of, read_model
+
+    aware = tfmot.quantization.keras.quantize_model(_user_model(digits))
+    aware.compile("adam", "sparse_categorical_crossentropy")
+    aware.fit(digits["x"], digits["y"], epochs=1, verbose=0)
+    path = tmp_path / ("qat.h5" if fmt == "h5" else "qat_saved")
+    aware.save(path, **({} if fmt == "h5" else {"save_format": "tf"}))
+    result = tfquant.quantize(path, {"image": digits["x"][:100]}, eval_data=({"image": digits["x"][100:400]},
+                              digits["y"][100:400]), bench_runs=1, max_drop=0.01)
+    assert_every_op_integer(result.info)
+    assert result.report.outputs[0].quantized.agreement >= 0.99
+    assert any("quantization-aware (tfmot) model" in note for note in result.report.export.notes)
+    # The conv's int8 output is on the scale of the range its fake-quant layer learned.
+    low, high = (float(w.numpy()) for w in aware.get_layer("quant_conv").weights
+                 if w.name.endswith(("post_activation_min:0", "post_activation_max:0")))
+    model = read_model(result.tflite)
+    graph = model.subgraphs[0]
+    (conv,) = [op for op in graph.operators if builtin_of(model, op) == schema.BuiltinOperator.CONV_2D]
+    assert graph.tensors[int(conv.outputs[0])].quantization.scale[0] == pytest.approx((high - low) / 255, rel=0.01)
+    with pytest.raises(RecipeError, match=r": expected --mode int8 with the converter's quantizer for a "
+                       r"quantization-aware model \(its fake-quant layers learned int8 ranges\), found --mode int16x8$"):
+        tfquant.quantize(path, {"image": digits["x"][:100]}, mode="int16x8", bench_runs=1)
+
+
+def test_a_users_pruned_model_saved_with_its_wrappers_keeps_its_zeros(digits, tmp_path):
+    """Saved in the middle of pruning (PruneLowMagnitude wrappers): the wrappers are stripped and the weights
+    exported as they are, so the int8 file keeps the zeros (the softmax's dense weights are not centered)."""
+    import tensorflow_model_optimization as tfmot
+    from tfquant.optimize.weights import weight_tensors
+
+    sparsity = tfmot.sparsity.keras
+    pruned = sparsity.prune_low_magnitude(_user_model(digits), pruning_schedule=sparsity.ConstantSparsity(0.5, 0, frequency=1))
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+    pruned.fit(digits["x"], digits["y"], epochs=1, verbose=0, callbacks=[sparsity.UpdatePruningStep()])
+    pruned.save(tmp_path / "pruned.h5")
+    result = tfquant.quantize(tmp_path / "pruned.h5", {"image": digits["x"][:100]}, bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    assert "pruning wrappers stripped (the pruned weights as they are)" in result.report.export.notes
+    zeros = {w.op: float(np.mean(w.values == w.zero_point)) for w in weight_tensors(result.tflite)}
+    assert set(zeros) == {"CONV_2D", "FULLY_CONNECTED"} and min(zeros.values()) >= 0.49, zeros
