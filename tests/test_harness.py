@@ -138,3 +138,13 @@ def test_a_token_id_past_the_embedding_table_names_the_sample_and_why():
     assert message.endswith("(an id at or past the rows of a lookup table on this sample (an Embedding's input_dim): "
                             "ids must stay below it, as the tokenizer the model was trained with makes them)")
     assert "\n" not in message
+
+
+def test_samples_of_another_shape_than_the_file_fixes_are_named_not_a_traceback(tflite_files):
+    from tfquant.errors import DataError
+
+    runner = harness.Runner(tflite_files["float32"])
+    runner.allocate()
+    with pytest.raises(DataError, match=r"digits_float32.tflite: expected input 'image' of shape \(1, 8, 8, 1\), "
+                       r"found samples of shape \(1, 7, 7, 1\) \(Cannot set tensor: Dimension mismatch"):
+        runner.run([np.zeros((1, 7, 7, 1), np.float32)])

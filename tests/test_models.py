@@ -752,3 +752,27 @@ def test_a_tf_keras_saved_model_whose_graph_keeps_a_float_conv3d_is_exported_fro
     assert_every_op_integer(result.info)
     assert result.report.export.notes[0] == ("exported from its tf_keras layers: its traced graph keeps BUCKETIZE, "
                                              "CONV_3D, which no quantizer makes integer")
+
+
+def test_a_saved_model_with_open_image_dims_is_exported_at_the_datas_size(digits, tmp_path):
+    """Keras 3's `model.export` of a fully convolutional model leaves the image size open in its serving
+    signature: its graph is traced again at the data's size, so the file's ops have fixed shapes (the
+    interpreter had refused the samples: 'Dimension mismatch. Got 8 but expected 1')."""
+    from tfquant._keras import keras3
+    from tfquant.data import Dataset
+    from tfquant.export import export
+    from tfquant.harness import Runner
+
+    k = keras3()
+    k.utils.set_random_seed(0)
+    inputs = k.Input((None, None, 1), name="image")
+    x = k.layers.GlobalAveragePooling2D()(k.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax")(x))
+    model.export(tmp_path / "exported")
+    result = tfquant.quantize(tmp_path / "exported", {"image": digits["x"][:64]}, bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+    (image,) = [port for port in result.report.io if port.kind == "input"]
+    assert image.shape[1:] == [8, 8, 1], image
+    exported = export(load_model(tmp_path / "exported"), shapes={"image": (8, 8, 1)})
+    (probs,) = Runner(exported.tflite).predict(Dataset("digits", {"image": digits["x"][:16]}), progress=False).values()
+    np.testing.assert_allclose(probs, model.predict(digits["x"][:16], verbose=0), atol=1e-5)

@@ -216,7 +216,8 @@ def _export_tflite(loaded: LoadedModel, keep_weights: bool) -> Exported:
 
 def _export_saved_model(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: bool) -> Exported:
     tf = _keras.tf
-    signature = tf.saved_model.load(loaded.saved_model_dir).signatures["serving_default"]
+    restored = tf.saved_model.load(loaded.saved_model_dir)  # holds the variables while the signature is traced
+    signature = _with_shapes(restored, inputs)
     _, kwargs = signature.structured_input_signature
     names = [spec.name for spec in tf.nest.flatten(kwargs)]  # placeholders in the function's own order
     keys = sorted(kwargs)  # flatten order of a dict: sorted keys
@@ -233,6 +234,28 @@ def _export_saved_model(loaded: LoadedModel, inputs: list[TensorSpec], keep_weig
         route = "SavedModel"
     data, rewrites = legalize.make_quantizable(data, keep_weights=keep_weights)
     return Exported(data, route, inputs, _outputs(data, loaded.outputs), rewrites, function=frozen)
+
+
+def _with_shapes(restored, inputs: list[TensorSpec]):
+    """A restored SavedModel's serving signature, traced again with the dims it leaves open (an image's size) set as the data
+    has them, so that the file's ops get fixed shapes; as it is where it fixes them all (the batch stays
+    open). A file with open dims would be resized to each sample by whoever runs it."""
+    tf = _keras.tf
+    signature = restored.signatures["serving_default"]
+    _, kwargs = signature.structured_input_signature
+    given = {spec.name: spec.shape for spec in inputs}
+    specs, changed = {}, False
+    for key, spec in kwargs.items():
+        shape = spec.shape.as_list()
+        data = given.get(key)
+        if data is not None and len(data) == len(shape):
+            fixed = [shape[0]] + [d if d is not None else g for d, g in zip(shape[1:], data[1:])]
+            changed |= fixed != shape
+            shape = fixed
+        specs[key] = tf.TensorSpec(shape, spec.dtype, name=key)
+    if not changed:
+        return signature
+    return tf.function(lambda **feed: restored.signatures["serving_default"](**feed)).get_concrete_function(**specs)
 
 
 def _freeze(source: str, function):

@@ -205,7 +205,13 @@ class Runner:
     def run(self, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """One invoke on one batch of float inputs (in the file's input order); every output in float, by name."""
         for port, values in zip(self.inputs, inputs):
-            self.interpreter.set_tensor(port.index, port.to_file(values))
+            try:
+                self.interpreter.set_tensor(port.index, port.to_file(values))
+            except ValueError as exc:  # the file fixes a dim the data has otherwise
+                shape = next(tuple(int(d) for d in detail["shape"]) for detail in self.interpreter.get_input_details()
+                             if detail["index"] == port.index)
+                raise DataError(problem(self.where, f"input {port.name!r} of shape {shape}",
+                                        f"samples of shape {tuple(np.shape(values))} ({one_line(exc, 160)})")) from None
         self.interpreter.invoke()
         return {out.name: out.from_file(self.interpreter.get_tensor(out.index)) for out in self.outputs}
 
