@@ -463,3 +463,26 @@ def test_a_fold_stops_where_rows_start_to_depend_on_their_neighbours_or_position
     before = Runner(float_tflite).predict(tokens, progress=False)["out"]
     after = Runner(folded).predict(tokens, progress=False)["out"]
     np.testing.assert_allclose(after, before, rtol=0, atol=1e-5 * np.abs(before).max())
+
+
+def test_two_lookups_each_folded_in_one_file():
+    """Two token inputs, each Embedding -> LayerNormalization (tf_keras' 21 ops each): both are folded, the
+    second after the first has changed the file, and the float file computes what it did."""
+    from tfquant._keras import keras
+    from tfquant.tables import fold
+
+    keras.utils.set_random_seed(0)
+    first, second = keras.Input((16,), dtype="int32", name="a"), keras.Input((16,), dtype="int32", name="b")
+    rows = [keras.layers.LayerNormalization()(keras.layers.Embedding(size, 8)(ids))
+            for size, ids in ((11, first), (13, second))]
+    model = keras.Model([first, second], keras.layers.Dense(1, name="out")(
+        keras.layers.Flatten()(keras.layers.Concatenate()(rows))))
+    float_tflite = export(load_model(model)).tflite
+    folded, done = fold(float_tflite)
+    assert [f.ops for f in done] == [21, 21], done
+    rng = np.random.default_rng(0)
+    data = Dataset("random", {"a": rng.integers(0, 11, (8, 16)).astype(np.int32),
+                              "b": rng.integers(0, 13, (8, 16)).astype(np.int32)})
+    before = Runner(float_tflite).predict(data, progress=False)["out"]
+    np.testing.assert_allclose(Runner(folded).predict(data, progress=False)["out"], before, rtol=0,
+                               atol=1e-5 * np.abs(before).max())

@@ -21,6 +21,7 @@ the float file's outputs stay those of the original.
 
 from __future__ import annotations
 
+import copy as copy_module
 from dataclasses import dataclass
 from typing import Optional
 
@@ -65,7 +66,7 @@ def fold(float_tflite: bytes) -> tuple[bytes, list[Fold]]:
     graph = model.subgraphs[0]
     done = []
     for gather in [op for op in graph.operators if builtin_of(model, op) == _B.GATHER]:
-        found = _foldable(float_tflite, model, graph, gather)
+        found = _foldable(model, graph, gather)
         if found is None:
             continue
         region, table, exit_, reshapes = found
@@ -83,7 +84,7 @@ def fold(float_tflite: bytes) -> tuple[bytes, list[Fold]]:
     return write_model(model), done
 
 
-def _foldable(float_tflite: bytes, model, graph, gather) -> Optional[tuple[set, np.ndarray, int, list]]:
+def _foldable(model, graph, gather) -> Optional[tuple[set, np.ndarray, int, list]]:
     """(the ids of the region's ops, the table computed through them, the tensor the region ends in, the
     RESHAPEs outside the region that read it before its last reshapes) for a GATHER of rows (axis 0) from a
     constant 2-D float table, or None where nothing can be folded."""
@@ -108,7 +109,7 @@ def _foldable(float_tflite: bytes, model, graph, gather) -> Optional[tuple[set, 
         if any(index in ends or any(not (index in same_order and _reshapes(model, r, index)) for r in ops)
                for index, ops in outside.items()):
             continue  # another tensor of the region is read outside it: the region does not end there
-        rows = _rows_through(float_tflite, graph, region, start, exit_, table)
+        rows = _rows_through(model, graph, region, start, exit_, table)
         if rows is not None:
             return inside, rows, exit_, [r for ops in outside.values() for r in ops]
     return None
@@ -154,23 +155,12 @@ def _feeding(graph, reach: list, exit_: int) -> list:
     return region[::-1]
 
 
-def _rows_through(float_tflite: bytes, graph, region: list, start: int, exit_: int,
-                  table: np.ndarray) -> Optional[np.ndarray]:
+def _rows_through(model, graph, region: list, start: int, exit_: int, table: np.ndarray) -> Optional[np.ndarray]:
     """Every row of `table` run through `region` on the interpreter, as many at a time as one lookup
     reads; None unless each row comes out the same among other rows (run again, the rows shuffled)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    part = read_model(float_tflite)
-    sub = part.subgraphs[0]
-    positions = [graph.operators.index(op) for op in region]
-    sub.operators = [sub.operators[i] for i in positions]
-    sub.inputs, sub.outputs = [start], [exit_]
-    part.signatureDefs = []
-    read = {sub.tensors[int(i)].buffer for op in sub.operators for i in op.inputs if int(i) >= 0}
-    for index, buffer in enumerate(part.buffers):
-        if index not in read:  # the rest of the model's weights: not written out again to run a few ops
-            buffer.data = None
-    interpreter = Interpreter(model_content=write_model(part), num_threads=1)
+    interpreter = Interpreter(model_content=_region_model(model, graph, region, start, exit_), num_threads=1)
     interpreter.allocate_tensors()
     (entry,), (way_out,) = interpreter.get_input_details(), interpreter.get_output_details()
     shape = tuple(entry["shape"])
@@ -195,3 +185,37 @@ def _rows_through(float_tflite: bytes, graph, region: list, start: int, exit_: i
     if not np.isfinite(largest) or np.abs(first - second).max() > SAME_ROW * max(largest, 1e-30):
         return None
     return first
+
+
+def _region_model(model, graph, region: list, start: int, exit_: int) -> bytes:
+    """A file of the region's ops alone, from the looked-up rows to `exit_`: only the tensors and
+    constants they read and write (a large model's other weights are not written out to run a few ops)."""
+    part, sub = schema.ModelT(), schema.SubGraphT()
+    part.version, part.operatorCodes = model.version, model.operatorCodes
+    part.buffers = [schema.BufferT()]
+    index: dict[int, int] = {}
+
+    def tensor(old: int) -> int:
+        if old < 0:
+            return old
+        if old not in index:
+            copy = copy_module.copy(graph.tensors[old])
+            if copy.buffer:
+                buffer = schema.BufferT()
+                buffer.data = model.buffers[copy.buffer].data
+                part.buffers.append(buffer)
+                copy.buffer = len(part.buffers) - 1
+            index[old] = len(sub.tensors)
+            sub.tensors.append(copy)
+        return index[old]
+
+    sub.tensors = []
+    sub.operators = []
+    for op in region:
+        copy = copy_module.copy(op)
+        copy.inputs = [tensor(int(i)) for i in op.inputs]
+        copy.outputs = [tensor(int(i)) for i in op.outputs]
+        sub.operators.append(copy)
+    sub.inputs, sub.outputs = [tensor(start)], [tensor(exit_)]
+    part.subgraphs = [sub]
+    return write_model(part)
