@@ -22,15 +22,18 @@ the float file's outputs stay those of the original.
 from __future__ import annotations
 
 import copy as copy_module
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
+from .errors import one_line
 from .flatbuffer import (array_constant, builtin_codes, builtin_of, drop_unused_opcodes, float_constant,
                          is_constant, is_float, read_model, readers_of, text, write_model)
 
+log = logging.getLogger("tfquant")
 _B = schema.BuiltinOperator
 # Ops that compute a row from itself and constants when their axes are those of the row; the run on the
 # table tells whether they are.
@@ -158,9 +161,26 @@ def _feeding(graph, reach: list, exit_: int) -> list:
 def _rows_through(model, graph, region: list, start: int, exit_: int, table: np.ndarray) -> Optional[np.ndarray]:
     """Every row of `table` run through `region` on the interpreter, as many at a time as one lookup
     reads; None unless each row comes out the same among other rows (run again, the rows shuffled)."""
+    try:
+        results = _run_rows(_region_model(model, graph, region, start, exit_), table)
+    except (RuntimeError, ValueError) as exc:  # a region the interpreter does not run alone: not folded
+        log.info("lookup %r not folded: %s", text(graph.tensors[start].name), one_line(exc, 160))
+        return None
+    if results is None:
+        return None
+    first, second = results
+    largest = float(np.abs(first).max()) if np.isfinite(first).all() else np.inf
+    if not np.isfinite(largest) or np.abs(first - second).max() > SAME_ROW * max(largest, 1e-30):
+        return None
+    return first
+
+
+def _run_rows(region_file: bytes, table: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """The table's rows through the region's file, in their order and then shuffled; None where the file
+    does not read rows of the table's width."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_content=_region_model(model, graph, region, start, exit_), num_threads=1)
+    interpreter = Interpreter(model_content=region_file, num_threads=1)
     interpreter.allocate_tensors()
     (entry,), (way_out,) = interpreter.get_input_details(), interpreter.get_output_details()
     shape = tuple(entry["shape"])
@@ -180,11 +200,7 @@ def _rows_through(model, graph, region: list, start: int, exit_: int, table: np.
                 out = np.empty((count, computed.shape[1]), np.float32)
             out[chunk] = computed
         results.append(out)
-    first, second = results
-    largest = float(np.abs(first).max()) if np.isfinite(first).all() else np.inf
-    if not np.isfinite(largest) or np.abs(first - second).max() > SAME_ROW * max(largest, 1e-30):
-        return None
-    return first
+    return results[0], results[1]
 
 
 def _region_model(model, graph, region: list, start: int, exit_: int) -> bytes:
