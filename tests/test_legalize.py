@@ -486,3 +486,23 @@ def test_two_lookups_each_folded_in_one_file():
     before = Runner(float_tflite).predict(data, progress=False)["out"]
     np.testing.assert_allclose(Runner(folded).predict(data, progress=False)["out"], before, rtol=0,
                                atol=1e-5 * np.abs(before).max())
+
+
+def test_a_rewrite_whose_file_does_not_run_is_not_kept(tflite_files, digits):
+    """The float-file rewrites (table folds, equalization) are checked by running the rewritten file: one the
+    interpreter cannot run is dropped, and the conversion goes on from the file as it was."""
+    from tfquant.convert import _checked
+    from tfquant.flatbuffer import read_model, write_model
+
+    float_tflite = tflite_files["float32"].read_bytes()
+
+    def broken(data: bytes):
+        model = read_model(data)
+        graph = model.subgraphs[0]
+        weights = next(int(op.inputs[1]) for op in graph.operators
+                       if len(op.inputs) > 1 and graph.tensors[int(op.inputs[1])].buffer)
+        model.buffers[graph.tensors[weights].buffer].data = None  # "Input tensor ... lacks data"
+        return write_model(model), ["a rewrite"]
+
+    few = Dataset("digits", {"image": digits["x"][:8]})
+    assert _checked(float_tflite, few, broken, "not kept") == (float_tflite, [])

@@ -21,7 +21,7 @@ import numpy as np
 from . import _keras
 from .console import captured_stderr
 from .data import Dataset
-from .errors import ConversionError, RecipeError, one_line, problem
+from .errors import ConversionError, RecipeError, TfquantError, one_line, problem
 from .export import Exported, conversion_failure
 from .types import IOType, Mode, Recipe
 
@@ -264,7 +264,12 @@ def _checked(float_tflite: bytes, calibration: Dataset, rewrite: Callable[[bytes
     if not done:
         return float_tflite, []
     few = calibration.take(np.arange(min(8, len(calibration))))
-    before, after = Runner(float_tflite).predict(few, progress=False), Runner(rewritten).predict(few, progress=False)
+    before = Runner(float_tflite).predict(few, progress=False)
+    try:
+        after = Runner(rewritten).predict(few, progress=False)
+    except (TfquantError, RuntimeError, ValueError) as exc:  # a rewrite the interpreter does not run: not kept
+        log.info("%s: the rewritten file does not run (%s)", refused, one_line(exc, 160))
+        return float_tflite, []
     for name, values in before.items():
         scale = float(np.abs(values).max()) or 1.0
         if not np.allclose(after[name], values, rtol=0, atol=EQUAL_FLOAT * scale):
