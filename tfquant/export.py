@@ -237,9 +237,10 @@ def _export_saved_model(loaded: LoadedModel, inputs: list[TensorSpec], keep_weig
 
 
 def _with_shapes(restored, inputs: list[TensorSpec]):
-    """A restored SavedModel's serving signature, traced again with the dims it leaves open (an image's size) set as the data
-    has them, so that the file's ops get fixed shapes; as it is where it fixes them all (the batch stays
-    open). A file with open dims would be resized to each sample by whoever runs it."""
+    """A restored SavedModel's serving signature, traced again with the dims it leaves open (an image's
+    size) set as the data has them, so that the file's ops get fixed shapes; as it is where it fixes
+    them all (the batch stays open). A file with open dims would be resized to each sample by whoever
+    runs it."""
     tf = _keras.tf
     signature = restored.signatures["serving_default"]
     _, kwargs = signature.structured_input_signature
