@@ -373,6 +373,10 @@ def test_a_users_quantization_aware_model_converts_from_its_fake_quant_ranges(fm
     with pytest.raises(RecipeError, match=r": expected --mode int8 with the converter's quantizer for a "
                        r"quantization-aware model \(its fake-quant layers learned int8 ranges\), found --mode int16x8$"):
         tfquant.quantize(path, {"image": digits["x"][:100]}, mode="int16x8", bench_runs=1)
+    if fmt == "h5":  # training it again: refused before any training starts
+        with pytest.raises(ModelLoadError, match=r"qat.h5: expected a float model for tfquant qat to train, found a "
+                           r"quantization-aware model \(tfmot's fake-quant layers\): tfquant convert makes its int8"):
+            qat(path, {"image": digits["x"][:64], "y": digits["y"][:64]}, epochs=1)
 
 
 def test_a_users_pruned_model_saved_with_its_wrappers_keeps_its_zeros(digits, tmp_path):

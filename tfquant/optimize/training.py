@@ -142,6 +142,12 @@ def start(model, train_data, *, stage: str, calibration_data, eval_data, recipe,
                        train_data=train_data, safe_mode=safe_mode)
     if not prepared.train.labels:
         raise RecipeError(f"{stage} needs labels 'y' in the training data")
+    if prepared.loaded.quantization_aware:
+        from ..errors import ModelLoadError, problem
+
+        raise ModelLoadError(problem(prepared.source, f"a float model for {stage} to train",
+                                     "a quantization-aware model (tfmot's fake-quant layers): tfquant convert "
+                                     "makes its int8 file from the ranges they learned"))
     sample = {name: array[:16] for name, array in prepared.train.inputs.items()}
     keras_model = keras2_model(prepared.loaded, stage, samples=next(iter(sample.values())) if len(sample) == 1 else sample)
     return Start(prepared, keras_model, time.perf_counter() - started)
