@@ -20,6 +20,30 @@ from .errors import OutputError, ServiceError, called
 FIELDS = ("model", "calib", "eval", "train")
 
 
+def _upload(field: str, path: Path) -> tuple[str, Any]:
+    """(the name it is sent as, an open handle) for one file of a submission; a SavedModel folder is sent
+    as the .zip the service takes."""
+    import tempfile
+    import zipfile
+
+    from .errors import DataError, ModelLoadError, problem
+
+    error, expected = (ModelLoadError, "a .keras, .h5 or float32 .tflite file, or a SavedModel folder") \
+        if field == "model" else (DataError, "an .npz, .npy or .csv file (the service takes no image folder: "
+                                             "save the images as an .npz)")
+    if path.is_dir() and field == "model" and (path / "saved_model.pb").is_file():
+        handle = tempfile.TemporaryFile()
+        with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
+            for member in sorted(path.rglob("*")):
+                if member.is_file():
+                    archive.write(member, member.relative_to(path))
+        handle.seek(0)
+        return f"{path.name}.zip", handle
+    if not path.is_file():
+        raise error(problem(path, expected, "a folder" if path.is_dir() else "no such file"))
+    return path.name, open(path, "rb")
+
+
 class Client:
     """Submit jobs, follow them and fetch their files. Every call raises `ServiceError` with the server's message."""
 
@@ -58,13 +82,15 @@ class Client:
         import json
 
         paths = {"model": model, "calib": calib, "eval": eval, "train": train}
-        handles = {k: open(Path(v), "rb") for k, v in paths.items() if v is not None}
+        files: dict[str, tuple] = {}
         try:
-            files = {k: (Path(paths[k]).name, h) for k, h in handles.items()}
+            for field, value in paths.items():
+                if value is not None:
+                    files[field] = _upload(field, Path(value))
             recipe = json.dumps({"command": command, **{k: v for k, v in options.items() if v is not None}})
             return self._call("POST", "/v1/jobs", files=files, data={"recipe": recipe}).json()["id"]
         finally:
-            for handle in handles.values():
+            for _, handle in files.values():
                 handle.close()
 
     def ready(self, *, timeout: float = 60.0, poll: float = 0.25) -> dict[str, Any]:

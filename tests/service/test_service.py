@@ -201,3 +201,24 @@ def test_concurrent_submissions_all_succeed_and_are_counted(server, client, file
     grown = {key: samples[key] - before.get(key, 0) for key in counted}
     # Submissions are counted as they are answered; a job another test left may still end meanwhile.
     assert grown[counted[0]] == jobs and min(grown.values()) >= jobs, grown
+
+
+def test_a_saved_model_folder_is_sent_as_the_zip_the_service_takes(client, files, model_files, tmp_path):
+    """`tfquant jobs submit FOLDER` zips a SavedModel folder as the service takes it (the command converts the
+    folder itself); a missing file or a data folder is one line before anything is sent, not a traceback."""
+    import tfquant
+    from tfquant.errors import DataError, ModelLoadError
+    from tfquant.spec import ConvertSpec
+
+    spec = ConvertSpec(calib_samples=120, ranges="minmax", diagnose=False, bench_runs=1)
+    job = client.submit(model_files["saved_model"], calib=files["calib"], **spec.to_dict())
+    state = client.wait(job, timeout=180, poll=0.3)
+    assert state["status"] == "succeeded", state
+    served = client.download(job, tmp_path / "served.tflite").read_bytes()
+    assert served == tfquant.quantize(model_files["saved_model"], files["calib"], spec=spec).tflite
+    with pytest.raises(ModelLoadError, match=r"nothere.h5: expected a .keras, .h5 or float32 .tflite file, or a "
+                                             r"SavedModel folder, found no such file$"):
+        client.submit(tmp_path / "nothere.h5", calib=files["calib"])
+    with pytest.raises(DataError, match=r": expected an .npz, .npy or .csv file \(the service takes no image folder: "
+                                        r"save the images as an .npz\), found a folder$"):
+        client.submit(files["model"], calib=tmp_path)
