@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from . import console
 from .data import Dataset, ImageOptions, load_data
-from .errors import RecipeError, called
+from .errors import ModelLoadError, RecipeError, called, problem
 from .export import Exported, export
 from .models import LoadedModel, load_model
 from .types import Recipe
@@ -50,6 +50,15 @@ def check_budget(max_drop: Optional[float], eval_data: Any, *, fallback: str = "
     if fallback == "auto" and eval_data is None:
         raise RecipeError(f"{called('fallback')} auto needs {called('eval_data')}: the ladder measures every candidate on "
                           "evaluation data")
+
+
+def refuse_quantization_aware(prepared: Prepared, what: str) -> None:
+    """Refuse a quantization-aware model where a float one is needed (`what`: training it again, or
+    calibrating it): its int8 file is the converter's reading of its fake-quant ranges."""
+    if prepared.loaded.quantization_aware:
+        raise ModelLoadError(problem(prepared.source, f"a float model for {what}",
+                                     "a quantization-aware model (tfmot's fake-quant layers): tfquant convert makes "
+                                     "its int8 file from the ranges they learned"))
 
 
 def prepare(

@@ -377,6 +377,9 @@ def test_a_users_quantization_aware_model_converts_from_its_fake_quant_ranges(fm
         with pytest.raises(ModelLoadError, match=r"qat.h5: expected a float model for tfquant qat to train, found a "
                            r"quantization-aware model \(tfmot's fake-quant layers\): tfquant convert makes its int8"):
             qat(path, {"image": digits["x"][:64], "y": digits["y"][:64]}, epochs=1)
+        with pytest.raises(ModelLoadError, match=r"expected a float model for tfquant diagnose to calibrate, found a "
+                                                 r"quantization-aware model"):
+            tfquant.diagnose(path, {"image": digits["x"][:64]})
 
 
 def test_a_users_pruned_model_saved_with_its_wrappers_keeps_its_zeros(digits, tmp_path):

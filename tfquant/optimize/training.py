@@ -134,7 +134,7 @@ def start(model, train_data, *, stage: str, calibration_data, eval_data, recipe,
           safe_mode: bool) -> Start:
     """Load and validate model and data, get a tf_keras model and its float32 file."""
     from ..errors import RecipeError
-    from ..prepare import check_budget, prepare
+    from ..prepare import check_budget, prepare, refuse_quantization_aware
 
     check_budget(max_drop, eval_data)
     started = time.perf_counter()
@@ -142,12 +142,7 @@ def start(model, train_data, *, stage: str, calibration_data, eval_data, recipe,
                        train_data=train_data, safe_mode=safe_mode)
     if not prepared.train.labels:
         raise RecipeError(f"{stage} needs labels 'y' in the training data")
-    if prepared.loaded.quantization_aware:
-        from ..errors import ModelLoadError, problem
-
-        raise ModelLoadError(problem(prepared.source, f"a float model for {stage} to train",
-                                     "a quantization-aware model (tfmot's fake-quant layers): tfquant convert "
-                                     "makes its int8 file from the ranges they learned"))
+    refuse_quantization_aware(prepared, f"{stage} to train")
     sample = {name: array[:16] for name, array in prepared.train.inputs.items()}
     keras_model = keras2_model(prepared.loaded, stage, samples=next(iter(sample.values())) if len(sample) == 1 else sample)
     return Start(prepared, keras_model, time.perf_counter() - started)
