@@ -776,3 +776,20 @@ def test_a_saved_model_with_open_image_dims_is_exported_at_the_datas_size(digits
     exported = export(load_model(tmp_path / "exported"), shapes={"image": (8, 8, 1)})
     (probs,) = Runner(exported.tflite).predict(Dataset("digits", {"image": digits["x"][:16]}), progress=False).values()
     np.testing.assert_allclose(probs, model.predict(digits["x"][:16], verbose=0), atol=1e-5)
+
+
+SHIFT = 1.0  # a name of this module, which a Lambda's stored code cannot see where the file is loaded
+
+
+def test_a_lambda_whose_code_needs_its_programs_names_says_so_when_code_is_allowed(tmp_path):
+    """With code allowed, a Lambda's stored code runs while the model is rebuilt, without the names of the
+    program that wrote it: the error is that NameError and where to convert instead, not 'allow code' again."""
+    from tfquant._keras import keras3
+
+    k = keras3()
+    inputs = k.Input((4,), name="x")
+    k.Model(inputs, k.layers.Lambda(lambda t: t - SHIFT, name="shift")(inputs)).save(tmp_path / "m.keras")
+    with pytest.raises(ModelLoadError, match=r"m.keras: expected a loadable Keras model, found NameError: name 'SHIFT' "
+                       r"is not defined \(raised by a Lambda layer's stored code, which may use names of the program "
+                       r"that defined it: quantize the model object there, tfquant.quantize\(model, ...\)\)$"):
+        load_model(tmp_path / "m.keras", safe_mode=False)

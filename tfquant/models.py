@@ -458,9 +458,23 @@ def _call_loader(path: Path, load, safe_mode: bool = True):
             return load()
     except Exception as exc:  # Keras raises ValueError, TypeError, OSError... for a bad file
         message = one_line(exc)
-        if "safe_mode" in message or "Lambda" in message:
+        if safe_mode and ("safe_mode" in message or "Lambda" in message):
             raise ModelLoadError(
                 problem(path, "a model without code", "a layer that would run stored Python code (e.g. Lambda); "
                         f"load it with {called('safe_mode')} only if you trust the file")
             ) from None
-        raise ModelLoadError(problem(path, "a loadable Keras model", f"{type(exc).__name__}: {message[:300]}")) from None
+        root = _root_cause(exc)
+        found = f"{type(root).__name__}: {one_line(root)[:300]}"
+        if "Lambda" in message and root is not exc:  # its stored code ran here, without the names it was written with
+            found += (" (raised by a Lambda layer's stored code, which may use names of the program that defined it: "
+                      "quantize the model object there, tfquant.quantize(model, ...))")
+        raise ModelLoadError(problem(path, "a loadable Keras model", found)) from None
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The first exception of a chain Keras wraps ("Exception encountered when calling Lambda.call()")."""
+    seen = {id(exc)}
+    while (exc.__cause__ or exc.__context__) is not None and id(exc.__cause__ or exc.__context__) not in seen:
+        exc = exc.__cause__ or exc.__context__
+        seen.add(id(exc))
+    return exc
