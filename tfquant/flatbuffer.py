@@ -60,10 +60,13 @@ def is_float(graph, index: int) -> bool:
 
 
 def is_constant(model, graph, index: int) -> bool:
-    """Whether tensor `index` holds data in the file (a weight or another constant)."""
+    """Whether tensor `index` holds data in the file (a weight or another constant): in its buffer, or
+    stored past the flatbuffer (a large model's buffers give an offset and a size)."""
     buffer = graph.tensors[index].buffer
-    return 0 < buffer < len(model.buffers) and model.buffers[buffer].data is not None \
-        and len(model.buffers[buffer].data) > 0
+    if not 0 < buffer < len(model.buffers):
+        return False
+    stored = model.buffers[buffer]
+    return (stored.data is not None and len(stored.data) > 0) or bool(getattr(stored, "size", 0))
 
 
 def has_range(tensor) -> bool:

@@ -13,7 +13,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from .errors import TFLiteFileError, called, problem
-from .flatbuffer import text
+from .flatbuffer import is_constant, text
 from .model_config import TFLITE_EXPECTED, tflite_identifier_found
 from .types import FloatOp, ModelInfo, OpInfo, QuantParams, TensorInfo
 
@@ -63,7 +63,7 @@ def inspect(source: Source) -> ModelInfo:
     inputs: list[TensorInfo] = []
     outputs: list[TensorInfo] = []
     for sg_index, subgraph in enumerate(model.subgraphs or []):
-        tensors = [_tensor(model, i, t) for i, t in enumerate(subgraph.tensors or [])]
+        tensors = [_tensor(model, subgraph, i) for i in range(len(subgraph.tensors or []))]
         graph_inputs = set(_ints(subgraph.inputs))
         graph_outputs = set(_ints(subgraph.outputs))
         if sg_index == 0:
@@ -103,12 +103,10 @@ def _op_name(model, opcode_index: int) -> str:
     return _OP_NAMES.get(code, f"BUILTIN_{code}")
 
 
-def _tensor(model, index: int, tensor) -> TensorInfo:
+def _tensor(model, graph, index: int) -> TensorInfo:
+    tensor = graph.tensors[index]
     name = text(tensor.name)
-    buffer = model.buffers[tensor.buffer] if tensor.buffer and tensor.buffer < len(model.buffers) else None
-    constant = buffer is not None and (
-        (buffer.data is not None and len(buffer.data) > 0) or bool(getattr(buffer, "size", 0))
-    )
+    constant = is_constant(model, graph, index)
     quant = tensor.quantization
     params = None
     if quant is not None and quant.scale is not None and len(quant.scale) > 0:
