@@ -273,7 +273,7 @@ def diagnose(
         raise RecipeError(f"threshold: expected a range ratio above 1, found {threshold!r}")
     recipe = Recipe(mode=Mode.INT8, calib_samples=calib_samples, split_joins=split_joins)
     prepared = prepare(model, recipe=recipe, calibration_data=calibration_data, eval_data=eval_data, safe_mode=safe_mode)
-    refuse_quantization_aware(prepared, "tfquant diagnose to calibrate")
+    refuse_quantization_aware(prepared.loaded, "tfquant diagnose to calibrate")
     calibrated, recipe = calibration_for(prepared.exported, prepared.calibration, recipe, source=prepared.source)
     data = prepared.evaluation or prepared.calibration
     errors = layer_errors(calibrated.calibrated, data, samples=samples)

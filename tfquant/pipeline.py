@@ -12,7 +12,7 @@ from typing import Any, Optional
 from . import console, ladder
 from .convert import calibration_for, convert
 from .data import ImageOptions
-from .errors import RecipeError, one_line, problem
+from .errors import one_line
 from .diagnose import Sweep, layer_errors, ranked_by_outputs, whole_error
 from .lint import data_lint, input_lint, range_lint
 from .prepare import Prepared, check_budget, prepare
@@ -168,11 +168,7 @@ def _from_fake_quant(prepared: Prepared, spec: ConvertSpec, reference, progress)
     corrects biases or climbs a ladder; a budget is checked as for any file."""
     from .convert import convert_quantization_aware
 
-    recipe = spec.recipe
-    if recipe.mode is not Mode.INT8 or recipe.quantizer != "converter":
-        found = f"--mode {recipe.mode.value}" if recipe.mode is not Mode.INT8 else f"--quantizer {recipe.quantizer}"
-        raise RecipeError(problem(prepared.source, "--mode int8 with the converter's quantizer for a quantization-aware "
-                                  "model (its fake-quant layers learned int8 ranges)", found))
+    recipe = spec.recipe  # int8 by the converter: `prepare` refused any other for this model
     if spec.fallback == "auto":
         console.warn("a quantization-aware model has one int8 file, from its fake-quant ranges: --fallback auto "
                      "has no other to try")

@@ -19,7 +19,7 @@ from .data import Dataset, ImageOptions, load_data
 from .errors import ModelLoadError, RecipeError, called, problem
 from .export import Exported, export
 from .models import LoadedModel, load_model
-from .types import Recipe
+from .types import Mode, Recipe
 
 log = logging.getLogger("tfquant")
 
@@ -52,13 +52,22 @@ def check_budget(max_drop: Optional[float], eval_data: Any, *, fallback: str = "
                           "evaluation data")
 
 
-def refuse_quantization_aware(prepared: Prepared, what: str) -> None:
+def refuse_quantization_aware(loaded: LoadedModel, what: str) -> None:
     """Refuse a quantization-aware model where a float one is needed (`what`: training it again, or
     calibrating it): its int8 file is the converter's reading of its fake-quant ranges."""
-    if prepared.loaded.quantization_aware:
-        raise ModelLoadError(problem(prepared.source, f"a float model for {what}",
+    if loaded.quantization_aware:
+        raise ModelLoadError(problem(loaded.source, f"a float model for {what}",
                                      "a quantization-aware model (tfmot's fake-quant layers): tfquant convert makes "
                                      "its int8 file from the ranges they learned"))
+
+
+def _fake_quant_recipe(loaded: LoadedModel, recipe: Recipe) -> None:
+    """A quantization-aware model has one file, int8 by the converter from its fake-quant ranges: a recipe
+    asking for another is refused as soon as the model is loaded, before any data is read."""
+    if loaded.quantization_aware and (recipe.mode is not Mode.INT8 or recipe.quantizer != "converter"):
+        found = f"--mode {recipe.mode.value}" if recipe.mode is not Mode.INT8 else f"--quantizer {recipe.quantizer}"
+        raise RecipeError(problem(loaded.source, "--mode int8 with the converter's quantizer for a quantization-aware "
+                                  "model (its fake-quant layers learned int8 ranges)", found))
 
 
 def prepare(
@@ -82,6 +91,7 @@ def prepare(
     started = time.perf_counter()
     with console.step(f"loading {model if isinstance(model, (str, Path)) else 'the model'}"):
         loaded = load_model(model, safe_mode=safe_mode)
+    _fake_quant_recipe(loaded, recipe)
     unknown = sorted(set(input_shapes or {}) - {s.name for s in loaded.inputs})
     if unknown:
         raise RecipeError(f"input_shapes: unknown input(s) {', '.join(map(repr, unknown))}; the model's inputs are "

@@ -134,7 +134,7 @@ def start(model, train_data, *, stage: str, calibration_data, eval_data, recipe,
           safe_mode: bool) -> Start:
     """Load and validate model and data, get a tf_keras model and its float32 file."""
     from ..errors import RecipeError
-    from ..prepare import check_budget, prepare, refuse_quantization_aware
+    from ..prepare import check_budget, prepare
 
     check_budget(max_drop, eval_data)
     started = time.perf_counter()
@@ -142,7 +142,6 @@ def start(model, train_data, *, stage: str, calibration_data, eval_data, recipe,
                        train_data=train_data, safe_mode=safe_mode)
     if not prepared.train.labels:
         raise RecipeError(f"{stage} needs labels 'y' in the training data")
-    refuse_quantization_aware(prepared, f"{stage} to train")
     sample = {name: array[:16] for name, array in prepared.train.inputs.items()}
     keras_model = keras2_model(prepared.loaded, stage, samples=next(iter(sample.values())) if len(sample) == 1 else sample)
     return Start(prepared, keras_model, time.perf_counter() - started)
@@ -233,12 +232,15 @@ def _targets(data: Dataset, probabilities: dict[str, bool], classes: list[Option
 
 
 def check_trainable(loaded, stage: str) -> None:
-    """A ModelLoadError for a model no training stage can take: a .tflite file holds no trainable model."""
+    """A ModelLoadError for a model no training stage can take: a .tflite file holds no trainable model, and
+    a quantization-aware one is trained already (`prepare.refuse_quantization_aware`)."""
     from ..errors import ModelLoadError
+    from ..prepare import refuse_quantization_aware
 
     if loaded.flavor == "tflite":
         raise ModelLoadError(f"{loaded.source}: expected a Keras model (.keras, .h5) or SavedModel for {stage}, which "
                              "trains its layers, found a .tflite file, which holds no trainable model")
+    refuse_quantization_aware(loaded, f"{stage} to train")
 
 
 def keras2_model(loaded, stage: str, samples=None):
