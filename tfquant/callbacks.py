@@ -36,22 +36,19 @@ def __getattr__(name: str):
 
 
 def _files(model, calibration) -> tuple[bytes, bytes]:
-    """The float32 file `model` exports to as it is now, and its full-int8 file (QAT and pruning
-    wrappers handled)."""
+    """The float32 file `model` exports to as it is now, and its full-int8 file (QAT, pruning and
+    clustering wrappers handled)."""
     from .convert import convert, convert_quantization_aware
     from .export import export
     from .models import load_model
     from .types import Mode, Recipe
 
     recipe = Recipe(mode=Mode.INT8)
-    quantization_aware = any(type(layer).__name__.startswith("Quantize") for layer in model.layers)
-    loaded = load_model(model)  # the names the data is bound by: those of the model being trained
-    if any(type(layer).__name__ == "PruneLowMagnitude" for layer in model.layers):
-        import tensorflow_model_optimization as tfmot
-
-        model = tfmot.sparsity.keras.strip_pruning(model)
-    exported = export(loaded.trained(model, quantization_aware=quantization_aware), shapes=calibration.sample_shapes())
-    if quantization_aware:
+    # The names the data is bound by are those of the model being trained; loading strips its pruning and
+    # clustering wrappers and tells a QAT one (`models`).
+    loaded = load_model(model)
+    exported = export(loaded, shapes=calibration.sample_shapes())
+    if loaded.quantization_aware:
         return exported.tflite, convert_quantization_aware(exported, recipe, calibration)
     return exported.tflite, convert(exported, recipe, calibration=calibration)
 
