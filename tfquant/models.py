@@ -437,10 +437,11 @@ def revive_keras2(loaded: LoadedModel):
     layers from their stored configs, so it is held to the same safe mode as a `.keras` file.
     """
     path = Path(loaded.saved_model_dir)
+    config = model_config.read_config(path)
     if loaded.safe_mode:
-        model_config.refuse_code(path, model_config.read_config(path))
+        model_config.refuse_code(path, config)
     custom = _keras.application_layers()
-    with _optimization_scopes(model_config.read_config(path)):
+    with _optimization_scopes(config):
         return _call_loader(path, lambda: _keras.keras.models.load_model(str(path), compile=False,
                                                                           custom_objects=custom), loaded.safe_mode)
 
@@ -463,18 +464,21 @@ def _call_loader(path: Path, load, safe_mode: bool = True):
                 problem(path, "a model without code", "a layer that would run stored Python code (e.g. Lambda); "
                         f"load it with {called('safe_mode')} only if you trust the file")
             ) from None
+        found = f"{type(exc).__name__}: {message[:300]}"
         root = _root_cause(exc)
-        found = f"{type(root).__name__}: {one_line(root)[:300]}"
         if "Lambda" in message and root is not exc:  # its stored code ran here, without the names it was written with
-            found += (" (raised by a Lambda layer's stored code, which may use names of the program that defined it: "
-                      "quantize the model object there, tfquant.quantize(model, ...))")
+            found = (f"{type(root).__name__}: {one_line(root)[:300]} (raised by a Lambda layer's stored code, which "
+                     "may use names of the program that defined it: quantize the model object there, "
+                     "tfquant.quantize(model, ...))")
         raise ModelLoadError(problem(path, "a loadable Keras model", found)) from None
 
 
 def _root_cause(exc: BaseException) -> BaseException:
     """The first exception of a chain Keras wraps ("Exception encountered when calling Lambda.call()")."""
     seen = {id(exc)}
-    while (exc.__cause__ or exc.__context__) is not None and id(exc.__cause__ or exc.__context__) not in seen:
-        exc = exc.__cause__ or exc.__context__
+    while True:
+        earlier = exc.__cause__ or exc.__context__
+        if earlier is None or id(earlier) in seen:
+            return exc
+        exc = earlier
         seen.add(id(exc))
-    return exc

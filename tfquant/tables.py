@@ -169,8 +169,8 @@ def _rows_through(model, graph, region: list, start: int, exit_: int, table: np.
     if results is None:
         return None
     first, second = results
-    largest = float(np.abs(first).max()) if np.isfinite(first).all() else np.inf
-    if not np.isfinite(largest) or np.abs(first - second).max() > SAME_ROW * max(largest, 1e-30):
+    if not np.isfinite(first).all() or \
+            np.abs(first - second).max() > SAME_ROW * max(float(np.abs(first).max()), 1e-30):
         return None
     return first
 
