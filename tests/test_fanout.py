@@ -65,9 +65,14 @@ def test_a_parallel_ladder_chooses_the_serial_file(laddered, mismatched, train_n
     assert sum(e.output_error is not None for e in fanned.report.diagnostics) >= 2
 
 
-def test_the_sensitivity_sweep_as_ray_tasks_gives_the_serial_numbers(mismatched, train_npz):
+@pytest.fixture(scope="module")
+def serial_diagnosis(mismatched, train_npz):
+    """The sensitivity sweep run serially, in this process: what every fanned-out sweep must give."""
+    return tfquant.diagnose(mismatched, train_npz, split_joins=False)
+
+
+def test_the_sensitivity_sweep_as_ray_tasks_gives_the_serial_numbers(serial_diagnosis, mismatched, train_npz):
     ray = pytest.importorskip("ray")
-    serial = tfquant.diagnose(mismatched, train_npz, split_joins=False)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         from tfquant.fanout import on_ray
@@ -76,12 +81,13 @@ def test_the_sensitivity_sweep_as_ray_tasks_gives_the_serial_numbers(mismatched,
         fanned = tfquant.diagnose(mismatched, train_npz, split_joins=False, parallel=2)
     finally:
         ray.shutdown()
-    measured = [(e.tensor, e.output_error) for e in serial.errors if e.output_error is not None]
+    measured = [(e.tensor, e.output_error) for e in serial_diagnosis.errors if e.output_error is not None]
     assert len(measured) >= 2
-    assert [(e.tensor, e.output_error) for e in fanned.errors] == [(e.tensor, e.output_error) for e in serial.errors]
+    assert [(e.tensor, e.output_error) for e in fanned.errors] == \
+        [(e.tensor, e.output_error) for e in serial_diagnosis.errors]
 
 
-def test_the_command_sweeps_in_worker_processes(mismatched, train_npz, tmp_path):
+def test_the_command_sweeps_in_worker_processes(serial_diagnosis, mismatched, train_npz, tmp_path):
     """`python -m tfquant diagnose --parallel 2`, as a user runs it: worker processes spawned from the
     command's watched child give the serial numbers, and stderr stays empty with --json."""
     import json
@@ -90,16 +96,12 @@ def test_the_command_sweeps_in_worker_processes(mismatched, train_npz, tmp_path)
     import sys
     from pathlib import Path
 
-    model = mismatched  # the saved model's path
     root = Path(__file__).resolve().parents[1]
-    runs = {}
-    for parallel in (1, 2):
-        done = subprocess.run([sys.executable, "-m", "tfquant", "diagnose", str(model), "--calib", str(train_npz),
-                               "--no-split-joins", "--parallel", str(parallel), "--json"], capture_output=True,
-                              text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)}, cwd=tmp_path)
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert done.stderr == ""
-        runs[parallel] = json.loads(done.stdout)
-    measured = [(e["tensor"], e["output_error"]) for e in runs[1]["errors"]]
+    done = subprocess.run([sys.executable, "-m", "tfquant", "diagnose", str(mismatched), "--calib", str(train_npz),
+                           "--no-split-joins", "--parallel", "2", "--json"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(root)}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == ""
+    measured = [(e.tensor, e.output_error) for e in serial_diagnosis.errors]
     assert sum(error is not None for _, error in measured) >= 2
-    assert [(e["tensor"], e["output_error"]) for e in runs[2]["errors"]] == measured
+    assert [(e["tensor"], e["output_error"]) for e in json.loads(done.stdout)["errors"]] == measured
