@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 # One TensorFlow thread per test process (before TensorFlow is imported; the commands the tests start
-# inherit it): `make test` runs one worker per core, and two workers each spinning two threads cost
+# inherit it): `make test` runs more workers than cores, and workers each spinning two threads cost
 # about a sixth more time than they save.
 for _variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
