@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import tfquant
@@ -10,6 +11,7 @@ from tfquant.callbacks import Int8Checkpoint, Int8Validation, UpdatePruningStep
 from tfquant.errors import RecipeError
 from tfquant.optimize.prune import wrap_for_pruning
 from tfquant.optimize.qat import quantize_aware
+from tfquant.optimize.weights import weight_tensors
 
 
 def test_logged_accuracy_is_what_eval_measures_on_the_saved_file(digits, tmp_path):
@@ -38,6 +40,9 @@ def test_callbacks_work_for_wrapped_models(kind, digits_model, digits, tmp_path)
     (logged,) = [v for v in history.history["val_int8_accuracy"]]  # every=2: one conversion in two epochs
     assert logged == tfquant.evaluate(best, (digits["x_test"], digits["y_test"])).accuracy
     assert tfquant.inspect(best).fully_integer
+    if kind == "pruning":  # the pruned weights as they are: the softmax's dense weights are not centered
+        zeros = {w.name: float(np.mean(w.values == w.zero_point)) for w in weight_tensors(best.read_bytes())}
+        assert len(zeros) == 4 and min(zeros.values()) >= 0.49, zeros
 
 
 def test_checkpoint_needs_validation(digits, tmp_path):

@@ -45,9 +45,9 @@ def _files(model, calibration) -> tuple[bytes, bytes]:
 
     recipe = Recipe(mode=Mode.INT8)
     # The names the data is bound by are those of the model being trained; loading strips its pruning and
-    # clustering wrappers and tells a QAT one (`models`).
+    # clustering wrappers and tells a QAT one (`models`), whose weights are then exported as they are.
     loaded = load_model(model)
-    exported = export(loaded, shapes=calibration.sample_shapes())
+    exported = export(loaded, shapes=calibration.sample_shapes(), keep_weights=loaded.keep_weights)
     if loaded.quantization_aware:
         return exported.tflite, convert_quantization_aware(exported, recipe, calibration)
     return exported.tflite, convert(exported, recipe, calibration=calibration)
