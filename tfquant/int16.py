@@ -48,7 +48,6 @@ _BIASED = {schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2
 # The input whose scale the quantizer derives from the op's other tensors: a bias's is the input's
 # times the weights'; a FILL's value has its output's.
 _SCALED_BY_OP = {**{builtin: 2 for builtin in _BIASED}, schema.BuiltinOperator.FILL: 1}
-_INT16_MAX = 32767
 
 
 def for_int16x8(calibrated: bytes) -> tuple[bytes, list[islands.StandIn]]:
@@ -109,7 +108,7 @@ def without_integer_ops(data: bytes) -> tuple[bytes, Optional[_Hidden]]:
             hidden.append(op)
             available.update(written)
             if mask:  # an int16 step of exactly 1: the cast's 0 and 1 are its int16 values
-                graph.tensors[written[0]].quantization = _range(0.0, float(_INT16_MAX))
+                graph.tensors[written[0]].quantization = _range(0.0, float(islands.INT16_MAX))
     taken = {id(op) for op in hidden}
     read_after = {int(i) for op in graph.operators if id(op) not in taken for i in op.inputs}
     standing_in = [int(i) for op in hidden for i in op.outputs if int(i) in read_after]
@@ -467,7 +466,7 @@ def _calibrated_scale(float_graph, index):
     if q is None or q.min is None or q.max is None or len(q.min) != 1:
         return None
     bound = max(abs(float(q.min[0])), abs(float(q.max[0])))
-    return bound / _INT16_MAX if bound > 0 else None
+    return bound / islands.INT16_MAX if bound > 0 else None
 
 
 def _requantize_bias(model, graph, op, input_scale: float, source, float_graph, by_name) -> None:

@@ -19,7 +19,7 @@ from ai_edge_litert import schema_py_generated as schema
 from .flatbuffer import (builtin_of, drop_unused_opcodes, new_op, opcode, ops_running, per_tensor, read_model,
                          scalar_constant, tensor_like, turn_into, write_model)
 
-_INT16_MAX = int(np.iinfo(np.int16).max)
+INT16_MAX = int(np.iinfo(np.int16).max)
 
 
 # Ops with an int8 kernel and no int16 one: an int16x8 file runs them in int8, between two QUANTIZEs. Each with
@@ -86,4 +86,4 @@ def int8_islands(quantized: bytes, stand_ins: list[StandIn]) -> bytes:
 
 def _int8_span(int16_tensor):
     """int8 parameters (zero point 0) for the span of a symmetric int16 tensor."""
-    return per_tensor(float(int16_tensor.quantization.scale[0]) * _INT16_MAX / 127.0, 0)
+    return per_tensor(float(int16_tensor.quantization.scale[0]) * INT16_MAX / 127.0, 0)
