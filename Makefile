@@ -22,9 +22,10 @@ demo: $(STAMP)
 
 ## test: the whole suite (real TensorFlow, real interpreter), one test file per worker; three workers on
 ## two cores, since many tests spend part of their time waiting on servers and child processes (12:13
-## against 13:35 with two); pytest's "no tests" (exit 5) fails too
+## against 13:35 with two), given the files in the order tests/conftest.py sets (the longest first, those
+## that start servers apart); pytest's "no tests" (exit 5) fails too
 test: $(STAMP)
-	$(PY) -m pytest -q -n 3 --dist loadfile --durations=20
+	$(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=20
 
 ## bench: tfquant against the plain TensorFlow flow, written to bench/results.{json,md}
 bench: $(STAMP)
