@@ -20,12 +20,11 @@ demo: $(STAMP)
 	$(VENV)/bin/tfquant convert build/digits_cnn.keras --calib data/digits_train.npz \
 		--eval data/digits_test.npz --max-drop 0.01 --strict -o build/demo/digits_int8.tflite --overwrite
 
-## test: the whole suite (real TensorFlow, real interpreter), one test file per worker; three workers on
-## two cores, since many tests spend part of their time waiting on servers and child processes (12:13
-## against 13:35 with two), given the files in the order tests/conftest.py sets (the longest first, those
-## that start servers apart); pytest's "no tests" (exit 5) fails too
+## test: the whole suite (real TensorFlow, real interpreter), one test file per worker on the two cores,
+## given the files in the order tests/conftest.py sets (the longest first, those that start servers
+## apart); pytest's "no tests" (exit 5) fails too
 test: $(STAMP)
-	$(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=20
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20
 
 ## bench: tfquant against the plain TensorFlow flow, written to bench/results.{json,md}
 bench: $(STAMP)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 # One TensorFlow thread per test process (before TensorFlow is imported; the commands the tests start
-# inherit it): `make test` runs more workers than cores, and workers each spinning two threads cost
+# inherit it): `make test` runs one worker per core, and two workers each spinning two threads cost
 # about a sixth more time than they save.
 for _variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
@@ -25,8 +25,8 @@ DATA = ROOT / "data"
 # The order in which `make test` (with --no-loadscope-reorder) hands test files to its workers: the
 # longest first, so that no worker is left alone with a long file at the end, and those that start
 # servers, Ray or PostgreSQL and their child processes (marked *) apart, so that they compete for the
-# cores as little as possible (the scaling tests took 260 s instead of 104 beside the README's own
-# Ray and PostgreSQL block). xdist's own order (most tests first) left the service files, which have
+# cores as little as possible (the scaling tests took 104 s alone and up to 260 s beside the README's
+# own Ray and PostgreSQL block). xdist's own order (most tests first) left the service files, which have
 # few tests each, to run side by side at the end. Every other file follows in collection order.
 FIRST = ["test_readme.py*", "optimize/test_qat.py", "test_models.py", "test_zoo_qat.py", "test_zoo.py",
          "service/test_hardening.py*", "test_legalize.py", "test_recurrent.py", "service/test_scale.py*",
