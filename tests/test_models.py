@@ -793,3 +793,60 @@ def test_a_lambda_whose_code_needs_its_programs_names_says_so_when_code_is_allow
                        r"is not defined \(raised by a Lambda layer's stored code, which may use names of the program "
                        r"that defined it: quantize the model object there, tfquant.quantize\(model, ...\)\)$"):
         load_model(tmp_path / "m.keras", safe_mode=False)
+
+
+def test_a_channels_first_model_with_separable_convolutions_and_crops_converts_to_full_int8(digits):
+    """Conv2D, SeparableConv2D, Cropping2D, ZeroPadding2D and pools with `data_format="channels_first"`
+    (Keras 3: tf_keras's convolutions take NHWC only on a CPU): TFLite's kernels are NHWC, so the export
+    transposes, and the int8 file is fully integer and as accurate as float."""
+    from tfquant._keras import keras3
+
+    k = keras3()
+    layers, first = k.layers, "channels_first"
+    k.utils.set_random_seed(0)
+    inputs = k.Input((1, 8, 8), name="planes")
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", data_format=first)(inputs)
+    x = layers.SeparableConv2D(32, 3, padding="same", activation="relu", depth_multiplier=2, data_format=first)(x)
+    x = layers.ZeroPadding2D(1, data_format=first)(layers.Cropping2D(1, data_format=first)(x))
+    x = layers.GlobalAveragePooling2D(data_format=first)(layers.MaxPooling2D(data_format=first)(x))
+    model = k.Model(inputs, layers.Dense(10, activation="softmax", name="probs")(x))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    planes, planes_test = digits["x"].transpose(0, 3, 1, 2), digits["x_test"].transpose(0, 3, 1, 2)
+    model.fit(planes, digits["y"], epochs=10, batch_size=32, verbose=0)
+    result = tfquant.quantize(model, planes[:200], eval_data=(planes_test, digits["y_test"]), bench_runs=1,
+                              diagnose=False)
+    assert_every_op_integer(result.info)
+    assert {"DEPTHWISE_CONV_2D", "TRANSPOSE"} <= {op.name for op in result.info.ops}
+    measured = result.report.outputs[0]
+    assert measured.float.accuracy > 0.8 and measured.float.accuracy - measured.quantized.accuracy <= 0.01
+    assert measured.quantized.agreement >= 0.97
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_segmentation_model_with_resizing_and_a_transposed_convolution_classifies_each_pixel_in_int8(version,
+                                                                                                       digits):
+    """A small U-Net: Resizing up, a strided Conv2D down, Conv2DTranspose up, a skip Concatenate, nearest
+    Resizing and CenterCrop, and a per-pixel softmax over two classes (ink or not). Fully integer, and
+    each pixel's class is float's for 99 % of the test digits' pixels."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    layers = k.layers
+    k.utils.set_random_seed(0)
+    masks, masks_test = (digits["x"][..., 0] > 0.5).astype("int32"), (digits["x_test"][..., 0] > 0.5).astype("int32")
+    inputs = k.Input((8, 8, 1), name="image")
+    fine = layers.Conv2D(8, 3, padding="same", activation="relu")(layers.Resizing(16, 16)(inputs))
+    coarse = layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(fine)
+    up = layers.Conv2DTranspose(8, 2, strides=2, padding="same", activation="relu")(coarse)
+    x = layers.Conv2D(8, 3, padding="same", activation="relu")(layers.Concatenate()([up, fine]))
+    x = layers.CenterCrop(8, 8)(layers.Resizing(10, 10, interpolation="nearest")(x))
+    model = k.Model(inputs, layers.Conv2D(2, 1, activation="softmax", name="mask")(x))
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(digits["x"], masks, epochs=4, batch_size=32, verbose=0)
+    result = tfquant.quantize(model, digits["x"][:200], eval_data=(digits["x_test"], masks_test), bench_runs=1,
+                              diagnose=False)
+    assert_every_op_integer(result.info)
+    assert {"TRANSPOSE_CONV", "RESIZE_BILINEAR", "CONCATENATION"} <= {op.name for op in result.info.ops}
+    measured = result.report.outputs[0]
+    assert measured.task == "classification" and measured.float.accuracy > 0.85
+    assert measured.quantized.agreement >= 0.99, measured.quantized.agreement
