@@ -37,6 +37,9 @@ FIRST = ["test_readme.py*", "optimize/test_qat.py", "test_models.py", "test_zoo_
 def pytest_collection_modifyitems(config, items):
     rank = {name.rstrip("*"): i for i, name in enumerate(FIRST)}
     tests = ROOT / "tests"
+    missing = [name for name in rank if not (tests / name).is_file()]
+    if missing:  # a renamed or removed file would silently lose its place
+        raise pytest.UsageError(f"tests/conftest.py FIRST names no such test file: {', '.join(missing)}")
     items.sort(key=lambda item: rank.get(item.path.relative_to(tests).as_posix(), len(FIRST)))  # stable
 
 
