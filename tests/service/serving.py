@@ -73,7 +73,9 @@ class Server:
 
 
 def worker_processes(data_dir: Path, role: str = "job") -> list[tuple[int, int]]:
-    """(pid, parent pid) of every live `tfquant.service.worker ROLE DATA_DIR` process on the machine."""
+    """(pid, parent pid) of every live process of this role (`zygote`, or `job` and `validator`:
+    the zygote's forks, which keep its command line and take their own name) of the server on
+    `data_dir`, on the machine."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -83,11 +85,10 @@ def worker_processes(data_dir: Path, role: str = "job") -> list[tuple[int, int]]
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if b"tfquant.service.worker" in argv and argv[argv.index(b"tfquant.service.worker") + 1:][:2] == [
-                role.encode(), str(data_dir).encode()]:
-            fields = stat[stat.rindex(")") + 2:].split()
-            if fields[0] != "Z":
-                found.append((int(entry.name), int(fields[1])))
+        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if (b"tfquant.service.zygote" in argv and argv[argv.index(b"tfquant.service.zygote") + 1:][:1] == [
+                str(data_dir).encode()] and name == f"tfq-{role}" and fields[0] != "Z"):
+            found.append((int(entry.name), int(fields[1])))
     return found
 
 

@@ -67,7 +67,7 @@ def test_kill_9_of_the_server_orphans_nothing_and_runs_every_job_once(tmp_path, 
     wait_for(lambda: sum(store.get(j).status == "running" and store.get(j).pid is not None for j in ids) == 2)
     first.stop(signal.SIGKILL)
     time.sleep(3)
-    assert worker_processes(data, "job") == [] and worker_processes(data, "validator") == []
+    assert all(worker_processes(data, role) == [] for role in ("zygote", "job", "validator"))
     assert sorted(store.get(j).status for j in ids) == ["queued", "queued", "running", "running"]
 
     most = [0]
@@ -76,7 +76,7 @@ def test_kill_9_of_the_server_orphans_nothing_and_runs_every_job_once(tmp_path, 
     def workers() -> set:
         # A worker's own child carries its command line from fork to exec: a library running `uname -p`
         # as TensorFlow is imported, which at the workers' niceness can wait long on a busy machine
-        # before its exec. Only the server's children are job processes.
+        # before its exec. Only the zygote's children are job processes.
         found = worker_processes(data, "job")
         return {p for p in found if p[1] not in {pid for pid, _ in found}}
 
@@ -120,7 +120,7 @@ def test_sigterm_exits_0_within_10_s_and_the_job_finishes_after_restart(tmp_path
     started = time.monotonic()
     assert first.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 10
-    assert worker_processes(data, "job") == [] and worker_processes(data, "validator") == []
+    assert all(worker_processes(data, role) == [] for role in ("zygote", "job", "validator"))
     assert store.get(job).status == "queued"
     second = Server(data, files["token"], "--workers", "1")
     try:

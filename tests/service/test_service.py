@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from tfquant.cli import main, parse_args
+from tfquant.client import Client
 from tfquant.errors import ServiceError
 from tfquant.service.stores import open_store
 
-from serving import TOKEN, wait_for
+from serving import TOKEN, Server, wait_for, worker_processes
 
 def test_token_is_required_except_for_healthz(server):
     assert httpx.get(f"{server.url}/healthz").status_code == 200
@@ -159,6 +160,32 @@ def test_kill_9_of_a_worker_fails_only_its_job(server, client, files):
     assert (health["status"], health["running"]) == ("ok", 0)
     after = client.submit(files["model"], calib=files["calib"], mode="dynamic")
     assert client.wait(after, timeout=180, poll=0.3)["status"] == "succeeded"
+
+
+def test_workers_are_forks_of_one_zygote_which_is_started_again_when_it_dies(tmp_path, files):
+    data = tmp_path / "data"
+    server = Server(data, files["token"], "--workers", "1")
+    try:
+        [(zygote, parent)] = wait_for(lambda: worker_processes(data, "zygote"))
+        assert parent == server.pid
+        store = open_store(data)
+        with Client(server.url, TOKEN) as client:
+            first = client.submit(files["model"], calib=files["calib"], mode="dynamic")
+            assert client.wait(first, timeout=120, poll=0.2)["status"] == "succeeded"
+            slow = client.submit(files["model"], command="prune", train=files["train"], epochs=40, sparsity=0.5)
+            pid = wait_for(lambda: (store.get(slow).pid if store.get(slow).status == "running" else None))
+            # Each job in a process of its own, forked from the zygote.
+            assert pid != store.get(first).pid and (pid, zygote) in worker_processes(data, "job")
+            os.kill(zygote, signal.SIGKILL)
+            state = client.wait(slow, timeout=60, poll=0.2)
+            assert state["status"] == "failed" and state["error"].startswith("the worker process was killed by SIGKILL")
+            [(again, parent)] = wait_for(lambda: worker_processes(data, "zygote"))
+            assert again != zygote and parent == server.pid
+            after = client.submit(files["model"], calib=files["calib"], mode="dynamic")
+            assert client.wait(after, timeout=120, poll=0.3)["status"] == "succeeded"
+            assert store.get(after).pid != pid
+    finally:
+        server.stop()
 
 
 def test_cancel_kills_a_running_worker(server, client, files):

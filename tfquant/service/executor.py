@@ -61,6 +61,7 @@ class Executor(ABC):
     def __init__(self, store: Store, settings: WorkerSettings):
         self.store, self.settings = store, settings
         self.host = socket.gethostname()
+        self.launcher = None  # the server's zygote (`zygote.Launcher`), set by the supervisor
 
     @abstractmethod
     def free(self) -> int:

@@ -1,7 +1,7 @@
 """The default executor: job workers as processes of this host, one process per job.
 
-`workers` processes are kept started ahead of need (TensorFlow already imported); each takes one
-job and exits, so a crash, a leak or a kill ends one job and nothing else. There are never more
+`workers` processes are kept forked ahead of need by the server's zygote (TensorFlow already
+imported); each takes one job and exits, so a crash, a leak or a kill ends one job and nothing else. There are never more
 job processes than `workers`. The supervisor thread calls every method: a worker's parent-death
 signal fires when the thread that started it exits, so that thread must live as long as the server.
 """
@@ -46,8 +46,10 @@ class LocalExecutor(Executor):
         processes.read_lines(self._procs)  # a job worker's only line is `ready`
         ended += self._watch()
         while len(self._procs) < self.settings.workers:
-            self._procs.append(processes.spawn("job", data_dir=self.store.dir, store_location=self.store.location,
-                                               options=self.options()))
+            proc = processes.spawn(self.launcher, "job", self.options())
+            if proc is None:
+                break
+            self._procs.append(proc)
         return ended
 
     def _reap(self) -> list[Ended]:

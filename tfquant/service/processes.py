@@ -7,8 +7,9 @@ not name a process for long (PIDs are reused), so a worker is identified by its 
 kernel start time; the server records both per attempt and, after a crash, kills only a
 process whose pair matches.
 
-The server starts them (`spawn`) ahead of need and talks to each over its stdin and stdout: a
-worker says `ready` once TensorFlow is imported, then gets one request line per job or validation.
+The server's zygote (`zygote.py`) forks them ahead of need with TensorFlow already imported
+(`spawn`); the server talks to each over two pipes: a worker says `ready`, then gets one request
+line per job or validation.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -33,10 +33,10 @@ STORE_ENVIRONMENT = "TFQUANT_STORE"  # the store's location (a URL may hold a pa
 
 @dataclass
 class WorkerProcess:
-    """A `python -m tfquant.service.worker ROLE ...` process and what the server knows of it."""
+    """A worker forked by the zygote and what the server knows of it."""
 
     role: str  # "job" or "validator"
-    process: subprocess.Popen
+    process: Any  # a `zygote.Forked`: pid, stdin, stdout, poll(), wait(), close()
     ticks: Optional[int]
     ready: bool = False
     job: Optional[tuple[str, int]] = None  # (job id, attempt) once handed a job
@@ -59,15 +59,12 @@ def folder_key(replica: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", replica)
 
 
-def spawn(role: str, *, data_dir, store_location: str, options: list[str]) -> WorkerProcess:
-    """Start a worker of this role; its stderr goes to the role's log in the data folder."""
-    command = [sys.executable, "-m", "tfquant.service.worker", role, str(data_dir), str(os.getpid()), *options]
-    with open(os.path.join(data_dir, "logs", f"{role}-workers.log"), "ab") as log_file:
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,
-                                   start_new_session=True, cwd=str(data_dir),
-                                   env={**os.environ, STORE_ENVIRONMENT: store_location})
-    os.set_blocking(process.stdout.fileno(), False)
-    return WorkerProcess(role, process, start_ticks(process.pid))
+def spawn(launcher, role: str, options: list[str]) -> Optional[WorkerProcess]:
+    """A new worker of this role forked by the server's zygote, or None while the zygote is not ready."""
+    forked = launcher.fork(role, options)
+    if forked is None:
+        return None
+    return WorkerProcess(role, forked, start_ticks(forked.pid))
 
 
 def read_lines(procs: list[WorkerProcess]) -> list[tuple[WorkerProcess, bytes]]:
@@ -108,11 +105,7 @@ def send(proc: WorkerProcess, request: dict) -> bool:
 
 
 def close_pipes(proc: WorkerProcess) -> None:
-    for pipe in (proc.process.stdin, proc.process.stdout):
-        try:
-            pipe.close()
-        except (OSError, ValueError):
-            pass
+    proc.process.close()
 
 
 def settings_options(settings) -> list[str]:

@@ -1,7 +1,7 @@
 """The supervisor: one thread that owns every worker of the server and this replica's claims.
 
-It keeps `validators` validator processes started ahead of need (TensorFlow already imported)
-and passes submissions to them; it claims a queued job from the store whenever its executor
+It keeps `validators` validator processes forked ahead of need by the server's zygote
+(`zygote.py`: TensorFlow imported once) and passes submissions to them; it claims a queued job from the store whenever its executor
 (`executor.py`: local processes by default, Ray actors with `--executor ray`) has a worker ready,
 and turns a worker's death into the job's failure with the reason, or into another attempt (at
 most `retries`). It renews the leases of the jobs it runs, kills a worker whose job it no longer
@@ -13,8 +13,8 @@ and start time) before their jobs are queued again; at stop it ends every worker
 jobs again. Every few minutes it collects finished jobs past the retention and blobs no job
 refers to.
 
-Starting every process from this one long-lived thread matters: a worker's parent-death signal
-fires when the thread that started it exits.
+Starting every process from this one long-lived thread matters: the zygote's parent-death signal
+fires when the thread that started it exits, and the workers die with the zygote.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from .executor import Ended, Executor, WorkerSettings
 from .local_executor import LocalExecutor
 from .ray_executor import RayExecutor
 from .store import FINAL, Store
+from .zygote import Launcher
 
 log = logging.getLogger("tfquant.service")
 POLL_SECONDS = 0.1
@@ -65,6 +66,7 @@ class Scheduler(threading.Thread):
         self.retain_seconds = retain_seconds
         self.on_finished = on_finished
         self.host = socket.gethostname()
+        self.launcher = executor.launcher = Launcher(store.dir, store.location)
         self._pending: collections.Counter[str] = collections.Counter()  # blobs of submissions in flight
         self._procs: list[processes.WorkerProcess] = []  # the validators
         self._queue: collections.deque[Validation] = collections.deque()
@@ -133,6 +135,7 @@ class Scheduler(threading.Thread):
             self.executor.stop()
             processes.stop_all(self._procs, each=_refuse_validation)
             self._procs.clear()
+            self.launcher.stop()
             while self._queue:
                 self._queue.popleft().future.set_result(_refused("the server is stopping"))
         self.store.requeue(reason="queued again after the server stopped", owner=self.settings.replica)
@@ -229,8 +232,10 @@ class Scheduler(threading.Thread):
                 processes.kill_group(proc.pid)
         self._watch_validators()
         while len(self._procs) < self.validators:
-            self._procs.append(processes.spawn("validator", data_dir=self.store.dir,
-                                               store_location=self.store.location, options=self._validator_options()))
+            proc = processes.spawn(self.launcher, "validator", self._validator_options())
+            if proc is None:
+                break
+            self._procs.append(proc)
         for proc in self._procs:
             if not self._queue or not proc.ready or proc.busy or proc.process.poll() is not None:
                 continue

@@ -1,20 +1,20 @@
-"""The processes that touch uploads: `python -m tfquant.service.worker {job|validator} DATA_DIR PARENT_PID`.
+"""The processes that touch uploads: job workers and validators, forked by the zygote (`zygote.py`).
 
-The server never loads a model or an array itself. It starts these processes ahead of need, so
-that TensorFlow is already imported when work arrives:
+The server never loads a model or an array itself. Its zygote imports TensorFlow once and forks
+these ahead of need, so that TensorFlow is already imported when work arrives:
 
-- a **job worker** imports TensorFlow, writes `ready` on stdout, reads one request line on
-  stdin (`{"job": ID, "attempt": N}`), runs that job with its output in the job's log, records
-  the result for its own attempt only, and exits. One process per job: a crash, a leak or a
-  kill ends one job and nothing else.
+- a **job worker** writes `ready` on its protocol pipe, reads one request line
+  (`{"job": ID, "attempt": N}`), runs that job with its output in the job's log, records the
+  result for its own attempt only, and exits. One process per job: a crash, a leak or a kill
+  ends one job and nothing else.
 - a **validator** answers request lines (`{"command", "options", "inputs", "safe_mode"}`) with
   one JSON line each: `{"ok": true}` or the one-line error the command would give. It loads
   models in safe mode only and is replaced after a number of requests or a crash.
 
-Both die with the server (`processes.die_with_parent`) and run under the server's time and
-memory limits. They open the server's store from its location in `TFQUANT_STORE`. With
-`--executor ray`, `run_job` runs in a Ray actor instead (`ray_executor.py`): the same function,
-so the same messages and files.
+Both die with the zygote, which dies with the server (`processes.die_with_parent`), and run under
+the server's time and memory limits. Each opens the server's store itself. With `--executor ray`,
+`run_job` runs in a Ray actor instead (`ray_executor.py`): the same function, so the same
+messages and files.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 import traceback
 from pathlib import Path
@@ -132,58 +131,38 @@ def _forget_models() -> None:
         pass
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["job", "validator"])
-    parser.add_argument("data_dir", type=Path)
-    parser.add_argument("parent", type=int)
+def serve_forked(role: str, options: list[str], data_dir: Path, store_location, *, requests, protocol) -> int:
+    """A child of the zygote (`zygote.py`), TensorFlow already imported: say `ready`, then answer
+    validation requests until the server closes `requests`, or run the one job it sends."""
+    parser = argparse.ArgumentParser(prog=f"tfquant worker {role}")
     parser.add_argument("--allow-unsafe-models", action="store_true")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--expanded-bytes", type=int, help="what an uploaded archive may unpack to")
     parser.add_argument("--replica", default="", help="the server's name (host:port), in a validator's temp folders")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(options)
 
-    from .processes import STORE_ENVIRONMENT, die_with_parent
-
-    die_with_parent(args.parent)
-    # The protocol has stdout to itself: library chatter goes to the log on stderr.
-    protocol = os.fdopen(os.dup(1), "wb", buffering=0)
-    os.dup2(2, 1)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+    from ..errors import naming
+    from .processes import READY, folder_key
     from .stores import open_store
 
-    store = open_store(args.data_dir, os.environ.get(STORE_ENVIRONMENT))
-    warm_up()
-    from ..errors import naming
-
-    with naming("service"):
-        return _serve(args, store, protocol)
-
-
-def _serve(args, store, protocol) -> int:
-    from .processes import READY, folder_key
-
+    store = open_store(data_dir, store_location)
     protocol.write(READY)
-    if args.role == "validator":
-        prefix = f"validate-{folder_key(args.replica)}-"
-        for line in sys.stdin:
-            try:
-                answer = validate(store, json.loads(line), folder_prefix=prefix, expanded_bytes=args.expanded_bytes)
-            except Exception as exc:  # noqa: BLE001 - an answer for every request, whatever happened
-                traceback.print_exc()
-                answer = {"ok": False, "error": "internal", "message": f"internal error: {type(exc).__name__}"}
-            protocol.write((json.dumps(answer) + "\n").encode())
-        return 0
-    line = sys.stdin.readline()
-    if not line:
-        return 0
-    request = json.loads(line)
-    log_to(store, request["job"])
-    run_job(store, request["job"], request["attempt"], safe_mode=not args.allow_unsafe_models, threads=args.threads,
-            expanded_bytes=args.expanded_bytes)
+    with naming("service"):
+        if role == "validator":
+            prefix = f"validate-{folder_key(args.replica)}-"
+            for line in requests:
+                try:
+                    answer = validate(store, json.loads(line), folder_prefix=prefix, expanded_bytes=args.expanded_bytes)
+                except Exception as exc:  # noqa: BLE001 - an answer for every request, whatever happened
+                    traceback.print_exc()
+                    answer = {"ok": False, "error": "internal", "message": f"internal error: {type(exc).__name__}"}
+                protocol.write((json.dumps(answer) + "\n").encode())
+            return 0
+        line = requests.readline()
+        if not line:
+            return 0
+        request = json.loads(line)
+        log_to(store, request["job"])
+        run_job(store, request["job"], request["attempt"], safe_mode=not args.allow_unsafe_models,
+                threads=args.threads, expanded_bytes=args.expanded_bytes)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
