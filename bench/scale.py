@@ -4,8 +4,10 @@ Starts `tfquant serve --workers 2` twice on loopback ports, each with a fresh da
 default SQLite store: once with the local executor (worker processes of this host), once with
 `--executor ray` (a local Ray that the server starts with `ray.init()`). Each gets the same
 `jobs` digits-CNN conversions submitted at once; the clock runs from the first submission to the
-last job's end. Both executors start one fresh process per job ahead of need, so the difference
-is what Ray itself costs. Bounded: each run stops after `timeout` seconds.
+last job's end. Both run each job in a process of its own, started ahead of need: the embedded
+executor forks it from the server's zygote, which imported TensorFlow once; Ray starts an actor
+per job, a Ray worker that imports TensorFlow itself. The difference is that import and what Ray
+itself costs. Bounded: each run stops after `timeout` seconds.
 
     python bench/scale.py          # writes bench/scale.json, bench/scale.md and the README's table
 """
@@ -120,11 +122,12 @@ def markdown(rows: list[dict], environment: dict) -> str:
                if gap <= spread else
                f"Ray takes {ray['seconds'] - local['seconds']:+.1f} s, more than the {spread:.1f} s spread between runs")
     lines.append(
-        f"\nOn one machine {verdict}: {ray['jobs_per_minute']:.1f} against {local['jobs_per_minute']:.1f} jobs/min. "
-        "The cores are the limit either way: both executors start one fresh process per job ahead of need, and "
-        "its TensorFlow import costs about as much CPU as the conversion; next to that, Ray's own processes (GCS, "
-        "raylet, agents) and the start of a Ray worker before each import are small. What Ray buys is room: a job "
-        "needs nothing but its slot, so throughput grows with the cluster, about 60 × cores ÷ "
+        f"\nOn one machine {verdict}: {ray['jobs_per_minute']:.1f} against {local['jobs_per_minute']:.1f} jobs/min, "
+        f"{per_job:.1f} against {cores * local['seconds'] / local['jobs']:.1f} core-seconds per job. The cores are "
+        "the limit either way. The embedded workers are forked from the server's zygote, which imported TensorFlow "
+        "once; each Ray actor is a Ray worker that imports TensorFlow for its one job (about 4 core-seconds, more "
+        "than converting this model), on top of Ray's own processes (GCS, raylet, agents). What Ray buys is room: "
+        "a job needs nothing but its slot, so throughput grows with the cluster, about 60 × cores ÷ "
         f"{per_job:.1f} core-seconds per job ≈ {60 * 16 / per_job:.0f} jobs/min for 16 cores of this kind. A job "
         "is a handful of short statements in the store (claim, progress, finish, lease renewals), so API replicas "
         "and PostgreSQL are not where a cluster of that size runs out; the shared data folder (each job reads its "

@@ -155,7 +155,7 @@ def markdown(result: dict, environment: dict) -> str:
         f"{ms['p50']:.1f} | {ms['p90']:.1f} | {ms['p99']:.1f} | {ms['max']:.1f} |\n\n"
         f"{verdict}: status-poll p99 {ms['p99']:.1f} ms (target ≤ {result['target_p99_ms']:g} ms). "
         f"{result['succeeded']}/{result['jobs']} jobs succeeded in {result['seconds']:.1f} s "
-        f"({result['jobs_per_minute']:.1f} jobs/min, each job in a fresh worker process started ahead of need).\n"
+        f"({result['jobs_per_minute']:.1f} jobs/min, each job in a worker process of its own, forked ahead of need from the zygote).\n"
     )
 
 
