@@ -89,10 +89,16 @@ def workdir(tmp_path_factory) -> dict:
            "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     recipe = _demo_recipe()
     assert recipe, "the Makefile has no demo recipe"
+    ran = {}  # a README command the demo ran as written is not run again: the demo's run stands for it
     for command in recipe:
         done = subprocess.run(command, shell=True, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-    return {"folder": folder, "env": env, "last": 0}
+        ran[_words(command)] = done
+    return {"folder": folder, "env": env, "last": 0, "ran": ran}
+
+
+def _words(command: str) -> tuple[str, ...]:
+    return tuple(command.split())
 
 
 def _demo_recipe() -> list[str]:
@@ -134,8 +140,8 @@ def test_readme_block_runs_as_written(block: Block, workdir):
         if command.strip() == "echo $?":
             assert shown == [str(workdir["last"])], (command, shown)
             continue
-        done = subprocess.run(["bash", "-c", command], cwd=folder, env=env, capture_output=True, text=True,
-                              timeout=900)
+        done = workdir["ran"].get(_words(command)) or subprocess.run(
+            ["bash", "-c", command], cwd=folder, env=env, capture_output=True, text=True, timeout=900)
         expected = _expected_code(shown)
         assert done.returncode == expected, f"$ {command}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
         workdir["last"] = done.returncode
