@@ -166,6 +166,31 @@ def test_a_subclassed_model_called_once_converts_to_full_int8(version, digits, t
 
 
 @pytest.mark.parametrize("version", [3, 2])
+def test_augmentation_layers_inside_the_model_and_a_grouped_convolution_convert_as_they_infer(version, digits,
+                                                                                             tmp_path):
+    """A model as the Keras tutorials build it: its data augmentation inside (random flips, rotations, zooms,
+    shifts and contrast, a GaussianNoise and a SpatialDropout2D), all of which pass their input through at
+    inference; and a grouped convolution (`groups=4`). The file is the inference graph: fully integer, its
+    float twin scoring what Keras does, int8 agreeing with float."""
+    from tfquant._keras import keras, keras3
+
+    from checks import assert_int8_follows_keras
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 1), name="image")
+    augment = k.Sequential([k.layers.RandomFlip("horizontal"), k.layers.RandomRotation(0.05), k.layers.RandomZoom(0.1),
+                            k.layers.RandomTranslation(0.1, 0.1), k.layers.RandomContrast(0.1)], name="augment")
+    x = k.layers.GaussianNoise(0.05)(k.layers.Conv2D(16, 3, padding="same", activation="relu")(augment(inputs)))
+    x = k.layers.SpatialDropout2D(0.1)(k.layers.Conv2D(16, 3, groups=4, activation="relu")(x))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(k.layers.Flatten()(x)))
+    result = trained_and_quantized(k, model, digits, tmp_path, epochs=8)
+    assert_int8_follows_keras(model, result, digits, least=0.85)
+    ops = [op for op in result.info.ops if op.name == "CONV_2D"]
+    assert len(ops) == 2, [op.name for op in result.info.ops]
+
+
+@pytest.mark.parametrize("version", [3, 2])
 def test_a_model_whose_input_fixes_a_batch_of_8_is_run_one_sample_per_invoke(version, digits, tmp_path):
     """`Input(..., batch_size=8)`: traced at 8, Keras 3's Flatten bakes 8 x 576 into its RESHAPE and
     no sample could be run alone; the file takes one sample per invoke, and says so."""
