@@ -51,8 +51,26 @@ def serve(ns: argparse.Namespace) -> int:
         listening.close()
         raise
     print(f"tfquant service on http://{ns.host}:{ns.port} (API docs at /docs), data in {ns.data_dir}", file=sys.stderr)
+    _log_lines(verbose=ns.verbose)
     serve(app, listening)
     return 0
+
+
+def _log_lines(*, verbose: bool) -> None:
+    """The server's warnings (a worker killed at a limit, a job queued again, a zygote that cannot start)
+    as time-stamped lines on stderr, whether or not stderr is a terminal: a server's log is where they are
+    read. With -v, its info lines too."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("tfquant serve")
+    handler.setFormatter(logging.Formatter("%(asctime)s tfquant serve: %(levelname)s: %(message)s"))
+    logger = logging.getLogger("tfquant.service")
+    for old in [h for h in logger.handlers if h.get_name() == "tfquant serve"]:
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
 
 
 def jobs(ns: argparse.Namespace) -> int:
