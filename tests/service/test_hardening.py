@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import signal
 import threading
@@ -108,6 +110,28 @@ def test_kill_9_of_the_server_orphans_nothing_and_runs_every_job_once(tmp_path, 
         assert [a["outcome"] for a in attempts].count("succeeded") == 1
         for earlier, later in zip(attempts, attempts[1:]):  # never two runs of one job at a time
             assert earlier["outcome"] == "interrupted" and earlier["finished"] <= later["started"]
+
+
+def test_a_zygote_that_cannot_import_tensorflow_is_started_again_after_growing_pauses(tmp_path, files):
+    """A broken install must not make the server start a process every poll: each start of a zygote that
+    dies before it is ready waits twice as long as the last, and the server says why and where to look."""
+    broken = tmp_path / "broken"
+    (broken / "tensorflow").mkdir(parents=True)
+    (broken / "tensorflow" / "__init__.py").write_text("raise ImportError('this tensorflow is broken')\n")
+    data = tmp_path / "data"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(broken), os.environ.get("PYTHONPATH", "")])}
+    server = Server(data, files["token"], "--workers", "1", env=env)
+    try:
+        pauses = wait_for(lambda: (lambda found: found if len(found) >= 3 else None)(
+            re.findall(r"the worker zygote exited with code 1 before it was ready \(see (\S+)\); starting it "
+                       r"again in (\d+) s", Path(server.log.name).read_text())), timeout=60)
+        health = httpx.get(f"{server.url}/healthz").json()
+    finally:
+        assert server.stop() == 0
+    assert [int(p) for _, p in pauses[:3]] == [1, 2, 4]
+    assert pauses[0][0] == str(data / "logs" / "zygote.log")
+    assert "ImportError: this tensorflow is broken" in (data / "logs" / "zygote.log").read_text()
+    assert health["idle"] == 0
 
 
 def test_sigterm_exits_0_within_10_s_and_the_job_finishes_after_restart(tmp_path, files):

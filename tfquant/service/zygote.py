@@ -23,6 +23,7 @@ zygote's), and sends its stderr to its role's log in the data folder.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import signal
@@ -33,8 +34,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .processes import READY, STORE_ENVIRONMENT, die_with_parent, kill_group
+from .processes import READY, STORE_ENVIRONMENT, death, die_with_parent, kill_group
 
+log = logging.getLogger("tfquant.service")
+MAX_BACKOFF = 30.0  # seconds between starts of a zygote that keeps dying before it is ready
 REQUEST_BYTES = 1 << 16
 NAMES = {"zygote": b"tfq-zygote", "job": b"tfq-job", "validator": b"tfq-validator"}
 PR_SET_NAME = 15
@@ -96,6 +99,7 @@ class Launcher:
         self.process: Optional[subprocess.Popen] = None
         self._socket: Optional[socket.socket] = None
         self._ready, self._buffer = False, b""
+        self._failures, self._not_before = 0, 0.0  # zygotes in a row that died before `ready`; when to retry
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -110,10 +114,23 @@ class Launcher:
         self._socket, self._ready, self._buffer = ours, False, b""
 
     def ready(self) -> bool:
-        """True once the zygote has imported TensorFlow; starts it (again) when it is not running."""
+        """True once the zygote has imported TensorFlow; starts it (again) when it is not running.
+
+        A zygote that dies before it is ready (TensorFlow cannot be imported, say) is started again
+        after a pause that doubles each time, up to `MAX_BACKOFF` seconds, with a warning naming its log.
+        """
         if self.process is not None and self.process.poll() is not None:
+            code = self.process.returncode
+            if not self._ready:
+                self._failures += 1
+                pause = min(MAX_BACKOFF, 2.0 ** (self._failures - 1))
+                self._not_before = time.monotonic() + pause
+                log.warning("the worker zygote %s before it was ready (see %s); starting it again in %g s",
+                            death(code), self.data_dir / "logs" / "zygote.log", pause)
             self.stop()
         if self.process is None:
+            if time.monotonic() < self._not_before:
+                return False
             self._start()
         if not self._ready:
             try:
@@ -121,6 +138,8 @@ class Launcher:
             except BlockingIOError:
                 pass
             self._ready = READY in self._buffer
+            if self._ready:
+                self._failures = 0
         return self._ready
 
     def fork(self, role: str, options: list[str]) -> Optional[Forked]:
