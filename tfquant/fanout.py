@@ -9,8 +9,10 @@ never with each item:
 
 - in a job that runs on Ray (`tfquant serve --executor ray`), as Ray tasks, which the cluster
   places wherever it has a free CPU, while the job's own process measures too;
-- anywhere else, in worker processes started for the sweep (spawned, not forked: TensorFlow's
-  threads do not survive a fork).
+- anywhere else, in worker processes started for the sweep. They are forked from
+  multiprocessing's fork server, a fresh interpreter that imports TensorFlow once and never runs
+  it (`_sweep_preload`), not from this process: TensorFlow's threads here do not survive a fork.
+  Later sweeps of this process fork from the same server, so no worker imports TensorFlow itself.
 
 The function, `shared` and the items travel by pickle: a module-level function and plain data.
 """
@@ -103,7 +105,9 @@ def _on_processes(function, shared, items: list, parallel: int) -> list:
     from concurrent.futures import ProcessPoolExecutor
 
     workers = min(parallel, len(items))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tfquant._sweep_preload"])  # no effect once this process's fork server runs
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context,
                              initializer=_start_worker, initargs=(function, shared)) as pool:
         results = list(pool.map(_call, items))
     log.info("%d measurements in %d worker processes", len(items), workers)
