@@ -105,8 +105,11 @@ def _on_processes(function, shared, items: list, parallel: int) -> list:
     from concurrent.futures import ProcessPoolExecutor
 
     workers = min(parallel, len(items))
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tfquant._sweep_preload"])  # no effect once this process's fork server runs
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["tfquant._sweep_preload"])  # no effect once this process's fork server runs
+    else:  # pragma: no cover - Windows: each worker imports TensorFlow itself
+        context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context,
                              initializer=_start_worker, initargs=(function, shared)) as pool:
         results = list(pool.map(_call, items))
