@@ -153,16 +153,13 @@ class Launcher:
             message = json.dumps({"role": role, "options": options}).encode()
             socket.send_fds(self._socket, [message], [request_r, protocol_w, status_w])
         except OSError:
-            for fd in (request_r, request_w, protocol_r, protocol_w, status_r, status_w):
+            for fd in (request_w, protocol_r, status_r):
                 os.close(fd)
             self.stop()
             return None
-        finally:
+        finally:  # the child's ends: the zygote holds its own copies now (or there is no child)
             for fd in (request_r, protocol_w, status_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+                os.close(fd)
         buffer = b""
         deadline = time.monotonic() + 30.0
         while b"\n" not in buffer and time.monotonic() < deadline:
