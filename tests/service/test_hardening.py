@@ -134,7 +134,8 @@ def test_a_zygote_that_cannot_import_tensorflow_is_started_again_after_growing_p
     assert [int(p) for _, p in pauses[:3]] == [1, 2, 4]
     assert pauses[0][0] == str(data / "logs" / "zygote.log")
     assert "ImportError: this tensorflow is broken" in (data / "logs" / "zygote.log").read_text()
-    assert health["idle"] == 0
+    assert (health["status"], health["idle"]) == ("degraded", 0)
+    assert health["detail"] == f"the worker zygote exited with code 1 before it was ready (see {pauses[0][0]})"
 
 
 def test_sigterm_exits_0_within_10_s_and_the_job_finishes_after_restart(tmp_path, files):

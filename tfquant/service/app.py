@@ -108,11 +108,12 @@ class JobList(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str  # "ok", or "degraded" when no worker can start (`detail` says why)
     version: str
     workers: int
     running: int
     idle: int  # workers started ahead of need (TensorFlow imported) and waiting for a job
+    detail: Optional[str] = None
 
 
 def _problems(*codes: int) -> dict:
@@ -216,8 +217,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
     # thread-pool hop (and no wait behind a busy pool) stands between a poller and its answer.
     @app.get("/healthz", response_model=Health)
     async def healthz():
-        return {"status": "ok", "version": __version__, "workers": config.workers, "running": len(scheduler.running),
-                "idle": scheduler.idle}
+        problem = scheduler.problem
+        return {"status": "degraded" if problem else "ok", "version": __version__, "workers": config.workers,
+                "running": len(scheduler.running), "idle": scheduler.idle, "detail": problem}
 
     @app.post("/v1/jobs", status_code=202, response_model=JobRef, openapi_extra=_submit_body(),
               responses=_problems(400, 413, 422, 503))

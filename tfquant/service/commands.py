@@ -84,7 +84,8 @@ def jobs(ns: argparse.Namespace) -> int:
     with Client(url, _token(ns.token_file)) as client:
         if ns.action == "ready":
             health = client.ready(timeout=ns.timeout)
-            print(json.dumps(health) if ns.json else f"{url}: {health['status']}, tfquant {health['version']}, "
+            detail = f": {health['detail']}" if health.get("detail") else ""
+            print(json.dumps(health) if ns.json else f"{url}: {health['status']}{detail}, tfquant {health['version']}, "
                                                       f"{health['workers']} workers, {health.get('idle', '?')} idle")
             return 0
         if ns.action == "submit":

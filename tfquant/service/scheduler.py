@@ -85,6 +85,11 @@ class Scheduler(threading.Thread):
             return self.executor.running()
 
     @property
+    def problem(self) -> Optional[str]:
+        """Why this replica cannot start workers now, or None."""
+        return self.launcher.problem
+
+    @property
     def idle(self) -> int:
         """Workers of this replica ready for a job now: it claims one as soon as a job is queued."""
         with self._lock:

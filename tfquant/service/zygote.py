@@ -100,6 +100,7 @@ class Launcher:
         self._socket: Optional[socket.socket] = None
         self._ready, self._buffer = False, b""
         self._failures, self._not_before = 0, 0.0  # zygotes in a row that died before `ready`; when to retry
+        self.problem: Optional[str] = None  # why no worker can start now (the last zygote's death), for /healthz
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -125,8 +126,9 @@ class Launcher:
                 self._failures += 1
                 pause = min(MAX_BACKOFF, 2.0 ** (self._failures - 1))
                 self._not_before = time.monotonic() + pause
-                log.warning("the worker zygote %s before it was ready (see %s); starting it again in %g s",
-                            death(code), self.data_dir / "logs" / "zygote.log", pause)
+                self.problem = (f"the worker zygote {death(code)} before it was ready (see "
+                                f"{self.data_dir / 'logs' / 'zygote.log'})")
+                log.warning("%s; starting it again in %g s", self.problem, pause)
             self.stop()
         if self.process is None:
             if time.monotonic() < self._not_before:
@@ -139,7 +141,7 @@ class Launcher:
                 pass
             self._ready = READY in self._buffer
             if self._ready:
-                self._failures = 0
+                self._failures, self.problem = 0, None
         return self._ready
 
     def fork(self, role: str, options: list[str]) -> Optional[Forked]:
