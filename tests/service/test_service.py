@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -186,6 +187,19 @@ def test_workers_are_forks_of_one_zygote_which_is_started_again_when_it_dies(tmp
             assert store.get(after).pid != pid
     finally:
         server.stop()
+
+
+def test_a_jobs_sweep_runs_in_processes_forked_for_it_and_gives_the_serial_file(server, client, mismatched, laddered,
+                                                                             train_npz, test_npz, tmp_path):
+    """`parallel` in a job: the worker, itself forked from the zygote, measures the ladder's candidates in
+    sweep workers of its own (forked from a fork server it starts), and the job's file is the serial one."""
+    serial, _ = laddered
+    job = client.submit(mismatched, calib=train_npz, eval=test_npz, max_drop=0.01, fallback="auto", bench_runs=2,
+                        split_joins=False, parallel=2)
+    assert client.wait(job, timeout=300, poll=0.3)["status"] == "succeeded"
+    assert client.download(job, tmp_path / "job.tflite").read_bytes() == serial.tflite
+    log = (server.data_dir / "logs" / f"{job}.log").read_text()
+    assert re.search(r"\d+ measurements in 2 worker processes", log), log[-2000:]
 
 
 def test_cancel_kills_a_running_worker(server, client, files):
