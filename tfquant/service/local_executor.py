@@ -1,9 +1,10 @@
 """The default executor: job workers as processes of this host, one process per job.
 
 `workers` processes are kept forked ahead of need by the server's zygote (TensorFlow already
-imported); each takes one job and exits, so a crash, a leak or a kill ends one job and nothing else. There are never more
-job processes than `workers`. The supervisor thread calls every method: a worker's parent-death
-signal fires when the thread that started it exits, so that thread must live as long as the server.
+imported); each takes one job and exits, so a crash, a leak or a kill ends one job and nothing
+else. There are never more job processes than `workers`. The supervisor thread calls every method:
+it starts the zygote, whose parent-death signal fires when that thread exits (the workers die with
+the zygote), so that thread must live as long as the server.
 """
 
 from __future__ import annotations
@@ -45,11 +46,7 @@ class LocalExecutor(Executor):
         ended = self._reap()
         processes.read_lines(self._procs)  # a job worker's only line is `ready`
         ended += self._watch()
-        while len(self._procs) < self.settings.workers:
-            proc = processes.spawn(self.launcher, "job", self.options())
-            if proc is None:
-                break
-            self._procs.append(proc)
+        processes.fill(self._procs, self.settings.workers, self.launcher, "job", self.options())
         return ended
 
     def _reap(self) -> list[Ended]:

@@ -8,7 +8,7 @@ kernel start time; the server records both per attempt and, after a crash, kills
 process whose pair matches.
 
 The server's zygote (`zygote.py`) forks them ahead of need with TensorFlow already imported
-(`spawn`); the server talks to each over two pipes: a worker says `ready`, then gets one request
+(`fill`); the server talks to each over two pipes: a worker says `ready`, then gets one request
 line per job or validation.
 """
 
@@ -59,12 +59,14 @@ def folder_key(replica: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", replica)
 
 
-def spawn(launcher, role: str, options: list[str]) -> Optional[WorkerProcess]:
-    """A new worker of this role forked by the server's zygote, or None while the zygote is not ready."""
-    forked = launcher.fork(role, options)
-    if forked is None:
-        return None
-    return WorkerProcess(role, forked, start_ticks(forked.pid))
+def fill(procs: list[WorkerProcess], count: int, launcher, role: str, options: list[str]) -> None:
+    """Fork workers of this role from the server's zygote until there are `count`; fewer while the
+    zygote is not ready (the next poll forks the rest)."""
+    while len(procs) < count:
+        forked = launcher.fork(role, options)
+        if forked is None:
+            return
+        procs.append(WorkerProcess(role, forked, start_ticks(forked.pid)))
 
 
 def read_lines(procs: list[WorkerProcess]) -> list[tuple[WorkerProcess, bytes]]:

@@ -1,12 +1,12 @@
 """The supervisor: one thread that owns every worker of the server and this replica's claims.
 
 It keeps `validators` validator processes forked ahead of need by the server's zygote
-(`zygote.py`: TensorFlow imported once) and passes submissions to them; it claims a queued job from the store whenever its executor
-(`executor.py`: local processes by default, Ray actors with `--executor ray`) has a worker ready,
-and turns a worker's death into the job's failure with the reason, or into another attempt (at
-most `retries`). It renews the leases of the jobs it runs, kills a worker whose job it no longer
-holds (cancelled through another replica, or its lease lost), and queues again the jobs of any
-replica whose lease has passed.
+(`zygote.py`: TensorFlow imported once) and passes submissions to them; it claims a queued job
+from the store whenever its executor (`executor.py`: local processes by default, Ray actors with
+`--executor ray`) has a worker ready, and turns a worker's death into the job's failure with the
+reason, or into another attempt (at most `retries`). It renews the leases of the jobs it runs,
+kills a worker whose job it no longer holds (cancelled through another replica, or its lease
+lost), and queues again the jobs of any replica whose lease has passed.
 
 At start it kills any worker still alive from this replica's earlier life (matched by host, PID
 and start time) before their jobs are queued again; at stop it ends every worker and queues their
@@ -236,11 +236,7 @@ class Scheduler(threading.Thread):
             if proc.served >= VALIDATOR_REQUESTS:
                 processes.kill_group(proc.pid)
         self._watch_validators()
-        while len(self._procs) < self.validators:
-            proc = processes.spawn(self.launcher, "validator", self._validator_options())
-            if proc is None:
-                break
-            self._procs.append(proc)
+        processes.fill(self._procs, self.validators, self.launcher, "validator", self._validator_options())
         for proc in self._procs:
             if not self._queue or not proc.ready or proc.busy or proc.process.poll() is not None:
                 continue
