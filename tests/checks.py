@@ -36,6 +36,15 @@ def assert_quantized_close(report: Report, *, max_drop: float, max_bytes_ratio: 
     assert ratio <= max_bytes_ratio, f"bytes ratio {ratio:.3f} > {max_bytes_ratio}"
 
 
+def constant_bytes(tflite: bytes) -> int:
+    """Bytes of a file's constant buffers (weights, biases, shapes), its model metadata's not counted."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(tflite, 0)
+    metadata = {m.buffer for m in model.metadata or []}
+    return sum(len(b.data) for i, b in enumerate(model.buffers) if i not in metadata and b.data is not None)
+
+
 @contextlib.contextmanager
 def counted():
     """How often the expensive steps ran: the export, calibration, and quantizing from a calibration."""

@@ -41,6 +41,7 @@ def test_convert_writes_model_and_reports(model_files, train_npz, test_npz, tmp_
     assert report["quantized"]["fully_integer"] is True
     assert report["quantized"]["tflite_bytes"] == out.stat().st_size
     assert report["quantized"]["tflite_bytes"] <= 0.30 * report["float"]["tflite_bytes"]
+    assert not [w for w in report["warnings"] if "not smaller than the float file" in w]
     assert report["accuracy_drop"] <= 0.01
     assert "| accuracy (top-1) |" in (tmp_path / "report.md").read_text()
 

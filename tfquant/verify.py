@@ -23,7 +23,7 @@ from .inspect import explain_float_ops, float_ops_message, inspect
 from .lint import extrapolated, output_lint
 from .prepare import Prepared
 from .report import write_report_files
-from .sizes import gzip_size
+from .sizes import gzip_size, larger_than_float
 from .types import (Agreement, Budget, ExportInfo, FileSummary, IOTensor, Mode, ModelInfo, OutputReport, Recipe,
                     Report)
 
@@ -288,6 +288,11 @@ def verify(
             top5_accuracy=None if metrics is None else metrics.top5_accuracy,
         )
 
+    float_file, quantized = summary(float_tflite, float_info, primary_f), summary(tflite, info, primary_q)
+    if recipe.mode is not Mode.FLOAT32:
+        larger = larger_than_float(tflite, float_tflite, recipe.mode.value,
+                                   gzipped=(quantized.gzip_bytes, float_file.gzip_bytes))
+        notes += [larger] if larger else []
     drop = None if primary_q is None else tasks.drop(primary_f, primary_q)
     whole = None  # the outputs' error with every op int8, on the samples the ops alone were measured on
     if violations and rank_on_miss is not None:
@@ -297,8 +302,8 @@ def verify(
     report = Report(
         model=prepared.source,
         recipe=recipe,
-        float_file=summary(float_tflite, float_info, primary_f),
-        quantized=summary(tflite, info, primary_q),
+        float_file=float_file,
+        quantized=quantized,
         latency_ms={"float": float_bench.inference_ms, "quantized": quant_bench.inference_ms},
         runtime=quant_bench.runtime,
         calibration_samples=0 if prepared.calibration is None else len(prepared.calibration),
