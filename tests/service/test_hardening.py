@@ -63,10 +63,11 @@ def test_compact_json_lambda_never_runs(server, client, files, tmp_path, capsys)
 def test_kill_9_of_the_server_orphans_nothing_and_runs_every_job_once(tmp_path, files):
     data = tmp_path / "data"
     first = Server(data, files["token"], "--workers", "2")
-    # Jobs of a few seconds each (a digits conversion takes about one in a forked worker): two must still
-    # be running when the server is killed.
+    # Jobs of a few seconds each (a digits conversion takes about one in a forked worker; a one-epoch
+    # prune, wrapping, training, stripping and converting, about four): two must still be running when
+    # the server is killed.
     with Client(first.url, TOKEN) as client:
-        ids = [client.submit(files["model"], command="prune", train=files["train"], epochs=3, sparsity=0.5)
+        ids = [client.submit(files["model"], command="prune", train=files["train"], epochs=1, sparsity=0.5)
                for _ in range(4)]
     store = open_store(data)
     wait_for(lambda: sum(store.get(j).status == "running" and store.get(j).pid is not None for j in ids) == 2)

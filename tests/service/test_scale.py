@@ -190,7 +190,7 @@ def test_a_local_ray_gives_the_same_bytes_and_retries_a_killed_worker(tmp_path, 
             job = client.submit(files["model"], calib=files["calib"], **SPEC.to_dict())
             assert client.wait(job, timeout=300, poll=0.3)["status"] == "succeeded"
             assert client.download(job, tmp_path / "ray.tflite").read_bytes() == expected
-            slow = client.submit(files["model"], command="prune", train=files["train"], epochs=2, sparsity=0.5)
+            slow = client.submit(files["model"], command="prune", train=files["train"], epochs=1, sparsity=0.5)
             first = wait_for(lambda: (lambda j: j if j.status == "running" and j.pid else None)(store.get(slow)))
             time.sleep(1.0)
             os.kill(first.pid, signal.SIGKILL)
