@@ -7,10 +7,13 @@ training digits calibrate a file changes a few predictions. So a single zoo row 
 tfquant from LiteRT Quantizer, or a 0.5-point budget from a miss, where they differ by a sample
 or two. Here each zoo CNN is trained once (as `bench/zoo.py` trains it) and converted
 `--draws` times, each time on another `--samples` training digits drawn at random (seed = draw),
-by `tfquant.quantize` with default options and by LiteRT Quantizer (`--quantizer litert`) on the
-same float file and samples. Each row: float accuracy, then for both quantizers the mean,
-lowest and highest int8 accuracy over the draws, the mean top-1 agreement with float, and the
-draws on which tfquant's file is at least as accurate as LiteRT Quantizer's.
+by `tfquant.quantize` with default options, by LiteRT Quantizer (`--quantizer litert`) on the
+same float file and samples, and by tfquant with LiteRT Quantizer's range estimator
+(`--ranges average`, the moving average of each sample's extremes): where LiteRT Quantizer's
+file is the more accurate, the third says whether its ranges are why. Each row: float accuracy,
+then for each the mean, lowest and highest int8 accuracy over the draws, the mean top-1
+agreement with float, and the draws on which tfquant's file is at least as accurate as LiteRT
+Quantizer's. A row measured before the third was added leaves its cells empty.
 
 Writes bench/draws.json, bench/draws.md and the README's table.
 """
@@ -29,7 +32,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-QUANTIZERS = {"tfquant": {}, "litert": {"quantizer": "litert"}}
+QUANTIZERS = {"tfquant": {}, "litert": {"quantizer": "litert"}, "average": {"ranges": "average"}}
+HEADINGS = {"tfquant": "tfquant int8", "litert": "LiteRT Quantizer int8", "average": "tfquant, LiteRT's ranges"}
 
 
 def log(message: str) -> None:
@@ -80,14 +84,14 @@ def summary(r: dict) -> dict:
     """Per quantizer: mean, lowest and highest accuracy and mean agreement over the draws without an error."""
     out: dict = {}
     for quantizer in QUANTIZERS:
-        done = [d[quantizer] for d in r["draws"] if "accuracy" in d[quantizer]]
+        done = [d[quantizer] for d in r["draws"] if "accuracy" in d.get(quantizer, {})]
         if not done:
             continue
         accuracy = [d["accuracy"] for d in done]
         out[quantizer] = {"mean": sum(accuracy) / len(accuracy), "low": min(accuracy), "high": max(accuracy),
                           "agreement": sum(d["agreement"] for d in done) / len(done), "draws": len(done),
                           "fully_integer": all(d["fully_integer"] for d in done)}
-    floats = [d[q]["float"] for d in r["draws"] for q in QUANTIZERS if "float" in d[q]]
+    floats = [d[q]["float"] for d in r["draws"] for q in QUANTIZERS if "float" in d.get(q, {})]
     out["float"] = floats[0] if floats else None
     out["at_least_litert"] = sum(1 for d in r["draws"] if "accuracy" in d["tfquant"] and "accuracy" in d["litert"]
                                  and d["tfquant"]["accuracy"] >= d["litert"]["accuracy"])
@@ -102,20 +106,22 @@ def markdown(rows: list[dict], environment: dict) -> str:
     lines = [f"Measured {environment['date']} on {environment['cpu']} ({environment['cores']} cores), "
              f"TensorFlow {environment['versions']['tensorflow']}, `bench/draws.py`: each CNN trained once as in "
              f"`bench/zoo.py`, then converted {draws} times, each on another {samples} training digits drawn at "
-             "random, by tfquant's defaults and by LiteRT Quantizer on the same float file and samples; "
+             "random, by tfquant's defaults, by LiteRT Quantizer and by tfquant with LiteRT Quantizer's ranges "
+             "(`--ranges average`) on the same float file and samples; "
              "accuracy on the 359 held-out digits as the mean over the draws (lowest–highest), with the mean "
              "top-1 agreement with float.", "",
-             "| model | Keras | float | tfquant int8 | below float | agreement | LiteRT Quantizer int8 | below float "
-             "| agreement | draws tfquant ≥ LiteRT | fully integer |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| model | Keras | float | " + " | ".join(f"{HEADINGS[q]} | below float | agreement" for q in QUANTIZERS)
+             + " | draws tfquant ≥ LiteRT | fully integer |",
+             "| --- | ---: | ---: | " + " | ".join("---: | ---: | ---:" for _ in QUANTIZERS) + " | ---: | --- |"]
     pct = lambda v: f"{100 * v:.2f} %"  # noqa: E731
     for r in rows:
         s = summary(r)
         cells = []
         for quantizer in QUANTIZERS:
             q = s.get(quantizer)
-            if q is None:
-                cells += ["error", "", ""]
+            if q is None:  # every draw failed, or a row measured before this quantizer was added
+                measured = any(quantizer in d for d in r["draws"])
+                cells += ["error" if measured else "", "", ""]
                 continue
             cells += [f"{pct(q['mean'])} ({100 * q['low']:.2f}–{100 * q['high']:.2f})",
                       f"{100 * (s['float'] - q['mean']):+.2f} pts", f"{100 * q['agreement']:.1f} %"]
