@@ -32,8 +32,7 @@ def gzip_size_soon(data: bytes) -> None:
         _GZIPPING.pop(next(iter(_GZIPPING)))
 
 
-def larger_than_float(quantized: bytes, float_file: bytes, mode: str, *,
-                      gzipped: Optional[tuple[int, int]] = None) -> Optional[str]:
+def larger_than_float(quantized: bytes, float_file: bytes, mode: str, gzipped: tuple[int, int]) -> Optional[str]:
     """A note for a quantized file at least as large as its float file, else None.
 
     Quantizing shrinks weights four times, but every quantized tensor carries a scale and a zero
@@ -41,12 +40,11 @@ def larger_than_float(quantized: bytes, float_file: bytes, mode: str, *,
     same in both files. Where the weights are a small part of the file, as in a small model or a
     recurrent layer unrolled into a few ops per step, the file can come out larger; the note
     says so with the numbers, so that nobody takes it for a failed conversion. `gzipped`: the two
-    files' gzip sizes where they are known already.
+    files' gzip sizes, as the report has them already.
     """
     if len(quantized) < len(float_file):
         return None
     mine, theirs = _contents(quantized), _contents(float_file)
-    gzipped = gzipped or (gzip_size(quantized), gzip_size(float_file))
     return (f"the {mode} file ({len(quantized):,} bytes) is not smaller than the float file ({len(float_file):,}): "
             f"its weights and constants take {mine[0]:,} bytes (float: {theirs[0]:,}), the rest is the graph of "
             f"{mine[1]:,} ops and {mine[2]:,} tensors, whose quantized tensors each carry a scale and a zero point "

@@ -291,7 +291,7 @@ def verify(
     float_file, quantized = summary(float_tflite, float_info, primary_f), summary(tflite, info, primary_q)
     if recipe.mode is not Mode.FLOAT32:
         larger = larger_than_float(tflite, float_tflite, recipe.mode.value,
-                                   gzipped=(quantized.gzip_bytes, float_file.gzip_bytes))
+                                   (quantized.gzip_bytes, float_file.gzip_bytes))
         notes += [larger] if larger else []
     drop = None if primary_q is None else tasks.drop(primary_f, primary_q)
     whole = None  # the outputs' error with every op int8, on the samples the ops alone were measured on
