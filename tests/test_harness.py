@@ -148,3 +148,23 @@ def test_samples_of_another_shape_than_the_file_fixes_are_named_not_a_traceback(
     with pytest.raises(DataError, match=r"digits_float32.tflite: expected input 'image' of shape \(1, 8, 8, 1\), "
                        r"found samples of shape \(1, 7, 7, 1\) \(Cannot set tensor: Dimension mismatch"):
         runner.run([np.zeros((1, 7, 7, 1), np.float32)])
+
+
+@pytest.mark.parametrize("dtype,scale,zero", [("int8", 1 / 255, -128), ("int8", 0.02, 3), ("uint8", 0.1, 128),
+                                              ("int16", 0.001, 0)])
+def test_inputs_are_quantized_as_tflite_rounds_across_blocks(dtype, scale, zero):
+    """Half away from zero, clipped to the type, over more values than one block and a strided view."""
+    rng = np.random.default_rng(0)
+    ties = (np.arange(-40_000, 40_000) + 0.5) * scale  # every value an exact .5 step (as far as float32 holds it)
+    values = np.concatenate([ties, rng.normal(0, 300 * scale, harness._BLOCK + 12_340)]).astype(np.float32)
+    values = values.reshape(-1, 4)[:, ::2]  # not contiguous
+    port = harness._Port(0, "x", np.dtype(dtype), (-1, 2), scale, zero)
+    got = port.to_file(values)
+    steps = np.divide(values, np.float32(scale), dtype=np.float32).astype(np.float64)  # TFLite divides in float32
+    expected = np.sign(steps) * np.floor(np.abs(steps) + 0.5) + zero
+    info = np.iinfo(dtype)
+    expected = np.clip(expected, info.min, info.max)
+    assert got.dtype == np.dtype(dtype) and got.shape == values.shape
+    assert (got == expected).all()
+    assert (np.abs(steps - np.trunc(steps)) == 0.5).sum() > 10_000  # ties, where half to even would differ
+    assert (got == info.min).any() and (got == info.max).any()

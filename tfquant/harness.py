@@ -8,6 +8,7 @@ the deprecated `tf.lite.Interpreter` only when LiteRT is not installed. Loads no
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -29,8 +30,10 @@ DEFAULT_BATCH = 64
 BUILTIN = "none (XNNPACK could not prepare this graph)"
 SIGNATURE = "serving_default"
 _QUANTIZED_KINDS = "iu"
+_BLOCK = 1 << 17  # values quantized at a time: two float32 buffers of 512 KiB
 
 
+@functools.lru_cache(maxsize=None)  # reading the package's metadata costs about 1 ms a call
 def _interpreter_class():
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -70,14 +73,25 @@ class _Port:
     def to_file(self, values: np.ndarray) -> np.ndarray:
         if not self.quantized:
             return values.astype(self.dtype, copy=False)
+        # Block by block, so that the five passes over each block stay in the core's cache: on a
+        # batch of 60 images of 224x224x3 that took 11.5 ms where five passes over the batch took 24.
+        source = np.ascontiguousarray(values).reshape(-1)
+        out = np.empty(source.shape, self.dtype)
         info = np.iinfo(self.dtype)
-        scaled = np.divide(values, np.float32(self.scale), dtype=np.float32)
-        # TFLite rounds half away from zero (std::round); NumPy's round is half to even.
-        scaled += np.copysign(np.float32(0.5), scaled)
-        np.trunc(scaled, out=scaled)
-        scaled += np.float32(self.zero_point)
-        np.clip(scaled, info.min, info.max, out=scaled)
-        return scaled.astype(self.dtype)
+        scale, zero = np.float32(self.scale), np.float32(self.zero_point)
+        scaled, half = np.empty(min(len(source), _BLOCK), np.float32), np.empty(min(len(source), _BLOCK), np.float32)
+        for start in range(0, len(source), _BLOCK):
+            block = source[start:start + _BLOCK]
+            s, h = scaled[:len(block)], half[:len(block)]
+            np.divide(block, scale, out=s, dtype=np.float32)
+            # TFLite rounds half away from zero (std::round); NumPy's round is half to even.
+            np.copysign(np.float32(0.5), s, out=h)
+            s += h
+            np.trunc(s, out=s)
+            s += zero
+            np.clip(s, info.min, info.max, out=s)
+            out[start:start + len(block)] = s
+        return out.reshape(np.shape(values))
 
     def from_file(self, values: np.ndarray) -> np.ndarray:
         if not self.quantized:  # integers the graph computes (class ids from an argmax) stay integers
