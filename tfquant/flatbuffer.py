@@ -36,12 +36,16 @@ def drop_unused_opcodes(model) -> None:
 
 
 def opcode(model, builtin: int, *, at_least: int = 1) -> int:
-    """The index of `builtin`'s operator code in the model, added if the model has none, its version raised
-    to `at_least` (the interpreter registers some kernels from version 2 on, and int8 forms need later ones)."""
-    for index, code in enumerate(model.operatorCodes):
-        if flatbuffer_utils.get_builtin_code_from_operator_code(code) == builtin:
-            code.version = max(code.version, at_least)
-            return index
+    """The index of `builtin`'s operator code in the model (of its highest version where the quantizer left
+    several), added if the model has none, its version raised to `at_least` (the interpreter registers some
+    kernels from version 2 on, and int8 forms need later ones)."""
+    found = [(code.version, index) for index, code in enumerate(model.operatorCodes)
+             if flatbuffer_utils.get_builtin_code_from_operator_code(code) == builtin]
+    if found:
+        index = max(found)[1]
+        code = model.operatorCodes[index]
+        code.version = max(code.version, at_least)
+        return index
     code = schema.OperatorCodeT()
     code.builtinCode = builtin
     code.deprecatedBuiltinCode = min(builtin, 127)

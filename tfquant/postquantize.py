@@ -17,7 +17,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from .flatbuffer import (array_constant, builtin_codes, drop_unused_opcodes, float_constant, is_constant, is_float,
-                         new_op, per_tensor, producers_of, read_model, readers_of, tensor_like, write_model)
+                         new_op, opcode, per_tensor, producers_of, read_model, readers_of, tensor_like, write_model)
 
 
 def after_quantizer(data: bytes, *, int8: bool) -> bytes:
@@ -83,8 +83,7 @@ def _integer_comparisons(model, codes: list[int]) -> bool:
             inputs[at], inputs[1 - at] = quantized, _int8_constant(model, graph, levels, scale, zero,
                                                                    graph.tensors[other].name)
             op.inputs = inputs
-            code = model.operatorCodes[op.opcodeIndex]
-            code.version = max(code.version, 2)  # the int8 version of every comparison
+            op.opcodeIndex = opcode(model, codes[op.opcodeIndex], at_least=2)  # the int8 version of every comparison
             changed = True
         _drop_unread(graph, codes, schema.BuiltinOperator.DEQUANTIZE)
     return changed
@@ -237,7 +236,7 @@ def _integer_copies(model, codes: list[int]) -> bool:
             inputs = [int(i) for i in op.inputs]
             inputs[at] = source
             op.inputs = inputs
-            op.opcodeIndex = _newest(model, codes, codes[op.opcodeIndex])  # int8 kernels need a later version
+            op.opcodeIndex = opcode(model, codes[op.opcodeIndex])  # int8 kernels need a later version
             copies = [tensor_like(graph, o, graph.tensors[o].name + b"/integer", graph.tensors[source].type,
                                   per_tensor(*on_source)) for o in outputs]
             op.outputs = copies
@@ -322,11 +321,6 @@ def _symmetric_products(model, codes: list[int]) -> bool:
             ordered.append(op)
         graph.operators = ordered
     return changed
-
-
-def _newest(model, codes: list[int], builtin: int) -> int:
-    """The index of the operator code of `builtin` with the highest version in the file."""
-    return max((i for i, code in enumerate(codes) if code == builtin), key=lambda i: model.operatorCodes[i].version)
 
 
 def _copies_requantized(model, codes: list[int]) -> bool:
