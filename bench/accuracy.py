@@ -124,8 +124,7 @@ def mismatched(folder: Path) -> dict[str, Path]:
 
 def main() -> None:
     from bench.command import models
-    from bench.publish import merged, publish
-    from bench.run import environment
+    from bench.publish import publish_rows
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*")
@@ -141,12 +140,7 @@ def main() -> None:
         for name, files in found.items():
             log(f"{name}")
             rows.append(measure(name, files))
-    if args.merge:
-        rows = merged("accuracy", rows, key=lambda r: r["model"])
-    env = environment()
-    table = markdown(rows, env)
-    publish("accuracy", {"environment": env, "rows": rows}, table, readme=not args.only or args.merge)
-    print(table)
+    publish_rows("accuracy", rows, markdown, only=args.only, merge=args.merge, key=lambda r: r["model"])
 
 
 if __name__ == "__main__":

@@ -172,8 +172,7 @@ def markdown(rows: list[dict], environment: dict, reps: int) -> str:
 
 
 def main() -> None:
-    from bench.publish import merged, publish
-    from bench.run import environment
+    from bench.publish import publish_rows
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=2)
@@ -185,12 +184,8 @@ def main() -> None:
         for name, files in models(Path(tmp), args.only).items():
             log(f"{name}: {args.reps} interleaved runs of tfquant, tfquant --quantizer litert and the tutorial")
             rows.append(row(name, files, Path(tmp), args.reps))
-    if args.merge:
-        rows = merged("command", rows, key=lambda r: r["model"])
-    env = environment()
-    table = markdown(rows, env, args.reps)
-    publish("command", {"environment": env, "reps": args.reps, "rows": rows}, table, readme=not args.only or args.merge)
-    print(table)
+    publish_rows("command", rows, lambda rows, env: markdown(rows, env, args.reps), only=args.only, merge=args.merge,
+                 key=lambda r: r["model"], reps=args.reps)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,20 @@ def publish(name: str, data: dict, table: str, *, marker: str | None = None, rea
         update_readme(marker or name, table)
 
 
+def publish_rows(name: str, rows: list[dict], markdown, *, only, merge: bool, key, **extra) -> None:
+    """The end of a bench over rows: with `merge`, keep the rows of bench/NAME.json this run did not redo
+    (matched by `key(row)`); then write the rows with this machine's environment (and `extra`) and
+    `markdown(rows, environment)`'s table, into the README too unless only some rows ran without `merge`."""
+    from bench.run import environment
+
+    if merge:
+        rows = merged(name, rows, key=key)
+    env = environment()
+    table = markdown(rows, env)
+    publish(name, {"environment": env, **extra, "rows": rows}, table, readme=not only or merge)
+    print(table)
+
+
 def update_readme(marker: str, table: str) -> None:
     """Put `table` between the README's `marker` comments (nothing happens where they are missing)."""
     text = README.read_text()

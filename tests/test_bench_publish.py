@@ -30,3 +30,19 @@ def test_dates_note_names_the_machine_of_rows_measured_on_another():
     assert dates_note(rows, "2026-12-06", "2026-11-23", "AMD EPYC") == [
         "", "Only a was run again on 2026-12-06; the other rows are from the same bench's runs on "
             "2026-11-26 (c); 2026-11-27 on Intel Xeon (b)."]
+
+
+def test_draws_bound_the_standard_error_of_the_difference_by_the_predictions_int8_changes():
+    from bench.draws import summary
+
+    def draw(agreement):
+        return {q: {"float": 0.9, "accuracy": 0.89, "agreement": agreement, "fully_integer": True}
+                for q in ("tfquant", "litert")}
+
+    # 359 samples at 98 % agreement: about 7.2 changed predictions, sqrt(7.18) / 359 = 0.0075
+    old = summary({"draws": [draw(0.98), draw(0.98)]})
+    assert abs(old["tfquant"]["se"] - 0.007464) < 1e-5
+    # the stored test size is used where a row has it; the bound is the mean over the draws
+    row = summary({"test_samples": 100, "draws": [draw(0.96), draw(1.0)]})
+    assert abs(row["litert"]["se"] - (0.02 + 0.0) / 2) < 1e-9
+    assert "average" not in row and row["at_least_litert"] == 2
