@@ -13,8 +13,8 @@ same float file and samples, and by tfquant with LiteRT Quantizer's range estima
 file is the more accurate, the third says whether its ranges are why. Each row: float accuracy,
 then for each the mean, lowest and highest int8 accuracy over the draws, its difference from
 float with a bound on that difference's standard error on this test set (what another test set
-of the same size could move it by), the mean top-1 agreement with float, and the draws on which tfquant's file is at least as accurate as LiteRT
-Quantizer's. A row measured before the third was added leaves its cells empty.
+of the same size could move it by), the mean top-1 agreement with float, and the draws on which
+tfquant's file is at least as accurate as LiteRT Quantizer's. A row measured before the third was added leaves its cells empty.
 
 Writes bench/draws.json, bench/draws.md and the README's table.
 """
