@@ -60,10 +60,10 @@ def counted():
         return mock.patch.object(module, name, counting)
 
     from tfquant import convert as convert_stage
-    from tfquant import pipeline, prepare
+    from tfquant import gates, pipeline, prepare
 
-    with wrap(prepare, "export", "export"), wrap(pipeline, "calibration_for", "calibrate"), \
-            wrap(convert_stage, "quantize_calibrated", "quantize"):
+    with wrap(prepare, "export", "export"), wrap(gates, "export", "export"), \
+            wrap(pipeline, "calibration_for", "calibrate"), wrap(convert_stage, "quantize_calibrated", "quantize"):
         yield calls
 
 

@@ -40,6 +40,7 @@ def _files(model, calibration) -> tuple[bytes, bytes]:
     clustering wrappers handled)."""
     from .convert import convert, convert_quantization_aware
     from .export import export
+    from .gates import export_for_int8
     from .models import load_model
     from .types import Mode, Recipe
 
@@ -47,9 +48,10 @@ def _files(model, calibration) -> tuple[bytes, bytes]:
     # The names the data is bound by are those of the model being trained; loading strips its pruning and
     # clustering wrappers and tells a QAT one (`models`), whose weights are then exported as they are.
     loaded = load_model(model)
-    exported = export(loaded, shapes=calibration.sample_shapes(), keep_weights=loaded.keep_weights)
     if loaded.quantization_aware:
+        exported = export(loaded, shapes=calibration.sample_shapes(), keep_weights=loaded.keep_weights)
         return exported.tflite, convert_quantization_aware(exported, recipe, calibration)
+    exported = export_for_int8(loaded, calibration, shapes=calibration.sample_shapes(), keep_weights=loaded.keep_weights)
     return exported.tflite, convert(exported, recipe, calibration=calibration)
 
 

@@ -61,7 +61,8 @@ class Exported:
         return legalize.name_signature(data, [s.name for s in self.inputs], [s.name for s in self.outputs])
 
 
-def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, keep_weights: bool = False) -> Exported:
+def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, keep_weights: bool = False,
+           split_gates: bool = False) -> Exported:
     """The float32 `.tflite` of `loaded`, its inputs and outputs named as the model names them.
 
     Args:
@@ -71,6 +72,7 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
         keep_weights: leave every weight value as the model has it (a pruned, clustered or
             quantization-aware model): no rewrite that changes weights (`legalize`). Defaults to
             `False`.
+        split_gates: trace each LSTM cell with its gates apart (`tfquant.gates`). Defaults to `False`.
 
     Raises:
         DataError: a recurrent layer whose sequence length neither the model nor the data fixes.
@@ -82,7 +84,7 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
         result = _export_tflite(loaded, keep_weights)
     elif loaded.keras_model is not None:
         inputs, batch_notes = _one_sample_per_invoke(inputs)
-        result = _export_keras(loaded, inputs, keep_weights)
+        result = _export_keras(loaded, inputs, keep_weights, split_gates)
         result.notes[:0] = batch_notes
         open_batch = any(spec.shape and spec.shape[0] is None for spec in inputs)
         failure = _first_run_fails(result.tflite, inputs) if open_batch else None
@@ -90,7 +92,8 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
             # Some graphs convert with an open batch dim and then fail to prepare in TFLite (tf_keras'
             # GroupNormalization: a BROADCAST_TO of a shape computed from the batch); with the batch fixed
             # at 1 the converter folds those shapes away. The harness runs a fixed batch sample by sample.
-            fixed = _export_keras(loaded, [TensorSpec(s.name, (1, *s.shape[1:]), s.dtype) for s in inputs], keep_weights)
+            fixed = _export_keras(loaded, [TensorSpec(s.name, (1, *s.shape[1:]), s.dtype) for s in inputs], keep_weights,
+                                  split_gates)
             if not _first_run_fails(fixed.tflite, fixed.inputs):
                 fixed.notes.append(f"exported with the batch fixed at 1: with an open batch dim, {failure}")
                 result = fixed
@@ -112,7 +115,7 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
             # and the layers `lookups` and `volumes` spell in integer forms (lookups, buckets, 3D convolutions)
             # so spelled.
             revived = replace(loaded, flavor="keras2", keras_model=revive_keras2(loaded))
-            result = export(revived, shapes=shapes, keep_weights=keep_weights)
+            result = export(revived, shapes=shapes, keep_weights=keep_weights, split_gates=split_gates)
             result.notes.insert(0, f"exported from its tf_keras layers: {why}")
     result.seconds = time.perf_counter() - started
     return result
@@ -175,7 +178,7 @@ def _fixed(spec: TensorSpec, sample: Optional[tuple]) -> TensorSpec:
     return TensorSpec(spec.name, dims, spec.dtype)
 
 
-def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: bool) -> Exported:
+def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: bool, split_gates: bool = False) -> Exported:
     tf = _keras.tf
     model = loaded.keras_model
     keras_names = _call_names(model) if getattr(model, "inputs", None) else [s.name for s in inputs]
@@ -190,7 +193,7 @@ def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: b
         out = list(out.values()) if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else [out]
         return dict(zip(output_names, out))
 
-    with unrolled(model, inputs) as notes, quantizable_masking(model) as softmax_notes, builtin_argmax(), \
+    with unrolled(model, inputs, split_gates=split_gates) as notes, quantizable_masking(model) as softmax_notes, builtin_argmax(), \
             comparable_lookups(model) as lookup_notes, planar_volumes(model) as volume_notes:
         function = tf.function(serve).get_concrete_function(*tensor_specs)
         frozen = _freeze(loaded.source, function)

@@ -18,6 +18,7 @@ from . import console
 from .data import Dataset, ImageOptions, load_data
 from .errors import ModelLoadError, RecipeError, called, problem
 from .export import Exported, export
+from .gates import export_for_int8
 from .models import LoadedModel, load_model
 from .types import Mode, Recipe
 
@@ -119,7 +120,11 @@ def prepare(
                 shapes.update(data.sample_shapes())
         shapes.update(input_shapes or {})
         with console.step(f"exporting {loaded.source} to a float32 .tflite file"):
-            exported = export(loaded, shapes=shapes, keep_weights=loaded.keep_weights)
+            if recipe.mode is Mode.INT8 and calibration is not None and not loaded.quantization_aware:
+                exported = export_for_int8(loaded, calibration, shapes=shapes, keep_weights=loaded.keep_weights,
+                                           source=loaded.source)
+            else:
+                exported = export(loaded, shapes=shapes, keep_weights=loaded.keep_weights)
         seconds["export"] = exported.seconds
         for note in exported.notes:
             log.info("export: %s", note)

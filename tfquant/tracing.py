@@ -35,8 +35,9 @@ def recurrent_layers(model) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def unrolled(model, inputs: list[TensorSpec]):
-    """Unroll every recurrent layer for the trace, then put each back as it was.
+def unrolled(model, inputs: list[TensorSpec], *, split_gates: bool = False):
+    """Unroll every recurrent layer for the trace, then put each back as it was; with `split_gates`,
+    each LSTM cell computes its four gates apart (`tfquant.gates`).
 
     Yields the notes for the report ("lstm (LSTM): unrolled over 20 steps").
     """
@@ -48,6 +49,8 @@ def unrolled(model, inputs: list[TensorSpec]):
         if any(_loops_regardless(layer) for layer in layers):
             stack.enter_context(_conv_rnn_unrolled())
         stack.enter_context(_without_dropout([cell for layer in layers for cell in _cells(layer)]))
+        if split_gates:
+            stack.enter_context(_gates_apart(fused_lstm_cells(model)))
         for layer in layers:
             steps = _steps(layer, inputs)
             layer.unroll = True
@@ -66,6 +69,27 @@ def unrolled(model, inputs: list[TensorSpec]):
 def _cells(layer) -> list:
     cell = layer.cell
     return list(getattr(cell, "cells", None) or [cell])
+
+
+def fused_lstm_cells(model) -> list:
+    """The LSTM cells of `model` that compute their four gates in one product (Keras' `implementation=2`,
+    the default of both versions), which the converter follows with a SPLIT."""
+    return [cell for layer in recurrent_layers(model) for cell in _cells(layer)
+            if type(cell).__name__ == "LSTMCell" and getattr(cell, "implementation", None) == 2]
+
+
+@contextlib.contextmanager
+def _gates_apart(cells: list):
+    """LSTM cells traced with `implementation=1`, then put back: each gate's input and recurrent products
+    and bias apart (the same function; Keras computes it so when recurrent dropout is on), so that the
+    converter gives every gate FULLY_CONNECTED ops, and int8 scales, of its own."""
+    try:
+        for cell in cells:
+            cell.implementation = 1
+        yield
+    finally:
+        for cell in cells:
+            cell.implementation = 2
 
 
 @contextlib.contextmanager

@@ -305,9 +305,10 @@ def test_a_keras3_model_with_a_dict_of_outputs_fine_tunes_each_on_its_labels(dig
 
 
 def test_qat_of_a_regression_model_below_ptq_keeps_ptq(digits, tmp_path):
-    """No classifier to score: an LSTM sequence autoencoder whose PTQ file is already outside the RMSE
-    budget. QAT and PTQ are ranked by the share of the budget their output's error against the labels
-    uses, and a fine-tuning that wrecks the model gives the PTQ file back, saying so."""
+    """No classifier to score: an LSTM sequence autoencoder whose PTQ file is already outside an RMSE
+    budget of 3 % of σ (it is at 3.9 % with its LSTM gates computed apart, 6.1 % with them together). QAT
+    and PTQ are ranked by the share of the budget their output's error against the labels uses, and a
+    fine-tuning that wrecks the model gives the PTQ file back, saying so."""
     keras.utils.set_random_seed(0)
     rows = digits["x"][..., 0]
     inputs = keras.Input((8, 8), name="rows")
@@ -319,7 +320,7 @@ def test_qat_of_a_regression_model_below_ptq_keeps_ptq(digits, tmp_path):
     np.savez(tmp_path / "test.npz", rows=digits["x_test"][..., 0], y_recon=digits["x_test"][..., 0])
     with pytest.raises(tfquant.AccuracyBudgetError) as caught:
         tfquant.qat(model, tmp_path / "train.npz", epochs=1, eval_data=tmp_path / "test.npz", learning_rate=0.3,
-                    bench_runs=1)
+                    bench_runs=1, max_rel_rmse=0.03)
     report = caught.value.result.report
     assert report.training.kept == "ptq"
     assert "int16x8" not in str(caught.value)  # qat has no --mode to point to
@@ -327,10 +328,10 @@ def test_qat_of_a_regression_model_below_ptq_keeps_ptq(digits, tmp_path):
     qat_used, ptq_used = (float(v) for v in re.search(r"use (\d+)% of their budget, plain PTQ int8's (\d+)%",
                                                        note).groups())
     assert note.endswith("the PTQ file is kept; fine-tune longer or with a smaller learning rate"), note
-    assert qat_used > ptq_used > 100, note  # both outside the 5 % budget, QAT further
-    recon = report.outputs[0]  # the PTQ file's label error, over what 5 % of σ off float adds in quadrature
-    share = (recon.quantized.label_rmse ** 2 - recon.float.label_rmse ** 2) / (0.05 * recon.float.std) ** 2
-    assert ptq_used == round(100 * share) and recon.quantized.rel_rmse > 0.05
+    assert qat_used > ptq_used > 100, note  # both outside the 3 % budget, QAT further
+    recon = report.outputs[0]  # the PTQ file's label error, over what 3 % of σ off float adds in quadrature
+    share = (recon.quantized.label_rmse ** 2 - recon.float.label_rmse ** 2) / (0.03 * recon.float.std) ** 2
+    assert ptq_used == round(100 * share) and recon.quantized.rel_rmse > 0.03
 
 
 def _user_model(digits):
