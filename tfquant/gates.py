@@ -20,8 +20,8 @@ batch 1) and bytes (+10-28 % on the zoo's LSTMs), so an LSTM whose gates share t
 keeps the fused form. The mean, not the worst step, decides: the first step, where the state is
 still zero and the bias alone spreads the gates apart, reaches 2.5x on LSTMs where splitting
 changed 0-2 of 359 predictions (the zoo's, 1.6-1.9x on average), where on one of features in
-[0, 1/4] (2.04x on average) it changed 11 fewer; on features in [0, 1] the mean is 1.7x, in
-[0, 1/16] 2.4-2.8x.
+[0, 1/4] (2.04x on average) it changed 11 fewer; on features in [0, 1] the mean is 1.7-2.0x,
+in [0, 1/16] 2.5-3.5x (eight trainings each: four per Keras version).
 """
 
 from __future__ import annotations
