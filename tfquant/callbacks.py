@@ -51,7 +51,8 @@ def _files(model, calibration) -> tuple[bytes, bytes]:
     if loaded.quantization_aware:
         exported = export(loaded, shapes=calibration.sample_shapes(), keep_weights=loaded.keep_weights)
         return exported.tflite, convert_quantization_aware(exported, recipe, calibration)
-    exported = export_for_int8(loaded, calibration, shapes=calibration.sample_shapes(), keep_weights=loaded.keep_weights)
+    exported = export_for_int8(loaded, calibration, shapes=calibration.sample_shapes(),
+                               keep_weights=loaded.keep_weights)
     return exported.tflite, convert(exported, recipe, calibration=calibration)
 
 

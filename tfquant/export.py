@@ -92,8 +92,8 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
             # Some graphs convert with an open batch dim and then fail to prepare in TFLite (tf_keras'
             # GroupNormalization: a BROADCAST_TO of a shape computed from the batch); with the batch fixed
             # at 1 the converter folds those shapes away. The harness runs a fixed batch sample by sample.
-            fixed = _export_keras(loaded, [TensorSpec(s.name, (1, *s.shape[1:]), s.dtype) for s in inputs], keep_weights,
-                                  split_gates)
+            ones = [TensorSpec(s.name, (1, *s.shape[1:]), s.dtype) for s in inputs]
+            fixed = _export_keras(loaded, ones, keep_weights, split_gates)
             if not _first_run_fails(fixed.tflite, fixed.inputs):
                 fixed.notes.append(f"exported with the batch fixed at 1: with an open batch dim, {failure}")
                 result = fixed
@@ -178,7 +178,8 @@ def _fixed(spec: TensorSpec, sample: Optional[tuple]) -> TensorSpec:
     return TensorSpec(spec.name, dims, spec.dtype)
 
 
-def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: bool, split_gates: bool = False) -> Exported:
+def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: bool,
+                  split_gates: bool = False) -> Exported:
     tf = _keras.tf
     model = loaded.keras_model
     keras_names = _call_names(model) if getattr(model, "inputs", None) else [s.name for s in inputs]
@@ -193,8 +194,8 @@ def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: b
         out = list(out.values()) if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else [out]
         return dict(zip(output_names, out))
 
-    with unrolled(model, inputs, split_gates=split_gates) as notes, quantizable_masking(model) as softmax_notes, builtin_argmax(), \
-            comparable_lookups(model) as lookup_notes, planar_volumes(model) as volume_notes:
+    with unrolled(model, inputs, split_gates=split_gates) as notes, quantizable_masking(model) as softmax_notes, \
+            builtin_argmax(), comparable_lookups(model) as lookup_notes, planar_volumes(model) as volume_notes:
         function = tf.function(serve).get_concrete_function(*tensor_specs)
         frozen = _freeze(loaded.source, function)
     notes += softmax_notes + lookup_notes + volume_notes

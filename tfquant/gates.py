@@ -4,24 +4,24 @@ Keras computes an LSTM step's four gates in one product (`implementation=2`): th
 one FULLY_CONNECTED pair, ADDs and a SPLIT into the input, forget, cell and output gates. int8
 gives that SPLIT one scale, sized for the widest gate. The gates need not be alike: the forget
 gate's bias starts at 1 (`unit_forget_bias`), and where the inputs are small next to it (features
-in [0, 0.06], the first steps of a sequence that starts with padding) the cell gate's values span
-a fifth of the shared range or less and keep a fifth of its levels. On such an LSTM (32 units over
+in [0, 1/16], the first steps, where the state is still zero) the narrowest gate's values span a
+fifth of the shared range or less and keep a fifth of its levels. On such an LSTM (32 units over
 the digits' 8 rows of 8 pixels scaled to [0, 1/16], four trainings in each Keras version) int8
 changed 165 of 2,872 predictions; with the gates apart 105, and the probabilities' RMSE against
 float was 0.50-0.91x as large.
 
-So the float file is calibrated once as exported, and where the SPLITs into an LSTM step's four
-gates share a range more than `GATE_RATIO` times as wide as their narrowest gate's, on average
-over the steps (a bit or more of that gate's resolution lost at every step), the model is exported again with each LSTM cell computing its gates
-apart (`implementation=1`, the same function: `tracing.fused_lstm_cells`): two FULLY_CONNECTED
-ops per gate and step, each gate's sum on a scale of its own. That costs the file more ops (on a
-32-unit LSTM over 8 steps 65 FULLY_CONNECTED ops instead of 17, 1.1-2.1x the int8 latency at
-batch 1) and bytes (+10-28 % on the zoo's LSTMs), so an LSTM whose gates share their ranges well
-keeps the fused form. The mean, not the worst step, decides: the first step, where the state is
-still zero and the bias alone spreads the gates apart, reaches 2.5x on LSTMs where splitting
-changed 0-2 of 359 predictions (the zoo's, 1.6-1.9x on average), where on one of features in
-[0, 1/4] (2.04x on average) it changed 11 fewer; on features in [0, 1] the mean is 1.7-2.0x,
-in [0, 1/16] 2.5-3.5x (eight trainings each: four per Keras version).
+So the float file is calibrated once as exported, and where the SPLITs into four gates share a
+range more than `GATE_RATIO` times as wide as their narrowest gate's, on average over the steps
+(a bit or more of that gate's resolution lost at every step), the model is exported again with
+each LSTM cell computing its gates apart (`implementation=1`, the same function; the cells are
+`tracing.fused_lstm_cells`): two FULLY_CONNECTED ops per gate and step, each gate's sum on a
+scale of its own. That costs the file ops (on a 32-unit LSTM over 8 steps 65 FULLY_CONNECTED ops
+instead of 17, 1.1-2.1x the int8 latency at batch 1) and bytes (+10-28 % on the zoo's LSTMs), so
+an LSTM whose gates share their ranges well keeps the fused form. The mean, not the worst step,
+decides: the first step, where the bias alone spreads the gates apart, reaches 2.5x on LSTMs
+where splitting changed 0-2 of 359 predictions (the zoo's, 1.6-1.9x on average), where on one of
+features in [0, 1/4] (2.04x on average) it changed 11 fewer; on features in [0, 1] the mean is
+1.7-2.0x, in [0, 1/16] 2.5-3.5x (eight trainings each: four per Keras version).
 """
 
 from __future__ import annotations
