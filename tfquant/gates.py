@@ -41,17 +41,17 @@ def gate_ratio(calibrated: bytes) -> float:
     span to the narrowest output's (1.0 where there is none): int8 puts all four on the input's scale."""
     from ai_edge_litert import schema_py_generated as schema
 
-    from .flatbuffer import builtin_of, read_model
+    from .flatbuffer import builtin_of, has_range, read_model
     from .legalize import TINY_RANGE
 
     model = read_model(calibrated)
     graph = model.subgraphs[0]
 
     def span(index: int) -> Optional[float]:
-        q = graph.tensors[index].quantization
-        if q is None or q.min is None or q.max is None or len(q.min) != 1:
+        tensor = graph.tensors[index]
+        if not has_range(tensor):
             return None
-        return max(float(q.max[0]), 0.0) - min(float(q.min[0]), 0.0)  # int8 ranges hold zero
+        return max(float(tensor.quantization.max[0]), 0.0) - min(float(tensor.quantization.min[0]), 0.0)  # int8 holds 0
 
     ratios = []
     for op in graph.operators:
