@@ -202,7 +202,7 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
 
         float_tflite, equalized = _checked(float_tflite, calibration, equalize, "weights not equalized")
         rewrites += equalized
-    calibrated = calibrate(float_tflite, calibration, source=source)
+    calibrated = exported.calibrated_on(float_tflite, calibration) or calibrate(float_tflite, calibration, source=source)
     if recipe.split_joins and recipe.mode is Mode.INT8:
         float_tflite, calibrated, splits = _joins_split(float_tflite, calibrated, calibration, source)
         rewrites += splits

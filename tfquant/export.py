@@ -43,6 +43,13 @@ class Exported:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     function: Any = None  # the frozen concrete function, for the converter's own modes (QAT, dynamic, float16)
+    # (float file, Dataset, that file calibrated on it): where deciding how to export took a calibration pass
+    calibrated: Optional[tuple[bytes, Any, bytes]] = None
+
+    def calibrated_on(self, float_tflite: bytes, calibration: Any) -> Optional[bytes]:
+        """`float_tflite` calibrated on `calibration` if that pass was run already, else None."""
+        done = self.calibrated
+        return done[2] if done is not None and done[0] is float_tflite and done[1] is calibration else None
 
     def sample_shapes(self) -> dict[str, tuple]:
         """The fixed shape of one sample per input, to export a fine-tuned copy of the model alike."""

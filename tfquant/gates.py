@@ -26,6 +26,7 @@ features in [0, 1/4] (2.04x on average) it changed 11 fewer; on features in [0, 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 from .data import Dataset
@@ -82,9 +83,10 @@ def export_for_int8(loaded: LoadedModel, calibration: Dataset, *, shapes: Option
     exported = export(loaded, shapes=shapes, keep_weights=keep_weights)
     if loaded.keras_model is None or exported.function is None or not fused_lstm_cells(loaded.keras_model):
         return exported
-    ratio = gate_ratio(calibrate(exported.tflite, calibration, source=source))
-    if ratio <= GATE_RATIO:
-        return exported
+    calibrated = calibrate(exported.tflite, calibration, source=source)
+    ratio = gate_ratio(calibrated)
+    if ratio <= GATE_RATIO:  # kept as it is: its calibration is handed on rather than run again
+        return replace(exported, calibrated=(exported.tflite, calibration, calibrated))
     apart = export(loaded, shapes=shapes, keep_weights=keep_weights, split_gates=True)
     apart.notes.append(f"LSTM gates computed apart (two FULLY_CONNECTED ops per gate and step): computed together, "
                        f"their narrowest gate spanned 1/{ratio:.1f} of the int8 range they shared, on average over "
