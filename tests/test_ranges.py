@@ -62,10 +62,14 @@ def test_mse_range_clips_a_long_tail_for_less_expected_error():
     low, high = ranges.mse_ranges(_stats(values))[0]
     assert values.min() < low < 0 < high < values.max()
 
-    def error(lo, hi):
-        return ranges._error(histogram.centers(), histogram.counts.astype(float), lo, hi)
+    def error(lo, hi):  # clipping error, plus a uniform rounding error of step²/12 for each value inside
+        centers, counts = histogram.centers(), histogram.counts.astype(float)
+        inside = counts[(centers >= lo) & (centers <= hi)].sum()
+        return np.sum(counts * (centers - np.clip(centers, lo, hi)) ** 2) + inside * ((hi - lo) / 255) ** 2 / 12
 
     assert error(low, high) < 0.98 * error(values.min(), values.max())
+    found = ranges._errors(histogram.centers(), histogram.counts.astype(float), np.array([[low, high], [-1.0, 2.0]]))
+    assert np.allclose(found, [error(low, high), error(-1.0, 2.0)], rtol=1e-12)
 
 
 def test_merged_statistics_are_those_of_all_samples():
@@ -276,3 +280,24 @@ def test_a_missed_regression_budget_names_samples_the_calibration_never_showed()
     covered = tfquant.quantize(model, {"features": x[:150]}, eval_data=evaluation, bench_runs=1, diagnose=False)
     assert covered.report.outputs[0].quantized.rel_rmse < 0.05
     assert not any("beyond the calibration samples'" in w for w in covered.report.warnings)
+
+
+def test_statistics_held_across_samples_are_those_taken_sample_by_sample(digits_model, digits, monkeypatch):
+    """`collect` bins each tensor's values and reduces them to each sample's [min, max] once per
+    `HELD_BYTES` of values, not once per sample: the statistics are the same to the last count and bit."""
+    from tfquant import statistics
+    from tfquant.convert import calibrate
+    from tfquant.prepare import prepare
+    from tfquant.types import Recipe
+
+    prepared = prepare(digits_model, recipe=Recipe(), calibration_data=digits["x"][:40])
+    calibrated = calibrate(prepared.exported.tflite, prepared.calibration)
+    held = statistics.collect(calibrated, prepared.calibration)
+    monkeypatch.setattr(statistics, "HELD_BYTES", 0)  # every sample binned and reduced on its own
+    alone = statistics.collect(calibrated, prepared.calibration)
+    assert held.samples == alone.samples == 40 and len(held.histograms) >= 5
+    for index, histogram in held.histograms.items():
+        assert np.array_equal(histogram.counts, alone.histograms[index].counts)
+        assert histogram.counts.sum() > 0
+        assert held.extremes[index].shape == (40, 2) and np.array_equal(held.extremes[index], alone.extremes[index])
+        assert (held.extremes[index][:, 0] <= held.extremes[index][:, 1]).all()

@@ -27,6 +27,41 @@ from .data import Dataset
 from .flatbuffer import WEIGHT_OPS, builtin_codes
 
 BINS = 2048
+HELD_BYTES = 64 << 20  # tensor values held across samples before they are binned, in one call per tensor
+
+
+class _Held:
+    """Each sample's copy of every tensor, held until `HELD_BYTES` is reached, then binned and reduced to each
+    sample's [min, max] in one call per tensor, not one per tensor and sample: on an unrolled LSTM's 294
+    tensors, calls per sample cost more than the values."""
+
+    def __init__(self, histograms: dict[int, "Histogram"], extremes: dict[int, list], counts: bool):
+        self.histograms, self.extremes, self.counts = histograms, extremes, counts
+        self.values: dict[int, list[np.ndarray]] = {index: [] for index in histograms}
+        self.bytes = 0
+
+    def add(self, index: int, values: np.ndarray) -> None:
+        if not values.size:
+            raise ValueError(f"tensor {index} holds no values: a [min, max] of nothing")
+        self.values[index].append(values.reshape(-1))
+        self.bytes += values.nbytes
+
+    def flush_if_full(self) -> None:
+        if self.bytes >= HELD_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        for index, parts in self.values.items():
+            if not parts:
+                continue
+            joined = np.concatenate(parts)
+            if self.counts:
+                self.histograms[index].add(joined)
+            starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
+            self.extremes[index].append(np.stack([np.minimum.reduceat(joined, starts),
+                                                  np.maximum.reduceat(joined, starts)], axis=1).astype(np.float64))
+            parts.clear()
+        self.bytes = 0
 
 
 @dataclass
@@ -114,14 +149,12 @@ def collect(calibrated: bytes, calibration: Dataset, *, counts: bool = True, mom
     runner = interpreter.get_signature_runner()
     details = runner.get_input_details()
     extremes: dict[int, list] = {index: [] for index in stats.histograms}
+    held = _Held(stats.histograms, extremes, counts)
     sums: dict[str, np.ndarray] = {}
     for sample in calibration.samples():
         runner(**{name: sample[name].astype(details[name]["dtype"], copy=False) for name in details})
-        for index, histogram in stats.histograms.items():
-            values = interpreter.get_tensor(index)
-            if counts:
-                histogram.add(values)
-            extremes[index].append((values.min(), values.max()))
+        for index in stats.histograms:
+            held.add(index, interpreter.get_tensor(index))
         for name, index in weight_inputs.items():
             x = interpreter.get_tensor(index)
             if x.dtype.kind == "f":
@@ -132,7 +165,10 @@ def collect(calibrated: bytes, calibration: Dataset, *, counts: bool = True, mom
                 if name in trackers:
                     trackers[name].add(x)
         stats.samples += 1
-    stats.extremes = {index: np.asarray(pairs, np.float64).reshape(-1, 2) for index, pairs in extremes.items()}
+        held.flush_if_full()
+    held.flush()
+    stats.extremes = {index: np.concatenate(parts).reshape(-1, 2) if parts else np.zeros((0, 2))
+                      for index, parts in extremes.items()}
     stats.input_means = {name: total / max(1, stats.samples) for name, total in sums.items()}
     stats.input_moments = {name: value for name, tracker in trackers.items() if (value := tracker.value()) is not None}
     return stats
