@@ -33,6 +33,31 @@ def test_file_made_by_plain_converter(digits_model):
                               "FULLY_CONNECTED#5", "SOFTMAX#6"]
     fc = next(op for op in info.ops if op.name == "FULLY_CONNECTED")
     assert fc.input_dtypes[:2] == ["float32", "int8"]
+    # The IO by the names its signature binds, not the graph's tensor names.
+    assert [(t.name, info.tensors[t.index].name) for t in info.inputs + info.outputs] == \
+        [("image", "serving_default_image:0"), ("probs", "StatefulPartitionedCall:0")]
+
+
+def test_a_keras3_models_io_is_listed_by_its_signature_names(tmp_path, capsys):
+    """A Keras 3 model's output tensor is "Identity" in the file; `tfquant inspect` lists the output by the
+    name its signature binds, as the report does."""
+    import numpy as np
+
+    import tfquant
+    from tfquant._keras import keras3
+    from tfquant.cli import main, parse_args
+
+    k = keras3()
+    inputs = k.Input((4,), name="feats")
+    result = tfquant.quantize(k.Model(inputs, k.layers.Dense(3, name="score")(inputs)),
+                              np.random.default_rng(0).random((50, 4), np.float32), bench_runs=1, diagnose=False)
+    (output,) = result.info.outputs
+    assert (output.name, result.info.tensors[output.index].name) == ("score", "Identity")
+    path = tmp_path / "score.tflite"
+    path.write_bytes(result.tflite)
+    assert main(parse_args(["inspect", str(path)])) == 0
+    io = capsys.readouterr().out.splitlines()[1:3]
+    assert [line.split()[:2] for line in io] == [["input", "feats"], ["output", "score"]]
 
 
 def test_truncated_file(tflite_files, tmp_path):

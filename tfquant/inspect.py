@@ -6,6 +6,7 @@ Uses the schema and flatbuffer utilities that LiteRT ships (the same code as Ten
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Union
 
@@ -68,8 +69,9 @@ def inspect(source: Source) -> ModelInfo:
         graph_outputs = set(_ints(subgraph.outputs))
         if sg_index == 0:
             main_tensors = tensors
-            inputs = [tensors[i] for i in _ints(subgraph.inputs)]
-            outputs = [tensors[i] for i in _ints(subgraph.outputs)]
+            named = _signature_names(model)
+            inputs, outputs = ([replace(tensors[i], name=named.get(i, tensors[i].name)) for i in _ints(ends)]
+                               for ends in (subgraph.inputs, subgraph.outputs))
         for op_index, op in enumerate(subgraph.operators or []):
             name = _op_name(model, op.opcodeIndex)
             ins = [i for i in _ints(op.inputs) if i >= 0]  # -1 marks an omitted optional input
@@ -88,6 +90,16 @@ def inspect(source: Source) -> ModelInfo:
         source=where, bytes=len(data), ops=ops, tensors=main_tensors, inputs=inputs, outputs=outputs,
         fully_integer=not float_ops, float_ops=float_ops,
     )
+
+
+def _signature_names(model) -> dict[int, str]:
+    """The main graph's IO tensors by the names its signature gives them, the names a caller binds by (a
+    Keras 3 model's output tensor is often "Identity" where its signature says "probs")."""
+    for signature in model.signatureDefs or []:
+        if signature.subgraphIndex == 0:
+            return {int(entry.tensorIndex): text(entry.name)
+                    for entry in (signature.inputs or []) + (signature.outputs or [])}
+    return {}
 
 
 def _ints(values) -> list[int]:
