@@ -223,3 +223,18 @@ def test_lstm_gates_of_alike_ranges_stay_one_product(digits):
     ops = [op.name for op in inspect(result.tflite).ops]
     assert ops.count("SPLIT") == 8 and ops.count("FULLY_CONNECTED") == 2 * 8 + 1  # per step: all gates in one product
     assert result.report.outputs[0].quantized.agreement >= 0.985
+
+    # The model's own four-way split beside the LSTM, of parts 100x apart, is no LSTM step's: it does not
+    # count (counted with the LSTM's eight, it raised their mean over GATE_RATIO and the gates were split).
+    k = keras3()
+    inputs = model.inputs[0]
+    dense = k.layers.Dense(32, name="wide")
+    parts = k.layers.Lambda(lambda t: k.ops.split(t, 4, axis=-1), name="quarters")(dense(k.layers.Flatten()(inputs)))
+    kernel, bias = dense.get_weights()
+    kernel[:, 8:16] /= 100
+    dense.set_weights([kernel, bias * 0])
+    joined = k.layers.Concatenate()([model.layers[1].output, *(k.layers.Dense(4)(p) for p in parts)])
+    beside = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(joined))
+    result = tfquant.quantize(beside, calib, bench_runs=1, diagnose=False)
+    assert not any(n.startswith("LSTM gates") for n in result.report.export.notes), result.report.export.notes
+    assert [op.name for op in inspect(result.tflite).ops].count("SPLIT") == 8 + 1

@@ -26,8 +26,9 @@ features in [0, 1/4] (2.04x on average) it changed 11 fewer; on features in [0, 
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
-from typing import Optional
+from typing import Iterable, Optional
 
 from .data import Dataset
 from .export import Exported, export
@@ -37,16 +38,22 @@ GATE_RATIO = 2.0  # a SPLIT's range over its narrowest gate's beyond which the g
 GATES = 4  # an LSTM step's SPLIT: input, forget, cell and output gates
 
 
-def gate_ratio(calibrated: bytes) -> float:
+def gate_ratio(calibrated: bytes, cells: Optional[Iterable[str]] = None) -> float:
     """The mean over the SPLITs into four of the calibrated float file of the ratio of the input's calibrated
-    span to the narrowest output's (1.0 where there is none): int8 puts all four on the input's scale."""
+    span to the narrowest output's (1.0 where there is none): int8 puts all four on the input's scale.
+
+    With `cells` (the LSTM cells' names), only the SPLITs traced inside one of them count, not a model's own
+    four-way split: their outputs are named under the cell's scope, `.../lstm_cell/split` (Keras 3 numbers
+    the scope on every step, `lstm_cell_3`)."""
     from ai_edge_litert import schema_py_generated as schema
 
-    from .flatbuffer import builtin_of, has_range, read_model
+    from .flatbuffer import builtin_of, has_range, read_model, text
     from .legalize import TINY_RANGE
 
     model = read_model(calibrated)
     graph = model.subgraphs[0]
+    scope = None if cells is None else \
+        re.compile("|".join(rf"(?:^|/){re.escape(name)}(?:_\d+)?/" for name in sorted(set(cells))) or "$^")
 
     def span(index: int) -> Optional[float]:
         tensor = graph.tensors[index]
@@ -63,7 +70,7 @@ def gate_ratio(calibrated: bytes) -> float:
             source = int(op.inputs[0])
         else:
             continue
-        if len(op.outputs) != GATES:
+        if len(op.outputs) != GATES or (scope is not None and not scope.search(text(graph.tensors[op.outputs[0]].name))):
             continue
         shared, gates = span(source), [span(int(o)) for o in op.outputs]
         if shared is None or any(g is None for g in gates):
@@ -81,10 +88,11 @@ def export_for_int8(loaded: LoadedModel, calibration: Dataset, *, shapes: Option
     from .tracing import fused_lstm_cells
 
     exported = export(loaded, shapes=shapes, keep_weights=keep_weights)
-    if loaded.keras_model is None or exported.function is None or not fused_lstm_cells(loaded.keras_model):
+    cells = [] if loaded.keras_model is None or exported.function is None else fused_lstm_cells(loaded.keras_model)
+    if not cells:
         return exported
     calibrated = calibrate(exported.tflite, calibration, source=source)
-    ratio = gate_ratio(calibrated)
+    ratio = gate_ratio(calibrated, [cell.name for cell in cells])
     if ratio <= GATE_RATIO:  # kept as it is: its calibration is handed on rather than run again
         return replace(exported, calibrated=(exported.tflite, calibration, calibrated))
     apart = export(loaded, shapes=shapes, keep_weights=keep_weights, split_gates=True)
