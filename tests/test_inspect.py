@@ -68,3 +68,25 @@ def test_truncated_file(tflite_files, tmp_path):
         inspect(cut)
     with pytest.raises(TFLiteFileError, match="expected a .tflite file, found no such file"):
         inspect(tmp_path / "missing.tflite")
+
+
+def test_a_file_read_again_is_parsed_once_and_each_reader_gets_its_own_copy(tflite_files):
+    """Passes read one file many times: it is parsed once, and an edit to one reader's copy reaches no other."""
+    from unittest import mock
+
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from tfquant import flatbuffer
+
+    data = bytearray(tflite_files["int8"].read_bytes())  # read as bytes, then as a bytearray: by content
+    with mock.patch.object(flatbuffer_utils, "read_model_from_bytearray",
+                           wraps=flatbuffer_utils.read_model_from_bytearray) as parse:
+        first = flatbuffer.read_model(bytes(data))
+        original = flatbuffer.write_model(first)
+        first.subgraphs[0].tensors[0].name = b"edited"
+        first.buffers[first.subgraphs[0].tensors[1].buffer].data = None
+        second = flatbuffer.read_model(data)
+        assert parse.call_count <= 1  # none when an earlier test read this file
+    assert flatbuffer.text(second.subgraphs[0].tensors[0].name) != "edited"
+    assert flatbuffer.write_model(second) == original
+    assert original == flatbuffer.write_model(flatbuffer_utils.read_model_from_bytearray(bytearray(data)))

@@ -32,12 +32,11 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
     An input whose range is no wider than a constant's (`legalize.TINY_RANGE`: the zero initial
     state of a recurrent step, a padding branch) carries nothing to lose and is not compared.
     """
-    from .flatbuffer import builtin_of, text
+    from .flatbuffer import builtin_of, read_model, text
     from .legalize import TINY_RANGE
     from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
 
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    model = read_model(calibrated)
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     found = []
     for subgraph in model.subgraphs:

@@ -24,7 +24,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from .data import Dataset
-from .flatbuffer import WEIGHT_OPS, builtin_codes
+from .flatbuffer import WEIGHT_OPS, builtin_codes, read_model
 
 BINS = 2048
 HELD_BYTES = 64 << 20  # tensor values held across samples before they are binned, in one call per tensor
@@ -113,11 +113,10 @@ def collect(calibrated: bytes, calibration: Dataset, *, counts: bool = True, mom
     leaves the histograms' bins empty (only MSE ranges read them), keeping their calibrated range;
     `moments=True` also gathers each weight op's input moments (`tfquant.rounding`)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    from ai_edge_litert.tools import flatbuffer_utils
 
     from .rounding import Moments
 
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+    model = read_model(calibrated)
     graph = model.subgraphs[0]
     ends = {int(i) for i in graph.inputs} | {int(i) for i in graph.outputs}
     stats = Statistics()
