@@ -48,10 +48,10 @@ def gate_ratio(calibrated: bytes, cells: Optional[Iterable[str]] = None) -> floa
     the scope on every step, `lstm_cell_3`)."""
     from ai_edge_litert import schema_py_generated as schema
 
-    from .flatbuffer import builtin_of, has_range, read_model, text
+    from .flatbuffer import builtin_of, has_range, text, view_model
     from .legalize import TINY_RANGE
 
-    model = read_model(calibrated)
+    model = view_model(calibrated)
     graph = model.subgraphs[0]
     scope = None if cells is None else \
         re.compile("|".join(rf"(?:^|/){re.escape(name)}(?:_\d+)?/" for name in sorted(set(cells))) or "$^")

@@ -14,7 +14,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from .errors import TFLiteFileError, called, problem
-from .flatbuffer import is_constant, read_model, text
+from .flatbuffer import is_constant, text, view_model
 from .model_config import TFLITE_EXPECTED, tflite_identifier_found
 from .types import FloatOp, ModelInfo, OpInfo, QuantParams, TensorInfo
 
@@ -55,7 +55,7 @@ def inspect(source: Source) -> ModelInfo:
     """
     data, where = read_flatbuffer(source)
     try:
-        model = read_model(data)
+        model = view_model(data)
     except Exception as exc:  # a damaged flatbuffer fails anywhere inside the generated reader
         raise TFLiteFileError(problem(where, "a readable TFLite flatbuffer", f"{type(exc).__name__}: {exc}")) from None
 

@@ -32,11 +32,11 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
     An input whose range is no wider than a constant's (`legalize.TINY_RANGE`: the zero initial
     state of a recurrent step, a padding branch) carries nothing to lose and is not compared.
     """
-    from .flatbuffer import builtin_of, read_model, text
+    from .flatbuffer import builtin_of, text, view_model
     from .legalize import TINY_RANGE
     from ai_edge_litert import schema_py_generated as schema
 
-    model = read_model(calibrated)
+    model = view_model(calibrated)
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     found = []
     for subgraph in model.subgraphs:

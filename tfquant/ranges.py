@@ -207,9 +207,9 @@ def unbounded_outputs(calibrated: bytes, outputs: Optional[set[str]] = None) -> 
     """How many of a calibrated file's outputs (those named in `outputs`, by signature name; all when None)
     no op bounds: a regression, logits or embedding head that no softmax, sigmoid, tanh or L2
     normalization ends."""
-    from .flatbuffer import read_model
+    from .flatbuffer import view_model
 
-    return len(_open_outputs(read_model(calibrated), outputs))
+    return len(_open_outputs(view_model(calibrated), outputs))
 
 
 def _open_outputs(model, outputs: Optional[set[str]] = None) -> list[tuple[list[int], bool, bool]]:

@@ -24,7 +24,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from .data import Dataset
-from .flatbuffer import WEIGHT_OPS, builtin_codes, read_model
+from .flatbuffer import WEIGHT_OPS, builtin_codes, view_model
 
 BINS = 2048
 HELD_BYTES = 64 << 20  # tensor values held across samples before they are binned, in one call per tensor
@@ -116,7 +116,7 @@ def collect(calibrated: bytes, calibration: Dataset, *, counts: bool = True, mom
 
     from .rounding import Moments
 
-    model = read_model(calibrated)
+    model = view_model(calibrated)
     graph = model.subgraphs[0]
     ends = {int(i) for i in graph.inputs} | {int(i) for i in graph.outputs}
     stats = Statistics()
