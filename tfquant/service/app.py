@@ -47,6 +47,7 @@ from .scheduler import EXECUTORS, Scheduler
 from .store import FINAL, STATUSES
 from .stores import open_store
 from .worker import ARTIFACTS
+from .zygote import Launcher
 
 log = logging.getLogger("tfquant.service")
 MEDIA = {".tflite": "application/octet-stream", ".json": "application/json", ".md": "text/markdown; charset=utf-8",
@@ -174,8 +175,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
         limits=Limits(time_limit=config.time_limit, memory_mb=config.memory_mb, expanded_bytes=limits.expanded_bytes),
         replica=config.replica or f"{socket.gethostname()}:{os.getpid()}", address=config.ray_address)
     metrics_box: dict[str, Metrics] = {}
+    executor = EXECUTORS[config.executor](store, settings, Launcher(store.dir, store.location))
     scheduler = Scheduler(
-        store, EXECUTORS[config.executor](store, settings), settings=settings, validators=config.validators,
+        store, executor, settings=settings, validators=config.validators,
         retries=config.retries, lease_seconds=config.lease_seconds, retain_seconds=config.retain_days * 86400.0,
         on_finished=lambda job_id: metrics_box["m"].job_finished(job_id),
     )

@@ -58,10 +58,10 @@ class Ended:
 
 
 class Executor(ABC):
-    def __init__(self, store: Store, settings: WorkerSettings):
+    def __init__(self, store: Store, settings: WorkerSettings, launcher):
         self.store, self.settings = store, settings
         self.host = socket.gethostname()
-        self.launcher = None  # the server's zygote (`zygote.Launcher`), set by the supervisor
+        self.launcher = launcher  # the server's zygote (`zygote.Launcher`): it forks this host's worker processes
 
     @abstractmethod
     def free(self) -> int:

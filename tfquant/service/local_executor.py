@@ -17,8 +17,8 @@ from .store import Job
 
 
 class LocalExecutor(Executor):
-    def __init__(self, store, settings):
-        super().__init__(store, settings)
+    def __init__(self, store, settings, launcher):
+        super().__init__(store, settings, launcher)
         self._procs: list[processes.WorkerProcess] = []
 
     def options(self) -> list[str]:

@@ -86,8 +86,8 @@ class _Slot:
 
 
 class RayExecutor(Executor):
-    def __init__(self, store, settings):
-        super().__init__(store, settings)
+    def __init__(self, store, settings, launcher):
+        super().__init__(store, settings, launcher)
         try:
             import ray
         except ImportError as exc:

@@ -35,7 +35,6 @@ from .executor import Ended, Executor, WorkerSettings
 from .local_executor import LocalExecutor
 from .ray_executor import RayExecutor
 from .store import FINAL, Store
-from .zygote import Launcher
 
 log = logging.getLogger("tfquant.service")
 POLL_SECONDS = 0.1
@@ -66,7 +65,7 @@ class Scheduler(threading.Thread):
         self.retain_seconds = retain_seconds
         self.on_finished = on_finished
         self.host = socket.gethostname()
-        self.launcher = executor.launcher = Launcher(store.dir, store.location)
+        self.launcher = executor.launcher  # the validators are forked by the executor's zygote too
         self._pending: collections.Counter[str] = collections.Counter()  # blobs of submissions in flight
         self._procs: list[processes.WorkerProcess] = []  # the validators
         self._queue: collections.deque[Validation] = collections.deque()
