@@ -88,3 +88,23 @@ def test_a_file_viewed_again_is_parsed_once_and_a_file_read_is_the_readers_own(t
     edited.subgraphs[0].tensors[0].name = b"edited"
     assert flatbuffer.text(flatbuffer.view_model(data).subgraphs[0].tensors[0].name) != "edited"
     assert flatbuffer.write_model(views[0]) == flatbuffer.write_model(flatbuffer.read_model(data))
+
+
+def test_a_float_op_the_quantizer_has_an_integer_form_of_is_not_said_to_lack_one():
+    """An op left float is said to have no integer form only where the quantizer has none."""
+    from tfquant.inspect import explain_float_ops
+    from tfquant.types import ModelInfo, OpInfo, TensorInfo
+
+    tensors = [TensorInfo(i, f"model/lstm/t{i}", "float32", [1, 8], [1, 8], False, None) for i in range(3)]
+    ops = [OpInfo(0, 0, "TRANSPOSE", [0], [1], ["float32"], ["float32"], True),
+           OpInfo(1, 0, "BUCKETIZE", [1], [2], ["float32"], ["int32"], True),
+           OpInfo(2, 0, "CUMSUM", [1], [2], ["float32"], ["float32"], True)]
+    info = ModelInfo(source="m.tflite", bytes=0, ops=ops, tensors=tensors, inputs=[], outputs=[], fully_integer=False,
+                     float_ops=["TRANSPOSE#0", "BUCKETIZE#1", "CUMSUM#2"])
+    reasons = [op.reason for op in explain_float_ops(info, ["lstm"])]
+    assert reasons[0] == ("TFLite's quantizer left it float, though it has an integer form of TRANSPOSE: it found no "
+                          "int8 scales to give it here")
+    assert reasons[1].startswith("Discretization's bucketing") and reasons[2] == "TFLite's quantizer has no integer " \
+        "form of CUMSUM"
+    litert = explain_float_ops(info, ["lstm"], quantizer="litert")[0].reason
+    assert litert == "LiteRT Quantizer has no integer form of TRANSPOSE"

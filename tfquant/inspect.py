@@ -144,6 +144,13 @@ _REASONS = {
     "RFFT2D": "a Fourier transform (a spectrogram layer), which no quantizer makes integer: " + _SPECTROGRAM,
 }
 _COMPLEX = "works on the complex result of a Fourier transform: " + _SPECTROGRAM
+# Ops TFLite's int8 quantizer has an integer form of: left float, they were not for want of a kernel.
+_CONVERTER_INT8 = frozenset({
+    "ADD", "AVERAGE_POOL_2D", "BATCH_MATMUL", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "EXPAND_DIMS",
+    "FULLY_CONNECTED", "GATHER", "HARD_SWISH", "LEAKY_RELU", "LOGISTIC", "MAX_POOL_2D", "MAXIMUM", "MEAN",
+    "MINIMUM", "MUL", "PACK", "PAD", "PADV2", "RELU", "RELU6", "RESHAPE", "RESIZE_BILINEAR",
+    "RESIZE_NEAREST_NEIGHBOR", "SLICE", "SOFTMAX", "SPLIT", "SPLIT_V", "SQUEEZE", "STRIDED_SLICE", "SUB", "TANH",
+    "TRANSPOSE", "TRANSPOSE_CONV", "UNPACK"})
 _QUANTIZER_NAMES = {"converter": "TFLite's quantizer", "litert": "LiteRT Quantizer"}
 _WRAPPERS = ("StatefulPartitionedCall", "PartitionedCall", "serving_default", "functional", "sequential", "model")
 
@@ -163,8 +170,11 @@ def explain_float_ops(info: ModelInfo, layer_names: Iterable[str] = (), *, integ
             continue
         tensor = info.tensors[op.outputs[0]].name if op.outputs and op.subgraph == 0 else ""
         complex_io = any(dtype.startswith("complex") for dtype in (*op.input_dtypes, *op.output_dtypes))
+        by = _QUANTIZER_NAMES.get(quantizer, quantizer)
         reason = _REASONS.get(op.name, _COMPLEX if complex_io else
-                              f"{_QUANTIZER_NAMES.get(quantizer, quantizer)} has no integer form of {op.name}") \
+                              f"{by} left it float, though it has an integer form of {op.name}: it found no int8 "
+                              "scales to give it here" if quantizer == "converter" and op.name in _CONVERTER_INT8 else
+                              f"{by} has no integer form of {op.name}") \
             if integer_mode \
             else f"mode {mode} computes it in float"
         if tensor in denied and op.name not in ("QUANTIZE", "DEQUANTIZE"):
