@@ -100,6 +100,14 @@ def text(name) -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
+def signature_names(model) -> dict[int, str]:
+    """The main graph's input and output tensors (by index) under the names its signature gives them, the
+    names a caller binds by (a Keras 3 model's output tensor is often "Identity" where its signature says
+    "probs")."""
+    return {int(entry.tensorIndex): text(entry.name) for signature in model.signatureDefs or []
+            if signature.subgraphIndex == 0 for entry in (signature.inputs or []) + (signature.outputs or [])}
+
+
 def is_float(graph, index: int) -> bool:
     return graph.tensors[index].type == schema.TensorType.FLOAT32
 

@@ -14,7 +14,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from .errors import TFLiteFileError, called, problem
-from .flatbuffer import is_constant, text, view_model
+from .flatbuffer import is_constant, signature_names, text, view_model
 from .model_config import TFLITE_EXPECTED, tflite_identifier_found
 from .types import FloatOp, ModelInfo, OpInfo, QuantParams, TensorInfo
 
@@ -69,7 +69,7 @@ def inspect(source: Source) -> ModelInfo:
         graph_outputs = set(_ints(subgraph.outputs))
         if sg_index == 0:
             main_tensors = tensors
-            named = _signature_names(model)
+            named = signature_names(model)
             inputs, outputs = ([replace(tensors[i], name=named.get(i, tensors[i].name)) for i in _ints(ends)]
                                for ends in (subgraph.inputs, subgraph.outputs))
         for op_index, op in enumerate(subgraph.operators or []):
@@ -90,16 +90,6 @@ def inspect(source: Source) -> ModelInfo:
         source=where, bytes=len(data), ops=ops, tensors=main_tensors, inputs=inputs, outputs=outputs,
         fully_integer=not float_ops, float_ops=float_ops,
     )
-
-
-def _signature_names(model) -> dict[int, str]:
-    """The main graph's IO tensors by the names its signature gives them, the names a caller binds by (a
-    Keras 3 model's output tensor is often "Identity" where its signature says "probs")."""
-    for signature in model.signatureDefs or []:
-        if signature.subgraphIndex == 0:
-            return {int(entry.tensorIndex): text(entry.name)
-                    for entry in (signature.inputs or []) + (signature.outputs or [])}
-    return {}
 
 
 def _ints(values) -> list[int]:

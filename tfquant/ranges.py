@@ -216,16 +216,14 @@ def _open_outputs(model, outputs: Optional[set[str]] = None) -> list[tuple[list[
     """Per graph output (named in `outputs` by signature name; all when None) that its op leaves open
     on a side: the output and the tensors that share its scale (a reshape's input), and whether it is
     open below and above."""
-    from .flatbuffer import builtin_of, has_range, producers_of, text
+    from .flatbuffer import builtin_of, has_range, producers_of, signature_names
 
     found = []
-    named = {int(entry.tensorIndex): entry.name for signature in model.signatureDefs or []
-             if signature.subgraphIndex == 0 for entry in signature.outputs or []}
+    named = signature_names(model)
     graph = model.subgraphs[0]
     producers = producers_of(graph)
     for output in graph.outputs:
-        name = named.get(int(output))
-        if outputs is not None and text(name) not in outputs:
+        if outputs is not None and named.get(int(output)) not in outputs:
             continue
         chain, op = [int(output)], producers.get(int(output))
         while op is not None and builtin_of(model, op) in _SAME_SCALE:  # a reshape shares its input's scale
