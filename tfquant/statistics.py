@@ -35,9 +35,10 @@ class _Held:
     sample's [min, max] in one call per tensor, not one per tensor and sample: on an unrolled LSTM's 294
     tensors, calls per sample cost more than the values."""
 
-    def __init__(self, histograms: dict[int, "Histogram"], extremes: dict[int, list], counts: bool):
-        self.histograms, self.extremes, self.counts = histograms, extremes, counts
+    def __init__(self, histograms: dict[int, "Histogram"], counts: bool):
+        self.histograms, self.counts = histograms, counts
         self.values: dict[int, list[np.ndarray]] = {index: [] for index in histograms}
+        self.extremes: dict[int, list[np.ndarray]] = {index: [] for index in histograms}  # [samples, 2] per flush
         self.bytes = 0
 
     def add(self, index: int, values: np.ndarray) -> None:
@@ -62,6 +63,12 @@ class _Held:
                                                   np.maximum.reduceat(joined, starts)], axis=1).astype(np.float64))
             parts.clear()
         self.bytes = 0
+
+    def all_extremes(self) -> dict[int, np.ndarray]:
+        """Per tensor, every sample's [min, max] so far, shape [samples, 2]."""
+        self.flush()
+        return {index: np.concatenate(parts).reshape(-1, 2) if parts else np.zeros((0, 2))
+                for index, parts in self.extremes.items()}
 
 
 @dataclass
@@ -147,8 +154,7 @@ def collect(calibrated: bytes, calibration: Dataset, *, counts: bool = True, mom
                               experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     runner = interpreter.get_signature_runner()
     details = runner.get_input_details()
-    extremes: dict[int, list] = {index: [] for index in stats.histograms}
-    held = _Held(stats.histograms, extremes, counts)
+    held = _Held(stats.histograms, counts)
     sums: dict[str, np.ndarray] = {}
     for sample in calibration.samples():
         runner(**{name: sample[name].astype(details[name]["dtype"], copy=False) for name in details})
@@ -165,9 +171,7 @@ def collect(calibrated: bytes, calibration: Dataset, *, counts: bool = True, mom
                     trackers[name].add(x)
         stats.samples += 1
         held.flush_if_full()
-    held.flush()
-    stats.extremes = {index: np.concatenate(parts).reshape(-1, 2) if parts else np.zeros((0, 2))
-                      for index, parts in extremes.items()}
+    stats.extremes = held.all_extremes()
     stats.input_means = {name: total / max(1, stats.samples) for name, total in sums.items()}
     stats.input_moments = {name: value for name, tracker in trackers.items() if (value := tracker.value()) is not None}
     return stats
