@@ -144,6 +144,7 @@ class Calibration:
     ranges: str = "minmax"
     samples: list = field(default_factory=list)  # the calibration samples, for LiteRT Quantizer
     rewrites: list = field(default_factory=list)  # the joins split in the float file (`tfquant.joins`)
+    float_inputs: list = field(default_factory=list)  # inputs taken as float32, normalized in float (`tfquant.inputs`)
 
     def quantize(self, recipe: Recipe, *, source: str = "<model>", final: bool = True) -> bytes:
         """The file `recipe` asks for. `final=False` (a candidate that is only measured) skips merging
@@ -152,7 +153,14 @@ class Calibration:
             from . import litert
 
             return litert.quantize(self.float_tflite, self.samples, recipe, source=source)
-        data = quantize_calibrated(self.calibrated, recipe, source=source)
+        heads = self.float_inputs if recipe.mode is Mode.INT8 else []
+        if heads:  # kept float by the quantizer, then given their float inputs
+            from .inputs import as_float
+
+            kept = tuple(dict.fromkeys(recipe.denylist + tuple(op for head in heads for op in head.ops)))
+            data = as_float(quantize_calibrated(self.calibrated, replace(recipe, denylist=kept), source=source), heads)
+        else:
+            data = quantize_calibrated(self.calibrated, recipe, source=source)
         if recipe.mode is Mode.INT8 and recipe.weight_scales == "mse":
             from .weights import mse_scales
 
@@ -197,6 +205,10 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
         from .tables import fold
 
         float_tflite, rewrites = _checked(float_tflite, calibration, fold, "embedding tables not folded")
+    heads = []
+    if recipe.float_input_norm != "off" and recipe.mode is Mode.INT8:
+        float_tflite, heads, standardized = _float_inputs(float_tflite, calibration, recipe, source)
+        rewrites += standardized
     if recipe.equalize and not recipe.per_channel and recipe.mode is Mode.INT8:
         from .equalize import equalize
 
@@ -211,7 +223,7 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
     rounding = recipe.weight_rounding == "gptq" and recipe.mode in (Mode.INT8, Mode.INT16X8)
     if not (rounding or (int16 and recipe.bias_correction) or
             (recipe.mode is Mode.INT8 and (recipe.ranges != "minmax" or recipe.bias_correction))):
-        return Calibration(float_tflite, calibrated, ranges="minmax", rewrites=rewrites), \
+        return Calibration(float_tflite, calibrated, ranges="minmax", rewrites=rewrites, float_inputs=heads), \
             replace(recipe, ranges="minmax") if recipe.mode in (Mode.INT8, Mode.INT16X8) else recipe
     # One pass over the samples, in two halves: auto fits ranges on each half in turn and checks
     # them on the other, then checks bias correction the same way; the method is then fitted on
@@ -226,12 +238,13 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
                                     moments=rounding) for half in halves]
     except (RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor of this graph
         log.info("calibration statistics skipped: %s", one_line(exc, 160))
-        return Calibration(float_tflite, calibrated, rewrites=rewrites), replace(recipe, ranges="minmax")
+        return Calibration(float_tflite, calibrated, rewrites=rewrites, float_inputs=heads), \
+            replace(recipe, ranges="minmax")
 
     def quantize(candidate: bytes) -> bytes:
         """A candidate's int8 file as it is rounded (biases not corrected; buffers not merged, so that
         each bias can still be corrected in place)."""
-        return Calibration(float_tflite, candidate).quantize(recipe, source=source, final=False)
+        return Calibration(float_tflite, candidate, float_inputs=heads).quantize(recipe, source=source, final=False)
 
     def correct(quantized: bytes, fitted: statistics.Statistics) -> bytes:
         from .bias import correct as corrected
@@ -244,19 +257,20 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
     bias = choice.bias_correction if auto else recipe.bias_correction
     merged = stats[0].merge(stats[1])
     return Calibration(float_tflite, choice.calibrated, merged.input_means if bias else {},
-                       merged.input_moments if rounding else {}, ranges=choice.method, rewrites=rewrites), \
-        replace(recipe, ranges=choice.method, bias_correction=bias)
+                       merged.input_moments if rounding else {}, ranges=choice.method, rewrites=rewrites,
+                       float_inputs=heads), replace(recipe, ranges=choice.method, bias_correction=bias)
 
 
 EQUAL_FLOAT = 1e-4  # a rewrite of the float file may move an output by this much of its largest value (rounding)
 
 
 def _checked(float_tflite: bytes, calibration: Dataset, rewrite: Callable[[bytes], tuple[bytes, list]],
-             refused: str) -> tuple[bytes, list]:
+             refused: str, *, quiet: bool = False) -> tuple[bytes, list]:
     """The float file as `rewrite` leaves it (weights equalized across layers, `tfquant.equalize`; per-token
     ops computed on their embedding tables, `tfquant.tables`), once its outputs on a few calibration samples
     are checked to be the float file's (to `EQUAL_FLOAT` of each output's largest value); else the file as
-    it was, and `refused` logged with the difference."""
+    it was, and `refused` logged with the difference. Each rewrite is noted on the terminal unless `quiet`
+    (a candidate the caller may not keep)."""
     from . import console
     from .harness import Runner
 
@@ -276,10 +290,48 @@ def _checked(float_tflite: bytes, calibration: Dataset, rewrite: Callable[[bytes
             log.info("%s: output %r moved by %.3g of its largest value", refused, name,
                      float(np.abs(after[name] - values).max()) / scale)
             return float_tflite, []
-    for made in done:
+    for made in [] if quiet else done:
         console.note(made.describe())
     return rewritten, done
 
+
+
+def _float_inputs(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source: str) -> tuple[bytes, list, list]:
+    """The float file, the inputs to take as float32 with their heads in float, and the standardizations
+    put in front of dense layers for them (`tfquant.inputs`): where a float input's features are more
+    than int8's one scale can hold and the file quantized so keeps the outputs closer to float on the
+    calibration samples than the file with every input int8 (min/max ranges, both); else the file as
+    it was and none. A feature that barely varies (an image's edge column, nearly always 0) can look
+    narrow and cost the outputs nothing, while standardizing it would stretch its rare values across
+    the scale of the others."""
+    from .harness import Runner
+    from .inputs import plan, standardize
+    from .lint import narrowest
+    from .ranges import pick, sample_errors
+
+    if not any(values.dtype.kind == "f" and narrowest(values) is not None for values in calibration.inputs.values()):
+        return float_tflite, [], []
+    candidate, standardized = _checked(float_tflite, calibration, lambda data: standardize(data, calibration.inputs),
+                                       "inputs not standardized", quiet=True)
+    heads = plan(candidate, calibration.inputs)
+    if not heads:
+        return float_tflite, [], []
+    trial = Recipe(mode=Mode.INT8, per_channel=recipe.per_channel)
+    reference = Runner(float_tflite).predict(calibration, progress=False)
+    errors = {}
+    for name, data, float_inputs in (("int8 inputs", float_tflite, []), ("float inputs", candidate, heads)):
+        quantized = Calibration(data, calibrate(data, calibration, source=source), float_inputs=float_inputs).quantize(
+            trial, source=source, final=False)
+        errors[name] = sample_errors(reference, Runner(quantized).predict(calibration, progress=False))
+    log.info("float inputs: mean error on %d calibration samples %s", len(calibration),
+             ", ".join(f"{name} {e.mean():.4g}" for name, e in errors.items()))
+    if pick(errors) != "float inputs":
+        return float_tflite, [], []
+    from . import console
+
+    for made in standardized:
+        console.note(made.describe())
+    return candidate, heads, standardized
 
 
 def _joins_split(float_tflite: bytes, calibrated: bytes, calibration: Dataset, source: str):

@@ -15,6 +15,7 @@ from ai_edge_litert.tools import flatbuffer_utils
 
 from .errors import TFLiteFileError, called, problem
 from .flatbuffer import is_constant, signature_names, text, view_model
+from .inputs import input_heads
 from .model_config import TFLITE_EXPECTED, tflite_identifier_found
 from .types import FloatOp, ModelInfo, OpInfo, QuantParams, TensorInfo
 
@@ -44,9 +45,10 @@ def read_flatbuffer(source: Source) -> tuple[bytes, str]:
 def inspect(source: Source) -> ModelInfo:
     """Describe every op and tensor of a .tflite file and decide whether it is fully integer.
 
-    An op counts as float when any tensor it reads or writes is float, except the two ops that
-    only adapt the file's IO: a QUANTIZE reading a float model input and a DEQUANTIZE writing a
-    float model output (what `--io float32` produces around an integer graph).
+    An op counts as float when any tensor it reads or writes is float, except the ops that only
+    adapt the file's IO: a QUANTIZE reading a float model input and a DEQUANTIZE writing a float
+    model output (what `--io float32` produces around an integer graph), and a float input's
+    normalization, per feature by constants, before its QUANTIZE (`tfquant.inputs`).
 
     Example:
         >>> info = inspect("build/digits_int8.tflite")   # doctest: +SKIP
@@ -67,6 +69,8 @@ def inspect(source: Source) -> ModelInfo:
         tensors = [_tensor(model, subgraph, i) for i in range(len(subgraph.tensors or []))]
         graph_inputs = set(_ints(subgraph.inputs))
         graph_outputs = set(_ints(subgraph.outputs))
+        heads = {id(op) for op in input_heads(model, subgraph)} if sg_index == 0 else set()
+        adapted = graph_inputs | {int(op.outputs[0]) for op in subgraph.operators or [] if id(op) in heads}
         if sg_index == 0:
             main_tensors = tensors
             named = signature_names(model)
@@ -78,8 +82,8 @@ def inspect(source: Source) -> ModelInfo:
             outs = [i for i in _ints(op.outputs) if i >= 0]
             in_types = [tensors[i].dtype for i in ins]
             out_types = [tensors[i].dtype for i in outs]
-            is_float = any(t in FLOAT_DTYPES for t in in_types + out_types)
-            if is_float and name == "QUANTIZE" and set(ins) <= graph_inputs and not any(t in FLOAT_DTYPES for t in out_types):
+            is_float = any(t in FLOAT_DTYPES for t in in_types + out_types) and id(op) not in heads
+            if is_float and name == "QUANTIZE" and set(ins) <= adapted and not any(t in FLOAT_DTYPES for t in out_types):
                 is_float = False
             if is_float and name == "DEQUANTIZE" and set(outs) <= graph_outputs and not any(t in FLOAT_DTYPES for t in in_types):
                 is_float = False

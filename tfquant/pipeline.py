@@ -105,9 +105,15 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
 
     diagnostics, lint = [], []
     # What in the data misleads int8's input ranges, first: where a budget is missed, it is named first.
-    narrow_inputs = data_lint(prepared.calibration, prepared.evaluation) + input_lint(prepared.calibration.inputs) \
+    float_inputs = [] if calibrated is None or recipe.mode is not Mode.INT8 else calibrated.float_inputs
+    taken_as_float = {head.name for head in float_inputs}
+    narrow_inputs = data_lint(prepared.calibration, prepared.evaluation) + input_lint(
+        {name: values for name, values in prepared.calibration.inputs.items() if name not in taken_as_float}) \
         if recipe.mode is Mode.INT8 else []
     for message in narrow_inputs:
+        console.warn(message)
+    io_notes = [head.describe() for head in float_inputs]  # an IO change: said on the terminal and in the report
+    for message in io_notes:
         console.warn(message)
     if spec.diagnose and calibrated is not None and calibrated.calibrated and recipe.mode is Mode.INT8:
         started = time.perf_counter()
@@ -155,7 +161,7 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
                   num_threads=num_threads, bench_runs=spec.bench_runs, progress=progress,
                   spec=spec.with_recipe(recipe).replace(fallback="off"),
                   rewrites=[] if calibrated is None else [r.describe() for r in calibrated.rewrites],
-                  warnings=narrow_inputs + [w.message for w in lint] + notes, narrow_inputs=narrow_inputs,
+                  warnings=narrow_inputs + io_notes + [w.message for w in lint] + notes, narrow_inputs=narrow_inputs,
                   rank_on_miss=rank_on_miss,
                   extra={"diagnostics": diagnostics[:DIAGNOSTICS_IN_REPORT], "range_lint": lint,
                          "ladder": [] if climbed is None else climbed.candidates,
@@ -200,6 +206,9 @@ def _diagnose(calibrated, data, recipe: Recipe, *, parallel: int = 1) -> tuple[l
         except (RuntimeError, ValueError) as exc:  # the debugger's interpreter cannot run every graph
             log.info("per-tensor diagnostics skipped: %s", one_line(exc, 160))
         lint = range_lint(calibrated.calibrated)
+    in_float = {op for head in calibrated.float_inputs for op in head.ops}  # the inputs' heads: no int8 to judge
+    diagnostics = [d for d in diagnostics if d.tensor not in in_float]
+    lint = [w for w in lint if w.tensor not in in_float]
     if lint and diagnostics:
         with console.step("measuring what each suspect op does to the outputs"):
             diagnostics = ranked_by_outputs(Sweep.of(calibrated, recipe, data), diagnostics, lint, parallel=parallel)

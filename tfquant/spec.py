@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Optional
 from .errors import RecipeError, called, naming, spell
 from .options import (Option, Spec, add_options, flag_of, flags, from_flags, given_flags, json_schema, option,
                       replay)
-from .types import QUANTIZERS, RANGE_METHODS, SCHEMA_VERSION, WEIGHT_ROUNDINGS, WEIGHT_SCALES, Budget, IOType, Mode, Recipe
+from .types import FLOAT_INPUT_NORM, QUANTIZERS, RANGE_METHODS, SCHEMA_VERSION, WEIGHT_ROUNDINGS, WEIGHT_SCALES, Budget, IOType, Mode, Recipe
 
 __all__ = ["ConvertSpec", "QATSpec", "PruneSpec", "ClusterSpec", "OptimizeSpec", "SPECS", "TRAINING", "Option", "Spec",
            "called", "naming", "spec_for", "training_function", "recipe_file", "add_options", "from_flags", "flags",
@@ -96,6 +96,12 @@ class ConvertSpec(Spec):
                             help="with per-tensor weight scales (see {per_channel}): rescale the channels of "
                                  "conv/dense pairs joined by no activation or a RELU so that their weight ranges match "
                                  "(cross-layer equalization; the same float function)")
+    float_input_norm: str = option("auto", choices=FLOAT_INPUT_NORM, recipe=True,
+                                   help="on: where one int8 scale cannot hold a float input's features (a table's raw "
+                                        "columns) and the model normalizes them first, take that input as float32 and "
+                                        "run its normalization in float before the int8 graph (an IO change, "
+                                        "announced; dense layers that read raw features get a standardization put "
+                                        "before them); auto: on unless {io} pins an integer type")
     weight_scales: str = option("max", choices=WEIGHT_SCALES, recipe=True,
                                 help="int8 weight scales per channel: max (max|w| / 127, the quantizer's own) or mse "
                                      "(clipped to the least squared rounding-plus-clipping error)")
@@ -140,7 +146,10 @@ class ConvertSpec(Spec):
 
     @property
     def recipe(self) -> Recipe:
-        return Recipe(**{name: getattr(self, name) for name in _RECIPE_FIELDS})
+        fields = {name: getattr(self, name) for name in _RECIPE_FIELDS}
+        if fields["float_input_norm"] == "auto":  # off where an integer IO type is pinned: every input takes it
+            fields["float_input_norm"] = "off" if self.io not in (None, IOType.FLOAT32.value) else "on"
+        return Recipe(**fields)
 
     @property
     def budget(self) -> Budget:
