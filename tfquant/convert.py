@@ -297,19 +297,19 @@ def _checked(float_tflite: bytes, calibration: Dataset, rewrite: Callable[[bytes
 
 
 def _float_inputs(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source: str) -> tuple[bytes, list, list]:
-    """The float file, the inputs to take as float32 with their heads in float, and the standardizations
-    put in front of dense layers for them (`tfquant.inputs`): where a float input's features are more
-    than int8's one scale can hold and the file quantized so keeps the outputs closer to float on the
-    calibration samples than the file with every input int8 (min/max ranges, both); else the file as
-    it was and none. A feature that barely varies (an image's edge column, nearly always 0) can look
-    narrow and cost the outputs nothing, while standardizing it would stretch its rare values across
-    the scale of the others."""
+    """The float file, the inputs to take as float32 with their heads in float, and the normalizations
+    put in front of dense layers for them (`tfquant.inputs`): where int8's one scale leaves a float
+    input's feature fewer than 8 levels (`inputs.RUINED`) and the file quantized so keeps the outputs clearly closer to float
+    than the file with every input int8, each calibrated on one half of the calibration samples and
+    judged on the other (min/max ranges), so that values one half never showed (a rare value of a
+    sparse feature, clipped) count; else the file as it was and none."""
     from .harness import Runner
-    from .inputs import plan, standardize
+    from .inputs import RUINED, plan, standardize
     from .lint import narrowest
     from .ranges import pick, sample_errors
 
-    if not any(values.dtype.kind == "f" and narrowest(values) is not None for values in calibration.inputs.values()):
+    if not any(values.dtype.kind == "f" and narrowest(values, threshold=RUINED) is not None
+               for values in calibration.inputs.values()):
         return float_tflite, [], []
     candidate, standardized = _checked(float_tflite, calibration, lambda data: standardize(data, calibration.inputs),
                                        "inputs not standardized", quiet=True)
@@ -317,13 +317,19 @@ def _float_inputs(float_tflite: bytes, calibration: Dataset, recipe: Recipe, sou
     if not heads:
         return float_tflite, [], []
     trial = Recipe(mode=Mode.INT8, per_channel=recipe.per_channel)
-    reference = Runner(float_tflite).predict(calibration, progress=False)
+    halves = calibration.halves()
+    reference = [Runner(float_tflite).predict(half, progress=False) for half in halves]
     errors = {}
-    for name, data, float_inputs in (("int8 inputs", float_tflite, []), ("float inputs", candidate, heads)):
-        quantized = Calibration(data, calibrate(data, calibration, source=source), float_inputs=float_inputs).quantize(
-            trial, source=source, final=False)
-        errors[name] = sample_errors(reference, Runner(quantized).predict(calibration, progress=False))
-    log.info("float inputs: mean error on %d calibration samples %s", len(calibration),
+    for name, data, in_float in (("int8 inputs", float_tflite, False), ("float inputs", candidate, True)):
+        folds = []
+        for fold, half in enumerate(halves):
+            fitted = plan(data, half.inputs) if in_float else []  # the heads as that half alone sees them
+            quantized = Calibration(data, calibrate(data, half, source=source), float_inputs=fitted).quantize(
+                trial, source=source, final=False)
+            folds.append(sample_errors(reference[1 - fold], Runner(quantized).predict(halves[1 - fold],
+                                                                                     progress=False)))
+        errors[name] = np.concatenate(folds)
+    log.info("float inputs: mean error on %d held-out calibration samples: %s", len(errors["int8 inputs"]),
              ", ".join(f"{name} {e.mean():.4g}" for name, e in errors.items()))
     if pick(errors) != "float inputs":
         return float_tflite, [], []

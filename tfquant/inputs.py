@@ -13,8 +13,8 @@ constants: the input's head) and leave features that one scale holds, the file t
 as float32, runs its head in float and quantizes the head's result: the int8 graph starts there,
 as it starts at the QUANTIZE of any float32 input, and `inspect` counts the head as the input's
 adapter. Where dense layers read the raw features directly, `standardize` first puts a head in
-front of them in the float file (the calibration data's per-feature mean and deviation) and folds
-its inverse into their weights: the same function in float.
+front of them in the float file (each feature's calibration range onto [-1, 1]) and folds its
+inverse into their weights: the same function in float.
 
 Only where the input's IO type is not pinned to an integer type (`Recipe.float_input_norm`); the
 IO change is announced.
@@ -30,13 +30,18 @@ from ai_edge_litert import schema_py_generated as schema
 
 from .flatbuffer import (array_constant, builtin_of, float_constant, float_tensor_like, is_constant, new_op, read_model,
                          readers_of, signature_names, text, write_model)
-from .lint import DEFAULT_RANGE_RATIO, Narrow, narrowest
+from .lint import Narrow, narrowest
 
 _OPS = schema.BuiltinOperator
 # Elementwise ops that, with a per-feature constant, compute each feature on its own.
 AFFINE = {_OPS.SUB: np.subtract, _OPS.ADD: np.add, _OPS.MUL: np.multiply, _OPS.DIV: np.divide}
 _NAMES = {_OPS.SUB: "SUB", _OPS.ADD: "ADD", _OPS.MUL: "MUL", _OPS.DIV: "DIV"}
 MAX_HEAD = 8  # ops: a normalization is two, a rescaling one or two
+# A feature int8 leaves fewer than 256 / RUINED (8) levels has lost its values; one the lint warns of with
+# more keeps a coarse copy a model may not need finer, and a float input, normalized on the calibration
+# data's ranges, would clip what they never showed (a digit's row sums: 12 levels for the edge rows,
+# nearly always 0, and a regression 2 % of σ off float with them as they are).
+RUINED = 32.0
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,8 @@ class Standardized:
     readers: tuple[str, ...]
 
     def describe(self) -> str:
-        return (f"put a standardization (SUB, MUL: the calibration data's mean and deviation per feature) in front of "
-                f"the {len(self.readers)} dense op(s) reading input {self.name!r} and folded its inverse into their "
+        return (f"put a normalization (SUB, MUL: each feature's calibration range onto [-1, 1]) in front of the "
+                f"{len(self.readers)} dense op(s) reading input {self.name!r} and folded its inverse into their "
                 "weights (the same function in float)")
 
 
@@ -150,10 +155,10 @@ def _run(model, graph, head: list, index: int, values: np.ndarray) -> dict[int, 
 
 
 def plan(float_tflite: bytes, inputs: dict[str, np.ndarray], *,
-         threshold: float = DEFAULT_RANGE_RATIO) -> list[FloatInput]:
+         threshold: float = RUINED) -> list[FloatInput]:
     """The float inputs of `float_tflite` one of whose features int8 would leave fewer than
     256/`threshold` levels on `inputs` (calibration values by signature name), and whose head
-    leaves every feature more than that; each with its head."""
+    leaves every feature more than the lint asks (`lint.DEFAULT_RANGE_RATIO`); each with its head."""
     model = read_model(float_tflite)
     graph = model.subgraphs[0]
     named = signature_names(model)
@@ -168,7 +173,7 @@ def plan(float_tflite: bytes, inputs: dict[str, np.ndarray], *,
         if not head:
             continue
         computed = _run(model, graph, head, index, values)
-        if any(narrowest(computed[t], threshold=threshold) is not None for t in _exits(graph, head)):
+        if any(narrowest(computed[t]) is not None for t in _exits(graph, head)):
             continue
         found.append(FloatInput(name, text(graph.tensors[index].name),
                                 tuple(text(graph.tensors[int(op.outputs[0])].name) for op in head),
@@ -177,11 +182,12 @@ def plan(float_tflite: bytes, inputs: dict[str, np.ndarray], *,
 
 
 def standardize(float_tflite: bytes, inputs: dict[str, np.ndarray], *,
-                threshold: float = DEFAULT_RANGE_RATIO) -> tuple[bytes, list[Standardized]]:
+                threshold: float = RUINED) -> tuple[bytes, list[Standardized]]:
     """The float file with a head put in front of each float input that int8 would ruin and that only
-    dense ops read (as their input, with constant weights): SUB the calibration mean and MUL by one
-    over the deviation, per feature, with each dense op's weights multiplied by the deviation and its
-    bias given the weights times the mean, so that the outputs are the same in float."""
+    dense ops read (as their input, with constant weights): SUB the middle of each feature's
+    calibration range and MUL by one over its half range, with each dense op's weights multiplied by
+    the half range and its bias given the weights times the middle, so that the outputs are the same
+    in float."""
     model = read_model(float_tflite)
     graph = model.subgraphs[0]
     named = signature_names(model)
@@ -200,21 +206,22 @@ def standardize(float_tflite: bytes, inputs: dict[str, np.ndarray], *,
         if any(w is None or w.ndim != 2 or w.shape[1] != features for w in weights):
             continue
         rows = values.reshape(-1, features).astype(np.float64)
-        mean, deviation = rows.mean(axis=0), _deviations(rows, weights)
+        low, high = rows.min(axis=0), rows.max(axis=0)
+        middle, half = (low + high) / 2, _half_ranges(low, high, weights)
         near = graph.tensors[index].name
         centered = float_tensor_like(graph, index, near + b"/standardized/centered")
         scaled = float_tensor_like(graph, index, near + b"/standardized")
-        head = [new_op(model, _OPS.SUB, [index, array_constant(model, graph, mean.astype(np.float32), near,
-                                                                 b"standardized/mean")], [centered]),
-                new_op(model, _OPS.MUL, [centered, array_constant(model, graph, (1 / deviation).astype(np.float32),
-                                                                  near, b"standardized/inverse_deviation")], [scaled])]
+        head = [new_op(model, _OPS.SUB, [index, array_constant(model, graph, middle.astype(np.float32), near,
+                                                                 b"standardized/middle")], [centered]),
+                new_op(model, _OPS.MUL, [centered, array_constant(model, graph, (1 / half).astype(np.float32),
+                                                                  near, b"standardized/inverse_half_range")], [scaled])]
         for op, w in zip(ops, weights):
             op_name = graph.tensors[int(op.outputs[0])].name
             bias = int(op.inputs[2]) if len(op.inputs) > 2 and int(op.inputs[2]) >= 0 else -1
-            shift = w.astype(np.float64) @ mean
+            shift = w.astype(np.float64) @ middle
             old_bias = np.zeros(w.shape[0]) if bias < 0 else float_constant(model, graph, bias).astype(np.float64)
             inputs_of = [scaled,
-                         array_constant(model, graph, (w * deviation).astype(np.float32), op_name, b"standardized/w"),
+                         array_constant(model, graph, (w * half).astype(np.float32), op_name, b"standardized/w"),
                          array_constant(model, graph, (old_bias + shift).astype(np.float32), op_name,
                                         b"standardized/b")]
             op.inputs = inputs_of + [int(i) for i in op.inputs[3:]]
@@ -225,24 +232,26 @@ def standardize(float_tflite: bytes, inputs: dict[str, np.ndarray], *,
     return write_model(model), done
 
 
-def _deviations(rows: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
-    """Each feature's standard deviation over `rows`; for a feature constant there (a flag always set in
-    the calibration data), the factor that gives its weights no larger a column than the largest of
-    the others, so that it does not size the dense ops' per-channel int8 scales (its weights would
-    multiply a centered 0 and carry nothing, while a model with a normalization folded into them can
-    hold weights thousands of times larger there)."""
-    deviation = rows.std(axis=0)
-    constant = deviation <= 0
+def _half_ranges(low: np.ndarray, high: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
+    """Each feature's half range, which maps its calibration values onto [-1, 1], so that every feature
+    gets int8's 256 levels over its own range (a deviation would stretch a rare value of a sparse
+    feature, one nearly always 0, far beyond the others and size their shared scale for it); for a
+    feature constant there (a flag always set), the factor that gives its weights no larger a column
+    than the largest of the others, so that it does not size the dense ops' per-channel int8 scales
+    (its weights multiply a centered 0 and carry nothing, while a model with a normalization folded
+    into them can hold weights thousands of times larger there)."""
+    half = (high - low) / 2
+    constant = half <= 0
     if not constant.any():
-        return deviation
-    deviation = np.where(constant, 1.0, deviation)
-    factor = np.full(len(deviation), np.inf)
+        return half
+    half = np.where(constant, 1.0, half)
+    factor = np.full(len(half), np.inf)
     for w in weights:
         columns = np.abs(w.astype(np.float64)).max(axis=0)
-        others = (columns * deviation)[~constant].max(initial=0.0)
+        others = (columns * half)[~constant].max(initial=0.0)
         fits = np.where(columns > 0, others / np.where(columns > 0, columns, 1.0), np.inf)
         factor = np.minimum(factor, fits)
-    return np.where(constant & np.isfinite(factor) & (factor > 0), factor, deviation)
+    return np.where(constant & np.isfinite(factor) & (factor > 0), factor, half)
 
 
 def as_float(quantized: bytes, float_inputs: list[FloatInput]) -> bytes:
