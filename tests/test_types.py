@@ -19,7 +19,7 @@ def test_recipe_round_trip():
     data = recipe.to_dict()
     assert data == {"mode": "int8", "io": "uint8", "calib_samples": 64, "per_channel": False,
                     "denylist": ["a", "b"], "ranges": "auto", "bias_correction": True, "quantizer": "converter", "split_joins": True,
-                    "equalize": True, "float_input_norm": "auto", "weight_scales": "max", "weight_rounding": "nearest",
+                    "equalize": True, "float_io_norm": "auto", "weight_scales": "max", "weight_rounding": "nearest",
                     "schema_version": SCHEMA_VERSION}
     assert Recipe.from_dict(data) == recipe
 
@@ -28,7 +28,7 @@ def test_a_recipe_of_the_first_schema_replays_as_it_did():
     old = {"mode": "int8", "io": "int8", "calib_samples": 200, "per_channel": True, "denylist": [], "schema_version": 1}
     migrated = Recipe.from_dict(old)
     assert migrated.ranges == "minmax" and migrated.bias_correction is False
-    assert migrated.split_joins is False and migrated.equalize is False and migrated.float_input_norm == "off"
+    assert migrated.split_joins is False and migrated.equalize is False and migrated.float_io_norm == "off"
     assert migrated.schema_version == SCHEMA_VERSION
 
 

@@ -144,7 +144,7 @@ class Calibration:
     ranges: str = "minmax"
     samples: list = field(default_factory=list)  # the calibration samples, for LiteRT Quantizer
     rewrites: list = field(default_factory=list)  # the joins split in the float file (`tfquant.joins`)
-    float_inputs: list = field(default_factory=list)  # inputs taken as float32, normalized in float (`tfquant.inputs`)
+    float_io: list = field(default_factory=list)  # inputs and outputs in float32, normalized in float (`float_io`)
 
     def quantize(self, recipe: Recipe, *, source: str = "<model>", final: bool = True) -> bytes:
         """The file `recipe` asks for. `final=False` (a candidate that is only measured) skips merging
@@ -153,9 +153,9 @@ class Calibration:
             from . import litert
 
             return litert.quantize(self.float_tflite, self.samples, recipe, source=source)
-        heads = self.float_inputs if recipe.mode is Mode.INT8 else []
+        heads = self.float_io if recipe.mode is Mode.INT8 else []
         if heads:  # kept float by the quantizer, then given their float inputs
-            from .inputs import as_float
+            from .float_io import as_float
 
             kept = tuple(dict.fromkeys(recipe.denylist + tuple(op for head in heads for op in head.ops)))
             data = as_float(quantize_calibrated(self.calibrated, replace(recipe, denylist=kept), source=source), heads)
@@ -206,9 +206,9 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
 
         float_tflite, rewrites = _checked(float_tflite, calibration, fold, "embedding tables not folded")
     heads = []
-    if recipe.float_input_norm != "off" and recipe.mode is Mode.INT8:
-        float_tflite, heads, standardized = _float_inputs(float_tflite, calibration, recipe, source)
-        rewrites += standardized
+    if recipe.float_io_norm != "off" and recipe.mode is Mode.INT8:
+        float_tflite, heads, normalized = _float_io(float_tflite, calibration, recipe, source, regression)
+        rewrites += normalized
     if recipe.equalize and not recipe.per_channel and recipe.mode is Mode.INT8:
         from .equalize import equalize
 
@@ -223,7 +223,7 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
     rounding = recipe.weight_rounding == "gptq" and recipe.mode in (Mode.INT8, Mode.INT16X8)
     if not (rounding or (int16 and recipe.bias_correction) or
             (recipe.mode is Mode.INT8 and (recipe.ranges != "minmax" or recipe.bias_correction))):
-        return Calibration(float_tflite, calibrated, ranges="minmax", rewrites=rewrites, float_inputs=heads), \
+        return Calibration(float_tflite, calibrated, ranges="minmax", rewrites=rewrites, float_io=heads), \
             replace(recipe, ranges="minmax") if recipe.mode in (Mode.INT8, Mode.INT16X8) else recipe
     # One pass over the samples, in two halves: auto fits ranges on each half in turn and checks
     # them on the other, then checks bias correction the same way; the method is then fitted on
@@ -238,13 +238,13 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
                                     moments=rounding) for half in halves]
     except (RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor of this graph
         log.info("calibration statistics skipped: %s", one_line(exc, 160))
-        return Calibration(float_tflite, calibrated, rewrites=rewrites, float_inputs=heads), \
+        return Calibration(float_tflite, calibrated, rewrites=rewrites, float_io=heads), \
             replace(recipe, ranges="minmax")
 
     def quantize(candidate: bytes) -> bytes:
         """A candidate's int8 file as it is rounded (biases not corrected; buffers not merged, so that
         each bias can still be corrected in place)."""
-        return Calibration(float_tflite, candidate, float_inputs=heads).quantize(recipe, source=source, final=False)
+        return Calibration(float_tflite, candidate, float_io=heads).quantize(recipe, source=source, final=False)
 
     def correct(quantized: bytes, fitted: statistics.Statistics) -> bytes:
         from .bias import correct as corrected
@@ -258,7 +258,7 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
     merged = stats[0].merge(stats[1])
     return Calibration(float_tflite, choice.calibrated, merged.input_means if bias else {},
                        merged.input_moments if rounding else {}, ranges=choice.method, rewrites=rewrites,
-                       float_inputs=heads), replace(recipe, ranges=choice.method, bias_correction=bias)
+                       float_io=heads), replace(recipe, ranges=choice.method, bias_correction=bias)
 
 
 EQUAL_FLOAT = 1e-4  # a rewrite of the float file may move an output by this much of its largest value (rounding)
@@ -296,48 +296,81 @@ def _checked(float_tflite: bytes, calibration: Dataset, rewrite: Callable[[bytes
 
 
 
-def _float_inputs(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source: str) -> tuple[bytes, list, list]:
-    """The float file, the inputs to take as float32 with their heads in float, and the normalizations
-    put in front of dense layers for them (`tfquant.inputs`): where int8's one scale leaves a float
-    input's feature fewer than 8 levels (`inputs.RUINED`) and the file quantized so keeps the outputs clearly closer to float
-    than the file with every input int8, each calibrated on one half of the calibration samples and
-    judged on the other (min/max ranges), so that values one half never showed (a rare value of a
-    sparse feature, clipped) count; else the file as it was and none."""
+def _float_io(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source: str,
+              regression: Optional[set[str]] = None) -> tuple[bytes, list, list]:
+    """The float file, the inputs and outputs to give float32 with their normalization in float, and the
+    rewrites that put one around dense layers for them (`tfquant.float_io`): first the inputs, then the
+    outputs, each where int8's one scale leaves one of its features fewer than 8 levels
+    (`float_io.RUINED`) and the file so quantized keeps the outputs clearly closer to float than the
+    file without (`_clearly_better`); else the file as it was and none."""
+    from .float_io import RUINED, plan, plan_outputs, rescale_outputs, standardize
     from .harness import Runner
-    from .inputs import RUINED, plan, standardize
     from .lint import narrowest
-    from .ranges import pick, sample_errors
 
-    if not any(values.dtype.kind == "f" and narrowest(values, threshold=RUINED) is not None
-               for values in calibration.inputs.values()):
-        return float_tflite, [], []
-    candidate, standardized = _checked(float_tflite, calibration, lambda data: standardize(data, calibration.inputs),
-                                       "inputs not standardized", quiet=True)
-    heads = plan(candidate, calibration.inputs)
-    if not heads:
-        return float_tflite, [], []
+    def ruined(arrays: dict) -> bool:
+        return any(v.dtype.kind == "f" and narrowest(v, threshold=RUINED) is not None for v in arrays.values())
+
+    chosen, rewrites = [], []
+    inputs_of = lambda data, half: plan(data, half.inputs)  # noqa: E731 - the heads as that half sees them
+    if ruined(calibration.inputs):
+        candidate, standardized = _checked(float_tflite, calibration, lambda data: standardize(
+            data, calibration.inputs), "inputs not standardized", quiet=True)
+        if plan(candidate, calibration.inputs) and _clearly_better(
+                calibration, recipe, source, (float_tflite, lambda data, half: []), (candidate, inputs_of), "inputs",
+                regression):
+            float_tflite, rewrites, chosen = candidate, standardized, plan(candidate, calibration.inputs)
+    outputs = Runner(float_tflite).predict(calibration, progress=False)
+    if ruined(outputs):
+        before = inputs_of if chosen else (lambda data, half: [])
+        candidate, rescaled = _checked(float_tflite, calibration, lambda data: rescale_outputs(data, outputs),
+                                       "outputs not rescaled", quiet=True)
+
+        def with_outputs(data: bytes, half: Dataset) -> list:
+            return before(data, half) + plan_outputs(data, Runner(data).predict(half, progress=False))
+
+        if plan_outputs(candidate, outputs) and _clearly_better(
+                calibration, recipe, source, (float_tflite, before), (candidate, with_outputs), "outputs", regression):
+            float_tflite, rewrites = candidate, rewrites + rescaled
+            chosen = chosen + plan_outputs(candidate, outputs)
+    if chosen:
+        from . import console
+
+        for made in rewrites:
+            console.note(made.describe())
+    return float_tflite, chosen, rewrites
+
+
+def _clearly_better(calibration: Dataset, recipe: Recipe, source: str, base: tuple, candidate: tuple,
+                    what: str, regression: Optional[set[str]] = None) -> bool:
+    """Whether the `candidate` (a float file, and a function of it and some samples giving the inputs and
+    outputs to keep float) keeps the outputs clearly closer to float than `base` (`ranges.pick`), each
+    calibrated on one half of the calibration samples and judged on the other (min/max ranges,
+    `ranges.extreme_ranges`, with the headroom `regression` outputs get), so that values one half never
+    showed (a rare value of a sparse feature, clipped) count."""
+    from . import statistics
+    from .harness import Runner
+    from .ranges import apply_ranges, extreme_ranges, pick, sample_errors, with_headroom
+
+    def calibrated(data: bytes, half: Dataset) -> bytes:  # min/max ranges, as the statistics see them
+        rough = calibrate(data, half, source=source)
+        return with_headroom(apply_ranges(rough, extreme_ranges(statistics.collect(rough, half, counts=False))),
+                             regression)
+
     trial = Recipe(mode=Mode.INT8, per_channel=recipe.per_channel)
     halves = calibration.halves()
-    reference = [Runner(float_tflite).predict(half, progress=False) for half in halves]
+    reference = [Runner(base[0]).predict(half, progress=False) for half in halves]
     errors = {}
-    for name, data, in_float in (("int8 inputs", float_tflite, False), ("float inputs", candidate, True)):
+    for name, (data, planned) in (("int8", base), ("float", candidate)):
         folds = []
         for fold, half in enumerate(halves):
-            fitted = plan(data, half.inputs) if in_float else []  # the heads as that half alone sees them
-            quantized = Calibration(data, calibrate(data, half, source=source), float_inputs=fitted).quantize(
+            quantized = Calibration(data, calibrated(data, half), float_io=planned(data, half)).quantize(
                 trial, source=source, final=False)
-            folds.append(sample_errors(reference[1 - fold], Runner(quantized).predict(halves[1 - fold],
-                                                                                     progress=False)))
+            folds.append(sample_errors(reference[1 - fold], Runner(quantized).predict(halves[1 - fold], progress=False),
+                                       per_column=True))
         errors[name] = np.concatenate(folds)
-    log.info("float inputs: mean error on %d held-out calibration samples: %s", len(errors["int8 inputs"]),
-             ", ".join(f"{name} {e.mean():.4g}" for name, e in errors.items()))
-    if pick(errors) != "float inputs":
-        return float_tflite, [], []
-    from . import console
-
-    for made in standardized:
-        console.note(made.describe())
-    return candidate, heads, standardized
+    log.info("float %s: mean error on %d held-out calibration samples: %s", what, len(errors["int8"]),
+             ", ".join(f"{what} {name} {e.mean():.4g}" for name, e in errors.items()))
+    return pick(errors) == "float"
 
 
 def _joins_split(float_tflite: bytes, calibrated: bytes, calibration: Dataset, source: str):

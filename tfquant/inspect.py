@@ -15,7 +15,7 @@ from ai_edge_litert.tools import flatbuffer_utils
 
 from .errors import TFLiteFileError, called, problem
 from .flatbuffer import is_constant, signature_names, text, view_model
-from .inputs import input_heads
+from .float_io import input_heads, output_tails
 from .model_config import TFLITE_EXPECTED, tflite_identifier_found
 from .types import FloatOp, ModelInfo, OpInfo, QuantParams, TensorInfo
 
@@ -47,8 +47,9 @@ def inspect(source: Source) -> ModelInfo:
 
     An op counts as float when any tensor it reads or writes is float, except the ops that only
     adapt the file's IO: a QUANTIZE reading a float model input and a DEQUANTIZE writing a float
-    model output (what `--io float32` produces around an integer graph), and a float input's
-    normalization, per feature by constants, before its QUANTIZE (`tfquant.inputs`).
+    model output (what `--io float32` produces around an integer graph), a float input's
+    normalization, per feature by constants, before its QUANTIZE, and a float output's per-column
+    ops by constants after its DEQUANTIZE (`tfquant.float_io`).
 
     Example:
         >>> info = inspect("build/digits_int8.tflite")   # doctest: +SKIP
@@ -69,7 +70,8 @@ def inspect(source: Source) -> ModelInfo:
         tensors = [_tensor(model, subgraph, i) for i in range(len(subgraph.tensors or []))]
         graph_inputs = set(_ints(subgraph.inputs))
         graph_outputs = set(_ints(subgraph.outputs))
-        heads = {id(op) for op in input_heads(model, subgraph)} if sg_index == 0 else set()
+        heads = {id(op) for op in input_heads(model, subgraph) + output_tails(model, subgraph)} if sg_index == 0 \
+            else set()
         adapted = graph_inputs | {int(op.outputs[0]) for op in subgraph.operators or [] if id(op) in heads}
         if sg_index == 0:
             main_tensors = tensors

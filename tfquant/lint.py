@@ -189,7 +189,7 @@ def input_lint(inputs: dict[str, np.ndarray], *, threshold: float = DEFAULT_RANG
         if narrow is not None:
             found.append(f"{narrow.describe(f'input {name!r}', 'feature')}. Fix: feed the model centered, scaled "
                          f"features (normalize in the app, not in the model), or leave {called('io')} unpinned (or "
-                         f"float32) with {called('float_input_norm')} auto or on: the input is then taken as float32 "
+                         f"float32) with {called('float_io_norm')} auto or on: the input is then taken as float32 "
                          "and normalized in float where that keeps the outputs clearly closer to float")
     return found
 

@@ -13,6 +13,7 @@ from . import console, ladder
 from .convert import calibration_for, convert
 from .data import ImageOptions
 from .errors import one_line
+from .float_io import FloatInput
 from .diagnose import Sweep, layer_errors, ranked_by_outputs, whole_error
 from .lint import data_lint, input_lint, range_lint
 from .prepare import Prepared, check_budget, prepare
@@ -105,14 +106,14 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
 
     diagnostics, lint = [], []
     # What in the data misleads int8's input ranges, first: where a budget is missed, it is named first.
-    float_inputs = [] if calibrated is None or recipe.mode is not Mode.INT8 else calibrated.float_inputs
-    taken_as_float = {head.name for head in float_inputs}
+    float_io = [] if calibrated is None or recipe.mode is not Mode.INT8 else calibrated.float_io
+    taken_as_float = {end.name for end in float_io if isinstance(end, FloatInput)}
     narrow_inputs = data_lint(prepared.calibration, prepared.evaluation) + input_lint(
         {name: values for name, values in prepared.calibration.inputs.items() if name not in taken_as_float}) \
         if recipe.mode is Mode.INT8 else []
     for message in narrow_inputs:
         console.warn(message)
-    io_notes = [head.describe() for head in float_inputs]  # an IO change: said on the terminal and in the report
+    io_notes = [end.describe() for end in float_io]  # an IO change: said on the terminal and in the report
     for message in io_notes:
         console.warn(message)
     if spec.diagnose and calibrated is not None and calibrated.calibrated and recipe.mode is Mode.INT8:
@@ -206,7 +207,7 @@ def _diagnose(calibrated, data, recipe: Recipe, *, parallel: int = 1) -> tuple[l
         except (RuntimeError, ValueError) as exc:  # the debugger's interpreter cannot run every graph
             log.info("per-tensor diagnostics skipped: %s", one_line(exc, 160))
         lint = range_lint(calibrated.calibrated)
-    in_float = {op for head in calibrated.float_inputs for op in head.ops}  # the inputs' heads: no int8 to judge
+    in_float = {op for end in calibrated.float_io for op in end.ops}  # heads and tails in float: no int8 to judge
     diagnostics = [d for d in diagnostics if d.tensor not in in_float]
     lint = [w for w in lint if w.tensor not in in_float]
     if lint and diagnostics:

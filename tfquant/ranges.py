@@ -91,6 +91,16 @@ def minmax_ranges(stats: Statistics) -> Ranges:
     return {}
 
 
+def extreme_ranges(stats: Statistics) -> Ranges:
+    """Per tensor, the least and greatest value over the samples, as the statistics saw them.
+
+    TensorFlow's calibrator logs an op's inputs after the op has run, and where the interpreter
+    runs an elementwise op in place (its output in its input's buffer), what it logs for the input
+    is the output: a dense op's output in [-1, 1] read by a MUL by 727 was given [-727, 727]. The
+    statistics keep every tensor apart."""
+    return {index: _with_zero(e[:, 0].min(), e[:, 1].max()) for index, e in stats.extremes.items() if len(e)}
+
+
 @_estimator("percentile")
 def percentile_ranges(stats: Statistics, share: float = PERCENTILE, stretch: float = STRETCH) -> Ranges:
     """Per side, the `share` quantile over samples of each sample's extreme (its min, its max), for
@@ -226,15 +236,37 @@ def _open_outputs(model, outputs: Optional[set[str]] = None) -> list[tuple[list[
         if outputs is not None and named.get(int(output)) not in outputs:
             continue
         chain, op = [int(output)], producers.get(int(output))
-        while op is not None and builtin_of(model, op) in _SAME_SCALE:  # a reshape shares its input's scale
-            chain.append(int(op.inputs[0]))
-            op = producers.get(int(op.inputs[0]))
+        while op is not None and (builtin_of(model, op) in _SAME_SCALE or _shifted_or_scaled(model, graph, op) >= 0):
+            # a reshape shares its input's scale; a shift or a positive scaling by constants (an output's
+            # rescaling, `tfquant.float_io`) leaves the same sides open
+            read = int(op.inputs[0]) if builtin_of(model, op) in _SAME_SCALE else _shifted_or_scaled(model, graph, op)
+            chain.append(read)
+            op = producers.get(read)
         if op is None or not all(has_range(graph.tensors[i]) for i in chain):
             continue
         below, above = _open_sides(model, op)
         if below or above:
             found.append((chain, below, above))
     return found
+
+
+def _shifted_or_scaled(model, graph, op) -> int:
+    """The tensor `op` reads where it adds a constant to it, subtracts one from it or multiplies it by a
+    positive one; else -1."""
+    from .flatbuffer import builtin_of, float_constant, is_constant
+
+    builtin = builtin_of(model, op)
+    if builtin not in _SHIFTS_AND_SCALES or len(op.inputs) != 2 or \
+            getattr(op.builtinOptions, "fusedActivationFunction", 0) != 0:  # no fused activation
+        return -1
+    inputs = [int(i) for i in op.inputs]
+    constant = [k for k, i in enumerate(inputs) if is_constant(model, graph, i)]
+    if len(constant) != 1 or (builtin == _SHIFTS_AND_SCALES_SUB and constant[0] != 1):
+        return -1
+    values = float_constant(model, graph, inputs[constant[0]])
+    if values is None or (builtin == _SHIFTS_AND_SCALES_MUL and not np.all(values > 0)):
+        return -1
+    return inputs[1 - constant[0]]
 
 
 def _open_sides(model, op) -> tuple[bool, bool]:
@@ -260,6 +292,8 @@ def _builtins(*names: str) -> frozenset:
 
 
 _SAME_SCALE = _builtins("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
+_SHIFTS_AND_SCALES = _builtins("ADD", "SUB", "MUL")
+_SHIFTS_AND_SCALES_SUB, _SHIFTS_AND_SCALES_MUL = (next(iter(_builtins(name))) for name in ("SUB", "MUL"))
 # Ops whose output cannot leave a fixed range (a clip is a MAXIMUM and a MINIMUM), or is not a float.
 _BOUNDED = _builtins("SOFTMAX", "LOGISTIC", "TANH", "L2_NORMALIZATION", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1",
                      "ARG_MAX", "ARG_MIN", "MAXIMUM", "MINIMUM")
@@ -359,12 +393,14 @@ def pick(errors: dict[str, np.ndarray]) -> str:
     return chosen
 
 
-def sample_errors(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> np.ndarray:
+def sample_errors(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray], *,
+                  per_column: bool = False) -> np.ndarray:
     """Per sample, the mean over outputs of how far the quantized outputs stray from float, by task.
 
     A classifier's error is 1 where the top-1 class changed (what its accuracy feels) plus 0.01
     times the relative RMSE of its scores, a tie-break; an embedding's, one minus the cosine; any
-    other output's, its RMSE relative to the float output's spread.
+    other output's, its RMSE relative to the float output's spread, or with `per_column` to each
+    column's own (targets in different units: the narrow ones' error shows).
     """
     from .tasks import detect
 
@@ -373,6 +409,9 @@ def sample_errors(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarra
         expected = expected.astype(np.float64)
         got = outputs[name].astype(np.float64).reshape(expected.shape)
         spread = float(np.std(expected)) or 1.0
+        if per_column and expected.ndim >= 2:
+            columns = expected.reshape(-1, expected.shape[-1]).std(axis=0)
+            spread = np.where(columns > 0, columns, 1.0)
         count = len(expected)
         rmse = np.sqrt(np.mean(((got - expected) / spread).reshape(count, -1) ** 2, axis=1))
         task = detect(expected)

@@ -19,7 +19,7 @@ MIGRATIONS: dict[int, dict[str, Any]] = {
     3: {"split_joins": False},  # v3: mismatched joins were left as they were
     4: {"equalize": False},  # v4: weights were not equalized across layers
     5: {"keep_best": False},  # v5: QAT kept its own file even when it ended below PTQ
-    6: {"float_input_norm": "off"},  # v6: every float input was taken on int8's one scale
+    6: {"float_io_norm": "off"},  # v6: every float input was taken on int8's one scale
 }
 
 
@@ -84,7 +84,7 @@ def parse_enum(enum_type: type[enum.Enum], value: Any, option: str):
 QUANTIZERS = ("converter", "litert")
 RANGE_METHODS = ("auto", "percentile", "minmax", "mse", "average")  # auto and tfquant.ranges.ESTIMATORS
 WEIGHT_SCALES = ("max", "mse")  # int8 weight scales: the quantizer's max|w| / 127, or tfquant.weights
-FLOAT_INPUT_NORM = ("auto", "on", "off")  # float inputs normalized in float before the int8 graph (tfquant.inputs)
+FLOAT_IO_NORM = ("auto", "on", "off")  # float inputs normalized in float before the int8 graph (tfquant.float_io)
 WEIGHT_ROUNDINGS = ("nearest", "gptq")  # int8 weight values: each to its nearest step, or tfquant.rounding
 
 
@@ -124,12 +124,12 @@ class Recipe(Record):
             equal (`tfquant.equalize`; the same function in float). Per-channel scales need no
             such help, and on EfficientNetB0 it cost 1.4 points there, so it is not applied
             with them. Defaults to `True`.
-        float_input_norm: `"on"`: where one int8 scale cannot hold a float input's features
+        float_io_norm: `"on"`: where one int8 scale cannot hold a float input's features
             (their ranges far apart, as a table's raw columns) and the ops reading it normalize
             each feature (a Normalization layer), the int8 file takes that input as float32 and
             runs the normalization in float before its int8 graph; where dense layers read the
             raw features, a standardization is put before them first, its inverse folded into
-            their weights (`tfquant.inputs`). `"off"`: every input takes `io`. `"auto"`: on,
+            their weights (`tfquant.float_io`). `"off"`: every input takes `io`. `"auto"`: on,
             unless the options pin `io` to an integer type (a report's recipe records which).
             Defaults to `"auto"`.
         weight_scales: int8 weight scales per channel: `"max"` (the quantizer's own, `max|w| / 127`)
@@ -156,7 +156,7 @@ class Recipe(Record):
     quantizer: str = "converter"
     split_joins: bool = True
     equalize: bool = True
-    float_input_norm: str = "auto"
+    float_io_norm: str = "auto"
     weight_scales: str = "max"
     weight_rounding: str = "nearest"
     schema_version: int = SCHEMA_VERSION
@@ -176,7 +176,7 @@ class Recipe(Record):
             raise RecipeError(f"{called('calib_samples')}: expected a whole number at least 1, found {self.calib_samples!r}")
         object.__setattr__(self, "denylist", tuple(self.denylist))
         for name, choices in (("ranges", RANGE_METHODS), ("weight_scales", WEIGHT_SCALES),
-                              ("float_input_norm", FLOAT_INPUT_NORM),
+                              ("float_io_norm", FLOAT_IO_NORM),
                               ("weight_rounding", WEIGHT_ROUNDINGS)):
             if getattr(self, name) not in choices:
                 raise RecipeError(f"{called(name)}: unknown value {getattr(self, name)!r}; expected one of: "
@@ -199,7 +199,7 @@ class Recipe(Record):
             object.__setattr__(self, "bias_correction", False)
             object.__setattr__(self, "split_joins", False)
             object.__setattr__(self, "equalize", False)
-            object.__setattr__(self, "float_input_norm", "off")
+            object.__setattr__(self, "float_io_norm", "off")
             object.__setattr__(self, "weight_scales", "max")
             object.__setattr__(self, "weight_rounding", "nearest")
         if self.schema_version != SCHEMA_VERSION:

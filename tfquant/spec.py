@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Optional
 from .errors import RecipeError, called, naming, spell
 from .options import (Option, Spec, add_options, flag_of, flags, from_flags, given_flags, json_schema, option,
                       replay)
-from .types import FLOAT_INPUT_NORM, QUANTIZERS, RANGE_METHODS, SCHEMA_VERSION, WEIGHT_ROUNDINGS, WEIGHT_SCALES, Budget, IOType, Mode, Recipe
+from .types import FLOAT_IO_NORM, QUANTIZERS, RANGE_METHODS, SCHEMA_VERSION, WEIGHT_ROUNDINGS, WEIGHT_SCALES, Budget, IOType, Mode, Recipe
 
 __all__ = ["ConvertSpec", "QATSpec", "PruneSpec", "ClusterSpec", "OptimizeSpec", "SPECS", "TRAINING", "Option", "Spec",
            "called", "naming", "spec_for", "training_function", "recipe_file", "add_options", "from_flags", "flags",
@@ -96,7 +96,7 @@ class ConvertSpec(Spec):
                             help="with per-tensor weight scales (see {per_channel}): rescale the channels of "
                                  "conv/dense pairs joined by no activation or a RELU so that their weight ranges match "
                                  "(cross-layer equalization; the same float function)")
-    float_input_norm: str = option("auto", choices=FLOAT_INPUT_NORM, recipe=True,
+    float_io_norm: str = option("auto", choices=FLOAT_IO_NORM, recipe=True,
                                    help="on: where one int8 scale cannot hold a float input's features (a table's raw "
                                         "columns) and the model normalizes them first, take that input as float32 and "
                                         "run its normalization in float before the int8 graph (an IO change, "
@@ -147,8 +147,8 @@ class ConvertSpec(Spec):
     @property
     def recipe(self) -> Recipe:
         fields = {name: getattr(self, name) for name in _RECIPE_FIELDS}
-        if fields["float_input_norm"] == "auto":  # off where an integer IO type is pinned: every input takes it
-            fields["float_input_norm"] = "off" if self.io not in (None, IOType.FLOAT32.value) else "on"
+        if fields["float_io_norm"] == "auto":  # off where an integer IO type is pinned: every input takes it
+            fields["float_io_norm"] = "off" if self.io not in (None, IOType.FLOAT32.value) else "on"
         return Recipe(**fields)
 
     @property

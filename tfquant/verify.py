@@ -233,7 +233,8 @@ def verify(
             outputs_report.append(OutputReport(name=name, task=metrics.task, dtype=dtypes.get(name, "?"),
                                                float=reference.metrics.outputs[name], quantized=metrics,
                                                within_budget=not per_output))
-            narrow = None if metrics.task != "regression" or recipe.mode is not Mode.INT8 else \
+            narrow = None if metrics.task != "regression" or recipe.mode is not Mode.INT8 or \
+                dtypes.get(name) == "float32" else \
                 output_lint(name, reference.outputs[name], quantized_outputs[name])
             if narrow is not None:
                 notes.append(narrow)

@@ -1,4 +1,4 @@
-"""Float inputs whose features one int8 scale cannot hold: normalized in float, then int8.
+"""Inputs and outputs whose features one int8 scale cannot hold: normalized in float around the int8 graph.
 
 An int8 file takes each input on one scale, sized for all of its features and for 0
 (`lint.narrowest`). A table's raw columns (a weight in kilograms beside a 0/1 flag, a year, a
@@ -16,8 +16,16 @@ adapter. Where dense layers read the raw features directly, `standardize` first 
 front of them in the float file (each feature's calibration range onto [-1, 1]) and folds its
 inverse into their weights: the same function in float.
 
-Only where the input's IO type is not pinned to an integer type (`Recipe.float_input_norm`); the
-IO change is announced.
+An output is the same seen from the other end: a regression head of targets in different units
+(a price beside a count) gives them one int8 scale, and the narrow ones keep no level. Where the
+output is written by per-column ops by constants (a rescaling of standardized targets, `y * s + m`)
+from a tensor whose columns one scale holds, those ops run in float after a DEQUANTIZE and the
+output is float32 (`inspect` counts them as the output's adapter); where a dense op writes the
+output directly, `rescale_outputs` first divides each of its columns by its largest magnitude on
+the calibration data and puts a MUL after it that gives it back: the same function in float.
+
+Only where the IO type is not pinned to an integer type (`Recipe.float_io_norm`); each IO change
+is announced.
 """
 
 from __future__ import annotations
@@ -28,8 +36,8 @@ from typing import Optional
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from .flatbuffer import (array_constant, builtin_of, float_constant, float_tensor_like, is_constant, new_op, read_model,
-                         readers_of, signature_names, text, write_model)
+from .flatbuffer import (array_constant, builtin_of, float_constant, float_tensor_like, is_constant, new_op,
+                         producers_of, read_model, readers_of, signature_names, text, write_model)
 from .lint import Narrow, narrowest
 
 _OPS = schema.BuiltinOperator
@@ -57,6 +65,34 @@ class FloatInput:
     def describe(self) -> str:
         return (f"input {self.name!r} is float32, not int8: its normalization ({', '.join(self.kinds)}) runs in "
                 f"float and the int8 graph starts after it; {self.narrow.describe('taken as int8', 'feature')}")
+
+
+@dataclass(frozen=True)
+class FloatOutput:
+    """An output the file gives as float32, its tail (by output tensor names) run in float."""
+
+    name: str  # the signature's name
+    tensor: str  # the graph's output tensor
+    ops: tuple[str, ...]  # the tail's ops, by output tensor name, in graph order
+    kinds: tuple[str, ...]
+    narrow: Narrow  # what int8 would leave of the output
+
+    def describe(self) -> str:
+        return (f"output {self.name!r} is float32, not int8: its last per-column ops ({', '.join(self.kinds)}) run "
+                f"in float after the int8 graph; {self.narrow.describe('given as int8', 'column')}")
+
+
+@dataclass(frozen=True)
+class Rescaled:
+    """A tail put after the dense op that writes an output whose columns differ in scale."""
+
+    name: str
+    writer: str
+
+    def describe(self) -> str:
+        return (f"divided each column of the dense op writing output {self.name!r} by its largest magnitude on the "
+                "calibration data and put a MUL after it that gives it back (the same function in float), so that "
+                "its columns share one int8 scale")
 
 
 @dataclass(frozen=True)
@@ -134,6 +170,127 @@ def input_heads(model, graph) -> list:
                 for r in readers.get(t, []) if not any(r is h for h in head)) for t in _exits(graph, head)):
             found += head
     return found
+
+
+def _tail(model, graph, index: int) -> Optional[tuple[list, int]]:
+    """The ops of output `index`'s tail, in graph order, and the tensor it starts from: ops by per-feature
+    constants back from the output, each tensor between them read by the next alone. None where there
+    are none, or something else reads the output."""
+    producers, readers = producers_of(graph), readers_of(graph)
+    if readers.get(index):
+        return None
+    tail, tensor = [], index
+    while tensor in producers and len(tail) < MAX_HEAD:
+        op = producers[tensor]
+        reads = [int(i) for i in op.inputs if not is_constant(model, graph, int(i))]
+        if len(reads) != 1 or _per_feature(model, graph, op, reads[0]) is None or \
+                (tensor != index and len(readers.get(tensor, [])) != 1):
+            break
+        tail.insert(0, op)
+        tensor = reads[0]
+    return (tail, tensor) if tail else None
+
+
+def output_tails(model, graph) -> list:
+    """The ops of a quantized file that only adapt its float outputs: the tail of a float output whose
+    start is a DEQUANTIZE of an integer tensor, and that DEQUANTIZE, as `as_float` leaves them."""
+    producers = producers_of(graph)
+    found = []
+    for index in [int(i) for i in graph.outputs]:
+        tail = _tail(model, graph, index) if graph.tensors[index].type == schema.TensorType.FLOAT32 else None
+        start = None if tail is None else producers.get(tail[1])
+        if start is not None and builtin_of(model, start) == _OPS.DEQUANTIZE and \
+                graph.tensors[int(start.inputs[0])].type != schema.TensorType.FLOAT32:
+            found += [start, *tail[0]]
+    return found
+
+
+def _undone(model, graph, tail: list, values: np.ndarray) -> Optional[np.ndarray]:
+    """The values a tail reads, given what it writes (`values`), or None where a product by 0 hides them."""
+    values = values.astype(np.float64)
+    for op in reversed(tail):
+        inputs = [int(i) for i in op.inputs]
+        at = next(k for k, i in enumerate(inputs) if not is_constant(model, graph, i))
+        constant = float_constant(model, graph, inputs[1 - at]).astype(np.float64)
+        builtin = builtin_of(model, op)
+        if builtin == _OPS.MUL and np.any(constant == 0):
+            return None
+        values = {_OPS.ADD: lambda v: v - constant, _OPS.MUL: lambda v: v / constant,
+                  _OPS.DIV: lambda v: v * constant,
+                  _OPS.SUB: lambda v: v + constant if at == 0 else constant - v}[builtin](values)
+    return values
+
+
+def plan_outputs(float_tflite: bytes, outputs: dict[str, np.ndarray], *,
+                 threshold: float = RUINED) -> list[FloatOutput]:
+    """The float outputs of `float_tflite` one of whose columns int8 would leave fewer than
+    256/`threshold` levels on `outputs` (the float file's outputs on the calibration samples, by
+    signature name), and whose tail starts from a tensor whose columns one scale holds; each with its
+    tail."""
+    model = read_model(float_tflite)
+    graph = model.subgraphs[0]
+    named = signature_names(model)
+    found = []
+    for index in [int(i) for i in graph.outputs]:
+        name = named.get(index, text(graph.tensors[index].name))
+        values = outputs.get(name)
+        if graph.tensors[index].type != schema.TensorType.FLOAT32 or values is None:
+            continue
+        narrow = narrowest(values, threshold=threshold)
+        tail = None if narrow is None else _tail(model, graph, index)
+        start = None if tail is None else _undone(model, graph, tail[0], values)
+        if start is None or narrowest(start.astype(np.float32)) is not None:
+            continue
+        found.append(FloatOutput(name, text(graph.tensors[index].name),
+                                 tuple(text(graph.tensors[int(op.outputs[0])].name) for op in tail[0]),
+                                 tuple(_NAMES[builtin_of(model, op)] for op in tail[0]), narrow))
+    return found
+
+
+def rescale_outputs(float_tflite: bytes, outputs: dict[str, np.ndarray], *,
+                    threshold: float = RUINED) -> tuple[bytes, list[Rescaled]]:
+    """The float file with a tail put after the dense op writing each float output that int8 would ruin
+    and that has none: the op's columns divided by their largest magnitude on the calibration data,
+    and a MUL after it that gives it back, so that the outputs are the same in float. Not centered:
+    each column keeps 0 in its range, as its int8 scale did, and keeps at least the levels it had."""
+    model = read_model(float_tflite)
+    graph = model.subgraphs[0]
+    named = signature_names(model)
+    producers, readers = producers_of(graph), readers_of(graph)
+    done = []
+    for index in [int(i) for i in graph.outputs]:
+        name = named.get(index, text(graph.tensors[index].name))
+        values = outputs.get(name)
+        writer = producers.get(index)
+        if graph.tensors[index].type != schema.TensorType.FLOAT32 or values is None or writer is None or \
+                readers.get(index) or narrowest(values, threshold=threshold) is None or \
+                _tail(model, graph, index) or builtin_of(model, writer) != _OPS.FULLY_CONNECTED or \
+                writer.builtinOptions.fusedActivationFunction != schema.ActivationFunctionType.NONE:
+            continue
+        weights = float_constant(model, graph, int(writer.inputs[1]))
+        bias = int(writer.inputs[2]) if len(writer.inputs) > 2 and int(writer.inputs[2]) >= 0 else -1
+        old_bias = np.zeros(0) if bias < 0 else float_constant(model, graph, bias)
+        columns = values.reshape(-1, values.shape[-1]).astype(np.float64)
+        if weights is None or weights.ndim != 2 or weights.shape[0] != columns.shape[1] or old_bias is None:
+            continue
+        reach = np.abs(columns).max(axis=0)
+        reach = np.where(reach > 0, reach, 1.0)
+        old_bias = np.zeros(len(reach)) if bias < 0 else old_bias.astype(np.float64)
+        near = graph.tensors[index].name
+        scaled = float_tensor_like(graph, index, near + b"/rescaled")
+        writer.inputs = [int(writer.inputs[0]),
+                         array_constant(model, graph, (weights / reach[:, None]).astype(np.float32), near,
+                                        b"rescaled/w"),
+                         array_constant(model, graph, (old_bias / reach).astype(np.float32), near,
+                                        b"rescaled/b")] + [int(i) for i in writer.inputs[3:]]
+        writer.outputs = [scaled]
+        at = next(k for k, op in enumerate(graph.operators) if op is writer) + 1
+        graph.operators[at:at] = [new_op(model, _OPS.MUL, [scaled, array_constant(
+            model, graph, reach.astype(np.float32), near, b"rescaled/reach")], [index])]
+        done.append(Rescaled(name, text(near)))
+    if not done:
+        return float_tflite, []
+    return write_model(model), done
 
 
 def _exits(graph, head: list) -> list[int]:
@@ -254,17 +411,19 @@ def _half_ranges(low: np.ndarray, high: np.ndarray, weights: list[np.ndarray]) -
     return np.where(constant & np.isfinite(factor) & (factor > 0), factor, half)
 
 
-def as_float(quantized: bytes, float_inputs: list[FloatInput]) -> bytes:
-    """The quantized file (its heads kept float by the quantizer, its inputs integer) with each of
-    `float_inputs` taking float32: the DEQUANTIZE the quantizer put after the integer input goes, and
-    the head reads the float input."""
+def as_float(quantized: bytes, float_io: list) -> bytes:
+    """The quantized file (the heads and tails of `float_io` kept float by the quantizer, its IO integer)
+    with each input of `float_io` (`FloatInput`) taking float32, the DEQUANTIZE after it gone and its
+    head reading it, and each output (`FloatOutput`) given as float32, the QUANTIZE before it gone and
+    its tail writing it."""
     model = read_model(quantized)
     graph = model.subgraphs[0]
-    wanted = {f.tensor for f in float_inputs}
+    inputs = {f.tensor for f in float_io if isinstance(f, FloatInput)}
+    outputs = {f.name for f in float_io if isinstance(f, FloatOutput)}
     changed = False
     for index in [int(i) for i in graph.inputs]:
         tensor = graph.tensors[index]
-        if text(tensor.name) not in wanted or tensor.type == schema.TensorType.FLOAT32:
+        if text(tensor.name) not in inputs or tensor.type == schema.TensorType.FLOAT32:
             continue
         dequantize = readers_of(graph).get(index, [])
         if not dequantize or any(builtin_of(model, op) != _OPS.DEQUANTIZE for op in dequantize):
@@ -276,5 +435,20 @@ def as_float(quantized: bytes, float_inputs: list[FloatInput]) -> bytes:
             for reader in graph.operators:
                 reader.inputs = [index if int(i) == out else int(i) for i in reader.inputs]
             graph.operators.remove(op)
+        changed = True
+    producers, readers = producers_of(graph), readers_of(graph)
+    named = signature_names(model)
+    for index in [int(i) for i in graph.outputs]:
+        tensor = graph.tensors[index]
+        quantize = producers.get(index)
+        if named.get(index, text(tensor.name)) not in outputs or tensor.type == schema.TensorType.FLOAT32 or \
+                quantize is None or builtin_of(model, quantize) != _OPS.QUANTIZE:
+            continue
+        last = producers.get(int(quantize.inputs[0]))  # the quantizer renames the tail's last tensor
+        if last is None or builtin_of(model, last) not in AFFINE or len(readers.get(int(quantize.inputs[0]), [])) != 1:
+            continue
+        last.outputs = [index]
+        tensor.type, tensor.quantization = schema.TensorType.FLOAT32, None
+        graph.operators.remove(quantize)
         changed = True
     return write_model(model) if changed else quantized

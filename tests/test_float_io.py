@@ -61,12 +61,12 @@ def test_a_normalization_of_raw_columns_runs_in_float_before_the_int8_graph(vers
                         r"the int8 graph starts after it; taken as int8: its one int8 scale spans \[0, 19\d\d\] "
                         r"\(feature 1 reaches 19\d\d; int8 also holds 0\), so feature \d, in .*, keeps about [\d.]+ "
                         r"of 256 levels", note), note
-    assert result.report.recipe.float_input_norm == "on"
+    assert result.report.recipe.float_io_norm == "on"
     assert not any("normalization" in w.tensor for w in result.report.range_lint), result.report.range_lint
 
     if version == 3:  # pinned to int8, every input takes int8: the same model at chance, and the lint says why
         pinned = tfquant.quantize(model, features, eval_data=(test, digits["y_test"]), io="int8", bench_runs=1)
-        assert pinned.info.inputs[0].dtype == "int8" and pinned.report.recipe.float_input_norm == "off"
+        assert pinned.info.inputs[0].dtype == "int8" and pinned.report.recipe.float_io_norm == "off"
         assert pinned.report.outputs[0].quantized.agreement < 0.5
         assert any(w.startswith("input 'features': its one int8 scale spans") for w in pinned.report.warnings)
 
@@ -101,7 +101,7 @@ def test_dense_layers_reading_raw_columns_get_a_standardization_in_float(digits)
                for note in result.report.export.notes), result.report.export.notes
     (output,) = result.report.outputs
     assert output.quantized.agreement >= 0.95
-    off = tfquant.quantize(model, features, eval_data=(test, digits["y_test"]), float_input_norm="off", bench_runs=1)
+    off = tfquant.quantize(model, features, eval_data=(test, digits["y_test"]), float_io_norm="off", bench_runs=1)
     assert off.report.outputs[0].quantized.agreement < 0.5
 
 
@@ -122,7 +122,7 @@ def test_a_feature_int8_keeps_a_coarse_copy_of_leaves_the_input_int8(digits):
     input's scale, which the lint warns of, but a coarse copy is what they carry: normalized on the
     calibration data's ranges, their rare larger values would be clipped (a regression on such columns
     went from 2 % to 7-10 % of σ off float that way). Only a feature left fewer than 8 levels
-    (`inputs.RUINED`) makes a float input, and the int8 input stays."""
+    (`float_io.RUINED`) makes a float input, and the int8 input stays."""
     from tfquant._keras import keras3
     from tfquant.lint import narrowest
 
@@ -142,12 +142,12 @@ def test_a_feature_int8_keeps_a_coarse_copy_of_leaves_the_input_int8(digits):
 
 
 def test_the_spec_pins_integer_inputs_only_when_io_is_given():
-    assert ConvertSpec().recipe.float_input_norm == "on"
-    assert ConvertSpec(io="float32").recipe.float_input_norm == "on"
-    assert ConvertSpec(io="int8").recipe.float_input_norm == "off"
-    assert ConvertSpec(io="int8", float_input_norm="on").recipe.float_input_norm == "on"  # a replayed recipe
-    assert ConvertSpec(float_input_norm="off").recipe.float_input_norm == "off"
-    assert ConvertSpec(quantizer="litert").recipe.float_input_norm == "off"
+    assert ConvertSpec().recipe.float_io_norm == "on"
+    assert ConvertSpec(io="float32").recipe.float_io_norm == "on"
+    assert ConvertSpec(io="int8").recipe.float_io_norm == "off"
+    assert ConvertSpec(io="int8", float_io_norm="on").recipe.float_io_norm == "on"  # a replayed recipe
+    assert ConvertSpec(float_io_norm="off").recipe.float_io_norm == "off"
+    assert ConvertSpec(quantizer="litert").recipe.float_io_norm == "off"
 
 
 def test_a_budget_failure_with_io_pinned_names_the_input(digits):
@@ -168,3 +168,60 @@ def test_a_budget_failure_with_io_pinned_names_the_input(digits):
         tfquant.quantize(model, features[:200], eval_data=features[200:], io="int8", bench_runs=1)
     result = tfquant.quantize(model, features[:200], eval_data=features[200:], bench_runs=1)
     assert result.info.inputs[0].dtype == "float32" and result.report.outputs[0].quantized.rel_rmse < 0.05
+
+
+def price_and_count(k):
+    """A price (about 10^3) and a count (about 0.3) in one output, both from the ink."""
+    inputs = k.Input((8, 8, 1), name="image")
+    head = k.layers.Dense(2, name="targets")
+    model = k.Model(inputs, head(k.layers.Flatten()(inputs)))
+    weights = np.zeros((64, 2), np.float32)
+    weights[:, 0], weights[:, 1] = 10000 / 64, 1 / 64
+    head.set_weights([weights, np.zeros(2, np.float32)])
+    return model
+
+
+def column_errors(result, model, x) -> np.ndarray:
+    """Each output column's RMSE against Keras, relative to its own standard deviation, on the int8 file."""
+    from tfquant.data import load_data
+    from tfquant.harness import Runner
+
+    runner = Runner(result.tflite)
+    got = runner.predict(load_data({"image": x}, runner.specs))["targets"].astype(np.float64)
+    expected = model.predict(x, verbose=0).astype(np.float64)
+    return np.sqrt(np.mean((got - expected) ** 2, axis=0)) / expected.std(axis=0)
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_targets_of_different_scales_in_one_output_are_rescaled_in_float(version, digits):
+    """One int8 scale for a price and a count leaves the count no level (its RMSE 9 times its own
+    spread), while the output's relative RMSE, the price's, looks fine. The dense op's columns are
+    divided by their reach and a MUL after the int8 graph gives it back: the output is float32, and
+    each column keeps int8's levels over its own range."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    model = price_and_count(k)
+    result = tfquant.quantize(model, digits["x"][:200], eval_data=digits["x_test"], bench_runs=1, diagnose=False)
+    ops = ops_of(result)
+    assert ops[-2:] == [("DEQUANTIZE", False), ("MUL", False)] and result.info.fully_integer, ops
+    assert result.info.outputs[0].dtype == "float32" and result.info.inputs[0].dtype == "int8"
+    errors = column_errors(result, model, digits["x_test"])
+    assert errors.max() < 0.03, errors
+    assert any(note.startswith("divided each column of the dense op writing output 'targets' by its largest magnitude")
+               for note in result.report.export.notes), result.report.export.notes
+    (note,) = [w for w in result.report.warnings if w.startswith("output 'targets'")]
+    assert re.fullmatch(r"output 'targets' is float32, not int8: its last per-column ops \(MUL\) run in float after "
+                        r"the int8 graph; given as int8: its one int8 scale spans \[0, [\d.]+\] \(column 0 reaches "
+                        r"[\d.]+; int8 also holds 0\), so column 1, in .*, keeps about 0.0\d+ of 256 levels", note), note
+
+    if version == 3:  # pinned, the count keeps no level, and the report says so with its own error
+        pinned = tfquant.quantize(model, digits["x"][:200], eval_data=digits["x_test"], bench_runs=1, diagnose=False,
+                                  io="int8")
+        assert column_errors(pinned, model, digits["x_test"])[1] > 1
+        (output,) = pinned.report.outputs
+        assert output.task == "regression" and output.quantized.rel_rmse < 0.05  # within budget, as a whole
+        (warning,) = [w for w in pinned.report.warnings if w.startswith("output 'targets'")]
+        assert re.match(r"output 'targets': its one int8 scale spans \[0, [\d.e+]+\] \(column 0 reaches .*; int8 "
+                        r"also holds 0\), so column 1, in \[[\d.]+, [\d.]+\], keeps about 0.0\d+ of 256 levels: its "
+                        r"RMSE against float is [\d.,]+ % of its own standard deviation\. Fix: ", warning), warning
