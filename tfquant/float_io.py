@@ -31,7 +31,7 @@ is announced.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
@@ -172,6 +172,20 @@ def input_heads(model, graph) -> list:
     return found
 
 
+def _ruined(model, graph, ends, values: dict[str, np.ndarray], threshold: float) -> Iterator[tuple]:
+    """(index, signature name, values, `Narrow`) of each float graph input or output among `ends` whose
+    values (by signature name) int8's one scale would leave a feature fewer than 256/`threshold` levels."""
+    named = signature_names(model)
+    for index in [int(i) for i in ends]:
+        name = named.get(index, text(graph.tensors[index].name))
+        found = values.get(name)
+        if graph.tensors[index].type != schema.TensorType.FLOAT32 or found is None:
+            continue
+        narrow = narrowest(found, threshold=threshold)
+        if narrow is not None:
+            yield index, name, found, narrow
+
+
 def _tail(model, graph, index: int) -> Optional[tuple[list, int]]:
     """The ops of output `index`'s tail, in graph order, and the tensor it starts from: ops by per-feature
     constants back from the output, each tensor between them read by the next alone. None where there
@@ -229,15 +243,9 @@ def plan_outputs(float_tflite: bytes, outputs: dict[str, np.ndarray], *,
     tail."""
     model = read_model(float_tflite)
     graph = model.subgraphs[0]
-    named = signature_names(model)
     found = []
-    for index in [int(i) for i in graph.outputs]:
-        name = named.get(index, text(graph.tensors[index].name))
-        values = outputs.get(name)
-        if graph.tensors[index].type != schema.TensorType.FLOAT32 or values is None:
-            continue
-        narrow = narrowest(values, threshold=threshold)
-        tail = None if narrow is None else _tail(model, graph, index)
+    for index, name, values, narrow in _ruined(model, graph, graph.outputs, outputs, threshold):
+        tail = _tail(model, graph, index)
         start = None if tail is None else _undone(model, graph, tail[0], values)
         if start is None or narrowest(start.astype(np.float32)) is not None:
             continue
@@ -255,16 +263,12 @@ def rescale_outputs(float_tflite: bytes, outputs: dict[str, np.ndarray], *,
     each column keeps 0 in its range, as its int8 scale did, and keeps at least the levels it had."""
     model = read_model(float_tflite)
     graph = model.subgraphs[0]
-    named = signature_names(model)
     producers, readers = producers_of(graph), readers_of(graph)
     done = []
-    for index in [int(i) for i in graph.outputs]:
-        name = named.get(index, text(graph.tensors[index].name))
-        values = outputs.get(name)
+    for index, name, values, _ in list(_ruined(model, graph, graph.outputs, outputs, threshold)):
         writer = producers.get(index)
-        if graph.tensors[index].type != schema.TensorType.FLOAT32 or values is None or writer is None or \
-                readers.get(index) or narrowest(values, threshold=threshold) is None or \
-                _tail(model, graph, index) or builtin_of(model, writer) != _OPS.FULLY_CONNECTED or \
+        if writer is None or readers.get(index) or _tail(model, graph, index) or \
+                builtin_of(model, writer) != _OPS.FULLY_CONNECTED or \
                 writer.builtinOptions.fusedActivationFunction != schema.ActivationFunctionType.NONE:
             continue
         weights = float_constant(model, graph, int(writer.inputs[1]))
@@ -318,15 +322,9 @@ def plan(float_tflite: bytes, inputs: dict[str, np.ndarray], *,
     leaves every feature more than the lint asks (`lint.DEFAULT_RANGE_RATIO`); each with its head."""
     model = read_model(float_tflite)
     graph = model.subgraphs[0]
-    named = signature_names(model)
     found = []
-    for index in [int(i) for i in graph.inputs]:
-        name = named.get(index, text(graph.tensors[index].name))
-        values = inputs.get(name)
-        if graph.tensors[index].type != schema.TensorType.FLOAT32 or values is None:
-            continue
-        narrow = narrowest(values, threshold=threshold)
-        head = None if narrow is None else _head(model, graph, index)
+    for index, name, values, narrow in _ruined(model, graph, graph.inputs, inputs, threshold):
+        head = _head(model, graph, index)
         if not head:
             continue
         computed = _run(model, graph, head, index, values)
@@ -347,15 +345,11 @@ def standardize(float_tflite: bytes, inputs: dict[str, np.ndarray], *,
     in float."""
     model = read_model(float_tflite)
     graph = model.subgraphs[0]
-    named = signature_names(model)
     readers = readers_of(graph)
     done = []
-    for index in [int(i) for i in graph.inputs]:
-        name = named.get(index, text(graph.tensors[index].name))
-        values = inputs.get(name)
+    for index, name, values, _ in list(_ruined(model, graph, graph.inputs, inputs, threshold)):
         ops = readers.get(index, [])
-        if graph.tensors[index].type != schema.TensorType.FLOAT32 or values is None or not ops or \
-                narrowest(values, threshold=threshold) is None or _head(model, graph, index):
+        if not ops or _head(model, graph, index):
             continue
         features = int(graph.tensors[index].shape[-1])
         weights = [float_constant(model, graph, int(op.inputs[1])) if builtin_of(model, op) == _OPS.FULLY_CONNECTED
