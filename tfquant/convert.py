@@ -158,7 +158,12 @@ class Calibration:
             from .float_io import as_float
 
             kept = tuple(dict.fromkeys(recipe.denylist + tuple(op for head in heads for op in head.ops)))
-            data = as_float(quantize_calibrated(self.calibrated, replace(recipe, denylist=kept), source=source), heads)
+            try:
+                data = as_float(quantize_calibrated(self.calibrated, replace(recipe, denylist=kept), source=source),
+                                heads)
+            except ValueError as exc:
+                raise ConversionError(problem(source, "a file whose float inputs and outputs can be given float32",
+                                              str(exc))) from None
         else:
             data = quantize_calibrated(self.calibrated, recipe, source=source)
         if recipe.mode is Mode.INT8 and recipe.weight_scales == "mse":
@@ -188,9 +193,10 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
     """
     found, recipe = _calibration_for(exported, calibration, recipe, source=source, regression=headroom)
     if found.calibrated:
+        from .float_io import tails
         from .ranges import with_headroom
 
-        found = replace(found, calibrated=with_headroom(found.calibrated, headroom))
+        found = replace(found, calibrated=with_headroom(found.calibrated, headroom, through=tails(found.float_io)))
     return found, recipe
 
 
@@ -206,7 +212,7 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
 
         float_tflite, rewrites = _checked(float_tflite, calibration, fold, "embedding tables not folded")
     heads = []
-    if recipe.float_io_norm != "off" and recipe.mode is Mode.INT8:
+    if recipe.float_io_norm == "on" and recipe.mode is Mode.INT8:  # "auto" is resolved by the options (`spec`)
         float_tflite, heads, normalized = _float_io(float_tflite, calibration, recipe, source, regression)
         rewrites += normalized
     if recipe.equalize and not recipe.per_channel and recipe.mode is Mode.INT8:
@@ -349,25 +355,31 @@ def _clearly_better(calibration: Dataset, recipe: Recipe, source: str, base: tup
     showed (a rare value of a sparse feature, clipped) count."""
     from . import statistics
     from .harness import Runner
+    from .float_io import tails
     from .ranges import apply_ranges, extreme_ranges, pick, sample_errors, with_headroom
 
-    def calibrated(data: bytes, half: Dataset) -> bytes:  # min/max ranges, as the statistics see them
+    def calibrated(data: bytes, half: Dataset, ends: list) -> bytes:  # min/max ranges, as the statistics see them
         rough = calibrate(data, half, source=source)
         return with_headroom(apply_ranges(rough, extreme_ranges(statistics.collect(rough, half, counts=False))),
-                             regression)
+                             regression, through=tails(ends))
 
     trial = Recipe(mode=Mode.INT8, per_channel=recipe.per_channel)
     halves = calibration.halves()
-    reference = [Runner(base[0]).predict(half, progress=False) for half in halves]
     errors = {}
-    for name, (data, planned) in (("int8", base), ("float", candidate)):
-        folds = []
-        for fold, half in enumerate(halves):
-            quantized = Calibration(data, calibrated(data, half), float_io=planned(data, half)).quantize(
-                trial, source=source, final=False)
-            folds.append(sample_errors(reference[1 - fold], Runner(quantized).predict(halves[1 - fold], progress=False),
-                                       per_column=True))
-        errors[name] = np.concatenate(folds)
+    try:
+        reference = [Runner(base[0]).predict(half, progress=False) for half in halves]
+        for name, (data, planned) in (("int8", base), ("float", candidate)):
+            folds = []
+            for fold, half in enumerate(halves):
+                ends = planned(data, half)
+                quantized = Calibration(data, calibrated(data, half, ends), float_io=ends).quantize(
+                    trial, source=source, final=False)
+                folds.append(sample_errors(reference[1 - fold], Runner(quantized).predict(
+                    halves[1 - fold], progress=False), per_column=True))
+            errors[name] = np.concatenate(folds)
+    except (TfquantError, RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor, say
+        log.info("float %s not tried: %s", what, one_line(exc, 160))
+        return False
     log.info("float %s: mean error on %d held-out calibration samples: %s", what, len(errors["int8"]),
              ", ".join(f"{what} {name} {e.mean():.4g}" for name, e in errors.items()))
     return pick(errors) == "float"

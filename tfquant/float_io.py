@@ -127,7 +127,8 @@ def _per_feature(model, graph, op, reads: int) -> Optional[int]:
             float_constant(model, graph, other) is None:
         return None
     shape, features = list(graph.tensors[other].shape), list(graph.tensors[reads].shape)
-    if any(int(d) != 1 for d in shape[:-1]) or (shape and int(shape[-1]) not in (1, int(features[-1]))):
+    if not features or any(int(d) != 1 for d in shape[:-1]) or \
+            (shape and int(shape[-1]) not in (1, int(features[-1]))):
         return None
     if list(graph.tensors[int(op.outputs[0])].shape) != features:
         return None
@@ -219,6 +220,11 @@ def output_tails(model, graph) -> list:
     return found
 
 
+def tails(float_io: list) -> frozenset:
+    """The output tensor names of the ops of every output's tail in `float_io`."""
+    return frozenset(op for end in float_io if isinstance(end, FloatOutput) for op in end.ops)
+
+
 def _undone(model, graph, tail: list, values: np.ndarray) -> Optional[np.ndarray]:
     """The values a tail reads, given what it writes (`values`), or None where a product by 0 hides them."""
     values = values.astype(np.float64)
@@ -272,14 +278,12 @@ def rescale_outputs(float_tflite: bytes, outputs: dict[str, np.ndarray], *,
                 writer.builtinOptions.fusedActivationFunction != schema.ActivationFunctionType.NONE:
             continue
         weights = float_constant(model, graph, int(writer.inputs[1]))
-        bias = int(writer.inputs[2]) if len(writer.inputs) > 2 and int(writer.inputs[2]) >= 0 else -1
-        old_bias = np.zeros(0) if bias < 0 else float_constant(model, graph, bias)
+        old_bias = _bias(model, graph, writer)
         columns = values.reshape(-1, values.shape[-1]).astype(np.float64)
         if weights is None or weights.ndim != 2 or weights.shape[0] != columns.shape[1] or old_bias is None:
             continue
         reach = np.abs(columns).max(axis=0)
         reach = np.where(reach > 0, reach, 1.0)
-        old_bias = np.zeros(len(reach)) if bias < 0 else old_bias.astype(np.float64)
         near = graph.tensors[index].name
         scaled = float_tensor_like(graph, index, near + b"/rescaled")
         writer.inputs = [int(writer.inputs[0]),
@@ -354,7 +358,8 @@ def standardize(float_tflite: bytes, inputs: dict[str, np.ndarray], *,
         features = int(graph.tensors[index].shape[-1])
         weights = [float_constant(model, graph, int(op.inputs[1])) if builtin_of(model, op) == _OPS.FULLY_CONNECTED
                    and int(op.inputs[0]) == index and list(op.inputs).count(index) == 1 else None for op in ops]
-        if any(w is None or w.ndim != 2 or w.shape[1] != features for w in weights):
+        if any(w is None or w.ndim != 2 or w.shape[1] != features for w in weights) or \
+                any(_bias(model, graph, op) is None for op in ops):
             continue
         rows = values.reshape(-1, features).astype(np.float64)
         low, high = rows.min(axis=0), rows.max(axis=0)
@@ -368,9 +373,8 @@ def standardize(float_tflite: bytes, inputs: dict[str, np.ndarray], *,
                                                                   near, b"standardized/inverse_half_range")], [scaled])]
         for op, w in zip(ops, weights):
             op_name = graph.tensors[int(op.outputs[0])].name
-            bias = int(op.inputs[2]) if len(op.inputs) > 2 and int(op.inputs[2]) >= 0 else -1
             shift = w.astype(np.float64) @ middle
-            old_bias = np.zeros(w.shape[0]) if bias < 0 else float_constant(model, graph, bias).astype(np.float64)
+            old_bias = _bias(model, graph, op)
             inputs_of = [scaled,
                          array_constant(model, graph, (w * half).astype(np.float32), op_name, b"standardized/w"),
                          array_constant(model, graph, (old_bias + shift).astype(np.float32), op_name,
@@ -381,6 +385,15 @@ def standardize(float_tflite: bytes, inputs: dict[str, np.ndarray], *,
     if not done:
         return float_tflite, []
     return write_model(model), done
+
+
+def _bias(model, graph, op) -> Optional[np.ndarray]:
+    """A dense op's bias (zeros where it has none), or None where it is not a float constant."""
+    weights = graph.tensors[int(op.inputs[1])]
+    if len(op.inputs) < 3 or int(op.inputs[2]) < 0:
+        return np.zeros(int(weights.shape[0]))
+    bias = float_constant(model, graph, int(op.inputs[2]))
+    return None if bias is None else bias.astype(np.float64).reshape(-1)
 
 
 def _half_ranges(low: np.ndarray, high: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
@@ -439,8 +452,10 @@ def as_float(quantized: bytes, float_io: list) -> bytes:
                 quantize is None or builtin_of(model, quantize) != _OPS.QUANTIZE:
             continue
         last = producers.get(int(quantize.inputs[0]))  # the quantizer renames the tail's last tensor
-        if last is None or builtin_of(model, last) not in AFFINE or len(readers.get(int(quantize.inputs[0]), [])) != 1:
-            continue
+        if last is None or builtin_of(model, last) not in AFFINE or len(readers.get(int(quantize.inputs[0]), [])) != 1 \
+                or graph.tensors[int(quantize.inputs[0])].type != schema.TensorType.FLOAT32:
+            raise ValueError(f"output {named.get(index, text(tensor.name))!r}: expected the quantizer to keep its "
+                             "tail float before a QUANTIZE, found another op")
         last.outputs = [index]
         tensor.type, tensor.quantization = schema.TensorType.FLOAT32, None
         graph.operators.remove(quantize)

@@ -13,7 +13,7 @@ from . import console, ladder
 from .convert import calibration_for, convert
 from .data import ImageOptions
 from .errors import one_line
-from .float_io import FloatInput
+from .float_io import FloatInput, FloatOutput
 from .diagnose import Sweep, layer_errors, ranked_by_outputs, whole_error
 from .lint import data_lint, input_lint, range_lint
 from .prepare import Prepared, check_budget, prepare
@@ -113,9 +113,6 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
         if recipe.mode is Mode.INT8 else []
     for message in narrow_inputs:
         console.warn(message)
-    io_notes = [end.describe() for end in float_io]  # an IO change: said on the terminal and in the report
-    for message in io_notes:
-        console.warn(message)
     if spec.diagnose and calibrated is not None and calibrated.calibrated and recipe.mode is Mode.INT8:
         started = time.perf_counter()
         diagnostics, lint = _diagnose(calibrated, prepared.evaluation or prepared.calibration, recipe,
@@ -142,6 +139,10 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
     else:
         with console.step(f"quantizing to {recipe.mode.value}"):
             tflite = convert(prepared.exported, recipe, calibrated=calibrated, source=source)
+    # An IO change, said on the terminal and in the report, where the file chosen is int8 (not a ladder's int16x8).
+    io_notes = [end.describe() for end in float_io] if recipe.mode is Mode.INT8 else []
+    for message in io_notes:
+        console.warn(message)
     gzip_size_soon(tflite)  # while it is evaluated
     seconds["convert"] = time.perf_counter() - started
 
@@ -164,6 +165,7 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
                   rewrites=[] if calibrated is None else [r.describe() for r in calibrated.rewrites],
                   warnings=narrow_inputs + io_notes + [w.message for w in lint] + notes, narrow_inputs=narrow_inputs,
                   rank_on_miss=rank_on_miss,
+                  float_outputs={end.name for end in float_io if isinstance(end, FloatOutput)} if io_notes else set(),
                   extra={"diagnostics": diagnostics[:DIAGNOSTICS_IN_REPORT], "range_lint": lint,
                          "ladder": [] if climbed is None else climbed.candidates,
                          "chosen": None if climbed is None else climbed.candidates.index(climbed.chosen)})

@@ -183,17 +183,17 @@ def apply_ranges(calibrated: bytes, ranges: Ranges) -> bytes:
 HEADROOM = 0.25  # of its calibrated span, added beyond each side an unbounded output can still grow on
 
 
-def with_headroom(calibrated: bytes, outputs: Optional[set[str]] = None) -> bytes:
+def with_headroom(calibrated: bytes, outputs: Optional[set[str]] = None, *, through: frozenset = frozenset()) -> bytes:
     """`output_headroom` on a calibrated file, for the outputs named (by signature name; all when None)."""
     from .flatbuffer import read_model, write_model
 
     if outputs is not None and not outputs:  # a classifier: nothing to read the file for
         return calibrated
     model = read_model(calibrated)
-    return write_model(model) if output_headroom(model, outputs) else calibrated
+    return write_model(model) if output_headroom(model, outputs, through=through) else calibrated
 
 
-def output_headroom(model, outputs: Optional[set[str]] = None) -> int:
+def output_headroom(model, outputs: Optional[set[str]] = None, *, through: frozenset = frozenset()) -> int:
     """Widen the ranges of the graph's outputs that no op bounds, in place; returns how many were widened.
 
     A regression head's (or a logits head's) range is the most extreme value the calibration
@@ -204,10 +204,13 @@ def output_headroom(model, outputs: Optional[set[str]] = None) -> int:
     open (above only, after a ReLU); a softmax, sigmoid, tanh or L2 normalization bounds its output
     and keeps its range. It costs a quarter more rounding step on that one tensor, which a
     classifier's logits do not repay (a logits head lost one image in 359 with it): `outputs`
-    names the outputs to widen, by their signature names; all when None.
+    names the outputs to widen, by their signature names; all when None. The ops named in `through`
+    (by output tensor name: an output's tail that runs in float, `tfquant.float_io`) are followed
+    back where they shift or positively scale by constants, and the tensor the int8 graph ends with
+    is widened too.
     """
     widened = 0
-    for chain, below, above in _open_outputs(model, outputs):
+    for chain, below, above in _open_outputs(model, outputs, through):
         for index in chain:
             q = model.subgraphs[0].tensors[index].quantization
             low, high = float(q.min[0]), float(q.max[0])
@@ -226,11 +229,12 @@ def unbounded_outputs(calibrated: bytes, outputs: Optional[set[str]] = None) -> 
     return len(_open_outputs(view_model(calibrated), outputs))
 
 
-def _open_outputs(model, outputs: Optional[set[str]] = None) -> list[tuple[list[int], bool, bool]]:
+def _open_outputs(model, outputs: Optional[set[str]] = None,
+                  through: frozenset = frozenset()) -> list[tuple[list[int], bool, bool]]:
     """Per graph output (named in `outputs` by signature name; all when None) that its op leaves open
     on a side: the output and the tensors that share its scale (a reshape's input), and whether it is
     open below and above."""
-    from .flatbuffer import builtin_of, has_range, producers_of, signature_names
+    from .flatbuffer import builtin_of, has_range, producers_of, signature_names, text
 
     found = []
     named = signature_names(model)
@@ -240,10 +244,16 @@ def _open_outputs(model, outputs: Optional[set[str]] = None) -> list[tuple[list[
         if outputs is not None and named.get(int(output)) not in outputs:
             continue
         chain, op = [int(output)], producers.get(int(output))
-        while op is not None and (builtin_of(model, op) in _SAME_SCALE or _shifted_or_scaled(model, graph, op) >= 0):
-            # a reshape shares its input's scale; a shift or a positive scaling by constants (an output's
-            # rescaling, `tfquant.float_io`) leaves the same sides open
-            read = int(op.inputs[0]) if builtin_of(model, op) in _SAME_SCALE else _shifted_or_scaled(model, graph, op)
+        def followed(op) -> int:
+            """The tensor `op` reads where its output shares that tensor's open sides, else -1: a reshape
+            (the same scale), or a float tail's shift or positive scaling by constants."""
+            if builtin_of(model, op) in _SAME_SCALE:
+                return int(op.inputs[0])
+            named_tail = text(graph.tensors[int(op.outputs[0])].name) in through
+            return _shifted_or_scaled(model, graph, op) if named_tail else -1
+
+        while op is not None and followed(op) >= 0:
+            read = followed(op)
             chain.append(read)
             op = producers.get(read)
         if op is None or not all(has_range(graph.tensors[i]) for i in chain):

@@ -183,6 +183,7 @@ def verify(
     narrow_inputs: Optional[list[str]] = None,
     retrained: bool = False,
     rank_on_miss: Optional[Callable[[], tuple[list, float]]] = None,
+    float_outputs: Optional[set[str]] = None,
 ) -> QuantizationResult:
     """Measure `tflite` next to the float file on the interpreter, build the report, apply the gates.
 
@@ -194,7 +195,8 @@ def verify(
     in int8 does to the outputs, measured only when a budget is missed, and the error of every op in
     int8 on the same samples), the op that costs the outputs most, or that no op alone costs much. A
     `retrained` file (QAT, pruning, clustering) has its regression and embedding outputs held to the
-    labels where there are labels (`tasks.violations`).
+    labels where there are labels (`tasks.violations`). `float_outputs` (by name) are given float32
+    with their per-column ops in float (`tfquant.float_io`): no one int8 scale to lint.
     """
     float_tflite = prepared.exported.tflite
     threads = num_threads or harness.default_threads()
@@ -234,7 +236,7 @@ def verify(
                                                float=reference.metrics.outputs[name], quantized=metrics,
                                                within_budget=not per_output))
             narrow = None if metrics.task != "regression" or recipe.mode is not Mode.INT8 or \
-                dtypes.get(name) == "float32" else \
+                name in (float_outputs or ()) else \
                 output_lint(name, reference.outputs[name], quantized_outputs[name])
             if narrow is not None:
                 notes.append(narrow)
