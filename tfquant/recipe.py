@@ -129,9 +129,11 @@ class Recipe(Record):
             each feature (a Normalization layer), the int8 file takes that input as float32 and
             runs the normalization in float before its int8 graph; where dense layers read the
             raw features, a standardization is put before them first, its inverse folded into
-            their weights (`tfquant.float_io`). `"off"`: every input takes `io`. `"auto"`: on,
-            unless the options pin `io` to an integer type (a report's recipe records which).
-            Defaults to `"auto"`.
+            their weights (`tfquant.float_io`); outputs likewise. `"off"`: every input and output
+            takes `io`. `"auto"`: what the convert options resolve it to (`ConvertSpec.recipe`): on,
+            unless they pin `io` to an integer type (a report's recipe records which); a recipe
+            built with "auto" elsewhere (training commands, callbacks) leaves it off. Defaults to
+            `"auto"`.
         weight_scales: int8 weight scales per channel: `"max"` (the quantizer's own, `max|w| / 127`)
             or `"mse"` (the clipped scale of least squared rounding-plus-clipping error per channel,
             `tfquant.weights`). Not the default: at 8 bits it moved the zoo CNNs' top-1
