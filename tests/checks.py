@@ -17,10 +17,11 @@ INTEGER_DTYPES = {"int8", "uint8", "int16", "int32", "int64", "bool"}
 
 
 def assert_every_op_integer(info: ModelInfo) -> None:
-    """Every tensor of every op is an integer type, apart from the float IO adapters."""
+    """Every tensor of every op is an integer type, apart from the float IO adapters (a QUANTIZE after a
+    float input, a DEQUANTIZE before a float output, a float input's normalization, `tfquant.float_io`)."""
     for op in info.ops:
         dtypes = set(op.input_dtypes) | set(op.output_dtypes)
-        if op.name in ("QUANTIZE", "DEQUANTIZE") and not op.float:
+        if op.name in ("QUANTIZE", "DEQUANTIZE", "SUB", "ADD", "MUL", "DIV") and not op.float:
             continue
         assert dtypes <= INTEGER_DTYPES, f"{op.name}#{op.index} has {sorted(dtypes & FLOAT_DTYPES)}"
     assert info.fully_integer and info.float_ops == []

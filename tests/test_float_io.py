@@ -12,12 +12,13 @@ from tfquant.errors import AccuracyBudgetError
 from tfquant.spec import ConvertSpec
 
 
-def table(x: np.ndarray) -> np.ndarray:
-    """Six raw columns of a digit, as a table holds them: an ink total in 0..300, a year, a 0/1 flag and
-    three means in 0..1."""
-    x = x[..., 0]
-    return np.stack([x.sum((1, 2)) * 10, 1970 + np.round(x[:, :, 4:].sum((1, 2))), x[:, 0].sum(1) > 0.5,
-                     x[:, :4].mean((1, 2)), x[:, 4:].mean((1, 2)), x[:, :, :4].mean((1, 2))], 1).astype(np.float32)
+def table(digits) -> tuple[np.ndarray, np.ndarray]:
+    """The zoo's six raw columns of each digit (`zoo.raw_table`: an ink total in 0..300, a year in
+    1970..1985, a 0/1 flag and three means in 0..1), training and held-out."""
+    from tfquant import zoo
+
+    split = zoo.raw_table()
+    return split.train["features"], split.test["features"]
 
 
 def normalized_classifier(k, features: np.ndarray, labels: np.ndarray):
@@ -45,7 +46,7 @@ def test_a_normalization_of_raw_columns_runs_in_float_before_the_int8_graph(vers
     from tfquant._keras import keras, keras3
 
     k = keras3() if version == 3 else keras
-    features, test = table(digits["x"]), table(digits["x_test"])
+    features, test = table(digits)
     model = normalized_classifier(k, features, digits["y"])
     result = tfquant.quantize(model, features, eval_data=(test, digits["y_test"]), bench_runs=1)
     ops = ops_of(result)
@@ -78,7 +79,7 @@ def test_dense_layers_reading_raw_columns_get_a_standardization_in_float(digits)
     from tfquant._keras import keras3
 
     k = keras3()
-    features, test = table(digits["x"]), table(digits["x_test"])
+    features, test = table(digits)
     trained = normalized_classifier(k, features, digits["y"])
     normalize, first = trained.layers[1], trained.layers[2]
     mean, variance = (np.asarray(v).reshape(-1) for v in (normalize.mean, normalize.variance))

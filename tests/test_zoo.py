@@ -60,9 +60,11 @@ def test_default_convert_is_fully_integer_and_within_budget(name, version, tmp_p
     from tfquant import inspect
 
     assert_every_op_integer(inspect(out))
-    # Inputs keep their kind: token ids stay int32, float inputs become int8.
+    # Inputs keep their kind: token ids stay int32, float inputs become int8, but for a table's raw columns,
+    # normalized in float before the int8 graph (`tfquant.float_io`).
     dtypes = {t["name"]: t["dtype"] for t in report["io"] if t["kind"] == "input"}
-    expected = {"tokens": "int32"} if "tokens" in dtypes else {n: "int8" for n in dtypes}
+    expected = {"tokens": "int32"} if "tokens" in dtypes else \
+        {n: "float32" if name == "raw_table" else "int8" for n in dtypes}
     assert dtypes == expected
 
 

@@ -176,6 +176,19 @@ def tabular() -> Split:
     return _split(make)
 
 
+def raw_table() -> Split:
+    """Six raw columns of each digit, as a table holds them: an ink total in 0..300, a year in 1970..1985,
+    a 0/1 flag and three means in 0..1 (one int8 scale for all six leaves the means no level) -> its
+    class."""
+    def make(x, y):
+        image = x[..., 0]
+        columns = [image.sum(axis=(1, 2)) * 10, 1970 + np.round(image[:, :, 4:].sum(axis=(1, 2))),
+                   image[:, 0].sum(axis=1) > 0.5, image[:, :4].mean(axis=(1, 2)), image[:, 4:].mean(axis=(1, 2)),
+                   image[:, :, :4].mean(axis=(1, 2))]
+        return {"features": np.stack(columns, axis=1).astype(np.float32), "y": y}
+    return _split(make)
+
+
 def two_inputs() -> Split:
     """The digit image and a vector of its 16 row and column sums, for one class."""
     def make(x, y):
@@ -205,7 +218,7 @@ class Entry:
     """One kind of model: how to build it with a Keras module, its data, and how long to train it."""
 
     name: str
-    kind: str  # "cnn", "recurrent", "transformer", "regression", "embedding", "multi"
+    kind: str  # "cnn", "recurrent", "transformer", "regression", "tabular", "embedding", "multi"
     build: Callable  # (keras module) -> model
     data: Callable[[], Split]
     epochs: int = 3
@@ -337,6 +350,17 @@ def _tabular(k):
     x = k.layers.Dense(64, activation="relu")(inputs)
     x = k.layers.Dense(64, activation="relu")(x)
     return k.Model(inputs, k.layers.Dense(1, name="score")(x), name="tabular_regression")
+
+
+@_entry("raw_table", "tabular", raw_table, epochs=20)
+def _raw_table(k):
+    """The Keras tutorials' model of a table: a Normalization adapted to the raw columns, then dense layers."""
+    normalize = k.layers.Normalization()
+    normalize.adapt(raw_table().train["features"])
+    inputs = k.Input((6,), name="features")
+    x = k.layers.Dense(32, activation="relu")(normalize(inputs))
+    x = k.layers.Dense(32, activation="relu")(x)
+    return k.Model(inputs, _head(k, x), name="raw_table")
 
 
 @_entry("l2_embedding", "embedding", digit_images, epochs=10, classifier=False)
