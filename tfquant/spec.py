@@ -97,11 +97,12 @@ class ConvertSpec(Spec):
                                  "conv/dense pairs joined by no activation or a RELU so that their weight ranges match "
                                  "(cross-layer equalization; the same float function)")
     float_io_norm: str = option("auto", choices=FLOAT_IO_NORM, recipe=True,
-                                   help="on: where one int8 scale cannot hold a float input's features (a table's raw "
-                                        "columns) and the model normalizes them first, take that input as float32 and "
-                                        "run its normalization in float before the int8 graph (an IO change, "
-                                        "announced; dense layers that read raw features get a standardization put "
-                                        "before them); auto: on unless {io} pins an integer type")
+                                   help="on: where one int8 scale cannot hold a float input's features or an "
+                                        "output's columns (a table's raw columns, targets in different units), give "
+                                        "that input or output float32 and run its normalization or rescaling in float "
+                                        "around the int8 graph, where held-out calibration samples show the outputs "
+                                        "clearly closer to float (an IO change, announced); auto: on unless {io} pins "
+                                        "an integer type")
     weight_scales: str = option("max", choices=WEIGHT_SCALES, recipe=True,
                                 help="int8 weight scales per channel: max (max|w| / 127, the quantizer's own) or mse "
                                      "(clipped to the least squared rounding-plus-clipping error)")
