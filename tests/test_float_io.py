@@ -226,3 +226,37 @@ def test_targets_of_different_scales_in_one_output_are_rescaled_in_float(version
         assert re.match(r"output 'targets': its one int8 scale spans \[0, [\d.e+]+\] \(column 0 reaches .*; int8 "
                         r"also holds 0\), so column 1, in \[[\d.]+, [\d.]+\], keeps about 0.0\d+ of 256 levels: its "
                         r"RMSE against float is [\d.,]+ % of its own standard deviation\. Fix: ", warning), warning
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_integer_columns_keep_their_type_and_are_normalized_in_float(version, digits):
+    """Counts and a year as int64 columns (a table read into integers): the file takes them as they are,
+    but one int8 scale after their CAST left the small counts and the flag no level (chance). The CAST
+    and the Normalization run in float, and the int8 graph starts after them; the input stays int64."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    def columns(x: np.ndarray) -> np.ndarray:
+        image = x[..., 0]
+        return np.stack([np.round(image.sum(axis=(1, 2)) * 100), 1970 + np.round(image[:, :, 4:].sum(axis=(1, 2))),
+                         image[:, 0].sum(axis=1) > 0.5, np.round(image[:, :4].sum(axis=(1, 2)))], axis=1).astype(np.int64)
+
+    features, test = columns(digits["x"]), columns(digits["x_test"])
+    k.utils.set_random_seed(0)
+    normalize = k.layers.Normalization()
+    normalize.adapt(features.astype(np.float32))
+    inputs = k.Input((4,), dtype="int64", name="counts")
+    hidden = k.layers.Dense(32, activation="relu")(k.layers.Dense(32, activation="relu")(normalize(inputs)))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(hidden))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(features, digits["y"], epochs=20, verbose=0)
+    result = tfquant.quantize(model, {"counts": features}, eval_data=({"counts": test}, digits["y_test"]), bench_runs=1)
+    assert ops_of(result)[:4] == [("CAST", False), ("SUB", False), ("MUL", False), ("QUANTIZE", False)], ops_of(result)
+    assert result.info.fully_integer and result.info.inputs[0].dtype == "int64"
+    (output,) = result.report.outputs
+    assert output.float.accuracy > 0.4 and output.quantized.agreement >= 0.95
+    assert any(w.startswith("input 'counts' keeps its integer type, and its cast and normalization (CAST, SUB, MUL) "
+                            "run in float before the int8 graph") for w in result.report.warnings)
+    off = tfquant.quantize(model, {"counts": features}, eval_data=({"counts": test}, digits["y_test"]),
+                           float_io_norm="off", bench_runs=1)
+    assert off.report.outputs[0].quantized.agreement < 0.5

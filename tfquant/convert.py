@@ -313,8 +313,9 @@ def _float_io(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source:
     from .harness import Runner
     from .lint import narrowest
 
-    def ruined(arrays: dict) -> bool:
-        return any(v.dtype.kind == "f" and narrowest(v, threshold=RUINED) is not None for v in arrays.values())
+    def ruined(arrays: dict) -> bool:  # float values, or integer ones a CAST may turn into floats
+        return any(v.dtype.kind in "fiu" and narrowest(v.astype(np.float32, copy=False), threshold=RUINED) is not None
+                   for v in arrays.values())
 
     chosen, rewrites = [], []
     inputs_of = lambda data, half: plan(data, half.inputs)  # noqa: E731 - the heads as that half sees them

@@ -43,7 +43,9 @@ from .lint import Narrow, narrowest
 _OPS = schema.BuiltinOperator
 # Elementwise ops that, with a per-feature constant, compute each feature on its own.
 AFFINE = {_OPS.SUB: np.subtract, _OPS.ADD: np.add, _OPS.MUL: np.multiply, _OPS.DIV: np.divide}
-_NAMES = {_OPS.SUB: "SUB", _OPS.ADD: "ADD", _OPS.MUL: "MUL", _OPS.DIV: "DIV"}
+_NAMES = {_OPS.SUB: "SUB", _OPS.ADD: "ADD", _OPS.MUL: "MUL", _OPS.DIV: "DIV", _OPS.CAST: "CAST"}
+_INTEGER = (schema.TensorType.INT64, schema.TensorType.INT32, schema.TensorType.INT16, schema.TensorType.INT8,
+            schema.TensorType.UINT8)
 MAX_HEAD = 8  # ops: a normalization is two, a rescaling one or two
 # A feature int8 leaves fewer than 256 / RUINED (8) levels has lost its values; one the lint warns of with
 # more keeps a coarse copy a model may not need finer, and a float input, normalized on the calibration
@@ -63,6 +65,10 @@ class FloatInput:
     narrow: Narrow  # what int8 would leave of the raw input
 
     def describe(self) -> str:
+        if self.kinds[0] == "CAST":  # an integer input: its type stays
+            return (f"input {self.name!r} keeps its integer type, and its cast and normalization "
+                    f"({', '.join(self.kinds)}) run in float before the int8 graph; "
+                    f"{self.narrow.describe('taken as int8', 'feature')}")
         return (f"input {self.name!r} is float32, not int8: its normalization ({', '.join(self.kinds)}) runs in "
                 f"float and the int8 graph starts after it; {self.narrow.describe('taken as int8', 'feature')}")
 
@@ -157,15 +163,26 @@ def _head(model, graph, index: int) -> Optional[list]:
     return sorted(head, key=lambda op: order[id(op)])
 
 
+def _input_head(model, graph, index: int) -> Optional[list]:
+    """The head of input `index` (`_head`): of a float input, or, of an integer one (a table's counts and
+    years) that one CAST to float alone reads, that CAST and the head of its result."""
+    if graph.tensors[index].type == schema.TensorType.FLOAT32:
+        return _head(model, graph, index)
+    readers = readers_of(graph).get(index, [])
+    if graph.tensors[index].type not in _INTEGER or len(readers) != 1 or builtin_of(model, readers[0]) != _OPS.CAST \
+            or graph.tensors[int(readers[0].outputs[0])].type != schema.TensorType.FLOAT32:
+        return None
+    head = _head(model, graph, int(readers[0].outputs[0]))
+    return [readers[0], *head] if head else None
+
+
 def input_heads(model, graph) -> list:
     """The ops of a quantized file that only adapt its float inputs: the head of a float input (`_head`)
     whose results are read only by QUANTIZE ops to an integer type, as `as_float` leaves them."""
     readers = readers_of(graph)
     found = []
     for index in [int(i) for i in graph.inputs]:
-        if graph.tensors[index].type != schema.TensorType.FLOAT32:
-            continue
-        head = _head(model, graph, index)
+        head = _input_head(model, graph, index)
         if head and all(t not in {int(i) for i in graph.outputs} and all(
                 builtin_of(model, r) == _OPS.QUANTIZE and graph.tensors[int(r.outputs[0])].type != schema.TensorType.FLOAT32
                 for r in readers.get(t, []) if not any(r is h for h in head)) for t in _exits(graph, head)):
@@ -173,15 +190,19 @@ def input_heads(model, graph) -> list:
     return found
 
 
-def _ruined(model, graph, ends, values: dict[str, np.ndarray], threshold: float) -> Iterator[tuple]:
-    """(index, signature name, values, `Narrow`) of each float graph input or output among `ends` whose
-    values (by signature name) int8's one scale would leave a feature fewer than 256/`threshold` levels."""
+def _ruined(model, graph, ends, values: dict[str, np.ndarray], threshold: float, *,
+            integer: bool = False) -> Iterator[tuple]:
+    """(index, signature name, values, `Narrow`) of each float graph input or output among `ends` (and
+    integer one, with `integer`) whose values (by signature name) int8's one scale would leave a
+    feature fewer than 256/`threshold` levels."""
     named = signature_names(model)
+    kinds = (schema.TensorType.FLOAT32,) + (_INTEGER if integer else ())
     for index in [int(i) for i in ends]:
         name = named.get(index, text(graph.tensors[index].name))
         found = values.get(name)
-        if graph.tensors[index].type != schema.TensorType.FLOAT32 or found is None:
+        if graph.tensors[index].type not in kinds or found is None:
             continue
+        found = found if found.dtype.kind == "f" else found.astype(np.float32)
         narrow = narrowest(found, threshold=threshold)
         if narrow is not None:
             yield index, name, found, narrow
@@ -314,6 +335,9 @@ def _run(model, graph, head: list, index: int, values: np.ndarray) -> dict[int, 
     """Every tensor of the head on `values` of the input, computed in numpy as the float file does."""
     found = {index: values.astype(np.float32)}
     for op in head:
+        if builtin_of(model, op) == _OPS.CAST:
+            found[int(op.outputs[0])] = found[int(op.inputs[0])]
+            continue
         operands = [found[int(i)] if int(i) in found else float_constant(model, graph, int(i)) for i in op.inputs]
         found[int(op.outputs[0])] = AFFINE[builtin_of(model, op)](*operands).astype(np.float32)
     return found
@@ -327,8 +351,8 @@ def plan(float_tflite: bytes, inputs: dict[str, np.ndarray], *,
     model = read_model(float_tflite)
     graph = model.subgraphs[0]
     found = []
-    for index, name, values, narrow in _ruined(model, graph, graph.inputs, inputs, threshold):
-        head = _head(model, graph, index)
+    for index, name, values, narrow in _ruined(model, graph, graph.inputs, inputs, threshold, integer=True):
+        head = _input_head(model, graph, index)
         if not head:
             continue
         computed = _run(model, graph, head, index, values)
@@ -430,7 +454,8 @@ def as_float(quantized: bytes, float_io: list) -> bytes:
     changed = False
     for index in [int(i) for i in graph.inputs]:
         tensor = graph.tensors[index]
-        if text(tensor.name) not in inputs or tensor.type == schema.TensorType.FLOAT32:
+        if text(tensor.name) not in inputs or tensor.type == schema.TensorType.FLOAT32 or \
+                (tensor.quantization is None or not tensor.quantization.scale):  # an integer input keeps its type
             continue
         dequantize = readers_of(graph).get(index, [])
         if not dequantize or any(builtin_of(model, op) != _OPS.DEQUANTIZE for op in dequantize):
