@@ -322,10 +322,10 @@ def _float_io(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source:
     if ruined(calibration.inputs):
         candidate, standardized = _checked(float_tflite, calibration, lambda data: standardize(
             data, calibration.inputs), "inputs not standardized", quiet=True)
-        if plan(candidate, calibration.inputs) and _clearly_better(
-                calibration, recipe, source, (float_tflite, lambda data, half: []), (candidate, inputs_of), "inputs",
-                regression):
-            float_tflite, rewrites, chosen = candidate, standardized, plan(candidate, calibration.inputs)
+        heads = plan(candidate, calibration.inputs)
+        if heads and _clearly_better(calibration, recipe, source, (float_tflite, lambda data, half: []),
+                                     (candidate, inputs_of), "inputs", regression):
+            float_tflite, rewrites, chosen = candidate, standardized, heads
     outputs = Runner(float_tflite).predict(calibration, progress=False)
     if ruined(outputs):
         before = inputs_of if chosen else (lambda data, half: [])
@@ -335,10 +335,10 @@ def _float_io(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source:
         def with_outputs(data: bytes, half: Dataset) -> list:
             return before(data, half) + plan_outputs(data, Runner(data).predict(half, progress=False))
 
-        if plan_outputs(candidate, outputs) and _clearly_better(
-                calibration, recipe, source, (float_tflite, before), (candidate, with_outputs), "outputs", regression):
-            float_tflite, rewrites = candidate, rewrites + rescaled
-            chosen = chosen + plan_outputs(candidate, outputs)
+        tails = plan_outputs(candidate, outputs)
+        if tails and _clearly_better(calibration, recipe, source, (float_tflite, before), (candidate, with_outputs),
+                                     "outputs", regression):
+            float_tflite, rewrites, chosen = candidate, rewrites + rescaled, chosen + tails
     if chosen:
         from . import console
 
