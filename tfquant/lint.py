@@ -194,6 +194,45 @@ def input_lint(inputs: dict[str, np.ndarray], *, threshold: float = DEFAULT_RANG
     return found
 
 
+QUIET_STEPS = 4.0  # of an input's int8 steps: a sample that reaches fewer from 0 keeps little of itself
+QUIET_SHARE = 0.5  # of the decisions int8 changed, carried by such samples, for them to be named
+QUIET_RATE = 3.0  # and at least this many times as often as the other samples
+
+
+def quiet_samples(name: str, values: np.ndarray, scale: float, changed: np.ndarray) -> Optional[str]:
+    """Samples too quiet for an input's one int8 scale, where they carry most of the decisions int8 changed.
+
+    The scale is sized for the loudest calibration sample. Where the samples' own magnitudes differ
+    by orders (audio at every loudness, a magnitude spectrogram, a sensor at rest and in motion),
+    a quiet sample reaches only a few steps from 0, and rounding erases it before any op runs.
+    `values` are the evaluation inputs, `scale` the file's input scale, `changed` per sample the
+    share of its decisions int8 changed (`tasks.changed_decisions`). Named only where those
+    changes fall mostly, and disproportionately, on the quiet samples.
+    """
+    if values.dtype.kind != "f" or scale <= 0 or len(values) != len(changed) or not len(values):
+        return None
+    reach = np.abs(values.reshape(len(values), -1)).max(axis=1) / scale  # in int8 steps from 0
+    quiet = reach < QUIET_STEPS
+    lost, total = float(changed[quiet].sum()), float(changed.sum())
+    if quiet.all() or not quiet.any() or total <= 0 or lost < QUIET_SHARE * total:
+        return None
+    rate, other = lost / quiet.sum(), (total - lost) / (~quiet).sum()
+    if rate < QUIET_RATE * other:
+        return None
+    share = 100 * quiet.mean()
+    return (f"input {name!r}: {_percent(share)} % of the evaluation samples reach fewer than {QUIET_STEPS:g} of its "
+            f"int8 steps ({scale:.4g}) from 0 (the quietest reaches {float(reach.min()):.2g}), where the loudest calibration "
+            f"samples set the scale, and they carry {_decisions(lost)} of the {_decisions(total)} decisions int8 "
+            f"changed: one int8 scale cannot hold quiet and loud samples at once, and rounding erases the quiet "
+            f"ones before the first op. Fix: bring every sample to a like scale before the model (normalize each "
+            f"waveform's peak or loudness; feed a log-magnitude spectrogram, log(x + 1e-6), not a magnitude one), "
+            f"or use int16x8 ({called('mode')} int16x8), whose activations keep 256× finer steps")
+
+
+def _decisions(count: float) -> str:
+    return f"{count:.0f}" if abs(count - round(count)) < 1e-6 else f"{count:.1f}"
+
+
 FEW_CALIBRATION_SAMPLES = 32
 OUTSIDE_SHARE = 0.01  # of the evaluation values, beyond the calibrated range by more than 1 % of it
 

@@ -116,6 +116,19 @@ def _threshold(values: np.ndarray) -> float:
     return 0.5 if _probabilities(values) else 0.0
 
 
+def changed_decisions(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per sample, the share of a classification output's decisions (one per sample, or per pixel or
+    token) that differ from the float file's: the top class, or one unit on its side of 0.5 or 0."""
+    if class_ids(values):
+        moved = values != reference
+    elif values.ndim < 2 or values.shape[-1] == 1:
+        cut = _threshold(reference)
+        moved = (values > cut) != (reference > cut)
+    else:
+        moved = values.argmax(axis=-1) != reference.argmax(axis=-1)
+    return moved.reshape(len(values), -1).mean(axis=1)
+
+
 def multi_label(values: np.ndarray, labels: np.ndarray) -> bool:
     """Independent sigmoid units with 0/1 labels, one per unit: rows of values in [0, 1] that do not sum
     to one (a softmax's do, and its one-hot labels name one class)."""

@@ -20,7 +20,7 @@ from ._version import __version__
 from .data import Dataset
 from .errors import AccuracyBudgetError, StrictModeError, called
 from .inspect import explain_float_ops, float_ops_message, inspect
-from .lint import extrapolated, output_lint
+from .lint import extrapolated, output_lint, quiet_samples
 from .prepare import Prepared
 from .report import write_report_files
 from .sizes import gzip_size, larger_than_float
@@ -225,7 +225,8 @@ def verify(
             quantized_outputs = harness.Runner(tflite, num_threads=threads).predict(
                 evaluation, progress=progress, label=f"the {recipe.mode.value} file")
         judged = reference.judge(quantized_outputs)
-        ports = {p.name: p for p in harness.Runner(tflite, num_threads=1).outputs}
+        runner = harness.Runner(tflite, num_threads=1)
+        ports = {p.name: p for p in runner.outputs}
         dtypes = {name: port.dtype.name for name, port in ports.items()}
         constant = {name: message for name, values in reference.outputs.items()
                     if (message := constant_output(name, values))}
@@ -259,6 +260,11 @@ def verify(
         notes += list(constant.values())
         seconds["evaluate"] = time.perf_counter() - started + reference.seconds
         primary = judged.primary()
+        quiet = [] if primary is None or primary.name in constant else \
+            _quiet_inputs(runner.inputs, evaluation, tasks.changed_decisions(quantized_outputs[primary.name],
+                                                                             reference.outputs[primary.name]))
+        notes += quiet
+        causes[:0] = quiet
         if primary is not None and primary.agreement is not None and primary.agreement < 0.9 and \
                 primary.name not in constant:
             port = ports.get(primary.name)
@@ -268,8 +274,9 @@ def verify(
                 unit = "samples" if reference.outputs[primary.name].ndim == 2 else "predictions"
                 notes.append(f"top-1 agreement with the float file is only {primary.agreement:.3f}, and on {ties[0]} "
                              f"of {ties[1]} {unit} the float file's top two scores lie within one int8 step "
-                             f"({port.scale:.3g}) of each other: their class is rounding's to choose (an untrained "
-                             "or collapsed model, or data unlike its training data), not a layer's loss")
+                             f"({port.scale:.3g}) of each other: their class is rounding's to choose "
+                             f"({'the quiet inputs above' if quiet else 'an untrained or collapsed model, or data unlike its training data'}), "
+                             "not a layer's loss")
             else:
                 notes.append(f"top-1 agreement with the float file is only {primary.agreement:.3f}: "
                              "run `tfquant diagnose` to find the layers that lose accuracy")
@@ -334,6 +341,13 @@ def verify(
         raise AccuracyBudgetError(f"{prepared.source}: " + "; ".join(violations) +
                                   _where_it_starts(report, causes, regression=regression_missed, whole=whole), result)
     return result
+
+
+def _quiet_inputs(inputs: list, evaluation: Dataset, changed: np.ndarray) -> list[str]:
+    """`lint.quiet_samples` for each of the file's integer inputs the evaluation data feeds."""
+    return [message for port in inputs
+            if port.quantized and port.name in evaluation.inputs
+            and (message := quiet_samples(port.name, evaluation.inputs[port.name], port.scale, changed))]
 
 
 def _where_it_starts(report: Report, narrow_inputs: list[str], *, regression: bool = False,
