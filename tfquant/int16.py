@@ -39,6 +39,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from . import int16_islands as islands
+from .legalize import floor_model_ranges
 from .flatbuffer import (array_constant, builtin_of, constant, drop_unused_opcodes, float_constant, has_range,
                          is_constant, is_float, new_op, opcode, ops_running, read_model, readers_of, scalar_constant,
                          tensor_like, turn_into, write_model)
@@ -63,6 +64,7 @@ def for_int16x8(calibrated: bytes) -> tuple[bytes, list[islands.StandIn]]:
     changed = _sums_as_means(model) or changed
     changed = _bounds_within_range(model) or changed
     changed = _selects_as_sums(model) or changed
+    changed = bool(floor_model_ranges(model, sum_shift=15)) or changed  # int16 ADD and SUB shift by 15 bits
     stand_ins = islands.put_stand_ins(model)
     changed = _unshare_constants(model) or bool(stand_ins) or changed
     changed = _unshare_buffers(model) or changed

@@ -356,9 +356,15 @@ def _center_logits(model, graph, op) -> bool:
 
 RELATIVE_FLOOR = 1e-3
 TINY_RANGE = 1e-3  # a range this narrow is a constant, not a signal
+# The integer kernels of these ops rescale their inputs to the output by a multiplier that must stay below
+# 1 (the interpreter aborts in `QuantizeMultiplierSmallerThanOneExp` otherwise): int8 ADD and SUB shift the
+# inputs left by 20 bits (int16: 15), so the output's scale must exceed 2·max(input scales)/2^20; SQUARED_DIFFERENCE
+# shifts by 7 before squaring, so it must exceed (2·input scale)²/2^14. Kept 8 times clear of both.
+_SUMS = (schema.BuiltinOperator.ADD, schema.BuiltinOperator.SUB)
+_KERNEL_MARGIN = 8.0
 
 
-def floor_model_ranges(model, *, relative: float = RELATIVE_FLOOR) -> int:
+def floor_model_ranges(model, *, relative: float = RELATIVE_FLOOR, sum_shift: int = 20) -> int:
     """Widen calibrated ranges that are vanishingly small next to the other tensors of the same op.
 
     A tensor that is (almost) constant on the calibration data — the zero initial state of a
@@ -369,6 +375,11 @@ def floor_model_ranges(model, *, relative: float = RELATIVE_FLOOR) -> int:
     nothing: its values are within one step of the new scale. Only ranges narrower than
     `TINY_RANGE` are touched. Works in place on a model read with `flatbuffer.read_model`; returns
     how many ranges were widened.
+
+    An output of ADD, SUB or SQUARED_DIFFERENCE is also kept wide enough for its int8 kernel
+    (`_kernel_floor`), whatever its width: where an ADD cancels two large inputs (x·r − x·r, a
+    LayerNormalization over one feature), a range fitted to the tiny result made the interpreter abort.
+    `sum_shift` is the ADD kernel's left shift: 20 bits for int8, 15 for int16 (`int16.for_int16x8`).
     """
     widened = 0
     for _ in range(2):  # a second pass carries a widened range on to the next op
@@ -381,14 +392,58 @@ def floor_model_ranges(model, *, relative: float = RELATIVE_FLOOR) -> int:
                 spans = {i: _span(graph.tensors[i]) for i in indices}
                 widest = max(spans.values())
                 target = min(relative * widest, TINY_RANGE)
+                floor = _kernel_floor(builtin_of(model, op), [spans[i] for i in op.inputs if i in spans],
+                                      sum_shift=sum_shift)
                 for index, span in spans.items():
-                    if span < target:
-                        _widen(graph.tensors[index], target)
+                    needed = max(target, floor) if index in op.outputs else target
+                    if span < needed:
+                        _widen(graph.tensors[index], needed)
                         changed += 1
         widened += changed
         if not changed:
             break
     return widened
+
+
+def _kernel_floor(code: int, inputs: list[float], *, sum_shift: int = 20) -> float:
+    """The narrowest output range this op's integer kernel accepts, from its inputs' ranges (one int8
+    scale is a range / 255)."""
+    if not inputs:
+        return 0.0
+    if code in _SUMS:
+        return _KERNEL_MARGIN * 2 * max(inputs) / 2 ** sum_shift
+    if code == schema.BuiltinOperator.SQUARED_DIFFERENCE:
+        return _KERNEL_MARGIN * (2 * max(inputs)) ** 2 / (255 * 2 ** 14)
+    return 0.0
+
+
+def kernel_refusals(tflite: bytes) -> list[str]:
+    """The integer ADD, SUB and SQUARED_DIFFERENCE ops of a quantized file whose scales their kernel
+    cannot take (`_kernel_floor` without its margin): the interpreter aborts on them while it
+    prepares the file, so they are named before anything runs it."""
+    from .flatbuffer import text, view_model
+
+    model = view_model(tflite)
+    found = []
+    for graph in model.subgraphs:
+        for op in graph.operators or []:
+            code = builtin_of(model, op)
+            if code not in _SUMS and code != schema.BuiltinOperator.SQUARED_DIFFERENCE:
+                continue
+            tensors = [graph.tensors[i] for i in list(op.inputs) + list(op.outputs[:1]) if i >= 0]
+            scales = [t.quantization.scale[0] if t.quantization is not None and t.quantization.scale is not None
+                      and len(t.quantization.scale) == 1 else 0.0 for t in tensors]
+            output = tensors[-1]
+            if output.type not in (schema.TensorType.INT8, schema.TensorType.INT16) or min(scales) <= 0:
+                continue
+            shift = 20 if output.type == schema.TensorType.INT8 else 15
+            widest = max(scales[:-1])
+            limit = 2 * widest / 2 ** shift if code in _SUMS else (2 * widest) ** 2 / 2 ** 14
+            if scales[-1] <= limit:
+                name = next(k for k, v in vars(schema.BuiltinOperator).items() if v == code)
+                found.append(f"{name} {text(output.name)!r} with an output scale of {scales[-1]:.3g} for inputs of "
+                             f"scale {widest:.3g}, finer than its integer kernel takes (over {limit:.3g})")
+    return found
 
 
 def _span(tensor) -> float:

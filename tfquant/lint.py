@@ -33,7 +33,7 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
     state of a recurrent step, a padding branch) carries nothing to lose and is not compared.
     """
     from .flatbuffer import builtin_of, text, view_model
-    from .legalize import TINY_RANGE
+    from .legalize import TINY_RANGE, _kernel_floor
     from ai_edge_litert import schema_py_generated as schema
 
     model = view_model(calibrated)
@@ -56,7 +56,9 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
             output_tensor = subgraph.tensors[op.outputs[0]]
             output = text(output_tensor.name)
             if op_name in ("ADD", "SUB"):
-                message, ratio = _cancellation(op_name, output, spans, output_tensor.quantization, threshold)
+                message, ratio = _cancellation(op_name, output, spans, output_tensor.quantization, threshold,
+                                               floor=max(TINY_RANGE, _kernel_floor(builtin_of(model, op),
+                                                                                   [hi - lo for _, lo, hi in spans])))
             else:
                 message, ratio = _mismatch(op_name, output, spans, threshold)
             if message is None:
@@ -78,15 +80,19 @@ def _mismatch(op: str, output: str, spans, threshold: float):
     return (_range_message(op, output, spans, ratio) if ratio > threshold else None), ratio
 
 
-def _cancellation(op: str, output: str, spans, quantization, threshold: float):
+def _cancellation(op: str, output: str, spans, quantization, threshold: float, *, floor: float = 0.0):
     """(message, ratio) for an ADD or SUB whose output's int8 span is more than `threshold`× narrower than
-    an input's, else (None, ratio). Spans as int8 holds them: every range reaches zero."""
+    an input's, else (None, ratio). Spans as int8 holds them: every range reaches zero.
+
+    An output no wider than `floor` (the range calibration widens a constant to, for its kernel:
+    `legalize.floor_model_ranges`) was constant on the calibration data, x·r − x·r as a
+    LayerNormalization over one feature computes its beta: nothing to lose, not named."""
     if not spans or quantization is None or quantization.min is None or quantization.max is None:
         return None, 1.0
     low, high = min(float(quantization.min[0]), 0.0), max(float(quantization.max[0]), 0.0)
     wide = max(spans, key=lambda s: max(s[2], 0.0) - min(s[1], 0.0))
     width = max(wide[2], 0.0) - min(wide[1], 0.0)
-    if high - low <= 0:
+    if high - low <= floor * (1 + 1e-5):
         return None, 1.0
     ratio = width / (high - low)
     if ratio <= threshold:
