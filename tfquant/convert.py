@@ -208,9 +208,12 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
         return Calibration(exported.tflite, b"", samples=list(calibration.samples())), recipe
     float_tflite, rewrites = exported.tflite, []
     if recipe.mode in (Mode.INT8, Mode.INT16X8):
+        from . import constants
         from .tables import fold
 
-        float_tflite, rewrites = _checked(float_tflite, calibration, fold, "embedding tables not folded")
+        float_tflite, rewrites = _checked(float_tflite, calibration, constants.fold, "constant ops not folded")
+        float_tflite, tables = _checked(float_tflite, calibration, fold, "embedding tables not folded")
+        rewrites += tables
     heads = []
     if recipe.float_io_norm == "on" and recipe.mode is Mode.INT8:  # "auto" is resolved by the options (`spec`)
         float_tflite, heads, normalized = _float_io(float_tflite, calibration, recipe, source, regression)

@@ -343,6 +343,10 @@ _HINTS = {
                           "before the model and feed the bins",
     "Bincount": "CategoryEncoding counts values with a bincount, which TFLite has no builtin for: encode the "
                 "values before the model, or look them up with an Embedding",
+    "ExtractImagePatches": "tf.image.extract_patches has no TFLite builtin: take non-overlapping p×p patches "
+                           "with reshapes and a transpose, x → reshape(N, H/p, p, W/p, p, C) → transpose(0, 1, 3, "
+                           "2, 4, 5) → reshape(N, H/p·W/p, p·p·C), or with keras.ops.image.extract_patches (Keras "
+                           "3: a convolution by an identity kernel), both the same patches",
 }
 
 
