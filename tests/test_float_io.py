@@ -260,3 +260,55 @@ def test_integer_columns_keep_their_type_and_are_normalized_in_float(version, di
     off = tfquant.quantize(model, {"counts": features}, eval_data=({"counts": test}, digits["y_test"]),
                            float_io_norm="off", bench_runs=1)
     assert off.report.outputs[0].quantized.agreement < 0.5
+
+
+def log_classifier(k, x: np.ndarray, labels: np.ndarray):
+    """A model that takes magnitudes and compresses them itself, as an audio model may take a magnitude
+    spectrogram and start with log(x + ε)."""
+    k.utils.set_random_seed(0)
+
+    class Log(k.layers.Layer):
+        def call(self, z):
+            return k.ops.log(z + 1e-4) if hasattr(k, "ops") else k.backend.log(z + 1e-4)
+
+    inputs = k.Input(x.shape[1:], name="magnitudes")
+    h = k.layers.Conv2D(16, 3, activation="relu")(k.layers.BatchNormalization()(Log()(inputs)))
+    model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(k.layers.Flatten()(h)))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, labels, epochs=10, batch_size=32, verbose=0)
+    return model
+
+
+def magnitudes(x: np.ndarray, seed: int) -> np.ndarray:
+    """The digits at random gains over 60 dB (a recording's loudness)."""
+    gains = np.exp(np.random.default_rng(seed).uniform(np.log(1e-3), 0.0, len(x))).astype(np.float32)
+    return x * gains[:, None, None, None]
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_log_the_model_takes_first_runs_in_float(version, digits):
+    """int8 before the LOG rounds every value under half a step of the loudest sample's scale to 0: the
+    quiet digits reach the LOG as log(1e-4). The input is taken as float32 and its ADD and LOG run in
+    float; pinned to int8 (`io`), the file loses them and the report says where and why."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    x, test = magnitudes(digits["x"], 1), magnitudes(digits["x_test"], 2)
+    model = log_classifier(k, x, digits["y"])
+    result = tfquant.quantize(model, x[:200], eval_data=(test, digits["y_test"]), bench_runs=1)
+    (output,) = result.report.outputs
+    assert output.float.accuracy > 0.85
+    assert output.quantized.agreement >= 0.97, output.quantized.agreement
+    ops = ops_of(result)
+    assert ops[:3] == [("ADD", False), ("LOG", False), ("QUANTIZE", False)], ops
+    assert result.info.fully_integer and [(t.name, t.dtype) for t in result.info.inputs] == [("magnitudes", "float32")]
+    (note,) = [w for w in result.report.warnings if w.startswith("input 'magnitudes' is float32")]
+    assert "its head (ADD, LOG) runs in float" in note and "would reach the LOG as 0" in note
+
+    pinned = tfquant.quantize(model, x[:200], eval_data=(test, digits["y_test"]), bench_runs=1, io="int8")
+    assert pinned.report.outputs[0].quantized.agreement < 0.9, pinned.report.outputs[0].quantized.agreement
+    (why,) = [w for w in pinned.report.warnings if w.startswith("input 'magnitudes', its one scale spans")]
+    share = float(re.search(r"and ([\d.]+) % of its calibration values would reach the LOG as 0", why)[1])
+    step = x[:200].max() / 255
+    assert share == pytest.approx(100 * np.mean(x[:200] < step / 2), abs=0.05)
+    assert "Fix: leave io unpinned" in why

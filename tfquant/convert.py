@@ -310,7 +310,7 @@ def _float_io(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source:
     """The float file, the inputs and outputs to give float32 with their normalization in float, and the
     rewrites that put one around dense layers for them (`tfquant.float_io`): first the inputs, then the
     outputs, each where int8's one scale leaves one of its features fewer than 8 levels
-    (`float_io.RUINED`) and the file so quantized keeps the outputs clearly closer to float than the
+    (`float_io.RUINED`), or an input's LOG or SQRT would read its small values as 0, and the file so quantized keeps the outputs clearly closer to float than the
     file without (`_clearly_better`); else the file as it was and none."""
     from .float_io import RUINED, plan, plan_outputs, rescale_outputs, standardize
     from .harness import Runner
@@ -322,7 +322,7 @@ def _float_io(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source:
 
     chosen, rewrites = [], []
     inputs_of = lambda data, half: plan(data, half.inputs)  # noqa: E731 - the heads as that half sees them
-    if ruined(calibration.inputs):
+    if ruined(calibration.inputs) or plan(float_tflite, calibration.inputs):  # raw columns, or a LOG head
         candidate, standardized = _checked(float_tflite, calibration, lambda data: standardize(
             data, calibration.inputs), "inputs not standardized", quiet=True)
         heads = plan(candidate, calibration.inputs)

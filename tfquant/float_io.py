@@ -24,6 +24,12 @@ output is float32 (`inspect` counts them as the output's adapter); where a dense
 output directly, `rescale_outputs` first divides each of its columns by its largest magnitude on
 the calibration data and puts a MUL after it that gives it back: the same function in float.
 
+A LOG or SQRT first in the model (a model that takes a magnitude spectrogram and computes its log
+itself) is a head too: int8 before it rounds every value under half a step of the loudest sample's
+scale to 0, which the log then turns into its floor, where it compresses everything else. Such a
+head runs in float as a normalization does, where at least `ROUNDED_AWAY` of the calibration
+values would round to 0 (`Compressed`).
+
 Only where the IO type is not pinned to an integer type (`Recipe.float_io_norm`); each IO change
 is announced.
 """
@@ -43,7 +49,11 @@ from .lint import Narrow, narrowest
 _OPS = schema.BuiltinOperator
 # Elementwise ops that, with a per-feature constant, compute each feature on its own.
 AFFINE = {_OPS.SUB: np.subtract, _OPS.ADD: np.add, _OPS.MUL: np.multiply, _OPS.DIV: np.divide}
-_NAMES = {_OPS.SUB: "SUB", _OPS.ADD: "ADD", _OPS.MUL: "MUL", _OPS.DIV: "DIV", _OPS.CAST: "CAST"}
+# Elementwise ops of one input that compress a wide range (a log-magnitude spectrogram): int8 before them
+# rounds every small value to 0.
+COMPRESSIVE = {_OPS.LOG: np.log, _OPS.SQRT: np.sqrt}
+_NAMES = {_OPS.SUB: "SUB", _OPS.ADD: "ADD", _OPS.MUL: "MUL", _OPS.DIV: "DIV", _OPS.CAST: "CAST", _OPS.LOG: "LOG",
+          _OPS.SQRT: "SQRT"}
 _INTEGER = (schema.TensorType.INT64, schema.TensorType.INT32, schema.TensorType.INT16, schema.TensorType.INT8,
             schema.TensorType.UINT8)
 MAX_HEAD = 8  # ops: a normalization is two, a rescaling one or two
@@ -52,6 +62,29 @@ MAX_HEAD = 8  # ops: a normalization is two, a rescaling one or two
 # data's ranges, would clip what they never showed (a digit's row sums: 12 levels for the edge rows,
 # nearly always 0, and a regression 2 % of σ off float with them as they are).
 RUINED = 32.0
+ROUNDED_AWAY = 0.01  # of an input's values, rounded to 0 by int8 before a LOG or SQRT, for its head to be tried
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """What int8 would leave of an input that a LOG or SQRT reads: values within half a step of 0 round to 0."""
+
+    op: str
+    low: float  # the one scale's range
+    high: float
+    step: float
+    share: float  # of the calibration values, rounded to 0
+
+    def describe(self, what: str, unit: str) -> str:
+        return (f"{what}, its one scale spans [{self.low:.4g}, {self.high:.4g}] in steps of {self.step:.3g}, and "
+                f"{100 * self.share:.3g} % of its calibration values would reach the {self.op} as 0")
+
+
+def compressed(values: np.ndarray, op: str) -> Compressed:
+    low, high = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
+    step = (high - low) / 255 or 1.0
+    share = float(np.mean(np.abs(values) < step / 2)) if values.size else 0.0
+    return Compressed(op, low, high, step, share)
 
 
 @dataclass(frozen=True)
@@ -62,14 +95,15 @@ class FloatInput:
     tensor: str  # the graph's input tensor
     ops: tuple[str, ...]  # the head's ops, by output tensor name, in graph order
     kinds: tuple[str, ...]  # the head's builtins ("SUB", "MUL")
-    narrow: Narrow  # what int8 would leave of the raw input
+    narrow: Narrow | Compressed  # what int8 would leave of the raw input
 
     def describe(self) -> str:
         if self.kinds[0] == "CAST":  # an integer input: its type stays
             return (f"input {self.name!r} keeps its integer type, and its cast and normalization "
                     f"({', '.join(self.kinds)}) run in float before the int8 graph; "
                     f"{self.narrow.describe('taken as int8', 'feature')}")
-        return (f"input {self.name!r} is float32, not int8: its normalization ({', '.join(self.kinds)}) runs in "
+        what = "head" if isinstance(self.narrow, Compressed) else "normalization"
+        return (f"input {self.name!r} is float32, not int8: its {what} ({', '.join(self.kinds)}) runs in "
                 f"float and the int8 graph starts after it; {self.narrow.describe('taken as int8', 'feature')}")
 
 
@@ -118,6 +152,10 @@ def _per_feature(model, graph, op, reads: int) -> Optional[int]:
     """The operand position of `reads` in `op` when `op` computes each feature of it on its own from a
     constant (x - c, c - x, x + c, x * c, x / c, with c a scalar or one value per feature), else None."""
     builtin = builtin_of(model, op)
+    if builtin in COMPRESSIVE:
+        same = len(op.inputs) == 1 and int(op.inputs[0]) == reads and len(op.outputs) == 1 and \
+            list(graph.tensors[int(op.outputs[0])].shape) == list(graph.tensors[reads].shape)
+        return 0 if same else None
     if builtin not in AFFINE or len(op.inputs) != 2 or len(op.outputs) != 1:
         return None
     options = op.builtinOptions
@@ -339,29 +377,58 @@ def _run(model, graph, head: list, index: int, values: np.ndarray) -> dict[int, 
             found[int(op.outputs[0])] = found[int(op.inputs[0])]
             continue
         operands = [found[int(i)] if int(i) in found else float_constant(model, graph, int(i)) for i in op.inputs]
-        found[int(op.outputs[0])] = AFFINE[builtin_of(model, op)](*operands).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            found[int(op.outputs[0])] = {**AFFINE, **COMPRESSIVE}[builtin_of(model, op)](*operands).astype(np.float32)
     return found
 
 
 def plan(float_tflite: bytes, inputs: dict[str, np.ndarray], *,
          threshold: float = RUINED) -> list[FloatInput]:
     """The float inputs of `float_tflite` one of whose features int8 would leave fewer than
-    256/`threshold` levels on `inputs` (calibration values by signature name), and whose head
-    leaves every feature more than the lint asks (`lint.DEFAULT_RANGE_RATIO`); each with its head."""
+    256/`threshold` levels on `inputs` (calibration values by signature name), or whose head has a LOG
+    or SQRT that int8 would feed `ROUNDED_AWAY` or more of them as 0, and whose head leaves every
+    feature more than the lint asks (`lint.DEFAULT_RANGE_RATIO`); each with its head."""
     model = read_model(float_tflite)
     graph = model.subgraphs[0]
     found = []
-    for index, name, values, narrow in _ruined(model, graph, graph.inputs, inputs, threshold, integer=True):
+    ruined = {index: (name, values, narrow)
+              for index, name, values, narrow in _ruined(model, graph, graph.inputs, inputs, threshold, integer=True)}
+    named = signature_names(model)
+    for index in [int(i) for i in graph.inputs]:
         head = _input_head(model, graph, index)
         if not head:
             continue
+        if index in ruined:
+            name, values, narrow = ruined[index]
+        else:  # a LOG or SQRT in the head: int8 before it rounds the small values to 0
+            name = named.get(index, text(graph.tensors[index].name))
+            values = inputs.get(name)
+            squeezing = [_NAMES[builtin_of(model, op)] for op in head if builtin_of(model, op) in COMPRESSIVE]
+            if values is None or values.dtype.kind != "f" or not squeezing:
+                continue
+            narrow = compressed(values, squeezing[0])
+            if narrow.share < ROUNDED_AWAY:
+                continue
         computed = _run(model, graph, head, index, values)
-        if any(narrowest(computed[t]) is not None for t in _exits(graph, head)):
+        if any(narrowest(computed[t]) is not None or not np.isfinite(computed[t]).all() for t in _exits(graph, head)):
             continue
         found.append(FloatInput(name, text(graph.tensors[index].name),
                                 tuple(text(graph.tensors[int(op.outputs[0])].name) for op in head),
                                 tuple(_NAMES[builtin_of(model, op)] for op in head), narrow))
     return found
+
+
+def squeezed_inputs(float_tflite: bytes, inputs: dict[str, np.ndarray]) -> list[str]:
+    """Float inputs read by a LOG or SQRT (through per-feature ops by constants) of which int8 would round
+    at least `ROUNDED_AWAY` of the calibration values (by signature name) to 0 before it: what the
+    file loses where the head is not run in float (the IO pinned to an integer type, or float IO off)."""
+    from .errors import called
+
+    return [f"{end.narrow.describe(f'input {end.name!r}', 'feature')}. Fix: leave {called('io')} unpinned (or "
+            f"float32) with {called('float_io_norm')} auto or on: the input is then taken as float32 and its "
+            f"{', '.join(end.kinds)} run in float; or feed the model the {end.narrow.op}'s result and take the "
+            f"{end.narrow.op} out of it"
+            for end in plan(float_tflite, inputs, threshold=float("inf")) if isinstance(end.narrow, Compressed)]
 
 
 def standardize(float_tflite: bytes, inputs: dict[str, np.ndarray], *,

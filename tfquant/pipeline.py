@@ -13,7 +13,7 @@ from . import console, ladder
 from .convert import calibration_for, convert
 from .data import ImageOptions
 from .errors import one_line
-from .float_io import FloatInput, FloatOutput
+from .float_io import FloatInput, FloatOutput, squeezed_inputs
 from .diagnose import Sweep, layer_errors, ranked_by_outputs, whole_error
 from .lint import data_lint, input_lint, range_lint
 from .prepare import Prepared, check_budget, prepare
@@ -108,8 +108,9 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
     # What in the data misleads int8's input ranges, first: where a budget is missed, it is named first.
     float_io = [] if calibrated is None or recipe.mode is not Mode.INT8 else calibrated.float_io
     taken_as_float = {end.name for end in float_io if isinstance(end, FloatInput)}
-    narrow_inputs = data_lint(prepared.calibration, prepared.evaluation) + input_lint(
-        {name: values for name, values in prepared.calibration.inputs.items() if name not in taken_as_float}) \
+    kept = {name: values for name, values in prepared.calibration.inputs.items() if name not in taken_as_float}
+    narrow_inputs = data_lint(prepared.calibration, prepared.evaluation) + input_lint(kept) + (
+        squeezed_inputs(prepared.exported.tflite, kept) if recipe.float_io_norm != "on" else []) \
         if recipe.mode is Mode.INT8 else []
     for message in narrow_inputs:
         console.warn(message)
