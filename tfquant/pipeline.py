@@ -108,10 +108,11 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
     # What in the data misleads int8's input ranges, first: where a budget is missed, it is named first.
     float_io = [] if calibrated is None or recipe.mode is not Mode.INT8 else calibrated.float_io
     taken_as_float = {end.name for end in float_io if isinstance(end, FloatInput)}
-    kept = {name: values for name, values in prepared.calibration.inputs.items() if name not in taken_as_float}
-    narrow_inputs = data_lint(prepared.calibration, prepared.evaluation) + input_lint(kept) + (
-        squeezed_inputs(prepared.exported.tflite, kept) if recipe.float_io_norm != "on" else []) \
-        if recipe.mode is Mode.INT8 else []
+    narrow_inputs = []
+    if recipe.mode is Mode.INT8:
+        kept = {name: values for name, values in prepared.calibration.inputs.items() if name not in taken_as_float}
+        narrow_inputs = data_lint(prepared.calibration, prepared.evaluation) + input_lint(kept) + (
+            squeezed_inputs(prepared.exported.tflite, kept) if recipe.float_io_norm != "on" else [])
     for message in narrow_inputs:
         console.warn(message)
     if spec.diagnose and calibrated is not None and calibrated.calibrated and recipe.mode is Mode.INT8:
