@@ -95,3 +95,17 @@ def test_quiet_samples_are_not_named_unless_they_carry_the_changes():
     changed[50:] = 1  # the loud samples change as often: not the quiet ones' doing
     assert quiet_samples("x", values, scale, changed) is None
     assert quiet_samples("x", (values * 255).astype(np.int32), scale, changed) is None  # integer inputs: not rounded
+
+
+def test_without_evaluation_data_the_calibration_samples_say_it(loudness_model, digits):
+    """No evaluation data: the two files' decisions are compared on the calibration samples, and only
+    because some of them are quiet (a look at the inputs first; a model whose samples are not is not run
+    again)."""
+    calib = louder(digits["x"], 1)[:200]
+    result = tfquant.quantize(loudness_model, calib, bench_runs=1)
+    (note,) = [w for w in result.report.warnings if w.startswith("input 'x'")]
+    (port,) = [t for t in result.report.io if t.kind == "input"]
+    share = 100 * np.mean(np.abs(calib.reshape(len(calib), -1)).max(axis=1) / port.scale < QUIET_STEPS)
+    assert note.startswith(f"input 'x': {share:.3g} % of the calibration samples reach fewer than 4 of its int8 steps")
+    lost, total = map(int, re.search(r"they carry (\d+) of the (\d+) decisions int8 changed", note).groups())
+    assert total >= 10 and lost >= 0.8 * total, (lost, total)

@@ -205,15 +205,22 @@ QUIET_SHARE = 0.5  # of the decisions int8 changed, carried by such samples, for
 QUIET_RATE = 3.0  # and at least this many times as often as the other samples
 
 
-def quiet_samples(name: str, values: np.ndarray, scale: float, changed: np.ndarray) -> Optional[str]:
+def quiet(values: np.ndarray, scale: float) -> np.ndarray:
+    """Per sample, whether it reaches fewer than `QUIET_STEPS` steps of `scale` from 0."""
+    return np.abs(values.reshape(len(values), -1)).max(axis=1) / scale < QUIET_STEPS
+
+
+def quiet_samples(name: str, values: np.ndarray, scale: float, changed: np.ndarray, *,
+                  samples: str = "evaluation") -> Optional[str]:
     """Samples too quiet for an input's one int8 scale, where they carry most of the decisions int8 changed.
 
     The scale is sized for the loudest calibration sample. Where the samples' own magnitudes differ
     by orders (audio at every loudness, a magnitude spectrogram, a sensor at rest and in motion),
     a quiet sample reaches only a few steps from 0, and rounding erases it before any op runs.
-    `values` are the evaluation inputs, `scale` the file's input scale, `changed` per sample the
-    share of its decisions int8 changed (`tasks.changed_decisions`). Named only where those
-    changes fall mostly, and disproportionately, on the quiet samples.
+    `values` are the evaluation inputs (the calibration ones, `samples="calibration"`, where there
+    is no evaluation data), `scale` the file's input scale, `changed` per sample the share of its
+    decisions int8 changed (`tasks.changed_decisions`). Named only where those changes fall mostly,
+    and disproportionately, on the quiet samples.
     """
     if values.dtype.kind != "f" or scale <= 0 or len(values) != len(changed) or not len(values):
         return None
@@ -226,7 +233,7 @@ def quiet_samples(name: str, values: np.ndarray, scale: float, changed: np.ndarr
     if rate < QUIET_RATE * other:
         return None
     share = 100 * quiet.mean()
-    return (f"input {name!r}: {_percent(share)} % of the evaluation samples reach fewer than {QUIET_STEPS:g} of its "
+    return (f"input {name!r}: {_percent(share)} % of the {samples} samples reach fewer than {QUIET_STEPS:g} of its "
             f"int8 steps ({scale:.4g}) from 0 (the quietest reaches {float(reach.min()):.2g}), where the loudest calibration "
             f"samples set the scale, and they carry {_decisions(lost)} of the {_decisions(total)} decisions int8 "
             f"changed: one int8 scale cannot hold quiet and loud samples at once, and rounding erases the quiet "

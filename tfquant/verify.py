@@ -20,7 +20,7 @@ from ._version import __version__
 from .data import Dataset
 from .errors import AccuracyBudgetError, StrictModeError, called
 from .inspect import explain_float_ops, float_ops_message, inspect
-from .lint import extrapolated, output_lint, quiet_samples
+from .lint import extrapolated, output_lint, quiet, quiet_samples
 from .prepare import Prepared
 from .report import write_report_files
 from .sizes import gzip_size, larger_than_float
@@ -281,6 +281,9 @@ def verify(
                 notes.append(f"top-1 agreement with the float file is only {primary.agreement:.3f}: "
                              "run `tfquant diagnose` to find the layers that lose accuracy")
 
+    elif prepared.calibration is not None and integer_mode:  # no evaluation data: the calibration samples say
+        notes += _quiet_calibration(tflite, float_tflite, prepared.calibration, tasks_chosen, threads)
+
     started = time.perf_counter()
     float_bench, quant_bench = timing.benchmark(float_tflite, tflite, runs=bench_runs, warmup=3, num_threads=threads,
                                                  max_seconds=REPORT_BENCH_SECONDS,
@@ -343,11 +346,31 @@ def verify(
     return result
 
 
-def _quiet_inputs(inputs: list, evaluation: Dataset, changed: np.ndarray) -> list[str]:
-    """`lint.quiet_samples` for each of the file's integer inputs the evaluation data feeds."""
+def _quiet_inputs(inputs: list, data: Dataset, changed: np.ndarray, samples: str = "evaluation") -> list[str]:
+    """`lint.quiet_samples` for each of the file's integer inputs `data` feeds."""
     return [message for port in inputs
-            if port.quantized and port.name in evaluation.inputs
-            and (message := quiet_samples(port.name, evaluation.inputs[port.name], port.scale, changed))]
+            if port.quantized and port.name in data.inputs
+            and (message := quiet_samples(port.name, data.inputs[port.name], port.scale, changed, samples=samples))]
+
+
+def _quiet_calibration(tflite: bytes, float_tflite: bytes, calibration: Dataset, chosen: Optional[dict[str, str]],
+                       threads: int) -> list[str]:
+    """`lint.quiet_samples` on the calibration samples, where there is no evaluation data: only where some of
+    them are quiet for an integer input's scale (a cheap look at the inputs first), the decisions of the
+    first classification output compared between the two files on them (in-sample, so a weaker sign)."""
+    inputs = harness.Runner(tflite, num_threads=1).inputs
+    if not any(port.quantized and port.name in calibration.inputs and calibration.inputs[port.name].dtype.kind == "f"
+               and quiet(calibration.inputs[port.name], port.scale).any() for port in inputs):
+        return []
+    expected = harness.Runner(float_tflite, num_threads=threads).predict(calibration, progress=False)
+    found = tasks.choose(expected, {}, chosen or {}, calibration.source)[0]
+    # Without labels, logits look like a regression: then the first output of several scores a sample (its top-1).
+    name = next((n for n, task in found.items() if task == "classification"), None) or next(
+        (n for n, v in expected.items() if not (chosen or {}).get(n) and v.ndim == 2 and v.shape[1] > 1), None)
+    if name is None:
+        return []
+    got = harness.Runner(tflite, num_threads=threads).predict(calibration, progress=False)
+    return _quiet_inputs(inputs, calibration, tasks.changed_decisions(got[name], expected[name]), "calibration")
 
 
 def _where_it_starts(report: Report, narrow_inputs: list[str], *, regression: bool = False,
