@@ -22,7 +22,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from .errors import one_line
-from .flatbuffer import builtin_of, drop_unused_opcodes, is_constant, read_model, text, write_model
+from .flatbuffer import builtin_codes, builtin_of, drop_unused_opcodes, is_constant, read_model, text, write_model
 
 log = logging.getLogger("tfquant")
 _B = schema.BuiltinOperator
@@ -49,10 +49,13 @@ class Folded:
 
 def fold(float_tflite: bytes) -> tuple[bytes, list[Folded]]:
     """The float file with its constant-only ops computed and stored (see the module); returns it and
-    what was folded (empty when there was nothing to fold, or the interpreter could not compute it)."""
+    what was folded (empty when there was nothing to fold, or the interpreter could not compute it). A
+    file without such an op is only looked at, not read into objects."""
+    if not _any_foldable(float_tflite):
+        return float_tflite, []
     model = read_model(float_tflite)
     graph = model.subgraphs[0]
-    known = {i for i in range(len(graph.tensors)) if is_constant(model, graph, i)}
+    known = {i for i in range(len(graph.tensors)) if is_constant(model, graph, i) and not graph.tensors[i].isVariable}
     folded = []
     for op in graph.operators:  # graph order: an op's inputs are written before it
         if builtin_of(model, op) in _NOT_FOLDED or not len(op.outputs):
@@ -84,6 +87,27 @@ def fold(float_tflite: bytes) -> tuple[bytes, list[Folded]]:
     graph.operators = kept
     drop_unused_opcodes(model)
     return write_model(model), [Folded(len(folded), [text(graph.tensors[i].name) for i in needed], kinds)]
+
+
+def _any_foldable(float_tflite: bytes) -> bool:
+    """Whether an op of the first subgraph reads constants only (the flat reader: nothing unpacked)."""
+    flat = schema.Model.GetRootAs(float_tflite, 0)
+    graph = flat.Subgraphs(0)
+    codes = builtin_codes(flat)
+
+    def stored(index: int) -> bool:
+        tensor = graph.Tensors(index)
+        buffer = tensor.Buffer()
+        if tensor.IsVariable() or not 0 < buffer < flat.BuffersLength():
+            return False
+        return flat.Buffers(buffer).DataLength() > 0 or flat.Buffers(buffer).Size() > 0
+
+    for k in range(graph.OperatorsLength()):
+        op = graph.Operators(k)
+        inputs = [int(i) for i in op.InputsAsNumpy() if i >= 0] if op.InputsLength() else []
+        if inputs and codes[op.OpcodeIndex()] not in _NOT_FOLDED and all(stored(i) for i in inputs):
+            return True
+    return False
 
 
 def _computed(float_tflite: bytes, indices: list[int]) -> dict[int, np.ndarray] | None:
