@@ -129,7 +129,8 @@ def _tensor(model, graph, index: int) -> TensorInfo:
 
 
 # Why an op stays float in a file meant to be integer, where the answer is more than "no int8 form".
-_SPECTROGRAM = "compute the spectrogram before the model and feed it"
+_SPECTROGRAM = ("compute the spectrogram before the model and feed it in dB or as log(x + 1e-6) "
+                "(a magnitude one's quiet bins round to 0 in int8)")
 _REASONS = {
     "DEQUANTIZE": "turns an integer tensor back to float for a float op after it",
     "QUANTIZE": "turns a float result back to integer for the ops after it",
