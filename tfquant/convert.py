@@ -119,7 +119,15 @@ def quantize_calibrated(calibrated: bytes, recipe: Recipe, *, source: str = "<mo
     from .postquantize import after_quantizer
 
     data = _run(source, f"a model TFLiteConverter can quantize to {recipe.mode.value}", lambda: quantize(calibrated, recipe))
-    return after_quantizer(data, int8=recipe.mode is Mode.INT8)
+    data = after_quantizer(data, int8=recipe.mode is Mode.INT8)
+    if recipe.mode is Mode.INT8:  # a scale an int8 kernel cannot take would abort the interpreter: say so instead
+        from .legalize import kernel_refusals
+
+        refused = kernel_refusals(data)
+        if refused:
+            raise ConversionError(problem(source, "an int8 file the interpreter's kernels take",
+                                          f"{refused[0]}{f' (and {len(refused) - 1} more)' if len(refused) > 1 else ''}"))
+    return data
 
 
 def deduplicated(tflite: bytes) -> bytes:

@@ -73,17 +73,17 @@ class Compressed:
     low: float  # the one scale's range
     high: float
     step: float
-    share: float  # of the calibration values, rounded to 0
+    share: float  # of the calibration values, not 0 in float, rounded to 0
 
     def describe(self, what: str, unit: str) -> str:
         return (f"{what}, its one scale spans [{self.low:.4g}, {self.high:.4g}] in steps of {self.step:.3g}, and "
-                f"{100 * self.share:.3g} % of its calibration values would reach the {self.op} as 0")
+                f"{100 * self.share:.3g} % of its calibration values, not 0, would reach the {self.op} as 0")
 
 
 def compressed(values: np.ndarray, op: str) -> Compressed:
     low, high = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
     step = (high - low) / 255 or 1.0
-    share = float(np.mean(np.abs(values) < step / 2)) if values.size else 0.0
+    share = float(np.mean((values != 0) & (np.abs(values) < step / 2))) if values.size else 0.0  # zeros stay 0
     return Compressed(op, low, high, step, share)
 
 
@@ -148,11 +148,11 @@ class Standardized:
                 "weights (the same function in float)")
 
 
-def _per_feature(model, graph, op, reads: int) -> Optional[int]:
+def _per_feature(model, graph, op, reads: int, *, unary: bool = False) -> Optional[int]:
     """The operand position of `reads` in `op` when `op` computes each feature of it on its own from a
     constant (x - c, c - x, x + c, x * c, x / c, with c a scalar or one value per feature), else None."""
     builtin = builtin_of(model, op)
-    if builtin in COMPRESSIVE:
+    if builtin in COMPRESSIVE and unary:  # an input's head only: a tail is undone by its constants (`_undone`)
         same = len(op.inputs) == 1 and int(op.inputs[0]) == reads and len(op.outputs) == 1 and \
             list(graph.tensors[int(op.outputs[0])].shape) == list(graph.tensors[reads].shape)
         return 0 if same else None
@@ -184,13 +184,14 @@ def _head(model, graph, index: int) -> Optional[list]:
     of theirs, computes each feature on its own from a constant. None where something else reads the
     raw input, or the head is longer than `MAX_HEAD`."""
     readers = readers_of(graph)
-    if not readers.get(index) or any(_per_feature(model, graph, op, index) is None for op in readers[index]):
+    if not readers.get(index) or any(_per_feature(model, graph, op, index, unary=True) is None
+                                     for op in readers[index]):
         return None
     head, tensors, frontier = [], {index}, [index]
     while frontier:
         for op in readers.get(frontier.pop(), []):
             if any(op is h for h in head) or _per_feature(model, graph, op, next(
-                    int(i) for i in op.inputs if int(i) in tensors)) is None:
+                    int(i) for i in op.inputs if int(i) in tensors), unary=True) is None:
                 continue
             head.append(op)
             tensors.add(int(op.outputs[0]))

@@ -392,8 +392,9 @@ def floor_model_ranges(model, *, relative: float = RELATIVE_FLOOR, sum_shift: in
                 spans = {i: _span(graph.tensors[i]) for i in indices}
                 widest = max(spans.values())
                 target = min(relative * widest, TINY_RANGE)
-                floor = _kernel_floor(builtin_of(model, op), [spans[i] for i in op.inputs if i in spans],
-                                      sum_shift=sum_shift)
+                code = builtin_of(model, op)
+                floor = 0.0 if code not in _SUMS and code != schema.BuiltinOperator.SQUARED_DIFFERENCE else \
+                    _kernel_floor(code, [_reach(model, graph, int(i)) for i in op.inputs if i >= 0], sum_shift=sum_shift)
                 for index, span in spans.items():
                     needed = max(target, floor) if index in op.outputs else target
                     if span < needed:
@@ -420,30 +421,51 @@ def _kernel_floor(code: int, inputs: list[float], *, sum_shift: int = 20) -> flo
 def kernel_refusals(tflite: bytes) -> list[str]:
     """The integer ADD, SUB and SQUARED_DIFFERENCE ops of a quantized file whose scales their kernel
     cannot take (`_kernel_floor` without its margin): the interpreter aborts on them while it
-    prepares the file, so they are named before anything runs it."""
-    from .flatbuffer import text, view_model
+    prepares the file, so they are named before anything runs it. Read with the flat reader (nothing
+    unpacked): it runs on every int8 file."""
+    from .flatbuffer import builtin_codes, text
 
-    model = view_model(tflite)
+    flat = schema.Model.GetRootAs(tflite, 0)
+    codes = builtin_codes(flat)
+    watched = set(_SUMS) | {schema.BuiltinOperator.SQUARED_DIFFERENCE}
+    if not watched & set(codes):
+        return []
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+    def scale(graph, index: int) -> float:
+        q = graph.Tensors(index).Quantization()
+        return float(q.Scale(0)) if q is not None and q.ScaleLength() == 1 else 0.0
+
     found = []
-    for graph in model.subgraphs:
-        for op in graph.operators or []:
-            code = builtin_of(model, op)
-            if code not in _SUMS and code != schema.BuiltinOperator.SQUARED_DIFFERENCE:
+    for g in range(flat.SubgraphsLength()):
+        graph = flat.Subgraphs(g)
+        for k in range(graph.OperatorsLength()):
+            op = graph.Operators(k)
+            code = codes[op.OpcodeIndex()]
+            if code not in watched or not op.OutputsLength():
                 continue
-            tensors = [graph.tensors[i] for i in list(op.inputs) + list(op.outputs[:1]) if i >= 0]
-            scales = [t.quantization.scale[0] if t.quantization is not None and t.quantization.scale is not None
-                      and len(t.quantization.scale) == 1 else 0.0 for t in tensors]
-            output = tensors[-1]
-            if output.type not in (schema.TensorType.INT8, schema.TensorType.INT16) or min(scales) <= 0:
+            output = graph.Tensors(op.Outputs(0))
+            if output.Type() not in (schema.TensorType.INT8, schema.TensorType.INT16):
                 continue
-            shift = 20 if output.type == schema.TensorType.INT8 else 15
+            scales = [scale(graph, int(i)) for i in op.InputsAsNumpy() if i >= 0] + [scale(graph, op.Outputs(0))]
+            if min(scales) <= 0:
+                continue
+            shift = 20 if output.Type() == schema.TensorType.INT8 else 15
             widest = max(scales[:-1])
             limit = 2 * widest / 2 ** shift if code in _SUMS else (2 * widest) ** 2 / 2 ** 14
             if scales[-1] <= limit:
-                name = next(k for k, v in vars(schema.BuiltinOperator).items() if v == code)
-                found.append(f"{name} {text(output.name)!r} with an output scale of {scales[-1]:.3g} for inputs of "
-                             f"scale {widest:.3g}, finer than its integer kernel takes (over {limit:.3g})")
+                found.append(f"{names.get(code, code)} {text(output.Name())!r} with an output scale of {scales[-1]:.3g} "
+                             f"for inputs of scale {widest:.3g}, finer than its integer kernel takes (over {limit:.3g})")
     return found
+
+
+def _reach(model, graph, index: int) -> float:
+    """The span of the int8 range a tensor gets (its calibrated range, or a constant's values, reaching 0)."""
+    tensor = graph.tensors[index]
+    if has_range(tensor):
+        return max(float(tensor.quantization.max[0]), 0.0) - min(float(tensor.quantization.min[0]), 0.0)
+    values = float_constant(model, graph, index)
+    return 0.0 if values is None or not values.size else max(float(values.max()), 0.0) - min(float(values.min()), 0.0)
 
 
 def _span(tensor) -> float:

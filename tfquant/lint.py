@@ -57,8 +57,8 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
             output = text(output_tensor.name)
             if op_name in ("ADD", "SUB"):
                 message, ratio = _cancellation(op_name, output, spans, output_tensor.quantization, threshold,
-                                               floor=max(TINY_RANGE, _kernel_floor(builtin_of(model, op),
-                                                                                   [hi - lo for _, lo, hi in spans])))
+                                               floor=max(TINY_RANGE, _kernel_floor(builtin_of(model, op), [
+                                                   max(hi, 0.0) - min(lo, 0.0) for _, lo, hi in spans])))
             else:
                 message, ratio = _mismatch(op_name, output, spans, threshold)
             if message is None:
@@ -207,6 +207,8 @@ QUIET_RATE = 3.0  # and at least this many times as often as the other samples
 
 def quiet(values: np.ndarray, scale: float) -> np.ndarray:
     """Per sample, whether it reaches fewer than `QUIET_STEPS` steps of `scale` from 0."""
+    if not len(values):
+        return np.zeros(0, bool)
     return np.abs(values.reshape(len(values), -1)).max(axis=1) / scale < QUIET_STEPS
 
 
@@ -225,14 +227,14 @@ def quiet_samples(name: str, values: np.ndarray, scale: float, changed: np.ndarr
     if values.dtype.kind != "f" or scale <= 0 or len(values) != len(changed) or not len(values):
         return None
     reach = np.abs(values.reshape(len(values), -1)).max(axis=1) / scale  # in int8 steps from 0
-    quiet = reach < QUIET_STEPS
-    lost, total = float(changed[quiet].sum()), float(changed.sum())
-    if quiet.all() or not quiet.any() or total <= 0 or lost < QUIET_SHARE * total:
+    hushed = reach < QUIET_STEPS
+    lost, total = float(changed[hushed].sum()), float(changed.sum())
+    if hushed.all() or not hushed.any() or total <= 0 or lost < QUIET_SHARE * total:
         return None
-    rate, other = lost / quiet.sum(), (total - lost) / (~quiet).sum()
+    rate, other = lost / hushed.sum(), (total - lost) / (~hushed).sum()
     if rate < QUIET_RATE * other:
         return None
-    share = 100 * quiet.mean()
+    share = 100 * hushed.mean()
     return (f"input {name!r}: {_percent(share)} % of the {samples} samples reach fewer than {QUIET_STEPS:g} of its "
             f"int8 steps ({scale:.4g}) from 0 (the quietest reaches {float(reach.min()):.2g}), where the loudest calibration "
             f"samples set the scale, and they carry {_decisions(lost)} of the {_decisions(total)} decisions int8 "

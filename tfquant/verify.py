@@ -260,11 +260,11 @@ def verify(
         notes += list(constant.values())
         seconds["evaluate"] = time.perf_counter() - started + reference.seconds
         primary = judged.primary()
-        quiet = [] if primary is None or primary.name in constant else \
+        quiet_notes = [] if primary is None or primary.name in constant else \
             _quiet_inputs(runner.inputs, evaluation, tasks.changed_decisions(quantized_outputs[primary.name],
                                                                              reference.outputs[primary.name]))
-        notes += quiet
-        causes[:0] = quiet
+        notes += quiet_notes
+        causes[:0] = quiet_notes
         if primary is not None and primary.agreement is not None and primary.agreement < 0.9 and \
                 primary.name not in constant:
             port = ports.get(primary.name)
@@ -275,7 +275,7 @@ def verify(
                 notes.append(f"top-1 agreement with the float file is only {primary.agreement:.3f}, and on {ties[0]} "
                              f"of {ties[1]} {unit} the float file's top two scores lie within one int8 step "
                              f"({port.scale:.3g}) of each other: their class is rounding's to choose "
-                             f"({'the quiet inputs above' if quiet else 'an untrained or collapsed model, or data unlike its training data'}), "
+                             f"({'the quiet inputs above' if quiet_notes else 'an untrained or collapsed model, or data unlike its training data'}), "
                              "not a layer's loss")
             else:
                 notes.append(f"top-1 agreement with the float file is only {primary.agreement:.3f}: "
@@ -348,8 +348,8 @@ def verify(
 
 def _quiet_inputs(inputs: list, data: Dataset, changed: np.ndarray, samples: str = "evaluation") -> list[str]:
     """`lint.quiet_samples` for each of the file's integer inputs `data` feeds."""
-    return [message for port in inputs
-            if port.quantized and port.name in data.inputs
+    return [message for port in inputs  # int8 inputs: int16 ones keep 256 times finer steps
+            if port.quantized and port.dtype.itemsize == 1 and port.name in data.inputs
             and (message := quiet_samples(port.name, data.inputs[port.name], port.scale, changed, samples=samples))]
 
 
@@ -359,7 +359,7 @@ def _quiet_calibration(tflite: bytes, float_tflite: bytes, calibration: Dataset,
     them are quiet for an integer input's scale (a cheap look at the inputs first), the decisions of the
     first classification output compared between the two files on them (in-sample, so a weaker sign)."""
     inputs = harness.Runner(tflite, num_threads=1).inputs
-    if not any(port.quantized and port.name in calibration.inputs and calibration.inputs[port.name].dtype.kind == "f"
+    if not any(port.quantized and port.dtype.itemsize == 1 and port.name in calibration.inputs and calibration.inputs[port.name].dtype.kind == "f"
                and quiet(calibration.inputs[port.name], port.scale).any() for port in inputs):
         return []
     expected = harness.Runner(float_tflite, num_threads=threads).predict(calibration, progress=False)
