@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tfquant
-from tfquant.errors import AccuracyBudgetError
+from tfquant.errors import AccuracyBudgetError, StrictModeError
 from tfquant.spec import ConvertSpec
 
 
@@ -313,3 +313,11 @@ def test_a_log_the_model_takes_first_runs_in_float(version, digits):
     rounded = np.round(x[:200] / port.scale + port.zero_point) == port.zero_point
     assert share == pytest.approx(100 * np.mean(rounded & (x[:200] != 0)), abs=0.05)
     assert "Fix: leave io unpinned" in why
+    if version == 3:  # LiteRT Quantizer has no float heads: the way through is tfquant's own quantizer
+        with pytest.raises(StrictModeError) as float_log:  # and its LOG has no integer kernel there
+            tfquant.quantize(model, x[:200], bench_runs=1, quantizer="litert")
+        assert "found float ops: LOG#" in str(float_log.value)
+        (why,) = [w for w in float_log.value.result.report.warnings
+                  if w.startswith("input 'magnitudes', its one scale spans")]
+        assert "Fix: quantize with tfquant's own quantizer (quantizer converter), which takes the input as float32 " \
+               "and runs its ADD, LOG in float; or feed the model the LOG's result" in why, why

@@ -419,16 +419,18 @@ def plan(float_tflite: bytes, inputs: dict[str, np.ndarray], *,
     return found
 
 
-def squeezed_inputs(float_tflite: bytes, inputs: dict[str, np.ndarray]) -> list[str]:
+def squeezed_inputs(float_tflite: bytes, inputs: dict[str, np.ndarray], *, quantizer: str = "converter") -> list[str]:
     """Float inputs read by a LOG or SQRT (through per-feature ops by constants) of which int8 would round
     at least `ROUNDED_AWAY` of the calibration values (by signature name) to 0 before it: what the
     file loses where the head is not run in float (the IO pinned to an integer type, or float IO off)."""
     from .errors import called
 
-    return [f"{end.narrow.describe(f'input {end.name!r}', 'feature')}. Fix: leave {called('io')} unpinned (or "
-            f"float32) with {called('float_io_norm')} auto or on: the input is then taken as float32 and its "
-            f"{', '.join(end.kinds)} run in float; or feed the model the {end.narrow.op}'s result and take the "
-            f"{end.narrow.op} out of it"
+    way = (f"quantize with tfquant's own quantizer ({called('quantizer')} converter), which takes the input as "
+           "float32 and runs its {} in float" if quantizer == "litert" else
+           f"leave {called('io')} unpinned (or float32) with {called('float_io_norm')} auto or on: the input is then "
+           "taken as float32 and its {} run in float")
+    return [f"{end.narrow.describe(f'input {end.name!r}', 'feature')}. Fix: {way.format(', '.join(end.kinds))}; or "
+            f"feed the model the {end.narrow.op}'s result and take the {end.narrow.op} out of it"
             for end in plan(float_tflite, inputs, threshold=float("inf")) if isinstance(end.narrow, Compressed)]
 
 

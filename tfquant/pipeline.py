@@ -112,7 +112,8 @@ def quantize_prepared(prepared: Prepared, spec: ConvertSpec, *, progress: Option
     if recipe.mode is Mode.INT8:
         kept = {name: values for name, values in prepared.calibration.inputs.items() if name not in taken_as_float}
         narrow_inputs = data_lint(prepared.calibration, prepared.evaluation) + input_lint(kept) + (
-            squeezed_inputs(prepared.exported.tflite, kept) if recipe.float_io_norm != "on" else [])
+            squeezed_inputs(prepared.exported.tflite, kept, quantizer=recipe.quantizer)
+            if recipe.float_io_norm != "on" or recipe.quantizer == "litert" else [])
     for message in narrow_inputs:
         console.warn(message)
     if spec.diagnose and calibrated is not None and calibrated.calibrated and recipe.mode is Mode.INT8:

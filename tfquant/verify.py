@@ -364,9 +364,11 @@ def _quiet_calibration(tflite: bytes, float_tflite: bytes, calibration: Dataset,
         return []
     expected = harness.Runner(float_tflite, num_threads=threads).predict(calibration, progress=False)
     found = tasks.choose(expected, {}, chosen or {}, calibration.source)[0]
-    # Without labels, logits look like a regression: then the first output of several scores a sample (its top-1).
+    # Without labels, logits look like a regression: a model's one output of several scores a sample is taken
+    # for a classifier's (its top-1); where there are several outputs, only one detected as a classifier's.
     name = next((n for n, task in found.items() if task == "classification"), None) or next(
-        (n for n, v in expected.items() if not (chosen or {}).get(n) and v.ndim == 2 and v.shape[1] > 1), None)
+        (n for n, v in expected.items() if len(expected) == 1 and not (chosen or {}).get(n) and v.ndim == 2
+         and v.shape[1] > 1), None)
     if name is None:
         return []
     got = harness.Runner(tflite, num_threads=threads).predict(calibration, progress=False)
