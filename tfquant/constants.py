@@ -22,7 +22,8 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from .errors import one_line
-from .flatbuffer import builtin_codes, builtin_of, drop_unused_opcodes, is_constant, read_model, text, write_model
+from .flatbuffer import (OP_NAMES, builtin_codes, builtin_of, drop_unused_opcodes, is_constant, read_model, text,
+                         write_model)
 
 log = logging.getLogger("tfquant")
 _B = schema.BuiltinOperator
@@ -66,8 +67,7 @@ def fold(float_tflite: bytes) -> tuple[bytes, list[Folded]]:
             known.update(int(o) for o in op.outputs)
     if not folded:
         return float_tflite, []
-    names = {v: k for k, v in vars(_B).items() if not k.startswith("_")}
-    kinds = sorted({names.get(builtin_of(model, op), "?") for op in folded})
+    kinds = sorted({OP_NAMES.get(builtin_of(model, op), "?") for op in folded})
     made = {int(o) for op in folded for o in op.outputs}
     kept = [op for op in graph.operators if op not in folded]
     needed = sorted({int(i) for op in kept for i in op.inputs if int(i) in made})

@@ -121,12 +121,9 @@ def quantize_calibrated(calibrated: bytes, recipe: Recipe, *, source: str = "<mo
     data = _run(source, f"a model TFLiteConverter can quantize to {recipe.mode.value}", lambda: quantize(calibrated, recipe))
     data = after_quantizer(data, int8=recipe.mode is Mode.INT8)
     if recipe.mode is Mode.INT8:  # a scale an int8 kernel cannot take would abort the interpreter: say so instead
-        from .legalize import kernel_refusals
+        from .legalize import refuse_unrunnable
 
-        refused = kernel_refusals(data)
-        if refused:
-            raise ConversionError(problem(source, "an int8 file the interpreter's kernels take",
-                                          f"{refused[0]}{f' (and {len(refused) - 1} more)' if len(refused) > 1 else ''}"))
+        refuse_unrunnable(data, source, "an int8 file the interpreter's kernels take")
     return data
 
 
@@ -320,7 +317,7 @@ def _float_io(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source:
     outputs, each where int8's one scale leaves one of its features fewer than 8 levels
     (`float_io.RUINED`), or an input's LOG or SQRT would read its small values as 0, and the file so quantized keeps the outputs clearly closer to float than the
     file without (`_clearly_better`); else the file as it was and none."""
-    from .float_io import RUINED, plan, plan_outputs, rescale_outputs, standardize
+    from .float_io import RUINED, compressive, plan, plan_outputs, rescale_outputs, standardize
     from .harness import Runner
     from .lint import narrowest
 
@@ -330,7 +327,7 @@ def _float_io(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source:
 
     chosen, rewrites = [], []
     inputs_of = lambda data, half: plan(data, half.inputs)  # noqa: E731 - the heads as that half sees them
-    if ruined(calibration.inputs) or plan(float_tflite, calibration.inputs):  # raw columns, or a LOG head
+    if ruined(calibration.inputs) or compressive(float_tflite):  # raw columns, or a LOG that may head an input
         candidate, standardized = _checked(float_tflite, calibration, lambda data: standardize(
             data, calibration.inputs), "inputs not standardized", quiet=True)
         heads = plan(candidate, calibration.inputs)

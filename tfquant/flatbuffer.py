@@ -129,6 +129,10 @@ def has_range(tensor) -> bool:
             and len(q.min) == 1 and len(q.max) == 1)
 
 
+# Builtin operator names by code ("ADD" for 0), as reports and messages spell them.
+OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
 def builtin_codes(model) -> list[int]:
     """The builtin code of each operator code of a model read in place (`schema.Model.GetRootAs`)."""
     return [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())

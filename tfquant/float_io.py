@@ -42,7 +42,7 @@ from typing import Iterator, Optional
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from .flatbuffer import (array_constant, builtin_of, float_constant, float_tensor_like, is_constant, new_op,
+from .flatbuffer import (array_constant, builtin_codes, builtin_of, float_constant, float_tensor_like, is_constant, new_op,
                          producers_of, read_model, readers_of, signature_names, text, write_model)
 from .lint import Narrow, narrowest
 
@@ -419,17 +419,28 @@ def plan(float_tflite: bytes, inputs: dict[str, np.ndarray], *,
     return found
 
 
+def compressive(float_tflite: bytes) -> bool:
+    """Whether the file has a LOG or SQRT at all (the flat reader: nothing unpacked), before `plan` looks
+    for one in an input's head."""
+    return bool(COMPRESSIVE.keys() & set(builtin_codes(schema.Model.GetRootAs(float_tflite, 0))))
+
+
 def squeezed_inputs(float_tflite: bytes, inputs: dict[str, np.ndarray], *, quantizer: str = "converter") -> list[str]:
     """Float inputs read by a LOG or SQRT (through per-feature ops by constants) of which int8 would round
     at least `ROUNDED_AWAY` of the calibration values (by signature name) to 0 before it: what the
     file loses where the head is not run in float (the IO pinned to an integer type, or float IO off)."""
     from .errors import called
 
-    way = (f"quantize with tfquant's own quantizer ({called('quantizer')} converter), which takes the input as "
-           "float32 and runs its {} in float" if quantizer == "litert" else
-           f"leave {called('io')} unpinned (or float32) with {called('float_io_norm')} auto or on: the input is then "
-           "taken as float32 and its {} run in float")
-    return [f"{end.narrow.describe(f'input {end.name!r}', 'feature')}. Fix: {way.format(', '.join(end.kinds))}; or "
+    def fix(kinds: str) -> str:
+        if quantizer == "litert":
+            return (f"quantize with tfquant's own quantizer ({called('quantizer')} converter), which takes the input "
+                    f"as float32 and runs its {kinds} in float")
+        return (f"leave {called('io')} unpinned (or float32) with {called('float_io_norm')} auto or on: the input is "
+                f"then taken as float32 and its {kinds} run in float")
+
+    if not compressive(float_tflite):
+        return []
+    return [f"{end.narrow.describe(f'input {end.name!r}', 'feature')}. Fix: {fix(', '.join(end.kinds))}; or "
             f"feed the model the {end.narrow.op}'s result and take the {end.narrow.op} out of it"
             for end in plan(float_tflite, inputs, threshold=float("inf")) if isinstance(end.narrow, Compressed)]
 

@@ -14,12 +14,11 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from .errors import TFLiteFileError, called, problem
-from .flatbuffer import is_constant, signature_names, text, view_model
+from .flatbuffer import OP_NAMES, is_constant, signature_names, text, view_model
 from .float_io import input_heads, output_tails
 from .model_config import TFLITE_EXPECTED, tflite_identifier_found
 from .types import FloatOp, ModelInfo, OpInfo, QuantParams, TensorInfo
 
-_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 _TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 FLOAT_DTYPES = frozenset({"float32", "float16", "float64", "bfloat16", "complex64", "complex128"})
 
@@ -108,7 +107,7 @@ def _op_name(model, opcode_index: int) -> str:
     if code == schema.BuiltinOperator.CUSTOM:
         custom = opcode.customCode
         return "CUSTOM:" + (custom.decode() if isinstance(custom, bytes) else str(custom))
-    return _OP_NAMES.get(code, f"BUILTIN_{code}")
+    return OP_NAMES.get(code, f"BUILTIN_{code}")
 
 
 def _tensor(model, graph, index: int) -> TensorInfo:

@@ -361,6 +361,7 @@ TINY_RANGE = 1e-3  # a range this narrow is a constant, not a signal
 # inputs left by 20 bits (int16: 15), so the output's scale must exceed 2·max(input scales)/2^20; SQUARED_DIFFERENCE
 # shifts by 7 before squaring, so it must exceed (2·input scale)²/2^14. Kept 8 times clear of both.
 _SUMS = (schema.BuiltinOperator.ADD, schema.BuiltinOperator.SUB)
+_LIMITED = frozenset(_SUMS + (schema.BuiltinOperator.SQUARED_DIFFERENCE,))
 _KERNEL_MARGIN = 8.0
 
 
@@ -377,7 +378,7 @@ def floor_model_ranges(model, *, relative: float = RELATIVE_FLOOR, sum_shift: in
     how many ranges were widened.
 
     An output of ADD, SUB or SQUARED_DIFFERENCE is also kept wide enough for its int8 kernel
-    (`_kernel_floor`), whatever its width: where an ADD cancels two large inputs (x·r − x·r, a
+    (`kernel_floor`), whatever its width: where an ADD cancels two large inputs (x·r − x·r, a
     LayerNormalization over one feature), a range fitted to the tiny result made the interpreter abort.
     `sum_shift` is the ADD kernel's left shift: 20 bits for int8, 15 for int16 (`int16.for_int16x8`).
     """
@@ -393,8 +394,8 @@ def floor_model_ranges(model, *, relative: float = RELATIVE_FLOOR, sum_shift: in
                 widest = max(spans.values())
                 target = min(relative * widest, TINY_RANGE)
                 code = builtin_of(model, op)
-                floor = 0.0 if code not in _SUMS and code != schema.BuiltinOperator.SQUARED_DIFFERENCE else \
-                    _kernel_floor(code, [_reach(model, graph, int(i)) for i in op.inputs if i >= 0], sum_shift=sum_shift)
+                floor = 0.0 if code not in _LIMITED else \
+                    kernel_floor(code, [_reach(model, graph, int(i)) for i in op.inputs if i >= 0], sum_shift=sum_shift)
                 for index, span in spans.items():
                     needed = max(target, floor) if index in op.outputs else target
                     if span < needed:
@@ -406,31 +407,40 @@ def floor_model_ranges(model, *, relative: float = RELATIVE_FLOOR, sum_shift: in
     return widened
 
 
-def _kernel_floor(code: int, inputs: list[float], *, sum_shift: int = 20) -> float:
-    """The narrowest output range this op's integer kernel accepts, from its inputs' ranges (one int8
-    scale is a range / 255)."""
-    if not inputs:
+def _scale_limit(code: int, widest: float, shift: int) -> float:
+    """The output scale this op's integer kernel must exceed, for inputs whose widest scale is `widest`."""
+    return 2 * widest / 2 ** shift if code in _SUMS else (2 * widest) ** 2 / 2 ** 14
+
+
+def kernel_floor(code: int, inputs: list[float], *, sum_shift: int = 20) -> float:
+    """The narrowest output range this op's integer kernel accepts (`_KERNEL_MARGIN` times clear), from its
+    inputs' ranges (one int8 scale is a range / 255)."""
+    if not inputs or code not in _LIMITED:
         return 0.0
-    if code in _SUMS:
-        return _KERNEL_MARGIN * 2 * max(inputs) / 2 ** sum_shift
-    if code == schema.BuiltinOperator.SQUARED_DIFFERENCE:
-        return _KERNEL_MARGIN * (2 * max(inputs)) ** 2 / (255 * 2 ** 14)
-    return 0.0
+    return _KERNEL_MARGIN * 255 * _scale_limit(code, max(inputs) / 255, sum_shift)
+
+
+def refuse_unrunnable(tflite: bytes, source: str, expected: str, fix: str = "") -> None:
+    """Raise `ConversionError` naming the first op whose scales its integer kernel refuses (`kernel_refusals`)."""
+    from .errors import ConversionError, problem
+
+    refused = kernel_refusals(tflite)
+    if refused:  # the interpreter would abort on the file, taking the process with it
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise ConversionError(problem(source, expected, f"{refused[0]}{more}{fix}"))
 
 
 def kernel_refusals(tflite: bytes) -> list[str]:
     """The integer ADD, SUB and SQUARED_DIFFERENCE ops of a quantized file whose scales their kernel
-    cannot take (`_kernel_floor` without its margin): the interpreter aborts on them while it
+    cannot take (`kernel_floor` without its margin): the interpreter aborts on them while it
     prepares the file, so they are named before anything runs it. Read with the flat reader (nothing
     unpacked): it runs on every int8 file."""
-    from .flatbuffer import builtin_codes, text
+    from .flatbuffer import OP_NAMES, builtin_codes, text
 
     flat = schema.Model.GetRootAs(tflite, 0)
     codes = builtin_codes(flat)
-    watched = set(_SUMS) | {schema.BuiltinOperator.SQUARED_DIFFERENCE}
-    if not watched & set(codes):
+    if not _LIMITED & set(codes):
         return []
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
     def scale(graph, index: int) -> float:
         q = graph.Tensors(index).Quantization()
@@ -442,7 +452,7 @@ def kernel_refusals(tflite: bytes) -> list[str]:
         for k in range(graph.OperatorsLength()):
             op = graph.Operators(k)
             code = codes[op.OpcodeIndex()]
-            if code not in watched or not op.OutputsLength():
+            if code not in _LIMITED or not op.OutputsLength():
                 continue
             output = graph.Tensors(op.Outputs(0))
             if output.Type() not in (schema.TensorType.INT8, schema.TensorType.INT16):
@@ -450,11 +460,10 @@ def kernel_refusals(tflite: bytes) -> list[str]:
             scales = [scale(graph, int(i)) for i in op.InputsAsNumpy() if i >= 0] + [scale(graph, op.Outputs(0))]
             if min(scales) <= 0:
                 continue
-            shift = 20 if output.Type() == schema.TensorType.INT8 else 15
             widest = max(scales[:-1])
-            limit = 2 * widest / 2 ** shift if code in _SUMS else (2 * widest) ** 2 / 2 ** 14
+            limit = _scale_limit(code, widest, 20 if output.Type() == schema.TensorType.INT8 else 15)
             if scales[-1] <= limit:
-                found.append(f"{names.get(code, code)} {text(output.Name())!r} with an output scale of {scales[-1]:.3g} "
+                found.append(f"{OP_NAMES.get(code, code)} {text(output.Name())!r} with an output scale of {scales[-1]:.3g} "
                              f"for inputs of scale {widest:.3g}, finer than its integer kernel takes (over {limit:.3g})")
     return found
 

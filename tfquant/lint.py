@@ -32,16 +32,14 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
     An input whose range is no wider than a constant's (`legalize.TINY_RANGE`: the zero initial
     state of a recurrent step, a padding branch) carries nothing to lose and is not compared.
     """
-    from .flatbuffer import builtin_of, text, view_model
-    from .legalize import TINY_RANGE, _kernel_floor
-    from ai_edge_litert import schema_py_generated as schema
+    from .flatbuffer import OP_NAMES, builtin_of, text, view_model
+    from .legalize import TINY_RANGE, kernel_floor
 
     model = view_model(calibrated)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     found = []
     for subgraph in model.subgraphs:
         for op in subgraph.operators or []:
-            op_name = names.get(builtin_of(model, op))
+            op_name = OP_NAMES.get(builtin_of(model, op))
             if op_name not in RANGE_OPS:
                 continue
             spans = []
@@ -57,7 +55,7 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
             output = text(output_tensor.name)
             if op_name in ("ADD", "SUB"):
                 message, ratio = _cancellation(op_name, output, spans, output_tensor.quantization, threshold,
-                                               floor=max(TINY_RANGE, _kernel_floor(builtin_of(model, op), [
+                                               floor=max(TINY_RANGE, kernel_floor(builtin_of(model, op), [
                                                    max(hi, 0.0) - min(lo, 0.0) for _, lo, hi in spans])))
             else:
                 message, ratio = _mismatch(op_name, output, spans, threshold)
@@ -205,11 +203,16 @@ QUIET_SHARE = 0.5  # of the decisions int8 changed, carried by such samples, for
 QUIET_RATE = 3.0  # and at least this many times as often as the other samples
 
 
+def _steps(values: np.ndarray, scale: float) -> np.ndarray:
+    """Per sample, how many steps of `scale` its largest magnitude reaches from 0."""
+    if not len(values):
+        return np.zeros(0)
+    return np.abs(values.reshape(len(values), -1)).max(axis=1) / scale
+
+
 def quiet(values: np.ndarray, scale: float) -> np.ndarray:
     """Per sample, whether it reaches fewer than `QUIET_STEPS` steps of `scale` from 0."""
-    if not len(values):
-        return np.zeros(0, bool)
-    return np.abs(values.reshape(len(values), -1)).max(axis=1) / scale < QUIET_STEPS
+    return _steps(values, scale) < QUIET_STEPS
 
 
 def quiet_samples(name: str, values: np.ndarray, scale: float, changed: np.ndarray, *,
@@ -226,7 +229,7 @@ def quiet_samples(name: str, values: np.ndarray, scale: float, changed: np.ndarr
     """
     if values.dtype.kind != "f" or scale <= 0 or len(values) != len(changed) or not len(values):
         return None
-    reach = np.abs(values.reshape(len(values), -1)).max(axis=1) / scale  # in int8 steps from 0
+    reach = _steps(values, scale)
     hushed = reach < QUIET_STEPS
     lost, total = float(changed[hushed].sum()), float(changed.sum())
     if hushed.all() or not hushed.any() or total <= 0 or lost < QUIET_SHARE * total:

@@ -20,9 +20,9 @@ from typing import Iterable
 import numpy as np
 
 from .console import captured_stderr
-from .errors import ConversionError, RecipeError, called, problem
+from .errors import ConversionError, RecipeError, called
 from .export import SIGNATURE, conversion_failure
-from .legalize import kernel_refusals, shapes_read_integers
+from .legalize import refuse_unrunnable, shapes_read_integers
 from .types import IOType, Recipe
 
 THREADS = 2
@@ -62,10 +62,6 @@ def quantize(float_tflite: bytes, samples: Iterable[dict[str, np.ndarray]], reci
             raise ConversionError(conversion_failure(source, "a float file LiteRT Quantizer can quantize to int8",
                                                      exc, log.read())) from None
     quantized = shapes_read_integers(bytes(result.quantized_model))[0]
-    refused = kernel_refusals(quantized)
-    if refused:  # the interpreter would abort on the file, taking the process with it
-        raise ConversionError(problem(source, "an int8 file from LiteRT Quantizer that the interpreter's kernels take",
-                                      f"{refused[0]}{f' (and {len(refused) - 1} more)' if len(refused) > 1 else ''}; "
-                                      f"tfquant's own quantizer ({called('quantizer')} converter) widens such "
-                                      "ranges"))
+    refuse_unrunnable(quantized, source, "an int8 file from LiteRT Quantizer that the interpreter's kernels take",
+                      f"; tfquant's own quantizer ({called('quantizer')} converter) widens such ranges")
     return quantized
