@@ -65,8 +65,8 @@ def test_the_lint_is_silent_on_a_recurrent_steps_zero_initial_state(digits):
 
 def test_the_lint_names_an_add_that_cancels_and_not_one_that_adds_a_narrow_branch(digits):
     """An ADD keeps each input's own scale: a narrow branch added to a wide one costs no more than the sum's
-    own rounding. What an ADD loses is cancellation: LayerNormalization of features offset by 100 ends in
-    x * inv + (beta - mean * inv), two inputs near ±380 whose sum spans 4."""
+    own rounding. What an ADD or SUB loses is cancellation: LayerNormalization of features offset by 100
+    subtracts their mean, two inputs near 100 whose difference spans about 1."""
     from tfquant._keras import keras3
 
     k = keras3()
@@ -84,7 +84,7 @@ def test_the_lint_names_an_add_that_cancels_and_not_one_that_adds_a_narrow_branc
     report = trained(inputs, k.layers.Dense(32, activation="relu")(normalized))
     assert report.accuracy_drop > 0.02  # the cancellation costs int8 points
     (warning,) = report.range_lint
-    assert warning.op == "ADD" and warning.ratio > 50 and "narrower than its input" in warning.message
+    assert warning.op == "SUB" and warning.ratio > 50 and "narrower than its input" in warning.message
 
     k.utils.set_random_seed(0)
     inputs = k.Input((64,), name="pixels")

@@ -25,7 +25,7 @@ from .console import captured_stderr
 from .errors import ConversionError, one_line, problem
 from .models import LoadedModel, revive_keras2
 from .lookups import comparable_lookups
-from .tracing import builtin_argmax, quantizable_masking, unrolled
+from .tracing import builtin_argmax, centered_layer_norms, quantizable_masking, unrolled
 from .volumes import planar_volumes
 from .types import TensorSpec
 
@@ -202,10 +202,11 @@ def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: b
         return dict(zip(output_names, out))
 
     with unrolled(model, inputs, split_gates=split_gates) as notes, quantizable_masking(model) as softmax_notes, \
-            builtin_argmax(), comparable_lookups(model) as lookup_notes, planar_volumes(model) as volume_notes:
+            builtin_argmax(), comparable_lookups(model) as lookup_notes, planar_volumes(model) as volume_notes, \
+            centered_layer_norms(model) as norm_notes:
         function = tf.function(serve).get_concrete_function(*tensor_specs)
         frozen = _freeze(loaded.source, function)
-    notes += softmax_notes + lookup_notes + volume_notes
+    notes += softmax_notes + lookup_notes + volume_notes + norm_notes
     data = _converted(loaded.source, lambda: tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
     data = legalize.name_signature(data, [s.name for s in inputs], _flat_keys(output_names))
     data, rewrites = legalize.make_quantizable(data, keep_weights=keep_weights)

@@ -1,0 +1,36 @@
+"""A LayerNormalization of features far from 0: traced on its input minus its mean (`tracing.centered_layer_norms`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tfquant
+
+
+def raw_columns(offset: float) -> np.ndarray:
+    """Eight columns in [offset, offset + 100]: each row has its own spread, all of it far from 0 next to it."""
+    rng = np.random.default_rng(0)
+    return (offset + rng.uniform(0, 60, (600, 8)) + np.linspace(0, 40, 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_layer_normalization_of_raw_columns_keeps_its_output(version):
+    """Keras computes x·s + (beta − mean·s): at 500 ± 50 the two products are ten times the result, and int8
+    sized for them left the output 22 % (Keras 3) and 10 % (Keras 2) of its spread off float; at 0–100,
+    5.9 %. Centered first, 4.0 % and 1.8 %."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8,), name="x")
+    model = k.Model(inputs, k.layers.Dense(4, name="y")(k.layers.LayerNormalization()(inputs)))
+    errors = []
+    for offset in (0.0, 500.0):
+        x = raw_columns(offset)
+        result = tfquant.quantize(model, {"x": x[:300]}, eval_data={"x": x[300:]}, bench_runs=1, diagnose=False)
+        assert result.info.fully_integer
+        errors.append(result.report.outputs[0].quantized.rel_rmse)
+    assert errors[0] < 0.03 and errors[1] < 0.05, errors
+    assert any("LayerNormalization(s) given their input minus its mean" in note
+               for note in result.report.to_dict()["export"]["notes"])
