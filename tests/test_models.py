@@ -117,6 +117,29 @@ def test_tensorflow_initializers_in_a_tf_keras_file_load_in_safe_mode(tmp_path, 
     np.testing.assert_array_equal(loaded.keras_model(x).numpy(), model(x).numpy())
 
 
+def test_a_numpy_initializer_in_a_tf_keras_h5_file_loads(tmp_path):
+    """PointNet's T-Net starts its transform at the identity, `Constant(np.eye(3).flatten())`: tf_keras writes
+    that array into the `.h5` config as a "__numpy__" object its own `.h5` loader does not know. It is read
+    back as the array, and the model converts fully integer."""
+    import tf_keras as k
+
+    k.utils.set_random_seed(0)
+    points = k.Input((16, 3), name="points")
+    t = k.layers.GlobalMaxPooling1D()(k.layers.Conv1D(8, 1, activation="relu")(points))
+    t = k.layers.Reshape((3, 3))(k.layers.Dense(9, kernel_initializer="zeros",
+                                                bias_initializer=k.initializers.Constant(np.eye(3).flatten()))(t))
+    aligned = k.layers.Dot(axes=(2, 1))([points, t])
+    h = k.layers.GlobalMaxPooling1D()(k.layers.Conv1D(16, 1, activation="relu")(aligned))
+    model = k.Model(points, k.layers.Dense(4, activation="softmax", name="probs")(h))
+    path = tmp_path / "pointnet.h5"
+    model.save(path)
+    assert '"__numpy__"' in json.dumps(read_config(path))
+    x = np.random.default_rng(0).random((64, 16, 3), dtype=np.float32)
+    np.testing.assert_array_equal(load_model(path).keras_model(x[:4]).numpy(), model(x[:4]).numpy())
+    result = tfquant.quantize(str(path), x, bench_runs=1, diagnose=False)
+    assert_every_op_integer(result.info)
+
+
 @pytest.mark.parametrize("version", [3, 2])
 def test_a_subclassed_model_called_once_converts_to_full_int8(version, digits, train_npz, test_npz):
     """TensorFlow's "advanced" quickstart subclasses keras.Model: no Input layers, so its signature is

@@ -64,12 +64,25 @@ _APPLICATION_LAYERS = {"tf_keras.src.applications.convnext": ("LayerScale", "Sto
 
 def application_layers() -> dict[str, type]:
     """`custom_objects` for tf_keras' loader: the unregistered layer classes of its applications, and
-    its own layers that it cannot load back from what it saved."""
+    what it saves but cannot load back (its SpectralNormalization; a NumPy array in a config)."""
     import importlib
 
     found = {name: getattr(importlib.import_module(module), name)
              for module, names in _APPLICATION_LAYERS.items() for name in names}
-    return {**found, "SpectralNormalization": _spectral_normalization()}
+    return {**found, "SpectralNormalization": _spectral_normalization(), "__numpy__": _NumpyArray}
+
+
+class _NumpyArray:
+    """A NumPy array in a tf_keras `.h5` config (a `Constant(np.eye(3).flatten())` initializer, as PointNet's
+    T-Net has): tf_keras writes it as `{"class_name": "__numpy__", "config": {"value", "dtype"}}`, which its
+    `.h5` loader does not know ("Unknown object: '__numpy__'"). Read back as the array: a list and a dtype
+    name, no code."""
+
+    @classmethod
+    def from_config(cls, config: dict):
+        import numpy as np
+
+        return np.array(config["value"], dtype=np.dtype(config.get("dtype") or "float32"))
 
 
 @functools.lru_cache(maxsize=None)
