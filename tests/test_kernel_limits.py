@@ -7,7 +7,7 @@ import pytest
 
 import tfquant
 from tfquant.errors import ConversionError
-from tfquant.legalize import kernel_refusals
+from tfquant.limits import kernel_refusals
 
 
 def series_transformer(k, series: np.ndarray, labels: np.ndarray):

@@ -49,7 +49,7 @@ def gate_ratio(calibrated: bytes, cells: Optional[Iterable[str]] = None) -> floa
     from ai_edge_litert import schema_py_generated as schema
 
     from .flatbuffer import builtin_of, has_range, text, view_model
-    from .legalize import TINY_RANGE
+    from .limits import TINY_RANGE
 
     model = view_model(calibrated)
     graph = model.subgraphs[0]

@@ -13,7 +13,7 @@ recurrent matmul carries the recurrent bias, `reset_after=True`, the Keras defau
 step's gates then start from 0 instead of that bias, and the error runs through every step: a
 token GRU regression missed its budget by 6×, at int16x8 worse than at int8.
 
-The int8 quantizer takes the calibrated (floored, `legalize.floor_model_ranges`) range of such a tensor;
+The int8 quantizer takes the calibrated (floored, `limits.floor_model_ranges`) range of such a tensor;
 this pass does the same for int16x8 after the fact: the zero-scale tensor gets the symmetric
 int16 scale of its calibrated range (its values, zeros, stay zero), and the bias of every dense or
 convolution op reading it is quantized again from the float bias with the input's new scale.
@@ -39,7 +39,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from . import int16_islands as islands
-from .legalize import floor_model_ranges
+from .limits import floor_model_ranges
 from .flatbuffer import (array_constant, builtin_of, constant, drop_unused_opcodes, float_constant, has_range,
                          is_constant, is_float, new_op, opcode, ops_running, read_model, readers_of, scalar_constant,
                          tensor_like, turn_into, write_model)

@@ -29,11 +29,11 @@ def range_lint(calibrated: bytes, *, threshold: float = DEFAULT_RANGE_RATIO) -> 
     """Flag CONCATENATION and PACK ops whose inputs' calibrated ranges differ by more than `threshold`×,
     and ADD and SUB ops whose output is more than `threshold`× narrower than an input.
 
-    An input whose range is no wider than a constant's (`legalize.TINY_RANGE`: the zero initial
+    An input whose range is no wider than a constant's (`limits.TINY_RANGE`: the zero initial
     state of a recurrent step, a padding branch) carries nothing to lose and is not compared.
     """
     from .flatbuffer import OP_NAMES, builtin_of, text, view_model
-    from .legalize import TINY_RANGE, kernel_floor
+    from .limits import TINY_RANGE, kernel_floor
 
     model = view_model(calibrated)
     found = []
@@ -83,7 +83,7 @@ def _cancellation(op: str, output: str, spans, quantization, threshold: float, *
     an input's, else (None, ratio). Spans as int8 holds them: every range reaches zero.
 
     An output no wider than `floor` (the range calibration widens a constant to, for its kernel:
-    `legalize.floor_model_ranges`) was constant on the calibration data, x·r − x·r as a
+    `limits.floor_model_ranges`) was constant on the calibration data, x·r − x·r as a
     LayerNormalization over one feature computes its beta: nothing to lose, not named."""
     if not spans or quantization is None or quantization.min is None or quantization.max is None:
         return None, 1.0

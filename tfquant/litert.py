@@ -22,7 +22,8 @@ import numpy as np
 from .console import captured_stderr
 from .errors import ConversionError, RecipeError, called
 from .export import SIGNATURE, conversion_failure
-from .legalize import refuse_unrunnable, shapes_read_integers
+from .legalize import shapes_read_integers
+from .limits import refuse_unrunnable
 from .types import IOType, Recipe
 
 THREADS = 2

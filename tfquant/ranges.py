@@ -164,11 +164,11 @@ def _errors(centers: np.ndarray, counts: np.ndarray, ranges: np.ndarray) -> np.n
 def apply_ranges(calibrated: bytes, ranges: Ranges) -> bytes:
     """The calibrated file with these activation ranges in place of its min/max.
 
-    Vanishing ranges are widened again as after calibration (`legalize.floor_model_ranges`): a tensor
+    Vanishing ranges are widened again as after calibration (`limits.floor_model_ranges`): a tensor
     that is constant on most samples may have a percentile range of zero width.
     """
     from .flatbuffer import read_model, write_model
-    from .legalize import floor_model_ranges
+    from .limits import floor_model_ranges
 
     if not ranges:
         return calibrated
