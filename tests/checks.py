@@ -61,9 +61,10 @@ def counted():
         return mock.patch.object(module, name, counting)
 
     from tfquant import convert as convert_stage
-    from tfquant import gates, pipeline, prepare
+    from tfquant import export as export_stage
+    from tfquant import pipeline, prepare
 
-    with wrap(prepare, "export", "export"), wrap(gates, "export", "export"), \
+    with wrap(prepare, "export", "export"), wrap(export_stage, "export", "export"), \
             wrap(pipeline, "calibration_for", "calibrate"), wrap(convert_stage, "quantize_calibrated", "quantize"):
         yield calls
 

@@ -69,7 +69,7 @@ class Exported:
 
 
 def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, keep_weights: bool = False,
-           split_gates: bool = False) -> Exported:
+           split_gates: bool = False, centered_norms: frozenset = frozenset()) -> Exported:
     """The float32 `.tflite` of `loaded`, its inputs and outputs named as the model names them.
 
     Args:
@@ -80,6 +80,8 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
             quantization-aware model): no rewrite that changes weights (`legalize`). Defaults to
             `False`.
         split_gates: trace each LSTM cell with its gates apart (`tfquant.gates`). Defaults to `False`.
+        centered_norms: the names of LayerNormalizations to trace on their centered input
+            (`tracing.centered_layer_norms`). Defaults to none.
 
     Raises:
         DataError: a recurrent layer whose sequence length neither the model nor the data fixes.
@@ -91,7 +93,7 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
         result = _export_tflite(loaded, keep_weights)
     elif loaded.keras_model is not None:
         inputs, batch_notes = _one_sample_per_invoke(inputs)
-        result = _export_keras(loaded, inputs, keep_weights, split_gates)
+        result = _export_keras(loaded, inputs, keep_weights, split_gates, centered_norms)
         result.notes[:0] = batch_notes
         open_batch = any(spec.shape and spec.shape[0] is None for spec in inputs)
         failure = _first_run_fails(result.tflite, inputs) if open_batch else None
@@ -100,7 +102,7 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
             # GroupNormalization: a BROADCAST_TO of a shape computed from the batch); with the batch fixed
             # at 1 the converter folds those shapes away. The harness runs a fixed batch sample by sample.
             ones = [TensorSpec(s.name, (1, *s.shape[1:]), s.dtype) for s in inputs]
-            fixed = _export_keras(loaded, ones, keep_weights, split_gates)
+            fixed = _export_keras(loaded, ones, keep_weights, split_gates, centered_norms)
             if not _first_run_fails(fixed.tflite, fixed.inputs):
                 fixed.notes.append(f"exported with the batch fixed at 1: with an open batch dim, {failure}")
                 result = fixed
@@ -122,7 +124,8 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
             # and the layers `lookups` and `volumes` spell in integer forms (lookups, buckets, 3D convolutions)
             # so spelled.
             revived = replace(loaded, flavor="keras2", keras_model=revive_keras2(loaded))
-            result = export(revived, shapes=shapes, keep_weights=keep_weights, split_gates=split_gates)
+            result = export(revived, shapes=shapes, keep_weights=keep_weights, split_gates=split_gates,
+                            centered_norms=centered_norms)
             result.notes.insert(0, f"exported from its tf_keras layers: {why}")
     result.seconds = time.perf_counter() - started
     return result
@@ -186,7 +189,7 @@ def _fixed(spec: TensorSpec, sample: Optional[tuple]) -> TensorSpec:
 
 
 def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: bool,
-                  split_gates: bool = False) -> Exported:
+                  split_gates: bool = False, centered_norms: frozenset = frozenset()) -> Exported:
     tf = _keras.tf
     model = loaded.keras_model
     keras_names = _call_names(model) if getattr(model, "inputs", None) else [s.name for s in inputs]
@@ -203,15 +206,55 @@ def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: b
 
     with unrolled(model, inputs, split_gates=split_gates) as notes, quantizable_masking(model) as softmax_notes, \
             builtin_argmax(), comparable_lookups(model) as lookup_notes, planar_volumes(model) as volume_notes, \
-            centered_layer_norms(model) as norm_notes:
+            centered_layer_norms(model, centered_norms):
         function = tf.function(serve).get_concrete_function(*tensor_specs)
         frozen = _freeze(loaded.source, function)
-    notes += softmax_notes + lookup_notes + volume_notes + norm_notes
+    notes += softmax_notes + lookup_notes + volume_notes
     data = _converted(loaded.source, lambda: tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
     data = legalize.name_signature(data, [s.name for s in inputs], _flat_keys(output_names))
     data, rewrites = legalize.make_quantizable(data, keep_weights=keep_weights)
     return Exported(data, "concrete function", inputs, _outputs(data, loaded.outputs), loaded.notes + notes + rewrites,
                     function=frozen)
+
+
+def export_for_int8(loaded: LoadedModel, calibration: Any, *, shapes: Optional[dict[str, tuple]] = None,
+                    keep_weights: bool = False, source: str = "<model>") -> Exported:
+    """The float file int8 starts from: as `export` makes it, or traced again where its calibration shows
+    that int8 would lose resolution in a layer Keras computes one way and could compute another (the same
+    function): LSTM cells whose SPLIT would share one int8 scale across gates of mismatched ranges get their
+    gates apart (`tfquant.gates`), and LayerNormalizations whose sums cancel are given their centered input
+    (`tracing.cancelling_norms`). Where neither applies, the calibration is handed on, not run again."""
+    from .convert import calibrate
+    from .gates import GATE_RATIO, gate_ratio
+    from .tracing import cancelling_norms, fused_lstm_cells, layer_norms
+
+    exported = export(loaded, shapes=shapes, keep_weights=keep_weights)
+    traced = loaded.keras_model is not None and exported.function is not None
+    cells = fused_lstm_cells(loaded.keras_model) if traced else []
+    norms = layer_norms(loaded.keras_model) if traced else []
+    if not cells and not norms:
+        return exported
+    started = time.perf_counter()
+    calibrated = calibrate(exported.tflite, calibration, source=source)
+    ratio = gate_ratio(calibrated, [cell.name for cell in cells]) if cells else 1.0
+    cancelling = cancelling_norms(calibrated, norms, numbered=loaded.flavor == "keras3") if norms else {}
+    measured = time.perf_counter() - started  # part of the export: it decided which one to make
+    if ratio <= GATE_RATIO and not cancelling:  # kept as it is: its calibration is handed on rather than run again
+        return replace(exported, calibrated=(exported.tflite, calibration, calibrated),
+                       seconds=exported.seconds + measured)
+    again = export(loaded, shapes=shapes, keep_weights=keep_weights, split_gates=ratio > GATE_RATIO,
+                   centered_norms=frozenset(cancelling))
+    if ratio > GATE_RATIO:
+        again.notes.append(f"LSTM gates computed apart (two FULLY_CONNECTED ops per gate and step): computed "
+                           f"together, their narrowest gate spanned 1/{ratio:.1f} of the int8 range they shared, on "
+                           "average over the steps")
+    if cancelling:
+        worst = max(cancelling, key=cancelling.get)
+        again.notes.append(f"{len(cancelling)} LayerNormalization(s) given their input minus its mean, so that int8 "
+                           f"does not subtract two large products ({worst}: a sum {cancelling[worst]:.1f}× narrower "
+                           "than its input)")
+    again.seconds += exported.seconds + measured
+    return again
 
 
 TFLITE_ROUTE = "float .tflite as given"

@@ -27,13 +27,7 @@ features in [0, 1/4] (2.04x on average) it changed 11 fewer; on features in [0, 
 from __future__ import annotations
 
 import re
-import time
-from dataclasses import replace
 from typing import Iterable, Optional
-
-from .data import Dataset
-from .export import Exported, export
-from .models import LoadedModel
 
 GATE_RATIO = 2.0  # a SPLIT's range over its narrowest gate's beyond which the gates are computed apart
 GATES = 4  # an LSTM step's SPLIT: input, forget, cell and output gates
@@ -79,29 +73,3 @@ def gate_ratio(calibrated: bytes, cells: Optional[Iterable[str]] = None) -> floa
         narrowest = max(min(gates), TINY_RANGE)  # a gate the samples never move is a constant, not a signal
         ratios.append(shared / narrowest)
     return sum(ratios) / len(ratios) if ratios else 1.0
-
-
-def export_for_int8(loaded: LoadedModel, calibration: Dataset, *, shapes: Optional[dict[str, tuple]] = None,
-                    keep_weights: bool = False, source: str = "<model>") -> Exported:
-    """The float file int8 starts from: as `export` makes it, or with the LSTM cells' gates apart where
-    their SPLIT would share one int8 scale across gates of mismatched ranges (see the module)."""
-    from .convert import calibrate
-    from .tracing import fused_lstm_cells
-
-    exported = export(loaded, shapes=shapes, keep_weights=keep_weights)
-    cells = [] if loaded.keras_model is None or exported.function is None else fused_lstm_cells(loaded.keras_model)
-    if not cells:
-        return exported
-    started = time.perf_counter()
-    calibrated = calibrate(exported.tflite, calibration, source=source)
-    ratio = gate_ratio(calibrated, [cell.name for cell in cells])
-    measured = time.perf_counter() - started  # part of the export: it decided which one to make
-    if ratio <= GATE_RATIO:  # kept as it is: its calibration is handed on rather than run again
-        return replace(exported, calibrated=(exported.tflite, calibration, calibrated),
-                       seconds=exported.seconds + measured)
-    apart = export(loaded, shapes=shapes, keep_weights=keep_weights, split_gates=True)
-    apart.notes.append(f"LSTM gates computed apart (two FULLY_CONNECTED ops per gate and step): computed together, "
-                       f"their narrowest gate spanned 1/{ratio:.1f} of the int8 range they shared, on average over "
-                       "the steps")
-    apart.seconds += exported.seconds + measured
-    return apart

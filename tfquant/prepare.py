@@ -17,8 +17,7 @@ from typing import Any, Optional
 from . import console
 from .data import Dataset, ImageOptions, load_data
 from .errors import ModelLoadError, RecipeError, called, problem
-from .export import Exported, export
-from .gates import export_for_int8
+from .export import Exported, export, export_for_int8
 from .models import LoadedModel, load_model
 from .types import Mode, Recipe
 

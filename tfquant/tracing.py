@@ -4,8 +4,8 @@ Recurrent layers (LSTM, GRU, SimpleRNN, ConvLSTM, and those inside Bidirectional
 over their fixed sequence length for the export: the converter then emits plain FULLY_CONNECTED,
 LOGISTIC, TANH, MUL and ADD ops, which quantize to int8 as accurately as any dense layer, where
 the fused or looped forms either do not convert or lose accuracy in int8. Masked softmaxes and
-argmax are traced in forms TFLite has integer kernels for, LayerNormalization on its centered input
-(no two large products to cancel), and so are integer lookups, category
+argmax are traced in forms TFLite has integer kernels for, a LayerNormalization whose sums cancel on
+its centered input, and so are integer lookups, category
 encodings and buckets (`tfquant.lookups`) and 3D convolutions and pools (`tfquant.volumes`), whose
 layers' calls are swapped for the trace by `patched_calls`. Each is a context manager that puts
 the model back as it was.
@@ -14,6 +14,7 @@ the model back as it was.
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any, Iterator, Optional
 
 from . import _keras
@@ -316,22 +317,21 @@ def _softmax_over(inputs, axes, tf):
 
 
 @contextlib.contextmanager
-def centered_layer_norms(model):
-    """LayerNormalization traced on its input minus the input's mean, for the export.
+def centered_layer_norms(model, names: frozenset = frozenset()):
+    """The LayerNormalizations named in `names` traced on their input minus its mean, for the export.
 
-    Keras computes it as `x * s + (beta - mean * s)` with `s = gamma * rsqrt(var + eps)` (tf_keras
-    through a fused batch norm, Keras 3 in those words). Where the features sit far from 0 next to
-    their spread (raw columns, un-centered activations), `x * s` and `mean * s` are large and nearly
-    cancel: int8 sizes their scales for the large values, and the normalized result keeps a few of
-    its levels. Given `x - mean(x)`, whose own mean is 0, the layer computes the same function and
-    every tensor after the SUB spans only the spread: on a TabTransformer whose numeric columns sit
-    near 500 with a spread of 60, top-1 agreement with float rose from 94.2 % to 97.5 %. RMS
-    normalization (no mean) is left as it is.
+    Keras computes the layer as `x * s + (beta - mean * s)` with `s = gamma * rsqrt(var + eps)`
+    (tf_keras through a fused batch norm, Keras 3 in those words). Where the features sit far from 0
+    next to their spread (raw columns, un-centered activations), `x * s` and `mean * s` are larger
+    than the result and cancel: int8 sizes their scales for the large values, and the normalized
+    result keeps a fraction of its levels. Given `x - mean(x)`, whose own mean is 0, the layer
+    computes the same function and every tensor after the SUB spans only the spread. Which layers
+    need it is read from the calibrated float file (`cancelling_norms`): where the inputs are
+    centered already, the SUB is one more rounding for nothing.
     """
     tf = _keras.tf
-    with patched_calls(model, lambda layer: _centered_norm(layer, tf)) as patched:
-        yield [f"{len(patched)} LayerNormalization(s) given their input minus its mean, so that "
-               "int8 does not subtract two large products"] if patched else []
+    with patched_calls(model, lambda layer: _centered_norm(layer, tf) if layer.name in names else None) as patched:
+        yield patched
 
 
 def _centered_norm(layer, tf):
@@ -345,6 +345,57 @@ def _centered_norm(layer, tf):
         return own(inputs - tf.reduce_mean(inputs, axis=axis, keepdims=True), *args, **kwargs)
 
     return call
+
+
+def layer_norms(model) -> list[str]:
+    """The names of the model's LayerNormalizations that subtract a mean (not RMS normalizations), at any depth."""
+    return [layer.name for layer in _keras.all_layers(model)
+            if type(layer).__name__ == "LayerNormalization" and not getattr(layer, "rms_scaling", False)]
+
+
+NORM_CANCELLATION = 1.5  # a LayerNormalization's sum spanning less than its widest input by this much cancels
+
+
+def cancelling_norms(calibrated: bytes, names: list[str], *, numbered: bool = False) -> dict[str, float]:
+    """Per LayerNormalization of `names` whose ADDs and SUBs cancel in the calibrated float file: the largest
+    ratio of an input's calibrated span to the output's (each reaching 0, as int8's range does), where it is
+    over `NORM_CANCELLATION`. On centered inputs the ratio is about 1: the sum adds beta to the scaled
+    input. The ops are found by the layer's name scope, `.../layer_normalization_2/...`, which Keras 3
+    numbers in a traced graph (`numbered`: `layer_normalization_2_1`, the first layer's `layer_normalization_1`)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from .flatbuffer import builtin_of, has_range, text, view_model
+
+    model = view_model(calibrated)
+    graph = model.subgraphs[0]
+    known = set(names)
+
+    def layers_of(name: str) -> set[str]:  # a scope is the layer's name, numbered with `numbered`
+        scopes = name.split("/")[:-1]
+        return {re.sub(r"_\d+$", "", scope) if numbered else scope for scope in scopes} & known
+
+    sums = (schema.BuiltinOperator.ADD, schema.BuiltinOperator.SUB)
+
+    def span(index: int) -> Optional[float]:
+        tensor = graph.tensors[index]
+        if not has_range(tensor):
+            return None
+        return max(float(tensor.quantization.max[0]), 0.0) - min(float(tensor.quantization.min[0]), 0.0)
+
+    found: dict[str, float] = {}
+    for op in graph.operators:
+        if builtin_of(model, op) not in sums:
+            continue
+        ends = [int(i) for i in op.inputs if i >= 0] + [int(op.outputs[0])]
+        inside = set().union(*(layers_of(text(graph.tensors[i].name)) for i in ends))
+        spans = [span(i) for i in ends]
+        if not inside or any(s is None for s in spans) or spans[-1] <= 0:
+            continue
+        ratio = max(spans[:-1]) / spans[-1]
+        if ratio > NORM_CANCELLATION:
+            for name in inside:
+                found[name] = max(found.get(name, 0.0), ratio)
+    return found
 
 
 @contextlib.contextmanager
