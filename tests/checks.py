@@ -61,10 +61,9 @@ def counted():
         return mock.patch.object(module, name, counting)
 
     from tfquant import convert as convert_stage
-    from tfquant import export as export_stage
     from tfquant import pipeline, prepare
 
-    with wrap(prepare, "export", "export"), wrap(export_stage, "export", "export"), \
+    with wrap(prepare, "export", "export"), \
             wrap(pipeline, "calibration_for", "calibrate"), wrap(convert_stage, "quantize_calibrated", "quantize"):
         yield calls
 

@@ -40,7 +40,7 @@ def _files(model, calibration) -> tuple[bytes, bytes]:
     clustering wrappers handled)."""
     from .convert import convert, convert_quantization_aware
     from .export import export
-    from .export import export_for_int8
+    from .prepare import export_for_int8
     from .models import load_model
     from .types import Mode, Recipe
 

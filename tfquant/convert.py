@@ -207,7 +207,7 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
 
 def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *, source: str = "<model>",
                      regression: Optional[set[str]] = None) -> tuple[Calibration, Recipe]:
-    from . import float_folds, ranges, statistics
+    from . import ranges, statistics
 
     if recipe.quantizer == "litert":  # it calibrates the float file itself, on the same samples
         return Calibration(exported.tflite, b"", samples=list(calibration.samples())), recipe
@@ -221,7 +221,7 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
         rewrites += tables
     heads = []
     if recipe.float_io_norm == "on" and recipe.mode is Mode.INT8:  # "auto" is resolved by the options (`spec`)
-        float_tflite, heads, normalized = float_folds.chosen(float_tflite, calibration, recipe, source, regression)
+        float_tflite, heads, normalized = _float_io(float_tflite, calibration, recipe, source, regression)
         rewrites += normalized
     if recipe.equalize and not recipe.per_channel and recipe.mode is Mode.INT8:
         from .equalize import equalize
@@ -310,6 +310,91 @@ def _checked(float_tflite: bytes, calibration: Dataset, rewrite: Callable[[bytes
 
 
 
+def _float_io(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source: str,
+              regression: Optional[set[str]] = None) -> tuple[bytes, list, list]:
+    """The float file, the inputs and outputs to give float32 with their normalization in float, and the
+    rewrites that put one around dense layers for them (`tfquant.float_io`): first the inputs, then the
+    outputs, each where int8's one scale leaves one of its features fewer than 8 levels
+    (`float_io.RUINED`), or an input's LOG or SQRT would read its small values as 0, and the file so quantized keeps the outputs clearly closer to float than the
+    file without (`_clearly_better`); else the file as it was and none."""
+    from .float_folds import rescale_outputs, standardize
+    from .float_io import RUINED, compressive, plan, plan_outputs
+    from .harness import Runner
+    from .lint import narrowest
+
+    def ruined(arrays: dict) -> bool:  # float values, or integer ones a CAST may turn into floats
+        return any(v.dtype.kind in "fiu" and narrowest(v.astype(np.float32, copy=False), threshold=RUINED) is not None
+                   for v in arrays.values())
+
+    chosen, rewrites = [], []
+    inputs_of = lambda data, half: plan(data, half.inputs)  # noqa: E731 - the heads as that half sees them
+    if ruined(calibration.inputs) or compressive(float_tflite):  # raw columns, or a LOG that may head an input
+        candidate, standardized = _checked(float_tflite, calibration, lambda data: standardize(
+            data, calibration.inputs), "inputs not standardized", quiet=True)
+        heads = plan(candidate, calibration.inputs)
+        if heads and _clearly_better(calibration, recipe, source, (float_tflite, lambda data, half: []),
+                                     (candidate, inputs_of), "inputs", regression):
+            float_tflite, rewrites, chosen = candidate, standardized, heads
+    outputs = Runner(float_tflite).predict(calibration, progress=False)
+    if ruined(outputs):
+        before = inputs_of if chosen else (lambda data, half: [])
+        candidate, rescaled = _checked(float_tflite, calibration, lambda data: rescale_outputs(data, outputs),
+                                       "outputs not rescaled", quiet=True)
+
+        def with_outputs(data: bytes, half: Dataset) -> list:
+            return before(data, half) + plan_outputs(data, Runner(data).predict(half, progress=False))
+
+        tails = plan_outputs(candidate, outputs)
+        if tails and _clearly_better(calibration, recipe, source, (float_tflite, before), (candidate, with_outputs),
+                                     "outputs", regression):
+            float_tflite, rewrites, chosen = candidate, rewrites + rescaled, chosen + tails
+    if chosen:
+        from . import console
+
+        for made in rewrites:
+            console.note(made.describe())
+    return float_tflite, chosen, rewrites
+
+
+def _clearly_better(calibration: Dataset, recipe: Recipe, source: str, base: tuple, candidate: tuple,
+                    what: str, regression: Optional[set[str]] = None) -> bool:
+    """Whether the `candidate` (a float file, and a function of it and some samples giving the inputs and
+    outputs to keep float) keeps the outputs clearly closer to float than `base` (`ranges.pick`), each
+    calibrated on one half of the calibration samples and judged on the other (min/max ranges,
+    `ranges.extreme_ranges`, with the headroom `regression` outputs get), so that values one half never
+    showed (a rare value of a sparse feature, clipped) count."""
+    from . import statistics
+    from .float_io import tails
+    from .harness import Runner
+    from .ranges import apply_ranges, extreme_ranges, pick, sample_errors, with_headroom
+
+    def calibrated(data: bytes, half: Dataset, ends: list) -> bytes:  # min/max ranges, as the statistics see them
+        rough = calibrate(data, half, source=source)
+        return with_headroom(apply_ranges(rough, extreme_ranges(statistics.collect(rough, half, counts=False))),
+                             regression, through=tails(ends))
+
+    trial = Recipe(mode=Mode.INT8, per_channel=recipe.per_channel)
+    halves = calibration.halves()
+    errors = {}
+    try:
+        reference = [Runner(base[0]).predict(half, progress=False) for half in halves]
+        for name, (data, planned) in (("int8", base), ("float", candidate)):
+            folds = []
+            for fold, half in enumerate(halves):
+                ends = planned(data, half)
+                quantized = Calibration(data, calibrated(data, half, ends), float_io=ends).quantize(
+                    trial, source=source, final=False)
+                folds.append(sample_errors(reference[1 - fold], Runner(quantized).predict(
+                    halves[1 - fold], progress=False), per_column=True))
+            errors[name] = np.concatenate(folds)
+    except (TfquantError, RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor, say
+        log.info("float %s not tried: %s", what, one_line(exc, 160))
+        return False
+    log.info("float %s: mean error on %d held-out calibration samples: %s", what, len(errors["int8"]),
+             ", ".join(f"{what} {name} {e.mean():.4g}" for name, e in errors.items()))
+    return pick(errors) == "float"
+
+
 def _joins_split(float_tflite: bytes, calibrated: bytes, calibration: Dataset, source: str):
     """The float file with the readers of its mismatched joins split (`tfquant.joins`) and calibrated again,
     or as it was."""
@@ -377,6 +462,8 @@ def convert_quantization_aware(exported: Exported, recipe: Recipe, calibration: 
             converter.inference_input_type = _TF_IO[recipe.io]
             converter.inference_output_type = _TF_IO[recipe.io]
 
+    from .postquantize import fuse_requantize
+
     return fuse_requantize(exported.convert(configure, source=source))
 
 
@@ -388,37 +475,3 @@ def _run(source: str, expected: str, step: Callable[[], bytes]) -> bytes:
             return bytes(step())
         except Exception as exc:
             raise ConversionError(conversion_failure(source, expected, exc, log.read())) from None
-
-
-def fuse_requantize(tflite: bytes) -> bytes:
-    """Replace DEQUANTIZE(int) -> QUANTIZE(int) pairs by one int -> int QUANTIZE (a requantize).
-
-    Two fake-quant ranges in a row (an input followed by an affine layer the converter folds
-    into scales, such as Rescaling or Normalization) come out of the converter as a round trip
-    through float. TFLite's QUANTIZE op requantizes between integer types directly.
-    """
-    from ai_edge_litert import schema_py_generated as schema
-
-    from .flatbuffer import builtin_of, read_model, readers_of, write_model
-
-    model = read_model(tflite)
-    integer = {schema.TensorType.INT8, schema.TensorType.UINT8, schema.TensorType.INT16}
-    changed = False
-    for subgraph in model.subgraphs:
-        operators = list(subgraph.operators or [])
-        readers = readers_of(subgraph)
-        outputs = {int(i) for i in subgraph.outputs}
-        for op in list(operators):
-            if builtin_of(model, op) != schema.BuiltinOperator.DEQUANTIZE:
-                continue
-            source, middle = int(op.inputs[0]), int(op.outputs[0])
-            following = readers.get(middle, [])
-            if (subgraph.tensors[source].type not in integer or middle in outputs or len(following) != 1
-                    or builtin_of(model, following[0]) != schema.BuiltinOperator.QUANTIZE
-                    or subgraph.tensors[int(following[0].outputs[0])].type not in integer):
-                continue
-            following[0].inputs = [source]
-            operators.remove(op)
-            changed = True
-        subgraph.operators = operators
-    return write_model(model) if changed else tflite

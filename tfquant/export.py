@@ -217,46 +217,6 @@ def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: b
                     function=frozen)
 
 
-def export_for_int8(loaded: LoadedModel, calibration: Any, *, shapes: Optional[dict[str, tuple]] = None,
-                    keep_weights: bool = False, source: str = "<model>") -> Exported:
-    """The float file int8 starts from: as `export` makes it, or traced again where its calibration shows
-    that int8 would lose resolution in a layer Keras computes one way and could compute another (the same
-    function): LSTM cells whose SPLIT would share one int8 scale across gates of mismatched ranges get their
-    gates apart (`tfquant.gates`), and LayerNormalizations whose sums cancel are given their centered input
-    (`tracing.cancelling_norms`). Where neither applies, the calibration is handed on, not run again."""
-    from .convert import calibrate
-    from .gates import GATE_RATIO, gate_ratio
-    from .tracing import cancelling_norms, fused_lstm_cells, layer_norms
-
-    exported = export(loaded, shapes=shapes, keep_weights=keep_weights)
-    traced = loaded.keras_model is not None and exported.function is not None
-    cells = fused_lstm_cells(loaded.keras_model) if traced else []
-    norms = layer_norms(loaded.keras_model) if traced else []
-    if not cells and not norms:
-        return exported
-    started = time.perf_counter()
-    calibrated = calibrate(exported.tflite, calibration, source=source)
-    ratio = gate_ratio(calibrated, [cell.name for cell in cells]) if cells else 1.0
-    cancelling = cancelling_norms(calibrated, norms, numbered=loaded.flavor == "keras3") if norms else {}
-    measured = time.perf_counter() - started  # part of the export: it decided which one to make
-    if ratio <= GATE_RATIO and not cancelling:  # kept as it is: its calibration is handed on rather than run again
-        return replace(exported, calibrated=(exported.tflite, calibration, calibrated),
-                       seconds=exported.seconds + measured)
-    again = export(loaded, shapes=shapes, keep_weights=keep_weights, split_gates=ratio > GATE_RATIO,
-                   centered_norms=frozenset(cancelling))
-    if ratio > GATE_RATIO:
-        again.notes.append(f"LSTM gates computed apart (two FULLY_CONNECTED ops per gate and step): computed "
-                           f"together, their narrowest gate spanned 1/{ratio:.1f} of the int8 range they shared, on "
-                           "average over the steps")
-    if cancelling:
-        worst = max(cancelling, key=cancelling.get)
-        again.notes.append(f"{len(cancelling)} LayerNormalization(s) given their input minus its mean, so that int8 "
-                           f"does not subtract two large products ({worst}: a sum {cancelling[worst]:.1f}× narrower "
-                           "than its input)")
-    again.seconds += exported.seconds + measured
-    return again
-
-
 TFLITE_ROUTE = "float .tflite as given"
 
 

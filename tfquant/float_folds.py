@@ -6,13 +6,12 @@ int8 graph.
 An input whose raw features one int8 scale cannot hold (`float_io.RUINED`) and that only dense ops read gets
 a head (`standardize`): each feature's calibration range onto [-1, 1]. An output that a dense op writes
 with columns in different units gets a tail (`rescale_outputs`): each column divided by its largest
-magnitude, and a MUL after it that gives it back. `chosen` keeps a head or tail only where the file so
+magnitude, and a MUL after it that gives it back. `convert` keeps a head or tail only where the file so
 quantized keeps the outputs clearly closer to float on held-out calibration samples.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -21,12 +20,7 @@ from ai_edge_litert import schema_py_generated as schema
 
 from .flatbuffer import (array_constant, builtin_of, float_constant, float_tensor_like, new_op, producers_of,
                          read_model, readers_of, text, write_model)
-from .data import Dataset
-from .errors import TfquantError, one_line
-from .float_io import RUINED, _OPS, _head, _ruined, _tail, compressive, plan, plan_outputs, tails
-from .types import Mode, Recipe
-
-log = logging.getLogger("tfquant")
+from .float_io import RUINED, _OPS, _head, _ruined, _tail
 
 
 @dataclass(frozen=True)
@@ -171,87 +165,3 @@ def rescale_outputs(float_tflite: bytes, outputs: dict[str, np.ndarray], *,
     if not done:
         return float_tflite, []
     return write_model(model), done
-
-
-def chosen(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source: str,
-           regression: Optional[set[str]] = None) -> tuple[bytes, list, list]:
-    """The float file, the inputs and outputs to give float32 with their normalization in float, and the
-    rewrites that put one around dense layers for them (`tfquant.float_io`): first the inputs, then the
-    outputs, each where int8's one scale leaves one of its features fewer than 8 levels
-    (`float_io.RUINED`), or an input's LOG or SQRT would read its small values as 0, and the file so quantized keeps the outputs clearly closer to float than the
-    file without (`_clearly_better`); else the file as it was and none."""
-    from .convert import _checked
-    from .harness import Runner
-    from .lint import narrowest
-
-    def ruined(arrays: dict) -> bool:  # float values, or integer ones a CAST may turn into floats
-        return any(v.dtype.kind in "fiu" and narrowest(v.astype(np.float32, copy=False), threshold=RUINED) is not None
-                   for v in arrays.values())
-
-    chosen, rewrites = [], []
-    inputs_of = lambda data, half: plan(data, half.inputs)  # noqa: E731 - the heads as that half sees them
-    if ruined(calibration.inputs) or compressive(float_tflite):  # raw columns, or a LOG that may head an input
-        candidate, standardized = _checked(float_tflite, calibration, lambda data: standardize(
-            data, calibration.inputs), "inputs not standardized", quiet=True)
-        heads = plan(candidate, calibration.inputs)
-        if heads and _clearly_better(calibration, recipe, source, (float_tflite, lambda data, half: []),
-                                     (candidate, inputs_of), "inputs", regression):
-            float_tflite, rewrites, chosen = candidate, standardized, heads
-    outputs = Runner(float_tflite).predict(calibration, progress=False)
-    if ruined(outputs):
-        before = inputs_of if chosen else (lambda data, half: [])
-        candidate, rescaled = _checked(float_tflite, calibration, lambda data: rescale_outputs(data, outputs),
-                                       "outputs not rescaled", quiet=True)
-
-        def with_outputs(data: bytes, half: Dataset) -> list:
-            return before(data, half) + plan_outputs(data, Runner(data).predict(half, progress=False))
-
-        tails = plan_outputs(candidate, outputs)
-        if tails and _clearly_better(calibration, recipe, source, (float_tflite, before), (candidate, with_outputs),
-                                     "outputs", regression):
-            float_tflite, rewrites, chosen = candidate, rewrites + rescaled, chosen + tails
-    if chosen:
-        from . import console
-
-        for made in rewrites:
-            console.note(made.describe())
-    return float_tflite, chosen, rewrites
-
-
-def _clearly_better(calibration: Dataset, recipe: Recipe, source: str, base: tuple, candidate: tuple,
-                    what: str, regression: Optional[set[str]] = None) -> bool:
-    """Whether the `candidate` (a float file, and a function of it and some samples giving the inputs and
-    outputs to keep float) keeps the outputs clearly closer to float than `base` (`ranges.pick`), each
-    calibrated on one half of the calibration samples and judged on the other (min/max ranges,
-    `ranges.extreme_ranges`, with the headroom `regression` outputs get), so that values one half never
-    showed (a rare value of a sparse feature, clipped) count."""
-    from . import statistics
-    from .convert import Calibration, calibrate
-    from .harness import Runner
-    from .ranges import apply_ranges, extreme_ranges, pick, sample_errors, with_headroom
-
-    def calibrated(data: bytes, half: Dataset, ends: list) -> bytes:  # min/max ranges, as the statistics see them
-        rough = calibrate(data, half, source=source)
-        return with_headroom(apply_ranges(rough, extreme_ranges(statistics.collect(rough, half, counts=False))),
-                             regression, through=tails(ends))
-
-    trial = Recipe(mode=Mode.INT8, per_channel=recipe.per_channel)
-    halves = calibration.halves()
-    errors = {}
-    try:
-        reference = [Runner(base[0]).predict(half, progress=False) for half in halves]
-        for name, (data, planned) in (("int8", base), ("float", candidate)):
-            folds = []
-            for fold, half in enumerate(halves):
-                ends = planned(data, half)
-                quantized = Calibration(data, calibrated(data, half, ends), float_io=ends).quantize(
-                    trial, source=source, final=False)
-                folds.append(sample_errors(reference[1 - fold], Runner(quantized).predict(
-                    halves[1 - fold], progress=False), per_column=True))
-            errors[name] = np.concatenate(folds)
-    except (TfquantError, RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor, say
-        log.info("float %s not tried: %s", what, one_line(exc, 160))
-        return False
-    log.info("float %s: mean error on %d held-out calibration samples: %s", what, len(errors["int8"]),
-             ", ".join(f"{what} {name} {e.mean():.4g}" for name, e in errors.items()))
-    return pick(errors) == "float"

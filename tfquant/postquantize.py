@@ -16,8 +16,9 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from .flatbuffer import (array_constant, builtin_codes, drop_unused_opcodes, float_constant, is_constant, is_float,
-                         new_op, opcode, per_tensor, producers_of, read_model, readers_of, tensor_like, write_model)
+from .flatbuffer import (array_constant, builtin_codes, builtin_of, drop_unused_opcodes, float_constant, is_constant,
+                         is_float, new_op, opcode, per_tensor, producers_of, read_model, readers_of, tensor_like,
+                         write_model)
 
 
 def after_quantizer(data: bytes, *, int8: bool) -> bytes:
@@ -449,3 +450,33 @@ def _drop_unread(graph, codes: list[int], builtin: int) -> None:
     read = {int(i) for o in graph.operators for i in o.inputs} | {int(i) for i in graph.outputs}
     graph.operators = [o for o in graph.operators
                        if codes[o.opcodeIndex] != builtin or any(int(out) in read for out in o.outputs)]
+
+
+def fuse_requantize(tflite: bytes) -> bytes:
+    """Replace DEQUANTIZE(int) -> QUANTIZE(int) pairs by one int -> int QUANTIZE (a requantize).
+
+    Two fake-quant ranges in a row (an input followed by an affine layer the converter folds
+    into scales, such as Rescaling or Normalization) come out of the converter as a round trip
+    through float. TFLite's QUANTIZE op requantizes between integer types directly.
+    """
+    model = read_model(tflite)
+    integer = {schema.TensorType.INT8, schema.TensorType.UINT8, schema.TensorType.INT16}
+    changed = False
+    for subgraph in model.subgraphs:
+        operators = list(subgraph.operators or [])
+        readers = readers_of(subgraph)
+        outputs = {int(i) for i in subgraph.outputs}
+        for op in list(operators):
+            if builtin_of(model, op) != schema.BuiltinOperator.DEQUANTIZE:
+                continue
+            source, middle = int(op.inputs[0]), int(op.outputs[0])
+            following = readers.get(middle, [])
+            if (subgraph.tensors[source].type not in integer or middle in outputs or len(following) != 1
+                    or builtin_of(model, following[0]) != schema.BuiltinOperator.QUANTIZE
+                    or subgraph.tensors[int(following[0].outputs[0])].type not in integer):
+                continue
+            following[0].inputs = [source]
+            operators.remove(op)
+            changed = True
+        subgraph.operators = operators
+    return write_model(model) if changed else tflite

@@ -387,7 +387,11 @@ def cancelling_norms(calibrated: bytes, names: list[str], *, numbered: bool = Fa
         if builtin_of(model, op) not in sums:
             continue
         ends = [int(i) for i in op.inputs if i >= 0] + [int(op.outputs[0])]
-        inside = set().union(*(layers_of(text(graph.tensors[i].name)) for i in ends))
+        # The op's own layer is its output's scope (a residual ADD reading a normalization's output is the
+        # next layer's); a model output is named by the signature, and its op is known by its inputs' scope.
+        inside = layers_of(text(graph.tensors[ends[-1]].name))
+        if "/" not in text(graph.tensors[ends[-1]].name):
+            inside = set().union(*(layers_of(text(graph.tensors[i].name)) for i in ends[:-1]))
         spans = [span(i) for i in ends]
         if not inside or any(s is None for s in spans) or spans[-1] <= 0:
             continue
