@@ -57,9 +57,9 @@ def export_for_int8(loaded: LoadedModel, calibration: Dataset, *, shapes: Option
                            "average over the steps")
     if cancelling:
         worst = max(cancelling, key=cancelling.get)
-        again.notes.append(f"{len(cancelling)} LayerNormalization(s) given their input minus its mean, so that int8 "
-                           f"does not subtract two large products ({worst}: a sum {cancelling[worst]:.1f}× narrower "
-                           "than its input)")
+        again.notes.append(f"{len(cancelling)} LayerNormalization(s) computed on their input minus its mean (over the "
+                           "last axis through L2_NORMALIZATION), so that int8 does not subtract two large products "
+                           f"({worst}: a sum {cancelling[worst]:.1f}× narrower than its input)")
     again.seconds += exported.seconds + measured
     return again
 

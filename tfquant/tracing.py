@@ -5,7 +5,7 @@ over their fixed sequence length for the export: the converter then emits plain 
 LOGISTIC, TANH, MUL and ADD ops, which quantize to int8 as accurately as any dense layer, where
 the fused or looped forms either do not convert or lose accuracy in int8. Masked softmaxes and
 argmax are traced in forms TFLite has integer kernels for, a LayerNormalization whose sums cancel on
-its centered input, and so are integer lookups, category
+its centered input (through L2_NORMALIZATION), and so are integer lookups, category
 encodings and buckets (`tfquant.lookups`) and 3D convolutions and pools (`tfquant.volumes`), whose
 layers' calls are swapped for the trace by `patched_calls`. Each is a context manager that puts
 the model back as it was.
@@ -325,9 +325,11 @@ def centered_layer_norms(model, names: frozenset = frozenset()):
     next to their spread (raw columns, un-centered activations), `x * s` and `mean * s` are larger
     than the result and cancel: int8 sizes their scales for the large values, and the normalized
     result keeps a fraction of its levels. Given `x - mean(x)`, whose own mean is 0, the layer
-    computes the same function and every tensor after the SUB spans only the spread. Which layers
-    need it is read from the calibrated float file (`cancelling_norms`): where the inputs are
-    centered already, the SUB is one more rounding for nothing.
+    computes the same function and every tensor after the SUB spans only the spread; over the last
+    axis it is then computed through L2_NORMALIZATION (`_unit_scaled`), where rows whose features are
+    all equal no longer size the other rows' scales. Which layers need it is read from the calibrated
+    float file (`cancelling_norms`): on the Transformer, CCT and MLP-Mixer models tried, whose inputs
+    are centered, it was no better than Keras's form.
     """
     tf = _keras.tf
     with patched_calls(model, lambda layer: _centered_norm(layer, tf) if layer.name in names else None) as patched:
@@ -341,10 +343,35 @@ def _centered_norm(layer, tf):
     own = layer.call
 
     def call(inputs, *args, **kwargs):
-        axis = sorted(a % inputs.shape.rank for a in axes)
-        return own(inputs - tf.reduce_mean(inputs, axis=axis, keepdims=True), *args, **kwargs)
+        rank = inputs.shape.rank
+        axis = sorted(a % rank for a in axes)
+        centered = inputs - tf.reduce_mean(inputs, axis=axis, keepdims=True)
+        if axis != [rank - 1] or inputs.shape[-1] is None:
+            return own(centered, *args, **kwargs)
+        return _unit_scaled(layer, centered, tf)
 
     return call
+
+
+def _unit_scaled(layer, centered, tf):
+    """A LayerNormalization over the last axis of its centered input `c`, through L2_NORMALIZATION.
+
+    c / sqrt(var + eps) with var = sum(c²)/n is sqrt(n) · c / ||[c, sqrt(n·eps)]||: the same function,
+    computed by TFLite's L2_NORMALIZATION, whose int8 kernel sums the squares in int32 and keeps its
+    precision whatever a row's magnitude. Computed as Keras writes it, the variance and its RSQRT take
+    one int8 scale across rows: a row whose features are all equal (variance 0, 1/sqrt(eps) after the
+    RSQRT) sizes it, and every other row's factor kept a level or two of it."""
+    import math
+
+    n = int(centered.shape[-1])
+    floor = centered[..., :1] * 0.0 + math.sqrt(n * layer.epsilon)  # one more feature, sqrt(n·eps) on every row
+    unit = tf.math.l2_normalize(tf.concat([centered, floor], axis=-1), axis=-1)[..., :n]
+    out = unit * math.sqrt(n)
+    if layer.scale:
+        out = out * tf.cast(layer.gamma, out.dtype)
+    if layer.center:
+        out = out + tf.cast(layer.beta, out.dtype)
+    return out
 
 
 def layer_norms(model) -> list[str]:
