@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from typing import Optional
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
@@ -127,6 +128,14 @@ def has_range(tensor) -> bool:
     q = tensor.quantization
     return (tensor.type == schema.TensorType.FLOAT32 and q is not None and q.min is not None and q.max is not None
             and len(q.min) == 1 and len(q.max) == 1)
+
+
+def calibrated_reach(tensor) -> Optional[float]:
+    """The span of the int8 range a calibrated tensor gets (its [min, max] reaching 0, which int8 holds), or
+    None where it carries no calibrated range."""
+    if not has_range(tensor):
+        return None
+    return max(float(tensor.quantization.max[0]), 0.0) - min(float(tensor.quantization.min[0]), 0.0)
 
 
 # Builtin operator names by code ("ADD" for 0), as reports and messages spell them.

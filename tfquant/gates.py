@@ -42,19 +42,13 @@ def gate_ratio(calibrated: bytes, cells: Optional[Iterable[str]] = None) -> floa
     the scope on every step, `lstm_cell_3`)."""
     from ai_edge_litert import schema_py_generated as schema
 
-    from .flatbuffer import builtin_of, has_range, text, view_model
+    from .flatbuffer import builtin_of, calibrated_reach, text, view_model
     from .limits import TINY_RANGE
 
     model = view_model(calibrated)
     graph = model.subgraphs[0]
     scope = None if cells is None else \
         re.compile("|".join(rf"(?:^|/){re.escape(name)}(?:_\d+)?/" for name in sorted(set(cells))) or "$^")
-
-    def span(index: int) -> Optional[float]:
-        tensor = graph.tensors[index]
-        if not has_range(tensor):
-            return None
-        return max(float(tensor.quantization.max[0]), 0.0) - min(float(tensor.quantization.min[0]), 0.0)  # int8 holds 0
 
     ratios = []
     for op in graph.operators:
@@ -67,7 +61,8 @@ def gate_ratio(calibrated: bytes, cells: Optional[Iterable[str]] = None) -> floa
             continue
         if len(op.outputs) != GATES or (scope is not None and not scope.search(text(graph.tensors[op.outputs[0]].name))):
             continue
-        shared, gates = span(source), [span(int(o)) for o in op.outputs]
+        reach = [calibrated_reach(graph.tensors[int(i)]) for i in [source, *op.outputs]]
+        shared, gates = reach[0], reach[1:]
         if shared is None or any(g is None for g in gates):
             continue
         narrowest = max(min(gates), TINY_RANGE)  # a gate the samples never move is a constant, not a signal

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ai_edge_litert import schema_py_generated as schema
 
-from .flatbuffer import builtin_of, float_constant, has_range
+from .flatbuffer import builtin_of, calibrated_reach, float_constant, has_range
 
 RELATIVE_FLOOR = 1e-3
 TINY_RANGE = 1e-3  # a range this narrow is a constant, not a signal
@@ -132,9 +132,9 @@ def kernel_refusals(tflite: bytes) -> list[str]:
 
 def _reach(model, graph, index: int) -> float:
     """The span of the int8 range a tensor gets (its calibrated range, or a constant's values, reaching 0)."""
-    tensor = graph.tensors[index]
-    if has_range(tensor):
-        return max(float(tensor.quantization.max[0]), 0.0) - min(float(tensor.quantization.min[0]), 0.0)
+    reach = calibrated_reach(graph.tensors[index])
+    if reach is not None:
+        return reach
     values = float_constant(model, graph, index)
     return 0.0 if values is None or not values.size else max(float(values.max()), 0.0) - min(float(values.min()), 0.0)
 

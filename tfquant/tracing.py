@@ -336,8 +336,13 @@ def centered_layer_norms(model, names: frozenset = frozenset()):
         yield patched
 
 
+def _subtracts_mean(layer) -> bool:
+    """A LayerNormalization that subtracts a mean (not an RMS normalization)."""
+    return type(layer).__name__ == "LayerNormalization" and not getattr(layer, "rms_scaling", False)
+
+
 def _centered_norm(layer, tf):
-    if type(layer).__name__ != "LayerNormalization" or getattr(layer, "rms_scaling", False):
+    if not _subtracts_mean(layer):
         return None
     axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
     own = layer.call
@@ -376,8 +381,7 @@ def _unit_scaled(layer, centered, tf):
 
 def layer_norms(model) -> list[str]:
     """The names of the model's LayerNormalizations that subtract a mean (not RMS normalizations), at any depth."""
-    return [layer.name for layer in _keras.all_layers(model)
-            if type(layer).__name__ == "LayerNormalization" and not getattr(layer, "rms_scaling", False)]
+    return [layer.name for layer in _keras.all_layers(model) if _subtracts_mean(layer)]
 
 
 NORM_CANCELLATION = 1.5  # a LayerNormalization's sum spanning less than its widest input by this much cancels
@@ -391,7 +395,7 @@ def cancelling_norms(calibrated: bytes, names: list[str], *, numbered: bool = Fa
     numbers in a traced graph (`numbered`: `layer_normalization_2_1`, the first layer's `layer_normalization_1`)."""
     from ai_edge_litert import schema_py_generated as schema
 
-    from .flatbuffer import builtin_of, has_range, text, view_model
+    from .flatbuffer import builtin_of, calibrated_reach, text, view_model
 
     model = view_model(calibrated)
     graph = model.subgraphs[0]
@@ -403,12 +407,6 @@ def cancelling_norms(calibrated: bytes, names: list[str], *, numbered: bool = Fa
 
     sums = (schema.BuiltinOperator.ADD, schema.BuiltinOperator.SUB)
 
-    def span(index: int) -> Optional[float]:
-        tensor = graph.tensors[index]
-        if not has_range(tensor):
-            return None
-        return max(float(tensor.quantization.max[0]), 0.0) - min(float(tensor.quantization.min[0]), 0.0)
-
     found: dict[str, float] = {}
     for op in graph.operators:
         if builtin_of(model, op) not in sums:
@@ -419,7 +417,7 @@ def cancelling_norms(calibrated: bytes, names: list[str], *, numbered: bool = Fa
         inside = layers_of(text(graph.tensors[ends[-1]].name))
         if "/" not in text(graph.tensors[ends[-1]].name):
             inside = set().union(*(layers_of(text(graph.tensors[i].name)) for i in ends[:-1]))
-        spans = [span(i) for i in ends]
+        spans = [calibrated_reach(graph.tensors[i]) for i in ends]
         if not inside or any(s is None for s in spans) or spans[-1] <= 0:
             continue
         ratio = max(spans[:-1]) / spans[-1]
