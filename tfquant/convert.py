@@ -213,12 +213,7 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
         return Calibration(exported.tflite, b"", samples=list(calibration.samples())), recipe
     float_tflite, rewrites = exported.tflite, []
     if recipe.mode in (Mode.INT8, Mode.INT16X8):
-        from . import constants
-        from .tables import fold
-
-        float_tflite, rewrites = _checked(float_tflite, calibration, constants.fold, "constant ops not folded")
-        float_tflite, tables = _checked(float_tflite, calibration, fold, "embedding tables not folded")
-        rewrites += tables
+        float_tflite, rewrites = folded(float_tflite, calibration)
     heads = []
     if recipe.float_io_norm == "on" and recipe.mode is Mode.INT8:  # "auto" is resolved by the options (`spec`)
         float_tflite, heads, normalized = _float_io(float_tflite, calibration, recipe, source, regression)
@@ -278,6 +273,19 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
 EQUAL_FLOAT = 1e-4  # a rewrite of the float file may move an output by this much of its largest value (rounding)
 
 
+def folded(float_tflite: bytes, calibration: Dataset, *, quiet: bool = False) -> tuple[bytes, list]:
+    """The float file with the ops that read only constants computed once (`constants.fold`) and the
+    per-token ops after an embedding lookup computed on its table (`tables.fold`), each checked
+    (`_checked`), and the rewrites made."""
+    from . import constants
+    from .tables import fold
+
+    float_tflite, rewrites = _checked(float_tflite, calibration, constants.fold, "constant ops not folded",
+                                      quiet=quiet)
+    float_tflite, tables = _checked(float_tflite, calibration, fold, "embedding tables not folded", quiet=quiet)
+    return float_tflite, rewrites + tables
+
+
 def _checked(float_tflite: bytes, calibration: Dataset, rewrite: Callable[[bytes], tuple[bytes, list]],
              refused: str, *, quiet: bool = False) -> tuple[bytes, list]:
     """The float file as `rewrite` leaves it (weights equalized across layers, `tfquant.equalize`; per-token
@@ -316,7 +324,7 @@ def _float_io(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source:
     rewrites that put one around dense layers for them (`tfquant.float_io`): first the inputs, then the
     outputs, each where int8's one scale leaves one of its features fewer than 8 levels
     (`float_io.RUINED`), or an input's LOG or SQRT would read its small values as 0, and the file so quantized keeps the outputs clearly closer to float than the
-    file without (`_clearly_better`); else the file as it was and none."""
+    file without (`clearly_better`); else the file as it was and none."""
     from .float_folds import rescale_outputs, standardize
     from .float_io import RUINED, compressive, plan, plan_outputs
     from .harness import Runner
@@ -332,8 +340,8 @@ def _float_io(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source:
         candidate, standardized = _checked(float_tflite, calibration, lambda data: standardize(
             data, calibration.inputs), "inputs not standardized", quiet=True)
         heads = plan(candidate, calibration.inputs)
-        if heads and _clearly_better(calibration, recipe, source, (float_tflite, lambda data, half: []),
-                                     (candidate, inputs_of), "inputs", regression):
+        if heads and clearly_better(calibration, recipe.per_channel, source, (float_tflite, lambda data, half: []),
+                                    (candidate, inputs_of), "float inputs", regression):
             float_tflite, rewrites, chosen = candidate, standardized, heads
     outputs = Runner(float_tflite).predict(calibration, progress=False)
     if ruined(outputs):
@@ -345,8 +353,8 @@ def _float_io(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source:
             return before(data, half) + plan_outputs(data, Runner(data).predict(half, progress=False))
 
         tails = plan_outputs(candidate, outputs)
-        if tails and _clearly_better(calibration, recipe, source, (float_tflite, before), (candidate, with_outputs),
-                                     "outputs", regression):
+        if tails and clearly_better(calibration, recipe.per_channel, source, (float_tflite, before),
+                                    (candidate, with_outputs), "float outputs", regression):
             float_tflite, rewrites, chosen = candidate, rewrites + rescaled, chosen + tails
     if chosen:
         from . import console
@@ -356,13 +364,14 @@ def _float_io(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source:
     return float_tflite, chosen, rewrites
 
 
-def _clearly_better(calibration: Dataset, recipe: Recipe, source: str, base: tuple, candidate: tuple,
-                    what: str, regression: Optional[set[str]] = None) -> bool:
+def clearly_better(calibration: Dataset, per_channel: bool, source: str, base: tuple, candidate: tuple,
+                   what: str, regression: Optional[set[str]] = None, *, rmse_only: bool = False) -> bool:
     """Whether the `candidate` (a float file, and a function of it and some samples giving the inputs and
     outputs to keep float) keeps the outputs clearly closer to float than `base` (`ranges.pick`), each
     calibrated on one half of the calibration samples and judged on the other (min/max ranges,
     `ranges.extreme_ranges`, with the headroom `regression` outputs get), so that values one half never
-    showed (a rare value of a sparse feature, clipped) count."""
+    showed (a rare value of a sparse feature, clipped) count. Both files compute the same function: the
+    base's outputs are the reference. Each sample's error is `ranges.sample_errors`' (with `rmse_only`)."""
     from . import statistics
     from .float_io import tails
     from .harness import Runner
@@ -373,26 +382,26 @@ def _clearly_better(calibration: Dataset, recipe: Recipe, source: str, base: tup
         return with_headroom(apply_ranges(rough, extreme_ranges(statistics.collect(rough, half, counts=False))),
                              regression, through=tails(ends))
 
-    trial = Recipe(mode=Mode.INT8, per_channel=recipe.per_channel)
+    trial = Recipe(mode=Mode.INT8, per_channel=per_channel)
     halves = calibration.halves()
     errors = {}
     try:
         reference = [Runner(base[0]).predict(half, progress=False) for half in halves]
-        for name, (data, planned) in (("int8", base), ("float", candidate)):
+        for name, (data, planned) in (("as it was", base), ("rewritten", candidate)):
             folds = []
             for fold, half in enumerate(halves):
                 ends = planned(data, half)
                 quantized = Calibration(data, calibrated(data, half, ends), float_io=ends).quantize(
                     trial, source=source, final=False)
                 folds.append(sample_errors(reference[1 - fold], Runner(quantized).predict(
-                    halves[1 - fold], progress=False), per_column=True))
+                    halves[1 - fold], progress=False), per_column=True, rmse_only=rmse_only))
             errors[name] = np.concatenate(folds)
     except (TfquantError, RuntimeError, ValueError) as exc:  # an interpreter that cannot keep every tensor, say
-        log.info("float %s not tried: %s", what, one_line(exc, 160))
+        log.info("%s not tried: %s", what, one_line(exc, 160))
         return False
-    log.info("float %s: mean error on %d held-out calibration samples: %s", what, len(errors["int8"]),
-             ", ".join(f"{what} {name} {e.mean():.4g}" for name, e in errors.items()))
-    return pick(errors) == "float"
+    log.info("%s: mean error on %d held-out calibration samples: %s", what, len(errors["as it was"]),
+             ", ".join(f"{name} {e.mean():.4g}" for name, e in errors.items()))
+    return pick(errors) == "rewritten"
 
 
 def _joins_split(float_tflite: bytes, calibrated: bytes, calibration: Dataset, source: str):

@@ -25,7 +25,7 @@ from .console import captured_stderr
 from .errors import ConversionError, one_line, problem
 from .models import LoadedModel, revive_keras2
 from .lookups import comparable_lookups
-from .tracing import builtin_argmax, centered_layer_norms, quantizable_masking, unrolled
+from .tracing import builtin_argmax, int8_norms, quantizable_masking, unrolled
 from .volumes import planar_volumes
 from .types import TensorSpec
 
@@ -69,7 +69,7 @@ class Exported:
 
 
 def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, keep_weights: bool = False,
-           split_gates: bool = False, centered_norms: frozenset = frozenset()) -> Exported:
+           split_gates: bool = False, norms: frozenset = frozenset()) -> Exported:
     """The float32 `.tflite` of `loaded`, its inputs and outputs named as the model names them.
 
     Args:
@@ -80,8 +80,8 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
             quantization-aware model): no rewrite that changes weights (`legalize`). Defaults to
             `False`.
         split_gates: trace each LSTM cell with its gates apart (`tfquant.gates`). Defaults to `False`.
-        centered_norms: the names of LayerNormalizations to trace on their centered input
-            (`tracing.centered_layer_norms`). Defaults to none.
+        norms: the names of normalizations to trace as int8 keeps them best (`tracing.int8_norms`).
+            Defaults to none.
 
     Raises:
         DataError: a recurrent layer whose sequence length neither the model nor the data fixes.
@@ -93,7 +93,7 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
         result = _export_tflite(loaded, keep_weights)
     elif loaded.keras_model is not None:
         inputs, batch_notes = _one_sample_per_invoke(inputs)
-        result = _export_keras(loaded, inputs, keep_weights, split_gates, centered_norms)
+        result = _export_keras(loaded, inputs, keep_weights, split_gates, norms)
         result.notes[:0] = batch_notes
         open_batch = any(spec.shape and spec.shape[0] is None for spec in inputs)
         failure = _first_run_fails(result.tflite, inputs) if open_batch else None
@@ -102,7 +102,7 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
             # GroupNormalization: a BROADCAST_TO of a shape computed from the batch); with the batch fixed
             # at 1 the converter folds those shapes away. The harness runs a fixed batch sample by sample.
             ones = [TensorSpec(s.name, (1, *s.shape[1:]), s.dtype) for s in inputs]
-            fixed = _export_keras(loaded, ones, keep_weights, split_gates, centered_norms)
+            fixed = _export_keras(loaded, ones, keep_weights, split_gates, norms)
             if not _first_run_fails(fixed.tflite, fixed.inputs):
                 fixed.notes.append(f"exported with the batch fixed at 1: with an open batch dim, {failure}")
                 result = fixed
@@ -125,7 +125,7 @@ def export(loaded: LoadedModel, *, shapes: Optional[dict[str, tuple]] = None, ke
             # so spelled.
             revived = replace(loaded, flavor="keras2", keras_model=revive_keras2(loaded))
             result = export(revived, shapes=shapes, keep_weights=keep_weights, split_gates=split_gates,
-                            centered_norms=centered_norms)
+                            norms=norms)
             result.notes.insert(0, f"exported from its tf_keras layers: {why}")
     result.seconds = time.perf_counter() - started
     return result
@@ -189,7 +189,7 @@ def _fixed(spec: TensorSpec, sample: Optional[tuple]) -> TensorSpec:
 
 
 def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: bool,
-                  split_gates: bool = False, centered_norms: frozenset = frozenset()) -> Exported:
+                  split_gates: bool = False, norms: frozenset = frozenset()) -> Exported:
     tf = _keras.tf
     model = loaded.keras_model
     keras_names = _call_names(model) if getattr(model, "inputs", None) else [s.name for s in inputs]
@@ -206,7 +206,7 @@ def _export_keras(loaded: LoadedModel, inputs: list[TensorSpec], keep_weights: b
 
     with unrolled(model, inputs, split_gates=split_gates) as notes, quantizable_masking(model) as softmax_notes, \
             builtin_argmax(), comparable_lookups(model) as lookup_notes, planar_volumes(model) as volume_notes, \
-            centered_layer_norms(model, centered_norms):
+            int8_norms(model, norms):
         function = tf.function(serve).get_concrete_function(*tensor_specs)
         frozen = _freeze(loaded.source, function)
     notes += softmax_notes + lookup_notes + volume_notes

@@ -25,43 +25,68 @@ log = logging.getLogger("tfquant")
 
 
 def export_for_int8(loaded: LoadedModel, calibration: Dataset, *, shapes: Optional[dict[str, tuple]] = None,
-                    keep_weights: bool = False, source: str = "<model>") -> Exported:
-    """The float file int8 starts from: as `export` makes it, or traced again where its calibration shows
-    that int8 would lose resolution in a layer Keras computes one way and could compute another (the same
-    function): LSTM cells whose SPLIT would share one int8 scale across gates of mismatched ranges get their
-    gates apart (`tfquant.gates`), and LayerNormalizations whose sums cancel are given their centered input
-    (`tracing.cancelling_norms`). Where neither applies, the calibration is handed on, not run again."""
-    from .convert import calibrate
+                    keep_weights: bool = False, per_channel: bool = True, source: str = "<model>") -> Exported:
+    """The float file int8 starts from: as `export` makes it, or traced again where int8 would lose
+    resolution in a layer Keras computes one way and could compute another (the same function):
+
+    - LSTM cells whose SPLIT would share one int8 scale across gates of mismatched ranges get their gates
+      apart (`tfquant.gates`), read from the calibrated float file;
+    - LayerNormalizations whose sums cancel there (`tracing.cancelling_norms`) are given their centered
+      input, over the last axis through L2_NORMALIZATION;
+    - the other normalizations over the last axis (`tracing.unit_norms`) are computed through
+      L2_NORMALIZATION too where, each file calibrated on one half of the calibration samples and judged
+      on the other, that keeps the outputs clearly closer to float (`convert.clearly_better`, by their
+      relative RMSE: few top-1 classes change on calibration samples): rows whose variances span decades
+      lose their precision in Keras's form, wide layers in the L2 form.
+
+    Where none applies, the calibration is handed on, not run again."""
+    from .convert import calibrate, clearly_better, folded
     from .gates import GATE_RATIO, gate_ratio
-    from .tracing import cancelling_norms, fused_lstm_cells, layer_norms
+    from .tracing import cancelling_norms, fused_lstm_cells, layer_norms, unit_norms
 
     exported = export(loaded, shapes=shapes, keep_weights=keep_weights)
     traced = loaded.keras_model is not None and exported.function is not None
     cells = fused_lstm_cells(loaded.keras_model) if traced else []
     norms = layer_norms(loaded.keras_model) if traced else []
-    if not cells and not norms:
+    units = unit_norms(loaded.keras_model) if traced else []
+    if not cells and not norms and not units:
         return exported
     started = time.perf_counter()
     calibrated = calibrate(exported.tflite, calibration, source=source)
     ratio = gate_ratio(calibrated, [cell.name for cell in cells]) if cells else 1.0
     cancelling = cancelling_norms(calibrated, norms, numbered=loaded.flavor == "keras3") if norms else {}
-    measured = time.perf_counter() - started  # part of the export: it decided which one to make
-    if ratio <= GATE_RATIO and not cancelling:  # kept as it is: its calibration is handed on rather than run again
-        return replace(exported, calibrated=(exported.tflite, calibration, calibrated),
-                       seconds=exported.seconds + measured)
-    again = export(loaded, shapes=shapes, keep_weights=keep_weights, split_gates=ratio > GATE_RATIO,
-                   centered_norms=frozenset(cancelling))
+    rest = frozenset(units) - set(cancelling)
+    chosen = exported
+    if ratio > GATE_RATIO or cancelling:
+        chosen = export(loaded, shapes=shapes, keep_weights=keep_weights, split_gates=ratio > GATE_RATIO,
+                        norms=frozenset(cancelling))
     if ratio > GATE_RATIO:
-        again.notes.append(f"LSTM gates computed apart (two FULLY_CONNECTED ops per gate and step): computed "
-                           f"together, their narrowest gate spanned 1/{ratio:.1f} of the int8 range they shared, on "
-                           "average over the steps")
+        chosen.notes.append(f"LSTM gates computed apart (two FULLY_CONNECTED ops per gate and step): computed "
+                            f"together, their narrowest gate spanned 1/{ratio:.1f} of the int8 range they shared, "
+                            "on average over the steps")
     if cancelling:
         worst = max(cancelling, key=cancelling.get)
-        again.notes.append(f"{len(cancelling)} LayerNormalization(s) computed on their input minus its mean (over the "
-                           "last axis through L2_NORMALIZATION), so that int8 does not subtract two large products "
-                           f"({worst}: a sum {cancelling[worst]:.1f}× narrower than its input)")
-    again.seconds += exported.seconds + measured
-    return again
+        chosen.notes.append(f"{len(cancelling)} LayerNormalization(s) computed on their input minus its mean (over "
+                            "the last axis through L2_NORMALIZATION), so that int8 does not subtract two large "
+                            f"products ({worst}: a sum {cancelling[worst]:.1f}× narrower than its input)")
+    if rest:
+        unit = export(loaded, shapes=shapes, keep_weights=keep_weights, split_gates=ratio > GATE_RATIO,
+                      norms=frozenset(cancelling) | rest)
+        keep = lambda data, half: []  # noqa: E731 - no input or output kept float
+        # Judged as they would be quantized: a normalization of looked-up rows is computed on the table.
+        if unit.tflite != chosen.tflite and clearly_better(
+                calibration, per_channel, source, (folded(chosen.tflite, calibration, quiet=True)[0], keep),
+                (folded(unit.tflite, calibration, quiet=True)[0], keep), "normalizations through L2", rmse_only=True):
+            unit.notes = chosen.notes + [f"{len(rest)} normalization(s) computed through L2_NORMALIZATION (held-out "
+                                         "calibration samples: clearly closer to float than as Keras computes "
+                                         f"them): {', '.join(sorted(rest))}"]
+            chosen = unit
+    measured = time.perf_counter() - started  # part of the export: it decided which one to make
+    if chosen is exported:  # kept as it is: its calibration is handed on rather than run again
+        return replace(exported, calibrated=(exported.tflite, calibration, calibrated),
+                       seconds=exported.seconds + measured)
+    chosen.seconds = exported.seconds + measured
+    return chosen
 
 
 @dataclass
@@ -161,7 +186,7 @@ def prepare(
         with console.step(f"exporting {loaded.source} to a float32 .tflite file"):
             if recipe.mode is Mode.INT8 and calibration is not None and not loaded.quantization_aware:
                 exported = export_for_int8(loaded, calibration, shapes=shapes, keep_weights=loaded.keep_weights,
-                                           source=loaded.source)
+                                           per_channel=recipe.per_channel, source=loaded.source)
             else:
                 exported = export(loaded, shapes=shapes, keep_weights=loaded.keep_weights)
         seconds["export"] = exported.seconds

@@ -408,13 +408,15 @@ def pick(errors: dict[str, np.ndarray]) -> str:
 
 
 def sample_errors(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray], *,
-                  per_column: bool = False) -> np.ndarray:
+                  per_column: bool = False, rmse_only: bool = False) -> np.ndarray:
     """Per sample, the mean over outputs of how far the quantized outputs stray from float, by task.
 
     A classifier's error is 1 where the top-1 class changed (what its accuracy feels) plus 0.01
     times the relative RMSE of its scores, a tie-break; an embedding's, one minus the cosine; any
     other output's, its RMSE relative to the float output's spread, or with `per_column` to each
-    column's own (targets in different units: the narrow ones' error shows).
+    column's own (targets in different units: the narrow ones' error shows). With `rmse_only`, that
+    relative RMSE for every output: a finer measure than changed classes on calibration samples, which
+    the model was often trained on and few of which change.
     """
     from .tasks import detect
 
@@ -428,7 +430,7 @@ def sample_errors(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarra
             spread = np.where(columns > 0, columns, 1.0)
         count = len(expected)
         rmse = np.sqrt(np.mean(((got - expected) / spread).reshape(count, -1) ** 2, axis=1))
-        task = detect(expected)
+        task = "regression" if rmse_only else detect(expected)
         if task == "classification" and expected.ndim >= 2 and expected.shape[-1] > 1:
             changed = (got.argmax(axis=-1) != expected.argmax(axis=-1)).reshape(count, -1).mean(axis=1)
             errors.append(changed + 0.01 * rmse)

@@ -4,10 +4,10 @@ Recurrent layers (LSTM, GRU, SimpleRNN, ConvLSTM, and those inside Bidirectional
 over their fixed sequence length for the export: the converter then emits plain FULLY_CONNECTED,
 LOGISTIC, TANH, MUL and ADD ops, which quantize to int8 as accurately as any dense layer, where
 the fused or looped forms either do not convert or lose accuracy in int8. Masked softmaxes and
-argmax are traced in forms TFLite has integer kernels for, a LayerNormalization whose sums cancel on
-its centered input (through L2_NORMALIZATION), and so are integer lookups, category
-encodings and buckets (`tfquant.lookups`) and 3D convolutions and pools (`tfquant.volumes`), whose
-layers' calls are swapped for the trace by `patched_calls`. Each is a context manager that puts
+argmax are traced in forms TFLite has integer kernels for, normalizations through L2_NORMALIZATION
+(a LayerNormalization on its centered input) where int8 loses them as Keras computes them, and so are
+integer lookups, category encodings and buckets (`tfquant.lookups`) and 3D convolutions and pools
+(`tfquant.volumes`), whose layers' calls are swapped for the trace by `patched_calls`. Each is a context manager that puts
 the model back as it was.
 """
 
@@ -317,8 +317,10 @@ def _softmax_over(inputs, axes, tf):
 
 
 @contextlib.contextmanager
-def centered_layer_norms(model, names: frozenset = frozenset()):
-    """The LayerNormalizations named in `names` traced on their input minus its mean, for the export.
+def int8_norms(model, names: frozenset = frozenset()):
+    """The normalizations named in `names` traced as int8 keeps them best, for the export: a LayerNormalization
+    on its input minus its mean, and over the last axis (a LayerNormalization, Keras 3's RMSNormalization)
+    through L2_NORMALIZATION (`_unit_scaled`).
 
     Keras computes the layer as `x * s + (beta - mean * s)` with `s = gamma * rsqrt(var + eps)`
     (tf_keras through a fused batch norm, Keras 3 in those words). Where the features sit far from 0
@@ -326,13 +328,18 @@ def centered_layer_norms(model, names: frozenset = frozenset()):
     than the result and cancel: int8 sizes their scales for the large values, and the normalized
     result keeps a fraction of its levels. Given `x - mean(x)`, whose own mean is 0, the layer
     computes the same function and every tensor after the SUB spans only the spread; over the last
-    axis it is then computed through L2_NORMALIZATION (`_unit_scaled`), where rows whose features are
-    all equal no longer size the other rows' scales. Which layers need it is read from the calibrated
-    float file (`cancelling_norms`): on the Transformer, CCT and MLP-Mixer models tried, whose inputs
-    are centered, it was no better than Keras's form.
+    axis it is then computed through L2_NORMALIZATION, where rows whose features are all equal no
+    longer size the other rows' scales. Which layers need it is read from the calibrated float file
+    (`cancelling_norms`): on the Transformer, CCT and MLP-Mixer models tried, whose inputs are
+    centered, it was no better than Keras's form.
+
+    Where nothing cancels, rows whose variances span decades still lose: one int8 scale for every row's
+    `rsqrt(var + eps)` leaves the rows of large variance a level or two of it. Whether the L2 form serves
+    such layers better is measured (`prepare.export_for_int8`): its output has a fixed scale, 1/128, which
+    leaves each of n features about 128/sqrt(n) levels.
     """
     tf = _keras.tf
-    with patched_calls(model, lambda layer: _centered_norm(layer, tf) if layer.name in names else None) as patched:
+    with patched_calls(model, lambda layer: _int8_norm(layer, tf) if layer.name in names else None) as patched:
         yield patched
 
 
@@ -341,8 +348,15 @@ def _subtracts_mean(layer) -> bool:
     return type(layer).__name__ == "LayerNormalization" and not getattr(layer, "rms_scaling", False)
 
 
-def _centered_norm(layer, tf):
-    if not _subtracts_mean(layer):
+def _rms(layer) -> bool:
+    """Keras 3's RMSNormalization: x * rsqrt(mean(x²) + eps) * scale."""
+    return type(layer).__name__ == "RMSNormalization"
+
+
+def _int8_norm(layer, tf):
+    """A LayerNormalization on its centered input (over the last axis through L2_NORMALIZATION), or an
+    RMSNormalization over the last axis through L2_NORMALIZATION."""
+    if not (_subtracts_mean(layer) or _rms(layer)):
         return None
     axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
     own = layer.call
@@ -350,8 +364,11 @@ def _centered_norm(layer, tf):
     def call(inputs, *args, **kwargs):
         rank = inputs.shape.rank
         axis = sorted(a % rank for a in axes)
+        last = axis == [rank - 1] and inputs.shape[-1] is not None
+        if _rms(layer):
+            return _unit_scaled(layer, inputs, tf) if last else own(inputs, *args, **kwargs)
         centered = inputs - tf.reduce_mean(inputs, axis=axis, keepdims=True)
-        if axis != [rank - 1] or inputs.shape[-1] is None:
+        if not last:
             return own(centered, *args, **kwargs)
         return _unit_scaled(layer, centered, tf)
 
@@ -359,19 +376,22 @@ def _centered_norm(layer, tf):
 
 
 def _unit_scaled(layer, centered, tf):
-    """A LayerNormalization over the last axis of its centered input `c`, through L2_NORMALIZATION.
+    """A normalization over the last axis of `c` (a LayerNormalization's centered input, an RMSNormalization's
+    input) through L2_NORMALIZATION.
 
-    c / sqrt(var + eps) with var = sum(c²)/n is sqrt(n) · c / ||[c, sqrt(n·eps)]||: the same function,
-    computed by TFLite's L2_NORMALIZATION, whose int8 kernel sums the squares in int32 and keeps its
-    precision whatever a row's magnitude. Computed as Keras writes it, the variance and its RSQRT take
-    one int8 scale across rows: a row whose features are all equal (variance 0, 1/sqrt(eps) after the
-    RSQRT) sizes it, and every other row's factor kept a level or two of it."""
+    c / sqrt(mean(c²) + eps) is sqrt(n) · c / ||[c, sqrt(n·eps)]||: the same function, computed by TFLite's
+    L2_NORMALIZATION, whose int8 kernel sums the squares in int32 and keeps its precision whatever a row's
+    magnitude. Computed as Keras writes it, the mean of squares and its RSQRT take one int8 scale across
+    rows: a row whose features are all equal (variance 0, 1/sqrt(eps) after the RSQRT) sizes it, and every
+    other row's factor kept a level or two of it."""
     import math
 
     n = int(centered.shape[-1])
     floor = centered[..., :1] * 0.0 + math.sqrt(n * layer.epsilon)  # one more feature, sqrt(n·eps) on every row
     unit = tf.math.l2_normalize(tf.concat([centered, floor], axis=-1), axis=-1)[..., :n]
     out = unit * math.sqrt(n)
+    if _rms(layer):
+        return out * tf.cast(layer.scale, out.dtype)
     if layer.scale:
         out = out * tf.cast(layer.gamma, out.dtype)
     if layer.center:
@@ -382,6 +402,23 @@ def _unit_scaled(layer, centered, tf):
 def layer_norms(model) -> list[str]:
     """The names of the model's LayerNormalizations that subtract a mean (not RMS normalizations), at any depth."""
     return [layer.name for layer in _keras.all_layers(model) if _subtracts_mean(layer)]
+
+
+def unit_norms(model) -> list[str]:
+    """The names of the model's normalizations that L2_NORMALIZATION can compute (over their last axis):
+    LayerNormalizations that subtract a mean and Keras 3's RMSNormalizations, at any depth."""
+    return [layer.name for layer in _keras.all_layers(model)
+            if (_subtracts_mean(layer) or _rms(layer)) and _last_axis(layer)]
+
+
+def _last_axis(layer) -> bool:
+    """Whether the layer normalizes over its input's last axis alone (unknown: taken as so; the trace checks)."""
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    try:
+        rank = len(layer.input.shape)
+    except (AttributeError, ValueError, TypeError, RuntimeError):
+        return len(axes) == 1
+    return sorted(a % rank for a in axes) == [rank - 1]
 
 
 NORM_CANCELLATION = 1.5  # a LayerNormalization's sum spanning less than its widest input by this much cancels
