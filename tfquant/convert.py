@@ -365,21 +365,27 @@ def _float_io(float_tflite: bytes, calibration: Dataset, recipe: Recipe, source:
 
 
 def clearly_better(calibration: Dataset, per_channel: bool, source: str, base: tuple, candidate: tuple,
-                   what: str, regression: Optional[set[str]] = None, *, rmse_only: bool = False) -> bool:
+                   what: str, regression: Optional[set[str]] = None, *, rmse_only: bool = False,
+                   rough: bool = False) -> bool:
     """Whether the `candidate` (a float file, and a function of it and some samples giving the inputs and
     outputs to keep float) keeps the outputs clearly closer to float than `base` (`ranges.pick`), each
     calibrated on one half of the calibration samples and judged on the other (min/max ranges,
     `ranges.extreme_ranges`, with the headroom `regression` outputs get), so that values one half never
     showed (a rare value of a sparse feature, clipped) count. Both files compute the same function: the
-    base's outputs are the reference. Each sample's error is `ranges.sample_errors`' (with `rmse_only`)."""
+    base's outputs are the reference. Each sample's error is `ranges.sample_errors`' (with `rmse_only`).
+    With `rough`, the calibrator's own ranges, with no statistics pass and no headroom: half the time, for
+    a choice that does not turn on rare values."""
     from . import statistics
     from .float_io import tails
     from .harness import Runner
     from .ranges import apply_ranges, extreme_ranges, pick, sample_errors, with_headroom
 
     def calibrated(data: bytes, half: Dataset, ends: list) -> bytes:  # min/max ranges, as the statistics see them
-        rough = calibrate(data, half, source=source)
-        return with_headroom(apply_ranges(rough, extreme_ranges(statistics.collect(rough, half, counts=False))),
+        calibrated = calibrate(data, half, source=source)
+        if rough:
+            return calibrated
+        return with_headroom(apply_ranges(calibrated, extreme_ranges(statistics.collect(calibrated, half,
+                                                                                        counts=False))),
                              regression, through=tails(ends))
 
     trial = Recipe(mode=Mode.INT8, per_channel=per_channel)

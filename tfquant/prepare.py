@@ -56,31 +56,31 @@ def export_for_int8(loaded: LoadedModel, calibration: Dataset, *, shapes: Option
     ratio = gate_ratio(calibrated, [cell.name for cell in cells]) if cells else 1.0
     cancelling = cancelling_norms(calibrated, norms, numbered=loaded.flavor == "keras3") if norms else {}
     rest = frozenset(units) - set(cancelling)
-    chosen = exported
+    chosen, decided = exported, []
     if ratio > GATE_RATIO or cancelling:
         chosen = export(loaded, shapes=shapes, keep_weights=keep_weights, split_gates=ratio > GATE_RATIO,
                         norms=frozenset(cancelling))
     if ratio > GATE_RATIO:
-        chosen.notes.append(f"LSTM gates computed apart (two FULLY_CONNECTED ops per gate and step): computed "
-                            f"together, their narrowest gate spanned 1/{ratio:.1f} of the int8 range they shared, "
-                            "on average over the steps")
+        decided.append(f"LSTM gates computed apart (two FULLY_CONNECTED ops per gate and step): computed together, "
+                       f"their narrowest gate spanned 1/{ratio:.1f} of the int8 range they shared, on average over "
+                       "the steps")
     if cancelling:
         worst = max(cancelling, key=cancelling.get)
-        chosen.notes.append(f"{len(cancelling)} LayerNormalization(s) computed on their input minus its mean (over "
-                            "the last axis through L2_NORMALIZATION), so that int8 does not subtract two large "
-                            f"products ({worst}: a sum {cancelling[worst]:.1f}× narrower than its input)")
+        decided.append(f"{len(cancelling)} LayerNormalization(s) computed on their input minus its mean (over the "
+                       "last axis through L2_NORMALIZATION), so that int8 does not subtract two large products "
+                       f"({worst}: a sum {cancelling[worst]:.1f}× narrower than its input)")
     if rest:
         unit = export(loaded, shapes=shapes, keep_weights=keep_weights, split_gates=ratio > GATE_RATIO,
                       norms=frozenset(cancelling) | rest)
         keep = lambda data, half: []  # noqa: E731 - no input or output kept float
         # Judged as they would be quantized: a normalization of looked-up rows is computed on the table.
-        if unit.tflite != chosen.tflite and clearly_better(
-                calibration, per_channel, source, (folded(chosen.tflite, calibration, quiet=True)[0], keep),
-                (folded(unit.tflite, calibration, quiet=True)[0], keep), "normalizations through L2", rmse_only=True):
-            unit.notes = chosen.notes + [f"{len(rest)} normalization(s) computed through L2_NORMALIZATION (held-out "
-                                         "calibration samples: clearly closer to float than as Keras computes "
-                                         f"them): {', '.join(sorted(rest))}"]
+        if clearly_better(calibration, per_channel, source, (folded(chosen.tflite, calibration, quiet=True)[0], keep),
+                          (folded(unit.tflite, calibration, quiet=True)[0], keep), "normalizations through L2",
+                          rmse_only=True, rough=True):
             chosen = unit
+            decided.append(f"{len(rest)} normalization(s) computed through L2_NORMALIZATION (held-out calibration "
+                           f"samples: clearly closer to float than as Keras computes them): {', '.join(sorted(rest))}")
+    chosen.notes.extend(decided)
     measured = time.perf_counter() - started  # part of the export: it decided which one to make
     if chosen is exported:  # kept as it is: its calibration is handed on rather than run again
         return replace(exported, calibrated=(exported.tflite, calibration, calibrated),

@@ -14,6 +14,7 @@ the model back as it was.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from typing import Any, Iterator, Optional
 
@@ -384,8 +385,6 @@ def _unit_scaled(layer, centered, tf):
     magnitude. Computed as Keras writes it, the mean of squares and its RSQRT take one int8 scale across
     rows: a row whose features are all equal (variance 0, 1/sqrt(eps) after the RSQRT) sizes it, and every
     other row's factor kept a level or two of it."""
-    import math
-
     n = int(centered.shape[-1])
     floor = centered[..., :1] * 0.0 + math.sqrt(n * layer.epsilon)  # one more feature, sqrt(n·eps) on every row
     unit = tf.math.l2_normalize(tf.concat([centered, floor], axis=-1), axis=-1)[..., :n]
@@ -436,12 +435,7 @@ def cancelling_norms(calibrated: bytes, names: list[str], *, numbered: bool = Fa
 
     model = view_model(calibrated)
     graph = model.subgraphs[0]
-    known = set(names)
-
-    def layers_of(name: str) -> set[str]:  # a scope is the layer's name, numbered with `numbered`
-        scopes = name.split("/")[:-1]
-        return {re.sub(r"_\d+$", "", scope) if numbered else scope for scope in scopes} & known
-
+    layers_of = _scopes(names, numbered)
     sums = (schema.BuiltinOperator.ADD, schema.BuiltinOperator.SUB)
 
     found: dict[str, float] = {}
@@ -462,6 +456,18 @@ def cancelling_norms(calibrated: bytes, names: list[str], *, numbered: bool = Fa
             for name in inside:
                 found[name] = max(found.get(name, 0.0), ratio)
     return found
+
+
+def _scopes(names: list[str], numbered: bool):
+    """A function of a tensor's name giving the layers of `names` whose scope it is in (a scope is the
+    layer's name, numbered with `numbered`)."""
+    known = set(names)
+
+    def layers_of(name: str) -> set[str]:
+        scopes = name.split("/")[:-1]
+        return {re.sub(r"_\d+$", "", scope) if numbered else scope for scope in scopes} & known
+
+    return layers_of
 
 
 @contextlib.contextmanager
