@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from . import console
 from .data import Dataset, ImageOptions, load_data
-from .errors import ModelLoadError, RecipeError, called, problem
+from .errors import ModelLoadError, RecipeError, TfquantError, called, one_line, problem
 from .export import Exported, export
 from .models import LoadedModel, load_model
 from .types import Mode, Recipe
@@ -69,9 +69,14 @@ def export_for_int8(loaded: LoadedModel, calibration: Dataset, *, shapes: Option
         decided.append(f"{len(cancelling)} LayerNormalization(s) computed on their input minus its mean (over the "
                        "last axis through L2_NORMALIZATION), so that int8 does not subtract two large products "
                        f"({worst}: a sum {cancelling[worst]:.1f}× narrower than its input)")
+    unit = None
     if rest:
-        unit = export(loaded, shapes=shapes, keep_weights=keep_weights, split_gates=ratio > GATE_RATIO,
-                      norms=frozenset(cancelling) | rest)
+        try:  # a candidate: where it does not trace or convert, the file is made as Keras computes the layers
+            unit = export(loaded, shapes=shapes, keep_weights=keep_weights, split_gates=ratio > GATE_RATIO,
+                          norms=frozenset(cancelling) | rest)
+        except (TfquantError, ValueError, TypeError) as exc:
+            log.info("normalizations through L2 not tried: %s", one_line(exc, 160))
+    if unit is not None:
         keep = lambda data, half: []  # noqa: E731 - no input or output kept float
         # Judged as they would be quantized: a normalization of looked-up rows is computed on the table.
         if clearly_better(calibration, per_channel, source, (folded(chosen.tflite, calibration, quiet=True)[0], keep),
