@@ -99,6 +99,11 @@ def test_a_normalization_whose_rows_span_decades_goes_through_l2_normalization(d
     notes = [note for note in result.report.to_dict()["export"]["notes"] if "L2_NORMALIZATION" in note]
     assert notes == ["1 normalization(s) computed through L2_NORMALIZATION (held-out calibration samples: clearly "
                      "closer to float than as Keras computes them): pixel_norm"], notes
+    if kind == "RMSNormalization":  # norm_form "keras" (a recipe written before the choice) keeps Keras's form
+        kept = tfquant.quantize(model, digits["x"][:200], eval_data=(digits["x_test"], digits["y_test"]),
+                                norm_form="keras", bench_runs=1, diagnose=False)
+        assert "L2_NORMALIZATION" not in {op.name for op in inspect(kept.tflite).ops}
+        assert kept.report.agreement.top1 < 0.9 and kept.report.recipe.norm_form == "keras", kept.report.agreement
 
 
 def test_a_normalization_int8_keeps_as_keras_computes_it_is_left_so(digits):

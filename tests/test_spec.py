@@ -101,7 +101,7 @@ def test_errors_name_the_option_as_each_caller_knows_it(cls, options, python, co
     ({"command": "qat"}, "recipe: qat needs 'epochs'"),
     ({"command": "train"}, "recipe: unknown command 'train'; expected one of: convert, qat, prune"),
     ({"num_threads": 4}, "recipe: num_threads: decided by the server, not an option of a job"),
-    ({"schema_version": 99}, "recipe: convert options schema_version: expected 7 (or an older one: 1, 2, 3, 4, 5, 6), found 99"),
+    ({"schema_version": 99}, "recipe: convert options schema_version: expected 8 (or an older one: 1, 2, 3, 4, 5, 6, 7), found 99"),
     ({"calib_samples": True}, "recipe: calib_samples: expected a whole number at least 1, found True"),
 ])
 def test_a_job_refuses_what_the_spec_does_not_know(data, message):

@@ -20,7 +20,7 @@ def test_recipe_round_trip():
     assert data == {"mode": "int8", "io": "uint8", "calib_samples": 64, "per_channel": False,
                     "denylist": ["a", "b"], "ranges": "auto", "bias_correction": True, "quantizer": "converter", "split_joins": True,
                     "equalize": True, "float_io_norm": "auto", "weight_scales": "max", "weight_rounding": "nearest",
-                    "schema_version": SCHEMA_VERSION}
+                    "norm_form": "auto", "schema_version": SCHEMA_VERSION}
     assert Recipe.from_dict(data) == recipe
 
 
@@ -29,14 +29,17 @@ def test_a_recipe_of_the_first_schema_replays_as_it_did():
     migrated = Recipe.from_dict(old)
     assert migrated.ranges == "minmax" and migrated.bias_correction is False
     assert migrated.split_joins is False and migrated.equalize is False and migrated.float_io_norm == "off"
+    assert migrated.norm_form == "keras"  # v7 and before: normalizations traced as Keras computes them
     assert migrated.schema_version == SCHEMA_VERSION
+    seventh = {key: value for key, value in Recipe().to_dict().items() if key != "norm_form"}
+    assert Recipe.from_dict({**seventh, "schema_version": 7}).norm_form == "keras"
 
 
 @pytest.mark.parametrize("data, message", [
     ({"mode": "int4"}, "mode: unknown value 'int4'; expected one of: int8, int16x8, dynamic, float16, float32"),
     ({"mode": "int16x8", "io": "uint8"}, "io uint8 does not go with mode int16x8; expected one of: int16, float32, int8"),
     ({"calib_samples": 0}, "calib_samples: expected a whole number at least 1, found 0"),
-    ({"schema_version": 9}, "recipe schema_version: expected 7 (or an older one: 1, 2, 3, 4, 5, 6), found 9"),
+    ({"schema_version": 9}, "recipe schema_version: expected 8 (or an older one: 1, 2, 3, 4, 5, 6, 7), found 9"),
     ({"bits": 4}, "Recipe: unknown key(s) bits"),
 ])
 def test_recipe_rejects(data, message):

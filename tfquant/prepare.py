@@ -25,7 +25,8 @@ log = logging.getLogger("tfquant")
 
 
 def export_for_int8(loaded: LoadedModel, calibration: Dataset, *, shapes: Optional[dict[str, tuple]] = None,
-                    keep_weights: bool = False, per_channel: bool = True, source: str = "<model>") -> Exported:
+                    keep_weights: bool = False, per_channel: bool = True, norm_form: str = "auto",
+                    source: str = "<model>") -> Exported:
     """The float file int8 starts from: as `export` makes it, or traced again where int8 would lose
     resolution in a layer Keras computes one way and could compute another (the same function):
 
@@ -37,7 +38,8 @@ def export_for_int8(loaded: LoadedModel, calibration: Dataset, *, shapes: Option
       L2_NORMALIZATION too where, each file calibrated on one half of the calibration samples and judged
       on the other, that keeps the outputs clearly closer to float (`convert.clearly_better`, by their
       relative RMSE: few top-1 classes change on calibration samples): rows whose variances span decades
-      lose their precision in Keras's form, wide layers in the L2 form.
+      lose their precision in Keras's form, wide layers in the L2 form (with `norm_form` "auto"; "keras"
+      leaves them as Keras computes them).
 
     Where none applies, the calibration is handed on, not run again."""
     from .convert import calibrate, clearly_better, folded
@@ -48,7 +50,7 @@ def export_for_int8(loaded: LoadedModel, calibration: Dataset, *, shapes: Option
     traced = loaded.keras_model is not None and exported.function is not None
     cells = fused_lstm_cells(loaded.keras_model) if traced else []
     norms = layer_norms(loaded.keras_model) if traced else []
-    units = unit_norms(loaded.keras_model) if traced else []
+    units = unit_norms(loaded.keras_model) if traced and norm_form == "auto" else []
     if not cells and not norms and not units:
         return exported
     started = time.perf_counter()
@@ -191,7 +193,8 @@ def prepare(
         with console.step(f"exporting {loaded.source} to a float32 .tflite file"):
             if recipe.mode is Mode.INT8 and calibration is not None and not loaded.quantization_aware:
                 exported = export_for_int8(loaded, calibration, shapes=shapes, keep_weights=loaded.keep_weights,
-                                           per_channel=recipe.per_channel, source=loaded.source)
+                                           per_channel=recipe.per_channel, norm_form=recipe.norm_form,
+                                           source=loaded.source)
             else:
                 exported = export(loaded, shapes=shapes, keep_weights=loaded.keep_weights)
         seconds["export"] = exported.seconds

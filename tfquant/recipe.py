@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional
 from .errors import RecipeError, called
 from .records import Record
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # What each older schema version meant, applied to its records so that they replay as they did.
 MIGRATIONS: dict[int, dict[str, Any]] = {
     1: {"ranges": "minmax", "bias_correction": False},  # v1: min/max ranges, no bias correction
@@ -20,6 +20,7 @@ MIGRATIONS: dict[int, dict[str, Any]] = {
     4: {"equalize": False},  # v4: weights were not equalized across layers
     5: {"keep_best": False},  # v5: QAT kept its own file even when it ended below PTQ
     6: {"float_io_norm": "off"},  # v6: every float input was taken on int8's one scale
+    7: {"norm_form": "keras"},  # v7: normalizations whose sums do not cancel were traced as Keras computes them
 }
 
 
@@ -86,6 +87,7 @@ RANGE_METHODS = ("auto", "percentile", "minmax", "mse", "average")  # auto and t
 WEIGHT_SCALES = ("max", "mse")  # int8 weight scales: the quantizer's max|w| / 127, or tfquant.weights
 FLOAT_IO_NORM = ("auto", "on", "off")  # float inputs normalized in float before the int8 graph (tfquant.float_io)
 WEIGHT_ROUNDINGS = ("nearest", "gptq")  # int8 weight values: each to its nearest step, or tfquant.rounding
+NORM_FORMS = ("auto", "keras")  # normalizations through L2_NORMALIZATION where measured closer, or as Keras has them
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,11 @@ class Recipe(Record):
             (rounded column by column against the op's input moments on the calibration samples, so
             that the op's output error is least, `tfquant.rounding`), for int8 and int16x8. Ranges
             and bias correction are chosen as for nearest rounding. Defaults to `"nearest"`.
+        norm_form: for int8, `"auto"`: the model's LayerNormalizations and RMSNormalizations over the
+            last axis are traced both as Keras computes them and through L2_NORMALIZATION (the same
+            function), and the file is made with the form that held-out calibration samples show
+            clearly closer to float (`prepare.export_for_int8`); `"keras"`: as Keras computes them. A
+            LayerNormalization whose sums cancel is centered either way. Defaults to `"auto"`.
         quantizer: who quantizes the float file: `"converter"` (TFLiteConverter's MLIR quantizer,
             from TFLite's calibrator) or `"litert"` (LiteRT Quantizer, `ai-edge-quantizer`, int8
             only, with its own min/max calibration on the same samples). Defaults to `"converter"`.
@@ -161,6 +168,7 @@ class Recipe(Record):
     float_io_norm: str = "auto"
     weight_scales: str = "max"
     weight_rounding: str = "nearest"
+    norm_form: str = "auto"
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -179,7 +187,7 @@ class Recipe(Record):
         object.__setattr__(self, "denylist", tuple(self.denylist))
         for name, choices in (("ranges", RANGE_METHODS), ("weight_scales", WEIGHT_SCALES),
                               ("float_io_norm", FLOAT_IO_NORM),
-                              ("weight_rounding", WEIGHT_ROUNDINGS)):
+                              ("weight_rounding", WEIGHT_ROUNDINGS), ("norm_form", NORM_FORMS)):
             if getattr(self, name) not in choices:
                 raise RecipeError(f"{called(name)}: unknown value {getattr(self, name)!r}; expected one of: "
                                   f"{', '.join(choices)}")

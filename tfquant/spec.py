@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Optional
 from .errors import RecipeError, called, naming, spell
 from .options import (Option, Spec, add_options, flag_of, flags, from_flags, given_flags, json_schema, option,
                       replay)
-from .types import FLOAT_IO_NORM, QUANTIZERS, RANGE_METHODS, SCHEMA_VERSION, WEIGHT_ROUNDINGS, WEIGHT_SCALES, Budget, IOType, Mode, Recipe
+from .types import FLOAT_IO_NORM, NORM_FORMS, QUANTIZERS, RANGE_METHODS, SCHEMA_VERSION, WEIGHT_ROUNDINGS, WEIGHT_SCALES, Budget, IOType, Mode, Recipe
 
 __all__ = ["ConvertSpec", "QATSpec", "PruneSpec", "ClusterSpec", "OptimizeSpec", "SPECS", "TRAINING", "Option", "Spec",
            "called", "naming", "spec_for", "training_function", "recipe_file", "add_options", "from_flags", "flags",
@@ -110,6 +110,11 @@ class ConvertSpec(Spec):
                                   help="int8 weight values: nearest (each weight to its nearest step) or gptq (rounded "
                                        "column by column so that each op's output error on the calibration samples is "
                                        "least)")
+    norm_form: str = option("auto", choices=NORM_FORMS, recipe=True,
+                            help="int8: auto traces the LayerNormalizations and RMSNormalizations over the last axis "
+                                 "both as Keras computes them and through L2_NORMALIZATION (the same function) and "
+                                 "keeps the form held-out calibration samples show clearly closer to float; keras: "
+                                 "as Keras computes them")
     denylist: tuple[str, ...] = option((), recipe=True, metavar="OP", flag="--keep-float",
                                        help="an op (by its output tensor name) to keep in float; repeatable")
     input_shapes: dict[str, tuple[int, ...]] = option(factory=dict, recipe=True, pairs="shape", flag="--input-shape",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .errors import RecipeError
-from .recipe import (FLOAT_IO_NORM, MIGRATIONS, MODE_IO, QUANTIZERS, RANGE_METHODS, SCHEMA_VERSION,  # noqa: F401
+from .recipe import (FLOAT_IO_NORM, MIGRATIONS, MODE_IO, NORM_FORMS, QUANTIZERS, RANGE_METHODS, SCHEMA_VERSION,  # noqa: F401
                      WEIGHT_ROUNDINGS, WEIGHT_SCALES, IOType, Mode, Recipe, migrate, parse_enum)
 from .records import Record  # noqa: F401
 
