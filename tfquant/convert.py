@@ -380,12 +380,12 @@ def clearly_better(calibration: Dataset, per_channel: bool, source: str, base: t
     from .harness import Runner
     from .ranges import apply_ranges, extreme_ranges, pick, sample_errors, with_headroom
 
-    def calibrated(data: bytes, half: Dataset, ends: list) -> bytes:  # min/max ranges, as the statistics see them
-        calibrated = calibrate(data, half, source=source)
+    def calibrated(data: bytes, half: Dataset, ends: list) -> bytes:
+        """Min/max ranges: the calibrator's own (`rough`), or as the statistics see them, with headroom."""
+        own = calibrate(data, half, source=source)
         if rough:
-            return calibrated
-        return with_headroom(apply_ranges(calibrated, extreme_ranges(statistics.collect(calibrated, half,
-                                                                                        counts=False))),
+            return own
+        return with_headroom(apply_ranges(own, extreme_ranges(statistics.collect(own, half, counts=False))),
                              regression, through=tails(ends))
 
     trial = Recipe(mode=Mode.INT8, per_channel=per_channel)

@@ -359,7 +359,7 @@ def _int8_norm(layer, tf):
     RMSNormalization over the last axis through L2_NORMALIZATION."""
     if not (_subtracts_mean(layer) or _rms(layer)):
         return None
-    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    axes = _axes(layer)
     own = layer.call
 
     def call(inputs, *args, **kwargs):
@@ -410,9 +410,14 @@ def unit_norms(model) -> list[str]:
             if (_subtracts_mean(layer) or _rms(layer)) and _last_axis(layer)]
 
 
+def _axes(layer) -> list[int]:
+    """The axes a normalization layer normalizes over, as a list."""
+    return list(layer.axis) if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+
+
 def _last_axis(layer) -> bool:
     """Whether the layer normalizes over its input's last axis alone (unknown: taken as so; the trace checks)."""
-    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    axes = _axes(layer)
     try:
         rank = len(layer.input.shape)
     except (AttributeError, ValueError, TypeError, RuntimeError):
