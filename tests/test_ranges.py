@@ -180,6 +180,33 @@ def test_a_regression_output_beyond_the_calibrated_range_is_not_clipped(tmp_path
     assert abs(float(out.ravel()[0]) - beyond) <= 2 * step, (out, beyond, high)
 
 
+@pytest.mark.parametrize("activation, weight", [("exponential", 0.25), ("softplus", 1.0)])
+def test_a_head_that_rises_with_a_linear_layer_gets_headroom_on_that_layer_too(activation, weight):
+    """A Poisson head exp(z), or a softplus one, reads no more than f(max z) where z keeps the range
+    calibration saw, whatever the output's own range: the headroom follows the output back to z."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    import tfquant
+    from tfquant._keras import keras
+
+    rng = np.random.default_rng(0)
+    calibration = rng.uniform(0, 1, (200, 8)).astype(np.float32)
+    inputs = keras.Input((8,), name="features")
+    linear = keras.layers.Dense(1, name="z")
+    model = keras.Model(inputs, keras.layers.Activation(activation, name="rate")(linear(inputs)))
+    linear.set_weights([np.full((8, 1), weight, np.float32), np.zeros(1, np.float32)])
+    seen = weight * calibration.sum(axis=1)
+    low, high = float(seen.min()), float(seen.max())
+    beyond = high + 0.15 * (high - low)
+    expected = float(model.predict(np.full((1, 8), beyond / weight / 8, np.float32), verbose=0).ravel()[0])
+    clipped = float(model.predict(np.full((1, 8), high / weight / 8, np.float32), verbose=0).ravel()[0])
+    result = tfquant.quantize(model, {"features": calibration}, io="float32", bench_runs=1, diagnose=False)
+    assert result.report.quantized.fully_integer
+    runner = Interpreter(model_content=result.tflite).get_signature_runner()
+    out = float(runner(features=np.full((1, 8), beyond / weight / 8, np.float32))["rate"].ravel()[0])
+    assert abs(out - expected) < 0.1 * (expected - clipped), (activation, out, expected, clipped)
+
+
 def test_a_logits_head_keeps_its_calibrated_range():
     """Headroom costs a coarser scale, which a classifier's logits do not repay: an output the evaluation
     data shows to be a classifier keeps its range; without evaluation data it is treated as a regression."""

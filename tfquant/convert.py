@@ -198,10 +198,9 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
     """
     found, recipe = _calibration_for(exported, calibration, recipe, source=source, regression=headroom)
     if found.calibrated:
-        from .float_io import tails
         from .ranges import with_headroom
 
-        found = replace(found, calibrated=with_headroom(found.calibrated, headroom, through=tails(found.float_io)))
+        found = replace(found, calibrated=with_headroom(found.calibrated, headroom))
     return found, recipe
 
 
@@ -376,17 +375,16 @@ def clearly_better(calibration: Dataset, per_channel: bool, source: str, base: t
     With `rough`, the calibrator's own ranges, with no statistics pass and no headroom: half the time, for
     a choice that does not turn on rare values."""
     from . import statistics
-    from .float_io import tails
     from .harness import Runner
     from .ranges import apply_ranges, extreme_ranges, pick, sample_errors, with_headroom
 
-    def calibrated(data: bytes, half: Dataset, ends: list) -> bytes:
+    def calibrated(data: bytes, half: Dataset) -> bytes:
         """Min/max ranges: the calibrator's own (`rough`), or as the statistics see them, with headroom."""
         own = calibrate(data, half, source=source)
         if rough:
             return own
         return with_headroom(apply_ranges(own, extreme_ranges(statistics.collect(own, half, counts=False))),
-                             regression, through=tails(ends))
+                             regression)
 
     trial = Recipe(mode=Mode.INT8, per_channel=per_channel)
     halves = calibration.halves()
@@ -397,7 +395,7 @@ def clearly_better(calibration: Dataset, per_channel: bool, source: str, base: t
             folds = []
             for fold, half in enumerate(halves):
                 ends = planned(data, half)
-                quantized = Calibration(data, calibrated(data, half, ends), float_io=ends).quantize(
+                quantized = Calibration(data, calibrated(data, half), float_io=ends).quantize(
                     trial, source=source, final=False)
                 folds.append(sample_errors(reference[1 - fold], Runner(quantized).predict(
                     halves[1 - fold], progress=False), per_column=True, rmse_only=rmse_only))

@@ -254,11 +254,6 @@ def output_tails(model, graph) -> list:
     return found
 
 
-def tails(float_io: list) -> frozenset:
-    """The output tensor names of the ops of every output's tail in `float_io`."""
-    return frozenset(op for end in float_io if isinstance(end, FloatOutput) for op in end.ops)
-
-
 def _undone(model, graph, tail: list, values: np.ndarray) -> Optional[np.ndarray]:
     """The values a tail reads, given what it writes (`values`), or None where a product by 0 hides them."""
     values = values.astype(np.float64)
