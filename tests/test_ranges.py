@@ -180,31 +180,45 @@ def test_a_regression_output_beyond_the_calibrated_range_is_not_clipped(tmp_path
     assert abs(float(out.ravel()[0]) - beyond) <= 2 * step, (out, beyond, high)
 
 
-@pytest.mark.parametrize("activation, weight", [("exponential", 0.25), ("softplus", 1.0)])
-def test_a_head_that_rises_with_a_linear_layer_gets_headroom_on_that_layer_too(activation, weight):
-    """A Poisson head exp(z), or a softplus one, reads no more than f(max z) where z keeps the range
-    calibration saw, whatever the output's own range: the headroom follows the output back to z."""
+@pytest.mark.parametrize("head", ["exponential", "softplus", "max over steps", "mean over steps"])
+def test_a_head_that_rises_with_a_linear_layer_gets_headroom_on_that_layer_too(head):
+    """A Poisson head exp(z), a softplus one, or the largest or mean of per-step outputs z reads no more
+    than f(max z) where z keeps the range calibration saw, whatever the output's own range: the
+    headroom follows the output back to z."""
     from ai_edge_litert.interpreter import Interpreter
 
     import tfquant
     from tfquant._keras import keras
 
+    layers = keras.layers
     rng = np.random.default_rng(0)
     calibration = rng.uniform(0, 1, (200, 8)).astype(np.float32)
     inputs = keras.Input((8,), name="features")
-    linear = keras.layers.Dense(1, name="z")
-    model = keras.Model(inputs, keras.layers.Activation(activation, name="rate")(linear(inputs)))
-    linear.set_weights([np.full((8, 1), weight, np.float32), np.zeros(1, np.float32)])
-    seen = weight * calibration.sum(axis=1)
-    low, high = float(seen.min()), float(seen.max())
-    beyond = high + 0.15 * (high - low)
-    expected = float(model.predict(np.full((1, 8), beyond / weight / 8, np.float32), verbose=0).ravel()[0])
-    clipped = float(model.predict(np.full((1, 8), high / weight / 8, np.float32), verbose=0).ravel()[0])
+    steps = 1 if head in ("exponential", "softplus") else 4
+    linear = layers.Dense(steps, name="z")
+    z = linear(inputs)
+    out = {"exponential": lambda: layers.Activation("exponential", name="rate")(z),
+           "softplus": lambda: layers.Activation("softplus", name="rate")(z),
+           "max over steps": lambda: layers.GlobalMaxPooling1D(name="rate")(layers.Reshape((steps, 1))(z)),
+           "mean over steps": lambda: layers.GlobalAveragePooling1D(name="rate")(layers.Reshape((steps, 1))(z))}[head]()
+    model = keras.Model(inputs, out)
+    weight = 0.25 if head == "exponential" else 1.0
+    linear.set_weights([weight * np.linspace(0.9, 1.1, steps, dtype=np.float32)[::-1] * np.ones((8, steps), np.float32),
+                        np.zeros(steps, np.float32)])
+    top = float(calibration.sum(axis=1).max())
+
+    def even(total: float) -> np.ndarray:  # a sample whose features sum to `total`, each within [0, 1]
+        return np.full((1, 8), total / 8, np.float32)
+
+    beyond = 1.15 * top
+    assert beyond / 8 <= calibration.max()  # the input's own range is not exceeded
+    expected = float(model.predict(even(beyond), verbose=0).ravel()[0])
+    clipped = float(model.predict(even(top), verbose=0).ravel()[0])
     result = tfquant.quantize(model, {"features": calibration}, io="float32", bench_runs=1, diagnose=False)
     assert result.report.quantized.fully_integer
     runner = Interpreter(model_content=result.tflite).get_signature_runner()
-    out = float(runner(features=np.full((1, 8), beyond / weight / 8, np.float32))["rate"].ravel()[0])
-    assert abs(out - expected) < 0.1 * (expected - clipped), (activation, out, expected, clipped)
+    read = float(runner(features=even(beyond))["rate"].ravel()[0])
+    assert abs(read - expected) < 0.1 * (expected - clipped), (head, read, expected, clipped)
 
 
 def test_a_logits_head_keeps_its_calibrated_range():

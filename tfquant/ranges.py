@@ -212,20 +212,29 @@ def output_headroom(model, outputs: Optional[set[str]] = None) -> int:
     an exponential, a log or a ReLU-like op. Each tensor on the way is widened too, for the int8
     range of what such an op reads clips what it writes: a Poisson head `exp(z)` whose `z` kept its
     calibrated range read no more than exp(max z) whatever its own range (6.0 % of σ against 3.0 %
-    with `z` widened). An exponential's or a ReLU's output is not widened below 0.
+    with `z` widened). An exponential's or a ReLU's output is not widened below 0, and an
+    exponential's covers exp of its input's widened range (exp grows faster than a quarter of its
+    own span).
     """
     from .flatbuffer import builtin_of, producers_of
 
     widened = 0
+    tensors = model.subgraphs[0].tensors
     producers = producers_of(model.subgraphs[0])
     nonnegative = {index for index, op in producers.items() if builtin_of(model, op) in _NONNEGATIVE}
     for chain, below, above in _open_outputs(model, outputs):
         for index in chain:
-            q = model.subgraphs[0].tensors[index].quantization
+            q = tensors[index].quantization
             low, high = float(q.min[0]), float(q.max[0])
             span = HEADROOM * (high - low)
             floor = 0.0 if index in nonnegative and low >= 0 else -np.inf
             q.min, q.max = [max(low - span, floor) if below else low], [high + span if above else high]
+        for index in reversed(chain):  # an exponential's output covers exp of its input's widened range
+            op = producers.get(index)
+            if op is not None and builtin_of(model, op) == _EXP and int(op.inputs[0]) in chain:
+                q, read = tensors[index].quantization, tensors[int(op.inputs[0])].quantization
+                q.min, q.max = [min(float(q.min[0]), float(np.exp(read.min[0])))], \
+                    [max(float(q.max[0]), float(np.exp(read.max[0])))]
         widened += 1
     return widened
 
@@ -276,18 +285,20 @@ def _open_outputs(model, outputs: Optional[set[str]] = None) -> list[tuple[list[
 
 def _rises_with(model, graph, op) -> list[int]:
     """The tensors `op` reads where its output rises with each: a reshape's input (the same scale), a
-    rising function's (an exponential head), both terms of a sum (softplus as `tfquant.legalize`
-    writes it, relu(x) + log(1 + exp(-|x|))), or what it shifts or positively scales by constants (a
-    head that undoes its targets' standardization); none for any other op."""
+    rising function's (an exponential head, a reduction or pool over per-step outputs), each input
+    of a join or of a sum (softplus as `tfquant.legalize` writes it, relu(x) + log(1 + exp(-|x|))),
+    or what it shifts or positively scales by constants (a head that undoes its targets'
+    standardization); none for any other op, or where what it reads is a constant."""
     from .flatbuffer import builtin_of, is_constant
 
     builtin = builtin_of(model, op)
+    inputs = [int(i) for i in op.inputs if int(i) >= 0]
     if builtin in _SAME_SCALE | _RISING:
-        return [int(op.inputs[0])]
-    inputs = [int(i) for i in op.inputs]
-    if builtin == _ADD and len(inputs) == 2 and getattr(op.builtinOptions, "fusedActivationFunction", 0) == 0 and \
-            not any(is_constant(model, graph, i) for i in inputs):
-        return inputs
+        return [] if is_constant(model, graph, inputs[0]) else inputs[:1]
+    if builtin in _JOINS or (builtin == _ADD and getattr(op.builtinOptions, "fusedActivationFunction", 0) == 0):
+        variable = [i for i in inputs if not is_constant(model, graph, i)]
+        if len(variable) > 1:
+            return variable
     read = _shifted_or_scaled(model, graph, op)
     return [read] if read >= 0 else []
 
@@ -336,10 +347,15 @@ def _builtins(*names: str) -> frozenset:
 _SAME_SCALE = _builtins("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
 # Elementwise ops whose output rises with their (first) input: an output they write is clipped
 # where their input's range clips it, so that range gets the headroom too.
-_RISING = _builtins("EXP", "LOG", "RELU", "LEAKY_RELU", "PRELU")
+# A reduction, pool, slice or transpose over the first input rises with it too (the largest of
+# per-step outputs, their mean), and a join with each of its inputs.
+_RISING = _builtins("EXP", "LOG", "RELU", "LEAKY_RELU", "PRELU", "MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN",
+                    "MAX_POOL_2D", "AVERAGE_POOL_2D", "TRANSPOSE", "SLICE", "STRIDED_SLICE", "GATHER")
+_JOINS = _builtins("CONCATENATION", "PACK")
 _NONNEGATIVE = _builtins("EXP", "RELU")  # whose output's headroom stops at 0
 _SHIFTS_AND_SCALES = _builtins("ADD", "SUB", "MUL")
-_SHIFTS_AND_SCALES_SUB, _SHIFTS_AND_SCALES_MUL, _ADD = (next(iter(_builtins(name))) for name in ("SUB", "MUL", "ADD"))
+_SHIFTS_AND_SCALES_SUB, _SHIFTS_AND_SCALES_MUL, _ADD, _EXP = (next(iter(_builtins(name)))
+                                                               for name in ("SUB", "MUL", "ADD", "EXP"))
 # Ops whose output cannot leave a fixed range (a clip is a MAXIMUM and a MINIMUM), or is not a float.
 _BOUNDED = _builtins("SOFTMAX", "LOGISTIC", "TANH", "L2_NORMALIZATION", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1",
                      "ARG_MAX", "ARG_MIN", "MAXIMUM", "MINIMUM")
