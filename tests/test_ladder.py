@@ -150,6 +150,35 @@ def test_ladder_returns_a_mostly_integer_file_within_budget(laddered):
     assert len(report.ladder) <= calls["quantize"] <= len(report.ladder) + 2 * len(ranges.AUTO) + SENSITIVITY_CANDIDATES
 
 
+def test_float_islands_stop_at_half_of_the_ops_that_compute():
+    """Past half the ops that compute, an island file is float with int8 at its edges: the ladder goes on
+    to the modes after int8 instead. Reshapes count as none, and so does a name the file does not have."""
+    import tensorflow as tf
+    from ai_edge_litert import schema_py_generated as schema
+
+    from tfquant._keras import keras
+    from tfquant.flatbuffer import builtin_of, text, view_model
+    from tfquant.ladder import island_limit
+
+    layers = keras.layers
+    inputs = keras.Input((4, 4, 1), batch_size=1)
+    h = layers.Reshape((16, 8))(layers.Conv2D(8, 3, padding="same", activation="relu")(inputs))
+    h = layers.Reshape((128,))(layers.Dense(8, activation="relu")(h))
+    model = keras.Model(inputs, layers.Dense(2)(layers.Dense(8, activation="relu")(h)))
+    data = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    view = view_model(data)
+    written = [(builtin_of(view, op), text(view.subgraphs[0].tensors[int(op.outputs[0])].name))
+               for op in view.subgraphs[0].operators]
+    computing = [name for builtin, name in written if builtin != schema.BuiltinOperator.RESHAPE]
+    reshaped = [name for builtin, name in written if builtin == schema.BuiltinOperator.RESHAPE]
+    assert len(computing) == 4 and reshaped
+    # half of 4 ops that compute: the first two, and the reshape and unknown names between them
+    assert island_limit(data, [computing[0], reshaped[0], "no such tensor", computing[1], computing[2],
+                               computing[3], "another", "a third"]) == 4
+    assert island_limit(data, computing[:1] + reshaped[:1]) == 1  # half of the suspects
+    assert island_limit(data, computing[2:] + computing[:2] + reshaped + ["x", "y", "z"]) == 2
+
+
 def test_recipe_replay_is_byte_identical(laddered, mismatched, train_npz):
     result, _ = laddered
     replayed = tfquant.quantize(mismatched, train_npz, recipe=Recipe.from_dict(json.loads(json.dumps(result.report.recipe.to_dict()))),

@@ -202,7 +202,7 @@ def _integer_masks(model, codes: list[int]) -> bool:
 
 # Ops whose quantized kernels copy stored values from an input (by its index) to every output,
 # without rescaling: they are right only where input and outputs share one scale and zero point.
-_COPIES = {getattr(schema.BuiltinOperator, name): at for name, at in (
+COPIES = _COPIES = {getattr(schema.BuiltinOperator, name): at for name, at in (
     ("REVERSE_V2", 0), ("TRANSPOSE", 0), ("SLICE", 0), ("STRIDED_SLICE", 0), ("RESHAPE", 0), ("SQUEEZE", 0),
     ("EXPAND_DIMS", 0), ("TILE", 0), ("BROADCAST_TO", 0), ("GATHER", 0), ("GATHER_ND", 0), ("SPLIT", 1),
     ("SPLIT_V", 0), ("UNPACK", 0), ("DEPTH_TO_SPACE", 0), ("SPACE_TO_DEPTH", 0), ("BATCH_TO_SPACE_ND", 0),
