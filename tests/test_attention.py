@@ -115,3 +115,18 @@ def test_attention_products_compute_alike_on_every_runtime(version, digits):
 
     samples = digits["x_test"][:20, ..., 0]
     assert all(np.array_equal(run(Interpreter, s), run(tf.lite.Interpreter, s)) for s in samples)
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_a_softmax_given_no_mask_is_not_noted_as_masked(version):
+    """Every Softmax layer is traced through the masking floor, but only one the model gives a mask is
+    noted: a detector's per-anchor class softmax has none."""
+    from tfquant._keras import keras, keras3
+
+    k = keras3() if version == 3 else keras
+    inputs = k.Input((4, 3), name="anchors")
+    model = k.Model(inputs, k.layers.Softmax(name="classes")(k.layers.Dense(5)(inputs)))
+    calibration = np.random.default_rng(0).normal(size=(32, 4, 3)).astype(np.float32)
+    result = tfquant.quantize(model, {"anchors": calibration}, bench_runs=1, diagnose=False)
+    assert result.info.fully_integer
+    assert not any("masked softmax" in note for note in result.report.export.notes), result.report.export.notes

@@ -210,16 +210,19 @@ def quantizable_masking(model):
         elif hasattr(layer, "_apply_scores") and hasattr(layer, "_calculate_scores") \
                 and "_apply_scores" not in vars(layer):
             scored.append(layer)  # Attention and AdditiveAttention subtract 1e9 from masked scores here
+    masked: set = set()  # the layers the trace gave a mask: only they are noted
     for layer in patched:
-        layer.call = _masked_softmax(layer, tf)
+        layer.call = _masked_softmax(layer, tf, masked)
     for layer, name in fused:
         setattr(layer, name, 1e-12)
     for layer in scored:
-        layer._apply_scores = _floored_scores(layer._apply_scores, tf)
+        layer._apply_scores = _floored_scores(layer, tf, masked)
+    notes: list[str] = []
     try:
-        count = len(patched) + len(scored)
-        yield [f"{count} masked softmax(es): masked scores set {MASK_MARGIN:g} below the row's smallest, "
-               "not to -1e9, so int8 keeps the scores"] if count else []
+        yield notes  # filled once the trace is done
+        if masked:
+            notes.append(f"{len(masked)} masked softmax(es): masked scores set {MASK_MARGIN:g} below the row's "
+                         "smallest, not to -1e9, so int8 keeps the scores")
     finally:
         for layer in patched:
             del layer.call
@@ -270,11 +273,14 @@ def _floored(scores, mask, axis, tf):
     return tf.where(keep, scores, tf.reduce_min(scores, axis=axis, keepdims=True) - MASK_MARGIN)
 
 
-def _floored_scores(apply_scores, tf):
-    """An attention layer's `_apply_scores` with its mask applied as a floor under each row, not as -1e9."""
+def _floored_scores(layer, tf, masked: set):
+    """An attention layer's `_apply_scores` with its mask applied as a floor under each row, not as -1e9
+    (the layer added to `masked` when it is given one)."""
+    apply_scores = layer._apply_scores
 
     def call(scores, value, scores_mask=None, training=False):
         if scores_mask is not None:
+            masked.add(id(layer))
             if len(scores_mask.shape) == 2:  # a value mask (batch, Tv), as Keras reads it: the same for every query
                 scores_mask = tf.expand_dims(scores_mask, axis=-2)
             scores = _floored(scores, scores_mask, -1, tf)
@@ -283,13 +289,14 @@ def _floored_scores(apply_scores, tf):
     return call
 
 
-def _masked_softmax(layer, tf):
+def _masked_softmax(layer, tf, masked: set):
     axis = layer.axis
     if isinstance(axis, (list, tuple)) and len(axis) == 1:
         axis = axis[0]
 
     def call(inputs, mask=None):
         if mask is not None:
+            masked.add(id(layer))
             inputs = _floored(inputs, mask, axis, tf)
         if isinstance(axis, (list, tuple)):
             return _softmax_over(inputs, axis, tf)
