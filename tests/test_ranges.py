@@ -180,11 +180,11 @@ def test_a_regression_output_beyond_the_calibrated_range_is_not_clipped(tmp_path
     assert abs(float(out.ravel()[0]) - beyond) <= 2 * step, (out, beyond, high)
 
 
-@pytest.mark.parametrize("head", ["exponential", "softplus", "max over steps", "mean over steps"])
+@pytest.mark.parametrize("head", ["exponential", "softplus", "max over steps", "mean over steps", "input plus z"])
 def test_a_head_that_rises_with_a_linear_layer_gets_headroom_on_that_layer_too(head):
-    """A Poisson head exp(z), a softplus one, or the largest or mean of per-step outputs z reads no more
-    than f(max z) where z keeps the range calibration saw, whatever the output's own range: the
-    headroom follows the output back to z."""
+    """A Poisson head exp(z), a softplus one, the largest or mean of per-step outputs z, or z added to an
+    input (a residual forecast) reads no more than f(max z) where z keeps the range calibration saw,
+    whatever the output's own range: the headroom follows the output back to z."""
     from ai_edge_litert.interpreter import Interpreter
 
     import tfquant
@@ -194,13 +194,14 @@ def test_a_head_that_rises_with_a_linear_layer_gets_headroom_on_that_layer_too(h
     rng = np.random.default_rng(0)
     calibration = rng.uniform(0, 1, (200, 8)).astype(np.float32)
     inputs = keras.Input((8,), name="features")
-    steps = 1 if head in ("exponential", "softplus") else 4
+    steps = 4 if "steps" in head else 1
     linear = layers.Dense(steps, name="z")
     z = linear(inputs)
     out = {"exponential": lambda: layers.Activation("exponential", name="rate")(z),
            "softplus": lambda: layers.Activation("softplus", name="rate")(z),
            "max over steps": lambda: layers.GlobalMaxPooling1D(name="rate")(layers.Reshape((steps, 1))(z)),
-           "mean over steps": lambda: layers.GlobalAveragePooling1D(name="rate")(layers.Reshape((steps, 1))(z))}[head]()
+           "mean over steps": lambda: layers.GlobalAveragePooling1D(name="rate")(layers.Reshape((steps, 1))(z)),
+           "input plus z": lambda: layers.Add(name="rate")([layers.Lambda(lambda t: t[:, -1:])(inputs), z])}[head]()
     model = keras.Model(inputs, out)
     weight = 0.25 if head == "exponential" else 1.0
     linear.set_weights([weight * np.linspace(0.9, 1.1, steps, dtype=np.float32)[::-1] * np.ones((8, steps), np.float32),

@@ -266,13 +266,14 @@ def _open_outputs(model, outputs: Optional[set[str]] = None) -> list[tuple[list[
             tensor = todo.pop()
             if tensor in chain:
                 continue
-            chain.append(tensor)
             op = producers.get(tensor)
-            read = [] if op is None else _rises_with(model, graph, op)
+            if op is None:  # a graph input keeps the range its app feeds; an output that is one is left alone
+                ends = None if tensor == int(output) else ends
+                continue
+            chain.append(tensor)
+            read = _rises_with(model, graph, op)
             todo.extend(read)
-            if op is None:  # an output that is an input or a constant
-                ends = None
-            elif not read:
+            if not read:
                 ends.append(op)
         if ends is None or not all(has_range(graph.tensors[i]) for i in chain):
             continue
