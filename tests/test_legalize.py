@@ -341,8 +341,9 @@ def test_a_bidirectional_sequence_is_reversed_on_one_scale(version):
     in Keras 3, 113 % in Keras 2). Every op that copies values now writes on its input's scale."""
     from ai_edge_litert.tools import flatbuffer_utils
 
-    from tfquant import postquantize, zoo
+    from tfquant import zoo
     from tfquant._keras import keras, keras3
+    from tfquant.flatbuffer import COPIES
 
     k = keras3() if version == 3 else keras
     k.utils.set_random_seed(0)
@@ -361,10 +362,10 @@ def test_a_bidirectional_sequence_is_reversed_on_one_scale(version):
     model_t = flatbuffer_utils.read_model_from_bytearray(bytearray(result.tflite))
     graph = model_t.subgraphs[0]
     codes = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model_t.operatorCodes]
-    copies = [op for op in graph.operators if codes[op.opcodeIndex] in postquantize._COPIES]
+    copies = [op for op in graph.operators if codes[op.opcodeIndex] in COPIES]
     assert schema.BuiltinOperator.REVERSE_V2 in {codes[op.opcodeIndex] for op in copies}
     for op in copies:
-        source = graph.tensors[op.inputs[postquantize._COPIES[codes[op.opcodeIndex]]]]
+        source = graph.tensors[op.inputs[COPIES[codes[op.opcodeIndex]]]]
         if source.type != schema.TensorType.INT8:  # shapes and ids
             continue
         source = source.quantization

@@ -180,7 +180,8 @@ def test_a_regression_output_beyond_the_calibrated_range_is_not_clipped(tmp_path
     assert abs(float(out.ravel()[0]) - beyond) <= 2 * step, (out, beyond, high)
 
 
-@pytest.mark.parametrize("head", ["exponential", "softplus", "max over steps", "mean over steps", "input plus z"])
+@pytest.mark.parametrize("head", ["exponential", "softplus", "softplus of a wide z", "max over steps", "mean over steps",
+                                  "input plus z"])
 def test_a_head_that_rises_with_a_linear_layer_gets_headroom_on_that_layer_too(head):
     """A Poisson head exp(z), a softplus one, the largest or mean of per-step outputs z, or z added to an
     input (a residual forecast) reads no more than f(max z) where z keeps the range calibration saw,
@@ -199,13 +200,15 @@ def test_a_head_that_rises_with_a_linear_layer_gets_headroom_on_that_layer_too(h
     z = linear(inputs)
     out = {"exponential": lambda: layers.Activation("exponential", name="rate")(z),
            "softplus": lambda: layers.Activation("softplus", name="rate")(z),
+           "softplus of a wide z": lambda: layers.Activation("softplus", name="rate")(z),
            "max over steps": lambda: layers.GlobalMaxPooling1D(name="rate")(layers.Reshape((steps, 1))(z)),
            "mean over steps": lambda: layers.GlobalAveragePooling1D(name="rate")(layers.Reshape((steps, 1))(z)),
            "input plus z": lambda: layers.Add(name="rate")([layers.Lambda(lambda t: t[:, -1:])(inputs), z])}[head]()
     model = keras.Model(inputs, out)
-    weight = 0.25 if head == "exponential" else 1.0
+    # the wide z spans [-165, 112]: softplus' exp(-|z|) term must keep its [0, 1], not exp(0.25 · 165)
+    weight, bias = {"exponential": (0.25, 0.0), "softplus of a wide z": (60.0, -240.0)}.get(head, (1.0, 0.0))
     linear.set_weights([weight * np.linspace(0.9, 1.1, steps, dtype=np.float32)[::-1] * np.ones((8, steps), np.float32),
-                        np.zeros(steps, np.float32)])
+                        np.full(steps, bias, np.float32)])
     top = float(calibration.sum(axis=1).max())
 
     def even(total: float) -> np.ndarray:  # a sample whose features sum to `total`, each within [0, 1]
@@ -220,6 +223,28 @@ def test_a_head_that_rises_with_a_linear_layer_gets_headroom_on_that_layer_too(h
     runner = Interpreter(model_content=result.tflite).get_signature_runner()
     read = float(runner(features=even(beyond))["rate"].ravel()[0])
     assert abs(read - expected) < 0.1 * (expected - clipped), (head, read, expected, clipped)
+
+
+def test_a_tensor_two_outputs_rise_with_is_widened_once():
+    """z is an output and the input of another, exp(z): its range gets one quarter of its span beyond each
+    side, not a quarter of the quarter-widened range again."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    import tfquant
+    from tfquant._keras import keras
+
+    calibration = np.random.default_rng(0).uniform(0, 1, (200, 8)).astype(np.float32)
+    inputs = keras.Input((8,), name="features")
+    linear = keras.layers.Dense(1, name="z")
+    z = linear(inputs)
+    model = keras.Model(inputs, {"z": z, "rate": keras.layers.Activation("exponential", name="rate")(z)})
+    linear.set_weights([np.full((8, 1), 0.25, np.float32), np.zeros(1, np.float32)])
+    seen = 0.25 * calibration.sum(axis=1)
+    result = tfquant.quantize(model, {"features": calibration}, bench_runs=1, diagnose=False)
+    outputs = Interpreter(model_content=result.tflite).get_signature_runner().get_output_details()
+    scales = {name: float(detail["quantization"][0]) for name, detail in outputs.items()}
+    span = float(seen.max() - seen.min())
+    assert scales["z"] == pytest.approx((1 + 2 * ranges.HEADROOM) * span / 255, rel=0.02), (scales, span)
 
 
 def test_a_logits_head_keeps_its_calibrated_range():

@@ -21,6 +21,17 @@ from ai_edge_litert.tools import flatbuffer_utils
 WEIGHT_OPS = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D,
               schema.BuiltinOperator.FULLY_CONNECTED)  # the ops whose second input is a weights tensor
 
+# Ops whose quantized kernels copy stored values from an input (by its index) to every output,
+# without rescaling: they are right only where input and outputs share one scale and zero point.
+COPIES = {getattr(schema.BuiltinOperator, name): at for name, at in (
+    ("REVERSE_V2", 0), ("TRANSPOSE", 0), ("SLICE", 0), ("STRIDED_SLICE", 0), ("RESHAPE", 0), ("SQUEEZE", 0),
+    ("EXPAND_DIMS", 0), ("TILE", 0), ("BROADCAST_TO", 0), ("GATHER", 0), ("GATHER_ND", 0), ("SPLIT", 1),
+    ("SPLIT_V", 0), ("UNPACK", 0), ("DEPTH_TO_SPACE", 0), ("SPACE_TO_DEPTH", 0), ("BATCH_TO_SPACE_ND", 0),
+    ("SPACE_TO_BATCH_ND", 0), ("MIRROR_PAD", 0))}
+# Ops that only move values (copies, joins, shapes, the int8 file's edges): they compute nothing.
+MOVES = frozenset(COPIES) | frozenset(getattr(schema.BuiltinOperator, name) for name in (
+    "CONCATENATION", "PACK", "SHAPE", "QUANTIZE", "DEQUANTIZE"))
+
 
 def read_model(data: bytes):
     """The file in the schema's object API, the caller's own to edit."""

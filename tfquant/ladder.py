@@ -220,25 +220,18 @@ def island_limit(calibrated: bytes, suspect_tensors: list[str]) -> int:
     suspect is always allowed). Past that the file is float with int8 at its edges, larger than the
     float file and no faster (a detector whose seven convolutions all went float: 100,888 bytes
     against float's 98,740), and the modes after int8 are tried instead."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    from .flatbuffer import builtin_of, text, view_model
-    from .postquantize import COPIES
+    from .flatbuffer import MOVES, builtin_of, text, view_model
 
     model = view_model(calibrated)
-    moves = set(COPIES) | {schema.BuiltinOperator.CONCATENATION, schema.BuiltinOperator.PACK,
-                           schema.BuiltinOperator.SHAPE, schema.BuiltinOperator.QUANTIZE,
-                           schema.BuiltinOperator.DEQUANTIZE}
-    writes = {}
-    for op in model.subgraphs[0].operators:
-        computes = builtin_of(model, op) not in moves
-        for index in op.outputs:
-            writes[text(model.subgraphs[0].tensors[int(index)].name)] = computes
-    allowed = MAX_FLOAT_SHARE * sum(1 for op in model.subgraphs[0].operators if builtin_of(model, op) not in moves)
-    limit, computing = 0, 0
+    graph = model.subgraphs[0]
+    computing = [k for k, op in enumerate(graph.operators) if builtin_of(model, op) not in MOVES]
+    writes = {text(graph.tensors[int(index)].name): k for k in computing for index in graph.operators[k].outputs}
+    allowed = MAX_FLOAT_SHARE * len(computing)
+    limit, kept = 0, set()
     for name in suspect_tensors[:max(1, int(len(suspect_tensors) * MAX_FLOAT_SHARE))]:
-        computing += bool(writes.get(name, False))
-        if computing > allowed:
+        if name in writes:
+            kept.add(writes[name])  # an op with several outputs counts once
+        if len(kept) > allowed:
             break
         limit += 1
     return max(1, limit)

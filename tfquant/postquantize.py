@@ -16,9 +16,9 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from .flatbuffer import (array_constant, builtin_codes, builtin_of, drop_unused_opcodes, float_constant, is_constant,
-                         is_float, new_op, opcode, per_tensor, producers_of, read_model, readers_of, tensor_like,
-                         write_model)
+from .flatbuffer import (COPIES, array_constant, builtin_codes, builtin_of, drop_unused_opcodes, float_constant,
+                         is_constant, is_float, new_op, opcode, per_tensor, producers_of, read_model, readers_of,
+                         tensor_like, write_model)
 
 
 def after_quantizer(data: bytes, *, int8: bool) -> bytes:
@@ -28,11 +28,11 @@ def after_quantizer(data: bytes, *, int8: bool) -> bytes:
     BATCH_MATMUL (`_symmetric_products`); in any quantized file, ONE_HOT (`_integer_one_hot`) and ops
     that copy values (`_copies_requantized`). The file is read and written once, and not read into objects at all
     when it holds none of the ops these passes look for."""
-    passes = [(_integer_one_hot, {schema.BuiltinOperator.ONE_HOT}), (_integer_copies, set(_COPIES)),
-              (_copies_requantized, set(_COPIES))]
+    passes = [(_integer_one_hot, {schema.BuiltinOperator.ONE_HOT}), (_integer_copies, set(COPIES)),
+              (_copies_requantized, set(COPIES))]
     if int8:
         passes += [(_integer_comparisons, _COMPARISONS), (_integer_inputs, {schema.BuiltinOperator.CAST}),
-                   (_integer_masks, {schema.BuiltinOperator.CAST}), (_float_copies, set(_COPIES)),
+                   (_integer_masks, {schema.BuiltinOperator.CAST}), (_float_copies, set(COPIES)),
                    (_symmetric_products, {schema.BuiltinOperator.BATCH_MATMUL})]
     present = set(builtin_codes(schema.Model.GetRootAs(data, 0)))
     wanted = [mend for mend, ops in passes if present & ops]
@@ -200,15 +200,6 @@ def _integer_masks(model, codes: list[int]) -> bool:
     return changed
 
 
-# Ops whose quantized kernels copy stored values from an input (by its index) to every output,
-# without rescaling: they are right only where input and outputs share one scale and zero point.
-COPIES = _COPIES = {getattr(schema.BuiltinOperator, name): at for name, at in (
-    ("REVERSE_V2", 0), ("TRANSPOSE", 0), ("SLICE", 0), ("STRIDED_SLICE", 0), ("RESHAPE", 0), ("SQUEEZE", 0),
-    ("EXPAND_DIMS", 0), ("TILE", 0), ("BROADCAST_TO", 0), ("GATHER", 0), ("GATHER_ND", 0), ("SPLIT", 1),
-    ("SPLIT_V", 0), ("UNPACK", 0), ("DEPTH_TO_SPACE", 0), ("SPACE_TO_DEPTH", 0), ("BATCH_TO_SPACE_ND", 0),
-    ("SPACE_TO_BATCH_ND", 0), ("MIRROR_PAD", 0))}
-
-
 def _integer_copies(model, codes: list[int]) -> bool:
     """An op that copies values, left float between a DEQUANTIZE and the QUANTIZEs after it, copies the
     int8 tensor instead: its outputs are on its input's scale, and the QUANTIZEs that read them
@@ -221,7 +212,7 @@ def _integer_copies(model, codes: list[int]) -> bool:
         kept = {int(i) for i in graph.outputs}
         rewired = False
         for op in graph.operators:
-            at = _COPIES.get(codes[op.opcodeIndex])
+            at = COPIES.get(codes[op.opcodeIndex])
             if at is None or len(op.inputs) <= at or not is_float(graph, int(op.inputs[at])):
                 continue
             before = producers.get(int(op.inputs[at]))
@@ -263,7 +254,7 @@ def _float_copies(model, codes: list[int]) -> bool:
         kept = {int(i) for i in graph.outputs}
         dropped = set()
         for op in graph.operators:
-            at = _COPIES.get(codes[op.opcodeIndex])
+            at = COPIES.get(codes[op.opcodeIndex])
             if at is None or len(op.inputs) <= at:
                 continue
             before = producers.get(int(op.inputs[at]))
@@ -337,7 +328,7 @@ def _copies_requantized(model, codes: list[int]) -> bool:
         ordered = []
         for op in graph.operators:
             ordered.append(op)
-            at = _COPIES.get(codes[op.opcodeIndex])
+            at = COPIES.get(codes[op.opcodeIndex])
             if at is None or len(op.inputs) <= at:
                 continue
             source = graph.tensors[int(op.inputs[at])]

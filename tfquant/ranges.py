@@ -206,37 +206,59 @@ def output_headroom(model, outputs: Optional[set[str]] = None) -> int:
     classifier's logits do not repay (a logits head lost one image in 359 with it): `outputs`
     names the outputs to widen, by their signature names; all when None.
 
-    The ops between the output and the op that leaves it open are followed back where the output
-    rises with what they read: a reshape, a shift or positive scaling by constants (a head that
-    undoes its targets' standardization, or an output's tail that runs in float, `tfquant.float_io`),
-    an exponential, a log or a ReLU-like op. Each tensor on the way is widened too, for the int8
-    range of what such an op reads clips what it writes: a Poisson head `exp(z)` whose `z` kept its
-    calibrated range read no more than exp(max z) whatever its own range (6.0 % of σ against 3.0 %
-    with `z` widened). An exponential's or a ReLU's output is not widened below 0, and an
-    exponential's covers exp of its input's widened range (exp grows faster than a quarter of its
-    own span).
+    The ops between the output and the ops that leave it open are followed back where the output
+    rises with what they read (`_rises_with`: copies and reshapes, reductions and pools, joins and
+    sums, an exponential or a ReLU-like op, a shift or positive scaling by constants), up to
+    `MAX_FOLLOWED` ops deep. Each tensor on the way is widened on the sides the open ops before it
+    leave open, once however many outputs reach it, for the int8 range of what such an op reads
+    clips what it writes: a Poisson head `exp(z)` whose `z` kept its calibrated range read no more
+    than exp(max z) whatever its own range (6.0 % of σ against 3.0 % with `z` widened). The model's
+    inputs keep the ranges their app feeds. A tensor that cannot be negative (an exponential's or a
+    ReLU's output, and what copies, pools or positively scales only such tensors) is not widened
+    below 0. A tensor's range also covers what the widened ranges it reads can give: an
+    exponential's covers exp of its input's range, a copy's, a join's or a ReLU's the ranges it
+    reads, and a mean or a sum of two tensors goes as far beyond its calibrated range as any of
+    them does (a softplus head's relu term).
     """
     from .flatbuffer import builtin_of, producers_of
 
-    widened = 0
-    tensors = model.subgraphs[0].tensors
-    producers = producers_of(model.subgraphs[0])
-    nonnegative = {index for index, op in producers.items() if builtin_of(model, op) in _NONNEGATIVE}
-    for chain, below, above in _open_outputs(model, outputs):
-        for index in chain:
-            q = tensors[index].quantization
-            low, high = float(q.min[0]), float(q.max[0])
-            span = HEADROOM * (high - low)
-            floor = 0.0 if index in nonnegative and low >= 0 else -np.inf
-            q.min, q.max = [max(low - span, floor) if below else low], [high + span if above else high]
-        for index in reversed(chain):  # an exponential's output covers exp of its input's widened range
-            op = producers.get(index)
-            if op is not None and builtin_of(model, op) == _EXP and int(op.inputs[0]) in chain:
-                q, read = tensors[index].quantization, tensors[int(op.inputs[0])].quantization
-                q.min, q.max = [min(float(q.min[0]), float(np.exp(read.min[0])))], \
-                    [max(float(q.max[0]), float(np.exp(read.max[0])))]
-        widened += 1
-    return widened
+    graph = model.subgraphs[0]
+    producers = producers_of(graph)
+    plan: dict[int, list[bool]] = {}  # tensor: [below, above], producers first
+    found = _open_outputs(model, outputs)
+    for chain in found:
+        for tensor, below, above in chain:
+            sides = plan.setdefault(tensor, [False, False])
+            sides[0], sides[1] = sides[0] or below, sides[1] or above
+    calibrated = {t: (float(graph.tensors[t].quantization.min[0]), float(graph.tensors[t].quantization.max[0]))
+                  for t in plan}
+    ranges, positive = {}, {}
+    for tensor, (below, above) in plan.items():
+        low, high = calibrated[tensor]
+        op = producers[tensor]
+        builtin = builtin_of(model, op)
+        read = [i for i in _rises_with(model, graph, op) if i in plan]
+        shifted = builtin in (_ADD, _SHIFTS_AND_SCALES_SUB) and len(read) == 1  # by a constant, or by an input
+        positive[tensor] = low >= 0 and (builtin in _NONNEGATIVE or (
+            bool(read) and not shifted and all(positive[i] for i in read)))
+        span = HEADROOM * (high - low)
+        new_low, new_high = low - span if below else low, high + span if above else high
+        if read:  # what it reads may now go further than its own quarter span carries it
+            if builtin == _EXP:
+                new_low = min(new_low, float(np.exp(ranges[read[0]][0])))
+                new_high = max(new_high, float(np.exp(min(ranges[read[0]][1], _LOG_FLOAT32_MAX))))
+            elif builtin in _PRESERVING or builtin in _RELUS:  # some of the values it reads (above 0: all)
+                new_low = min([new_low] + [ranges[i][0] for i in read])
+                new_high = max([new_high] + [ranges[i][1] for i in read])
+            elif builtin in _AVERAGING or builtin in (_ADD, _SHIFTS_AND_SCALES_SUB):  # as far as any term goes
+                new_low = low - max([low - new_low] + [calibrated[i][0] - ranges[i][0] for i in read])
+                new_high = high + max([new_high - high] + [ranges[i][1] - calibrated[i][1] for i in read])
+        if positive[tensor]:
+            new_low = max(new_low, 0.0)
+        ranges[tensor] = (new_low, new_high)
+        q = graph.tensors[tensor].quantization
+        q.min, q.max = [new_low], [new_high]
+    return len(found)
 
 
 def unbounded_outputs(calibrated: bytes, outputs: Optional[set[str]] = None) -> int:
@@ -248,58 +270,67 @@ def unbounded_outputs(calibrated: bytes, outputs: Optional[set[str]] = None) -> 
     return len(_open_outputs(view_model(calibrated), outputs))
 
 
-def _open_outputs(model, outputs: Optional[set[str]] = None) -> list[tuple[list[int], bool, bool]]:
+MAX_FOLLOWED = 12  # ops back from an output: a head's tail, not a residual trunk
+
+
+def _open_outputs(model, outputs: Optional[set[str]] = None) -> list[list[tuple[int, bool, bool]]]:
     """Per graph output (named in `outputs` by signature name; all when None) that the ops writing it
-    leave open on a side: the output and the tensors it rises with (`_rises_with`), and whether it is
-    open below and above."""
+    leave open on a side: the output and the tensors it rises with (`_rises_with`), producers first,
+    each with whether the open ops before it leave it open below and above (a graph input, or an op
+    that bounds its output, leaves nothing open)."""
     from .flatbuffer import has_range, producers_of, signature_names
 
     found = []
     named = signature_names(model)
     graph = model.subgraphs[0]
     producers = producers_of(graph)
+    sides: dict[int, tuple[bool, bool]] = {}
+
+    def side(tensor: int, depth: int, chain: dict) -> tuple[bool, bool]:
+        if tensor not in sides:
+            op = producers.get(tensor)
+            read = [] if op is None or depth >= MAX_FOLLOWED else _rises_with(model, graph, op)
+            if op is None:  # a graph input keeps the range its app feeds
+                sides[tensor] = (False, False)
+            elif read:
+                before = [side(i, depth + 1, chain) for i in read]
+                sides[tensor] = (any(b for b, _ in before), any(a for _, a in before))
+            else:
+                sides[tensor] = _open_sides(model, op)
+        if any(sides[tensor]) and tensor not in chain:
+            chain[tensor] = sides[tensor]
+        return sides[tensor]
+
     for output in graph.outputs:
         if outputs is not None and named.get(int(output)) not in outputs:
             continue
-        chain, ends, todo = [], [], [int(output)]
-        while todo and ends is not None:
-            tensor = todo.pop()
-            if tensor in chain:
-                continue
-            op = producers.get(tensor)
-            if op is None:  # a graph input keeps the range its app feeds; an output that is one is left alone
-                ends = None if tensor == int(output) else ends
-                continue
-            chain.append(tensor)
-            read = _rises_with(model, graph, op)
-            todo.extend(read)
-            if not read:
-                ends.append(op)
-        if ends is None or not all(has_range(graph.tensors[i]) for i in chain):
-            continue
-        sides = [_open_sides(model, op) for op in ends]
-        below, above = any(side[0] for side in sides), any(side[1] for side in sides)
-        if below or above:
-            found.append((chain, below, above))
+        chain: dict = {}
+        side(int(output), 0, chain)
+        if chain and all(has_range(graph.tensors[t]) for t in chain):
+            found.append([(t, below, above) for t, (below, above) in chain.items()])
     return found
 
 
 def _rises_with(model, graph, op) -> list[int]:
-    """The tensors `op` reads where its output rises with each: a reshape's input (the same scale), a
-    rising function's (an exponential head, a reduction or pool over per-step outputs), each input
-    of a join or of a sum (softplus as `tfquant.legalize` writes it, relu(x) + log(1 + exp(-|x|))),
-    or what it shifts or positively scales by constants (a head that undoes its targets'
-    standardization); none for any other op, or where what it reads is a constant."""
-    from .flatbuffer import builtin_of, is_constant
+    """The tensors `op` reads where its output rises with each: a copy's or reshape's data input (the
+    same scale), a rising function's (an exponential head, a reduction or pool over per-step outputs),
+    each input of a join, both terms of a sum (softplus as `tfquant.legalize` writes it,
+    relu(x) + log(1 + exp(-|x|)): its relu term), or what it shifts or positively scales by constants
+    (a head that undoes its targets' standardization); none for any other op, nor a constant."""
+    from .flatbuffer import COPIES, builtin_of, is_constant
 
     builtin = builtin_of(model, op)
-    inputs = [int(i) for i in op.inputs if int(i) >= 0]
-    if builtin in _SAME_SCALE | _RISING:
-        return [] if is_constant(model, graph, inputs[0]) else inputs[:1]
-    if builtin in _JOINS or (builtin == _ADD and getattr(op.builtinOptions, "fusedActivationFunction", 0) == 0):
-        variable = [i for i in inputs if not is_constant(model, graph, i)]
-        if len(variable) > 1:
-            return variable
+    inputs = [int(i) for i in op.inputs]
+    variable = [i for i in inputs if i >= 0 and not is_constant(model, graph, i)]
+    if builtin in COPIES:
+        data = inputs[COPIES[builtin]] if COPIES[builtin] < len(inputs) else -1
+        return [data] if data in variable else []
+    if builtin in _RISING:
+        return [inputs[0]] if inputs and inputs[0] in variable else []
+    if builtin in _JOINS:
+        return variable
+    if builtin == _ADD and len(variable) == 2 and getattr(op.builtinOptions, "fusedActivationFunction", 0) == 0:
+        return variable
     read = _shifted_or_scaled(model, graph, op)
     return [read] if read >= 0 else []
 
@@ -345,18 +376,27 @@ def _builtins(*names: str) -> frozenset:
     return frozenset(getattr(schema.BuiltinOperator, name) for name in names)
 
 
-_SAME_SCALE = _builtins("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
-# Elementwise ops whose output rises with their (first) input: an output they write is clipped
-# where their input's range clips it, so that range gets the headroom too.
-# A reduction, pool, slice or transpose over the first input rises with it too (the largest of
-# per-step outputs, their mean), and a join with each of its inputs.
-_RISING = _builtins("EXP", "LOG", "RELU", "LEAKY_RELU", "PRELU", "MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN",
-                    "MAX_POOL_2D", "AVERAGE_POOL_2D", "TRANSPOSE", "SLICE", "STRIDED_SLICE", "GATHER")
+# Elementwise ops, reductions and pools whose output rises with their first input: an output they
+# write is clipped where their input's range clips it, so that range gets the headroom too.
+_RISING = _builtins("EXP", "RELU", "LEAKY_RELU", "PRELU", "MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN",
+                    "MAX_POOL_2D", "AVERAGE_POOL_2D")
 _JOINS = _builtins("CONCATENATION", "PACK")
 _NONNEGATIVE = _builtins("EXP", "RELU")  # whose output's headroom stops at 0
+_LOG_FLOAT32_MAX = float(np.log(np.finfo(np.float32).max))
 _SHIFTS_AND_SCALES = _builtins("ADD", "SUB", "MUL")
 _SHIFTS_AND_SCALES_SUB, _SHIFTS_AND_SCALES_MUL, _ADD, _EXP = (next(iter(_builtins(name)))
                                                                for name in ("SUB", "MUL", "ADD", "EXP"))
+
+
+def _preserving() -> frozenset:
+    from .flatbuffer import COPIES
+
+    return frozenset(COPIES) | _JOINS | _builtins("REDUCE_MAX", "REDUCE_MIN", "MAX_POOL_2D")
+
+
+_PRESERVING = _preserving()  # ops whose outputs are some of the values they read
+_RELUS = _builtins("RELU", "LEAKY_RELU", "PRELU")  # the values they read above 0, as they are
+_AVERAGING = _builtins("MEAN", "AVERAGE_POOL_2D")
 # Ops whose output cannot leave a fixed range (a clip is a MAXIMUM and a MINIMUM), or is not a float.
 _BOUNDED = _builtins("SOFTMAX", "LOGISTIC", "TANH", "L2_NORMALIZATION", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1",
                      "ARG_MAX", "ARG_MIN", "MAXIMUM", "MINIMUM")
