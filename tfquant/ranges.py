@@ -320,7 +320,7 @@ def _rises_with(model, graph, op) -> list[int]:
     from .flatbuffer import COPIES, builtin_of, is_constant
 
     builtin = builtin_of(model, op)
-    inputs = [int(i) for i in op.inputs]
+    inputs = [int(i) for i in (op.inputs if op.inputs is not None else [])]
     variable = [i for i in inputs if i >= 0 and not is_constant(model, graph, i)]
     if builtin in COPIES:
         data = inputs[COPIES[builtin]] if COPIES[builtin] < len(inputs) else -1
@@ -341,7 +341,7 @@ def _shifted_or_scaled(model, graph, op) -> int:
     from .flatbuffer import builtin_of, float_constant, is_constant
 
     builtin = builtin_of(model, op)
-    if builtin not in _SHIFTS_AND_SCALES or len(op.inputs) != 2 or \
+    if builtin not in _SHIFTS_AND_SCALES or op.inputs is None or len(op.inputs) != 2 or \
             getattr(op.builtinOptions, "fusedActivationFunction", 0) != 0:  # no fused activation
         return -1
     inputs = [int(i) for i in op.inputs]
