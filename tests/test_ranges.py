@@ -7,7 +7,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from tfquant import ranges
+from tfquant import headroom, ranges
 from tfquant.statistics import BINS, Histogram, Statistics
 from tfquant.types import RANGE_METHODS
 
@@ -176,7 +176,7 @@ def test_a_regression_output_beyond_the_calibrated_range_is_not_clipped(tmp_path
     result = tfquant.quantize(model, {"features": calibration}, io="float32", bench_runs=1, diagnose=False)
     interpreter = Interpreter(model_content=result.tflite)
     out = interpreter.get_signature_runner()(features=sample)["score"]
-    step = (high + ranges.HEADROOM * (high - low)) / 255  # the widened range includes zero: [0, high + headroom]
+    step = (high + headroom.HEADROOM * (high - low)) / 255  # the widened range includes zero: [0, high + headroom]
     assert abs(float(out.ravel()[0]) - beyond) <= 2 * step, (out, beyond, high)
 
 
@@ -244,7 +244,7 @@ def test_a_tensor_two_outputs_rise_with_is_widened_once():
     outputs = Interpreter(model_content=result.tflite).get_signature_runner().get_output_details()
     scales = {name: float(detail["quantization"][0]) for name, detail in outputs.items()}
     span = float(seen.max() - seen.min())
-    assert scales["z"] == pytest.approx((1 + 2 * ranges.HEADROOM) * span / 255, rel=0.02), (scales, span)
+    assert scales["z"] == pytest.approx((1 + 2 * headroom.HEADROOM) * span / 255, rel=0.02), (scales, span)
 
 
 def test_a_logits_head_keeps_its_calibrated_range():
@@ -268,7 +268,7 @@ def test_a_logits_head_keeps_its_calibrated_range():
 
     classifier = output_scale(eval_data=({"features": x[200:]}, labels[200:]))
     unknown = output_scale()
-    assert unknown == pytest.approx(classifier * (1 + 2 * ranges.HEADROOM), rel=1e-3)
+    assert unknown == pytest.approx(classifier * (1 + 2 * headroom.HEADROOM), rel=1e-3)
 
 
 def _picked(monkeypatch) -> list[dict]:

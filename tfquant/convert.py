@@ -192,13 +192,13 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
     """Calibrate the float file once, gather the statistics and choose the activation ranges.
 
     The outputs named in `headroom` (all when None) get room beyond their calibrated range where
-    no op bounds them (`ranges.output_headroom`), and auto tries MSE ranges for them: give it the
+    no op bounds them (`headroom.output_headroom`), and auto tries MSE ranges for them: give it the
     regression outputs, not a logits head, whose top classes want the finer scale. Returns the
     calibration and the recipe with `ranges` resolved ("auto" -> what was chosen).
     """
     found, recipe = _calibration_for(exported, calibration, recipe, source=source, regression=headroom)
     if found.calibrated:
-        from .ranges import with_headroom
+        from .headroom import with_headroom
 
         found = replace(found, calibrated=with_headroom(found.calibrated, headroom))
     return found, recipe
@@ -207,6 +207,7 @@ def calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *,
 def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *, source: str = "<model>",
                      regression: Optional[set[str]] = None) -> tuple[Calibration, Recipe]:
     from . import ranges, statistics
+    from .headroom import unbounded_outputs
 
     if recipe.quantizer == "litert":  # it calibrates the float file itself, on the same samples
         return Calibration(exported.tflite, b"", samples=list(calibration.samples())), recipe
@@ -240,7 +241,7 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
     halves = calibration.halves()
     auto = recipe.ranges == "auto"
     candidates = ("minmax",) if int16 else \
-        ranges.WITH_MSE if auto and ranges.unbounded_outputs(calibrated, regression) else ranges.AUTO
+        ranges.WITH_MSE if auto and unbounded_outputs(calibrated, regression) else ranges.AUTO
     try:
         stats = [statistics.collect(calibrated, half, counts=recipe.ranges == "mse" or "mse" in candidates,
                                     moments=rounding) for half in halves]
@@ -376,7 +377,8 @@ def clearly_better(calibration: Dataset, per_channel: bool, source: str, base: t
     a choice that does not turn on rare values."""
     from . import statistics
     from .harness import Runner
-    from .ranges import apply_ranges, extreme_ranges, pick, sample_errors, with_headroom
+    from .headroom import with_headroom
+    from .ranges import apply_ranges, extreme_ranges, pick, sample_errors
 
     def calibrated(data: bytes, half: Dataset) -> bytes:
         """Min/max ranges: the calibrator's own (`rough`), or as the statistics see them, with headroom."""
