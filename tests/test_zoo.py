@@ -99,3 +99,24 @@ def test_inputs_are_bound_by_name_whatever_their_order(tmp_path):
     metrics = tfquant.evaluate(result.tflite, swapped)
     assert metrics.accuracy == pytest.approx(result.report.quantized.accuracy)
     assert metrics.accuracy > 0.9
+
+
+def test_folds_hold_out_every_digit_once_with_each_class_in_proportion():
+    """`zoo.folds` (bench/folds.py's cross-validation): each digit is held out by exactly one fold and trained on
+    by the others, every fold holds each class's share to one sample, and an entry's data is made from a fold."""
+    with np.load(zoo.DATA / "digits.npz") as every:
+        x, y = every["x"], every["y"]
+    folds = zoo.folds(5)
+    assert [len(test_y) for _, _, _, test_y in folds] == [364, 362, 359, 357, 355]
+    held = np.concatenate([test_x for _, _, test_x, _ in folds]).reshape(len(y), -1)
+    assert sorted(map(bytes, held)) == sorted(map(bytes, x.reshape(len(y), -1)))  # each digit once
+    for train_x, train_y, test_x, test_y in folds:
+        assert len(train_y) + len(test_y) == len(y)
+        assert not set(map(bytes, train_x.reshape(len(train_y), -1))) & set(map(bytes, test_x.reshape(len(test_y), -1)))
+        share = np.bincount(test_y, minlength=10) - np.bincount(y, minlength=10) / 5
+        assert np.abs(share).max() < 1
+    assert [len(f[3]) for f in zoo.folds(5, seed=1)] == [364, 362, 359, 357, 355]
+    assert not np.array_equal(zoo.folds(5, seed=1)[0][3], folds[0][3])
+    data = zoo.ZOO["efficientnet_b0"].data(source=folds[1])
+    assert data.test["image"].shape == (362, 32, 32, 3) and data.test["image"].max() == 255.0
+    assert np.array_equal(data.train["y"], folds[1][1])

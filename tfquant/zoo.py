@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -121,17 +122,37 @@ class Split:
     test: dict[str, np.ndarray]
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+# Training digits, their classes, held-out digits, their classes.
+Digits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _digits() -> Digits:
     with np.load(DATA / "digits_train.npz") as train, np.load(DATA / "digits_test.npz") as test:
         return train["x"], train["y"], test["x"], test["y"]
 
 
-def _split(make: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]) -> Split:
-    x, y, x_test, y_test = _digits()
+def folds(count: int = 5, seed: int = 0) -> list[Digits]:
+    """All 1,797 digits in `count` stratified folds: for each fold, the other folds to train on and it to test.
+
+    Each class's samples are shuffled by `seed` and dealt to the folds in turn, so every fold holds
+    each class in proportion, and every digit is held out exactly once over the folds.
+    """
+    with np.load(DATA / "digits.npz") as every:
+        x, y = every["x"], every["y"]
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), dtype=np.int64)
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        fold[members] = np.arange(len(members)) % count
+    return [(x[fold != k], y[fold != k], x[fold == k], y[fold == k]) for k in range(count)]
+
+
+def _split(make: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]], source: Optional[Digits] = None) -> Split:
+    x, y, x_test, y_test = source or _digits()
     return Split(make(x, y), make(x_test, y_test))
 
 
-def images(size: int = 32, scale: float = 1.0) -> Split:
+def images(size: int = 32, scale: float = 1.0, source: Optional[Digits] = None) -> Split:
     """The digits as size×size RGB images (nearest upsampling), pixel values in [0, scale]."""
     def make(x, y):
         repeat = size // 8
@@ -139,15 +160,15 @@ def images(size: int = 32, scale: float = 1.0) -> Split:
         pad = (size - big.shape[1]) // 2
         big = np.pad(big, ((0, 0), (pad, size - big.shape[1] - pad), (pad, size - big.shape[2] - pad), (0, 0)))
         return {"image": np.repeat(big, 3, axis=3).astype(np.float32) * scale, "y": y}
-    return _split(make)
+    return _split(make, source)
 
 
-def rows() -> Split:
+def rows(source: Optional[Digits] = None) -> Split:
     """Each digit as a sequence of its 8 rows of 8 pixels."""
-    return _split(lambda x, y: {"rows": x[..., 0].astype(np.float32), "y": y})
+    return _split(lambda x, y: {"rows": x[..., 0].astype(np.float32), "y": y}, source)
 
 
-def tokens(pad: bool = True) -> Split:
+def tokens(pad: bool = True, source: Optional[Digits] = None) -> Split:
     """Each digit as 32 token ids, a text-like input: the image at 8x4 (pairs of columns, the brighter
     kept), pixel intensity 0..16 -> ids 1..17; 0 is padding.
 
@@ -161,10 +182,10 @@ def tokens(pad: bool = True) -> Split:
             for i in range(0, len(ids), 3):
                 ids[i, :int(rng.integers(1, 9))] = 0
         return {"tokens": ids, "y": y}
-    return _split(make)
+    return _split(make, source)
 
 
-def tabular() -> Split:
+def tabular(source: Optional[Digits] = None) -> Split:
     """Regression: 16 summary features of each digit (row and column ink) -> a smooth nonlinear score."""
     weights = 0.25 * np.random.default_rng(7).standard_normal((16, 4)).astype(np.float32)
 
@@ -173,10 +194,10 @@ def tabular() -> Split:
         features = np.concatenate([image.sum(axis=1), image.sum(axis=2)], axis=1) / 4.0
         target = np.sin(features @ weights).sum(axis=1, keepdims=True) + 0.1 * (y[:, None] - 4.5)
         return {"features": features.astype(np.float32), "y": target.astype(np.float32)}
-    return _split(make)
+    return _split(make, source)
 
 
-def raw_table() -> Split:
+def raw_table(source: Optional[Digits] = None) -> Split:
     """Six raw columns of each digit, as a table holds them: an ink total in 0..300, a year in 1970..1985,
     a 0/1 flag and three means in 0..1 (one int8 scale for all six leaves the means no level) -> its
     class."""
@@ -186,28 +207,28 @@ def raw_table() -> Split:
                    image[:, 0].sum(axis=1) > 0.5, image[:, :4].mean(axis=(1, 2)), image[:, 4:].mean(axis=(1, 2)),
                    image[:, :, :4].mean(axis=(1, 2))]
         return {"features": np.stack(columns, axis=1).astype(np.float32), "y": y}
-    return _split(make)
+    return _split(make, source)
 
 
-def two_inputs() -> Split:
+def two_inputs(source: Optional[Digits] = None) -> Split:
     """The digit image and a vector of its 16 row and column sums, for one class."""
     def make(x, y):
         image = x[..., 0]
         stats = np.concatenate([image.sum(axis=1), image.sum(axis=2)], axis=1).astype(np.float32) / 8.0
         return {"image": x, "stats": stats, "y": y}
-    return _split(make)
+    return _split(make, source)
 
 
-def two_outputs() -> Split:
+def two_outputs(source: Optional[Digits] = None) -> Split:
     """The digit image, with its class and the mean ink in its lower half (a regression target)."""
     def make(x, y):
         ink = x[:, 4:, :, 0].mean(axis=(1, 2))[:, None].astype(np.float32) * 10
         return {"image": x, "y_digit": y, "y_ink": ink}
-    return _split(make)
+    return _split(make, source)
 
 
-def digit_images() -> Split:
-    return _split(lambda x, y: {"image": x, "y": y})
+def digit_images(source: Optional[Digits] = None) -> Split:
+    return _split(lambda x, y: {"image": x, "y": y}, source)
 
 
 # --- the zoo --------------------------------------------------------------------------------
@@ -220,7 +241,7 @@ class Entry:
     name: str
     kind: str  # "cnn", "recurrent", "transformer", "regression", "tabular", "embedding", "multi"
     build: Callable  # (keras module) -> model
-    data: Callable[[], Split]
+    data: Callable[..., Split]  # (source=None) -> Split: the shipped split, or the digits given
     epochs: int = 3
     loss: object = "sparse_categorical_crossentropy"
     train_samples: Optional[int] = None
@@ -231,7 +252,7 @@ class Entry:
 ZOO: dict[str, Entry] = {}
 
 
-def _entry(name: str, kind: str, data: Callable[[], Split], **options):
+def _entry(name: str, kind: str, data: Callable[..., Split], **options):
     def wrap(build):
         ZOO[name] = Entry(name, kind, build, data, **options)
         return build
@@ -248,12 +269,12 @@ _entry("mobilenet_v3_small", "cnn", images, epochs=2, learning_rate=3e-3)(lambda
 # EfficientNetB0 stays a near coin toss for longer: after 2 epochs it classified 72 % (Keras 3) and 53 %
 # (Keras 2) of the held-out digits, with logits up to 128 and 17 % of samples' top two within 0.3 of
 # each other; at 6 it is a classifier (88 % and 82 %).
-_entry("efficientnet_b0", "cnn", lambda: images(scale=255.0), epochs=6)(lambda k: _app(k, "EfficientNetB0"))
+_entry("efficientnet_b0", "cnn", partial(images, scale=255.0), epochs=6)(lambda k: _app(k, "EfficientNetB0"))
 _entry("resnet50", "cnn", images, epochs=2)(lambda k: _app(k, "ResNet50"))
 _entry("densenet121", "cnn", images, epochs=2)(lambda k: _app(k, "DenseNet121"))
 _entry("nasnet_mobile", "cnn", images, epochs=2)(lambda k: _app(k, "NASNetMobile"))
-_entry("convnext_tiny", "cnn", lambda: images(scale=255.0), epochs=2)(lambda k: _app(k, "ConvNeXtTiny"))
-_entry("inception_v3", "cnn", lambda: images(size=75), epochs=2, train_samples=600)(
+_entry("convnext_tiny", "cnn", partial(images, scale=255.0), epochs=2)(lambda k: _app(k, "ConvNeXtTiny"))
+_entry("inception_v3", "cnn", partial(images, size=75), epochs=2, train_samples=600)(
     lambda k: _app(k, "InceptionV3", shape=(75, 75, 3)))
 
 
@@ -304,7 +325,7 @@ def _conv1d_gru(k):
     return k.Model(inputs, _head(k, x), name="conv1d_gru")
 
 
-@_entry("transformer", "transformer", lambda: tokens(pad=True), epochs=15)
+@_entry("transformer", "transformer", partial(tokens, pad=True), epochs=15)
 def _transformer(k):
     """A Transformer encoder classifier: token and learned position embeddings (position ids made
     from the input by built-in ops, no custom layer), two blocks of masked self-attention and GELU
@@ -412,8 +433,11 @@ def build(name: str, version: int = 3, *, seed: int = 0):
 
 
 def train(name: str, version: int = 3, *, seed: int = 0, epochs: Optional[int] = None,
-          train_samples: Optional[int] = None, verbose: int = 0):
+          train_samples: Optional[int] = None, verbose: int = 0, source: Optional[Digits] = None):
     """Build and train zoo entry `name`; returns (model, Split).
+
+    The data is the shipped split of the digits, or `source` (one of `folds()`) made into the
+    entry's inputs.
 
     BatchNormalization statistics are re-estimated over the training data after fitting, so that
     a few epochs from scratch give a model whose inference-mode accuracy means something.
@@ -421,7 +445,7 @@ def train(name: str, version: int = 3, *, seed: int = 0, epochs: Optional[int] =
     entry = ZOO[name]
     k = keras_module(version)
     model = build(name, version, seed=seed)
-    data = entry.data()
+    data = entry.data(source=source)
     train_data = data.train
     samples = train_samples or entry.train_samples
     if samples:

@@ -1,0 +1,206 @@
+"""A CNN's int8 loss measured on all 1,797 digits, by five-fold cross-validation: `python bench/folds.py`.
+
+    python bench/folds.py [--only NAME ...] [--versions 3 2] [--folds 5] [--samples 200] [--merge]
+
+On the zoo's 359 held-out digits the standard error of an int8 file's accuracy difference from
+float is 0.5–1 point, as large as the budget it is checked against. Here each zoo CNN is trained
+`--folds` times as `bench/zoo.py` trains it, each time on all digits but one fold
+(`tfquant.zoo.folds`: stratified, every digit held out once), and converted on `--samples` of
+that fold's training digits drawn at random (seed = fold), by `tfquant.quantize` with default
+options and by LiteRT Quantizer (`--quantizer litert`) on the same float file and samples. Every
+digit is then predicted by a float file and two int8 files that never saw it, so each difference
+is measured on 1,797 paired predictions, with the standard error of that paired difference
+(±: the sample standard deviation of the per-digit difference in correctness, / √1,797).
+
+Writes bench/folds.json, bench/folds.md and the README's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+QUANTIZERS = {"tfquant": {}, "litert": {"quantizer": "litert"}}
+HEADINGS = {"tfquant": "tfquant int8", "litert": "LiteRT Quantizer int8"}
+
+
+def log(message: str) -> None:
+    print(f"[folds {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def predictions(data: bytes, inputs: dict) -> list[int]:
+    """The class the file gives each sample, run on the interpreter."""
+    import numpy as np
+
+    from tfquant.data import Dataset
+    from tfquant.harness import Runner
+
+    runner = Runner(data)
+    outputs = runner.predict(Dataset("held-out fold", inputs), progress=False)
+    return np.argmax(outputs[runner.outputs[0].name], axis=-1).astype(int).tolist()
+
+
+def fold_run(name: str, version: int, fold: int, source, folder: Path, samples: int,
+             models: Optional[Path] = None, quantizers: Optional[dict] = None) -> dict:
+    """One fold: train on the rest (or load what an earlier run kept in `models`), convert with each
+    quantizer, predict the fold's digits."""
+    import numpy as np
+
+    from bench.models import quantize_measured
+    from tfquant import zoo
+    from tfquant.types import Recipe
+
+    started = time.perf_counter()
+    path = (models or folder) / f"{name}_k{version}_fold{fold}.keras"
+    if path.exists():  # trained by an earlier run with the same zoo
+        data = zoo.ZOO[name].data(source=source)
+    else:
+        model, data = zoo.train(name, version, source=source)
+        model.save(path)
+    trained = time.perf_counter() - started
+    inputs = {k: v for k, v in data.train.items() if not k.startswith("y")}
+    test_inputs = {k: v for k, v in data.test.items() if not k.startswith("y")}
+    count = len(next(iter(inputs.values())))
+    chosen = np.sort(np.random.default_rng(fold).choice(count, size=min(samples, count), replace=False))
+    # A single input's array is named `x`, which means the model's only input whatever Keras named it.
+    named = (lambda key: "x") if len(inputs) == 1 else (lambda key: key)
+    calib = folder / f"{name}_k{version}_calib{fold}.npz"
+    np.savez(calib, **{named(k): v[chosen] for k, v in inputs.items()})
+    test = folder / f"{name}_k{version}_test{fold}.npz"
+    np.savez(test, **{(k if k.startswith("y") else named(k)): v for k, v in data.test.items()})
+    run: dict = {"fold": fold, "y": data.test["y"].astype(int).tolist(), "train_seconds": round(trained, 1)}
+    float_file = None
+    for quantizer, options in (quantizers or QUANTIZERS).items():
+        begun = time.perf_counter()
+        result, error = quantize_measured(path, calib, eval_data=test, bench_runs=1, diagnose=False,
+                                          recipe=Recipe(**options) if options else None)
+        if result is None:
+            run[quantizer] = {"error": error}
+            continue
+        if float_file is None:
+            float_file = result.float_tflite
+            run["float"] = predictions(float_file, test_inputs)
+        run[quantizer] = {"predictions": predictions(result.tflite, test_inputs), "bytes": len(result.tflite),
+                          "fully_integer": result.report.quantized.fully_integer,
+                          "same_float_file": result.float_tflite == float_file,
+                          "seconds": round(time.perf_counter() - begun, 1), **({"error": error} if error else {})}
+    return run
+
+
+def row(name: str, version: int, folder: Path, count: int, samples: int, models: Optional[Path] = None) -> dict:
+    from tfquant import zoo
+
+    runs = []
+    for fold, source in enumerate(zoo.folds(count)):
+        runs.append(fold_run(name, version, fold, source, folder, samples, models))
+        s = summary({"folds": runs})
+        log(f"{name} (Keras {version}) fold {fold}: float {s['float']['accuracy']:.4f}, " + ", ".join(
+            f"{q} {s[q]['accuracy']:.4f}" if q in s else f"{q} error" for q in QUANTIZERS) + " (folds so far)")
+    return {"model": name, "keras": version, "measured": time.strftime("%Y-%m-%d"), "samples": samples,
+            "folds": runs}
+
+
+def _paired(a: list[int], b: list[int]) -> tuple[float, float]:
+    """Mean of a - b over the samples, and its standard error."""
+    n = len(a)
+    d = [x - y for x, y in zip(a, b)]
+    mean = sum(d) / n
+    variance = sum((v - mean) ** 2 for v in d) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(variance / n)
+
+
+def summary(r: dict) -> dict:
+    """Accuracy of float and of each quantizer over the folds every quantizer converted, with the paired
+    differences and their standard errors."""
+    done = [f for f in r["folds"] if "float" in f and all("predictions" in f.get(q, {}) for q in QUANTIZERS)]
+    if not done:
+        return {"folds": 0}
+    y = [v for f in done for v in f["y"]]
+    correct = {"float": [int(p == t) for f in done for p, t in zip(f["float"], f["y"])]}
+    for q in QUANTIZERS:
+        correct[q] = [int(p == t) for f in done for p, t in zip(f[q]["predictions"], f["y"])]
+    out: dict = {"folds": len(done), "samples": len(y),
+                 "float": {"accuracy": sum(correct["float"]) / len(y)}}
+    for q in QUANTIZERS:
+        below, se = _paired(correct["float"], correct[q])
+        agree = [int(p == g) for f in done for p, g in zip(f[q]["predictions"], f["float"])]
+        out[q] = {"accuracy": sum(correct[q]) / len(y), "below": below, "se": se, "agreement": sum(agree) / len(y),
+                  "fully_integer": all(f[q]["fully_integer"] for f in done)}
+    out["ahead"] = _paired(correct["tfquant"], correct["litert"])
+    return out
+
+
+def markdown(rows: list[dict], environment: dict) -> str:
+    from bench.publish import dates_note
+    from tfquant import zoo
+
+    order = list(zoo.ZOO)
+    rows = sorted(rows, key=lambda r: (order.index(r["model"]) if r["model"] in order else len(order), -r["keras"]))
+
+    folds = max(len(r["folds"]) for r in rows)
+    samples = rows[0]["samples"]
+    lines = [f"Measured {environment['date']} on {environment['cpu']} ({environment['cores']} cores), "
+             f"TensorFlow {environment['versions']['tensorflow']}, `bench/folds.py`: each CNN trained {folds} times "
+             f"as in `bench/zoo.py`, each time on every digit outside one of {folds} stratified folds, and converted "
+             f"on {samples} of those training digits by tfquant's defaults and by LiteRT Quantizer on the same float "
+             "file; accuracy on the held-out folds, so every one of the 1,797 digits is predicted once by models "
+             "that never saw it. ± is the standard error of the paired difference over those predictions.", "",
+             "| model | Keras | float | " + " | ".join(f"{HEADINGS[q]} | below float | agreement" for q in QUANTIZERS)
+             + " | tfquant − LiteRT | fully integer |",
+             "| --- | ---: | ---: | " + " | ".join("---: | ---: | ---:" for _ in QUANTIZERS) + " | ---: | --- |"]
+    pct = lambda v: f"{100 * v:.2f} %"  # noqa: E731
+    pts = lambda v, se: f"{100 * v:+.2f} ± {100 * se:.2f} pts"  # noqa: E731
+    for r in rows:
+        s = summary(r)
+        if not s["folds"]:
+            lines.append(f"| {r['model']} | {r['keras']} | – | " + " | ".join("error" for _ in range(6)) + " | – | – |")
+            continue
+        cells = []
+        for q in QUANTIZERS:
+            cells += [pct(s[q]["accuracy"]), pts(s[q]["below"], s[q]["se"]), f"{100 * s[q]['agreement']:.1f} %"]
+        integer = all(s[q]["fully_integer"] for q in QUANTIZERS)
+        lines.append(f"| {r['model']} | {r['keras']} | {pct(s['float']['accuracy'])} | " + " | ".join(cells)
+                     + f" | {pts(*s['ahead'])} | " + ("yes" if integer else "NO") + " |")
+    lines += dates_note(rows, environment["date"], environment["date"])
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    from bench.publish import publish_rows
+    from tfquant import zoo
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="zoo CNNs to run (default: every one)")
+    parser.add_argument("--versions", nargs="*", type=int, default=[3, 2])
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=200, help="calibration samples per fold")
+    parser.add_argument("--models", type=Path, help="a folder to keep the trained models in, and to load them from "
+                                                      "where an earlier run kept them")
+    parser.add_argument("--merge", action="store_true", help="keep the rows of bench/folds.json that this run does "
+                                                              "not redo")
+    args = parser.parse_args()
+    names = [n for n, entry in zoo.ZOO.items() if entry.kind == "cnn" and (not args.only or n in args.only)]
+    if args.models:
+        args.models.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tfquant-folds-") as tmp:
+        for name in names:
+            for version in args.versions:
+                log(f"{name} (Keras {version})")
+                rows.append(row(name, version, Path(tmp), args.folds, args.samples, args.models))
+    publish_rows("folds", rows, markdown, only=args.only, merge=args.merge, key=lambda r: (r["model"], r["keras"]))
+
+
+if __name__ == "__main__":
+    main()
