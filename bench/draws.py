@@ -21,7 +21,6 @@ Writes bench/draws.json, bench/draws.md and the README's table.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -144,18 +143,13 @@ def markdown(rows: list[dict], environment: dict) -> str:
 
 
 def main() -> None:
+    from bench.models import cnn_bench_arguments, zoo_cnns
     from bench.publish import publish_rows
-    from tfquant import zoo
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help="zoo CNNs to run (default: every one)")
-    parser.add_argument("--versions", nargs="*", type=int, default=[3, 2])
+    parser = cnn_bench_arguments(__doc__.splitlines()[0], "draws", "draw")
     parser.add_argument("--draws", type=int, default=5)
-    parser.add_argument("--samples", type=int, default=200, help="calibration samples per draw")
-    parser.add_argument("--merge", action="store_true", help="keep the rows of bench/draws.json that this run does "
-                                                              "not redo")
     args = parser.parse_args()
-    names = [n for n, entry in zoo.ZOO.items() if entry.kind == "cnn" and (not args.only or n in args.only)]
+    names = zoo_cnns(args.only)
     rows = []
     with tempfile.TemporaryDirectory(prefix="tfquant-draws-") as tmp:
         for name in names:

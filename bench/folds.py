@@ -17,7 +17,6 @@ Writes bench/folds.json, bench/folds.md and the README's table.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -177,20 +176,15 @@ def markdown(rows: list[dict], environment: dict) -> str:
 
 
 def main() -> None:
+    from bench.models import cnn_bench_arguments, zoo_cnns
     from bench.publish import publish_rows
-    from tfquant import zoo
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help="zoo CNNs to run (default: every one)")
-    parser.add_argument("--versions", nargs="*", type=int, default=[3, 2])
+    parser = cnn_bench_arguments(__doc__.splitlines()[0], "folds", "fold")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--samples", type=int, default=200, help="calibration samples per fold")
     parser.add_argument("--models", type=Path, help="a folder to keep the trained models in, and to load them from "
                                                       "where an earlier run kept them")
-    parser.add_argument("--merge", action="store_true", help="keep the rows of bench/folds.json that this run does "
-                                                              "not redo")
     args = parser.parse_args()
-    names = [n for n, entry in zoo.ZOO.items() if entry.kind == "cnn" and (not args.only or n in args.only)]
+    names = zoo_cnns(args.only)
     if args.models:
         args.models.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -7,6 +7,7 @@ network is fully convolutional, so the 224x224 model reuses the 96x96 weights.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any, Optional
 
@@ -122,3 +123,22 @@ def quantize_measured(model: Any, calibration: Any, **options: Any) -> tuple[Any
         return tfquant.quantize(model, calibration, **options), None
     except tfquant.TfquantError as exc:
         return getattr(exc, "result", None), str(exc)
+
+
+def cnn_bench_arguments(description: str, bench: str, unit: str) -> argparse.ArgumentParser:
+    """The arguments every bench over the zoo's CNNs takes: which CNNs and Keras versions, how many
+    calibration samples per `unit` (a draw, a fold), and whether to keep bench/BENCH.json's other rows."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--only", nargs="*", help="zoo CNNs to run (default: every one)")
+    parser.add_argument("--versions", nargs="*", type=int, default=[3, 2])
+    parser.add_argument("--samples", type=int, default=200, help=f"calibration samples per {unit}")
+    parser.add_argument("--merge", action="store_true", help=f"keep the rows of bench/{bench}.json that this run "
+                                                              "does not redo")
+    return parser
+
+
+def zoo_cnns(only: Optional[list[str]]) -> list[str]:
+    """The zoo's CNNs, or those of them named in `only`, in the zoo's order."""
+    from tfquant import zoo
+
+    return [n for n, entry in zoo.ZOO.items() if entry.kind == "cnn" and (not only or n in only)]
