@@ -46,3 +46,23 @@ def test_draws_bound_the_standard_error_of_the_difference_by_the_predictions_int
     row = summary({"test_samples": 100, "draws": [draw(0.96), draw(1.0)]})
     assert abs(row["litert"]["se"] - (0.02 + 0.0) / 2) < 1e-9
     assert "average" not in row and row["at_least_litert"] == 2
+
+
+def test_folds_pair_every_prediction_with_float_and_give_the_differences_standard_error():
+    from bench.folds import summary
+
+    def fold(y, float_, tfquant, litert, integer=True):
+        return {"y": y, "float": float_, "tfquant": {"predictions": tfquant, "fully_integer": integer},
+                "litert": {"predictions": litert, "fully_integer": True}}
+
+    # float right on 3 of 4, tfquant on 2 (it changes the third), LiteRT on all 4.
+    s = summary({"folds": [fold([0, 1], [0, 1], [0, 1], [0, 1]), fold([2, 3], [2, 0], [0, 0], [2, 3]),
+                           {"y": [4], "float": [4], "tfquant": {"error": "budget"}, "litert": {"predictions": [4]}}]})
+    assert s["folds"] == 2 and s["samples"] == 4  # the fold a quantizer failed on is left out of both
+    assert s["float"]["accuracy"] == 0.75 and s["tfquant"]["accuracy"] == 0.5 and s["litert"]["accuracy"] == 1.0
+    # float - tfquant per digit: 0, 0, 1, 0: mean 0.25, sample variance 0.25, standard error sqrt(0.25 / 4)
+    assert s["tfquant"]["below"] == 0.25 and abs(s["tfquant"]["se"] - 0.25) < 1e-12
+    assert s["tfquant"]["agreement"] == 0.75 and s["litert"]["agreement"] == 0.75
+    assert s["litert"]["below"] == -0.25
+    assert s["ahead"][0] == -0.5  # tfquant - LiteRT
+    assert summary({"folds": [fold([0], [0], [0], [0], integer=False)]})["tfquant"]["fully_integer"] is False
