@@ -7,7 +7,9 @@ float is 0.5–1 point, as large as the budget it is checked against. Here each 
 `--folds` times as `bench/zoo.py` trains it, each time on all digits but one fold
 (`tfquant.zoo.folds`: stratified, every digit held out once), and converted on `--samples` of
 that fold's training digits drawn at random (seed = fold), by `tfquant.quantize` with default
-options and by LiteRT Quantizer (`--quantizer litert`) on the same float file and samples. Every
+options and by LiteRT Quantizer (`--quantizer litert`) on the same float file and samples, and by
+tfquant with two techniques `auto` does not choose for a classifier: MSE ranges and GPTQ weight
+rounding. Every
 digit is then predicted by a float file and two int8 files that never saw it, so each difference
 is measured on 1,797 paired predictions, with the standard error of that paired difference
 (±: the sample standard deviation of the per-digit difference in correctness, / √1,797).
@@ -30,8 +32,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-QUANTIZERS = {"tfquant": {}, "litert": {"quantizer": "litert"}}
-HEADINGS = {"tfquant": "tfquant int8", "litert": "LiteRT Quantizer int8"}
+# tfquant's defaults, LiteRT Quantizer, and two of tfquant's techniques that `auto` does not choose for a classifier.
+QUANTIZERS = {"tfquant": {}, "litert": {"quantizer": "litert"}, "mse": {"ranges": "mse"},
+              "gptq": {"weight_rounding": "gptq"}}
+HEADINGS = {"tfquant": "tfquant int8 (defaults)", "litert": "LiteRT Quantizer int8", "mse": "tfquant, MSE ranges",
+            "gptq": "tfquant, GPTQ rounding"}
+PAIR = ("tfquant", "litert")  # every fold counted has both
 
 
 def log(message: str) -> None:
@@ -120,18 +126,19 @@ def _paired(a: list[int], b: list[int]) -> tuple[float, float]:
 
 
 def summary(r: dict) -> dict:
-    """Accuracy of float and of each quantizer over the folds every quantizer converted, with the paired
-    differences and their standard errors."""
-    done = [f for f in r["folds"] if "float" in f and all("predictions" in f.get(q, {}) for q in QUANTIZERS)]
+    """Accuracy of float and of each quantizer over the folds both of `PAIR` converted, with the paired
+    differences and their standard errors; another quantizer only where it converted every one of them."""
+    done = [f for f in r["folds"] if "float" in f and all("predictions" in f.get(q, {}) for q in PAIR)]
     if not done:
         return {"folds": 0}
     y = [v for f in done for v in f["y"]]
     correct = {"float": [int(p == t) for f in done for p, t in zip(f["float"], f["y"])]}
-    for q in QUANTIZERS:
+    ran = [q for q in QUANTIZERS if all("predictions" in f.get(q, {}) for f in done)]
+    for q in ran:
         correct[q] = [int(p == t) for f in done for p, t in zip(f[q]["predictions"], f["y"])]
     out: dict = {"folds": len(done), "samples": len(y),
                  "float": {"accuracy": sum(correct["float"]) / len(y)}}
-    for q in QUANTIZERS:
+    for q in ran:
         below, se = _paired(correct["float"], correct[q])
         agree = [int(p == g) for f in done for p, g in zip(f[q]["predictions"], f["float"])]
         out[q] = {"accuracy": sum(correct[q]) / len(y), "below": below, "se": se, "agreement": sum(agree) / len(y),
@@ -153,24 +160,26 @@ def markdown(rows: list[dict], environment: dict) -> str:
              f"TensorFlow {environment['versions']['tensorflow']}, `bench/folds.py`: each CNN trained {folds} times "
              f"as in `bench/zoo.py`, each time on every digit outside one of {folds} stratified folds, and converted "
              f"on {samples} of those training digits by tfquant's defaults and by LiteRT Quantizer on the same float "
-             "file; accuracy on the held-out folds, so every one of the 1,797 digits is predicted once by models "
-             "that never saw it. ± is the standard error of the paired difference over those predictions.", "",
-             "| model | Keras | float | " + " | ".join(f"{HEADINGS[q]} | below float | agreement" for q in QUANTIZERS)
+             "file, and by tfquant with MSE ranges (`--ranges mse`) and with GPTQ weight rounding (`--weight-rounding "
+             "gptq`); accuracy on the held-out folds, so every one of the 1,797 digits is predicted once by models "
+             "that never saw it. ± is the standard error of the paired difference over those predictions.",
+             "Each cell: accuracy (below float ± standard error) · top-1 agreement with float.", "",
+             "| model | Keras | float | " + " | ".join(HEADINGS[q] for q in QUANTIZERS)
              + " | tfquant − LiteRT | fully integer |",
-             "| --- | ---: | ---: | " + " | ".join("---: | ---: | ---:" for _ in QUANTIZERS) + " | ---: | --- |"]
+             "| --- | ---: | ---: | " + " | ".join("---:" for _ in QUANTIZERS) + " | ---: | --- |"]
     pct = lambda v: f"{100 * v:.2f} %"  # noqa: E731
-    pts = lambda v, se: f"{100 * v:+.2f} ± {100 * se:.2f} pts"  # noqa: E731
+    pts = lambda v, se: f"{100 * v:+.2f} ± {100 * se:.2f}"  # noqa: E731
     for r in rows:
         s = summary(r)
         if not s["folds"]:
-            lines.append(f"| {r['model']} | {r['keras']} | – | " + " | ".join("error" for _ in range(6)) + " | – | – |")
+            lines.append(f"| {r['model']} | {r['keras']} | – | " + " | ".join("error" for _ in QUANTIZERS)
+                         + " | – | – |")
             continue
-        cells = []
-        for q in QUANTIZERS:
-            cells += [pct(s[q]["accuracy"]), pts(s[q]["below"], s[q]["se"]), f"{100 * s[q]['agreement']:.1f} %"]
-        integer = all(s[q]["fully_integer"] for q in QUANTIZERS)
+        cells = [f"{pct(s[q]['accuracy'])} ({pts(s[q]['below'], s[q]['se'])}) · {100 * s[q]['agreement']:.1f} %"
+                 if q in s else "" for q in QUANTIZERS]
+        integer = all(s[q]["fully_integer"] for q in QUANTIZERS if q in s)
         lines.append(f"| {r['model']} | {r['keras']} | {pct(s['float']['accuracy'])} | " + " | ".join(cells)
-                     + f" | {pts(*s['ahead'])} | " + ("yes" if integer else "NO") + " |")
+                     + f" | {pts(*s['ahead'])} pts | " + ("yes" if integer else "NO") + " |")
     lines += dates_note(rows, environment["date"], environment["date"])
     return "\n".join(lines) + "\n"
 

@@ -56,7 +56,8 @@ def test_folds_pair_every_prediction_with_float_and_give_the_differences_standar
                 "litert": {"predictions": litert, "fully_integer": True}}
 
     # float right on 3 of 4, tfquant on 2 (it changes the third), LiteRT on all 4.
-    s = summary({"folds": [fold([0, 1], [0, 1], [0, 1], [0, 1]), fold([2, 3], [2, 0], [0, 0], [2, 3]),
+    first = {**fold([0, 1], [0, 1], [0, 1], [0, 1]), "mse": {"predictions": [0, 1], "fully_integer": True}}
+    s = summary({"folds": [first, fold([2, 3], [2, 0], [0, 0], [2, 3]),
                            {"y": [4], "float": [4], "tfquant": {"error": "budget"}, "litert": {"predictions": [4]}}]})
     assert s["folds"] == 2 and s["samples"] == 4  # the fold a quantizer failed on is left out of both
     assert s["float"]["accuracy"] == 0.75 and s["tfquant"]["accuracy"] == 0.5 and s["litert"]["accuracy"] == 1.0
@@ -65,4 +66,5 @@ def test_folds_pair_every_prediction_with_float_and_give_the_differences_standar
     assert s["tfquant"]["agreement"] == 0.75 and s["litert"]["agreement"] == 0.75
     assert s["litert"]["below"] == -0.25
     assert s["ahead"][0] == -0.5  # tfquant - LiteRT
+    assert "mse" not in s  # measured on one of the two folds only
     assert summary({"folds": [fold([0], [0], [0], [0], integer=False)]})["tfquant"]["fully_integer"] is False
