@@ -136,8 +136,9 @@ def summary(r: dict) -> dict:
     ran = [q for q in QUANTIZERS if all("predictions" in f.get(q, {}) for f in done)]
     for q in ran:
         correct[q] = [int(p == t) for f in done for p, t in zip(f[q]["predictions"], f["y"])]
+    by_fold = [sum(p == t for p, t in zip(f["float"], f["y"])) / len(f["y"]) for f in done]
     out: dict = {"folds": len(done), "samples": len(y),
-                 "float": {"accuracy": sum(correct["float"]) / len(y)}}
+                 "float": {"accuracy": sum(correct["float"]) / len(y), "low": min(by_fold), "high": max(by_fold)}}
     for q in ran:
         below, se = _paired(correct["float"], correct[q])
         agree = [int(p == g) for f in done for p, g in zip(f[q]["predictions"], f["float"])]
@@ -163,7 +164,8 @@ def markdown(rows: list[dict], environment: dict) -> str:
              "file, and by tfquant with MSE ranges (`--ranges mse`) and with GPTQ weight rounding (`--weight-rounding "
              "gptq`); accuracy on the held-out folds, so every one of the 1,797 digits is predicted once by models "
              "that never saw it. ± is the standard error of the paired difference over those predictions.",
-             "Each cell: accuracy (below float ± standard error) · top-1 agreement with float.", "",
+             f"Float: over all digits (the lowest–highest of the {folds} models, each on its own fold). "
+             "Each other cell: accuracy (below float ± standard error) · top-1 agreement with float.", "",
              "| model | Keras | float | " + " | ".join(HEADINGS[q] for q in QUANTIZERS)
              + " | tfquant − LiteRT | fully integer |",
              "| --- | ---: | ---: | " + " | ".join("---:" for _ in QUANTIZERS) + " | ---: | --- |"]
@@ -178,7 +180,8 @@ def markdown(rows: list[dict], environment: dict) -> str:
         cells = [f"{pct(s[q]['accuracy'])} ({pts(s[q]['below'], s[q]['se'])}) · {100 * s[q]['agreement']:.1f} %"
                  if q in s else "" for q in QUANTIZERS]
         integer = all(s[q]["fully_integer"] for q in QUANTIZERS if q in s)
-        lines.append(f"| {r['model']} | {r['keras']} | {pct(s['float']['accuracy'])} | " + " | ".join(cells)
+        spread = f"{100 * s['float']['low']:.1f}–{100 * s['float']['high']:.1f}"
+        lines.append(f"| {r['model']} | {r['keras']} | {pct(s['float']['accuracy'])} ({spread}) | " + " | ".join(cells)
                      + f" | {pts(*s['ahead'])} pts | " + ("yes" if integer else "NO") + " |")
     lines += dates_note(rows, environment["date"], environment["date"])
     return "\n".join(lines) + "\n"

@@ -60,6 +60,7 @@ def test_folds_pair_every_prediction_with_float_and_give_the_differences_standar
     s = summary({"folds": [first, fold([2, 3], [2, 0], [0, 0], [2, 3]),
                            {"y": [4], "float": [4], "tfquant": {"error": "budget"}, "litert": {"predictions": [4]}}]})
     assert s["folds"] == 2 and s["samples"] == 4  # the fold a quantizer failed on is left out of both
+    assert (s["float"]["low"], s["float"]["high"]) == (0.5, 1.0)
     assert s["float"]["accuracy"] == 0.75 and s["tfquant"]["accuracy"] == 0.5 and s["litert"]["accuracy"] == 1.0
     # float - tfquant per digit: 0, 0, 1, 0: mean 0.25, sample variance 0.25, standard error sqrt(0.25 / 4)
     assert s["tfquant"]["below"] == 0.25 and abs(s["tfquant"]["se"] - 0.25) < 1e-12
