@@ -44,8 +44,8 @@ def log(message: str) -> None:
     print(f"[folds {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def predictions(data: bytes, inputs: dict) -> list[int]:
-    """The class the file gives each sample, run on the interpreter."""
+def predictions(data: bytes, inputs: dict) -> str:
+    """The class the file gives each sample, run on the interpreter (as `_text`)."""
     import numpy as np
 
     from tfquant.data import Dataset
@@ -53,7 +53,7 @@ def predictions(data: bytes, inputs: dict) -> list[int]:
 
     runner = Runner(data)
     outputs = runner.predict(Dataset("held-out fold", inputs), progress=False)
-    return np.argmax(outputs[runner.outputs[0].name], axis=-1).astype(int).tolist()
+    return _text(np.argmax(outputs[runner.outputs[0].name], axis=-1))
 
 
 def fold_run(name: str, version: int, fold: int, source, folder: Path, samples: int,
@@ -84,7 +84,7 @@ def fold_run(name: str, version: int, fold: int, source, folder: Path, samples: 
     np.savez(calib, **{named(k): v[chosen] for k, v in inputs.items()})
     test = folder / f"{name}_k{version}_test{fold}.npz"
     np.savez(test, **{(k if k.startswith("y") else named(k)): v for k, v in data.test.items()})
-    run: dict = {"fold": fold, "y": data.test["y"].astype(int).tolist(), "train_seconds": round(trained, 1)}
+    run: dict = {"fold": fold, "y": _text(data.test["y"]), "train_seconds": round(trained, 1)}
     float_file = None
     for quantizer, options in (quantizers or QUANTIZERS).items():
         begun = time.perf_counter()
@@ -131,21 +131,32 @@ def summary(r: dict) -> dict:
     done = [f for f in r["folds"] if "float" in f and all("predictions" in f.get(q, {}) for q in PAIR)]
     if not done:
         return {"folds": 0}
-    y = [v for f in done for v in f["y"]]
-    correct = {"float": [int(p == t) for f in done for p, t in zip(f["float"], f["y"])]}
     ran = [q for q in QUANTIZERS if all("predictions" in f.get(q, {}) for f in done)]
-    for q in ran:
-        correct[q] = [int(p == t) for f in done for p, t in zip(f[q]["predictions"], f["y"])]
-    by_fold = [sum(p == t for p, t in zip(f["float"], f["y"])) / len(f["y"]) for f in done]
+    labels = [_classes(f["y"]) for f in done]
+    given = {"float": [_classes(f["float"]) for f in done], **{q: [_classes(f[q]["predictions"]) for f in done]
+                                                                 for q in ran}}
+    y = [t for fold in labels for t in fold]
+    flat = {name: [p for fold in folds for p in fold] for name, folds in given.items()}
+    correct = {name: [int(p == t) for p, t in zip(classes, y)] for name, classes in flat.items()}
+    by_fold = [sum(p == t for p, t in zip(f, t_)) / len(t_) for f, t_ in zip(given["float"], labels)]
     out: dict = {"folds": len(done), "samples": len(y),
                  "float": {"accuracy": sum(correct["float"]) / len(y), "low": min(by_fold), "high": max(by_fold)}}
     for q in ran:
         below, se = _paired(correct["float"], correct[q])
-        agree = [int(p == g) for f in done for p, g in zip(f[q]["predictions"], f["float"])]
-        out[q] = {"accuracy": sum(correct[q]) / len(y), "below": below, "se": se, "agreement": sum(agree) / len(y),
+        agree = sum(int(p == g) for p, g in zip(flat[q], flat["float"]))
+        out[q] = {"accuracy": sum(correct[q]) / len(y), "below": below, "se": se, "agreement": agree / len(y),
                   "fully_integer": all(f[q]["fully_integer"] for f in done)}
     out["ahead"] = _paired(correct["tfquant"], correct["litert"])
     return out
+
+
+def _text(classes) -> str:
+    """Classes as one string, "3 0 7 ...": bench/folds.json keeps each fold's list on one line."""
+    return " ".join(str(int(c)) for c in classes)
+
+
+def _classes(text: str) -> list[int]:
+    return [int(c) for c in text.split()]
 
 
 def markdown(rows: list[dict], environment: dict) -> str:

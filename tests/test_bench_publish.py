@@ -52,13 +52,14 @@ def test_folds_pair_every_prediction_with_float_and_give_the_differences_standar
     from bench.folds import summary
 
     def fold(y, float_, tfquant, litert, integer=True):
-        return {"y": y, "float": float_, "tfquant": {"predictions": tfquant, "fully_integer": integer},
-                "litert": {"predictions": litert, "fully_integer": True}}
+        text = lambda classes: " ".join(map(str, classes))  # noqa: E731  (as bench/folds.json keeps them)
+        return {"y": text(y), "float": text(float_), "tfquant": {"predictions": text(tfquant), "fully_integer": integer},
+                "litert": {"predictions": text(litert), "fully_integer": True}}
 
     # float right on 3 of 4, tfquant on 2 (it changes the third), LiteRT on all 4.
-    first = {**fold([0, 1], [0, 1], [0, 1], [0, 1]), "mse": {"predictions": [0, 1], "fully_integer": True}}
+    first = {**fold([0, 1], [0, 1], [0, 1], [0, 1]), "mse": {"predictions": "0 1", "fully_integer": True}}
     s = summary({"folds": [first, fold([2, 3], [2, 0], [0, 0], [2, 3]),
-                           {"y": [4], "float": [4], "tfquant": {"error": "budget"}, "litert": {"predictions": [4]}}]})
+                           {"y": "4", "float": "4", "tfquant": {"error": "budget"}, "litert": {"predictions": "4"}}]})
     assert s["folds"] == 2 and s["samples"] == 4  # the fold a quantizer failed on is left out of both
     assert (s["float"]["low"], s["float"]["high"]) == (0.5, 1.0)
     assert s["float"]["accuracy"] == 0.75 and s["tfquant"]["accuracy"] == 0.5 and s["litert"]["accuracy"] == 1.0
