@@ -53,7 +53,8 @@ def test_folds_pair_every_prediction_with_float_and_give_the_differences_standar
 
     def fold(y, float_, tfquant, litert, integer=True):
         text = lambda classes: " ".join(map(str, classes))  # noqa: E731  (as bench/folds.json keeps them)
-        return {"y": text(y), "float": text(float_), "tfquant": {"predictions": text(tfquant), "fully_integer": integer},
+        return {"y": text(y), "float": text(float_),
+                "tfquant": {"predictions": text(tfquant), "fully_integer": integer},
                 "litert": {"predictions": text(litert), "fully_integer": True}}
 
     # float right on 3 of 4, tfquant on 2 (it changes the third), LiteRT on all 4.
