@@ -1,6 +1,6 @@
 """A CNN's int8 loss measured on all 1,797 digits, by five-fold cross-validation: `python bench/folds.py`.
 
-    python bench/folds.py [--only NAME ...] [--versions 3 2] [--folds 5] [--samples 200] [--merge]
+    python bench/folds.py [--only NAME ...] [--versions 3 2] [--folds 5] [--samples 200] [--models DIR] [--merge]
 
 On the zoo's 359 held-out digits the standard error of an int8 file's accuracy difference from
 float is 0.5–1 point, as large as the budget it is checked against. Here each zoo CNN is trained
@@ -9,10 +9,9 @@ float is 0.5–1 point, as large as the budget it is checked against. Here each 
 that fold's training digits drawn at random (seed = fold), by `tfquant.quantize` with default
 options and by LiteRT Quantizer (`--quantizer litert`) on the same float file and samples, and by
 tfquant with two techniques `auto` does not choose for a classifier: MSE ranges and GPTQ weight
-rounding. Every
-digit is then predicted by a float file and two int8 files that never saw it, so each difference
-is measured on 1,797 paired predictions, with the standard error of that paired difference
-(±: the sample standard deviation of the per-digit difference in correctness, / √1,797).
+rounding. Every digit is then predicted by a float file and four int8 files that never saw it, so
+each difference is measured on 1,797 paired predictions, with the standard error of that paired
+difference (±: the sample standard deviation of the per-digit difference in correctness, / √1,797).
 
 Writes bench/folds.json, bench/folds.md and the README's table.
 """
@@ -26,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Optional
+
+import numpy as np
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 HERE = Path(__file__).resolve().parent
@@ -46,8 +47,6 @@ def log(message: str) -> None:
 
 def predictions(data: bytes, inputs: dict) -> str:
     """The class the file gives each sample, run on the interpreter (as `_text`)."""
-    import numpy as np
-
     from tfquant.data import Dataset
     from tfquant.harness import Runner
 
@@ -60,8 +59,6 @@ def fold_run(name: str, version: int, fold: int, source, folder: Path, samples: 
              models: Optional[Path] = None, quantizers: Optional[dict] = None) -> dict:
     """One fold: train on the rest (or load what an earlier run kept in `models`), convert with each
     quantizer, predict the fold's digits."""
-    import numpy as np
-
     from bench.models import quantize_measured
     from tfquant import zoo
     from tfquant.types import Recipe
@@ -116,13 +113,10 @@ def row(name: str, version: int, folder: Path, count: int, samples: int, models:
             "folds": runs}
 
 
-def _paired(a: list[int], b: list[int]) -> tuple[float, float]:
+def _paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Mean of a - b over the samples, and its standard error."""
-    n = len(a)
-    d = [x - y for x, y in zip(a, b)]
-    mean = sum(d) / n
-    variance = sum((v - mean) ** 2 for v in d) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(variance / n)
+    d = (a - b).astype(np.float64)
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
 
 
 def summary(r: dict) -> dict:
@@ -133,18 +127,18 @@ def summary(r: dict) -> dict:
         return {"folds": 0}
     ran = [q for q in QUANTIZERS if all("predictions" in f.get(q, {}) for f in done)]
     labels = [_classes(f["y"]) for f in done]
-    given = {"float": [_classes(f["float"]) for f in done], **{q: [_classes(f[q]["predictions"]) for f in done]
-                                                                 for q in ran}}
-    y = [t for fold in labels for t in fold]
-    flat = {name: [p for fold in folds for p in fold] for name, folds in given.items()}
-    correct = {name: [int(p == t) for p, t in zip(classes, y)] for name, classes in flat.items()}
-    by_fold = [sum(p == t for p, t in zip(f, t_)) / len(t_) for f, t_ in zip(given["float"], labels)]
+    floats = [_classes(f["float"]) for f in done]
+    y = np.concatenate(labels)
+    classes = {"float": np.concatenate(floats), **{q: np.concatenate([_classes(f[q]["predictions"]) for f in done])
+                                                     for q in ran}}
+    correct = {name: (given == y).astype(np.int64) for name, given in classes.items()}
+    by_fold = [float(np.mean(given == truth)) for given, truth in zip(floats, labels)]
     out: dict = {"folds": len(done), "samples": len(y),
-                 "float": {"accuracy": sum(correct["float"]) / len(y), "low": min(by_fold), "high": max(by_fold)}}
+                 "float": {"accuracy": float(correct["float"].mean()), "low": min(by_fold), "high": max(by_fold)}}
     for q in ran:
         below, se = _paired(correct["float"], correct[q])
-        agree = sum(int(p == g) for p, g in zip(flat[q], flat["float"]))
-        out[q] = {"accuracy": sum(correct[q]) / len(y), "below": below, "se": se, "agreement": agree / len(y),
+        out[q] = {"accuracy": float(correct[q].mean()), "below": below, "se": se,
+                  "agreement": float(np.mean(classes[q] == classes["float"])),
                   "fully_integer": all(f[q]["fully_integer"] for f in done)}
     out["ahead"] = _paired(correct["tfquant"], correct["litert"])
     return out
@@ -155,8 +149,8 @@ def _text(classes) -> str:
     return " ".join(str(int(c)) for c in classes)
 
 
-def _classes(text: str) -> list[int]:
-    return [int(c) for c in text.split()]
+def _classes(text: str) -> np.ndarray:
+    return np.array([int(c) for c in text.split()], dtype=np.int64)
 
 
 def markdown(rows: list[dict], environment: dict) -> str:
