@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import tfquant
+from tfquant.inspect import inspect
 
 from checks import assert_every_op_integer, masked_attention_classifier
 
@@ -282,3 +283,20 @@ def test_int16x8_of_the_zoo_transformer_runs_with_int16_int8_or_float_io(io):
     assert [(t.name, t.dtype) for t in result.info.inputs + result.info.outputs] == [("tokens", "int32"),
                                                                                     ("probs", io)]
     assert result.report.outputs[0].quantized.agreement >= 0.99
+
+
+def test_int16x8_takes_the_ranges_it_is_given_and_min_max_otherwise(digits_model, digits):
+    """int16x8 keeps the calibrator's min/max ranges unless ranges are named: with `average` (LiteRT
+    Quantizer's estimator, the mean of each sample's extremes) its activations clip, and the int16
+    steps are that much finer."""
+    files = {ranges: tfquant.quantize(digits_model, digits["x"][:200], mode="int16x8", ranges=ranges, bench_runs=1,
+                                      diagnose=False) for ranges in ("auto", "average")}
+    assert {name: result.report.recipe.ranges for name, result in files.items()} == {"auto": "minmax",
+                                                                                     "average": "average"}
+    scales = {name: {t.name: t.quantization.scale[0] for t in inspect(result.tflite).tensors
+                     if t.dtype == "int16" and not t.constant and t.quantization is not None}
+              for name, result in files.items()}
+    assert scales["auto"].keys() == scales["average"].keys() and len(scales["auto"]) >= 5, scales
+    narrower = [name for name, scale in scales["average"].items() if scale < 0.95 * scales["auto"][name]]
+    assert len(narrower) >= len(scales["auto"]) // 2, (narrower, scales)
+    assert all(scale <= scales["auto"][name] * 1.0001 for name, scale in scales["average"].items()), scales

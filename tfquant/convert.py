@@ -227,10 +227,11 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
     if recipe.split_joins and recipe.mode is Mode.INT8:
         float_tflite, calibrated, splits = _joins_split(float_tflite, calibrated, calibration, source)
         rewrites += splits
-    # int16x8 keeps min/max ranges (its steps are 256 times finer) and judges bias correction as int8 does.
+    # int16x8 keeps min/max ranges (its steps are 256 times finer) unless the recipe names others, and judges
+    # bias correction as int8 does.
     int16 = recipe.mode is Mode.INT16X8
     rounding = recipe.weight_rounding == "gptq" and recipe.mode in (Mode.INT8, Mode.INT16X8)
-    if not (rounding or (int16 and recipe.bias_correction) or
+    if not (rounding or (int16 and (recipe.bias_correction or recipe.ranges not in ("auto", "minmax"))) or
             (recipe.mode is Mode.INT8 and (recipe.ranges != "minmax" or recipe.bias_correction))):
         return Calibration(float_tflite, calibrated, ranges="minmax", rewrites=rewrites, float_io=heads), \
             replace(recipe, ranges="minmax") if recipe.mode in (Mode.INT8, Mode.INT16X8) else recipe
@@ -261,7 +262,7 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
         return corrected(quantized, float_tflite, fitted.input_means)[0]
 
     choice = ranges.choose(float_tflite, calibrated, list(zip(stats, halves)), quantize,
-                           method="minmax" if int16 and not auto else recipe.ranges, candidates=candidates,
+                           method=recipe.ranges, candidates=candidates,
                            correct=correct if auto and recipe.bias_correction else None)
     bias = choice.bias_correction if auto else recipe.bias_correction
     merged = stats[0].merge(stats[1])
