@@ -24,8 +24,9 @@ def test_recurrent_layers_with_dropout_convert_as_they_infer(version, digits, tm
     x = k.layers.Bidirectional(k.layers.LSTM(16, dropout=0.1, recurrent_dropout=0.1, return_sequences=True))(x)
     x = k.layers.GRU(16, recurrent_dropout=0.2)(x)
     model = k.Model(inputs, k.layers.Dense(10, activation="softmax", name="probs")(x))
-    result = trained_and_quantized(k, model, digits, tmp_path, epochs=4)
-    assert_int8_follows_keras(model, result, digits, least=0.6)
+    # 8 epochs (float 87-89 %): at 4 (71-77 %), one changed prediction in 359 decided the 97 % agreement bar.
+    result = trained_and_quantized(k, model, digits, tmp_path, epochs=8)
+    assert_int8_follows_keras(model, result, digits, least=0.8)
     assert model.layers[2].forward_layer.cell.recurrent_dropout == 0.1  # put back after the trace
     # 8 steps of 16 units unrolled: the int8 graph's tensors, each with its scale and zero point, outweigh
     # the 4× smaller weights, and the report says so with the numbers rather than leave it for a failure.
