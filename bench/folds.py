@@ -13,6 +13,11 @@ rounding. Every digit is then predicted by a float file and four int8 files that
 each difference is measured on 1,797 paired predictions, with the standard error of that paired
 difference (±: the sample standard deviation of the per-digit difference in correctness, / √1,797).
 
+A second table puts rounding and clipping apart: the same float files at int16x8 (int8 weights,
+activation steps 256 times finer than int8's), once with the calibrator's min/max ranges and once
+with LiteRT Quantizer's (`--ranges average`, which clip), neither bias-corrected. What the first
+loses is mostly weight rounding; what the second gains or loses beside it is the clipping alone.
+
 Writes bench/folds.json, bench/folds.md and the README's table.
 """
 
@@ -33,11 +38,16 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-# tfquant's defaults, LiteRT Quantizer, and two of tfquant's techniques that `auto` does not choose for a classifier.
+# tfquant's defaults, LiteRT Quantizer, and two of tfquant's techniques that `auto` does not choose for a classifier;
+# then rounding and clipping apart (`APART`): int16x8, whose activation steps are 256 times finer than int8's, with
+# the calibrator's min/max and with LiteRT Quantizer's ranges, neither bias-corrected.
 QUANTIZERS = {"tfquant": {}, "litert": {"quantizer": "litert"}, "mse": {"ranges": "mse"},
-              "gptq": {"weight_rounding": "gptq"}}
+              "gptq": {"weight_rounding": "gptq"}, "int16": {"mode": "int16x8", "bias_correction": False},
+              "clip": {"mode": "int16x8", "ranges": "average", "bias_correction": False}}
 HEADINGS = {"tfquant": "tfquant int8 (defaults)", "litert": "LiteRT Quantizer int8", "mse": "tfquant, MSE ranges",
-            "gptq": "tfquant, GPTQ rounding"}
+            "gptq": "tfquant, GPTQ rounding", "int16": "int16x8, min/max", "clip": "int16x8, LiteRT's ranges"}
+APART = ("int16", "clip")
+INT8 = tuple(q for q in QUANTIZERS if q not in APART)
 PAIR = ("tfquant", "litert")  # every fold counted has both
 
 
@@ -171,25 +181,46 @@ def markdown(rows: list[dict], environment: dict) -> str:
              "that never saw it. ± is the standard error of the paired difference over those predictions.",
              f"Float: over all digits (the lowest–highest of the {folds} models, each on its own fold). "
              "Each other cell: accuracy (below float ± standard error) · top-1 agreement with float.", "",
-             "| model | Keras | float | " + " | ".join(HEADINGS[q] for q in QUANTIZERS)
+             "| model | Keras | float | " + " | ".join(HEADINGS[q] for q in INT8)
              + " | tfquant − LiteRT | fully integer |",
-             "| --- | ---: | ---: | " + " | ".join("---:" for _ in QUANTIZERS) + " | ---: | --- |"]
-    pct = lambda v: f"{100 * v:.2f} %"  # noqa: E731
-    pts = lambda v, se: f"{100 * v:+.2f} ± {100 * se:.2f}"  # noqa: E731
+             "| --- | ---: | ---: | " + " | ".join("---:" for _ in INT8) + " | ---: | --- |"]
+    apart = []  # the second table's rows
     for r in rows:
         s = summary(r)
+        head = f"| {r['model']} | {r['keras']} | "
         if not s["folds"]:
-            lines.append(f"| {r['model']} | {r['keras']} | – | " + " | ".join("error" for _ in QUANTIZERS)
-                         + " | – | – |")
+            lines.append(head + "– | " + " | ".join("error" for _ in INT8) + " | – | – |")
             continue
-        cells = [f"{pct(s[q]['accuracy'])} ({pts(s[q]['below'], s[q]['se'])}) · {100 * s[q]['agreement']:.1f} %"
-                 if q in s else "" for q in QUANTIZERS]
-        integer = all(s[q]["fully_integer"] for q in QUANTIZERS if q in s)
-        spread = f"{100 * s['float']['low']:.1f}–{100 * s['float']['high']:.1f}"
-        lines.append(f"| {r['model']} | {r['keras']} | {pct(s['float']['accuracy'])} ({spread}) | " + " | ".join(cells)
-                     + f" | {pts(*s['ahead'])} pts | " + ("yes" if integer else "NO") + " |")
+        integer = all(s[q]["fully_integer"] for q in INT8 if q in s)
+        head += f"{_pct(s['float']['accuracy'])} ({100 * s['float']['low']:.1f}–{100 * s['float']['high']:.1f}) | "
+        lines.append(head + " | ".join(_cell(s, q) for q in INT8) + f" | {_pts(*s['ahead'])} pts | "
+                     + ("yes" if integer else "NO") + " |")
+        if any(q in s for q in APART):
+            apart.append(head + " | ".join(_cell(s, q) for q in APART + ("litert",)) + " |")
     lines += dates_note(rows, environment["date"], environment["date"])
+    if apart:
+        lines += ["", "Rounding and clipping apart, on the same folds and float files: int16x8 (int8 weights, int16 "
+                      "activations whose steps are 256 times finer than int8's) with the calibrator's min/max ranges, "
+                      "and with LiteRT Quantizer's (`--mode int16x8 --ranges average`: the mean over samples of each "
+                      "sample's extremes, which clips), neither bias-corrected; LiteRT Quantizer's int8 file again "
+                      "beside them.", "",
+                  "| model | Keras | float | " + " | ".join(HEADINGS[q] for q in APART + ("litert",)) + " |",
+                  "| --- | ---: | ---: | " + " | ".join("---:" for _ in APART + ("litert",)) + " |"] + apart
     return "\n".join(lines) + "\n"
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f} %"
+
+
+def _pts(value: float, se: float) -> str:
+    return f"{100 * value:+.2f} ± {100 * se:.2f}"
+
+
+def _cell(s: dict, q: str) -> str:
+    """Accuracy (below float ± standard error) · agreement with float; empty where `q` did not run."""
+    return f"{_pct(s[q]['accuracy'])} ({_pts(s[q]['below'], s[q]['se'])}) · {100 * s[q]['agreement']:.1f} %" \
+        if q in s else ""
 
 
 def main() -> None:

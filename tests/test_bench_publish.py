@@ -71,3 +71,23 @@ def test_folds_pair_every_prediction_with_float_and_give_the_differences_standar
     assert s["ahead"][0] == -0.5  # tfquant - LiteRT
     assert "mse" not in s  # measured on one of the two folds only
     assert summary({"folds": [fold([0], [0], [0], [0], integer=False)]})["tfquant"]["fully_integer"] is False
+
+
+def test_folds_table_puts_rounding_and_clipping_apart_in_a_second_table_where_they_ran():
+    from bench.folds import markdown
+
+    environment = {"date": "2026-12-08", "cpu": "cpu", "cores": 2, "versions": {"tensorflow": "2.21.0"}}
+    run = {"y": "0 1 2 3", "float": "0 1 2 0", "tfquant": {"predictions": "0 1 0 0", "fully_integer": True},
+           "litert": {"predictions": "0 1 2 3", "fully_integer": True}}
+    row = {"model": "efficientnet_b0", "keras": 3, "measured": "2026-12-08", "samples": 200, "folds": [run]}
+    plain = markdown([row], environment)
+    assert "int16x8, min/max" not in plain and plain.count("| efficientnet_b0 | 3 |") == 1
+    # int16x8 files are integer too, and "fully integer" speaks of the int8 files only.
+    apart = {**run, "int16": {"predictions": "0 1 2 3", "fully_integer": False},
+             "clip": {"predictions": "0 1 2 2", "fully_integer": True}}
+    lines = markdown([{**row, "folds": [apart]}], environment).splitlines()
+    first, second = [line for line in lines if line.startswith("| efficientnet_b0 | 3 |")]
+    assert first.endswith("| -50.00 ± 28.87 pts | yes |"), first  # tfquant 2 of 4 right, LiteRT 4 of 4
+    # float right on 3 of 4: int16x8 min/max and LiteRT on all 4 (25 points above), LiteRT's ranges on the same 3
+    assert second.split(" | ")[3:] == ["100.00 % (-25.00 ± 25.00) · 75.0 %", "75.00 % (+0.00 ± 0.00) · 75.0 %",
+                                       "100.00 % (-25.00 ± 25.00) · 75.0 % |"], second
