@@ -39,6 +39,8 @@ def test_a_recipe_of_the_first_schema_replays_as_it_did():
     ({"mode": "int4"}, "mode: unknown value 'int4'; expected one of: int8, int16x8, dynamic, float16, float32"),
     ({"mode": "int16x8", "io": "uint8"}, "io uint8 does not go with mode int16x8; expected one of: int16, float32, int8"),
     ({"calib_samples": 0}, "calib_samples: expected a whole number at least 1, found 0"),
+    ({"mode": "int16x8", "ranges": "mse"}, "ranges mse weighs clipping against int8's 255 steps; at mode int16x8 "
+                                           "expected auto, minmax, percentile or average, found mse"),
     ({"schema_version": 9}, "recipe schema_version: expected 8 (or an older one: 1, 2, 3, 4, 5, 6, 7), found 9"),
     ({"bits": 4}, "Recipe: unknown key(s) bits"),
 ])

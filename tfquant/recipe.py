@@ -108,8 +108,9 @@ class Recipe(Record):
             from the calibration data. Defaults to `200`.
         per_channel: per-channel weight scales for conv and dense kernels. Defaults to `True`.
         denylist: names of ops to keep in float (selective quantization). Defaults to none.
-        ranges: activation ranges for int8 (`tfquant.ranges`): `"percentile"` (per side, the
-            95th percentile over samples of each sample's extreme), `"minmax"`, `"mse"`
+        ranges: activation ranges (`tfquant.ranges`; int16x8 keeps min/max unless another, not
+            `"mse"`, is named): `"percentile"` (per side, the 95th percentile over samples of
+            each sample's extreme), `"minmax"`, `"mse"`
             (MSE-optimal clipping per tensor), `"average"` (the mean of each sample's extremes,
             as LiteRT Quantizer) or `"auto"` (percentile unless min/max or MSE keeps the outputs
             clearly closer to float on held-out calibration samples; a report's recipe records
@@ -196,6 +197,9 @@ class Recipe(Record):
                 raise RecipeError(f"{called(flag)}: expected true or false, found {getattr(self, flag)!r}")
         if self.denylist and mode is not Mode.INT8:
             raise RecipeError(f"{called('denylist')}: keeping ops in float is an int8 option, found {called('mode')} {mode.value}")
+        if self.ranges == "mse" and mode is Mode.INT16X8:  # tfquant.ranges weighs clipping against 255 steps
+            raise RecipeError(f"{called('ranges')} mse weighs clipping against int8's 255 steps; at {called('mode')} "
+                              "int16x8 expected auto, minmax, percentile or average, found mse")
         if self.quantizer not in QUANTIZERS:
             raise RecipeError(f"{called('quantizer')}: unknown value {self.quantizer!r}; expected one of: {', '.join(QUANTIZERS)}")
         if self.quantizer == "litert":

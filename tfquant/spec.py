@@ -85,7 +85,7 @@ class ConvertSpec(Spec):
     ranges: str = option("auto", choices=RANGE_METHODS, recipe=True,
                          help="int8 activation ranges: min/max, MSE-optimal, the average of each sample's extremes, "
                               "or auto (whichever keeps the outputs closest to float on held-out calibration samples); "
-                              "int16x8 keeps min/max unless one is named")
+                              "int16x8 keeps min/max unless one other than mse is named")
     bias_correction: bool = option(True, recipe=True, flag="--no-bias-correction",
                                    help="fold the mean shift of int8 weight rounding into the biases (with "
                                         "ranges auto: where held-out calibration samples show it helps)")
