@@ -48,6 +48,7 @@ HEADINGS = {"tfquant": "tfquant int8 (defaults)", "litert": "LiteRT Quantizer in
             "gptq": "tfquant, GPTQ rounding", "int16": "int16x8, min/max", "clip": "int16x8, LiteRT's ranges"}
 APART = ("int16", "clip")
 INT8 = tuple(q for q in QUANTIZERS if q not in APART)
+BESIDE = APART + ("litert",)  # the second table's columns
 PAIR = ("tfquant", "litert")  # every fold counted has both
 
 
@@ -196,7 +197,7 @@ def markdown(rows: list[dict], environment: dict) -> str:
         lines.append(head + " | ".join(_cell(s, q) for q in INT8) + f" | {_pts(*s['ahead'])} pts | "
                      + ("yes" if integer else "NO") + " |")
         if any(q in s for q in APART):
-            apart.append(head + " | ".join(_cell(s, q) for q in APART + ("litert",)) + " |")
+            apart.append(head + " | ".join(_cell(s, q) for q in BESIDE) + " |")
     lines += dates_note(rows, environment["date"], environment["date"])
     if apart:
         lines += ["", "Rounding and clipping apart, on the same folds and float files: int16x8 (int8 weights, int16 "
@@ -204,8 +205,8 @@ def markdown(rows: list[dict], environment: dict) -> str:
                       "and with LiteRT Quantizer's (`--mode int16x8 --ranges average`: the mean over samples of each "
                       "sample's extremes, which clips), neither bias-corrected; LiteRT Quantizer's int8 file again "
                       "beside them.", "",
-                  "| model | Keras | float | " + " | ".join(HEADINGS[q] for q in APART + ("litert",)) + " |",
-                  "| --- | ---: | ---: | " + " | ".join("---:" for _ in APART + ("litert",)) + " |"] + apart
+                  "| model | Keras | float | " + " | ".join(HEADINGS[q] for q in BESIDE) + " |",
+                  "| --- | ---: | ---: | " + " | ".join("---:" for _ in BESIDE) + " |"] + apart
     return "\n".join(lines) + "\n"
 
 

@@ -230,11 +230,12 @@ def _calibration_for(exported: Exported, calibration: Dataset, recipe: Recipe, *
     # int16x8 keeps min/max ranges (its steps are 256 times finer) unless the recipe names others, and judges
     # bias correction as int8 does.
     int16 = recipe.mode is Mode.INT16X8
-    rounding = recipe.weight_rounding == "gptq" and recipe.mode in (Mode.INT8, Mode.INT16X8)
-    if not (rounding or (int16 and (recipe.bias_correction or recipe.ranges not in ("auto", "minmax"))) or
-            (recipe.mode is Mode.INT8 and (recipe.ranges != "minmax" or recipe.bias_correction))):
+    integer = recipe.mode in (Mode.INT8, Mode.INT16X8)
+    rounding = recipe.weight_rounding == "gptq" and integer
+    kept = "minmax" if int16 and recipe.ranges == "auto" else recipe.ranges  # what auto means at int16x8
+    if not (rounding or (integer and (kept != "minmax" or recipe.bias_correction))):
         return Calibration(float_tflite, calibrated, ranges="minmax", rewrites=rewrites, float_io=heads), \
-            replace(recipe, ranges="minmax") if recipe.mode in (Mode.INT8, Mode.INT16X8) else recipe
+            replace(recipe, ranges="minmax") if integer else recipe
     # One pass over the samples, in two halves: auto fits ranges on each half in turn and checks
     # them on the other, then checks bias correction the same way; the method is then fitted on
     # both (the same arithmetic whether auto chose it or a recipe names it, so a replayed recipe,
