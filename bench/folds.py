@@ -173,7 +173,8 @@ def markdown(rows: list[dict], environment: dict) -> str:
 
     folds = max(len(r["folds"]) for r in rows)
     samples = rows[0]["samples"]
-    lines = [f"Measured {environment['date']} on {environment['cpu']} ({environment['cores']} cores), "
+    day = max(r.get("measured", environment["date"]) for r in rows)  # of the rows' runs; columns run again are named
+    lines = [f"Measured {day} on {environment['cpu']} ({environment['cores']} cores), "
              f"TensorFlow {environment['versions']['tensorflow']}, `bench/folds.py`: each CNN trained {folds} times "
              f"as in `bench/zoo.py`, each time on every digit outside one of {folds} stratified folds, and converted "
              f"on {samples} of those training digits by tfquant's defaults and by LiteRT Quantizer on the same float "
@@ -198,7 +199,7 @@ def markdown(rows: list[dict], environment: dict) -> str:
                      + ("yes" if integer else "NO") + " |")
         if any(q in s for q in APART):
             apart.append(head + " | ".join(_cell(s, q) for q in BESIDE) + " |")
-    lines += dates_note(rows, environment["date"], environment["date"])
+    lines += dates_note(rows, day, day) + _columns_again(rows)
     if apart:
         lines += ["", "Rounding and clipping apart, on the same folds and float files: int16x8 (int8 weights, int16 "
                       "activations whose steps are 256 times finer than int8's) with the calibrator's min/max ranges, "
@@ -208,6 +209,21 @@ def markdown(rows: list[dict], environment: dict) -> str:
                   "| model | Keras | float | " + " | ".join(HEADINGS[q] for q in BESIDE) + " |",
                   "| --- | ---: | ---: | " + " | ".join("---:" for _ in BESIDE) + " |"] + apart
     return "\n".join(lines) + "\n"
+
+
+def _columns_again(rows: list[dict]) -> list[str]:
+    """A line per day on which some columns were run again on a row's kept models (a fold's quantizer entry
+    with its own `measured` date, later than its row's)."""
+    again: dict[str, set] = {}
+    for r in rows:
+        for f in r["folds"]:
+            for q in QUANTIZERS:
+                date = f.get(q, {}).get("measured", r.get("measured"))
+                if date != r.get("measured"):
+                    again.setdefault(date, set()).add(q)
+    return ["", *(f"Run again on {date}, on the same trained models, float files and calibration samples: "
+                  + ", ".join(HEADINGS[q] for q in QUANTIZERS if q in names) + "."
+                  for date, names in sorted(again.items()))] if again else []
 
 
 def _pct(value: float) -> str:

@@ -91,3 +91,20 @@ def test_folds_table_puts_rounding_and_clipping_apart_in_a_second_table_where_th
     # float right on 3 of 4: int16x8 min/max and LiteRT on all 4 (25 points above), LiteRT's ranges on the same 3
     assert second.split(" | ")[3:] == ["100.00 % (-25.00 ± 25.00) · 75.0 %", "75.00 % (+0.00 ± 0.00) · 75.0 %",
                                        "100.00 % (-25.00 ± 25.00) · 75.0 % |"], second
+
+
+def test_folds_table_is_dated_by_its_rows_and_names_the_columns_run_again():
+    from bench.folds import markdown
+
+    environment = {"date": "2026-12-09", "cpu": "cpu", "cores": 2, "versions": {"tensorflow": "2.21.0"}}
+    run = {"y": "0 1", "float": "0 1", "tfquant": {"predictions": "0 1", "fully_integer": True},
+           "litert": {"predictions": "0 0", "fully_integer": True}}
+    row = {"model": "mobilenet_v2", "keras": 3, "measured": "2026-12-07", "samples": 200, "folds": [run]}
+    plain = markdown([row], environment)
+    assert plain.startswith("Measured 2026-12-07 on cpu") and "Run again" not in plain
+    again = {**run, "tfquant": {**run["tfquant"], "measured": "2026-12-08"},
+             "gptq": {"predictions": "0 1", "fully_integer": True, "measured": "2026-12-08"}}
+    text = markdown([{**row, "folds": [again]}], environment)
+    assert text.startswith("Measured 2026-12-07 on cpu")
+    assert ("Run again on 2026-12-08, on the same trained models, float files and calibration samples: "
+            "tfquant int8 (defaults), tfquant, GPTQ rounding.") in text

@@ -141,9 +141,10 @@ def test_auto_judges_candidates_on_held_out_samples_and_falls_back_when_clipping
     assert recipe.ranges == "minmax" and calibration.ranges == "minmax"
     # Each candidate judged on both halves (200 held-out errors), each half by the ranges fitted on the
     # other: an unbounded output (a regression) adds mse to them. Then the chosen one once more with bias
-    # correction, kept only if it did clearly better there.
+    # correction, which is kept unless it did clearly worse there.
     candidates, trial = picks
     assert list(candidates) == ["percentile", "minmax", "mse"] and {len(e) for e in candidates.values()} == {200}
+    assert list(trial) == ["bias corrected", "as rounded"] and {len(e) for e in trial.values()} == {200}
     assert candidates["percentile"].mean() > 2 * candidates["minmax"].mean()
     assert recipe.bias_correction == (pick(trial) == "bias corrected")
     assert bool(calibration.input_means) == recipe.bias_correction
