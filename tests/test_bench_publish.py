@@ -73,13 +73,22 @@ def test_folds_pair_every_prediction_with_float_and_give_the_differences_standar
     assert summary({"folds": [fold([0], [0], [0], [0], integer=False)]})["tfquant"]["fully_integer"] is False
 
 
+def _folds_row(model: str, measured: str, y: str, float_: str, tfquant: str, litert: str) -> dict:
+    """A bench/folds.json row of one fold (classes as text, as the file keeps them), every file integer."""
+    run = {"y": y, "float": float_, "tfquant": {"predictions": tfquant, "fully_integer": True},
+           "litert": {"predictions": litert, "fully_integer": True}}
+    return {"model": model, "keras": 3, "measured": measured, "samples": 200, "folds": [run]}
+
+
+FOLDS_ENVIRONMENT = {"date": "2026-12-09", "cpu": "cpu", "cores": 2, "versions": {"tensorflow": "2.21.0"}}
+
+
 def test_folds_table_puts_rounding_and_clipping_apart_in_a_second_table_where_they_ran():
     from bench.folds import markdown
 
-    environment = {"date": "2026-12-08", "cpu": "cpu", "cores": 2, "versions": {"tensorflow": "2.21.0"}}
-    run = {"y": "0 1 2 3", "float": "0 1 2 0", "tfquant": {"predictions": "0 1 0 0", "fully_integer": True},
-           "litert": {"predictions": "0 1 2 3", "fully_integer": True}}
-    row = {"model": "efficientnet_b0", "keras": 3, "measured": "2026-12-08", "samples": 200, "folds": [run]}
+    environment = FOLDS_ENVIRONMENT
+    row = _folds_row("efficientnet_b0", "2026-12-08", "0 1 2 3", "0 1 2 0", "0 1 0 0", "0 1 2 3")
+    run = row["folds"][0]
     plain = markdown([row], environment)
     assert "int16x8, min/max" not in plain and plain.count("| efficientnet_b0 | 3 |") == 1
     # int16x8 files are integer too, and "fully integer" speaks of the int8 files only.
@@ -96,10 +105,9 @@ def test_folds_table_puts_rounding_and_clipping_apart_in_a_second_table_where_th
 def test_folds_table_is_dated_by_its_rows_and_names_the_columns_run_again():
     from bench.folds import markdown
 
-    environment = {"date": "2026-12-09", "cpu": "cpu", "cores": 2, "versions": {"tensorflow": "2.21.0"}}
-    run = {"y": "0 1", "float": "0 1", "tfquant": {"predictions": "0 1", "fully_integer": True},
-           "litert": {"predictions": "0 0", "fully_integer": True}}
-    row = {"model": "mobilenet_v2", "keras": 3, "measured": "2026-12-07", "samples": 200, "folds": [run]}
+    environment = FOLDS_ENVIRONMENT
+    row = _folds_row("mobilenet_v2", "2026-12-07", "0 1", "0 1", "0 1", "0 0")
+    run = row["folds"][0]
     plain = markdown([row], environment)
     assert plain.startswith("Measured 2026-12-07 on cpu") and "Run again" not in plain
     again = {**run, "tfquant": {**run["tfquant"], "measured": "2026-12-08"},
