@@ -79,6 +79,7 @@ def qat_row(path: Path, data, calib: Path, test: Path, folder: Path) -> dict:
         return {"error": str(exc), "seconds": round(time.perf_counter() - started, 1)}
     training = result.report.training
     return {"seconds": round(time.perf_counter() - started, 1), "fully_integer": result.info.fully_integer,
+            "measured": time.strftime("%Y-%m-%d"),
             "ptq_accuracy": training.ptq_accuracy, "qat_accuracy": training.qat_accuracy, "kept": training.kept,
             "accuracy": result.report.quantized.accuracy}
 
@@ -152,8 +153,12 @@ def markdown(rows: list[dict], environment: dict) -> str:
     lines += dates_note(rows, environment["date"], EARLIER, environment["cpu"])
     qat = [r for r in rows if r.get("qat")]
     if qat:
+        # A run without --qat keeps a row's earlier QAT result, measured on the model that run trained.
+        earlier = sorted({r["qat"].get("measured", EARLIER) for r in qat if r["qat"].get("measured") != r.get("measured")})
         lines += ["", "`tfquant qat` (1 epoch on 600 samples; the file kept is the better of QAT and PTQ on the "
-                  "evaluation data, as `tfquant qat` does unless `--no-keep-best` is given):", "",
+                  "evaluation data, as `tfquant qat` does unless `--no-keep-best` is given)"
+                  + (f". Kept from earlier runs (the last on {earlier[-1]}), on the models those runs trained: "
+                     "the PTQ column is theirs, not the table's above:" if earlier else ":"), "",
                   "| model | Keras | PTQ int8 | QAT int8 | kept | fully integer | s |", "| --- | ---: | ---: | ---: | --- | --- | ---: |"]
         for r in qat:
             q = r["qat"]
@@ -200,7 +205,8 @@ def main() -> None:
             r.setdefault("machine", stored["environment"]["cpu"])
         for r in rows:  # a run without --qat keeps the row's earlier QAT result
             if "qat" not in r and "qat" in earlier.get((r["model"], r["keras"]), {}):
-                r["qat"] = earlier[(r["model"], r["keras"])]["qat"]
+                before = earlier[(r["model"], r["keras"])]
+                r["qat"] = {"measured": before.get("measured", stored["environment"]["date"]), **before["qat"]}
         done = {(r["model"], r["keras"]) for r in rows}
         kept = [r for key, r in earlier.items() if key not in done]
         order = {name: i for i, name in enumerate(zoo.ZOO)}

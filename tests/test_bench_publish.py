@@ -80,13 +80,13 @@ def _folds_row(model: str, measured: str, y: str, float_: str, tfquant: str, lit
     return {"model": model, "keras": 3, "measured": measured, "samples": 200, "folds": [run]}
 
 
-FOLDS_ENVIRONMENT = {"date": "2026-12-09", "cpu": "cpu", "cores": 2, "versions": {"tensorflow": "2.21.0"}}
+BENCH_ENVIRONMENT = {"date": "2026-12-09", "cpu": "cpu", "cores": 2, "versions": {"tensorflow": "2.21.0"}}
 
 
 def test_folds_table_puts_rounding_and_clipping_apart_in_a_second_table_where_they_ran():
     from bench.folds import markdown
 
-    environment = FOLDS_ENVIRONMENT
+    environment = BENCH_ENVIRONMENT
     row = _folds_row("efficientnet_b0", "2026-12-08", "0 1 2 3", "0 1 2 0", "0 1 0 0", "0 1 2 3")
     run = row["folds"][0]
     plain = markdown([row], environment)
@@ -105,7 +105,7 @@ def test_folds_table_puts_rounding_and_clipping_apart_in_a_second_table_where_th
 def test_folds_table_is_dated_by_its_rows_and_names_the_columns_run_again():
     from bench.folds import markdown
 
-    environment = FOLDS_ENVIRONMENT
+    environment = BENCH_ENVIRONMENT
     row = _folds_row("mobilenet_v2", "2026-12-07", "0 1", "0 1", "0 1", "0 0")
     run = row["folds"][0]
     plain = markdown([row], environment)
@@ -116,3 +116,19 @@ def test_folds_table_is_dated_by_its_rows_and_names_the_columns_run_again():
     assert text.startswith("Measured 2026-12-07 on cpu")
     assert ("Run again on 2026-12-08, on the same trained models, float files and calibration samples: "
             "tfquant int8 (defaults), tfquant, GPTQ rounding.") in text
+
+
+def test_zoo_table_says_when_its_qat_rows_come_from_an_earlier_run():
+    from bench.zoo import markdown
+
+    def row(keras: int, qat_measured: str) -> dict:
+        qat = {"measured": qat_measured, "ptq_accuracy": 0.9, "qat_accuracy": 0.95, "kept": "qat",
+               "fully_integer": True, "seconds": 12.0}
+        return {"model": "gru", "keras": keras, "measured": "2026-12-08", "error": "x", "qat": qat}
+
+    heading = "evaluation data, as `tfquant qat` does unless `--no-keep-best` is given)"
+    fresh = markdown([row(3, "2026-12-08")], BENCH_ENVIRONMENT)
+    assert heading + ":" in fresh and "| gru | 3 | 90.00 % | 95.00 % | qat | yes | 12.0 |" in fresh
+    kept = markdown([row(3, "2026-12-08"), row(2, "2026-11-27")], BENCH_ENVIRONMENT)
+    assert (heading + ". Kept from earlier runs (the last on 2026-11-27), on the models those runs trained: "
+            "the PTQ column is theirs, not the table's above:") in kept
