@@ -186,10 +186,10 @@ def test_int16x8_gives_a_sum_its_own_scale(digits):
     assert result.report.outputs[0].quantized.agreement >= 0.97, result.report.outputs[0].quantized
 
 
-def test_int16x8_corrects_the_biases_where_held_out_samples_show_it_helps(digits):
+def test_int16x8_corrects_the_biases_unless_held_out_samples_show_it_worse(digits):
     """int16x8 rounds the weights to int8 as int8 does, and their mean shift is most of its error on a
-    regression head after a LayerNormalization: bias correction, kept where held-out calibration samples
-    show it helps, as for int8, takes it from 8.0 % to 6.2 % of the output's spread."""
+    regression head after a LayerNormalization: bias correction, kept unless held-out calibration samples
+    show it clearly worse, as for int8, takes it from 8.0 % to 6.2 % of the output's spread."""
     from tfquant._keras import keras3
 
     k = keras3()

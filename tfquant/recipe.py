@@ -116,7 +116,7 @@ class Recipe(Record):
             clearly closer to float on held-out calibration samples; a report's recipe records
             the one chosen). Defaults to `"auto"`.
         bias_correction: fold the mean shift of int8 weight rounding into the biases; with
-            `ranges="auto"`, only where it keeps the outputs closer to float on held-out
+            `ranges="auto"`, unless the outputs stay clearly closer to float without it on held-out
             calibration samples (a report's recipe records what was done). Defaults to `True`.
         split_joins: where a concatenation's inputs' ranges differ more than 16x, split the dense
             and conv ops that read it into one op per input and ADDs in the float file, so that no

@@ -88,7 +88,7 @@ class ConvertSpec(Spec):
                               "int16x8 keeps min/max unless one other than mse is named")
     bias_correction: bool = option(True, recipe=True, flag="--no-bias-correction",
                                    help="fold the mean shift of int8 weight rounding into the biases (with "
-                                        "ranges auto: where held-out calibration samples show it helps)")
+                                        "ranges auto: unless held-out calibration samples show it clearly worse)")
     per_channel: bool = option(True, recipe=True, flag="--no-per-channel", help="per-channel weight scales")
     split_joins: bool = option(True, recipe=True, flag="--no-split-joins",
                                help="where a concatenation's inputs' ranges differ more than 16x, split the dense and "
